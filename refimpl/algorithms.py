@@ -1,0 +1,81 @@
+"""Learning algorithms by name — the one place an algorithm name is looked up (DESIGN.md §5).
+
+Every name of DESIGN.md §5 is listed here, with whether it is exact and whether it is implemented yet. The API
+(`cell_grads`, `model_grads`), the CLI and (later) training and comparison all resolve names through `get_algorithm`,
+so a new algorithm plugs in by filling in its entry.
+
+Each implemented algorithm provides
+    cell_grads(kernels, cell, params, x, dh, state0) -> grads       one cell, instantaneous adjoints dh (T,B,H)
+    model_grads(kernels, model, params, x, y, loss, mask) -> (loss_value, grads)
+where `kernels` is the cell's `registry.CellKernels` on the chosen backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import UnknownNameError, UnsupportedError
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    exact: str                    # "yes" | "no" | "top layer" | "as β→0"
+    description: str
+    cell_grads: Callable | None = None
+    model_grads: Callable | None = None
+    planned_in: str = ""          # for names not implemented yet
+
+    @property
+    def implemented(self) -> bool:
+        return self.cell_grads is not None or self.model_grads is not None
+
+    @property
+    def is_exact(self) -> bool:
+        """Whether its gradients must equal BPTT's (to DESIGN.md §7 tolerance) for every model."""
+        return self.exact == "yes"
+
+
+def _bptt_cell_grads(kernels, cell, params, x, dh, state0):
+    _, cache = kernels.forward(params, x, state0, **cell.step_options)
+    return kernels.backward(params, dh, cache, **cell.step_options)
+
+
+def _bptt_model_grads(kernels, model, params, x, y, loss, mask):
+    from . import model as model_mod
+    return model_mod.bptt(model, params, x, y, loss=loss, mask=mask, kernels=kernels)
+
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
+    Algorithm("bptt", "yes", "backpropagation through time, hand-derived", _bptt_cell_grads, _bptt_model_grads),
+    Algorithm("rtrl", "yes", "real-time recurrent learning, full sensitivity of the whole state",
+              planned_in="the RTRL-family issue"),
+    Algorithm("online", "top layer", "per-layer exact RTRL + spatial backprop of instantaneous errors",
+              planned_in="the RTRL-family issue"),
+    Algorithm("snap1", "no", "SnAp-1: sensitivities kept on the immediate Jacobian's sparsity pattern",
+              planned_in="the RTRL-family issue"),
+    Algorithm("truncated", "no", "1-step truncation: h_{t-1} held constant", planned_in="the RTRL-family issue"),
+    Algorithm("spatial", "no", "no temporal credit: the recurrent term held constant",
+              planned_in="the RTRL-family issue"),
+    Algorithm("fptt", "yes", "forward propagation of errors through time (warm-up pass, then error pass)",
+              planned_in="the FPTT issue"),
+    Algorithm("fptt1", "no", "one forward pass with δ0 = 0", planned_in="the FPTT issue"),
+    Algorithm("ep", "as β→0", "equilibrium propagation (static input, fixed-point networks)",
+              planned_in="the EP issue"),
+]}
+
+
+def get_algorithm(name: str, level: str = "model") -> Algorithm:
+    """The algorithm called `name`, usable at `level` ('cell' or 'model'); clear errors otherwise."""
+    if name not in ALGORITHMS:
+        raise UnknownNameError("algorithm", name, ALGORITHMS)
+    algo = ALGORITHMS[name]
+    if not algo.implemented:
+        done = sorted(n for n, a in ALGORITHMS.items() if a.implemented)
+        raise UnsupportedError(f"algorithm {name!r} is not implemented yet (planned in {algo.planned_in}); "
+                               f"implemented today: {', '.join(done)}")
+    if getattr(algo, f"{level}_grads") is None:
+        raise UnsupportedError(f"algorithm {name!r} has no {level}-level gradient; "
+                               f"use it through {'model_grads' if level == 'cell' else 'cell_grads'}")
+    return algo

@@ -1,0 +1,56 @@
+"""Errors raised for user mistakes and numerical failures (DESIGN.md §8).
+
+Every message says three things: what was wrong, what is allowed, and how to fix it.
+The CLI turns any `RefimplError` into one line on stderr and exit status 2.
+
+    RefimplError                 base class of everything below
+    ├── UnknownNameError         an unknown cell / algorithm / backend / loss / option name  (ValueError)
+    ├── ShapeError               an array has the wrong shape                                (ValueError)
+    ├── DTypeError               an array has the wrong dtype                                (TypeError)
+    ├── NonFiniteError           an input holds NaN or inf                                   (ValueError)
+    ├── UnsupportedError         a known but unsupported combination, with the reason       (ValueError)
+    └── NumericalError           a computation blew up (non-finite state, loss or gradient)  (ArithmeticError)
+"""
+
+from __future__ import annotations
+
+import difflib
+
+
+class RefimplError(Exception):
+    """Base class of all errors refimpl raises on purpose."""
+
+
+class UnknownNameError(RefimplError, ValueError):
+    """A name (cell, algorithm, backend, loss, pooling, option …) that refimpl does not know."""
+
+    def __init__(self, kind: str, name: object, allowed, hint: str = ""):
+        allowed = sorted(str(a) for a in allowed)
+        close = difflib.get_close_matches(str(name), allowed, n=1)
+        msg = f"unknown {kind} {name!r}; allowed: {', '.join(allowed)}"
+        if close:
+            msg += f" (did you mean {close[0]!r}?)"
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(msg)
+        self.kind, self.name, self.allowed = kind, name, allowed
+
+
+class ShapeError(RefimplError, ValueError):
+    """An array with the wrong number of dimensions or the wrong size along an axis."""
+
+
+class DTypeError(RefimplError, TypeError):
+    """An array with a dtype that does not match the cell / model."""
+
+
+class NonFiniteError(RefimplError, ValueError):
+    """An input that contains NaN or inf."""
+
+
+class UnsupportedError(RefimplError, ValueError):
+    """A known name used in a combination that is not supported (or not implemented yet)."""
+
+
+class NumericalError(RefimplError, ArithmeticError):
+    """A computation produced non-finite values (a blow-up); never silently returned."""

@@ -1,0 +1,73 @@
+"""Numerical comparison tools: central finite differences, relative error, cosine, sign agreement.
+
+These are the oracles of promise 2 ("exactness you can check"); tests and the `gradcheck` command both use them.
+Complex arrays follow the adjoint convention of DESIGN.md §4: for z = a + i b the gradient is ∂L/∂a + i ∂L/∂b.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+TINY = 1e-30
+
+
+def rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    """‖a − b‖ / max(‖b‖, tiny) (DESIGN.md §7): b is the reference."""
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.linalg.norm((a - b).ravel()) / max(float(np.linalg.norm(b.ravel())), TINY))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Re⟨a, b⟩ / (‖a‖‖b‖); 1.0 when both are zero, 0.0 when exactly one is."""
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 and nb == 0:
+        return 1.0
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.real(np.vdot(b, a)) / (na * nb))
+
+
+def sign_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of real entries (real and imaginary parts for complex) where sign(a) == sign(b)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if np.iscomplexobj(a) or np.iscomplexobj(b):
+        a = np.concatenate([np.real(a).ravel(), np.imag(a).ravel()])
+        b = np.concatenate([np.real(b).ravel(), np.imag(b).ravel()])
+    return float(np.mean(np.sign(a) == np.sign(b)))
+
+
+def central_differences(loss: Callable[[Mapping[str, np.ndarray]], float], inputs: Mapping[str, np.ndarray],
+                        eps: float = 1e-6, keys=None) -> dict:
+    """∂loss/∂inputs[k] for every k (or only `keys`) by central differences, one entry at a time.
+
+    `loss` receives a dict with the same keys as `inputs`, one entry perturbed by ±eps (and ±i·eps for complex
+    arrays), and returns a real scalar. Inputs are never modified: each evaluation gets copies.
+    Cost: 2 loss calls per real entry, 4 per complex entry. Use float64 and tiny shapes.
+    """
+    keys = list(inputs) if keys is None else list(keys)
+    grads = {}
+    for k in keys:
+        base = inputs[k]
+        g = np.zeros(base.shape, dtype=base.dtype)
+        directions = (1.0, 1j) if np.iscomplexobj(base) else (1.0,)
+        for idx in np.ndindex(base.shape):
+            for direction in directions:
+                vals = []
+                for sign in (+1.0, -1.0):
+                    perturbed = base.copy()
+                    perturbed[idx] += sign * eps * direction
+                    vals.append(loss({**inputs, k: perturbed}))
+                g[idx] += direction * (vals[0] - vals[1]) / (2 * eps)
+        grads[k] = g
+    return grads
+
+
+#: The tolerances of DESIGN.md §7, in one table (relative error per array).
+TOLERANCES = {
+    "exact_vs_bptt": {"float64": 1e-10, "float32": 1e-4},   # an exact algorithm vs BPTT (float32: vs a float64 BPTT)
+    "bptt_vs_fd": 1e-6,                                      # BPTT vs central differences, float64
+    "backend_vs_reference": {"float64": 1e-10, "float32": 1e-4},
+}

@@ -1,0 +1,194 @@
+"""The kernel registry (DESIGN.md §6): one table of hot sequential loops, their NumPy references, and the backends.
+
+A *kernel* is one hot sequential loop (a recurrence, its adjoint, later an RTRL/FPTT sweep or an EP relaxation) written
+as a pure function from arrays to arrays. Each is registered once, here, with:
+
+    name          "<cell>.<op>", e.g. "gru.forward", "gru.backward"
+    signature     a documented call signature with shapes and dtypes
+    reference     the NumPy implementation (the `numpy` backend is refimpl itself)
+    make_inputs   an input spec: make_inputs(rng, dtype, size) -> {argument: value} random but valid
+    variants      static keyword arguments that select a code path (e.g. {"nonlinearity": "linear"})
+
+Parity tests (tests/test_parity.py), the `backends` command and the benchmarks iterate over this table, so adding a
+kernel here adds its tests and its timing rows.
+
+A *backend* is a module ``backends.<name>`` that defines
+    KERNELS: {kernel name: callable}     same names and signatures as the references, its own array type
+    available() -> (bool, reason)        probe the machine (the device, not only the import)
+    to_backend(np.ndarray) -> array      explicit conversion at the boundary
+    to_numpy(array) -> np.ndarray
+Backends are imported only when asked for by name (refimpl never imports one at import time). A backend that lacks a
+kernel says so; a kernel is never silently replaced by another.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, NamedTuple
+
+import numpy as np
+
+from .errors import UnknownNameError, UnsupportedError
+
+#: The sizes every kernel's input spec understands: T time, B batch, I input width, H hidden units.
+SIZE_KEYS = ("T", "B", "I", "H")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    signature: str
+    reference: Callable
+    make_inputs: Callable[[np.random.Generator, np.dtype, Mapping[str, int]], dict]
+    variants: tuple = ({},)
+    dtypes: tuple = ("float64", "float32")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    module: str | None          # import path of the backend module; None for the numpy reference
+    description: str
+    planned_in: str = ""        # where an unwritten backend is planned (shown by `backends`)
+
+
+KERNELS: dict[str, KernelSpec] = {}
+
+BACKENDS: dict[str, BackendSpec] = {
+    "numpy": BackendSpec("numpy", None, "the NumPy reference (refimpl itself)"),
+    "numba": BackendSpec("numba", "backends.numba", "Numba CPU JIT", "the Numba backend issue"),
+    "mlx": BackendSpec("mlx", "backends.mlx", "MLX (Metal on macOS, CPU on Linux)", "the MLX backend issue"),
+    "cupy": BackendSpec("cupy", "backends.cupy", "CuPy (CUDA)", "the CuPy backend issue"),
+}
+
+
+def register_kernel(spec: KernelSpec) -> KernelSpec:
+    if spec.name in KERNELS:
+        raise ValueError(f"kernel {spec.name!r} is registered twice")
+    KERNELS[spec.name] = spec
+    return spec
+
+
+@dataclass
+class Backend:
+    """A loaded backend: its kernels, whether it runs here (and why not), and its array conversions."""
+    name: str
+    available: bool
+    reason: str
+    kernels: dict = field(default_factory=dict)
+    to_backend: Callable[[np.ndarray], Any] = staticmethod(lambda a: a)
+    to_numpy: Callable[[Any], np.ndarray] = staticmethod(lambda a: a)
+
+
+_LOADED: dict[str, Backend] = {}
+
+
+def load_backend(name: str) -> Backend:
+    """The backend called `name` (loaded once). Unknown names raise UnknownNameError; a backend that cannot run here
+    is returned with available=False and the reason."""
+    if name not in BACKENDS:
+        raise UnknownNameError("backend", name, BACKENDS, "see `python -m refimpl.run backends`")
+    if name in _LOADED:
+        return _LOADED[name]
+    spec = BACKENDS[name]
+    if spec.module is None:
+        backend = Backend(name, True, "", {k: s.reference for k, s in KERNELS.items()})
+    else:
+        try:
+            module = importlib.import_module(spec.module)
+        except ModuleNotFoundError as e:
+            if e.name is not None and spec.module.startswith(e.name):
+                reason = f"not implemented yet (planned in {spec.planned_in})"
+            else:
+                reason = f"cannot import {e.name!r}: install it (e.g. pip install -e '.[{name}]')"
+            backend = Backend(name, False, reason)
+        except ImportError as e:  # a dependency that imports but is broken
+            backend = Backend(name, False, f"import failed: {e}")
+        else:
+            ok, reason = module.available()
+            backend = Backend(name, ok, reason, dict(module.KERNELS), module.to_backend, module.to_numpy)
+    _LOADED[name] = backend
+    return backend
+
+
+def get_kernel(name: str, backend: str = "numpy") -> Callable:
+    """The raw kernel `name` of `backend` (it takes and returns the backend's own arrays)."""
+    if name not in KERNELS:
+        raise UnknownNameError("kernel", name, KERNELS)
+    b = load_backend(backend)
+    if not b.available:
+        raise UnsupportedError(f"backend {backend!r} is not available on this machine: {b.reason}; "
+                               f"use backend='numpy' or see `python -m refimpl.run backends`")
+    if name not in b.kernels:
+        raise UnsupportedError(f"backend {backend!r} does not implement kernel {name!r}; "
+                               f"use backend='numpy' for it, or see `python -m refimpl.run backends` for coverage")
+    return b.kernels[name]
+
+
+def map_arrays(fn: Callable, tree):
+    """Apply fn to every array in a tree of dicts / NamedTuples / tuples / lists; other leaves pass through."""
+    if isinstance(tree, dict):
+        return {k: map_arrays(fn, v) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(map_arrays(fn, v) for v in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(map_arrays(fn, v) for v in tree)
+    if isinstance(tree, np.ndarray) or (hasattr(tree, "shape") and hasattr(tree, "dtype")):
+        return fn(tree)
+    return tree
+
+
+def call(name: str, backend: str = "numpy", /, *args, **kwargs):
+    """Run kernel `name` on `backend` with NumPy inputs and NumPy outputs: convert at the boundary (explicitly, once
+    each way), call, convert back. This is how the API and the parity tests reach a backend."""
+    kernel = get_kernel(name, backend)
+    b = load_backend(backend)
+    args, kwargs = map_arrays(b.to_backend, args), map_arrays(b.to_backend, kwargs)
+    return map_arrays(b.to_numpy, kernel(*args, **kwargs))
+
+
+class CellKernels(NamedTuple):
+    """A cell's sequence forward/backward on one backend, with NumPy in and out (what the model stack calls)."""
+    forward: Callable
+    backward: Callable
+
+
+def cell_kernels(cell_name: str, backend: str = "numpy") -> CellKernels:
+    """The forward/backward kernels of a cell on a backend, with the cell modules' signatures."""
+    fwd, bwd = f"{cell_name}.forward", f"{cell_name}.backward"
+    get_kernel(fwd, backend), get_kernel(bwd, backend)      # fail early, with the reason, if missing
+    return CellKernels(lambda *a, **k: call(fwd, backend, *a, **k), lambda *a, **k: call(bwd, backend, *a, **k))
+
+
+def flatten_outputs(tree, prefix: str = "") -> dict:
+    """Name every array in a kernel's output tree ('h', 'cache.r', 'grads.weight_hh' …) for field-by-field checks."""
+    out = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(flatten_outputs(v, f"{prefix}{k}."))
+    elif isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        for k, v in zip(tree._fields, tree):
+            out.update(flatten_outputs(v, f"{prefix}{k}."))
+    elif isinstance(tree, (tuple, list)):
+        for i, v in enumerate(tree):
+            out.update(flatten_outputs(v, f"{prefix}{i}."))
+    else:
+        out[prefix.rstrip(".")] = tree
+    return out
+
+
+def coverage() -> list[dict]:
+    """One row per backend: name, available, reason, implemented kernels, missing kernels."""
+    rows = []
+    for name, spec in BACKENDS.items():
+        b = load_backend(name)
+        rows.append({"backend": name, "description": spec.description, "available": b.available,
+                     "reason": b.reason, "kernels": sorted(k for k in KERNELS if k in b.kernels),
+                     "missing": sorted(k for k in KERNELS if k not in b.kernels)})
+    return rows
+
+
+# The reference kernels register themselves on import; importing them here makes the table complete for anyone who
+# imports the registry (placed last: refimpl.kernels needs the definitions above).
+from . import kernels as _reference_kernels  # noqa: E402,F401

@@ -1,0 +1,9 @@
+"""Shared test fixtures and markers (slow, gpu, mlx; see setup.cfg)."""
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

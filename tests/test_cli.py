@@ -1,0 +1,70 @@
+"""The command line: help everywhere, exit 2 and one line on user errors, non-zero on failed checks, JSON output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "refimpl.run", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["gradcheck", "--help"], ["backends", "--help"]])
+def test_help(args):
+    r = run(*args)
+    assert r.returncode == 0 and "Usage" in r.stdout
+
+
+@pytest.mark.parametrize("args,phrase", [
+    (["gradcheck", "--cell", "gruu"], "gruu"),
+    (["gradcheck", "--cell", "gru", "--algorithm", "magic"], "magic"),
+    (["gradcheck", "--cell", "gru", "--algorithm", "rtrl"], "not implemented yet"),
+    (["gradcheck", "--cell", "gru", "--backend", "torch"], "unknown backend 'torch'"),
+    (["gradcheck", "--cell", "gru", "--backend", "numba"], "numba"),
+    (["gradcheck", "--cell", "gru", "--hidden", "0"], "hidden"),
+    (["gradcheck", "--cell", "gru", "-o", "nonlinearity=linear"], "option for cell 'gru'"),
+    (["gradcheck", "--cell", "rnn", "-o", "nonlinearity"], "KEY=VALUE"),
+    (["gradcheck"], "--cell"),
+    (["nosuchcommand"], "nosuchcommand"),
+])
+def test_user_errors_exit_2_with_one_line(args, phrase):
+    r = run(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert phrase in lines[0]
+
+
+def test_gradcheck_table_and_json():
+    r = run("gradcheck", "--cell", "gru", "--seq-len", "3", "--hidden", "3")
+    assert r.returncode == 0, r.stderr
+    assert "layers.0.cell.weight_hh" in r.stdout and "all checks passed" in r.stdout
+    r = run("gradcheck", "--cell", "lru", "--layers", "2", "--seq-len", "3", "--hidden", "2", "--json",
+            "--norm", "layer", "--ffn", "glu", "--residual", "--encoder", "--dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["ok"] and report["dtype"] == "float32"
+    names = {row["name"] for row in report["rows"]}
+    assert {"layers.1.cell.nu_log", "layers.0.C_re", "encoder.weight", "x"} <= names
+    assert all(row["rel_err_bptt_vs_fd"] <= 1e-6 for row in report["rows"])
+
+
+def test_backends_lists_numpy_with_every_kernel():
+    r = run("backends", "--json")
+    assert r.returncode == 0
+    rows = {row["backend"]: row for row in json.loads(r.stdout)}
+    assert rows["numpy"]["available"] and not rows["numpy"]["missing"]
+    assert set(rows) == {"numpy", "numba", "mlx", "cupy"}
+    for name in ("numba", "mlx", "cupy"):
+        assert rows[name]["available"] or rows[name]["reason"]
+    assert "numpy" in run("backends").stdout
+
+
+def test_default_job_checks_every_cell():
+    r = run()
+    assert r.returncode == 0, r.stdout + r.stderr
+    for cell in ("rnn(tanh)", "rnn(linear)", "gru", "lstm", "lru"):
+        assert cell in r.stdout
+    assert "all checks passed" in r.stdout
