@@ -116,10 +116,10 @@ def main(argv=None) -> None:
         click.echo("aborted", err=True)
         sys.exit(1)
     except click.ClickException as e:       # usage errors: bad option values, missing options, unknown commands
-        click.echo(f"error: {e.format_message()} (see --help)", err=True)
+        click.echo(f"error: {' '.join(e.format_message().split())} (see --help)", err=True)
         sys.exit(2)
     except RefimplError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {' '.join(str(e).split())}", err=True)
         sys.exit(2)
     sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -227,7 +227,7 @@ def test_c0_gradient_by_forward_chain_rule():
 
 
 def test_state_jacobian_determinant_factorises():
-    """Eq. (15): det J = det(diag f) · det(diag(tanh(c') ⊙ o(1 − o)) W_ho), on a random H = 3 case."""
+    """Eqs. (15), (16): det J = det(diag f) · det(diag(s_o) W_ho) and ‖J⁻¹‖ > 4/σ_min(W_ho), on a random H = 3 case."""
     rng = np.random.default_rng(11)
     B, I, H = 2, 3, 3
     params = lstm.init_params(I, H, rng, np.float64)
@@ -240,6 +240,11 @@ def test_state_jacobian_determinant_factorises():
         expected = np.prod(cache.f[b]) * np.linalg.det(
             (cache.tanh_c[b] * cache.o[b] * (1 - cache.o[b]))[:, None] * W_ho_)
         assert np.linalg.det(J[b]) == pytest.approx(expected, rel=1e-10)
+        # eq. (16): the inverse is at least as large as the inverse of its h-h block diag(s_o) W_ho, and |s_o| < 1/4
+        inv_norm = np.linalg.norm(np.linalg.inv(J[b]), 2)
+        s_o = cache.tanh_c[b] * cache.o[b] * (1 - cache.o[b])
+        assert inv_norm >= (1 - 1e-10) / np.linalg.svd(s_o[:, None] * W_ho_, compute_uv=False)[-1]
+        assert inv_norm > 4.0 / np.linalg.svd(W_ho_, compute_uv=False)[-1]
 
 
 def _torch_case(name):

@@ -42,8 +42,9 @@ c_t[k] and h_t[k] to the pre-activations of unit k are
          W_hh: the same with h_{t-1}[j] in place of x_t[j];  biases: the same without x_t[j]
          (bias_ih and bias_hh have equal derivatives: both enter (1) as a sum).
     (15) det J_t = det(diag f) · det(diag(s_o) W_ho)                      (block elimination; lstm.md)
+    (16) ‖J_t⁻¹‖ ≥ 1/σ_min(diag(s_o) W_ho) > 4/σ_min(W_ho)               (|s_o| < 1/4; σ_min: smallest singular value)
 
-NOTE: by (15), J_t is near-singular whenever s_o = tanh(c_t) o(1 − o) is small or W_ho is ill-conditioned — which
+NOTE: by (15)–(16), J_t is near-singular whenever s_o = tanh(c_t) o(1 − o) is small or W_ho is ill-conditioned — which
 is the case at the default initialisation (small c_t, small W_ho). Algorithms that invert J_t (exact ``fptt``) are
 therefore accurate on the LSTM only for short T or a strong output-gate recurrence (DESIGN.md §7).
 """
