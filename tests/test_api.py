@@ -59,8 +59,9 @@ def test_lstm_exposes_c_and_accepts_h0_c0():
     h0, c0 = rng.standard_normal((2, 2, 3))
     h, cache = run_cell(cell, params, x, h0=(h0, c0), return_cache=True)
     assert cache.c.shape == h.shape
-    # c_0 from the cache equals f ⊙ c0 + i ⊙ g, and h = o ⊙ tanh(c): check the stored c against h
-    np.testing.assert_allclose(h, cache.o * np.tanh(cache.c), rtol=1e-12) if hasattr(cache, "o") else None
+    # the c the cache exposes is the one the recurrence used: c_0 = f ⊙ c0 + i ⊙ g and h = o ⊙ tanh(c)
+    np.testing.assert_allclose(cache.c[0], cache.f[0] * c0 + cache.i[0] * cache.g[0], rtol=1e-12)
+    np.testing.assert_allclose(h, cache.o * np.tanh(cache.c), rtol=1e-12)
     h_zero_c = run_cell(cell, params, x, h0=h0)              # c0 defaults to zero
     assert not np.allclose(h, h_zero_c)
     grads = cell_grads(cell, params, x, dh, h0=(h0, c0))

@@ -24,6 +24,22 @@ def cache_at(cache: C, t: int) -> C:
     return type(cache)(*(field[t] for field in cache))
 
 
+def sigmoid(a: np.ndarray) -> np.ndarray:
+    """σ(a) = 1/(1 + e^{−a}), written as ½(1 + tanh(a/2)): the same function, with no overflow for large |a|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * a))
+
+
+def uniform_init(shapes: dict, n_hidden: int, rng: np.random.Generator, dtype) -> dict:
+    """U(−1/√H, 1/√H) for every entry of every parameter, as PyTorch's RNN/GRU/LSTM (drawn in `shapes` order)."""
+    k = 1.0 / np.sqrt(n_hidden)
+    return {name: rng.uniform(-k, k, size=shape).astype(dtype) for name, shape in shapes.items()}
+
+
+def random_real_state(rng: np.random.Generator, batch: int, n_hidden: int, dtype) -> np.ndarray:
+    """A random real initial state N(0, 0.25), for tests and kernel input specs."""
+    return (0.5 * rng.standard_normal((batch, n_hidden))).astype(dtype)
+
+
 def zeros_like_params(params: dict) -> dict:
     return {k: np.zeros_like(v) for k, v in params.items()}
 

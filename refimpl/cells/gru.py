@@ -47,7 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .common import add_into, cache_at, stack_caches, zeros_like_params
+from .common import add_into, cache_at, random_real_state, sigmoid, stack_caches, uniform_init, zeros_like_params
 
 OPTIONS: dict = {}
 STEP_OPTIONS: tuple = ()                  # the GRU has no options that change the dynamics
@@ -72,18 +72,11 @@ def param_shapes(n_in: int, n_hidden: int) -> dict:
 
 def init_params(n_in: int, n_hidden: int, rng: np.random.Generator, dtype, **options) -> dict:
     """U(−1/√H, 1/√H) for every entry, as PyTorch."""
-    k = 1.0 / np.sqrt(n_hidden)
-    return {name: rng.uniform(-k, k, size=shape).astype(dtype)
-            for name, shape in param_shapes(n_in, n_hidden).items()}
+    return uniform_init(param_shapes(n_in, n_hidden), n_hidden, rng, dtype)
 
 
 def zero_state(batch: int, n_hidden: int, dtype) -> np.ndarray:
     return np.zeros((batch, n_hidden), dtype=dtype)
-
-
-def _sigmoid(a: np.ndarray) -> np.ndarray:
-    """σ(a) = 1/(1 + e^{−a}), written as ½(1 + tanh(a/2)): the same function, with no overflow for large |a|."""
-    return 0.5 * (1.0 + np.tanh(0.5 * a))
 
 
 def _split3(v: np.ndarray):
@@ -106,8 +99,8 @@ def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray):
     gh = h_prev @ params["weight_hh"].T + params["bias_hh"]        # (B, 3H): recurrent parts of (1), (2), and (3)
     gi_r, gi_z, gi_n = _split3(gi)
     gh_r, gh_z, hn = _split3(gh)                                   # (3)  hn = m = W_hn h_{t-1} + b_hn
-    r = _sigmoid(gi_r + gh_r)                                      # (1)  (B, H)
-    z = _sigmoid(gi_z + gh_z)                                      # (2)  (B, H)
+    r = sigmoid(gi_r + gh_r)                                      # (1)  (B, H)
+    z = sigmoid(gi_z + gh_z)                                      # (2)  (B, H)
     n = np.tanh(gi_n + r * hn)                                     # (4)  (B, H)
     h = (1.0 - z) * n + z * h_prev                                 # (5)  (B, H)
     return h, GRUCache(x=x_t, h_prev=h_prev, r=r, z=z, n=n, hn=hn, h=h)
@@ -215,6 +208,4 @@ def backward(params: dict, dh: np.ndarray, cache: GRUCache) -> dict:
     return grads
 
 
-def random_state(rng: np.random.Generator, batch: int, n_hidden: int, dtype) -> np.ndarray:
-    """A random initial state, for tests and kernel input specs."""
-    return (0.5 * rng.standard_normal((batch, n_hidden))).astype(dtype)
+random_state = random_real_state      # a random initial state, for tests and kernel input specs

@@ -55,7 +55,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .common import add_into, cache_at, stack_caches, zeros_like_params
+from .common import add_into, cache_at, random_real_state, sigmoid, stack_caches, uniform_init, zeros_like_params
 
 OPTIONS: dict = {}
 STEP_OPTIONS: tuple = ()                  # the LSTM has no options that change the dynamics
@@ -89,18 +89,11 @@ def param_shapes(n_in: int, n_hidden: int) -> dict:
 
 def init_params(n_in: int, n_hidden: int, rng: np.random.Generator, dtype, **options) -> dict:
     """U(−1/√H, 1/√H) for every entry, as PyTorch."""
-    k = 1.0 / np.sqrt(n_hidden)
-    return {name: rng.uniform(-k, k, size=shape).astype(dtype)
-            for name, shape in param_shapes(n_in, n_hidden).items()}
+    return uniform_init(param_shapes(n_in, n_hidden), n_hidden, rng, dtype)
 
 
 def zero_state(batch: int, n_hidden: int, dtype) -> LSTMState:
     return LSTMState(h=np.zeros((batch, n_hidden), dtype=dtype), c=np.zeros((batch, n_hidden), dtype=dtype))
-
-
-def _sigmoid(a: np.ndarray) -> np.ndarray:
-    """σ(a) = 1/(1 + e^{−a}), written as ½(1 + tanh(a/2)): the same function, with no overflow for large |a|."""
-    return 0.5 * (1.0 + np.tanh(0.5 * a))
 
 
 def _split4(v: np.ndarray):
@@ -122,7 +115,7 @@ def step_forward(params: dict, x_t: np.ndarray, state: LSTMState):
     h_prev, c_prev = state
     a = x_t @ params["weight_ih"].T + params["bias_ih"] + h_prev @ params["weight_hh"].T + params["bias_hh"]  # (1)
     a_i, a_f, a_g, a_o = _split4(a)
-    i, f, g, o = _sigmoid(a_i), _sigmoid(a_f), np.tanh(a_g), _sigmoid(a_o)                                 # (2)
+    i, f, g, o = sigmoid(a_i), sigmoid(a_f), np.tanh(a_g), sigmoid(a_o)                                 # (2)
     c = f * c_prev + i * g                                         # (3)  (B, H)
     tanh_c = np.tanh(c)                                            # (4)
     h = o * tanh_c                                                 # (4)  (B, H)
@@ -250,5 +243,4 @@ def backward(params: dict, dh: np.ndarray, cache: LSTMCache) -> dict:
 
 def random_state(rng: np.random.Generator, batch: int, n_hidden: int, dtype) -> LSTMState:
     """A random initial state, for tests and kernel input specs."""
-    return LSTMState(h=(0.5 * rng.standard_normal((batch, n_hidden))).astype(dtype),
-                     c=(0.5 * rng.standard_normal((batch, n_hidden))).astype(dtype))
+    return LSTMState(h=random_real_state(rng, batch, n_hidden, dtype), c=random_real_state(rng, batch, n_hidden, dtype))

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .common import add_into, cache_at, stack_caches, zeros_like_params
+from .common import add_into, cache_at, random_real_state, stack_caches, uniform_init, zeros_like_params
 
 OPTIONS = {"nonlinearity": "tanh"}
 STEP_OPTIONS = ("nonlinearity",)          # the options the step/sequence functions take (the rest are init-only)
@@ -54,9 +54,7 @@ def param_shapes(n_in: int, n_hidden: int) -> dict:
 
 def init_params(n_in: int, n_hidden: int, rng: np.random.Generator, dtype, **options) -> dict:
     """U(−1/√H, 1/√H) for every entry, as PyTorch."""
-    k = 1.0 / np.sqrt(n_hidden)
-    return {name: rng.uniform(-k, k, size=shape).astype(dtype)
-            for name, shape in param_shapes(n_in, n_hidden).items()}
+    return uniform_init(param_shapes(n_in, n_hidden), n_hidden, rng, dtype)
 
 
 def zero_state(batch: int, n_hidden: int, dtype) -> np.ndarray:
@@ -126,6 +124,4 @@ def backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: str = 
     return grads
 
 
-def random_state(rng: np.random.Generator, batch: int, n_hidden: int, dtype) -> np.ndarray:
-    """A random initial state, for tests and kernel input specs."""
-    return (0.5 * rng.standard_normal((batch, n_hidden))).astype(dtype)
+random_state = random_real_state      # a random initial state, for tests and kernel input specs
