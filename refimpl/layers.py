@@ -4,7 +4,7 @@ output map and pooling over time — each a cs231n-style pair ``X_forward(...) -
 
 Shapes: T time, B batch, D / d feature width, N complex LRU state units, "..." any leading axes (the blocks act
 on the last axis only, so (T, B, d) and (B, d) inputs both work). The derivation, with the same numbering, is
-docs/derivations/model.md; equations (38)–(45) are in refimpl/losses.py and (46)–(60) in refimpl/model.py.
+docs/derivations/model.md; equations (38)–(45) are in refimpl/losses.py and (46)–(62) in refimpl/model.py.
 x̄ denotes ∂L/∂x (same shape as x); Σ_… sums over every leading axis (time and batch).
 
 Linear (weight W (out, in) in torch layout, bias b (out)):

@@ -145,7 +145,8 @@ def loss_forward(name: str, out: np.ndarray, y: np.ndarray, mask: np.ndarray | N
         y: the target: labels of shape out.shape[:-1] (ce) or an array of out's shape (mse, bce).
         mask: (T, B) or (T,) step weights for a per-step output (default all ones); must be None for a pooled one.
     Returns:
-        (value: float, dout: ∂L/∂ŷ with out's shape and dtype).
+        (value: a NumPy scalar of out's dtype (np.float64 is a Python float), dout: ∂L/∂ŷ with out's shape and
+        dtype). The value keeps out's precision, so a finite-difference oracle may run in extended precision.
     """
     loss = resolve_loss(name)
     if not isinstance(out, np.ndarray) or out.ndim not in (2, 3) or not np.issubdtype(out.dtype, np.floating):
@@ -164,6 +165,6 @@ def loss_forward(name: str, out: np.ndarray, y: np.ndarray, mask: np.ndarray | N
         check_mask(mask, T, B)
         m = np.broadcast_to(mask.astype(out.dtype).reshape(T, -1), (T, B))
     l, dl = loss.per_step(out, y)                                               # l (T, B) or (B,)
-    value = float(np.sum(m * l)) / B                                            # (38)
+    value = np.sum(m * l) / B                                                   # (38)
     dout = (m / B)[..., None] * dl                                              # (39)
     return value, dout.astype(out.dtype, copy=False)

@@ -417,6 +417,7 @@ def bptt(model: Model, params: dict, x: np.ndarray, y: np.ndarray, *, loss: str,
     check_inputs(model, params, x, y, loss, mask)
     out, cache = forward(model, params, x, kernels, mask=mask)
     value, dout = loss_forward(loss, out, y, mask if model.per_step else None)                       # (38), (39)
+    value = float(value)
     if not np.isfinite(value):
         raise NumericalError(f"the {loss} loss is {value} (the model output has {int(np.sum(~np.isfinite(out)))} "
                              f"non-finite entries): the forward pass blew up; lower the learning rate, check the "

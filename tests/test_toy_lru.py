@@ -57,7 +57,8 @@ def test_toy_bptt_by_hand():
     #         h̄_{−1} = conj(λ)·h̄_0 = −0.5i·(0.5 − 0.5i) = −0.25 − 0.25i                        → dh0
     #         λ̄ = conj(h_0)·h̄_1 + conj(h_{−1})·h̄_0 = (2 − i)(1 + i) + 0 = 2 + 2i − i + 1 = 3 + i
     # (6)     G = Σ_t γ·x_t·h̄_t = 1·(0.5 − 0.5i) + (−1)·(1 + i) = −0.5 − 1.5i
-    #         → ∂L/∂B_re = Re G = −0.5,  ∂L/∂B_im = +Im G = −1.5   (JAX's conjugate convention would give +1.5)
+    #         → ∂L/∂B_re = Re G = −0.5,  ∂L/∂B_im = +Im G = −1.5   (JAX's cotangent is conj G = −0.5 + 1.5i, so JAX
+    #           code writes the same −1.5 as −Im(conj G); +Im of the JAX cotangent would give the wrong +1.5)
     #         γ̄ = Σ_t Re(conj(B x_t)·h̄_t) = Re((2 − i)(0.5 − 0.5i)) + Re(−(2 − i)(1 + i))
     #           = Re(1 − i − 0.5i − 0.5) + Re(−(3 + i)) = 0.5 − 3 = −2.5
     #         x̄_0 = Re(conj(γB)·h̄_0) = Re((2 − i)(0.5 − 0.5i)) = 0.5
@@ -236,3 +237,35 @@ def test_bad_options_raise_clear_errors(options, words):
 def test_unknown_option_is_named():
     with pytest.raises(UnknownNameError, match="r_mx"):
         lru.init_params(2, 3, np.random.default_rng(0), np.float64, r_mx=0.5)
+
+
+# ---- torch as an independent oracle of the complex convention (skips where torch is not installed) -----------------
+
+def test_bptt_matches_torch_autograd():
+    # torch's complex autograd uses the convention of DESIGN.md §4 (grad = ∂L/∂Re z + i ∂L/∂Im z), so its h0.grad is
+    # directly comparable; the real parameters are compared as they are.
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(31)
+    T, B, I, N = 6, 2, 3, 4
+    params = lru.init_params(I, N, rng, np.float64, r_min=0.5, r_max=0.99)
+    x = rng.standard_normal((T, B, I))
+    h0 = lru.random_state(rng, B, N, np.float64)
+    dh = rng.standard_normal((T, B, N)) + 1j * rng.standard_normal((T, B, N))
+    p_t = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in params.items()}
+    x_t = torch.from_numpy(x.copy()).requires_grad_(True)
+    h0_t = torch.from_numpy(h0.copy()).requires_grad_(True)
+    lam = torch.exp(-torch.exp(p_t["nu_log"]) + 1j * torch.exp(p_t["theta_log"]))         # (1)
+    gamma = torch.exp(p_t["gamma_log"])
+    B_c = torch.complex(p_t["B_re"], p_t["B_im"])
+    h_t, loss = h0_t, 0.0
+    for t in range(T):
+        h_t = lam * h_t + gamma * (x_t[t].to(B_c.dtype) @ B_c.T)                          # (2)-(3)
+        loss = loss + torch.real(torch.conj(torch.from_numpy(dh[t])) * h_t).sum()         # ∂loss/∂h_t = dh_t
+    loss.backward()
+    _, cache = lru.forward(params, x, h0)
+    grads = lru.backward(params, dh, cache)
+    theirs = {k: v.grad.numpy() for k, v in p_t.items()}
+    theirs["x"], theirs["h0"] = x_t.grad.numpy(), h0_t.grad.numpy()
+    for k, v in theirs.items():
+        err = np.linalg.norm((grads[k] - v).ravel()) / np.linalg.norm(v.ravel())
+        assert err <= 1e-10, f"d{k}: refimpl vs torch relative error {err:.2e}"

@@ -1,4 +1,4 @@
-r"""Linear recurrent unit (LRU, Orvieto et al. 2023) — forward, hand-derived backward, state Jacobian, parameter derivatives.
+r"""Linear recurrent unit (LRU, Orvieto et al. 2023): forward, hand-derived backward, state and parameter Jacobians.
 
 Shapes: B batch, T time, I input width, N complex state units. The prefix r(…) marks a real array, c(…) a complex one.
 Parameters (DESIGN.md §3), all real, in the cell's real dtype:
@@ -14,7 +14,8 @@ Forward, one step (docs/derivations/lru.md):
 
 Complex adjoints (DESIGN.md §4). For a real loss L and z = a + i b the adjoint is
 
-    (4)  z̄ = ∂L/∂a + i ∂L/∂b;   w = u·z ⇒ z̄ += conj(u)·w̄, ū += conj(z)·w̄;   real p, z = f(p) ⇒ ∂L/∂p = Re(conj(∂z/∂p)·z̄)
+    (4)  z̄ = ∂L/∂a + i ∂L/∂b;   w = u·z ⇒ z̄ += conj(u)·w̄, ū += conj(z)·w̄;
+         real p, z = f(p) ⇒ ∂L/∂p = Re(conj(∂z/∂p)·z̄)
 
 (PyTorch's convention; JAX returns the conjugate, which is why JAX code writes ∂L/∂B_im = −Im(·) where we write +Im(·)).
 
@@ -230,7 +231,8 @@ def forward(params: dict, x: np.ndarray, h0: np.ndarray):
 
 
 def backward(params: dict, dh: np.ndarray, cache: LRUCache) -> dict:
-    """BPTT, eq. (8). dh c(T, B, N) instantaneous adjoints (convention (4)) → {param: grad, "x": r(T, B, I), "h0": c(B, N)}."""
+    """BPTT, eq. (8). dh c(T, B, N) instantaneous adjoints (convention (4))
+    → {param: grad, "x": r(T, B, I), "h0": c(B, N)}."""
     T = dh.shape[0]
     grads = zeros_like_params(params)
     dx = np.zeros_like(cache.x)
