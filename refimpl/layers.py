@@ -43,7 +43,8 @@ MLP feed-forward block, width d → ffn_mult·d → d (params fc1.weight (md, d)
     (18) z̄₁ = GELU'(z₁) ⊙ z̄       (11)
     (19) ȳ, W̄₁, b̄₁ from z̄₁      (2), (3)
 
-GLU block, the online-LRU "full_glu", width d → d (params value.weight (d, d), value.bias, gate.weight (d, d), gate.bias):
+GLU block, the online-LRU "full_glu", width d → d (params value.weight (d, d), value.bias, gate.weight (d, d),
+gate.bias):
 
     (20) z = GELU(y)                                  (10)
     (21) v = z W_vᵀ + b_v                             (1)
@@ -261,10 +262,6 @@ def ffn_init(kind: str, d: int, ffn_mult: int, rng: np.random.Generator, dtype) 
     return params
 
 
-def _sub(params: dict, prefix: str) -> dict:
-    return {k[len(prefix) + 1:]: v for k, v in params.items() if k.startswith(prefix + ".")}
-
-
 def mlp_forward(params: dict, y: np.ndarray):
     """fc1 → GELU → fc2. params {fc1.weight (md, d), fc1.bias, fc2.weight (d, md), fc2.bias}; y (..., d) → (..., d)."""
     z1, fc1 = linear_forward(y, params["fc1.weight"], params["fc1.bias"])     # (14)  (..., md)
@@ -332,7 +329,8 @@ def lru_output_init(d: int, n_state: int, rng: np.random.Generator, dtype) -> di
 
 
 def lru_output_forward(params: dict, h: np.ndarray, a: np.ndarray):
-    """y = Re(C h) + D ⊙ a. params {C_re (d, N), C_im (d, N), D (d)}; h complex (..., N), a real (..., d) → y (..., d)."""
+    """y = Re(C h) + D ⊙ a. params {C_re (d, N), C_im (d, N), D (d)}; h complex (..., N), a real (..., d)
+    → y real (..., d), LRUOutputCache."""
     C = params["C_re"] + 1j * params["C_im"]                                  # (28)  (d, N) complex
     y = np.real(h @ C.T) + params["D"] * a                                    # (28)  (..., d)
     return y, LRUOutputCache(h=h, a=a, C=C, D=params["D"])

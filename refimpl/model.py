@@ -184,6 +184,7 @@ def make_model(cell: str, n_in: int, n_hidden: int, n_out: int, *, layers: int =
         encoder: a Linear n_in → d_model in front of the stack.
         norm: None | 'layer' — pre-LayerNorm on each layer's input.
         ffn: None | 'mlp' (fc1 → GELU → fc2, hidden width ffn_mult·w) | 'glu' (GELU then (W_v z) ⊙ σ(W_g z)).
+            (For norm and ffn the string 'none' is accepted as None, for command lines.)
         residual: out = x_layer_in + block(x_layer_in); needs equal input and output widths in every layer.
         pooling: 'none' | 'last' | 'mean' | 'cumulative_mean' (eqs. 32–37).
         seed: seeds the one np.random.default_rng used for every parameter.
