@@ -5,7 +5,8 @@
 How it works: build a model (seeded), draw inputs and mse targets, and compute
     (a) the algorithm's gradients, in the requested dtype and on the requested backend;
     (b) BPTT's gradients with the NumPy reference in float64 (float32 parameters are upcast exactly);
-    (c) central finite differences of the float64 loss.
+    (c) central finite differences of the loss at the same float64 point, evaluated in extended precision
+        (np.longdouble where it is wider than float64; see numerics.extended).
 The report gives, per parameter, rel. error and cosine of (a) vs (b), and rel. error of (b) vs (c). It fails when BPTT
 misses the FD tolerance, or when an *exact* algorithm misses the exact-vs-BPTT tolerance of its dtype; approximate
 algorithms are reported, not judged.
@@ -21,7 +22,7 @@ from . import losses, model as model_mod
 from .algorithms import get_algorithm
 from .api import make_model, model_grads
 from .checks import resolve_dtype
-from .numerics import TOLERANCES, central_differences, cosine, rel_error
+from .numerics import TOLERANCES, central_differences, cosine, extended, rel_error
 
 
 @dataclass
@@ -74,10 +75,11 @@ def gradcheck(cell: str, algorithm: str = "bptt", *, layers: int = 1, hidden: in
     _, grads = model_grads(model, params, x, y64.astype(dtype), loss="mse", algorithm=algorithm, backend=backend)
     _, bptt = model_mod.bptt(model64, params64, x64, y64, loss="mse")
 
-    def loss64(values):
+    def loss_at(values):
         out, _ = model_mod.forward(model64, {k: values[k] for k in params64}, values["x"])
-        return losses.loss_forward("mse", out, y64, None)[0]
-    fd = central_differences(loss64, {**params64, "x": x64}, eps=fd_eps)
+        return losses.loss_forward("mse", out, extended(y64), None)[0]
+    # the differences are evaluated in extended precision at the same float64 point (see numerics.extended)
+    fd = central_differences(loss_at, {k: extended(v) for k, v in {**params64, "x": x64}.items()}, eps=fd_eps)
 
     tol_alg = TOLERANCES["exact_vs_bptt"][dtype.name] if algo.is_exact else None
     tol_fd = TOLERANCES["bptt_vs_fd"]

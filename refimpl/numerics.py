@@ -39,6 +39,23 @@ def sign_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.sign(a) == np.sign(b)))
 
 
+#: Whether np.longdouble is wider than float64 here (80-bit x87 on x86-64 Linux; plain float64 on macOS arm64/MSVC).
+EXTENDED = bool(np.finfo(np.longdouble).eps < 1e-18)
+
+
+def extended(a: np.ndarray) -> np.ndarray:
+    """The same values in extended precision (np.longdouble / np.clongdouble), for finite-difference oracles.
+
+    A float64 loss carries a roundoff of about ε·|L|, so a float64 central difference with eps = 1e-6 errs by about
+    ε/eps ≈ 2e-10 per entry: for a parameter whose gradient is tiny (norm 1e-5) that is already 1e-5 relative. The
+    differences are therefore evaluated in extended precision, at the same (cast, not redrawn) test point.
+    Where longdouble is plain float64 this returns `a` unchanged.
+    """
+    if not EXTENDED:
+        return a
+    return a.astype(np.clongdouble if np.iscomplexobj(a) else np.longdouble)
+
+
 def central_differences(loss: Callable[[Mapping[str, np.ndarray]], float], inputs: Mapping[str, np.ndarray],
                         eps: float = 1e-6, keys=None) -> dict:
     """∂loss/∂inputs[k] for every k (or only `keys`) by central differences, one entry at a time.

@@ -27,11 +27,10 @@ from refimpl.errors import (DTypeError, NonFiniteError, NumericalError, ShapeErr
                             UnsupportedError)
 from refimpl.losses import LOSSES, loss_forward
 from refimpl.model import backward, bptt, forward, make_model
-from refimpl.numerics import central_differences, rel_error
+from refimpl.numerics import EXTENDED, central_differences, extended, rel_error
 
 EPS = 1e-6                     # the finite-difference step
 TOL = 1e-6                     # DESIGN.md §7: bptt vs central differences, float64
-EXTENDED = np.finfo(np.longdouble).eps < 1e-18
 T, B, I, H, O = 4, 3, 3, 4, 3  # time, batch, input width, hidden units, outputs
 
 CELL_CASES = [("rnn", {}), ("rnn", {"nonlinearity": "linear"}), ("gru", {}), ("lstm", {}), ("lru", {}),
@@ -80,19 +79,12 @@ def _target(loss, out_shape, rng):
     return rng.standard_normal(out_shape)
 
 
-def _extended(a: np.ndarray) -> np.ndarray:
-    """The same values in the oracle's precision (complex arrays to the matching complex type)."""
-    if not EXTENDED:
-        return a
-    return a.astype(np.clongdouble if np.iscomplexobj(a) else np.longdouble)
-
-
 def _fd(params: dict, x: np.ndarray, value_fn):
     """Central differences of value_fn(params, x) over every parameter and x, evaluated in extended precision.
 
     Returns ({name: gradient}, |value| at the test point). The base value is subtracted inside the extended
     precision before the result becomes a Python float, so no float64 rounding of L enters the difference."""
-    inputs = {k: _extended(v) for k, v in {**params, "x": x}.items()}
+    inputs = {k: extended(v) for k, v in {**params, "x": x}.items()}
 
     def f(vals):
         return value_fn({k: vals[k] for k in params}, vals["x"])
@@ -254,7 +246,7 @@ def _vjp_check(forward_fn, backward_fn, inputs: dict, rng, label):
     out, cache = forward_fn(**inputs)
     dout = rng.standard_normal(out.shape)
     grads = backward_fn(dout, cache)
-    ld = {k: _extended(v) for k, v in inputs.items()}
+    ld = {k: extended(v) for k, v in inputs.items()}
     base = np.sum(dout * forward_fn(**ld)[0])
     numeric = central_differences(lambda v: float(np.sum(dout * forward_fn(**v)[0]) - base), ld, eps=EPS)
     _assert_grads_close(grads, numeric, abs(float(base)), label)
@@ -370,7 +362,7 @@ def test_loss_value_and_gradient(name, mask, rng):
     weights = np.ones(shape[:-1]) if m is None else np.broadcast_to(m.reshape(T, -1), (T, B))
     expect = np.sum(weights * _plain_loss(name, out, y)) / B           # (38)
     assert abs(value - expect) <= 1e-12 * max(1.0, abs(expect))
-    ld = _extended(out)
+    ld = extended(out)
     base = loss_forward(name, ld, y, m)[0]
     numeric = central_differences(lambda v: float(loss_forward(name, v["out"], y, m)[0] - base),
                                   {"out": ld}, eps=EPS)["out"]
