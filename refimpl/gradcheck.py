@@ -6,7 +6,9 @@ How it works: build a model (seeded), draw inputs and mse targets, and compute
     (a) the algorithm's gradients, in the requested dtype and on the requested backend;
     (b) BPTT's gradients with the NumPy reference in float64 (float32 parameters are upcast exactly);
     (c) central finite differences of the loss at the same float64 point, evaluated in extended precision
-        (np.longdouble where it is wider than float64; see numerics.extended).
+        (np.longdouble where it is wider than float64; see numerics.extended). With pooling='cumulative_mean', whose
+        gradient is straight-through by design (docs/derivations/model.md), (c) differentiates the surrogate loss
+        whose true gradient that is: the running mean p_t replaced by u_t + (p_t − u_t)|_θ₀, the shift held fixed.
 The report gives, per parameter, rel. error and cosine of (a) vs (b), and rel. error of (b) vs (c). It fails when BPTT
 misses the FD tolerance, or when an *exact* algorithm misses the exact-vs-BPTT tolerance of its dtype; approximate
 algorithms are reported, not judged.
@@ -78,6 +80,9 @@ def gradcheck(cell: str, algorithm: str = "bptt", *, layers: int = 1, hidden: in
     def loss_at(values):
         out, _ = model_mod.forward(model64, {k: values[k] for k in params64}, values["x"])
         return losses.loss_forward("mse", out, extended(y64), None)[0]
+
+    if model.pooling == "cumulative_mean":
+        loss_at = _straight_through_surrogate(cell, n_in, hidden, n_out, opts, params64, x64, y64)
     # the differences are evaluated in extended precision at the same float64 point (see numerics.extended)
     fd = central_differences(loss_at, {k: extended(v) for k, v in {**params64, "x": x64}.items()}, eps=fd_eps)
 
@@ -109,4 +114,41 @@ def format_reports(reports: list[GradcheckReport]) -> str:
                  f"{', '.join(f'{t:.0e}' for t in sorted(tol)) or 'n/a'}; approximate algorithms are reported only")
     bad = sum(not row.ok for r in reports for row in r.rows)
     lines.append("all checks passed" if bad == 0 else f"{bad} check(s) FAILED")
+    return "\n".join(lines)
+
+
+def _straight_through_surrogate(cell, n_in, hidden, n_out, opts, params64, x64, y64):
+    """The loss whose true gradient is the straight-through gradient of pooling='cumulative_mean' (see module doc)."""
+    plain, _ = make_model(cell, n_in, hidden, n_out, dtype="float64", **{**opts, "pooling": "none"})
+    u0 = model_mod.forward(plain, params64, x64)[1].features                      # stack output u_t at θ₀ (T, B, d)
+    shift = np.cumsum(u0, axis=0) / np.arange(1, u0.shape[0] + 1)[:, None, None] - u0   # p_t − u_t, held fixed
+
+    def surrogate(values):
+        u = model_mod.forward(plain, {k: values[k] for k in params64}, values["x"])[1].features
+        out = (u + shift) @ values["readout.weight"].T + values["readout.bias"]
+        return losses.loss_forward("mse", out, extended(y64), None)[0]
+    return surrogate
+
+
+def _model_label(config: dict) -> str:
+    parts = [f"{config['layers']} layer" + ("s" if config["layers"] > 1 else "")]
+    parts += [k for k in ("encoder", "residual") if config.get(k)]
+    parts += [f"{k}={config[k]}" for k in ("norm", "ffn") if config.get(k)]
+    if config.get("pooling", "none") != "none":
+        parts.append(f"pool={config['pooling']}")
+    return ", ".join(parts)
+
+
+def format_summary(reports: list[GradcheckReport]) -> str:
+    """One row per report: cell, model, arrays checked, the worst BPTT-vs-FD error (and where), verdict."""
+    head = f"{'cell':<11} {'model':<52} {'arrays':>6} {'worst bptt vs FD':>16}  {'(in)':<24} ok"
+    lines = [head, "-" * len(head)]
+    for r in reports:
+        label = r.cell + (f"({r.config['nonlinearity']})" if "nonlinearity" in r.config else "")
+        worst = max(r.rows, key=lambda row: row.rel_err_bptt_vs_fd)
+        lines.append(f"{label:<11} {_model_label(r.config):<52} {len(r.rows):>6} {worst.rel_err_bptt_vs_fd:>16.2e}  "
+                     f"{worst.name:<24} {'yes' if r.ok else 'NO'}")
+    bad = [r for r in reports if not r.ok]
+    lines.append(f"tolerance: BPTT vs FD ≤ {TOLERANCES['bptt_vs_fd']:.0e} per array; "
+                 + ("all checks passed" if not bad else f"{len(bad)} model(s) FAILED"))
     return "\n".join(lines)

@@ -20,9 +20,12 @@ from .cells import CELLS
 from .errors import RefimplError
 from .model import FFNS, NORMS, POOLINGS
 
-#: What the default job checks: every cell (and both rnn nonlinearities).
-DEFAULT_JOB = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "linear"}), ("gru", {}), ("lstm", {}),
-               ("lru", {})]
+#: What the default job checks: every cell (both rnn nonlinearities), alone and inside a full 2-layer block stack.
+DEFAULT_CELLS = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "linear"}), ("gru", {}), ("lstm", {}),
+                 ("lru", {})]
+DEFAULT_MODELS = [dict(layers=1),
+                  dict(layers=2, encoder=True, norm="layer", ffn="glu", residual=True),
+                  dict(layers=2, ffn="mlp", pooling="cumulative_mean")]
 
 
 def _parse_cell_options(pairs) -> dict:
@@ -47,11 +50,13 @@ def cli(ctx):
     Without a command, runs the default job: a gradient check of every cell (BPTT vs central finite differences).
     """
     if ctx.invoked_subcommand is None:
-        from .gradcheck import format_reports, gradcheck
-        click.echo("Default job: BPTT vs central finite differences for every cell "
-                   "(1-layer model, hidden 4, T=5, B=2, mse loss, float64)")
-        reports = [gradcheck(cell, "bptt", **opts) for cell, opts in DEFAULT_JOB]
-        click.echo(format_reports(reports))
+        from .gradcheck import format_summary, gradcheck
+        click.echo("Default job: hand-derived BPTT vs central finite differences, every cell in three model stacks\n"
+                   "(hidden 4, T=5, B=2, mse loss, float64; every parameter array and x is compared)\n")
+        reports = [gradcheck(cell, "bptt", **cell_opts, **model_opts)
+                   for cell, cell_opts in DEFAULT_CELLS for model_opts in DEFAULT_MODELS]
+        click.echo(format_summary(reports))
+        click.echo("\nPer-parameter detail: python -m refimpl.run gradcheck --cell CELL [options]  (see --help)")
         ctx.exit(0 if all(r.ok for r in reports) else 1)
 
 

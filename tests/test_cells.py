@@ -156,3 +156,39 @@ def test_float32_agrees_with_float64(name, options):
     for k in g64:
         assert g32[k].dtype in (np.float32, np.complex64), f"{name} d{k} came back as {g32[k].dtype}"
         assert rel_error(g32[k], g64[k]) <= 1e-4, f"{name} d{k}: float32 vs float64"
+
+
+@pytest.mark.parametrize("name,options", CELL_CASES, ids=IDS)
+def test_jacobians_rebuild_bptt(name, options, rng):
+    """Structural identity: the adjoint recursion written with the cell's own Jacobians,
+    s̄_{t-1} = J_tᴴ s̄_t + ds_{t-1},  ∂L/∂θ = Σ_t Re Σ_k conj(∂s_t[k]/∂θ) s̄_t[k],
+    rebuilds the BPTT gradients of `backward` to float64 precision (an independent path through eqs. (7)-(8)-style
+    derivatives instead of the step_backward adjoints)."""
+    mod, params, x, state0, opts = _setup(name, options, rng, T=6)
+    h, cache = mod.forward(params, x, state0, **opts)
+    dh = rng.standard_normal(h.shape) + (1j * rng.standard_normal(h.shape) if np.iscomplexobj(h) else 0)
+    want = mod.backward(params, dh, cache, **opts)
+
+    T, B = x.shape[:2]
+    states = [state0]
+    for t in range(T):
+        states.append(mod.step_forward(params, x[t], states[-1], **opts)[0])
+    S = _flat(state0).shape[-1]
+    ds = np.zeros((T, B, S), dtype=dh.dtype)
+    ds[:, :, :dh.shape[-1]] = dh                     # the instantaneous adjoint reaches h only (not the lstm's c)
+    got = {k: np.zeros_like(v) for k, v in params.items()}
+    s_bar = np.zeros((B, S), dtype=dh.dtype)
+    for t in reversed(range(T)):
+        s_bar = s_bar + ds[t]
+        P = mod.param_jacobian(params, x[t], states[t], **opts)
+        for k, p in P.items():
+            if name == "lru":                       # compact diagonal form: unit k only feeds row k
+                contrib = np.real(np.conj(p) * s_bar.reshape(s_bar.shape + (1,) * (p.ndim - 2)))
+            else:
+                contrib = np.einsum("bk...,bk->b...", p, s_bar)
+            got[k] += contrib.sum(0)
+        J = mod.state_jacobian(params, x[t], states[t], **opts)
+        s_bar = np.conj(J) * s_bar if name == "lru" else np.einsum("bks,bk->bs", J, s_bar)
+    for k in params:
+        assert rel_error(got[k], want[k]) <= 1e-12, f"{name} d{k}: Jacobian recursion vs backward"
+    assert rel_error(s_bar[:, :dh.shape[-1]], want["h0"]) <= 1e-12
