@@ -7,9 +7,10 @@ and that nothing mutates its inputs.
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from refimpl.cells import CELLS
-from refimpl.numerics import central_differences, rel_error
+from refimpl.numerics import central_differences, extended, rel_error
 
 CELL_CASES = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "linear"}),
               ("gru", {}), ("lstm", {}), ("lru", {}), ("lru", {"r_min": 0.9, "r_max": 0.999})]
@@ -192,3 +193,26 @@ def test_jacobians_rebuild_bptt(name, options, rng):
     for k in params:
         assert rel_error(got[k], want[k]) <= 1e-12, f"{name} d{k}: Jacobian recursion vs backward"
     assert rel_error(s_bar[:, :dh.shape[-1]], want["h0"]) <= 1e-12
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=st.sampled_from(CELL_CASES), T=st.integers(1, 4), B=st.integers(1, 3), I=st.integers(1, 3),
+       H=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_bptt_matches_finite_differences_at_random_sizes(case, T, B, I, H, seed):
+    """Property test: any small (T, B, I, H) — including the size-1 axes that break broadcasting — and any seed."""
+    name, options = case
+    rng = np.random.default_rng(seed)
+    mod, params, x, state0, opts = _setup(name, options, rng, T=T, B=B, I=I, H=H)
+    h, cache = mod.forward(params, x, state0, **opts)
+    assert h.shape == (T, B, H)
+    dh = rng.standard_normal(h.shape) + (1j * rng.standard_normal(h.shape) if np.iscomplexobj(h) else 0)
+    grads = mod.backward(params, dh, cache, **opts)
+
+    def loss(values):
+        h_, _ = mod.forward({k: values[k] for k in params}, values["x"], _rebuild_state(state0, values), **opts)
+        return np.sum(np.real(np.conj(dh) * h_))
+
+    inputs = {**params, "x": x, **_state_inputs(state0)}
+    numeric = central_differences(loss, {k: extended(v) for k, v in inputs.items()})
+    for k in inputs:
+        assert rel_error(grads[k], numeric[k]) <= 1e-6, f"{name} T={T} B={B} I={I} H={H} d{k}"
