@@ -68,3 +68,23 @@ def test_default_job_checks_every_cell():
     for cell in ("rnn(tanh)", "rnn(linear)", "gru", "lstm", "lru"):
         assert cell in r.stdout
     assert "all checks passed" in r.stdout
+
+
+def test_gradcheck_fails_when_an_exact_algorithm_is_wrong(monkeypatch):
+    """A deliberately wrong 'exact' algorithm (BPTT with one gradient off by 1e-6 relative) must fail the check
+    with exit status 1; the same wrong gradients under an approximate label are reported, not judged."""
+    from click.testing import CliRunner
+
+    from refimpl import algorithms
+    from refimpl.run import cli
+
+    def slightly_wrong(kernels, model, params, x, y, loss, mask):
+        value, grads = algorithms.ALGORITHMS["bptt"].model_grads(kernels, model, params, x, y, loss, mask)
+        return value, {**grads, "readout.bias": grads["readout.bias"] * (1 + 1e-6)}
+
+    for exact, code in (("yes", 1), ("no", 0)):
+        fake = algorithms.Algorithm("rtrl", exact, "a wrong stand-in", model_grads=slightly_wrong)
+        monkeypatch.setitem(algorithms.ALGORITHMS, "rtrl", fake)
+        r = CliRunner().invoke(cli, ["gradcheck", "--cell", "rnn", "--algorithm", "rtrl"])
+        assert r.exit_code == code, r.output
+        assert ("FAILED" in r.output) == (code == 1)
