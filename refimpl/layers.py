@@ -93,6 +93,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .cells.common import sigmoid  # σ(x), eq. (12), in the overflow-free form ½(1 + tanh(x/2))
 from .errors import UnknownNameError, UnsupportedError
 
 GELU_C = math.sqrt(2.0 / math.pi)   # c in (10)
@@ -206,12 +207,6 @@ def gelu_backward(dout: np.ndarray, cache: GELUCache) -> np.ndarray:
 
 class SigmoidCache(NamedTuple):
     s: np.ndarray        # σ(x)    (...)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """σ(x), eq. (12), without overflow: e = e^{−|x|} ≤ 1, σ = 1/(1+e) for x ≥ 0 and e/(1+e) for x < 0."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def sigmoid_forward(x: np.ndarray):
