@@ -77,12 +77,12 @@ def gradcheck(cell: str, algorithm: str = "bptt", *, layers: int = 1, hidden: in
     _, grads = model_grads(model, params, x, y64.astype(dtype), loss="mse", algorithm=algorithm, backend=backend)
     _, bptt = model_mod.bptt(model64, params64, x64, y64, loss="mse")
 
-    def loss_at(values):
-        out, _ = model_mod.forward(model64, {k: values[k] for k in params64}, values["x"])
-        return losses.loss_forward("mse", out, extended(y64), None)[0]
-
     if model.pooling == "cumulative_mean":
         loss_at = _straight_through_surrogate(cell, n_in, hidden, n_out, opts, params64, x64, y64)
+    else:
+        def loss_at(values):
+            out, _ = model_mod.forward(model64, {k: values[k] for k in params64}, values["x"])
+            return losses.loss_forward("mse", out, extended(y64), None)[0]
     # the differences are evaluated in extended precision at the same float64 point (see numerics.extended)
     fd = central_differences(loss_at, {k: extended(v) for k, v in {**params64, "x": x64}.items()}, eps=fd_eps)
 

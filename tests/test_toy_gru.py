@@ -17,6 +17,8 @@ import pytest
 from refimpl.cells import gru
 from refimpl.numerics import rel_error
 
+from .toy import check_pencil, sigma
+
 # Round parameters. Gate blocks in the order r, z, n (torch.nn.GRU layout).
 W_ir, W_iz, W_in = 0.5, -1.0, 1.0          # weight_ih (3, 1)
 W_hr, W_hz, W_hn = 1.0, 0.5, -0.5          # weight_hh (3, 1)
@@ -27,16 +29,6 @@ X1, X2 = 1.0, -1.0                         # the input sequence
 DH1, DH2 = 1.0, 1.0                        # L = h1 + h2
 
 
-def sigma(a):
-    return 1.0 / (1.0 + math.exp(-a))
-
-
-def _check(value, pencil):
-    """The hand-written 6-decimal value in the comment must be the value the arithmetic gives."""
-    assert abs(value - pencil) < 5e-7, f"hand value {value:.8f} != pencil value {pencil}"
-    return value
-
-
 def _params():
     return {"weight_ih": np.array([[W_ir], [W_iz], [W_in]]), "weight_hh": np.array([[W_hr], [W_hz], [W_hn]]),
             "bias_ih": np.array([b_ir, b_iz, b_in]), "bias_hh": np.array([b_hr, b_hz, b_hn])}
@@ -44,11 +36,11 @@ def _params():
 
 def _hand_step(x, h, pencil):
     """Eqs. (1)–(5) for one scalar step; `pencil` holds the 6-decimal values written in the comments below."""
-    r = _check(sigma(W_ir * x + b_ir + W_hr * h + b_hr), pencil["r"])      # (1)
-    z = _check(sigma(W_iz * x + b_iz + W_hz * h + b_hz), pencil["z"])      # (2)
-    m = _check(W_hn * h + b_hn, pencil["m"])                               # (3)
-    n = _check(math.tanh(W_in * x + b_in + r * m), pencil["n"])            # (4)
-    h_new = _check((1.0 - z) * n + z * h, pencil["h"])                     # (5)
+    r = check_pencil(sigma(W_ir * x + b_ir + W_hr * h + b_hr), pencil["r"])      # (1)
+    z = check_pencil(sigma(W_iz * x + b_iz + W_hz * h + b_hz), pencil["z"])      # (2)
+    m = check_pencil(W_hn * h + b_hn, pencil["m"])                               # (3)
+    n = check_pencil(math.tanh(W_in * x + b_in + r * m), pencil["n"])            # (4)
+    h_new = check_pencil((1.0 - z) * n + z * h, pencil["h"])                     # (5)
     return {"r": r, "z": z, "m": m, "n": n, "h": h_new}
 
 
@@ -72,15 +64,15 @@ def _hand_forward():
 
 def _hand_step_back(s, h_prev, hbar, pencil):
     """Eqs. (6)–(9), (11) for one scalar step: the chain rule through (5), (4), (3), (2), (1) in reverse."""
-    nbar = _check(hbar * (1.0 - s["z"]), pencil["nbar"])                 # (6) ∂h/∂n = 1 − z
-    zbar = _check(hbar * (h_prev - s["n"]), pencil["zbar"])              # (6) ∂h/∂z = h_prev − n
-    da_n = _check(nbar * (1.0 - s["n"] ** 2), pencil["da_n"])            # (7) tanh' = 1 − n²
-    rbar = _check(da_n * s["m"], pencil["rbar"])                         # (8) ∂a_n/∂r = m
-    mbar = _check(da_n * s["r"], pencil["mbar"])                         # (8) ∂a_n/∂m = r
-    da_z = _check(zbar * s["z"] * (1.0 - s["z"]), pencil["da_z"])        # (9) σ' = z(1 − z)
-    da_r = _check(rbar * s["r"] * (1.0 - s["r"]), pencil["da_r"])        # (9) σ' = r(1 − r)
+    nbar = check_pencil(hbar * (1.0 - s["z"]), pencil["nbar"])                 # (6) ∂h/∂n = 1 − z
+    zbar = check_pencil(hbar * (h_prev - s["n"]), pencil["zbar"])              # (6) ∂h/∂z = h_prev − n
+    da_n = check_pencil(nbar * (1.0 - s["n"] ** 2), pencil["da_n"])            # (7) tanh' = 1 − n²
+    rbar = check_pencil(da_n * s["m"], pencil["rbar"])                         # (8) ∂a_n/∂r = m
+    mbar = check_pencil(da_n * s["r"], pencil["mbar"])                         # (8) ∂a_n/∂m = r
+    da_z = check_pencil(zbar * s["z"] * (1.0 - s["z"]), pencil["da_z"])        # (9) σ' = z(1 − z)
+    da_r = check_pencil(rbar * s["r"] * (1.0 - s["r"]), pencil["da_r"])        # (9) σ' = r(1 − r)
     # (11) h_prev reaches h through z·h_prev directly and through a_r, a_z (W_hr, W_hz) and m (W_hn):
-    hbar_prev = _check(hbar * s["z"] + da_r * W_hr + da_z * W_hz + mbar * W_hn, pencil["hbar_prev"])
+    hbar_prev = check_pencil(hbar * s["z"] + da_r * W_hr + da_z * W_hz + mbar * W_hn, pencil["hbar_prev"])
     return {"da_r": da_r, "da_z": da_z, "da_n": da_n, "mbar": mbar, "hbar_prev": hbar_prev}
 
 
@@ -97,7 +89,7 @@ def _hand_bptt(s1, s2):
                                        "mbar": 0.054728, "da_z": 0.225005, "da_r": 0.004702,
                                        "hbar_prev": 0.878361})
     # Total adjoint of h1 (eq. 12): h̄1 = dh1 + 0.878361 = 1.878361
-    hbar1 = _check(DH1 + b2["hbar_prev"], 1.878361)
+    hbar1 = check_pencil(DH1 + b2["hbar_prev"], 1.878361)
     # Step 1 back, with h̄1 ≈ 1.878361 and h0 = 0:
     #   n̄1 = h̄1·(1 − z1) ≈ 1.373192       z̄1 = h̄1·(h0 − n1) ≈ −1.624005
     #   ā_n1 ≈ 1.373192·(1 − 0.747509) ≈ 0.346718
@@ -124,8 +116,8 @@ def _hand_bptt(s1, s2):
     }
     # Two totals by pencil: ∂L/∂W_in = 0.346718·1 + 0.102685·(−1) ≈ 0.244033;
     #                       ∂L/∂b_hn = m̄1 + m̄2 ≈ 0.215818 + 0.054728 ≈ 0.270546
-    _check(grads["weight_ih"][2][0], 0.244033)
-    _check(grads["bias_hh"][2], 0.270546)
+    check_pencil(grads["weight_ih"][2][0], 0.244033)
+    check_pencil(grads["bias_hh"][2], 0.270546)
     return {k: np.array(v, dtype=np.float64) for k, v in grads.items()}
 
 
@@ -169,12 +161,12 @@ def test_b_hn_gradient_by_forward_chain_rule():
     q2 ≈ 0.211479·0.485558·0.532968 ≈ 0.054728; so ∂L/∂b_hn ≈ 0.114897·1.878361 + 0.054728 ≈ 0.270546.
     """
     s1, s2 = _hand_forward()
-    q1 = _check((1 - s1["z"]) * (1 - s1["n"] ** 2) * s1["r"], 0.114897)
-    q2 = _check((1 - s2["z"]) * (1 - s2["n"] ** 2) * s2["r"], 0.054728)
-    dh2_dh1 = _check(s2["z"] + (s1["h"] - s2["n"]) * s2["z"] * (1 - s2["z"]) * W_hz
+    q1 = check_pencil((1 - s1["z"]) * (1 - s1["n"] ** 2) * s1["r"], 0.114897)
+    q2 = check_pencil((1 - s2["z"]) * (1 - s2["n"] ** 2) * s2["r"], 0.054728)
+    dh2_dh1 = check_pencil(s2["z"] + (s1["h"] - s2["n"]) * s2["z"] * (1 - s2["z"]) * W_hz
                      + (1 - s2["z"]) * (1 - s2["n"] ** 2) * (s2["m"] * s2["r"] * (1 - s2["r"]) * W_hr
                                                              + s2["r"] * W_hn), 0.878361)
-    by_chain_rule = _check(q1 * (1 + dh2_dh1) + q2, 0.270546)
+    by_chain_rule = check_pencil(q1 * (1 + dh2_dh1) + q2, 0.270546)
 
     def hand_loss(bhn):        # the two scalar steps again with b_hn replaced, L = h1 + h2
         h = H0

@@ -19,6 +19,8 @@ import pytest
 from refimpl.cells import lstm
 from refimpl.numerics import rel_error
 
+from .toy import check_pencil, sigma
+
 # Round parameters. Gate blocks in the order i, f, g, o (torch.nn.LSTM layout).
 W_ii, W_if, W_ig, W_io = 1.0, 0.5, 1.0, -0.5        # weight_ih (4, 1)
 W_hi, W_hf, W_hg, W_ho = 0.5, -1.0, 1.0, 0.5        # weight_hh (4, 1)
@@ -29,16 +31,6 @@ X1, X2 = 1.0, -1.0                                  # the input sequence
 DH1, DH2 = 1.0, 1.0                                 # L = h1 + h2
 
 
-def sigma(a):
-    return 1.0 / (1.0 + math.exp(-a))
-
-
-def _check(value, pencil):
-    """The hand-written 6-decimal value in the comment must be the value the arithmetic gives."""
-    assert abs(value - pencil) < 5e-7, f"hand value {value:.8f} != pencil value {pencil}"
-    return value
-
-
 def _params():
     return {"weight_ih": np.array([[W_ii], [W_if], [W_ig], [W_io]]),
             "weight_hh": np.array([[W_hi], [W_hf], [W_hg], [W_ho]]),
@@ -47,13 +39,13 @@ def _params():
 
 def _hand_step(x, h, c, pencil):
     """Eqs. (1)–(4) for one scalar step; `pencil` holds the 6-decimal values written in the comments below."""
-    i = _check(sigma(W_ii * x + b_ii + W_hi * h + b_hi), pencil["i"])       # (1), (2)
-    f = _check(sigma(W_if * x + b_if + W_hf * h + b_hf), pencil["f"])       # (1), (2)
-    g = _check(math.tanh(W_ig * x + b_ig + W_hg * h + b_hg), pencil["g"])   # (1), (2)
-    o = _check(sigma(W_io * x + b_io + W_ho * h + b_ho), pencil["o"])       # (1), (2)
-    c_new = _check(f * c + i * g, pencil["c"])                              # (3)
-    tanh_c = _check(math.tanh(c_new), pencil["tanh_c"])                     # (4)
-    h_new = _check(o * tanh_c, pencil["h"])                                 # (4)
+    i = check_pencil(sigma(W_ii * x + b_ii + W_hi * h + b_hi), pencil["i"])       # (1), (2)
+    f = check_pencil(sigma(W_if * x + b_if + W_hf * h + b_hf), pencil["f"])       # (1), (2)
+    g = check_pencil(math.tanh(W_ig * x + b_ig + W_hg * h + b_hg), pencil["g"])   # (1), (2)
+    o = check_pencil(sigma(W_io * x + b_io + W_ho * h + b_ho), pencil["o"])       # (1), (2)
+    c_new = check_pencil(f * c + i * g, pencil["c"])                              # (3)
+    tanh_c = check_pencil(math.tanh(c_new), pencil["tanh_c"])                     # (4)
+    h_new = check_pencil(o * tanh_c, pencil["h"])                                 # (4)
     return {"i": i, "f": f, "g": g, "o": o, "c": c_new, "tanh_c": tanh_c, "h": h_new}
 
 
@@ -83,18 +75,18 @@ def _hand_forward():
 
 def _hand_step_back(s, h_prev, c_prev, hbar, cbar, pencil):
     """Eqs. (5)–(8), (10) for one scalar step: the chain rule through (4), (3), (2), (1) in reverse."""
-    obar = _check(hbar * s["tanh_c"], pencil["obar"])                                   # (5) ∂h/∂o = tanh(c)
+    obar = check_pencil(hbar * s["tanh_c"], pencil["obar"])                                   # (5) ∂h/∂o = tanh(c)
     # (6) c_t reaches L along two paths: carried from step t+1 (c̄) and through h_t = o·tanh(c_t)
-    chat = _check(cbar + hbar * s["o"] * (1.0 - s["tanh_c"] ** 2), pencil["chat"])
-    fbar = _check(chat * c_prev, pencil["fbar"])                                        # (7) ∂c/∂f = c_prev
-    ibar = _check(chat * s["g"], pencil["ibar"])                                        # (7) ∂c/∂i = g
-    gbar = _check(chat * s["i"], pencil["gbar"])                                        # (7) ∂c/∂g = i
-    cbar_prev = _check(chat * s["f"], pencil["cbar_prev"])                              # (7) ∂c/∂c_prev = f
-    da_i = _check(ibar * s["i"] * (1.0 - s["i"]), pencil["da_i"])                       # (8) σ'
-    da_f = _check(fbar * s["f"] * (1.0 - s["f"]), pencil["da_f"])                       # (8) σ'
-    da_g = _check(gbar * (1.0 - s["g"] ** 2), pencil["da_g"])                           # (8) tanh'
-    da_o = _check(obar * s["o"] * (1.0 - s["o"]), pencil["da_o"])                       # (8) σ'
-    hbar_prev = _check(da_i * W_hi + da_f * W_hf + da_g * W_hg + da_o * W_ho, pencil["hbar_prev"])   # (10)
+    chat = check_pencil(cbar + hbar * s["o"] * (1.0 - s["tanh_c"] ** 2), pencil["chat"])
+    fbar = check_pencil(chat * c_prev, pencil["fbar"])                                        # (7) ∂c/∂f = c_prev
+    ibar = check_pencil(chat * s["g"], pencil["ibar"])                                        # (7) ∂c/∂i = g
+    gbar = check_pencil(chat * s["i"], pencil["gbar"])                                        # (7) ∂c/∂g = i
+    cbar_prev = check_pencil(chat * s["f"], pencil["cbar_prev"])                              # (7) ∂c/∂c_prev = f
+    da_i = check_pencil(ibar * s["i"] * (1.0 - s["i"]), pencil["da_i"])                       # (8) σ'
+    da_f = check_pencil(fbar * s["f"] * (1.0 - s["f"]), pencil["da_f"])                       # (8) σ'
+    da_g = check_pencil(gbar * (1.0 - s["g"] ** 2), pencil["da_g"])                           # (8) tanh'
+    da_o = check_pencil(obar * s["o"] * (1.0 - s["o"]), pencil["da_o"])                       # (8) σ'
+    hbar_prev = check_pencil(da_i * W_hi + da_f * W_hf + da_g * W_hg + da_o * W_ho, pencil["hbar_prev"])   # (10)
     return {"da_i": da_i, "da_f": da_f, "da_g": da_g, "da_o": da_o, "hbar_prev": hbar_prev,
             "cbar_prev": cbar_prev}
 
@@ -114,7 +106,7 @@ def _hand_bptt(s1, s2):
                           "gbar": 0.172596, "cbar_prev": 0.321537, "da_i": -0.074650, "da_f": 0.138372,
                           "da_g": 0.107164, "da_o": 0.076418, "hbar_prev": -0.030324})
     # Total adjoints at step 1 (eq. 11): h̄1 = dh1 + (−0.030324) = 0.969676;  c̄1 = 0.321537 (carried)
-    hbar1 = _check(DH1 + b2["hbar_prev"], 0.969676)
+    hbar1 = check_pencil(DH1 + b2["hbar_prev"], 0.969676)
     cbar1 = b2["cbar_prev"]
     # Step 1 back, with h̄1 ≈ 0.969676, c̄1 ≈ 0.321537, h0 = 0, c0 = 0.5:
     #   ō1 = h̄1·tanh(c1) ≈ 0.724101
@@ -142,8 +134,8 @@ def _hand_bptt(s1, s2):
     }
     # Two totals by pencil: ∂L/∂W_if = ā_f1·1 + ā_f2·(−1) ≈ 0.036055 − 0.138372 ≈ −0.102317;
     #                       ∂L/∂c0 ≈ 0.395286 (above; re-derived in forward mode in the test below)
-    _check(grads["weight_ih"][1][0], -0.102317)
-    _check(grads["c0"][0][0], 0.395286)
+    check_pencil(grads["weight_ih"][1][0], -0.102317)
+    check_pencil(grads["c0"][0][0], 0.395286)
     return {k: np.array(v, dtype=np.float64) for k, v in grads.items()}
 
 
@@ -190,15 +182,15 @@ def test_c0_gradient_by_forward_chain_rule():
     The second term is the path through the cell state; a backward that forgets to carry c̄ loses it.
     """
     s1, s2 = _hand_forward()
-    kappa1 = _check(s1["o"] * (1 - s1["tanh_c"] ** 2), 0.167013)
-    kappa2 = _check(s2["o"] * (1 - s2["tanh_c"] ** 2), 0.580075)
-    dh2_dh1 = _check(s2["tanh_c"] * s2["o"] * (1 - s2["o"]) * W_ho
+    kappa1 = check_pencil(s1["o"] * (1 - s1["tanh_c"] ** 2), 0.167013)
+    kappa2 = check_pencil(s2["o"] * (1 - s2["tanh_c"] ** 2), 0.580075)
+    dh2_dh1 = check_pencil(s2["tanh_c"] * s2["o"] * (1 - s2["o"]) * W_ho
                      + kappa2 * (s2["g"] * s2["i"] * (1 - s2["i"]) * W_hi
                                  + s1["c"] * s2["f"] * (1 - s2["f"]) * W_hf
                                  + s2["i"] * (1 - s2["g"] ** 2) * W_hg), -0.030324)
-    through_h = _check(kappa1 * s1["f"] * (1 + dh2_dh1), 0.132405)
-    through_c = _check(kappa2 * s2["f"] * s1["f"], 0.262881)
-    by_chain_rule = _check(through_h + through_c, 0.395286)
+    through_h = check_pencil(kappa1 * s1["f"] * (1 + dh2_dh1), 0.132405)
+    through_c = check_pencil(kappa2 * s2["f"] * s1["f"], 0.262881)
+    by_chain_rule = check_pencil(through_h + through_c, 0.395286)
 
     def hand_loss(c0):         # the two scalar steps again from (h0, c0), L = h1 + h2
         h, c, total = H0, c0, 0.0
@@ -222,7 +214,7 @@ def test_c0_gradient_by_forward_chain_rule():
     assert J[0, 0, 1] == pytest.approx(kappa2 * s2["f"], abs=1e-14)  # ∂h2/∂c1
     assert J[0, 1, 1] == pytest.approx(s2["f"], abs=1e-14)           # ∂c2/∂c1
     # eq. (15) for H = 1: det J = f2 · tanh(c2)·o2(1 − o2)·W_ho ≈ 0.554303·0.338158·0.225984·0.5 ≈ 0.021179
-    det = _check(s2["f"] * s2["tanh_c"] * s2["o"] * (1 - s2["o"]) * W_ho, 0.021179)
+    det = check_pencil(s2["f"] * s2["tanh_c"] * s2["o"] * (1 - s2["o"]) * W_ho, 0.021179)
     assert np.linalg.det(J[0]) == pytest.approx(det, abs=1e-14)
 
 
