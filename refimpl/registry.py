@@ -70,6 +70,10 @@ def register_kernel(spec: KernelSpec) -> KernelSpec:
     return spec
 
 
+def _identity(a):
+    return a
+
+
 @dataclass
 class Backend:
     """A loaded backend: its kernels, whether it runs here (and why not), and its array conversions."""
@@ -77,8 +81,8 @@ class Backend:
     available: bool
     reason: str
     kernels: dict = field(default_factory=dict)
-    to_backend: Callable[[np.ndarray], Any] = staticmethod(lambda a: a)
-    to_numpy: Callable[[Any], np.ndarray] = staticmethod(lambda a: a)
+    to_backend: Callable[[np.ndarray], Any] = _identity
+    to_numpy: Callable[[Any], np.ndarray] = _identity
 
 
 _LOADED: dict[str, Backend] = {}
