@@ -1,13 +1,15 @@
 """Learning algorithms by name — the one place an algorithm name is looked up (DESIGN.md §5).
 
-Every name of DESIGN.md §5 is listed here, with whether it is exact and whether it is implemented yet. The API
+Every name of DESIGN.md §5 is listed here, with whether it is exact and whether it is implemented yet, plus the
+baseline `readout` (train the linear head only), which gives the "no learning in the recurrence" floor. The API
 (`cell_grads`, `model_grads`), the CLI and (later) training and comparison all resolve names through `get_algorithm`,
 so a new algorithm plugs in by filling in its entry.
 
 Each implemented algorithm provides
     cell_grads(kernels, cell, params, x, dh, state0) -> grads       one cell, instantaneous adjoints dh (T,B,H)
     model_grads(kernels, model, params, x, y, loss, mask) -> (loss_value, grads)
-where `kernels` is the cell's `registry.CellKernels` on the chosen backend.
+where `kernels` is the cell's `registry.CellKernels` on the chosen backend. An algorithm that does not train a
+parameter leaves it out of `grads` (the optimizer then leaves it alone: no update, no weight decay).
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ def _bptt_model_grads(kernels, model, params, x, y, loss, mask):
     return model_mod.bptt(model, params, x, y, loss=loss, mask=mask, kernels=kernels)
 
 
+def _readout_model_grads(kernels, model, params, x, y, loss, mask):
+    """Train the linear head only (the recurrent stack is a fixed random feature map, a 'reservoir'): the loss and
+    its gradient for readout.weight / readout.bias; no backward pass through the stack. The other parameters are
+    absent from the result (they are not trained: no update, no weight decay)."""
+    from .layers import linear_backward
+    from .losses import loss_forward
+    from .model import forward
+    out, cache = forward(model, params, x, kernels, mask=mask)
+    value, dout = loss_forward(loss, out, y, mask if model.per_step else None)
+    g = linear_backward(dout, cache.readout)
+    return float(value), {"readout.weight": g["weight"], "readout.bias": g["bias"]}
+
+
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("bptt", "yes", "backpropagation through time, hand-derived", _bptt_cell_grads, _bptt_model_grads),
     Algorithm("rtrl", "yes", "real-time recurrent learning, full sensitivity of the whole state",
@@ -61,6 +76,8 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("fptt", "yes", "forward propagation of errors through time (warm-up pass, then error pass)",
               planned_in="the FPTT issue"),
     Algorithm("fptt1", "no", "one forward pass with δ0 = 0", planned_in="the FPTT issue"),
+    Algorithm("readout", "no", "baseline: only the linear head learns; the recurrent stack stays at its random "
+              "initialisation (the online-LRU code's 'online_reservoir')", model_grads=_readout_model_grads),
     Algorithm("ep", "as β→0", "equilibrium propagation (static input, fixed-point networks)",
               planned_in="the EP issue"),
 ]}

@@ -2,6 +2,9 @@
 
     (no command)  the default job: gradcheck of every cell with BPTT against finite differences, one table
     gradcheck     compare an algorithm's gradients with BPTT, and BPTT with central finite differences
+    train         train a model on a task into a run directory (config.json, metrics.jsonl, checkpoints; --resume)
+    compare       train the same model from the same initial weights with several algorithms; table and plot
+    plot          learning curves of existing run directories
     backends      list the backends, whether each runs on this machine, and which kernels each implements
 
 User errors (unknown names, bad sizes, unsupported combinations) print one line on stderr and exit with status 2;
@@ -17,7 +20,7 @@ import click
 
 from .algorithms import ALGORITHMS
 from .cells import CELLS
-from .errors import RefimplError
+from .errors import NumericalError, RefimplError
 from .model import FFNS, NORMS, POOLINGS
 
 #: What the default job checks: every cell (both rnn nonlinearities), alone and inside a full 2-layer block stack.
@@ -28,21 +31,50 @@ DEFAULT_MODELS = [dict(layers=1),
                   dict(layers=2, ffn="mlp", pooling="cumulative_mean")]
 
 
-def _parse_cell_options(pairs) -> dict:
+def _parse_options(pairs, flag: str = "--cell-option", example: str = "-o nonlinearity=linear") -> dict:
+    """KEY=VALUE pairs → {key: int | float | str}."""
     options = {}
     for pair in pairs:
         if "=" not in pair:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE (e.g. -o nonlinearity=linear)",
-                                     param_hint="--cell-option")
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE (e.g. {example})", param_hint=flag)
         key, value = pair.split("=", 1)
-        try:
-            options[key] = float(value)
-        except ValueError:
+        for cast in (int, float):
+            try:
+                options[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
             options[key] = value
     return options
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """A Click group whose errors are one line on stderr: status 2 for user errors (bad options, unknown names,
+    unsupported combinations), 1 for numerical failures (a blow-up, a diverged run) — no traceback. Click's test
+    runner goes through here too."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                              **extra)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as e:       # usage errors: bad option values, missing options, unknown commands
+            click.echo(f"error: {' '.join(e.format_message().split())} (see --help)", err=True)
+            sys.exit(2)
+        except NumericalError as e:
+            click.echo(f"error: {' '.join(str(e).split())}", err=True)
+            sys.exit(1)
+        except RefimplError as e:
+            click.echo(f"error: {' '.join(str(e).split())}", err=True)
+            sys.exit(2)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def cli(ctx):
     """refimpl: a readable NumPy reference for how recurrent networks learn.
@@ -90,9 +122,151 @@ def gradcheck(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, seed
     from .gradcheck import format_reports, gradcheck as run_gradcheck
     report = run_gradcheck(cell, algorithm, layers=layers, hidden=hidden, seq_len=seq_len, batch=batch, n_in=n_in,
                            dtype=dtype, seed=seed, backend=backend, norm=norm, ffn=ffn, residual=residual,
-                           encoder=encoder, pooling=pooling, **_parse_cell_options(cell_options))
+                           encoder=encoder, pooling=pooling, **_parse_options(cell_options))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_reports([report]))
     sys.exit(0 if report.ok else 1)
+
+
+def _run_options(f):
+    """The task / model / optimizer options shared by `train` and `compare` (defaults: refimpl.train.TrainConfig)."""
+    from .train import TrainConfig
+    d = TrainConfig()
+    options = [
+        click.option("--task", default=d.task, show_default=True, help="Task name (see tasks/), e.g. digits-seq, copy."),
+        click.option("--preset", default=None, help="A task preset (e.g. copy-small); sets --task and its options."),
+        click.option("-t", "--task-option", "task_options", multiple=True, metavar="KEY=VALUE",
+                     help="Task option, e.g. -t mode=row (digits-seq) or -t seq_len=8 (copy)."),
+        click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+                     help="Directory of the MNIST IDX files (or set REFIMPL_MNIST_DIR)."),
+        click.option("--cell", default=d.cell, show_default=True, type=click.Choice(sorted(CELLS))),
+        click.option("-o", "--cell-option", "cell_options", multiple=True, metavar="KEY=VALUE",
+                     help="Cell option, e.g. -o r_min=0.9 (lru) or -o nonlinearity=linear (rnn)."),
+        click.option("--backend", default=d.backend, show_default=True, help="Where the cell kernels run."),
+        click.option("--layers", default=d.layers, show_default=True, type=int),
+        click.option("--hidden", default=d.hidden, show_default=True, type=int, help="Hidden units (lru: N)."),
+        click.option("--d-model", default=None, type=int, help="Encoder width (with --encoder)."),
+        click.option("--encoder/--no-encoder", default=d.encoder, show_default=True),
+        click.option("--norm", type=click.Choice([n for n in NORMS if n]), default=None),
+        click.option("--ffn", type=click.Choice([n for n in FFNS if n]), default=None),
+        click.option("--residual/--no-residual", default=d.residual, show_default=True),
+        click.option("--pooling", type=click.Choice(list(POOLINGS)), default=d.pooling, show_default=True),
+        click.option("--dtype", default=d.dtype, show_default=True, type=click.Choice(["float64", "float32"])),
+        click.option("--seed", default=d.seed, show_default=True, type=int),
+        click.option("--epochs", default=d.epochs, show_default=True, type=int),
+        click.option("--steps", default=None, type=int, help="Total optimizer steps (overrides --epochs)."),
+        click.option("--batch-size", default=d.batch_size, show_default=True, type=int),
+        click.option("--optimizer", default=d.optimizer, show_default=True, type=click.Choice(["sgd", "adam", "adamw"])),
+        click.option("--lr", default=d.lr, show_default=True, type=float),
+        click.option("--weight-decay", default=d.weight_decay, show_default=True, type=float,
+                     help="Not applied to recurrent (cell) parameters."),
+        click.option("--rec-lr-factor", default=d.rec_lr_factor, show_default=True, type=float,
+                     help="Learning-rate factor of the recurrent (cell) parameters."),
+        click.option("--clip", "clip_norm", default=d.clip_norm, show_default=True, type=float,
+                     help="Clip the global gradient norm (0 = off)."),
+        click.option("--schedule", default=d.schedule, show_default=True, type=click.Choice(["cosine", "constant"])),
+        click.option("--warmup-steps", default=d.warmup_steps, show_default=True, type=int),
+        click.option("--log-every", default=d.log_every, show_default=True, type=int),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _config_from_options(algorithm, kw) -> "TrainConfig":
+    from tasks import PRESETS
+    from .errors import UnknownNameError
+    from .train import TrainConfig
+    task, task_options = kw.pop("task"), _parse_options(kw.pop("task_options"), "--task-option", "-t mode=row")
+    preset = kw.pop("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UnknownNameError("preset", preset, PRESETS)
+        task, preset_options = PRESETS[preset]
+        task_options = {**preset_options, **task_options}
+    kw["cell_options"] = _parse_options(kw.pop("cell_options"))
+    kw["clip_norm"] = kw["clip_norm"] or None
+    return TrainConfig(task=task, task_options=task_options, algorithm=algorithm, **kw)
+
+
+@cli.command()
+@_run_options
+@click.option("--algorithm", default="bptt", show_default=True, type=click.Choice(list(ALGORITHMS)))
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Run directory (default runs/<task>-<cell>-<algorithm>-s<seed>).")
+@click.option("--resume", "resume_dir", default=None, type=click.Path(file_okay=False),
+              help="Continue the run in this directory from its last checkpoint (its config.json wins).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train(algorithm, out_dir, resume_dir, progress, **kw):
+    """Train a model on a task into a run directory: config.json, metrics.jsonl (flushed), atomic checkpoints,
+    result.json. A killed run continues with --resume RUN_DIR and ends with the same numbers."""
+    from .train import train as run_train
+    config = _config_from_options(algorithm, kw)
+    run_dir = resume_dir or out_dir or f"runs/{config.task}-{config.cell}-{algorithm}-s{config.seed}"
+    result = run_train(config, run_dir, resume=resume_dir is not None, progress=progress)
+    acc = (f", val accuracy {result.val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}"
+           if result.val_accuracy is not None else "")
+    click.echo(f"{run_dir}: {result.steps} steps in {result.time_s:.1f} s; train loss {result.train_loss:.4f}, "
+               f"val loss {result.val_loss:.4f}, test loss {result.test_loss:.4f}{acc}")
+
+
+def run_compare(config, algorithms, out_dir, progress=False):
+    """Train `config` once per algorithm from the same initial weights into out_dir/<algorithm>; write compare.json
+    and compare.png; return the table as text."""
+    import dataclasses
+    import shutil
+    from pathlib import Path
+
+    from .algorithms import get_algorithm
+    from .plotting import plot_runs
+    from .train import atomic_write_json, train as run_train
+    for a in algorithms:
+        get_algorithm(a, "model")                     # refuse unknown / unimplemented names before any work
+    out = Path(out_dir)
+    rows = []
+    for a in algorithms:
+        sub = out / a
+        if sub.exists():
+            shutil.rmtree(sub)                      # compare reruns its runs from scratch
+        r = run_train(dataclasses.replace(config, algorithm=a), sub, progress=progress, track_memory=True)
+        rows.append({"algorithm": a, **dataclasses.asdict(r)})
+    atomic_write_json(out / "compare.json", {"config": dataclasses.asdict(config), "runs": rows})
+    png = plot_runs([out / a for a in algorithms], out / "compare.png", labels=list(algorithms),
+                    title=f"{config.task}: {config.layers}-layer {config.cell}, hidden {config.hidden}")
+    head = (f"{'algorithm':<10} {'train loss':>10} {'val loss':>9} {'val acc':>8} {'test loss':>9} {'test acc':>8} "
+            f"{'time s':>7} {'peak MB':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        acc = lambda v: f"{v:>8.4f}" if v is not None else f"{'-':>8}"      # noqa: E731
+        lines.append(f"{r['algorithm']:<10} {r['train_loss']:>10.4f} {r['val_loss']:>9.4f} {acc(r['val_accuracy'])} "
+                     f"{r['test_loss']:>9.4f} {acc(r['test_accuracy'])} {r['time_s']:>7.1f} "
+                     f"{r['peak_memory_bytes'] / 2**20:>8.1f}")
+    lines.append(f"runs in {out}/<algorithm>; learning curves: {png}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@_run_options
+@click.option("--algorithms", default="bptt,readout", show_default=True,
+              help="Comma-separated algorithm names, trained from identical initial weights.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Directory for the runs, compare.json and compare.png (default runs/compare-<task>-<cell>).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def compare(algorithms, out_dir, progress, **kw):
+    """Train the same model from the same initial weights with several algorithms; print final loss, accuracy,
+    time and peak memory, and draw the learning curves (compare.png)."""
+    names = [a.strip() for a in algorithms.split(",") if a.strip()]
+    config = _config_from_options(names[0] if names else "bptt", kw)
+    click.echo(run_compare(config, names, out_dir or f"runs/compare-{config.task}-{config.cell}", progress))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_path", default="curves.png", show_default=True, type=click.Path(dir_okay=False),
+              help="PNG file to write.")
+def plot(run_dirs, out_path):
+    """Draw the learning curves (training loss, validation loss and accuracy) of existing run directories."""
+    from .plotting import plot_runs
+    click.echo(str(plot_runs(run_dirs, out_path)))
 
 
 @cli.command()
@@ -112,21 +286,8 @@ def backends(as_json):
 
 
 def main(argv=None) -> None:
-    """Entry point: user errors become one line on stderr and exit status 2 (no traceback)."""
-    try:
-        rv = cli.main(args=argv, prog_name="python -m refimpl.run", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
-    except click.ClickException as e:       # usage errors: bad option values, missing options, unknown commands
-        click.echo(f"error: {' '.join(e.format_message().split())} (see --help)", err=True)
-        sys.exit(2)
-    except RefimplError as e:
-        click.echo(f"error: {' '.join(str(e).split())}", err=True)
-        sys.exit(2)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    """Entry point (also `refimpl` when installed)."""
+    cli.main(args=argv, prog_name="python -m refimpl.run")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,386 @@
+"""Training: any cell × algorithm × backend on a task, with a run directory you can trust.
+
+    train(config, run_dir, resume=False) -> RunResult
+
+One step, k = 0 … total_steps − 1:
+
+    (1) batch:     epoch e = k // S, position i = k mod S (S = steps per epoch); the epoch's order is the seeded
+                   permutation default_rng([seed, e]).permutation(N_train), batch = its i-th slice of B examples
+    (2) gradient:  (L, g) = refimpl.model_grads(model, θ, x, y, loss, mask, algorithm, backend)
+    (3) update:    θ ← optimizer step (refimpl.optim: clipping by global norm, the learning-rate schedule, recurrent
+                   parameters with lr × rec_lr_factor and no weight decay)
+and after the last step of every epoch: the validation loss and accuracy; at the very end also the test split.
+
+How a task's targets become a loss (tasks/base.py, "target kinds"), with the mask used as *weights* so that the
+loss is a mean over the steps that count (DESIGN.md §4: L = (1/B) Σ_b Σ_t m_t l_t):
+    label     per-step model: the label at every step, m_t = 1/T; scored on the last step's output.
+              pooled model (last / mean): one label per sequence.
+    per_step  per-step model only: m_t = task mask / (number of recall steps).
+    final     per-step model: the target at t = T−1 only (m = 1 there); pooled model: one target per sequence.
+
+The run directory:
+    config.json       the TrainConfig (everything needed to rerun or resume)
+    metrics.jsonl     one JSON object per line, flushed as it goes: {"split": "train"|"val"|"test", "step", "epoch",
+                      "loss", "accuracy", …}; "step" counts completed optimizer steps. Wall-clock fields are in
+                      "time_s" (and are the only fields that differ between two runs with the same seed).
+    checkpoint.npz    parameters, optimizer state and the step count, written atomically (temp file + rename)
+                      after every epoch (and every `checkpoint_every` steps)
+    result.json       the final numbers, written atomically at the end
+`resume=True` continues from checkpoint.npz: the metrics logged after the checkpoint are dropped and recomputed, so a
+killed and resumed run ends with exactly the metrics of an uninterrupted one. A non-finite loss, gradient or
+parameter stops the run with `TrainingDiverged`, leaving the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import tracemalloc
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import optim
+from .algorithms import get_algorithm
+from .api import make_model, model_grads
+from .errors import NumericalError, UnsupportedError
+from .losses import loss_forward
+from .model import forward
+from .registry import cell_kernels
+
+
+class TrainingDiverged(NumericalError):
+    """The loss, a gradient or a parameter became non-finite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run. Stored as config.json; `TrainConfig(**json.load(...))` restores it."""
+    task: str = "digits-seq"
+    task_options: dict = field(default_factory=dict)
+    data_dir: str | None = None
+    cell: str = "lru"
+    cell_options: dict = field(default_factory=dict)
+    algorithm: str = "bptt"
+    backend: str = "numpy"
+    layers: int = 1
+    hidden: int = 32
+    d_model: int | None = None
+    encoder: bool = False
+    norm: str | None = None
+    ffn: str | None = None
+    residual: bool = False
+    pooling: str = "none"
+    dtype: str = "float64"
+    seed: int = 0
+    epochs: int = 10
+    steps: int | None = None            # total optimizer steps; overrides epochs when given
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    rec_lr_factor: float = 1.0
+    clip_norm: float | None = 1.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    log_every: int = 10
+    checkpoint_every: int | None = None  # steps; None = at the end of every epoch
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UnsupportedError(f"config has unknown fields {unknown}; it was written by another version of "
+                                   f"refimpl — start a new run directory")
+        return cls(**d)
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    steps: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float | None
+    test_loss: float
+    test_accuracy: float | None
+    time_s: float
+    peak_memory_bytes: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Task → batches with targets and mask weights for the model at hand
+
+def check_compatible(task, model, algorithm: str) -> None:
+    """Refuse task × model × algorithm combinations that cannot train, with the reason."""
+    get_algorithm(algorithm, "model")
+    if task.kind != "sequence":
+        raise UnsupportedError(f"task {task.name!r} has static inputs (for equilibrium-propagation networks, not "
+                               f"implemented yet); recurrent cells need a sequence task, e.g. "
+                               f"{task.name + '-seq' if task.name == 'digits' else 'digits-seq'}")
+    if task.target == "per_step" and not model.per_step:
+        raise UnsupportedError(f"task {task.name!r} has a target at every step, but pooling={model.pooling!r} "
+                               f"gives one output per sequence; use --pooling none (or cumulative_mean)")
+
+
+def batch_targets(task, model, split, idx: np.ndarray):
+    """(x (T,b,I), y, mask) for the examples `idx` of `split`, shaped for `model`'s output (see module doc)."""
+    x = split.x[:, idx].astype(model.dtype)
+    T, b = x.shape[0], len(idx)
+    if task.target == "per_step":
+        m = split.mask[:, idx].astype(model.dtype)
+        return x, split.y[:, idx].astype(model.dtype), m / np.maximum(m.sum(0, keepdims=True), 1)
+    y = split.y[idx]
+    if not model.per_step:
+        return x, (y if task.target == "label" else y.astype(model.dtype)), None
+    if task.target == "label":
+        return x, np.broadcast_to(y, (T, b)).copy(), np.full((T, b), 1.0 / T, dtype=model.dtype)
+    y_t = np.zeros((T, b) + y.shape[1:], dtype=model.dtype)          # "final": the target at the last step only
+    y_t[-1] = y
+    mask = np.zeros((T, b), dtype=model.dtype)
+    mask[-1] = 1.0
+    return x, y_t, mask
+
+
+def _accuracy_counts(task, model, out: np.ndarray, y: np.ndarray, mask) -> tuple[float, float]:
+    """(correct, total) for one batch; regression tasks count nothing."""
+    if task.target == "label":
+        pred = out[-1] if model.per_step else out                    # a per-step model is scored on its last step
+        label = y[-1] if model.per_step else y
+        return float(np.sum(np.argmax(pred, -1) == label)), float(len(label))
+    if task.target == "per_step":                                     # bits, over the steps that count
+        hit = ((out > 0) == (y > 0.5)) * (mask > 0)[..., None]
+        return float(hit.sum()), float((mask > 0).sum() * y.shape[-1])
+    return 0.0, 0.0
+
+
+def evaluate(task, model, params, split, kernels, batch_size: int = 256) -> tuple[float, float | None]:
+    """(mean loss per example, accuracy or None) over a whole split, forward only."""
+    total_loss, correct, count = 0.0, 0.0, 0.0
+    for start in range(0, split.n, batch_size):
+        idx = np.arange(start, min(start + batch_size, split.n))
+        x, y, mask = batch_targets(task, model, split, idx)
+        with np.errstate(all="ignore"):
+            out, _ = forward(model, params, x, kernels, mask=None if model.per_step else mask)
+            value, _ = loss_forward(task.loss, out, y, mask if model.per_step else None)
+        total_loss += float(value) * len(idx)
+        c, n = _accuracy_counts(task, model, out, y, mask)
+        correct, count = correct + c, count + n
+    return total_loss / split.n, (correct / count if count else None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files: atomic writes, metrics, checkpoints
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over `path` (never a half-written file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_checkpoint(path: Path, step: int, params: dict, opt_state: dict) -> None:
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, step=np.int64(step), **{f"param/{k}": v for k, v in params.items()},
+             **{f"opt/{k}": v for k, v in opt_state.items()})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> tuple[int, dict, dict]:
+    with np.load(path) as z:
+        params = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
+        opt_state = {k[len("opt/"):]: z[k] for k in z.files if k.startswith("opt/")}
+        return int(z["step"]), params, opt_state
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The metrics of a run; a torn last line (a run killed mid-write) is ignored."""
+    records = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl, one flushed line per record."""
+
+    def __init__(self, path: Path, keep_until_step: int | None = None):
+        if keep_until_step is not None:        # resume: drop what was logged after the checkpoint (it is recomputed)
+            kept = [r for r in read_metrics(path) if r["step"] <= keep_until_step and r["split"] != "test"]
+            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        self._f = open(path, "a")
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+
+def _prepare(config: TrainConfig):
+    from tasks import make_task
+    task = make_task(config.task, seed=config.seed, data_dir=config.data_dir, **config.task_options)
+    model, params = make_model(config.cell, task.n_in, config.hidden, task.n_out, layers=config.layers,
+                               d_model=config.d_model, encoder=config.encoder, norm=config.norm, ffn=config.ffn,
+                               residual=config.residual, pooling=config.pooling, seed=config.seed,
+                               dtype=config.dtype, **config.cell_options)
+    check_compatible(task, model, config.algorithm)
+    steps_per_epoch = math.ceil(task.train.n / config.batch_size)
+    total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
+    opt = optim.OptimConfig(name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                            rec_lr_factor=config.rec_lr_factor, clip_norm=config.clip_norm,
+                            schedule=config.schedule, warmup_steps=config.warmup_steps, total_steps=max(total, 1))
+    return task, model, params, opt, steps_per_epoch, total
+
+
+def _check_config(config: TrainConfig) -> None:
+    for name in ("layers", "hidden", "epochs", "batch_size", "log_every"):
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UnsupportedError(f"{name} must be a positive integer, got {v!r}")
+    for name in ("steps", "checkpoint_every"):
+        v = getattr(config, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise UnsupportedError(f"{name} must be a positive integer or None, got {v!r}")
+
+
+def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool = False,
+          track_memory: bool = False) -> RunResult:
+    """Train `config` into `run_dir` (created), or continue it with resume=True. See the module doc."""
+    run_dir = Path(run_dir)
+    cfg_path, ckpt_path = run_dir / "config.json", run_dir / "checkpoint.npz"
+    if resume:
+        if not cfg_path.exists():
+            raise UnsupportedError(f"cannot resume: {run_dir} has no config.json (not a run directory); start a "
+                                   f"new run with --out {run_dir}")
+        config = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    elif cfg_path.exists():
+        raise UnsupportedError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose "
+                               f"another --out directory")
+    _check_config(config)
+    task, model, params, opt, steps_per_epoch, total = _prepare(config)
+    kernels = cell_kernels(model.cell, config.backend)
+    opt_state = optim.init_state(params, opt)
+    start = 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and ckpt_path.exists():
+        start, params, opt_state = load_checkpoint(ckpt_path)
+    elif not resume:
+        atomic_write_json(cfg_path, asdict(config))
+    log = MetricsLog(run_dir / "metrics.jsonl", keep_until_step=start if resume else None)
+
+    if track_memory:
+        tracemalloc.start()
+    t0 = time.perf_counter()
+    bar = _progress(progress, total, start)
+    last = {}
+    try:
+        for k in range(start, total):
+            epoch, i = divmod(k, steps_per_epoch)
+            order = np.random.default_rng([config.seed, epoch]).permutation(task.train.n)
+            idx = np.sort(order[i * config.batch_size:(i + 1) * config.batch_size])
+            x, y, mask = batch_targets(task, model, task.train, idx)
+            try:
+                loss, grads = model_grads(model, params, x, y, loss=task.loss, mask=mask,
+                                          algorithm=config.algorithm, backend=config.backend)
+                trained = {n: params[n] for n in params if n in grads}   # untrained parameters are left alone
+                with np.errstate(all="ignore"):         # a blow-up is detected just below and reported
+                    new, opt_state, info = optim.step(trained, grads, opt_state, opt)
+            except NumericalError as e:
+                raise _diverged(k + 1, str(e), ckpt_path) from None
+            bad = [n for n, v in new.items() if not np.all(np.isfinite(v))]
+            if bad:
+                raise _diverged(k + 1, f"the update made {bad[0]!r} non-finite", ckpt_path)
+            params = {**params, **new}
+            step = k + 1
+            last = {"loss": loss}
+            if step % config.log_every == 0 or step == total:
+                log.write({"split": "train", "step": step, "epoch": epoch, "loss": loss, "lr": info["lr"],
+                           "grad_norm": info["grad_norm"], "time_s": time.perf_counter() - t0})
+            end_of_epoch = (i == steps_per_epoch - 1) or step == total
+            if end_of_epoch:
+                val_loss, val_acc = evaluate(task, model, params, task.val, kernels)
+                last.update(val_loss=val_loss, val_acc=val_acc)
+                log.write({"split": "val", "step": step, "epoch": epoch, "loss": val_loss, "accuracy": val_acc,
+                           "time_s": time.perf_counter() - t0})
+            if end_of_epoch or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                save_checkpoint(ckpt_path, step, params, opt_state)
+            if bar is not None:
+                bar.update(1, last)
+        test_loss, test_acc = evaluate(task, model, params, task.test, kernels)
+        val_loss, val_acc = evaluate(task, model, params, task.val, kernels)
+        train_loss, _ = evaluate(task, model, params, task.train, kernels)
+        elapsed = time.perf_counter() - t0
+        log.write({"split": "test", "step": total, "epoch": (total - 1) // steps_per_epoch, "loss": test_loss,
+                   "accuracy": test_acc, "time_s": elapsed})
+    finally:
+        log.close()
+        if bar is not None:
+            bar.close()
+        peak = tracemalloc.get_traced_memory()[1] if track_memory else None
+        if track_memory:
+            tracemalloc.stop()
+    result = RunResult(str(run_dir), total, train_loss, val_loss, val_acc, test_loss, test_acc, elapsed, peak)
+    atomic_write_json(run_dir / "result.json", asdict(result))
+    return result
+
+
+def _diverged(step: int, why: str, ckpt_path: Path) -> TrainingDiverged:
+    kept = (f"the last good checkpoint is kept in {ckpt_path}" if ckpt_path.exists()
+            else "no checkpoint had been written yet")
+    return TrainingDiverged(f"training diverged at step {step}: {why}; {kept}. Lower --lr, set --clip, or use "
+                            f"float64")
+
+
+class _Bar:
+    """A minimal progress line on stderr: step/total, loss, validation accuracy."""
+
+    def __init__(self, total: int, start: int):
+        self.total, self.n, self.t0 = total, start, time.perf_counter()
+
+    def update(self, n: int, last: dict) -> None:
+        self.n += n
+        if self.n % max(1, self.total // 50) and self.n != self.total:
+            return
+        width = 30
+        done = int(width * self.n / self.total)
+        acc = last.get("val_acc")
+        msg = (f"\r[{'#' * done}{'.' * (width - done)}] {self.n}/{self.total}  loss {last.get('loss', float('nan')):.4f}"
+               + (f"  val acc {acc:.3f}" if acc is not None else "") + f"  {time.perf_counter() - self.t0:.0f}s")
+        sys.stderr.write(msg)
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _progress(enabled: bool, total: int, start: int):
+    return _Bar(total, start) if enabled else None
