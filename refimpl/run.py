@@ -26,6 +26,14 @@ from .model import FFNS, NORMS, POOLINGS
 #: What the default job checks: every cell (both rnn nonlinearities), alone and inside a full 2-layer block stack.
 DEFAULT_CELLS = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "linear"}), ("gru", {}), ("lstm", {}),
                  ("lru", {})]
+def _demo_runs():
+    from .train import TrainConfig
+    common = dict(task="digits-seq", task_options={"mode": "pixel"}, pooling="last", epochs=10, log_every=5)
+    return {"lru": TrainConfig(cell="lru", hidden=64, encoder=True, d_model=32, lr=5e-3, cell_options={"r_min": 0.5},
+                               **common),
+            "gru": TrainConfig(cell="gru", hidden=32, lr=1e-2, **common)}
+
+
 DEFAULT_MODELS = [dict(layers=1),
                   dict(layers=2, encoder=True, norm="layer", ffn="glu", residual=True),
                   dict(layers=2, ffn="mlp", pooling="cumulative_mean")]
@@ -73,6 +81,9 @@ class _OneLineErrors(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+DEMO_RUNS = _demo_runs()
+
+
 @click.group(cls=_OneLineErrors, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
@@ -82,14 +93,30 @@ def cli(ctx):
     Without a command, runs the default job: a gradient check of every cell (BPTT vs central finite differences).
     """
     if ctx.invoked_subcommand is None:
-        from .gradcheck import format_summary, gradcheck
-        click.echo("Default job: hand-derived BPTT vs central finite differences, every cell in three model stacks\n"
-                   "(hidden 4, T=5, B=2, mse loss, float64; every parameter array and x is compared)\n")
-        reports = [gradcheck(cell, "bptt", **cell_opts, **model_opts)
-                   for cell, cell_opts in DEFAULT_CELLS for model_opts in DEFAULT_MODELS]
-        click.echo(format_summary(reports))
-        click.echo("\nPer-parameter detail: python -m refimpl.run gradcheck --cell CELL [options]  (see --help)")
-        ctx.exit(0 if all(r.ok for r in reports) else 1)
+        _demo()
+
+
+def _demo() -> None:
+    """The default job (`make run`): exactness first, then learning — about a minute on 2 cores."""
+    import dataclasses
+
+    from .gradcheck import format_summary, gradcheck
+    click.echo("refimpl demo — 1/2 exactness: hand-derived BPTT vs central finite differences, every cell in three "
+               "model stacks\n(hidden 4, T=5, B=2, mse loss, float64; every parameter array and x is compared)\n")
+    reports = [gradcheck(cell, "bptt", **cell_opts, **model_opts)
+               for cell, cell_opts in DEFAULT_CELLS for model_opts in DEFAULT_MODELS]
+    click.echo(format_summary(reports))
+    algorithms = [n for n, a in ALGORITHMS.items() if a.model_grads is not None]
+    click.echo(f"\nrefimpl demo — 2/2 learning: sequential digits (scikit-learn's 8x8 digits, one pixel per step, "
+               f"T=64), every implemented algorithm ({', '.join(algorithms)}) from identical initial weights\n")
+    for cell, config in DEMO_RUNS.items():
+        click.echo(f"{cell}: {config.layers} layer, hidden {config.hidden}"
+                   + (f", encoder {config.d_model}" if config.encoder else "") + f", pooling {config.pooling}, "
+                   f"{config.epochs} epochs, {config.optimizer} lr {config.lr}")
+        click.echo(run_compare(config, algorithms, f"runs/demo/{cell}") + "\n")
+    ok = all(r.ok for r in reports)
+    click.echo("More: python -m refimpl.run --help  (gradcheck, train, compare, plot, backends)")
+    sys.exit(0 if ok else 1)
 
 
 @cli.command()
@@ -218,9 +245,10 @@ def run_compare(config, algorithms, out_dir, progress=False):
 
     from .algorithms import get_algorithm
     from .plotting import plot_runs
-    from .train import atomic_write_json, train as run_train
+    from .train import atomic_write_json, gradient_agreement, train as run_train
     for a in algorithms:
         get_algorithm(a, "model")                     # refuse unknown / unimplemented names before any work
+    agreement = gradient_agreement(config, algorithms)
     out = Path(out_dir)
     rows = []
     for a in algorithms:
@@ -228,18 +256,20 @@ def run_compare(config, algorithms, out_dir, progress=False):
         if sub.exists():
             shutil.rmtree(sub)                      # compare reruns its runs from scratch
         r = run_train(dataclasses.replace(config, algorithm=a), sub, progress=progress, track_memory=True)
-        rows.append({"algorithm": a, **dataclasses.asdict(r)})
+        rows.append({"algorithm": a, **dataclasses.asdict(r), "grad_vs_bptt": agreement[a]})
     atomic_write_json(out / "compare.json", {"config": dataclasses.asdict(config), "runs": rows})
     png = plot_runs([out / a for a in algorithms], out / "compare.png", labels=list(algorithms),
                     title=f"{config.task}: {config.layers}-layer {config.cell}, hidden {config.hidden}")
-    head = (f"{'algorithm':<10} {'train loss':>10} {'val loss':>9} {'val acc':>8} {'test loss':>9} {'test acc':>8} "
-            f"{'time s':>7} {'peak MB':>8}")
+    head = (f"{'algorithm':<10} {'cos vs bptt':>11} {'train loss':>10} {'val loss':>9} {'val acc':>8} "
+            f"{'test loss':>9} {'test acc':>8} {'time s':>7} {'peak MB':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         acc = lambda v: f"{v:>8.4f}" if v is not None else f"{'-':>8}"      # noqa: E731
-        lines.append(f"{r['algorithm']:<10} {r['train_loss']:>10.4f} {r['val_loss']:>9.4f} {acc(r['val_accuracy'])} "
-                     f"{r['test_loss']:>9.4f} {acc(r['test_accuracy'])} {r['time_s']:>7.1f} "
-                     f"{r['peak_memory_bytes'] / 2**20:>8.1f}")
+        lines.append(f"{r['algorithm']:<10} {r['grad_vs_bptt']['cosine']:>11.6f} {r['train_loss']:>10.4f} "
+                     f"{r['val_loss']:>9.4f} {acc(r['val_accuracy'])} {r['test_loss']:>9.4f} "
+                     f"{acc(r['test_accuracy'])} {r['time_s']:>7.1f} {r['peak_memory_bytes'] / 2**20:>8.1f}")
+    lines.append("cos vs bptt: cosine between the algorithm's gradient and BPTT's at the initial weights (first "
+                 "batch);")
     lines.append(f"runs in {out}/<algorithm>; learning curves: {png}")
     return "\n".join(lines)
 

@@ -384,3 +384,25 @@ class _Bar:
 
 def _progress(enabled: bool, total: int, start: int):
     return _Bar(total, start) if enabled else None
+
+
+def gradient_agreement(config: TrainConfig, algorithms) -> dict:
+    """How close each algorithm's gradient is to BPTT's at the run's initial weights, on its first training batch:
+    {algorithm: {"cosine": …, "rel_error": …}} over all parameters flattened into one vector (a parameter an
+    algorithm does not train counts as a zero gradient)."""
+    from .numerics import cosine, rel_error
+    _check_config(config)
+    task, model, params, _, _, _ = _prepare(config)
+    order = np.random.default_rng([config.seed, 0]).permutation(task.train.n)
+    x, y, mask = batch_targets(task, model, task.train, np.sort(order[:config.batch_size]))
+
+    def flat(algorithm):
+        _, g = model_grads(model, params, x, y, loss=task.loss, mask=mask, algorithm=algorithm,
+                           backend=config.backend)
+        return np.concatenate([np.ravel(g.get(k, np.zeros_like(v))) for k, v in params.items()])
+    reference = flat("bptt")
+    out = {}
+    for a in algorithms:
+        g = flat(a)
+        out[a] = {"cosine": cosine(g, reference), "rel_error": rel_error(g, reference)}
+    return out

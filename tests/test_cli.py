@@ -62,12 +62,23 @@ def test_backends_lists_numpy_with_every_kernel():
     assert "numpy" in run("backends").stdout
 
 
-def test_default_job_checks_every_cell():
-    r = run()
+@pytest.mark.slow
+def test_default_job_checks_every_cell_and_learns(tmp_path):
+    """The default job (what `make run` runs), in a scratch directory: exactness table, then the learning demo."""
+    import os
+    from pathlib import Path
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    r = subprocess.run([sys.executable, "-m", "refimpl.run"], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     for cell in ("rnn(tanh)", "rnn(linear)", "gru", "lstm", "lru"):
         assert cell in r.stdout
     assert "all checks passed" in r.stdout
+    for cell in ("lru", "gru"):
+        report = json.loads((tmp_path / "runs" / "demo" / cell / "compare.json").read_text())
+        bptt = next(run for run in report["runs"] if run["algorithm"] == "bptt")
+        assert bptt["test_accuracy"] > 0.5, f"{cell} with BPTT should be far above chance (0.1) on digits-seq"
+        assert (tmp_path / "runs" / "demo" / cell / "compare.png").stat().st_size > 0
 
 
 def test_gradcheck_fails_when_an_exact_algorithm_is_wrong(monkeypatch):
