@@ -278,15 +278,38 @@ def run_compare(config, algorithms, out_dir, progress=False):
 @_run_options
 @click.option("--algorithms", default="bptt,readout", show_default=True,
               help="Comma-separated algorithm names, trained from identical initial weights.")
+@click.option("--recipe", default=None, help="A published comparison (fptt-digits, fptt-mnist98, copy-lru, "
+              "ep-digits); options given explicitly override it.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Directory for the runs, compare.json and compare.png (default runs/compare-<task>-<cell>).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def compare(algorithms, out_dir, progress, **kw):
+@click.pass_context
+def compare(ctx, algorithms, recipe, out_dir, progress, **kw):
     """Train the same model from the same initial weights with several algorithms; print final loss, accuracy,
     time and peak memory, and draw the learning curves (compare.png)."""
+    import dataclasses
+
+    from .algorithms import ALGORITHMS as ALGOS
+    from .errors import UnsupportedError
+    from .recipes import get_recipe
     names = [a.strip() for a in algorithms.split(",") if a.strip()]
     config = _config_from_options(names[0] if names else "bptt", kw)
-    click.echo(run_compare(config, names, out_dir or f"runs/compare-{config.task}-{config.cell}", progress))
+    if recipe is not None:
+        r = get_recipe(recipe)
+        if r.needs:
+            raise UnsupportedError(f"recipe {recipe!r} needs {r.needs}; it is not implemented yet")
+        explicit = {p.name for p in ctx.command.params
+                    if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE}
+        given = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                 if f.name in explicit or (f.name == "task_options" and "task_options" in explicit)}
+        config = dataclasses.replace(config, **{**r.config, **given})
+        if "algorithms" not in explicit:
+            names = [a for a in r.algorithms if a in ALGOS and ALGOS[a].implemented]
+            missing = [a for a in r.algorithms if a not in names]
+            click.echo(f"recipe {recipe}: {r.about}"
+                       + (f"; not implemented yet, skipped: {', '.join(missing)}" if missing else ""))
+    click.echo(run_compare(config, names, out_dir or f"runs/compare-{recipe or config.task + '-' + config.cell}",
+                           progress))
 
 
 @cli.command()

@@ -25,7 +25,8 @@ The run directory:
                       "time_s" (and are the only fields that differ between two runs with the same seed).
     checkpoint.npz    parameters, optimizer state and the step count, written atomically (temp file + rename)
                       after every epoch (and every `checkpoint_every` steps)
-    result.json       the final numbers, written atomically at the end
+    result.json       the final numbers, written atomically at the end (the final training loss is measured on a
+                      seeded subset of at most TRAIN_EVAL_SIZE training examples)
 `resume=True` continues from checkpoint.npz: the metrics logged after the checkpoint are dropped and recomputed, so a
 killed and resumed run ends with exactly the metrics of an uninterrupted one. A non-finite loss, gradient or
 parameter stops the run with `TrainingDiverged`, leaving the last good checkpoint in place.
@@ -158,6 +159,22 @@ def _accuracy_counts(task, model, out: np.ndarray, y: np.ndarray, mask) -> tuple
         hit = ((out > 0) == (y > 0.5)) * (mask > 0)[..., None]
         return float(hit.sum()), float((mask > 0).sum() * y.shape[-1])
     return 0.0, 0.0
+
+
+#: The final training loss is measured on at most this many training examples (a seeded subset), so that the end
+#: of a run on a large task does not cost a full pass over the training set.
+TRAIN_EVAL_SIZE = 2000
+
+
+def _subset(split, n: int, seed: int):
+    """At most n examples of a split, chosen by a seeded permutation (the whole split when it is small)."""
+    if split.n <= n:
+        return split
+    from tasks.base import Split
+    idx = np.sort(np.random.default_rng([seed, 2**31 - 1]).permutation(split.n)[:n])
+    x = split.x[:, idx] if split.x.ndim == 3 else split.x[idx]
+    y = split.y[:, idx] if (split.mask is not None) else split.y[idx]
+    return Split(x, y, None if split.mask is None else split.mask[:, idx])
 
 
 def evaluate(task, model, params, split, kernels, batch_size: int = 256) -> tuple[float, float | None]:
@@ -336,7 +353,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
                 bar.update(1, last)
         test_loss, test_acc = evaluate(task, model, params, task.test, kernels)
         val_loss, val_acc = evaluate(task, model, params, task.val, kernels)
-        train_loss, _ = evaluate(task, model, params, task.train, kernels)
+        train_loss, _ = evaluate(task, model, params, _subset(task.train, TRAIN_EVAL_SIZE, config.seed), kernels)
         elapsed = time.perf_counter() - t0
         log.write({"split": "test", "step": total, "epoch": (total - 1) // steps_per_epoch, "loss": test_loss,
                    "accuracy": test_acc, "time_s": elapsed})

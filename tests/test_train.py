@@ -154,3 +154,25 @@ def test_cli_train_compare_plot(tmp_path):
     assert all(run["peak_memory_bytes"] > 0 for run in report["runs"])
     r = CliRunner().invoke(cli, ["plot", str(tmp_path / "run"), "--out", str(tmp_path / "c.png")])
     assert r.exit_code == 0 and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_recipe_runs_what_has_landed_and_lists_the_rest(tmp_path):
+    r = CliRunner().invoke(cli, ["compare", "--recipe", "fptt-digits", "--steps", "2", "--no-progress",
+                                 "--out", str(tmp_path / "cmp")])
+    assert r.exit_code == 0, r.output
+    assert "skipped: fptt, spatial" in r.output
+    report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    cfg = report["config"]
+    assert (cfg["layers"], cfg["hidden"], cfg["pooling"], cfg["cell"]) == (4, 32, "cumulative_mean", "lru")
+    assert cfg["steps"] == 2                                       # the explicit option overrides the recipe
+    r = CliRunner().invoke(cli, ["compare", "--recipe", "ep-digits", "--out", str(tmp_path / "ep")])
+    assert r.exit_code == 2 and "not implemented yet" in r.stderr
+
+
+def test_final_train_loss_uses_a_seeded_subset_of_large_training_sets():
+    from refimpl.train import TRAIN_EVAL_SIZE, _subset
+    from tasks import make_task
+    task = make_task("copy", seq_len=2, waiting_time=1, n_train=TRAIN_EVAL_SIZE + 50, n_val=4, n_test=4)
+    a, b = _subset(task.train, TRAIN_EVAL_SIZE, 0), _subset(task.train, TRAIN_EVAL_SIZE, 0)
+    assert a.x.shape[1] == a.y.shape[1] == a.mask.shape[1] == TRAIN_EVAL_SIZE
+    assert np.array_equal(a.x, b.x) and _subset(task.val, TRAIN_EVAL_SIZE, 0) is task.val
