@@ -98,8 +98,6 @@ def cli(ctx):
 
 def _demo() -> None:
     """The default job (`make run`): exactness first, then learning — about a minute on 2 cores."""
-    import dataclasses
-
     from .gradcheck import format_summary, gradcheck
     click.echo("refimpl demo — 1/2 exactness: hand-derived BPTT vs central finite differences, every cell in three "
                "model stacks\n(hidden 4, T=5, B=2, mse loss, float64; every parameter array and x is compared)\n")
@@ -199,7 +197,8 @@ def _run_options(f):
     return f
 
 
-def _config_from_options(algorithm, kw) -> "TrainConfig":
+def _config_from_options(algorithm, kw):
+    """The TrainConfig that the shared run options describe (with --preset resolved)."""
     from tasks import PRESETS
     from .errors import UnknownNameError
     from .train import TrainConfig
