@@ -28,6 +28,7 @@ class Algorithm:
     cell_grads: Callable | None = None
     model_grads: Callable | None = None
     planned_in: str = ""          # for names not implemented yet
+    input_grads: bool = True      # False for forward-mode (online) rules: they give no gradient for the input x
 
     @property
     def implemented(self) -> bool:
@@ -62,17 +63,31 @@ def _readout_model_grads(kernels, model, params, x, y, loss, mask):
     return float(value), {"readout.weight": g["weight"], "readout.bias": g["bias"]}
 
 
+def _online(name: str):
+    """The RTRL-family entry points for `name` (refimpl/online.py for models, refimpl/rtrl.py for one cell)."""
+    def model_grads(kernels, model, params, x, y, loss, mask):
+        from .online import online_grads
+        return online_grads(model, params, x, y, loss, mask, algorithm=name)
+
+    def cell_grads(kernels, cell, params, x, dh, state0):
+        from .online import PER_LAYER_RULE
+        from .rtrl import cell_grads_online
+        return cell_grads_online(PER_LAYER_RULE.get(name, name), cell, params, x, dh, state0)
+    return dict(cell_grads=cell_grads, model_grads=model_grads, input_grads=False)
+
+
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("bptt", "yes", "backpropagation through time, hand-derived", _bptt_cell_grads, _bptt_model_grads),
-    Algorithm("rtrl", "yes", "real-time recurrent learning, full sensitivity of the whole state",
-              planned_in="the RTRL-family issue"),
-    Algorithm("online", "top layer", "per-layer exact RTRL + spatial backprop of instantaneous errors",
-              planned_in="the RTRL-family issue"),
-    Algorithm("snap1", "no", "SnAp-1: sensitivities kept on the immediate Jacobian's sparsity pattern",
-              planned_in="the RTRL-family issue"),
-    Algorithm("truncated", "no", "1-step truncation: h_{t-1} held constant", planned_in="the RTRL-family issue"),
-    Algorithm("spatial", "no", "no temporal credit: the recurrent term held constant",
-              planned_in="the RTRL-family issue"),
+    Algorithm("rtrl", "yes", "real-time recurrent learning; a stack is one recurrent system (whole-state "
+              "sensitivity)", **_online("rtrl")),
+    Algorithm("online", "top layer", "per-layer exact RTRL + spatial backprop of instantaneous errors (Zucchet et al. "
+              "2023 online_full); == rtrl for one layer", **_online("online")),
+    Algorithm("snap1", "no", "SnAp-1: sensitivities kept on the immediate Jacobian's sparsity pattern (== rtrl for "
+              "lru)", **_online("snap1")),
+    Algorithm("truncated", "no", "1-step truncation: h_{t-1} held constant", **_online("truncated")),
+    Algorithm("spatial", "no", "no temporal credit: the recurrent term held constant", **_online("spatial")),
+    Algorithm("cec", "no", "lstm only: internal RTRL, truncated where h_{t-1} enters the gates, exact through the "
+              "cell state (the constant error carousel)", **_online("cec")),
     Algorithm("fptt", "yes", "forward propagation of errors through time (warm-up pass, then error pass)",
               planned_in="the FPTT issue"),
     Algorithm("fptt1", "no", "one forward pass with δ0 = 0", planned_in="the FPTT issue"),

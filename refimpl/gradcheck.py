@@ -48,6 +48,7 @@ class GradcheckReport:
     tol_vs_bptt: float | None
     tol_bptt_vs_fd: float
     rows: list[GradRow] = field(default_factory=list)
+    groups: list[dict] = field(default_factory=list)    # per layer (and encoder / readout): agreement with BPTT
 
     @property
     def ok(self) -> bool:
@@ -92,11 +93,28 @@ def gradcheck(cell: str, algorithm: str = "bptt", *, layers: int = 1, hidden: in
                              dict(layers=layers, hidden=hidden, seq_len=seq_len, batch=batch, n_in=n_in, n_out=n_out,
                                   seed=seed, **model_options), tol_alg, tol_fd)
     for k in [*params64, "x"]:
+        if k == "x" and not algo.input_grads:           # forward-mode rules give no input gradient: not compared
+            continue
         g = grads.get(k, np.zeros_like(bptt[k]))        # an algorithm that does not train k returns no gradient
         e_alg, e_fd = rel_error(g, bptt[k]), rel_error(bptt[k], fd[k])
         ok = e_fd <= tol_fd and (tol_alg is None or e_alg <= tol_alg)
         report.rows.append(GradRow(k, tuple(bptt[k].shape), e_alg, cosine(g, bptt[k]), e_fd, ok))
+    for group in _groups(params64):
+        keys = [k for k in params64 if _group_of(k) == group]
+        a = np.concatenate([np.ravel(grads.get(k, np.zeros_like(bptt[k]))) for k in keys])
+        b = np.concatenate([np.ravel(bptt[k]) for k in keys])
+        report.groups.append({"group": group, "rel_err_vs_bptt": rel_error(a, b), "cosine_vs_bptt": cosine(a, b)})
     return report
+
+
+def _group_of(name: str) -> str:
+    """'layers.1.cell.nu_log' → 'layers.1'; 'readout.weight' → 'readout'."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "layers" else parts[0]
+
+
+def _groups(params: dict) -> list[str]:
+    return list(dict.fromkeys(_group_of(k) for k in params))
 
 
 def format_reports(reports: list[GradcheckReport]) -> str:
@@ -110,6 +128,11 @@ def format_reports(reports: list[GradcheckReport]) -> str:
             lines.append(f"{label:<11} {r.algorithm:<9} {r.dtype:<7} {row.name:<28} "
                          f"{'x'.join(map(str, row.shape)):<10} {row.rel_err_vs_bptt:>15.2e} "
                          f"{row.cosine_vs_bptt:>9.6f} {row.rel_err_bptt_vs_fd:>11.2e}  {'yes' if row.ok else 'NO'}")
+    for r in reports:
+        if r.algorithm != "bptt" and len(r.groups) > 1:
+            lines.append(f"{r.cell} {r.algorithm}: agreement with BPTT per layer — " + "; ".join(
+                f"{g['group']}: rel.err {g['rel_err_vs_bptt']:.2e}, cosine {g['cosine_vs_bptt']:.6f}"
+                for g in r.groups))
     tol = {r.tol_vs_bptt for r in reports if r.tol_vs_bptt is not None}
     lines.append(f"tolerances: BPTT vs FD ≤ {TOLERANCES['bptt_vs_fd']:.0e} (float64); exact algorithm vs BPTT ≤ "
                  f"{', '.join(f'{t:.0e}' for t in sorted(tol)) or 'n/a'}; approximate algorithms are reported only")
