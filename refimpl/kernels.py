@@ -3,6 +3,9 @@
     <cell>.forward   (params, x (T,B,I), state0) -> (h (T,B,H), cache)        the recurrence, eq. (1)-(2) of each cell
     <cell>.backward  (params, dh (T,B,H), cache) -> grads                      BPTT from instantaneous adjoints
 
+    <cell>.<rule>    (params, x (T,B,I), h0 | state0, dh (T,B,H)) -> grads      an RTRL-family sensitivity sweep
+                     (refimpl/rtrl.py): rule rtrl, snap1 (not lru: there it is rtrl), truncated, spatial, cec (lstm)
+
 for cell in rnn, gru, lstm, lru. `state0` is h0 (B,H) — LSTMState(h0, c0) for lstm, complex (B,N) for lru — and `grads`
 holds every parameter plus "x" and the initial-state keys ("h0", and "c0" for lstm). Options that change the dynamics
 (rnn: nonlinearity) are keyword arguments and are registered as kernel variants.
@@ -58,3 +61,49 @@ for _name, _module in CELLS.items():
         name=f"{_name}.backward",
         signature=f"(params, dh (T,B,H), cache) -> {{params…, 'x' (T,B,I), {', '.join(map(repr, _module.GRAD_STATE_KEYS))}}}",
         reference=_module.backward, make_inputs=_backward_inputs(_name), variants=_variants))
+
+
+# The RTRL-family sweeps: the sensitivity update and gradient accumulation over a sequence (or a chunk of a stream),
+# from zero traces. On dense cells each step forms an O(S·P) immediate Jacobian (and exact RTRL costs O(S²·P)), so
+# their parity grid uses smaller sizes.
+_RTRL_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=13, B=1, I=2, H=3), dict(T=7, B=3, I=5, H=11))
+
+
+def _sweep(name, rule):
+    from .cells import resolve_cell
+    from .rtrl import cell_grads_online
+    state_arg = _STATE_ARG.get(name, "h0")
+
+    def sweep(params, x, dh, **kwargs):
+        state0 = kwargs.pop(state_arg)
+        cell = resolve_cell(name, x.shape[-1], dh.shape[-1], x.dtype.name, **kwargs)
+        return cell_grads_online(rule, cell, params, x, dh, state0)
+    sweep.__name__ = f"{name}_{rule}_sweep"
+    sweep.__doc__ = f"The {rule} sensitivity sweep of the {name} cell (refimpl.rtrl.cell_grads_online)."
+    return sweep
+
+
+def _sweep_inputs(name):
+    module, forward_inputs = CELLS[name], _forward_inputs(name)
+
+    def make_inputs(rng, dtype, size, **variant):
+        inputs = forward_inputs(rng, dtype, size, **variant)
+        h, _ = module.forward(**inputs)
+        dh = rng.standard_normal(h.shape)
+        if np.iscomplexobj(h):
+            dh = dh + 1j * rng.standard_normal(h.shape)
+        return {**inputs, "dh": dh.astype(h.dtype)}
+    return make_inputs
+
+
+_RULES = {"rnn": ("rtrl", "snap1", "truncated", "spatial"), "gru": ("rtrl", "snap1", "truncated", "spatial"),
+          "lstm": ("rtrl", "snap1", "truncated", "spatial", "cec"), "lru": ("rtrl", "truncated", "spatial")}
+
+for _name, _rules in _RULES.items():
+    for _rule in _rules:
+        _dense = _name != "lru"          # dense cells form the immediate Jacobian densely (see refimpl/rtrl.py)
+        register_kernel(KernelSpec(
+            name=f"{_name}.{_rule}",
+            signature=f"(params, x (T,B,I), {_STATE.get(_name, 'h0 (B,H)')}, dh (T,B,H)) -> {{param: grad}}",
+            reference=_sweep(_name, _rule), make_inputs=_sweep_inputs(_name),
+            variants=_VARIANTS.get(_name, ({},)), sizes=_RTRL_SIZES if _dense else None))

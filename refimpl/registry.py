@@ -43,6 +43,7 @@ class KernelSpec:
     make_inputs: Callable[[np.random.Generator, np.dtype, Mapping[str, int]], dict]
     variants: tuple = ({},)
     dtypes: tuple = ("float64", "float32")
+    sizes: tuple | None = None      # parity-test sizes when the default grid would be too costly (dense RTRL)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ def _cases():
         for variant in spec.variants:
             for backend in BACKENDS:
                 for dtype in spec.dtypes:
-                    for size in SIZES:
+                    for size in spec.sizes or SIZES:
                         for seed in SEEDS:
                             tag = "-".join(f"{v}" for v in variant.values())
                             yield pytest.param(kernel, variant, backend, dtype, size, seed,
