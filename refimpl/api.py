@@ -102,9 +102,11 @@ def cell_grads(cell: Cell, params: dict, x: np.ndarray, dh: np.ndarray, h0=None,
     Args:
         dh: (T, B, H) the part of ∂L/∂h_t that does not go through later states; complex for lru, with the
             convention z̄ = ∂L/∂Re z + i ∂L/∂Im z.
-        algorithm: a name of DESIGN.md §5 (`bptt` today).
+        algorithm: a name of DESIGN.md §5: `bptt`, or an RTRL-family rule (`rtrl`, `online` (= `rtrl` for one cell),
+            `snap1`, `truncated`, `spatial`, and `cec` for the lstm), run online with memory independent of T.
     Returns:
         {param: grad, "x": (T,B,I), "h0": (B,H)} (plus "c0" for lstm); every gradient has its array's shape and dtype.
+        The RTRL-family rules are forward-mode: they return the parameter gradients only (no "x", "h0").
     """
     algo = get_algorithm(algorithm, "cell")
     _check_cell(cell, params)
@@ -132,9 +134,11 @@ def model_grads(model, params: dict, x: np.ndarray, y, *, loss: str, mask=None, 
     Args:
         x: (T, B, n_in).  y: targets (mse/bce: shaped like the output; ce: integer labels).
         loss: 'mse' | 'ce' | 'bce'.  mask: (T, B) or (T,) per-step weights, or None.
-        algorithm: a name of DESIGN.md §5.  backend: where the cell kernels run.
+        algorithm: a name of DESIGN.md §5 (or the `readout` baseline).  backend: where the cell kernels run (the
+            RTRL-family rules run on the NumPy reference today).
     Returns:
-        (loss_value, grads) with grads keyed by the dotted parameter names, plus "x".
+        (loss_value, grads) with grads keyed by the dotted parameter names, plus "x" for `bptt` (forward-mode rules
+        give no input gradient; `readout` leaves out the parameters it does not train).
     """
     from . import model as model_mod
     algo = get_algorithm(algorithm, "model")

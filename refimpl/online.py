@@ -233,19 +233,25 @@ def _whole_stack_bytes(model, params, B) -> int:
 
 
 def online_grads(model, params, x, y, loss, mask=None, *, algorithm="online", kernels=None,
-                 max_bytes: int | None = None):
+                 max_bytes: int | None = None, update_every: int | None = None, on_update=None):
     """Loss and gradients of `model` by an RTRL-family algorithm, run step by step (see module doc).
 
+    Truly online training: with update_every=k, after every k steps (before the sequence ends) the gradient
+    accumulated since the last update is handed to on_update(grads) -> new params, which the rest of the sequence
+    then uses; the traces carry on (they are not reset: the usual online-RTRL approximation once weights move).
     Returns (loss_value, grads) with a gradient for every parameter (no "x": forward-mode methods give no input
-    gradients).
+    gradients) — with update_every, the gradient since the last update.
     """
     check_supported(model, mask)
     if algorithm != "rtrl" and algorithm not in PER_LAYER_RULE:
         raise UnsupportedError(f"{algorithm!r} is not an RTRL-family algorithm")
     whole = algorithm == "rtrl" and not (model.layers == 1 and not model.encoder and model.norm is None)
+    if update_every is not None and whole:
+        raise UnsupportedError("update_every with whole-stack rtrl is not supported (its sequences run one after "
+                               "another); use algorithm 'online' (per-layer RTRL) for truly online updates")
     if not whole:
         return _run(model, params, x, y, loss, mask, rule="rtrl" if algorithm == "rtrl" else
-                    PER_LAYER_RULE[algorithm], whole=False)
+                    PER_LAYER_RULE[algorithm], whole=False, update_every=update_every, on_update=on_update)
     B = x.shape[1]
     need = _whole_stack_bytes(model, params, 1)
     limit = RTRL_MAX_BYTES if max_bytes is None else max_bytes
@@ -268,7 +274,7 @@ def online_grads(model, params, x, y, loss, mask=None, *, algorithm="online", ke
     return total, grads
 
 
-def _run(model, params, x, y, loss, mask, *, rule: str, whole: bool):
+def _run(model, params, x, y, loss, mask, *, rule: str, whole: bool, update_every=None, on_update=None):
     """The step loop (1)–(4) over one batch; whole=True for the whole-stack sensitivity (batch of one)."""
     T, B, _ = x.shape
     cells = model.cells
@@ -318,6 +324,10 @@ def _run(model, params, x, y, loss, mask, *, rule: str, whole: bool):
                 cell_g = rtrl.trace_grads(rule, c, cell_params[l], traces[l], _h(deltas[l]))
                 add_into(grads, {f"layers.{l}.cell.{k}": v for k, v in cell_g.items()})
         states = new_states
+        if update_every is not None and (t + 1) % update_every == 0 and t + 1 < T:        # truly online update
+            params = on_update(grads)
+            cell_params = [_sub(params, f"layers.{l}.cell", c.param_shapes) for l, c in enumerate(cells)]
+            grads = {k: np.zeros_like(v) for k, v in params.items()}
     return total, grads
 
 

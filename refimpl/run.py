@@ -193,6 +193,8 @@ def _run_options(f):
         click.option("--schedule", default=d.schedule, show_default=True, type=click.Choice(["cosine", "constant"])),
         click.option("--warmup-steps", default=d.warmup_steps, show_default=True, type=int),
         click.option("--log-every", default=d.log_every, show_default=True, type=int),
+        click.option("--update-every", default=None, type=int,
+                     help="Truly online training (RTRL family): update the weights every K time steps."),
     ]
     for option in reversed(options):
         f = option(f)

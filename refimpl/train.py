@@ -91,6 +91,7 @@ class TrainConfig:
     warmup_steps: int = 0
     log_every: int = 10
     checkpoint_every: int | None = None  # steps; None = at the end of every epoch
+    update_every: int | None = None      # RTRL family only: update the weights every k time steps within a sequence
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -269,11 +270,16 @@ def _prepare(config: TrainConfig):
                                residual=config.residual, pooling=config.pooling, seed=config.seed,
                                dtype=config.dtype, **config.cell_options)
     check_compatible(task, model, config.algorithm)
+    if config.update_every is not None and get_algorithm(config.algorithm, "model").input_grads:
+        raise UnsupportedError(f"--update-every needs an online algorithm (rtrl, online, snap1, truncated, spatial, "
+                               f"cec); {config.algorithm!r} needs the whole sequence before it can update")
     steps_per_epoch = math.ceil(task.train.n / config.batch_size)
     total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
+    per_sequence = math.ceil(task.seq_len / config.update_every) if config.update_every else 1
     opt = optim.OptimConfig(name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                             rec_lr_factor=config.rec_lr_factor, clip_norm=config.clip_norm,
-                            schedule=config.schedule, warmup_steps=config.warmup_steps, total_steps=max(total, 1))
+                            schedule=config.schedule, warmup_steps=config.warmup_steps,
+                            total_steps=max(total * per_sequence, 1))
     return task, model, params, opt, steps_per_epoch, total
 
 
@@ -282,7 +288,7 @@ def _check_config(config: TrainConfig) -> None:
         v = getattr(config, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UnsupportedError(f"{name} must be a positive integer, got {v!r}")
-    for name in ("steps", "checkpoint_every"):
+    for name in ("steps", "checkpoint_every", "update_every"):
         v = getattr(config, name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise UnsupportedError(f"{name} must be a positive integer or None, got {v!r}")
@@ -325,8 +331,12 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
             idx = np.sort(order[i * config.batch_size:(i + 1) * config.batch_size])
             x, y, mask = batch_targets(task, model, task.train, idx)
             try:
-                loss, grads = model_grads(model, params, x, y, loss=task.loss, mask=mask,
-                                          algorithm=config.algorithm, backend=config.backend)
+                if config.update_every:
+                    loss, grads, opt_state, params = _truly_online(model, params, x, y, task.loss, mask, config,
+                                                                   opt, opt_state)
+                else:
+                    loss, grads = model_grads(model, params, x, y, loss=task.loss, mask=mask,
+                                              algorithm=config.algorithm, backend=config.backend)
                 trained = {n: params[n] for n in params if n in grads}   # untrained parameters are left alone
                 with np.errstate(all="ignore"):         # a blow-up is detected just below and reported
                     new, opt_state, info = optim.step(trained, grads, opt_state, opt)
@@ -367,6 +377,31 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
     result = RunResult(str(run_dir), total, train_loss, val_loss, val_acc, test_loss, test_acc, elapsed, peak)
     atomic_write_json(run_dir / "result.json", asdict(result))
     return result
+
+
+def _truly_online(model, params, x, y, loss, mask, config, opt, opt_state):
+    """One sequence with weight updates every config.update_every steps inside it; the last update is left to the
+    caller. Returns (loss, the gradient since the last update, optimizer state, parameters after the updates)."""
+    from . import model as model_mod
+    from .online import online_grads
+    model_mod.check_inputs(model, params, x, y, loss, mask)
+    current = {"params": dict(params), "opt": opt_state}
+
+    def on_update(grads):
+        bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
+        if bad:
+            raise NumericalError(f"the gradient of {bad[0]!r} is not finite")
+        with np.errstate(all="ignore"):
+            new, current["opt"], _ = optim.step(current["params"], grads, current["opt"], opt)
+        current["params"] = {**current["params"], **new}
+        return current["params"]
+
+    with np.errstate(all="ignore"):
+        value, grads = online_grads(model, params, x, y, loss, mask, algorithm=config.algorithm,
+                                    update_every=config.update_every, on_update=on_update)
+    if not np.isfinite(value):
+        raise NumericalError(f"the loss became non-finite ({value})")
+    return value, grads, current["opt"], current["params"]
 
 
 def _diverged(step: int, why: str, ckpt_path: Path) -> TrainingDiverged:

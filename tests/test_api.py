@@ -184,3 +184,23 @@ def test_cell_grads_equal_module_backward():
 def test_public_names():
     for name in ("make_cell", "run_cell", "cell_grads", "make_model", "model_grads"):
         assert callable(getattr(refimpl, name))
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("algorithm", ["rtrl", "online", "snap1", "truncated", "spatial", "cec"])
+def test_cell_grads_accepts_every_rtrl_family_name(name, algorithm):
+    cell, params = make_cell(name, 3, 4, seed=2)
+    x, dh = _inputs(cell, T=6)
+    h0 = np.random.default_rng(9).standard_normal((2, 4)).astype(cell.dtype)
+    if name == "lru":
+        h0 = h0 + 0.5j
+    if algorithm == "cec" and name != "lstm":
+        with pytest.raises(UnsupportedError, match="lstm"):
+            cell_grads(cell, params, x, dh, h0=h0, algorithm=algorithm)
+        return
+    grads = cell_grads(cell, params, x, dh, h0=h0, algorithm=algorithm)
+    assert set(grads) == set(params)
+    if algorithm in ("rtrl", "online"):
+        bptt = cell_grads(cell, params, x, dh, h0=h0)
+        for k in params:
+            assert rel_error(grads[k], bptt[k]) <= 1e-10, k

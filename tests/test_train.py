@@ -177,3 +177,17 @@ def test_final_train_loss_uses_a_seeded_subset_of_large_training_sets():
     a, b = _subset(task.train, TRAIN_EVAL_SIZE, 0), _subset(task.train, TRAIN_EVAL_SIZE, 0)
     assert a.x.shape[1] == a.y.shape[1] == a.mask.shape[1] == TRAIN_EVAL_SIZE
     assert np.array_equal(a.x, b.x) and _subset(task.val, TRAIN_EVAL_SIZE, 0) is task.val
+
+
+def test_truly_online_updates(tmp_path):
+    """--update-every T (one update per sequence) is ordinary online training; smaller K updates inside the
+    sequence, and is refused for algorithms that need the whole sequence."""
+    T = 8                                                   # digits-seq in row mode
+    base = {**TINY, "algorithm": "online", "steps": 4}
+    train(TrainConfig(**base), tmp_path / "plain")
+    train(TrainConfig(**base, update_every=T), tmp_path / "every-T")
+    assert _numbers(tmp_path / "plain") == _numbers(tmp_path / "every-T")
+    r = train(TrainConfig(**base, update_every=2), tmp_path / "every-2")
+    assert np.isfinite(r.test_loss) and _numbers(tmp_path / "every-2") != _numbers(tmp_path / "plain")
+    with pytest.raises(UnsupportedError, match="needs an online algorithm"):
+        train(TrainConfig(**{**TINY, "update_every": 2}), tmp_path / "bptt")
