@@ -29,6 +29,14 @@ class Algorithm:
     model_grads: Callable | None = None
     planned_in: str = ""          # for names not implemented yet
     input_grads: bool = True      # False for forward-mode (online) rules: they give no gradient for the input x
+    options: tuple = ()           # names of the keyword options the algorithm takes (e.g. fptt: passes, carrier)
+
+    def check_options(self, options: dict) -> dict:
+        for k in options:
+            if k not in self.options:
+                raise UnknownNameError(f"option of algorithm {self.name!r}", k, self.options or ["(none)"],
+                                       f"{self.name} takes {'only ' + ', '.join(self.options) if self.options else 'no options'}")
+        return options
 
     @property
     def implemented(self) -> bool:
@@ -76,6 +84,19 @@ def _online(name: str):
     return dict(cell_grads=cell_grads, model_grads=model_grads, input_grads=False)
 
 
+def _fptt(two_passes: bool):
+    """FPTT entry points (refimpl/fptt.py); options: passes (model only), carrier ('float64' | 'state')."""
+    def model_grads(kernels, model, params, x, y, loss, mask, **options):
+        from .fptt import fptt_model_grads
+        return fptt_model_grads(model, params, x, y, loss, mask, two_passes=two_passes, **options)
+
+    def cell_grads(kernels, cell, params, x, dh, state0, **options):
+        from .fptt import fptt_cell_grads
+        options.pop("passes", None)                     # one cell is one layer: the budget does not apply
+        return fptt_cell_grads(cell, params, x, dh, state0, two_passes=two_passes, **options)
+    return dict(cell_grads=cell_grads, model_grads=model_grads, options=("passes", "carrier"))
+
+
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("bptt", "yes", "backpropagation through time, hand-derived", _bptt_cell_grads, _bptt_model_grads),
     Algorithm("rtrl", "yes", "real-time recurrent learning; a stack is one recurrent system (whole-state "
@@ -88,9 +109,9 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("spatial", "no", "no temporal credit: the recurrent term held constant", **_online("spatial")),
     Algorithm("cec", "no", "lstm only: internal RTRL, truncated where h_{t-1} enters the gates, exact through the "
               "cell state (the constant error carousel)", **_online("cec")),
-    Algorithm("fptt", "yes", "forward propagation of errors through time (warm-up pass, then error pass)",
-              planned_in="the FPTT issue"),
-    Algorithm("fptt1", "no", "one forward pass with δ0 = 0", planned_in="the FPTT issue"),
+    Algorithm("fptt", "yes", "forward propagation of errors through time (warm-up pass, then error pass; L+1 passes "
+              "for L layers)", **_fptt(True)),
+    Algorithm("fptt1", "no", "one forward pass with δ0 = 0 (the FPTT paper's `forward` baseline)", **_fptt(False)),
     Algorithm("readout", "no", "baseline: only the linear head learns; the recurrent stack stays at its random "
               "initialisation (the online-LRU code's 'online_reservoir')", model_grads=_readout_model_grads),
     Algorithm("ep", "as β→0", "equilibrium propagation (static input, fixed-point networks)",

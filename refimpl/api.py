@@ -96,13 +96,14 @@ def run_cell(cell: Cell, params: dict, x: np.ndarray, h0=None, backend: str = "n
 
 
 def cell_grads(cell: Cell, params: dict, x: np.ndarray, dh: np.ndarray, h0=None, algorithm: str = "bptt",
-               backend: str = "numpy") -> dict:
+               backend: str = "numpy", **options) -> dict:
     """Gradients of a cell from its instantaneous adjoints (DESIGN.md §4).
 
     Args:
         dh: (T, B, H) the part of ∂L/∂h_t that does not go through later states; complex for lru, with the
             convention z̄ = ∂L/∂Re z + i ∂L/∂Im z.
-        algorithm: a name of DESIGN.md §5: `bptt`, or an RTRL-family rule (`rtrl`, `online` (= `rtrl` for one cell),
+        **options: the algorithm's options (fptt / fptt1: carrier='float64' | 'state').
+        algorithm: a name of DESIGN.md §5: `bptt`, `fptt`, `fptt1`, or an RTRL-family rule (`rtrl`, `online` (= `rtrl` for one cell),
             `snap1`, `truncated`, `spatial`, and `cec` for the lstm), run online with memory independent of T.
     Returns:
         {param: grad, "x": (T,B,I), "h0": (B,H)} (plus "c0" for lstm); every gradient has its array's shape and dtype.
@@ -116,7 +117,8 @@ def cell_grads(cell: Cell, params: dict, x: np.ndarray, dh: np.ndarray, h0=None,
     dh = check_array("dh", dh, [("T", T), ("B", B), ("H", cell.n_hidden)], cell.state_dtype,
                      hint="dh is the instantaneous adjoint of h, shaped like h")
     with np.errstate(all="ignore"):         # a blow-up is detected below and reported, not warned about
-        grads = algo.cell_grads(cell_kernels(cell.name, backend), cell, params, x, dh, state0)
+        grads = algo.cell_grads(cell_kernels(cell.name, backend), cell, params, x, dh, state0,
+                                **algo.check_options(options))
     _check_finite_output("gradient", grads)
     return grads
 
@@ -128,14 +130,15 @@ def make_model(cell: str, n_in: int, n_hidden: int, n_out: int, **options):
 
 
 def model_grads(model, params: dict, x: np.ndarray, y, *, loss: str, mask=None, algorithm: str = "bptt",
-                backend: str = "numpy"):
+                backend: str = "numpy", **options):
     """Loss and gradients of a model (DESIGN.md §4: L = (1/B) Σ_b Σ_t m_t l_t).
 
     Args:
         x: (T, B, n_in).  y: targets (mse/bce: shaped like the output; ce: integer labels).
         loss: 'mse' | 'ce' | 'bce'.  mask: (T, B) or (T,) per-step weights, or None.
         algorithm: a name of DESIGN.md §5 (or the `readout` baseline).  backend: where the cell kernels run (the
-            RTRL-family rules run on the NumPy reference today).
+            RTRL-family rules and FPTT run on the NumPy reference today).
+        **options: the algorithm's options (fptt / fptt1: passes=L+1 (the pass budget), carrier='float64' | 'state').
     Returns:
         (loss_value, grads) with grads keyed by the dotted parameter names, plus "x" for `bptt` (forward-mode rules
         give no input gradient; `readout` leaves out the parameters it does not train).
@@ -144,7 +147,8 @@ def model_grads(model, params: dict, x: np.ndarray, y, *, loss: str, mask=None, 
     algo = get_algorithm(algorithm, "model")
     model_mod.check_inputs(model, params, x, y, loss, mask)
     with np.errstate(all="ignore"):         # a blow-up is detected below and reported, not warned about
-        loss_value, grads = algo.model_grads(cell_kernels(model.cell, backend), model, params, x, y, loss, mask)
+        loss_value, grads = algo.model_grads(cell_kernels(model.cell, backend), model, params, x, y, loss, mask,
+                                             **algo.check_options(options))
     _check_finite_output("gradient", grads)
     if not np.isfinite(loss_value):
         raise NumericalError(f"the loss became non-finite ({loss_value}); the forward pass blew up")

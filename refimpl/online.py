@@ -124,7 +124,8 @@ def _add_h(c, dstate, dh):
     return type(dstate)(dstate[0] + dh, *dstate[1:]) if isinstance(dstate, tuple) else dstate + dh
 
 
-def stack_step_backward(model, params, caches, du_top, dstates=None, *, through_cells=True):
+def stack_step_backward(model, params, caches, du_top, dstates=None, *, through_cells=True, totals=None,
+                        stop_at=None):
     """(3): the backward pass of one step.
 
     Args:
@@ -132,6 +133,9 @@ def stack_step_backward(model, params, caches, du_top, dstates=None, *, through_
         dstates: per layer, an extra adjoint on the new state s^l_t (None = zeros).
         through_cells: True — the adjoint reaching a cell state goes through the cell's step backward to its input,
             its parameters (the immediate gradient) and its previous state; False — it stops at the state.
+        totals: per layer, None or the *total* adjoint of s^l_t to send through the cell instead of what arrived
+            within the step (FPTT knows the total; the within-step part is still returned in `deltas`).
+        stop_at: a layer index: record its delta and stop there (nothing below it is computed).
     Returns:
         (grads {dotted name: …} of this step, deltas [adjoint reaching s^l_t, per layer],
          dstates_prev [adjoint of s^l_{t−1}, per layer; None when through_cells=False]).
@@ -159,9 +163,12 @@ def stack_step_backward(model, params, caches, du_top, dstates=None, *, through_
         else:
             da = None
         deltas[l] = dstate
+        if l == stop_at:
+            break
         if through_cells:
             cell_params = _sub(params, f"{pre}.cell", c.param_shapes)
-            g, dx, dprev[l] = c.module.step_backward(cell_params, dstate, step.cell, **c.step_options)
+            total = totals[l] if totals is not None and totals[l] is not None else dstate
+            g, dx, dprev[l] = c.module.step_backward(cell_params, total, step.cell, **c.step_options)
             add_into_new(grads, f"{pre}.cell", g)
             da = dx if da is None else da + dx
         if da is not None and model.norm == "layer":
@@ -171,9 +178,12 @@ def stack_step_backward(model, params, caches, du_top, dstates=None, *, through_
         if da is not None:
             du_below = da if du_below is None else du_below + da
         du = du_below
-    if model.encoder and du is not None:
+    if model.encoder and du is not None and stop_at is None:
         g = linear_backward(du, enc)
         add_into_new(grads, "encoder", {"weight": g["weight"], "bias": g["bias"]})
+        du = g["x"]
+    if du is not None and stop_at is None:
+        grads["x"] = du                                 # the adjoint of x_t along paths inside the step
     return grads, deltas, (dprev if through_cells else None)
 
 
@@ -311,14 +321,14 @@ def _run(model, params, x, y, loss, mask, *, rule: str, whole: bool, update_ever
             du_top = g["x"]                                            # straight-through for cumulative_mean
         if whole:                                                                          # (3), (4)
             step_grads, deltas, _ = stack_step_backward(model, params, caches, du_top, through_cells=False)
-            add_into(grads, step_grads)
+            add_into(grads, {k: v for k, v in step_grads.items() if k != "x"})
             _update_whole_stack(model, params, caches, states, sens)
             delta = np.concatenate([_flat_real(c, d) for c, d in zip(cells, deltas)], axis=-1)[0]   # (S_real,)
             for k in sens:
                 grads[k] += np.tensordot(delta, sens[k], axes=1)
         else:
             step_grads, deltas, _ = stack_step_backward(model, params, caches, du_top, through_cells=True)
-            add_into(grads, {k: v for k, v in step_grads.items() if ".cell." not in k})
+            add_into(grads, {k: v for k, v in step_grads.items() if ".cell." not in k and k != "x"})
             for l, c in enumerate(cells):
                 traces[l] = rtrl.update_traces(rule, c, cell_params[l], traces[l], caches[1][l].a, states[l])
                 cell_g = rtrl.trace_grads(rule, c, cell_params[l], traces[l], _h(deltas[l]))

@@ -134,7 +134,7 @@ def test_unknown_names_and_unsupported_combinations():
     with pytest.raises(UnknownNameError, match="unknown algorithm 'bpt'"):
         cell_grads(cell, params, x, dh, algorithm="bpt")
     with pytest.raises(UnsupportedError, match="not implemented yet"):
-        cell_grads(cell, params, x, dh, algorithm="fptt")
+        cell_grads(cell, params, x, dh, algorithm="ep")
     with pytest.raises(UnknownNameError, match="unknown backend 'torch'"):
         run_cell(cell, params, x, backend="torch")
 

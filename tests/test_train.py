@@ -103,7 +103,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path
 @pytest.mark.parametrize("changes,err,phrase", [
     (dict(task="copy", task_options={}, pooling="last"), UnsupportedError, "target at every step"),
     (dict(task="digits", task_options={}), UnsupportedError, "static inputs"),
-    (dict(algorithm="fptt"), UnsupportedError, "not implemented yet"),
+    (dict(algorithm="ep"), UnsupportedError, "not implemented yet"),
     (dict(task="digitz"), UnknownNameError, "did you mean"),
     (dict(hidden=-3), UnsupportedError, "positive integer"),
     (dict(backend="numba"), UnsupportedError, "numba"),
@@ -128,7 +128,7 @@ def test_readout_baseline_trains_only_the_head(tmp_path):
     (["train", "--task", "copy", "--pooling", "mean"], "target at every step"),
     (["train", "--hidden", "-2"], "positive integer"),
     (["train", "--preset", "nope"], "unknown preset"),
-    (["train", "--algorithm", "fptt"], "not implemented yet"),
+    (["train", "--algorithm", "ep"], "not implemented yet"),
     (["train", "-t", "mode"], "KEY=VALUE"),
     (["compare", "--algorithms", "bptt,magic"], "unknown algorithm 'magic'"),
     (["plot", "does-not-exist"], "does-not-exist"),
@@ -157,15 +157,17 @@ def test_cli_train_compare_plot(tmp_path):
 
 
 def test_recipe_runs_what_has_landed_and_lists_the_rest(tmp_path):
-    r = CliRunner().invoke(cli, ["compare", "--recipe", "fptt-digits", "--steps", "2", "--no-progress",
+    r = CliRunner().invoke(cli, ["compare", "--recipe", "fptt-digits", "--steps", "1", "--no-progress",
                                  "--out", str(tmp_path / "cmp")])
     assert r.exit_code == 0, r.output
-    assert "not implemented yet, skipped: fptt\n" in r.output              # spatial has landed, fptt not yet
+    assert "skipped" not in r.output                                        # every algorithm of it has landed
     report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert [run["algorithm"] for run in report["runs"]] == ["bptt", "spatial"]
+    assert [run["algorithm"] for run in report["runs"]] == ["bptt", "fptt", "spatial"]
+    fptt = next(run for run in report["runs"] if run["algorithm"] == "fptt")
+    assert fptt["grad_vs_bptt"]["cosine"] > 1 - 1e-9                        # exact at the initial weights
     cfg = report["config"]
     assert (cfg["layers"], cfg["hidden"], cfg["pooling"], cfg["cell"]) == (4, 32, "cumulative_mean", "lru")
-    assert cfg["steps"] == 2                                       # the explicit option overrides the recipe
+    assert cfg["steps"] == 1                                       # the explicit option overrides the recipe
     r = CliRunner().invoke(cli, ["compare", "--recipe", "ep-digits", "--out", str(tmp_path / "ep")])
     assert r.exit_code == 2 and "not implemented yet" in r.stderr
 
