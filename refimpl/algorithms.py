@@ -30,6 +30,12 @@ class Algorithm:
     planned_in: str = ""          # for names not implemented yet
     input_grads: bool = True      # False for forward-mode (online) rules: they give no gradient for the input x
     options: tuple = ()           # names of the keyword options the algorithm takes (e.g. fptt: passes, carrier)
+    tolerance: str = "exact_vs_bptt"   # its row of numerics.TOLERANCES when exact
+    exact_when: Callable | None = None  # (model, options) -> bool, for algorithms exact only with some options
+
+    def exact_for(self, model, options: dict) -> bool:
+        """Whether the gradients must equal BPTT's for this model with these options."""
+        return self.is_exact and (self.exact_when is None or self.exact_when(model, options))
 
     def check_options(self, options: dict) -> dict:
         for k in options:
@@ -94,7 +100,9 @@ def _fptt(two_passes: bool):
         from .fptt import fptt_cell_grads
         options.pop("passes", None)                     # one cell is one layer: the budget does not apply
         return fptt_cell_grads(cell, params, x, dh, state0, two_passes=two_passes, **options)
-    return dict(cell_grads=cell_grads, model_grads=model_grads, options=("passes", "carrier"))
+    return dict(cell_grads=cell_grads, model_grads=model_grads, options=("passes", "carrier"),
+                tolerance="fptt_vs_bptt",
+                exact_when=lambda model, options: int(options.get("passes", model.layers + 1)) > model.layers)
 
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [

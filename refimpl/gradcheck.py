@@ -60,7 +60,8 @@ class GradcheckReport:
 
 def gradcheck(cell: str, algorithm: str = "bptt", *, layers: int = 1, hidden: int = 4, seq_len: int = 5,
               batch: int = 2, n_in: int = 3, n_out: int = 2, dtype="float64", seed: int = 0,
-              backend: str = "numpy", fd_eps: float = 1e-6, **model_options) -> GradcheckReport:
+              backend: str = "numpy", fd_eps: float = 1e-6, algorithm_options: dict | None = None,
+              **model_options) -> GradcheckReport:
     """Check `algorithm` against BPTT and BPTT against finite differences on a small seeded model (see module doc)."""
     algo = get_algorithm(algorithm, "model")
     dtype = resolve_dtype(dtype)
@@ -75,7 +76,8 @@ def gradcheck(cell: str, algorithm: str = "bptt", *, layers: int = 1, hidden: in
     out64, _ = model_mod.forward(model64, params64, x64)
     y64 = rng.standard_normal(out64.shape)          # mse targets shaped like the output
 
-    _, grads = model_grads(model, params, x, y64.astype(dtype), loss="mse", algorithm=algorithm, backend=backend)
+    _, grads = model_grads(model, params, x, y64.astype(dtype), loss="mse", algorithm=algorithm, backend=backend,
+                           **(algorithm_options or {}))
     _, bptt = model_mod.bptt(model64, params64, x64, y64, loss="mse")
 
     if model.pooling == "cumulative_mean":
@@ -87,7 +89,7 @@ def gradcheck(cell: str, algorithm: str = "bptt", *, layers: int = 1, hidden: in
     # the differences are evaluated in extended precision at the same float64 point (see numerics.extended)
     fd = central_differences(loss_at, {k: extended(v) for k, v in {**params64, "x": x64}.items()}, eps=fd_eps)
 
-    tol_alg = TOLERANCES["exact_vs_bptt"][dtype.name] if algo.is_exact else None
+    tol_alg = TOLERANCES[algo.tolerance][dtype.name] if algo.exact_for(model, algorithm_options or {}) else None
     tol_fd = TOLERANCES["bptt_vs_fd"]
     report = GradcheckReport(cell, algorithm, algo.exact, dtype.name, backend,
                              dict(layers=layers, hidden=hidden, seq_len=seq_len, batch=batch, n_in=n_in, n_out=n_out,

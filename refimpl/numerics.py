@@ -85,6 +85,9 @@ def central_differences(loss: Callable[[Mapping[str, np.ndarray]], float], input
 #: The tolerances of DESIGN.md §7, in one table (relative error per array).
 TOLERANCES = {
     "exact_vs_bptt": {"float64": 1e-10, "float32": 1e-4},   # an exact algorithm vs BPTT (float32: vs a float64 BPTT)
+    # FPTT inverts the Jacobians: 1e-8 where their product is well conditioned (|λ| ≥ 0.9 for the lru); float32 states
+    # with float64 carriers lose more than float32 rounding once T grows (docs/derivations/fptt.md)
+    "fptt_vs_bptt": {"float64": 1e-8, "float32": 1e-3},
     "bptt_vs_fd": 1e-6,                                      # BPTT vs central differences, float64
     "backend_vs_reference": {"float64": 1e-10, "float32": 1e-4},
 }

@@ -5,6 +5,7 @@
     train         train a model on a task into a run directory (config.json, metrics.jsonl, checkpoints; --resume)
     compare       train the same model from the same initial weights with several algorithms; table and plot
     plot          learning curves of existing run directories
+    fptt-stability  FPTT's gradient quality vs forgetting (r_min) and sequence length (the paper's experiment)
     backends      list the backends, whether each runs on this machine, and which kernels each implements
 
 User errors (unknown names, bad sizes, unsupported combinations) print one line on stderr and exit with status 2;
@@ -138,9 +139,11 @@ def _demo() -> None:
 @click.option("--pooling", type=click.Choice(list(POOLINGS)), default="none", show_default=True)
 @click.option("-o", "--cell-option", "cell_options", multiple=True, metavar="KEY=VALUE",
               help="Cell option, e.g. -o nonlinearity=linear (rnn) or -o r_min=0.9 (lru).")
+@click.option("-a", "--algorithm-option", "algorithm_options", multiple=True, metavar="KEY=VALUE",
+              help="Algorithm option, e.g. -a passes=2 or -a carrier=state (fptt, fptt1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def gradcheck(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, seed, backend, norm, ffn, residual,
-              encoder, pooling, cell_options, as_json):
+              encoder, pooling, cell_options, algorithm_options, as_json):
     """Compare ALGORITHM's gradients with BPTT, and BPTT with central finite differences.
 
     Prints one row per parameter (relative error and cosine vs BPTT; BPTT vs FD) and exits with status 1 when BPTT
@@ -149,7 +152,9 @@ def gradcheck(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, seed
     from .gradcheck import format_reports, gradcheck as run_gradcheck
     report = run_gradcheck(cell, algorithm, layers=layers, hidden=hidden, seq_len=seq_len, batch=batch, n_in=n_in,
                            dtype=dtype, seed=seed, backend=backend, norm=norm, ffn=ffn, residual=residual,
-                           encoder=encoder, pooling=pooling, **_parse_options(cell_options))
+                           encoder=encoder, pooling=pooling,
+                           algorithm_options=_parse_options(algorithm_options, "--algorithm-option", "-a passes=2"),
+                           **_parse_options(cell_options))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_reports([report]))
     sys.exit(0 if report.ok else 1)
 
@@ -193,6 +198,8 @@ def _run_options(f):
         click.option("--schedule", default=d.schedule, show_default=True, type=click.Choice(["cosine", "constant"])),
         click.option("--warmup-steps", default=d.warmup_steps, show_default=True, type=int),
         click.option("--log-every", default=d.log_every, show_default=True, type=int),
+        click.option("-a", "--algorithm-option", "algorithm_options", multiple=True, metavar="KEY=VALUE",
+                     help="Algorithm option, e.g. -a passes=2 or -a carrier=state (fptt, fptt1)."),
         click.option("--update-every", default=None, type=int,
                      help="Truly online training (RTRL family): update the weights every K time steps."),
     ]
@@ -214,6 +221,7 @@ def _config_from_options(algorithm, kw):
         task, preset_options = PRESETS[preset]
         task_options = {**preset_options, **task_options}
     kw["cell_options"] = _parse_options(kw.pop("cell_options"))
+    kw["algorithm_options"] = _parse_options(kw.pop("algorithm_options"), "--algorithm-option", "-a passes=2")
     kw["clip_norm"] = kw["clip_norm"] or None
     return TrainConfig(task=task, task_options=task_options, algorithm=algorithm, **kw)
 
@@ -258,7 +266,9 @@ def run_compare(config, algorithms, out_dir, progress=False):
         sub = out / a
         if sub.exists():
             shutil.rmtree(sub)                      # compare reruns its runs from scratch
-        r = run_train(dataclasses.replace(config, algorithm=a), sub, progress=progress, track_memory=True)
+        options = {k: v for k, v in config.algorithm_options.items() if k in get_algorithm(a).options}
+        r = run_train(dataclasses.replace(config, algorithm=a, algorithm_options=options), sub, progress=progress,
+                      track_memory=True)
         rows.append({"algorithm": a, **dataclasses.asdict(r), "grad_vs_bptt": agreement[a]})
     atomic_write_json(out / "compare.json", {"config": dataclasses.asdict(config), "runs": rows})
     png = plot_runs([out / a for a in algorithms], out / "compare.png", labels=list(algorithms),
@@ -323,6 +333,35 @@ def plot(run_dirs, out_path):
     """Draw the learning curves (training loss, validation loss and accuracy) of existing run directories."""
     from .plotting import plot_runs
     click.echo(str(plot_runs(run_dirs, out_path)))
+
+
+@cli.command("fptt-stability")
+@click.option("--out", "out_dir", default="runs/fptt-stability", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for stability.json and stability.png.")
+@click.option("--full", is_flag=True, help="The paper's full grid: T up to 1000 and 3 seeds (several minutes).")
+@click.option("--seeds", default=None, type=click.IntRange(min=1), help="Seeds per point (default 2, full 3).")
+@click.option("--width", default=32, show_default=True, type=click.IntRange(min=1), help="Input = state = output width.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["f32/f32", "f32/f64", "f64/f64"]),
+              help="States/carriers precision (default: all three).")
+def fptt_stability(out_dir, full, seeds, width, precisions):
+    """FPTT's gradient quality vs forgetting and sequence length (the FPTT paper's experiment): one lru layer,
+    Gaussian inputs, MSE to zero targets; cosine of FPTT vs BPTT for parameters and inputs over r_min and T."""
+    from pathlib import Path
+
+    from .stability import LENGTHS_FULL, LENGTHS_QUICK, PRECISIONS, format_table, plot_study, run_study, summarize
+    from .train import atomic_write_json
+    n_seeds = seeds or (3 if full else 2)
+    config = {"lengths": list(LENGTHS_FULL if full else LENGTHS_QUICK), "seeds": list(range(n_seeds)),
+              "precisions": list(precisions or PRECISIONS), "width": width}
+    records = run_study(lengths=config["lengths"], seeds=config["seeds"], precisions=config["precisions"],
+                        width=width)
+    summary = summarize(records)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "stability.json", {"config": config, "records": records, "summary": summary})
+    png = plot_study(summary, out / "stability.png")
+    click.echo(format_table(summary))
+    click.echo(f"wrote {out / 'stability.json'} and {png}")
 
 
 @cli.command()

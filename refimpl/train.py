@@ -68,6 +68,7 @@ class TrainConfig:
     cell: str = "lru"
     cell_options: dict = field(default_factory=dict)
     algorithm: str = "bptt"
+    algorithm_options: dict = field(default_factory=dict)   # e.g. fptt: {"passes": 2, "carrier": "state"}
     backend: str = "numpy"
     layers: int = 1
     hidden: int = 32
@@ -336,7 +337,8 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
                                                                    opt, opt_state)
                 else:
                     loss, grads = model_grads(model, params, x, y, loss=task.loss, mask=mask,
-                                              algorithm=config.algorithm, backend=config.backend)
+                                              algorithm=config.algorithm, backend=config.backend,
+                                              **config.algorithm_options)
                 trained = {n: params[n] for n in params if n in grads}   # untrained parameters are left alone
                 with np.errstate(all="ignore"):         # a blow-up is detected just below and reported
                     new, opt_state, info = optim.step(trained, grads, opt_state, opt)
@@ -449,8 +451,9 @@ def gradient_agreement(config: TrainConfig, algorithms) -> dict:
     x, y, mask = batch_targets(task, model, task.train, np.sort(order[:config.batch_size]))
 
     def flat(algorithm):
+        options = {k: v for k, v in config.algorithm_options.items() if k in get_algorithm(algorithm).options}
         _, g = model_grads(model, params, x, y, loss=task.loss, mask=mask, algorithm=algorithm,
-                           backend=config.backend)
+                           backend=config.backend, **options)
         return np.concatenate([np.ravel(g.get(k, np.zeros_like(v))) for k, v in params.items()])
     reference = flat("bptt")
     out = {}
