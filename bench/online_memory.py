@@ -1,4 +1,4 @@
-"""Peak memory of the online algorithms vs BPTT as the sequence grows: `python -m bench.online_memory`.
+"""Peak memory of the online algorithms and FPTT vs BPTT as the sequence grows: `python -m bench.online_memory`.
 
 For each algorithm, the peak of NumPy allocations (tracemalloc, inputs excluded: they exist before the measurement
 starts) while computing one gradient of a small model at T = 100 and T = 10 000. The online rules keep states,
@@ -16,9 +16,10 @@ import numpy as np
 
 from refimpl import model as model_mod
 from refimpl.model import make_model
+from refimpl.fptt import fptt_model_grads
 from refimpl.online import online_grads
 
-ALGORITHMS = ("bptt", "rtrl", "online", "snap1", "truncated", "spatial")
+ALGORITHMS = ("bptt", "rtrl", "online", "snap1", "truncated", "spatial", "fptt")
 
 
 def measure(cell: str, T: int, algorithm: str, *, B: int = 4, I: int = 4, H: int = 16, seed: int = 0):
@@ -29,6 +30,8 @@ def measure(cell: str, T: int, algorithm: str, *, B: int = 4, I: int = 4, H: int
     t0 = time.perf_counter()
     if algorithm == "bptt":
         model_mod.bptt(model, params, x, y, loss="mse")
+    elif algorithm == "fptt":
+        fptt_model_grads(model, params, x, y, "mse", check=False)      # the gradient's quality is not the question
     else:
         online_grads(model, params, x, y, "mse", algorithm=algorithm)
     seconds = time.perf_counter() - t0
@@ -43,7 +46,7 @@ def main(argv=None):
     ap.add_argument("--lengths", default="100,10000")
     args = ap.parse_args(argv)
     lengths = [int(t) for t in args.lengths.split(",")]
-    print(f"| cell | algorithm | " + " | ".join(f"peak T={T}" for T in lengths) + " | growth | time/step |")
+    print("| cell | algorithm | " + " | ".join(f"peak T={T}" for T in lengths) + " | growth | time/step |")
     print("|---|---|" + "---|" * len(lengths) + "---|---|")
     for cell in args.cells.split(","):
         for a in ALGORITHMS:

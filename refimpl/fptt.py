@@ -48,7 +48,7 @@ from .cells import CELLS
 from .errors import NumericalError, UnsupportedError
 from .layers import linear_backward, linear_forward
 from .losses import loss_forward
-from .online import _h, _sub, check_supported, stack_step_backward, stack_step_forward
+from .online import _sub, check_supported, stack_step_backward, stack_step_forward
 
 #: Relative residual ρ (5) above which FPTT refuses to return its gradients.
 RESIDUAL_TOL = 1e-4
@@ -316,3 +316,35 @@ def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, 
         return total, grads, (P, e_w, dh_prev[warm])
     grads["x"] = dx
     return total, grads, {l: (_residual(e[l], dh_prev[l]), e_max[l]) for l in e}
+
+
+def well_conditioned(cell: str, params: dict, prefix: str = "", seed: int = 0) -> dict:
+    """A copy of dense-cell parameters whose state Jacobians are well conditioned, for FPTT's tests, kernels and
+    examples (the lru needs none: pick r_min ≥ 0.9 instead). `prefix` selects a layer's cell in a model's dict.
+
+    rnn: an orthogonal W_hh, no biases and a small input drive (tanh near its linear range); gru: update gates near 1
+    (b_hz = 3); lstm: forget gates near 1 (b_hf = 3), g ≈ 0.8 so that c grows and tanh(c') is large, and an output
+    gate that reads h (W_ho = 2·orthogonal) — even so the lstm's σ_min(J_t) stays near 0.2 (docs/derivations/fptt.md).
+    """
+    p = dict(params)
+    rng = np.random.default_rng(seed)
+    key = lambda n: f"{prefix}{n}"                                          # noqa: E731
+    if cell == "lru":
+        return p
+    H = p[key("weight_hh")].shape[1]
+    Q = np.linalg.qr(rng.standard_normal((H, H)))[0]
+    W, b = p[key("weight_hh")].copy(), p[key("bias_hh")].copy()
+    if cell == "rnn":
+        W[:] = Q                                                            # orthogonal recurrence
+        b[:] = 0.0
+        p[key("weight_ih")] = 0.3 * p[key("weight_ih")]                     # small drive: tanh stays near linear
+        p[key("bias_ih")] = 0.0 * p[key("bias_ih")]
+    elif cell == "gru":
+        b[H:2 * H] = 3.0                                                    # z ≈ 0.95: h' ≈ h
+    elif cell == "lstm":
+        b[H:2 * H] = 3.0                                                    # f ≈ 0.95
+        b[2 * H:3 * H] = 1.1                                                # g ≈ 0.8: c grows, tanh(c') is large
+        b[3 * H:] = 0.0
+        W[3 * H:] = 2.0 * Q                                                 # the output gate reads h (σ' not saturated)
+    p[key("weight_hh")], p[key("bias_hh")] = W.astype(W.dtype), b
+    return p

@@ -5,6 +5,8 @@
 
     <cell>.<rule>    (params, x (T,B,I), h0 | state0, dh (T,B,H)) -> grads      an RTRL-family sensitivity sweep
                      (refimpl/rtrl.py): rule rtrl, snap1 (not lru: there it is rtrl), truncated, spatial, cec (lstm)
+    <cell>.fptt, <cell>.fptt1  (params, x, h0 | state0, dh) -> grads (+ "x", "h0"): FPTT's warm-up and error passes
+                     (refimpl/fptt.py; the raw sweep: the residual check is the API's); the inputs are well conditioned
 
 for cell in rnn, gru, lstm, lru. `state0` is h0 (B,H) — LSTMState(h0, c0) for lstm, complex (B,N) for lru — and `grads`
 holds every parameter plus "x" and the initial-state keys ("h0", and "c0" for lstm). Options that change the dynamics
@@ -107,3 +109,43 @@ for _name, _rules in _RULES.items():
             signature=f"(params, x (T,B,I), {_STATE.get(_name, 'h0 (B,H)')}, dh (T,B,H)) -> {{param: grad}}",
             reference=_sweep(_name, _rule), make_inputs=_sweep_inputs(_name),
             variants=_VARIANTS.get(_name, ({},)), sizes=_RTRL_SIZES if _dense else None))
+
+
+# FPTT: the warm-up and error sweeps of one cell (diagonal for the lru, linear solves for the dense cells).
+def _fptt_sweep(name, two_passes):
+    from .cells import resolve_cell
+    from .fptt import fptt_cell_grads
+    state_arg = _STATE_ARG.get(name, "h0")
+
+    def sweep(params, x, dh, **kwargs):
+        state0 = kwargs.pop(state_arg)
+        cell = resolve_cell(name, x.shape[-1], dh.shape[-1], x.dtype.name, **kwargs)
+        return fptt_cell_grads(cell, params, x, dh, state0, two_passes=two_passes, check=False)
+    sweep.__name__ = f"{name}_{'fptt' if two_passes else 'fptt1'}_sweep"
+    return sweep
+
+
+def _fptt_inputs(name):
+    base = _sweep_inputs(name)
+
+    def make_inputs(rng, dtype, size, **variant):
+        from .fptt import well_conditioned
+        inputs = base(rng, dtype, size, **variant)
+        if name == "lru":           # |λ| ≥ 0.9: rebuild the eigenvalues from the ring r ∈ [0.9, 0.99]
+            N = size["H"]
+            r = rng.uniform(0.9, 0.99, N)
+            inputs["params"] = {**inputs["params"], "nu_log": np.log(-np.log(r)).astype(dtype)}
+        else:
+            inputs["params"] = {k: v.astype(dtype) for k, v in well_conditioned(name, inputs["params"]).items()}
+        return inputs
+    return make_inputs
+
+
+for _name in CELLS:
+    for _two in (True, False):
+        register_kernel(KernelSpec(
+            name=f"{_name}.{'fptt' if _two else 'fptt1'}",
+            signature=f"(params, x (T,B,I), {_STATE.get(_name, 'h0 (B,H)')}, dh (T,B,H)) -> {{param: grad, 'x', "
+                      f"{', '.join(map(repr, CELLS[_name].GRAD_STATE_KEYS))}}}",
+            reference=_fptt_sweep(_name, _two), make_inputs=_fptt_inputs(_name),
+            variants=_VARIANTS.get(_name, ({},)), sizes=None if _name == "lru" else _RTRL_SIZES))

@@ -16,7 +16,7 @@ import pytest
 
 from refimpl import api, model as model_mod
 from refimpl.errors import NumericalError, UnsupportedError
-from refimpl.fptt import fptt_cell_grads, fptt_model_grads
+from refimpl.fptt import fptt_cell_grads, fptt_model_grads, well_conditioned
 from refimpl.model import make_model
 from refimpl.numerics import cosine, rel_error
 
@@ -24,32 +24,6 @@ TOL = 1e-8
 CELLS = [("lru", {"r_min": 0.9, "r_max": 0.99}), ("rnn", {"nonlinearity": "linear"}), ("rnn", {}), ("gru", {}),
          ("lstm", {})]
 IDS = ["lru", "rnn-linear", "rnn-tanh", "gru", "lstm"]
-
-
-def well_conditioned(cell: str, params: dict, prefix: str = "", seed: int = 0) -> dict:
-    """A copy of `params` whose state Jacobians are well conditioned (see module doc)."""
-    p = dict(params)
-    rng = np.random.default_rng(seed)
-    key = lambda n: f"{prefix}{n}"                                          # noqa: E731
-    if cell == "lru":
-        return p
-    H = p[key("weight_hh")].shape[1]
-    Q = np.linalg.qr(rng.standard_normal((H, H)))[0]
-    W, b = p[key("weight_hh")].copy(), p[key("bias_hh")].copy()
-    if cell == "rnn":
-        W[:] = Q                                                            # orthogonal recurrence
-        b[:] = 0.0
-        p[key("weight_ih")] = 0.3 * p[key("weight_ih")]                     # small drive: tanh stays near linear
-        p[key("bias_ih")] = 0.0 * p[key("bias_ih")]
-    elif cell == "gru":
-        b[H:2 * H] = 3.0                                                    # z ≈ 0.95: h' ≈ h
-    elif cell == "lstm":
-        b[H:2 * H] = 3.0                                                    # f ≈ 0.95
-        b[2 * H:3 * H] = 1.1                                                # g ≈ 0.8: c grows, tanh(c') is large
-        b[3 * H:] = 0.0
-        W[3 * H:] = 2.0 * Q                                                 # the output gate reads h (σ' not saturated)
-    p[key("weight_hh")], p[key("bias_hh")] = W.astype(W.dtype), b
-    return p
 
 
 def _model_case(cell, opts, T=8, B=2, I=3, H=3, O=2, seed=0, **kw):
