@@ -99,8 +99,9 @@ def _fptt(two_passes: bool):
     def cell_grads(kernels, cell, params, x, dh, state0, **options):
         from .fptt import fptt_cell_grads
         options.pop("passes", None)                     # one cell is one layer: the budget does not apply
+        options.pop("input_grad", None)
         return fptt_cell_grads(cell, params, x, dh, state0, two_passes=two_passes, **options)
-    return dict(cell_grads=cell_grads, model_grads=model_grads, options=("passes", "carrier"),
+    return dict(cell_grads=cell_grads, model_grads=model_grads, options=("passes", "carrier", "input_grad"),
                 tolerance="fptt_vs_bptt",
                 exact_when=lambda model, options: int(options.get("passes", model.layers + 1)) > model.layers)
 

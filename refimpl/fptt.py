@@ -208,16 +208,17 @@ def _fptt_cell_grads(cell, params, x, dh, state0, two_passes, carrier, check):
 # A model stack: the L+1-pass schedule
 
 def fptt_model_grads(model, params, x, y, loss, mask=None, *, passes: int | None = None, two_passes: bool = True,
-                     carrier: str = "float64", check: bool = True):
+                     carrier: str = "float64", check: bool = True, input_grad: bool = True):
     """Loss and gradients of a model by FPTT (see module doc). passes: the pass budget (default L+1, full FPTT);
     two_passes=False gives `fptt1`. check=False returns the gradients even when (5) says they are lost (for the
-    stability study, which measures how bad they are). Returns (loss_value, {dotted name: grad, "x": (T,B,I)})."""
+    stability study, which measures how bad they are). input_grad=False leaves out "x" — the one output that grows
+    with T (it is the size of x); without it the memory is flat in T. Returns (loss_value, {dotted name: grad, "x"})."""
     check_supported(model, mask)
     with np.errstate(all="ignore"):                 # a blow-up is detected by (5) and reported, not warned about
-        return _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carrier, check)
+        return _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carrier, check, input_grad)
 
 
-def _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carrier, check):
+def _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carrier, check, input_grad):
     L = model.layers
     full = L + 1
     passes = full if passes is None else int(passes)
@@ -237,7 +238,8 @@ def _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carri
 
     for warm in warm_order + [None]:                              # passes: one warm-up each, then the final pass
         in_error = [l for l in fptt_layers if warm is None or l > warm]
-        value, grads, info = _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, cts, S)
+        value, grads, info = _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, cts, S,
+                                   input_grad)
         if warm is not None:
             P, e_warm, dh_last = info
             starts[warm] = _start_error(cells[warm], P, e_warm, dh_last)                  # (3)
@@ -252,7 +254,7 @@ def _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carri
     return value, grads
 
 
-def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, cts, S):
+def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, cts, S, input_grad=True):
     """One pass over the sequence. Layers in `in_error` carry their exact errors (1) from their start values; the
     layer `warm` (or None in the final pass) runs its warm-up. The final pass accumulates every gradient (4)."""
     T, B, _ = x.shape
@@ -266,7 +268,7 @@ def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, 
     if not final:
         e_w, P = np.zeros((B, S[warm]), cts[warm]), _identity_P(cells[warm], B, cts[warm])
     grads = {k: np.zeros_like(v) for k, v in params.items()}
-    dx = np.zeros_like(x)
+    dx = np.zeros_like(x) if final and input_grad else None
     run_sum, total = None, 0.0
     for t in range(T):
         u, new_states, caches = stack_step_forward(model, params, x[t], states)
@@ -308,13 +310,15 @@ def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, 
         if final:                                                             # (4)
             for k, v in step_grads.items():
                 if k == "x":
-                    dx[t] = v
+                    if dx is not None:
+                        dx[t] = v
                 else:
                     grads[k] += v
         states = new_states
     if not final:
         return total, grads, (P, e_w, dh_prev[warm])
-    grads["x"] = dx
+    if dx is not None:
+        grads["x"] = dx
     return total, grads, {l: (_residual(e[l], dh_prev[l]), e_max[l]) for l in e}
 
 

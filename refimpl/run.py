@@ -28,13 +28,14 @@ from .model import FFNS, NORMS, POOLINGS
 DEFAULT_CELLS = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "linear"}), ("gru", {}), ("lstm", {}),
                  ("lru", {})]
 def _demo_runs():
-    """(config, algorithms) per cell of the learning demo. The LRU runs every rule that is cheap on it (its exact
-    per-layer RTRL `online` is diagonal traces); whole-stack `rtrl` (dense, one backward pass per state unit per step)
-    and the dense-cell sensitivity rules are too slow in NumPy for a one-minute demo, and are shown by `gradcheck`."""
+    """(config, algorithms) per cell of the learning demo. The LRU (|λ| ≥ 0.9, so that FPTT's inversion is well
+    conditioned) runs BPTT, its exact online twin `online` (diagonal RTRL traces, step by step), FPTT and the
+    readout-only floor; whole-stack `rtrl` (one backward pass per state unit per step) and the dense-cell sensitivity
+    rules are too slow in NumPy for a one-minute demo, and are shown by `gradcheck`."""
     from .train import TrainConfig
     common = dict(task="digits-seq", task_options={"mode": "pixel"}, pooling="last", log_every=5)
-    return {"lru": (TrainConfig(cell="lru", hidden=32, encoder=True, d_model=32, lr=5e-3, epochs=6,
-                                cell_options={"r_min": 0.5}, **common), ("bptt", "online", "spatial", "readout")),
+    return {"lru": (TrainConfig(cell="lru", hidden=32, encoder=True, d_model=32, lr=5e-3, epochs=5,
+                                cell_options={"r_min": 0.9}, **common), ("bptt", "online", "fptt", "readout")),
             "gru": (TrainConfig(cell="gru", hidden=32, lr=1e-2, epochs=10, **common), ("bptt", "readout"))}
 
 

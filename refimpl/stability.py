@@ -47,7 +47,11 @@ def measure(r_min: float, T: int, seed: int, precision: str, width: int = 32, ba
     keys = list(params)
 
     def cos(a, b):
-        return float(cosine(a, b)) if np.all(np.isfinite(a)) else 0.0
+        if not np.all(np.isfinite(a)):
+            return 0.0
+        with np.errstate(all="ignore"):                 # a huge (but finite) lost gradient may overflow its norm
+            c = float(cosine(a, b))
+        return c if np.isfinite(c) else 0.0
     return {"r_min": r_min, "T": T, "seed": seed, "precision": precision,
             "cos_params": cos(_flat(g, keys), _flat(g_bptt, keys)),
             "cos_inputs": cos(np.ravel(g["x"]).astype(np.float64), np.ravel(g_bptt["x"]))}

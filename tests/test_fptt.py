@@ -151,6 +151,9 @@ def test_memory_does_not_grow_with_T():
     long = _peak(lambda: fptt_model_grads(model, params, x, y, "mse"))
     # the input gradient "x" (T, B, I) is an output the size of x; everything else is flat in T
     assert long - short < 1.2 * x[100:].nbytes + 20_000, (short, long)
+    short = _peak(lambda: fptt_model_grads(model, params, x[:100], y[:100], "mse", input_grad=False))
+    long = _peak(lambda: fptt_model_grads(model, params, x, y, "mse", input_grad=False))
+    assert long < 1.2 * short + 20_000, (short, long)
 
 
 def test_gradient_quality_falls_with_forgetting():
@@ -169,3 +172,17 @@ def test_gradient_quality_falls_with_forgetting():
         return cosine(g["x"].astype(np.float64), g0["x"])
     assert quality(0.99) > 0.99
     assert quality(0.5) < 0.9
+
+
+def test_stability_command_writes_json_and_png(tmp_path):
+    from click.testing import CliRunner
+
+    from refimpl.run import cli
+    r = CliRunner().invoke(cli, ["fptt-stability", "--width", "4", "--seeds", "1", "--precision", "f64/f64",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    import json
+    report = json.loads((tmp_path / "stability.json").read_text())
+    by = {(s["T"], s["r_min"]): s["cos_params"] for s in report["summary"]}
+    assert by[(30, 0.99)] > 0.999 and by[(300, 0.36)] < 0.5      # near |λ| → 1 exact; forgetting + long T: lost
+    assert (tmp_path / "stability.png").stat().st_size > 0
