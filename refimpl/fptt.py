@@ -50,8 +50,10 @@ from .layers import linear_backward, linear_forward
 from .losses import loss_forward
 from .online import _sub, check_supported, stack_step_backward, stack_step_forward
 
-#: Relative residual ρ (5) above which FPTT refuses to return its gradients.
-RESIDUAL_TOL = 1e-4
+#: Relative residual ρ (5) above which FPTT refuses to return its gradients. Calibrated on the stability study's full
+#: grid (252 points: r_min 0.36 … 0.99, T 30 … 1000, three precisions, three seeds): every gradient it accepted was
+#: within 6.5e-4 (relative) of BPTT's, every one it refused was at least 5e-4 off (docs/derivations/fptt.md §8).
+RESIDUAL_TOL = 1e-2
 
 #: Parameters that act on h_{t−1} (held constant by `spatial` layers under a pass budget).
 RECURRENT_TERM = {"rnn": ("weight_hh", "bias_hh"), "gru": ("weight_hh", "bias_hh"), "lstm": ("weight_hh", "bias_hh"),
