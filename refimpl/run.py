@@ -201,6 +201,10 @@ def _run_options(f):
         click.option("--log-every", default=d.log_every, show_default=True, type=int),
         click.option("-a", "--algorithm-option", "algorithm_options", multiple=True, metavar="KEY=VALUE",
                      help="Algorithm option, e.g. -a passes=2 or -a carrier=state (fptt, fptt1)."),
+        click.option("--net", default=d.net, show_default=True, type=click.Choice(["prototypical", "energy", "toy"]),
+                     help="Static tasks: the equilibrium-propagation network (refimpl/ep.py)."),
+        click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
+                     help="EP network option, e.g. -n activation=tanh -n dt=0.5."),
         click.option("--update-every", default=None, type=int,
                      help="Truly online training (RTRL family): update the weights every K time steps."),
     ]
@@ -223,6 +227,7 @@ def _config_from_options(algorithm, kw):
         task_options = {**preset_options, **task_options}
     kw["cell_options"] = _parse_options(kw.pop("cell_options"))
     kw["algorithm_options"] = _parse_options(kw.pop("algorithm_options"), "--algorithm-option", "-a passes=2")
+    kw["net_options"] = _parse_options(kw.pop("net_options"), "--net-option", "-n activation=tanh")
     kw["clip_norm"] = kw["clip_norm"] or None
     return TrainConfig(task=task, task_options=task_options, algorithm=algorithm, **kw)
 
@@ -258,8 +263,11 @@ def run_compare(config, algorithms, out_dir, progress=False):
     from .algorithms import get_algorithm
     from .plotting import plot_runs
     from .train import atomic_write_json, gradient_agreement, train as run_train
+    from tasks import make_task
+    static = make_task(config.task, seed=config.seed, data_dir=config.data_dir, **config.task_options).kind == "static"
     for a in algorithms:
-        get_algorithm(a, "model")                     # refuse unknown / unimplemented names before any work
+        if not static:
+            get_algorithm(a, "model")                 # refuse unknown / unimplemented names before any work
     agreement = gradient_agreement(config, algorithms)
     out = Path(out_dir)
     rows = []
@@ -267,7 +275,8 @@ def run_compare(config, algorithms, out_dir, progress=False):
         sub = out / a
         if sub.exists():
             shutil.rmtree(sub)                      # compare reruns its runs from scratch
-        options = {k: v for k, v in config.algorithm_options.items() if k in get_algorithm(a).options}
+        options = (config.algorithm_options if static else
+                   {k: v for k, v in config.algorithm_options.items() if k in get_algorithm(a).options})
         r = run_train(dataclasses.replace(config, algorithm=a, algorithm_options=options), sub, progress=progress,
                       track_memory=True)
         rows.append({"algorithm": a, **dataclasses.asdict(r), "grad_vs_bptt": agreement[a]})

@@ -42,6 +42,7 @@ import tempfile
 import time
 import tracemalloc
 from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,8 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int | None = None  # steps; None = at the end of every epoch
     update_every: int | None = None      # RTRL family only: update the weights every k time steps within a sequence
+    net: str = "prototypical"            # static tasks only: the EP network (refimpl/ep.py): prototypical | energy | toy
+    net_options: dict = field(default_factory=dict)   # its options: activation, dt, clamp
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -263,9 +266,20 @@ class MetricsLog:
 # ----------------------------------------------------------------------------------------------------------------
 # The loop
 
-def _prepare(config: TrainConfig):
-    from tasks import make_task
-    task = make_task(config.task, seed=config.seed, data_dir=config.data_dir, **config.task_options)
+class _Problem(NamedTuple):
+    """What the loop needs, whatever the network: a sequence model (refimpl.model) or a static EP network.
+
+    grads(params, idx, opt_state) -> (loss, grads, opt_state, params)   the gradient on training examples idx (the
+        truly-online path also updates inside the sequence, hence the optimizer state and parameters coming back)
+    evaluate(params, split) -> (mean loss per example, accuracy or None)
+    """
+    task: object
+    params: dict
+    grads: object
+    evaluate: object
+
+
+def _sequence_problem(config: TrainConfig, task, opt) -> _Problem:
     model, params = make_model(config.cell, task.n_in, config.hidden, task.n_out, layers=config.layers,
                                d_model=config.d_model, encoder=config.encoder, norm=config.norm, ffn=config.ffn,
                                residual=config.residual, pooling=config.pooling, seed=config.seed,
@@ -274,14 +288,82 @@ def _prepare(config: TrainConfig):
     if config.update_every is not None and get_algorithm(config.algorithm, "model").input_grads:
         raise UnsupportedError(f"--update-every needs an online algorithm (rtrl, online, snap1, truncated, spatial, "
                                f"cec); {config.algorithm!r} needs the whole sequence before it can update")
+    kernels = cell_kernels(model.cell, config.backend)
+
+    def grads(params, idx, opt_state):
+        x, y, mask = batch_targets(task, model, task.train, idx)
+        if config.update_every:
+            loss, g, opt_state, params = _truly_online(model, params, x, y, task.loss, mask, config, opt(),
+                                                       opt_state)
+            return loss, g, opt_state, params
+        loss, g = model_grads(model, params, x, y, loss=task.loss, mask=mask, algorithm=config.algorithm,
+                              backend=config.backend, **config.algorithm_options)
+        return loss, g, opt_state, params
+    return _Problem(task, params, grads, lambda params, split: evaluate(task, model, params, split, kernels))
+
+
+#: EP settings for static tasks (algorithm options T, K, beta): free-phase steps, nudged steps, nudge strength.
+EP_DEFAULTS = {"T": 30, "K": 10, "beta": 0.5}
+
+
+def _static_problem(config: TrainConfig, task) -> _Problem:
+    """A static task: an EP network (refimpl/ep.py) trained by `ep` or by `bptt` through the same dynamics (truncated
+    to the last K steps, the paper's baseline; -a K=0 … or full with -a full=1)."""
+    if config.algorithm not in ("ep", "bptt"):
+        raise UnsupportedError(f"task {task.name!r} has static inputs: it trains equilibrium-propagation networks "
+                               f"with --algorithm ep or bptt, not {config.algorithm!r}")
+    allowed = {"T", "K", "beta", "full"}
+    unknown = sorted(set(config.algorithm_options) - allowed)
+    if unknown:
+        raise UnsupportedError(f"unknown option(s) {unknown} for {config.algorithm} on a static task; allowed: "
+                               f"{sorted(allowed)} (e.g. -a T=30 -a K=10 -a beta=0.5)")
+    from . import ep
+    o = {**EP_DEFAULTS, **config.algorithm_options}
+    T, K, beta = int(o["T"]), int(o["K"]), float(o["beta"])
+    net, params = ep.make_ep_net(config.net, (task.n_in,) + (config.hidden,) * config.layers + (task.n_out,),
+                                 seed=config.seed, dtype=config.dtype, **config.net_options)
+
+    def onehot(labels):
+        y = np.zeros((len(labels), task.n_out), dtype=net.dtype)
+        y[np.arange(len(labels)), labels] = 1.0
+        return y
+
+    def grads(params, idx, opt_state):
+        x, y = task.train.x[idx].astype(net.dtype), onehot(task.train.y[idx])
+        if config.algorithm == "ep":
+            loss, g, _ = ep.ep_grads(net, params, x, y, T=T, K=K, beta=beta)
+        else:
+            loss, g = ep.bptt_grads(net, params, x, y, T=T, K=None if o.get("full") else K)
+        return float(loss), g, opt_state, params
+
+    def evaluate_static(params, split, batch_size=512):
+        total, correct = 0.0, 0
+        for start in range(0, split.n, batch_size):
+            sl = slice(start, min(start + batch_size, split.n))
+            out = ep.predict(net, params, split.x[sl].astype(net.dtype), T)
+            y = onehot(split.y[sl])
+            total += 0.5 * float(np.sum((out - y) ** 2))
+            correct += int(np.sum(np.argmax(out, -1) == split.y[sl]))
+        return total / split.n, correct / split.n
+    return _Problem(task, params, grads, evaluate_static)
+
+
+def _prepare(config: TrainConfig):
+    from tasks import make_task
+    task = make_task(config.task, seed=config.seed, data_dir=config.data_dir, **config.task_options)
     steps_per_epoch = math.ceil(task.train.n / config.batch_size)
     total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
-    per_sequence = math.ceil(task.seq_len / config.update_every) if config.update_every else 1
+    per_sequence = (math.ceil(task.seq_len / config.update_every)
+                    if config.update_every and task.kind == "sequence" else 1)
     opt = optim.OptimConfig(name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                             rec_lr_factor=config.rec_lr_factor, clip_norm=config.clip_norm,
                             schedule=config.schedule, warmup_steps=config.warmup_steps,
                             total_steps=max(total * per_sequence, 1))
-    return task, model, params, opt, steps_per_epoch, total
+    if task.kind == "static":
+        problem = _static_problem(config, task)
+    else:
+        problem = _sequence_problem(config, task, lambda: opt)
+    return problem, opt, steps_per_epoch, total
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -309,8 +391,8 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
         raise UnsupportedError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose "
                                f"another --out directory")
     _check_config(config)
-    task, model, params, opt, steps_per_epoch, total = _prepare(config)
-    kernels = cell_kernels(model.cell, config.backend)
+    problem, opt, steps_per_epoch, total = _prepare(config)
+    task, params = problem.task, problem.params
     opt_state = optim.init_state(params, opt)
     start = 0
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -330,15 +412,8 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
             epoch, i = divmod(k, steps_per_epoch)
             order = np.random.default_rng([config.seed, epoch]).permutation(task.train.n)
             idx = np.sort(order[i * config.batch_size:(i + 1) * config.batch_size])
-            x, y, mask = batch_targets(task, model, task.train, idx)
             try:
-                if config.update_every:
-                    loss, grads, opt_state, params = _truly_online(model, params, x, y, task.loss, mask, config,
-                                                                   opt, opt_state)
-                else:
-                    loss, grads = model_grads(model, params, x, y, loss=task.loss, mask=mask,
-                                              algorithm=config.algorithm, backend=config.backend,
-                                              **config.algorithm_options)
+                loss, grads, opt_state, params = problem.grads(params, idx, opt_state)
                 trained = {n: params[n] for n in params if n in grads}   # untrained parameters are left alone
                 with np.errstate(all="ignore"):         # a blow-up is detected just below and reported
                     new, opt_state, info = optim.step(trained, grads, opt_state, opt)
@@ -355,7 +430,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
                            "grad_norm": info["grad_norm"], "time_s": time.perf_counter() - t0})
             end_of_epoch = (i == steps_per_epoch - 1) or step == total
             if end_of_epoch:
-                val_loss, val_acc = evaluate(task, model, params, task.val, kernels)
+                val_loss, val_acc = problem.evaluate(params, task.val)
                 last.update(val_loss=val_loss, val_acc=val_acc)
                 log.write({"split": "val", "step": step, "epoch": epoch, "loss": val_loss, "accuracy": val_acc,
                            "time_s": time.perf_counter() - t0})
@@ -363,9 +438,9 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
                 save_checkpoint(ckpt_path, step, params, opt_state)
             if bar is not None:
                 bar.update(1, last)
-        test_loss, test_acc = evaluate(task, model, params, task.test, kernels)
-        val_loss, val_acc = evaluate(task, model, params, task.val, kernels)
-        train_loss, _ = evaluate(task, model, params, _subset(task.train, TRAIN_EVAL_SIZE, config.seed), kernels)
+        test_loss, test_acc = problem.evaluate(params, task.test)
+        val_loss, val_acc = problem.evaluate(params, task.val)
+        train_loss, _ = problem.evaluate(params, _subset(task.train, TRAIN_EVAL_SIZE, config.seed))
         elapsed = time.perf_counter() - t0
         log.write({"split": "test", "step": total, "epoch": (total - 1) // steps_per_epoch, "loss": test_loss,
                    "accuracy": test_acc, "time_s": elapsed})
@@ -444,16 +519,22 @@ def gradient_agreement(config: TrainConfig, algorithms) -> dict:
     """How close each algorithm's gradient is to BPTT's at the run's initial weights, on its first training batch:
     {algorithm: {"cosine": …, "rel_error": …}} over all parameters flattened into one vector (a parameter an
     algorithm does not train counts as a zero gradient)."""
+    import dataclasses
+
     from .numerics import cosine, rel_error
     _check_config(config)
-    task, model, params, _, _, _ = _prepare(config)
-    order = np.random.default_rng([config.seed, 0]).permutation(task.train.n)
-    x, y, mask = batch_targets(task, model, task.train, np.sort(order[:config.batch_size]))
+    problem, _, _, _ = _prepare(config)
+    params = problem.params
+    order = np.random.default_rng([config.seed, 0]).permutation(problem.task.train.n)
+    idx = np.sort(order[:config.batch_size])
 
     def flat(algorithm):
-        options = {k: v for k, v in config.algorithm_options.items() if k in get_algorithm(algorithm).options}
-        _, g = model_grads(model, params, x, y, loss=task.loss, mask=mask, algorithm=algorithm,
-                           backend=config.backend, **options)
+        options = config.algorithm_options
+        if problem.task.kind == "sequence":
+            options = {k: v for k, v in options.items() if k in get_algorithm(algorithm).options}
+        p, _, _, _ = _prepare(dataclasses.replace(config, algorithm=algorithm, algorithm_options=options,
+                                                  update_every=None))
+        _, g, _, _ = p.grads(params, idx, None)
         return np.concatenate([np.ravel(g.get(k, np.zeros_like(v))) for k, v in params.items()])
     reference = flat("bptt")
     out = {}

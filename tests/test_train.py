@@ -102,7 +102,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path
 
 @pytest.mark.parametrize("changes,err,phrase", [
     (dict(task="copy", task_options={}, pooling="last"), UnsupportedError, "target at every step"),
-    (dict(task="digits", task_options={}), UnsupportedError, "static inputs"),
+    (dict(task="digits", task_options={}, algorithm="online"), UnsupportedError, "static inputs"),
     (dict(algorithm="ep"), UnsupportedError, "not implemented yet"),
     (dict(task="digitz"), UnknownNameError, "did you mean"),
     (dict(hidden=-3), UnsupportedError, "positive integer"),
