@@ -124,7 +124,8 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("readout", "no", "baseline: only the linear head learns; the recurrent stack stays at its random "
               "initialisation (the online-LRU code's 'online_reservoir')", model_grads=_readout_model_grads),
     Algorithm("ep", "as β→0", "equilibrium propagation (static input, fixed-point networks)",
-              planned_in="the EP issue"),
+              planned_in="refimpl.ep / refimpl.ep_cells: it trains networks with a static input that settle to a "
+                         "fixed point (train --task digits --algorithm ep), not sequence models"),
 ]}
 
 
@@ -135,6 +136,8 @@ def get_algorithm(name: str, level: str = "model") -> Algorithm:
     algo = ALGORITHMS[name]
     if not algo.implemented:
         done = sorted(n for n, a in ALGORITHMS.items() if a.implemented)
+        if name == "ep":
+            raise UnsupportedError(f"algorithm 'ep' is not available here: it lives in {algo.planned_in}")
         raise UnsupportedError(f"algorithm {name!r} is not implemented yet (planned in {algo.planned_in}); "
                                f"implemented today: {', '.join(done)}")
     if getattr(algo, f"{level}_grads") is None:

@@ -7,6 +7,7 @@
                      (refimpl/rtrl.py): rule rtrl, snap1 (not lru: there it is rtrl), truncated, spatial, cec (lstm)
     <cell>.fptt, <cell>.fptt1  (params, x, h0 | state0, dh) -> grads (+ "x", "h0"): FPTT's warm-up and error passes
                      (refimpl/fptt.py; the raw sweep: the residual check is the API's); the inputs are well conditioned
+    ep.free_phase, ep.nudged_phase, ep.bptt   the relaxation loops of the static EP networks (refimpl/ep.py)
 
 for cell in rnn, gru, lstm, lru. `state0` is h0 (B,H) — LSTMState(h0, c0) for lstm, complex (B,N) for lru — and `grads`
 holds every parameter plus "x" and the initial-state keys ("h0", and "c0" for lstm). Options that change the dynamics
@@ -149,3 +150,48 @@ for _name in CELLS:
                       f"{', '.join(map(repr, CELLS[_name].GRAD_STATE_KEYS))}}}",
             reference=_fptt_sweep(_name, _two), make_inputs=_fptt_inputs(_name),
             variants=_VARIANTS.get(_name, ({},)), sizes=None if _name == "lru" else _RTRL_SIZES))
+
+
+# Equilibrium propagation (refimpl/ep.py): the relaxation loops of the static-input networks — the free phase, the
+# nudged phase, and BPTT's adjoint through the free phase. The network is selected by keyword options (kind, …).
+def _ep_kernel(which):
+    from . import ep
+
+    def kernel(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+        sizes = (x.shape[1],) + tuple(params[f"W.{l}"].shape[0] for l in range(sum(k.startswith("W.") for k in params)))
+        net, _ = ep.make_ep_net(kind, sizes, activation=activation, dt=dt, dtype=x.dtype.name)
+        if which == "free":
+            return ep.free_phase(net, params, x, T)
+        if which == "nudged":
+            return ep.nudged_phase(net, params, x, y, ep.free_phase(net, params, x, T), K, beta)
+        return ep.bptt_grads(net, params, x, y, T=T, K=K)[1]
+    kernel.__name__ = f"ep_{which}_phase" if which != "bptt" else "ep_bptt"
+    return kernel
+
+
+def _ep_inputs(which):
+    def make_inputs(rng, dtype, size, kind, activation, dt):
+        from . import ep
+        sizes = (size["I"], size["H"], 4)
+        _, params = ep.make_ep_net(kind, sizes, activation=activation, dt=dt, seed=int(rng.integers(1 << 30)),
+                                   dtype=np.dtype(dtype).name)
+        x = rng.uniform(0.0, 1.0, (size["B"], size["I"])).astype(dtype)
+        inputs = {"params": params, "x": x, "T": size["T"], "kind": kind, "activation": activation, "dt": dt}
+        if which != "free":
+            y = np.zeros((size["B"], 4), dtype)
+            y[np.arange(size["B"]), rng.integers(4, size=size["B"])] = 1.0
+            inputs.update(y=y, K=max(1, size["T"] // 2))
+            if which == "nudged":
+                inputs["beta"] = 0.1
+        return inputs
+    return make_inputs
+
+
+_EP_VARIANTS = ({"kind": "prototypical", "activation": "sigm", "dt": 1.0},
+                {"kind": "energy", "activation": "sigm", "dt": 0.2},
+                {"kind": "toy", "activation": "tanh", "dt": 0.08})
+for _which, _doc in (("free", "(params, x (B,I), T) -> [s_l (B, n_l)]"),
+                     ("nudged", "(params, x, T, y (B,O), K, beta) -> [s_l] after K nudged steps from the free fixed point"),
+                     ("bptt", "(params, x, T, y, K) -> {param: grad}  BPTT through the last K free steps")):
+    register_kernel(KernelSpec(name=f"ep.{_which}" + ("_phase" if _which != "bptt" else ""), signature=_doc,
+                               reference=_ep_kernel(_which), make_inputs=_ep_inputs(_which), variants=_EP_VARIANTS))

@@ -10,7 +10,7 @@ override the recipe's.
     fptt-mnist98   the same on MNIST98 (needs the MNIST IDX files: --data-dir or REFIMPL_MNIST_DIR)
     copy-lru       the online-LRU copy-task comparison (Zucchet et al. 2023, Table 1 / Figure 2): LRU stack with GLU
                    blocks, pre-norm and residuals on the 20×7-bit copy task; bptt vs online vs truncated vs spatial
-    ep-digits      EP vs BPTT on static digits (Ernoult et al. 2019) — needs the EP networks, planned
+    ep-digits      EP vs BPTT on static digits (Ernoult et al. 2019) with a prototypical network, from identical weights
 """
 
 from __future__ import annotations
@@ -46,8 +46,11 @@ RECIPES: dict[str, Recipe] = {
                             residual=True, pooling="none", optimizer="adamw", lr=1e-3, weight_decay=0.0,
                             rec_lr_factor=0.5, epochs=25, batch_size=50),
                        ("bptt", "online", "truncated", "spatial")),
-    "ep-digits": Recipe("EP vs BPTT on static digits", dict(task="digits"), ("ep", "bptt"),
-                        needs="the equilibrium-propagation networks (static input, fixed point), planned with `ep`"),
+    "ep-digits": Recipe("EP vs BPTT on static digits (a prototypical network, 64 hidden units, dt = 1; BPTT truncated "
+                        "to the last K steps, the paper's baseline)",
+                        dict(task="digits", net="prototypical", hidden=64, optimizer="sgd", lr=0.2, weight_decay=0.0,
+                             clip_norm=None, schedule="constant", epochs=30, batch_size=32,
+                             algorithm_options={"T": 30, "K": 10, "beta": 0.5}), ("ep", "bptt")),
 }
 
 

@@ -6,6 +6,8 @@
     compare       train the same model from the same initial weights with several algorithms; table and plot
     plot          learning curves of existing run directories
     fptt-stability  FPTT's gradient quality vs forgetting (r_min) and sequence length (the paper's experiment)
+    ep-curves     the GDU property: per-step EP updates vs BPTT gradients, with the RMSE metric (JSON, PNG)
+    ep-recipe     EP/BPTT sign agreement over mini-batches, for tuning T, K and β
     backends      list the backends, whether each runs on this machine, and which kernels each implements
 
 User errors (unknown names, bad sizes, unsupported combinations) print one line on stderr and exit with status 2;
@@ -327,7 +329,11 @@ def compare(ctx, algorithms, recipe, out_dir, progress, **kw):
                  if f.name in explicit or (f.name == "task_options" and "task_options" in explicit)}
         config = dataclasses.replace(config, **{**r.config, **given})
         if "algorithms" not in explicit:
-            names = [a for a in r.algorithms if a in ALGOS and ALGOS[a].implemented]
+            from tasks import make_task
+            static = make_task(config.task, seed=config.seed, data_dir=config.data_dir,
+                               **config.task_options).kind == "static"
+            names = [a for a in r.algorithms if (a in ("ep", "bptt") if static else
+                                                 a in ALGOS and ALGOS[a].implemented)]
             missing = [a for a in r.algorithms if a not in names]
             click.echo(f"recipe {recipe}: {r.about}"
                        + (f"; not implemented yet, skipped: {', '.join(missing)}" if missing else ""))
@@ -372,6 +378,72 @@ def fptt_stability(out_dir, full, seeds, width, precisions):
     png = plot_study(summary, out / "stability.png")
     click.echo(format_table(summary))
     click.echo(f"wrote {out / 'stability.json'} and {png}")
+
+
+def _ep_net_options(f):
+    """Options shared by ep-curves and ep-recipe."""
+    options = [
+        click.option("--net", "kind", default="toy", show_default=True,
+                     type=click.Choice(["toy", "energy", "prototypical"])),
+        click.option("--sizes", default=None, help="Layer sizes, input first, comma-separated (default: toy 5,50,10; "
+                     "the others 64,64,10 for the digits data)."),
+        click.option("--T", "T", default=None, type=int, help="Free-phase steps (default toy 5000, others 40)."),
+        click.option("--K", "K", default=None, type=int, help="Nudged steps (default toy 80, others 10)."),
+        click.option("--beta", default=None, type=float, help="Nudge strength (default toy 0.01, others 0.05)."),
+        click.option("--batch", default=20, show_default=True, type=click.IntRange(min=1)),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
+                     help="Network option, e.g. -n activation=tanh -n dt=0.08 -n clamp=0."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _ep_settings(kind, sizes, T, K, beta, net_options):
+    toy = kind == "toy"
+    sizes = tuple(int(v) for v in sizes.split(",")) if sizes else ((5, 50, 10) if toy else (64, 64, 10))
+    opts = _parse_options(net_options, "--net-option", "-n activation=tanh")
+    if "clamp" in opts:
+        opts["clamp"] = bool(opts["clamp"])
+    if toy:
+        opts = {"activation": "tanh", "dt": 0.08, **opts}
+    return sizes, (T or (5000 if toy else 40)), (K or (80 if toy else 10)), (beta or (0.01 if toy else 0.05)), opts
+
+
+@cli.command("ep-curves")
+@_ep_net_options
+@click.option("--out", "out_dir", default="runs/ep-curves", show_default=True, type=click.Path(file_okay=False))
+def ep_curves_cmd(kind, sizes, T, K, beta, batch, seed, net_options, out_dir):
+    """The GDU property made visible: per-step EP neuron updates vs BPTT neuron gradients and cumulative EP weight
+    updates vs cumulative BPTT gradients, with the RMSE metric (curves.json, curves.png)."""
+    from pathlib import Path
+
+    from .ep_study import ep_curves, plot_curves
+    from .train import atomic_write_json
+    sizes, T, K, beta, opts = _ep_settings(kind, sizes, T, K, beta, net_options)
+    report = ep_curves(kind, sizes, T=T, K=K, beta=beta, batch=batch, seed=seed, **opts)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "curves.json", report)
+    png = plot_curves(report, out / "curves.png")
+    for n in report["neurons"]:
+        click.echo(f"layer {n['layer']} neurons: RMSE {n['rmse'][0]:.3g} ± {n['rmse'][1]:.2g}")
+    for w in report["weights"]:
+        click.echo(f"{w['param']:<6} cumulative: RMSE {w['rmse'][0]:.3g} ± {w['rmse'][1]:.2g}")
+    click.echo(f"wrote {out / 'curves.json'} and {png}")
+
+
+@cli.command("ep-recipe")
+@_ep_net_options
+@click.option("--batches", default=20, show_default=True, type=click.IntRange(min=1))
+def ep_recipe_cmd(kind, sizes, T, K, beta, batch, seed, net_options, batches):
+    """The sign-agreement "recipe" for tuning T, K and β: per weight matrix, the % of entries where the EP update and
+    the truncated BPTT gradient agree in sign, mean ± std over random mini-batches."""
+    from .ep_study import ep_recipe, format_recipe
+    sizes, T, K, beta, opts = _ep_settings(kind, sizes, T, K, beta, net_options)
+    click.echo(format_recipe(ep_recipe(kind, sizes, T=T, K=K, beta=beta, batches=batches, batch=batch, seed=seed,
+                                       **opts)))
 
 
 @cli.command()

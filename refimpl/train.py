@@ -320,6 +320,14 @@ def _static_problem(config: TrainConfig, task) -> _Problem:
     from . import ep
     o = {**EP_DEFAULTS, **config.algorithm_options}
     T, K, beta = int(o["T"]), int(o["K"]), float(o["beta"])
+    if T < 1 or K < 1:
+        raise UnsupportedError(f"T and K must be ≥ 1 (free and nudged steps), got T={T}, K={K}")
+    if K > T:
+        raise UnsupportedError(f"K = {K} > T = {T}: the nudged phase (and BPTT's truncation) cannot be longer than "
+                               f"the free phase; use -a K=… ≤ -a T=…")
+    if config.algorithm == "ep" and not beta > 0:
+        raise UnsupportedError(f"beta must be > 0 (the nudge strength; EP estimates the gradient as β → 0), got "
+                               f"{beta}; e.g. -a beta=0.5")
     net, params = ep.make_ep_net(config.net, (task.n_in,) + (config.hidden,) * config.layers + (task.n_out,),
                                  seed=config.seed, dtype=config.dtype, **config.net_options)
 

@@ -20,7 +20,7 @@ def test_help(args):
 @pytest.mark.parametrize("args,phrase", [
     (["gradcheck", "--cell", "gruu"], "gruu"),
     (["gradcheck", "--cell", "gru", "--algorithm", "magic"], "magic"),
-    (["gradcheck", "--cell", "gru", "--algorithm", "ep"], "not implemented yet"),
+    (["gradcheck", "--cell", "gru", "--algorithm", "ep"], "fixed point"),
     (["gradcheck", "--cell", "gru", "--backend", "torch"], "unknown backend 'torch'"),
     (["gradcheck", "--cell", "gru", "--backend", "numba"], "numba"),
     (["gradcheck", "--cell", "gru", "--hidden", "0"], "hidden"),

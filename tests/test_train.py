@@ -103,7 +103,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path
 @pytest.mark.parametrize("changes,err,phrase", [
     (dict(task="copy", task_options={}, pooling="last"), UnsupportedError, "target at every step"),
     (dict(task="digits", task_options={}, algorithm="online"), UnsupportedError, "static inputs"),
-    (dict(algorithm="ep"), UnsupportedError, "not implemented yet"),
+    (dict(algorithm="ep"), UnsupportedError, "fixed point"),           # EP on a sequence task
     (dict(task="digitz"), UnknownNameError, "did you mean"),
     (dict(hidden=-3), UnsupportedError, "positive integer"),
     (dict(backend="numba"), UnsupportedError, "numba"),
@@ -128,13 +128,19 @@ def test_readout_baseline_trains_only_the_head(tmp_path):
     (["train", "--task", "copy", "--pooling", "mean"], "target at every step"),
     (["train", "--hidden", "-2"], "positive integer"),
     (["train", "--preset", "nope"], "unknown preset"),
-    (["train", "--algorithm", "ep"], "not implemented yet"),
+    (["train", "--algorithm", "ep"], "fixed point"),
+    (["train", "--task", "digits", "--algorithm", "ep", "-a", "K=50", "-a", "T=10"], "K = 50 > T = 10"),
+    (["train", "--task", "digits", "--algorithm", "ep", "-a", "beta=0"], "beta"),
+    (["train", "--task", "digits", "--algorithm", "online"], "static inputs"),
+    (["ep-curves", "--K", "100", "--T", "10"], "K = 100 > T = 10"),
+    (["ep-recipe", "--beta", "-1"], "beta"),
     (["train", "-t", "mode"], "KEY=VALUE"),
     (["compare", "--algorithms", "bptt,magic"], "unknown algorithm 'magic'"),
     (["plot", "does-not-exist"], "does-not-exist"),
 ])
 def test_cli_bad_options_exit_2_with_one_line(tmp_path, args, phrase):
-    r = CliRunner().invoke(cli, args + (["--out", str(tmp_path / "x")] if args[0] != "plot" else []))
+    r = CliRunner().invoke(cli, args + (["--out", str(tmp_path / "x")] if args[0] not in ("plot", "ep-recipe")
+                                        else []))
     assert r.exit_code == 2, r.output
     lines = [line for line in r.stderr.splitlines() if line.strip()] if hasattr(r, "stderr") else []
     assert len(lines) == 1 and phrase in lines[0], r.output
@@ -168,8 +174,12 @@ def test_recipe_runs_what_has_landed_and_lists_the_rest(tmp_path):
     cfg = report["config"]
     assert (cfg["layers"], cfg["hidden"], cfg["pooling"], cfg["cell"]) == (4, 32, "cumulative_mean", "lru")
     assert cfg["steps"] == 1                                       # the explicit option overrides the recipe
-    r = CliRunner().invoke(cli, ["compare", "--recipe", "ep-digits", "--out", str(tmp_path / "ep")])
-    assert r.exit_code == 2 and "not implemented yet" in r.stderr
+    r = CliRunner().invoke(cli, ["compare", "--recipe", "ep-digits", "--epochs", "1", "--no-progress",
+                                 "--out", str(tmp_path / "ep")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "ep" / "compare.json").read_text())
+    assert [run["algorithm"] for run in report["runs"]] == ["ep", "bptt"]
+    assert all(run["test_accuracy"] > 0.3 for run in report["runs"])     # one epoch: both far above chance (0.1)
 
 
 def test_final_train_loss_uses_a_seeded_subset_of_large_training_sets():
