@@ -37,7 +37,6 @@ import math
 import numpy as np
 
 from .cells import Cell, resolve_cell
-from .cells.common import add_into
 from .checks import check_array, check_params
 from .errors import NumericalError, ShapeError, UnsupportedError
 from .numerics import cosine, rel_error

@@ -242,11 +242,19 @@ def _config_from_options(algorithm, kw):
 @click.option("--resume", "resume_dir", default=None, type=click.Path(file_okay=False),
               help="Continue the run in this directory from its last checkpoint (its config.json wins).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train(algorithm, out_dir, resume_dir, progress, **kw):
+@click.option("--benchmark", is_flag=True, help="Also train with bptt from the same initial weights and compare "
+              "(the EP paper's --benchmark; the same as `compare --algorithms ALGORITHM,bptt`).")
+def train(algorithm, out_dir, resume_dir, progress, benchmark, **kw):
     """Train a model on a task into a run directory: config.json, metrics.jsonl (flushed), atomic checkpoints,
     result.json. A killed run continues with --resume RUN_DIR and ends with the same numbers."""
     from .train import train as run_train
     config = _config_from_options(algorithm, kw)
+    if benchmark:
+        if resume_dir:
+            raise click.UsageError("--benchmark starts new runs; it cannot be combined with --resume")
+        names = [algorithm] + (["bptt"] if algorithm != "bptt" else [])
+        click.echo(run_compare(config, names, out_dir or f"runs/benchmark-{config.task}-{algorithm}", progress))
+        return
     run_dir = resume_dir or out_dir or f"runs/{config.task}-{config.cell}-{algorithm}-s{config.seed}"
     result = run_train(config, run_dir, resume=resume_dir is not None, progress=progress)
     acc = (f", val accuracy {result.val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}"

@@ -32,3 +32,11 @@ def test_train_ep_on_static_digits(tmp_path):
     assert result["test_accuracy"] > 0.3                                  # 80 SGD steps (two epochs): far above chance (0.1)
     r = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path / "run"), "--no-progress"])
     assert r.exit_code == 0, r.output
+
+
+def test_train_benchmark_trains_ep_and_bptt_from_the_same_weights(tmp_path):
+    r = CliRunner().invoke(cli, ["train", "--task", "digits", "--algorithm", "ep", "--benchmark", "--hidden", "16",
+                                 "--steps", "5", "--no-progress", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "compare.json").read_text())
+    assert [run["algorithm"] for run in report["runs"]] == ["ep", "bptt"]
