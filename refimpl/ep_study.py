@@ -92,13 +92,8 @@ def plot_curves(report: dict, out_path) -> Path:
     fig.suptitle(f"GDU: BPTT (solid) vs EP (dashed) — {cfg['kind']} {cfg['sizes']}, T={cfg['T']}, K={cfg['K']}, "
                  f"β={cfg['beta']}", fontsize=10)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out_path)
-    return out_path
+    from .plotting import save_figure
+    return save_figure(fig, out_path, dpi=100)
 
 
 def ep_recipe(kind: str, sizes, *, T: int, K: int, beta: float, batches: int = 20, batch: int = 20, seed: int = 0,

@@ -46,9 +46,7 @@ import numpy as np
 
 from .cells import CELLS
 from .errors import NumericalError, UnsupportedError
-from .layers import linear_backward, linear_forward
-from .losses import loss_forward
-from .online import _sub, check_supported, stack_step_backward, stack_step_forward
+from .online import _sub, check_supported, head_step, stack_step_backward, stack_step_forward
 
 #: Relative residual ρ (5) above which FPTT refuses to return its gradients. Calibrated on the stability study's full
 #: grid (252 points: r_min 0.36 … 0.99, T 30 … 1000, three precisions, three seeds): every gradient it accepted was
@@ -282,26 +280,11 @@ def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, 
             JH = _jacobian_adjoint(cells[warm], cell_params[warm], caches[1][warm].a, states[warm], cts[warm])
             e_w = _invert(cells[warm], JH, e_w - dh_prev[warm])
             P = _accumulate_P(cells[warm], P, JH)
-        if model.pooling == "cumulative_mean":
-            run_sum = u if run_sum is None else run_sum + u
-            p = run_sum / (t + 1)
-        else:
-            p = u
-        du_top = None
-        if not (model.pooling == "last" and t < T - 1):
-            out, head = linear_forward(p, params["readout.weight"], params["readout.bias"])
-            if model.per_step:
-                value, dout = loss_forward(loss, out[None], y[t:t + 1], None if mask is None else
-                                           np.asarray(mask)[t:t + 1])
-                dout = dout[0]
-            else:
-                value, dout = loss_forward(loss, out, y, None)
-            total += float(value)
-            g = linear_backward(dout, head)
-            if final:
-                grads["readout.weight"] += g["weight"]
-                grads["readout.bias"] += g["bias"]
-            du_top = g["x"]
+        run_sum, value, g_head, du_top = head_step(model, params, u, t, T, y, loss, mask, run_sum)
+        total += value
+        if final and g_head is not None:
+            grads["readout.weight"] += g_head["weight"]
+            grads["readout.bias"] += g_head["bias"]
         totals = [(_unflat(cells[l], e[l], cells[l].state_dtype) if l in e else None) for l in range(L)]
         if du_top is None:
             du_top = np.zeros_like(u)

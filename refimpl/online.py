@@ -194,6 +194,29 @@ def add_into_new(total: dict, prefix: str, part: dict) -> None:
         total[key] = total[key] + v if key in total else v
 
 
+def head_step(model, params, u, t: int, T: int, y, loss: str, mask, run_sum):
+    """(2) at step t: pooling (the running mean is straight-through), readout, the loss at step t and its adjoint.
+
+    Returns (run_sum, loss value at t, readout gradients or None, du_top = the adjoint of u^L_t or None when step t
+    has no loss — pooling 'last' before the last step)."""
+    if model.pooling == "cumulative_mean":
+        run_sum = u if run_sum is None else run_sum + u
+        p = run_sum / (t + 1)
+    else:
+        p = u
+    if model.pooling == "last" and t < T - 1:
+        return run_sum, 0.0, None, None
+    out, head = linear_forward(p, params["readout.weight"], params["readout.bias"])
+    if model.per_step:
+        m_t = None if mask is None else np.asarray(mask)[t:t + 1]
+        value, dout = loss_forward(loss, out[None], y[t:t + 1], m_t)
+        dout = dout[0]
+    else:
+        value, dout = loss_forward(loss, out, y, None)
+    g = linear_backward(dout, head)
+    return run_sum, float(value), {"weight": g["weight"], "bias": g["bias"]}, g["x"]   # identity through the pooling
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The driver
 
@@ -300,25 +323,11 @@ def _run(model, params, x, y, loss, mask, *, rule: str, whole: bool, update_ever
     total = 0.0
     for t in range(T):
         u, new_states, caches = stack_step_forward(model, params, x[t], states)          # (1)
-        if model.pooling == "cumulative_mean":                                             # (2)
-            run_sum = u if run_sum is None else run_sum + u
-            p = run_sum / (t + 1)
-        else:
-            p = u
-        du_top = None
-        if not (model.pooling == "last" and t < T - 1):
-            out, head = linear_forward(p, params["readout.weight"], params["readout.bias"])
-            if model.per_step:
-                m_t = None if mask is None else np.asarray(mask)[t:t + 1]
-                value, dout = loss_forward(loss, out[None], y[t:t + 1], m_t)
-                dout = dout[0]
-            else:
-                value, dout = loss_forward(loss, out, y, None)
-            total += float(value)
-            g = linear_backward(dout, head)
-            grads["readout.weight"] += g["weight"]
-            grads["readout.bias"] += g["bias"]
-            du_top = g["x"]                                            # straight-through for cumulative_mean
+        run_sum, value, g_head, du_top = head_step(model, params, u, t, T, y, loss, mask, run_sum)   # (2)
+        total += value
+        if g_head is not None:
+            grads["readout.weight"] += g_head["weight"]
+            grads["readout.bias"] += g_head["bias"]
         if whole:                                                                          # (3), (4)
             step_grads, deltas, _ = stack_step_backward(model, params, caches, du_top, through_cells=False)
             add_into(grads, {k: v for k, v in step_grads.items() if k != "x"})

@@ -42,10 +42,16 @@ def plot_runs(run_dirs, out_path, labels=None, title: str | None = None) -> Path
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return save_figure(fig, out_path)
+
+
+def save_figure(fig, out_path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file + rename: a reader never sees a half-written file)."""
+    import matplotlib.pyplot as plt
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
-    tmp.replace(out_path)                       # atomic: a reader never sees a half-written PNG
+    tmp.replace(out_path)
     return out_path

@@ -120,10 +120,5 @@ def plot_study(summary: list[dict], out_path) -> Path:
     axes[0][-1].legend(fontsize=8)
     fig.suptitle("FPTT gradient quality: one lru layer, width 32, MSE to zero targets", fontsize=10)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_path)
-    return out_path
+    from .plotting import save_figure
+    return save_figure(fig, out_path, dpi=110)
