@@ -94,7 +94,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int | None = None  # steps; None = at the end of every epoch
     update_every: int | None = None      # RTRL family only: update the weights every k time steps within a sequence
-    net: str = "prototypical"            # static tasks only: the EP network (refimpl/ep.py): prototypical | energy | toy
+    net: str = "prototypical"            # static tasks only: the EP network: prototypical | energy | toy | conv
     net_options: dict = field(default_factory=dict)   # its options: activation, dt, clamp
 
     @classmethod
@@ -328,8 +328,20 @@ def _static_problem(config: TrainConfig, task) -> _Problem:
     if config.algorithm == "ep" and not beta > 0:
         raise UnsupportedError(f"beta must be > 0 (the nudge strength; EP estimates the gradient as β → 0), got "
                                f"{beta}; e.g. -a beta=0.5")
-    net, params = ep.make_ep_net(config.net, (task.n_in,) + (config.hidden,) * config.layers + (task.n_out,),
-                                 seed=config.seed, dtype=config.dtype, **config.net_options)
+    if config.net == "conv":                      # the prototypical convolutional network (refimpl/ep_conv.py)
+        from . import ep_conv as ep
+        side = int(round(np.sqrt(task.n_in)))
+        if side * side != task.n_in:
+            raise UnsupportedError(f"--net conv needs square single-channel images; task {task.name!r} has "
+                                   f"{task.n_in} inputs")
+        shape = {"kernel": 3, "pool": (2, 1)} if side == 8 else {"kernel": 5, "pool": 2}   # digits 8×8 / MNIST 28×28
+        net, params = ep.make_conv_net((1, side, side), (config.hidden, config.hidden), task.n_out, seed=config.seed,
+                                       dtype=config.dtype, **{"activation": "sigm", **shape, **config.net_options})
+        as_input = lambda x: x.reshape(len(x), 1, side, side)                    # noqa: E731
+    else:
+        net, params = ep.make_ep_net(config.net, (task.n_in,) + (config.hidden,) * config.layers + (task.n_out,),
+                                     seed=config.seed, dtype=config.dtype, **config.net_options)
+        as_input = lambda x: x                                                   # noqa: E731
 
     def onehot(labels):
         y = np.zeros((len(labels), task.n_out), dtype=net.dtype)
@@ -337,7 +349,7 @@ def _static_problem(config: TrainConfig, task) -> _Problem:
         return y
 
     def grads(params, idx, opt_state):
-        x, y = task.train.x[idx].astype(net.dtype), onehot(task.train.y[idx])
+        x, y = as_input(task.train.x[idx].astype(net.dtype)), onehot(task.train.y[idx])
         if config.algorithm == "ep":
             loss, g, _ = ep.ep_grads(net, params, x, y, T=T, K=K, beta=beta)
         else:
@@ -348,7 +360,7 @@ def _static_problem(config: TrainConfig, task) -> _Problem:
         total, correct = 0.0, 0
         for start in range(0, split.n, batch_size):
             sl = slice(start, min(start + batch_size, split.n))
-            out = ep.predict(net, params, split.x[sl].astype(net.dtype), T)
+            out = ep.predict(net, params, as_input(split.x[sl].astype(net.dtype)), T)
             y = onehot(split.y[sl])
             total += 0.5 * float(np.sum((out - y) ** 2))
             correct += int(np.sum(np.argmax(out, -1) == split.y[sl]))

@@ -40,3 +40,11 @@ def test_train_benchmark_trains_ep_and_bptt_from_the_same_weights(tmp_path):
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "compare.json").read_text())
     assert [run["algorithm"] for run in report["runs"]] == ["ep", "bptt"]
+
+
+def test_train_the_convolutional_ep_network_on_digits(tmp_path):
+    r = CliRunner().invoke(cli, ["train", "--task", "digits", "--net", "conv", "--hidden", "4", "--algorithm", "ep",
+                                 "--steps", "3", "--batch-size", "16", "--no-progress", "-a", "T=8", "-a", "K=3",
+                                 "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 3
