@@ -312,7 +312,7 @@ def _static_problem(config: TrainConfig, task) -> _Problem:
     if config.algorithm not in ("ep", "bptt"):
         raise UnsupportedError(f"task {task.name!r} has static inputs: it trains equilibrium-propagation networks "
                                f"with --algorithm ep or bptt, not {config.algorithm!r}")
-    allowed = {"T", "K", "beta", "full"}
+    allowed = {"T", "K", "beta", "full", "lr_tab"}
     unknown = sorted(set(config.algorithm_options) - allowed)
     if unknown:
         raise UnsupportedError(f"unknown option(s) {unknown} for {config.algorithm} on a static task; allowed: "
@@ -348,13 +348,15 @@ def _static_problem(config: TrainConfig, task) -> _Problem:
         y[np.arange(len(labels)), labels] = 1.0
         return y
 
+    scale = _layer_lr_scale(config, params, o.get("lr_tab"))
+
     def grads(params, idx, opt_state):
         x, y = as_input(task.train.x[idx].astype(net.dtype)), onehot(task.train.y[idx])
         if config.algorithm == "ep":
             loss, g, _ = ep.ep_grads(net, params, x, y, T=T, K=K, beta=beta)
         else:
             loss, g = ep.bptt_grads(net, params, x, y, T=T, K=None if o.get("full") else K)
-        return float(loss), g, opt_state, params
+        return float(loss), {k: v * scale.get(k, 1.0) for k, v in g.items()}, opt_state, params
 
     def evaluate_static(params, split, batch_size=512):
         total, correct = 0.0, 0
@@ -366,6 +368,29 @@ def _static_problem(config: TrainConfig, task) -> _Problem:
             correct += int(np.sum(np.argmax(out, -1) == split.y[sl]))
         return total / split.n, correct / split.n
     return _Problem(task, params, grads, evaluate_static)
+
+
+def _layer_lr_scale(config: TrainConfig, params: dict, lr_tab) -> dict:
+    """Per-layer learning rates (the EP paper's lr_tab) as gradient scales lr_l / lr — the same thing for plain SGD,
+    which is why they are refused with other optimizers. lr_tab lists one rate per weight layer, input side first
+    ("W.0 W.1 …" of refimpl/ep.py; conv: K1, K0, W), comma-separated; the biases of the layer a weight feeds share
+    its rate."""
+    if lr_tab is None:
+        return {}
+    if config.optimizer != "sgd":
+        raise UnsupportedError(f"-a lr_tab needs --optimizer sgd (per-layer rates are gradient scales only for plain "
+                               f"SGD), got {config.optimizer!r}")
+    rates = [float(v) for v in str(lr_tab).split(",") if v.strip()]
+    weights = [k for k in params if k.startswith("W.")] or [k for k in ("K1", "K0", "W") if k in params]
+    biases = [k for k in params if k.startswith("b.")] or [k for k in ("c1", "c0", "b") if k in params]
+    if len(rates) != len(weights):
+        raise UnsupportedError(f"-a lr_tab has {len(rates)} rate(s) but the network has {len(weights)} weight layers "
+                               f"({', '.join(weights)}), input side first; e.g. -a lr_tab={','.join(['0.1'] * len(weights))}")
+    scale = {w: r / config.lr for w, r in zip(weights, rates)}
+    scale.update({b: r / config.lr for b, r in zip(biases, rates)})
+    # the toy network's input → layer l skips (Wx.l) take the rate of layer l's incoming weights W.{l−1}
+    scale.update({k: scale[f"W.{int(k.split('.', 1)[1]) - 1}"] for k in params if k.startswith("Wx.")})
+    return scale
 
 
 def _prepare(config: TrainConfig):

@@ -48,3 +48,20 @@ def test_train_the_convolutional_ep_network_on_digits(tmp_path):
                                  "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 3
+
+
+def test_per_layer_learning_rates_scale_each_layer(tmp_path):
+    """lr_tab = (0, lr): the first weight layer (and the bias of the layer it feeds) must not move at all."""
+    import numpy as np
+    base = ["train", "--task", "digits", "--algorithm", "ep", "--hidden", "16", "--steps", "3", "--optimizer", "sgd",
+            "--lr", "0.1", "--weight-decay", "0", "--clip", "0", "--no-progress"]
+    r = CliRunner().invoke(cli, base + ["-a", "lr_tab=0,0.1", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    from refimpl.ep import make_ep_net
+    from refimpl.train import load_checkpoint
+    _, params, _ = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    _, init = make_ep_net("prototypical", (64, 16, 10), seed=0)
+    assert np.array_equal(params["W.0"], init["W.0"]) and np.array_equal(params["b.1"], init["b.1"])
+    assert not np.array_equal(params["W.1"], init["W.1"])
+    r = CliRunner().invoke(cli, base + ["-a", "lr_tab=0.1", "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "2 weight layers" in r.stderr
