@@ -317,7 +317,6 @@ def _static_problem(config: TrainConfig, task) -> _Problem:
     if unknown:
         raise UnsupportedError(f"unknown option(s) {unknown} for {config.algorithm} on a static task; allowed: "
                                f"{sorted(allowed)} (e.g. -a T=30 -a K=10 -a beta=0.5)")
-    from . import ep
     o = {**EP_DEFAULTS, **config.algorithm_options}
     T, K, beta = int(o["T"]), int(o["K"]), float(o["beta"])
     if T < 1 or K < 1:
@@ -339,6 +338,7 @@ def _static_problem(config: TrainConfig, task) -> _Problem:
                                        dtype=config.dtype, **{"activation": "sigm", **shape, **config.net_options})
         as_input = lambda x: x.reshape(len(x), 1, side, side)                    # noqa: E731
     else:
+        from . import ep
         net, params = ep.make_ep_net(config.net, (task.n_in,) + (config.hidden,) * config.layers + (task.n_out,),
                                      seed=config.seed, dtype=config.dtype, **config.net_options)
         as_input = lambda x: x                                                   # noqa: E731
