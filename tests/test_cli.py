@@ -22,7 +22,7 @@ def test_help(args):
     (["gradcheck", "--cell", "gru", "--algorithm", "magic"], "magic"),
     (["gradcheck", "--cell", "gru", "--algorithm", "ep"], "fixed point"),
     (["gradcheck", "--cell", "gru", "--backend", "torch"], "unknown backend 'torch'"),
-    (["gradcheck", "--cell", "gru", "--backend", "numba"], "numba"),
+    (["gradcheck", "--cell", "gru", "--backend", "mlx"], "mlx"),
     (["gradcheck", "--cell", "gru", "--hidden", "0"], "hidden"),
     (["gradcheck", "--cell", "gru", "-o", "nonlinearity=linear"], "option for cell 'gru'"),
     (["gradcheck", "--cell", "rnn", "-o", "nonlinearity"], "KEY=VALUE"),

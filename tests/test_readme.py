@@ -38,5 +38,7 @@ def test_backend_table_matches_the_registry():
         row = next(line for line in README.splitlines() if line.startswith(f"| `{name}`"))
         written = load_backend(name).kernels
         assert ("planned" in row) == (not written), f"README row for {name} is out of date: {row}"
+        if written:
+            assert f"{len(written)} of {len(KERNELS)}" in row or f"all {len(KERNELS)}" in row, row
     numpy_row = next(line for line in README.splitlines() if line.startswith("| `numpy`"))
     assert f"all {len(KERNELS)}" in numpy_row

@@ -1,0 +1,364 @@
+r"""The cell kernels (rnn, gru, lstm, lru forward and backward) as Numba loops, with the references' outputs.
+
+Each kernel has the signature of its NumPy reference in refimpl/cells/<cell>.py and returns exactly the same
+structure — forward: (h, <Cell>Cache with every field (T, B, ·)), backward: {param…, "x", "h0"[, "c0"]} — so a
+reference forward can feed a Numba backward and vice versa. The equation numbers "(n)" are those of the cell's
+module docstring. The layout follows three rules (research/landscape.md §2.4):
+
+    (a) the input projection of all T steps is ONE GEMM outside the time loop: x (T·B, I) @ W_ihᵀ;
+    (b) the time loop is an @njit(cache=True) function: per step one BLAS GEMM on contiguous operands
+        (np.dot(h_{t-1}, W_hhᵀ, out=buffer): no allocation per step) and one fused pass over (b, k) for the gates,
+        t outermost and k innermost so that every array is walked contiguously;
+    (c) the backward loop stores the gate adjoints ḡ_t (T, B, nG·H); the weight gradients are then ONE GEMM each,
+        ḡᵀ (nG·H, T·B) @ [x | h_prev] (T·B, ·), and x̄ is one GEMM ḡ @ W_ih.
+
+Everything is sequential and in a fixed order (no prange reductions), so results are bit-reproducible run to run.
+Scalars inside the loops are passed in the arrays' dtype (`one`, `half`) so float32 kernels stay in float32.
+Inputs are never written to; every output is a fresh array.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from refimpl.cells.gru import GRUCache
+from refimpl.cells.lru import LRUCache, lambda_gamma
+from refimpl.cells.lstm import LSTMCache
+from refimpl.cells.rnn import RNNCache
+
+
+def _c(a, dtype) -> np.ndarray:
+    """A C-contiguous array of `dtype` (no copy when `a` already is one; the kernels never write to it)."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _consts(dtype):
+    t = np.dtype(dtype).type
+    return t(1.0), t(0.5)
+
+
+def _param_grads(params: dict, computed: dict) -> dict:
+    """The gradients in the parameters' order and dtypes (as zeros_like_params + add_into in the references)."""
+    return {k: np.asarray(computed[k]).astype(v.dtype, copy=False) for k, v in params.items()}
+
+
+def _bias_sum(g2: np.ndarray) -> np.ndarray:
+    """Σ over the T·B rows, accumulated in float64 (a float32 running sum over T·B rows would lose digits)."""
+    return g2.sum(axis=0, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------------------- rnn
+
+@njit(cache=True)
+def _rnn_forward_loop(pre, h0, W_hhT, b_hh, use_tanh, h_prev, h):
+    """pre (T, B, H) = x W_ihᵀ + b_ih; writes h_prev, h (T, B, H)."""
+    T, B, H = pre.shape
+    rec = np.empty((B, H), pre.dtype)                       # W_hh h_{t-1}, reused every step
+    h_prev[0] = h0
+    for t in range(T):
+        if t > 0:
+            h_prev[t] = h[t - 1]
+        np.dot(h_prev[t], W_hhT, rec)                       # (1) W_hh h_{t-1}
+        for b in range(B):
+            for k in range(H):
+                a = pre[t, b, k] + rec[b, k] + b_hh[k]      # (1)
+                h[t, b, k] = np.tanh(a) if use_tanh else a  # (2)
+
+
+@njit(cache=True)
+def _rnn_backward_loop(dh, h, W_hh, use_tanh, one, da, carry):
+    """Writes the pre-activation adjoints da (T, B, H); carry ends as h̄_{-1}."""
+    T, B, H = dh.shape
+    for t in range(T - 1, -1, -1):
+        for b in range(B):
+            for k in range(H):
+                g = dh[t, b, k] + carry[b, k]                                    # (6) h̄_t
+                da[t, b, k] = g * (one - h[t, b, k] * h[t, b, k]) if use_tanh else g   # (3)
+        np.dot(da[t], W_hh, carry)                                               # (5) h̄_{t-1} contribution
+
+
+def rnn_forward(params: dict, x: np.ndarray, h0: np.ndarray, nonlinearity: str = "tanh"):
+    """As refimpl.cells.rnn.forward: x (T, B, I), h0 (B, H) → h (T, B, H), RNNCache (T, ·)."""
+    _check_nonlinearity(nonlinearity)
+    T, B, I = x.shape
+    dt = np.result_type(x, params["weight_ih"], h0)
+    W_ih, W_hh = _c(params["weight_ih"], dt), _c(params["weight_hh"], dt)
+    H = W_hh.shape[0]
+    pre = (_c(x, dt).reshape(T * B, I) @ W_ih.T + params["bias_ih"].astype(dt)).reshape(T, B, H)   # (1) all t
+    h_prev, h = np.empty((T, B, H), dt), np.empty((T, B, H), dt)
+    _rnn_forward_loop(pre, _c(h0, dt), _c(W_hh.T, dt), _c(params["bias_hh"], dt), nonlinearity == "tanh", h_prev, h)
+    return h, RNNCache(x=np.array(x), h_prev=h_prev, h=h)
+
+
+def rnn_backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: str = "tanh") -> dict:
+    """As refimpl.cells.rnn.backward: → {param: grad, "x" (T, B, I), "h0" (B, H)}."""
+    _check_nonlinearity(nonlinearity)
+    T, B, H = dh.shape
+    dt = dh.dtype
+    one, _ = _consts(dt)
+    da, carry = np.empty((T, B, H), dt), np.zeros((B, H), dt)
+    _rnn_backward_loop(_c(dh, dt), _c(cache.h, dt), _c(params["weight_hh"], dt), nonlinearity == "tanh", one,
+                       da, carry)
+    da2 = da.reshape(T * B, H)
+    x2 = cache.x.reshape(T * B, -1)
+    db = _bias_sum(da2)
+    grads = _param_grads(params, {"weight_ih": da2.T @ x2.astype(dt, copy=False),                      # (4)
+                                  "weight_hh": da2.T @ cache.h_prev.reshape(T * B, H).astype(dt, copy=False),
+                                  "bias_ih": db, "bias_hh": db})
+    grads["x"] = (da2 @ params["weight_ih"].astype(dt, copy=False)).reshape(cache.x.shape).astype(cache.x.dtype)  # (5)
+    grads["h0"] = carry
+    return grads
+
+
+def _check_nonlinearity(nonlinearity: str) -> None:
+    if nonlinearity not in ("tanh", "linear"):
+        from refimpl.errors import UnknownNameError
+        raise UnknownNameError("rnn nonlinearity", nonlinearity, ("tanh", "linear"))
+
+
+# ---------------------------------------------------------------------------------------------------------------- gru
+
+@njit(cache=True)
+def _gru_forward_loop(gi, h0, W_hhT, b_hh, one, half, h_prev, r, z, n, hn, h):
+    """gi (T, B, 3H) = x W_ihᵀ + b_ih; writes the cache fields h_prev, r, z, n, hn, h (T, B, H)."""
+    T, B, H3 = gi.shape
+    H = H3 // 3
+    gh = np.empty((B, H3), gi.dtype)                        # W_hh h_{t-1}, reused every step
+    h_prev[0] = h0
+    for t in range(T):
+        if t > 0:
+            h_prev[t] = h[t - 1]
+        np.dot(h_prev[t], W_hhT, gh)
+        for b in range(B):
+            for k in range(H):
+                rr = half * (one + np.tanh(half * (gi[t, b, k] + (gh[b, k] + b_hh[k]))))                # (1)
+                zz = half * (one + np.tanh(half * (gi[t, b, H + k] + (gh[b, H + k] + b_hh[H + k]))))    # (2)
+                m = gh[b, 2 * H + k] + b_hh[2 * H + k]                                                 # (3)
+                nn = np.tanh(gi[t, b, 2 * H + k] + rr * m)                                             # (4)
+                h[t, b, k] = (one - zz) * nn + zz * h_prev[t, b, k]                                    # (5)
+                r[t, b, k], z[t, b, k], n[t, b, k], hn[t, b, k] = rr, zz, nn, m
+
+
+@njit(cache=True)
+def _gru_backward_loop(dh, h_prev, r, z, n, hn, W_hh, one, dg_ih, dg_hh, carry):
+    """Writes ḡ_ih, ḡ_hh (T, B, 3H) of eq. (10); carry ends as h̄_{-1}."""
+    T, B, H = dh.shape
+    rec = np.empty((B, H), dh.dtype)
+    for t in range(T - 1, -1, -1):
+        for b in range(B):
+            for k in range(H):
+                g = dh[t, b, k] + carry[b, k]                   # (12) h̄_t
+                rr, zz, nn = r[t, b, k], z[t, b, k], n[t, b, k]
+                da_n = g * (one - zz) * (one - nn * nn)         # (6), (7)
+                da_z = g * (h_prev[t, b, k] - nn) * zz * (one - zz)   # (6), (9)
+                da_r = da_n * hn[t, b, k] * rr * (one - rr)     # (8), (9)
+                dg_ih[t, b, k], dg_ih[t, b, H + k], dg_ih[t, b, 2 * H + k] = da_r, da_z, da_n       # (10)
+                dg_hh[t, b, k], dg_hh[t, b, H + k], dg_hh[t, b, 2 * H + k] = da_r, da_z, da_n * rr  # (10), (8) m̄
+                carry[b, k] = g * zz                            # (11) direct path of (5)
+        np.dot(dg_hh[t], W_hh, rec)                             # (11) ḡ_hh W_hh
+        for b in range(B):
+            for k in range(H):
+                carry[b, k] += rec[b, k]
+
+
+def gru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
+    """As refimpl.cells.gru.forward: x (T, B, I), h0 (B, H) → h (T, B, H), GRUCache (T, ·)."""
+    T, B, I = x.shape
+    dt = np.result_type(x, params["weight_ih"], h0)
+    one, half = _consts(dt)
+    W_ih, W_hh = _c(params["weight_ih"], dt), _c(params["weight_hh"], dt)
+    H = W_hh.shape[1]
+    gi = (_c(x, dt).reshape(T * B, I) @ W_ih.T + params["bias_ih"].astype(dt)).reshape(T, B, 3 * H)  # (1)(2)(4) all t
+    h_prev, r, z, n, hn, h = (np.empty((T, B, H), dt) for _ in range(6))
+    _gru_forward_loop(gi, _c(h0, dt), _c(W_hh.T, dt), _c(params["bias_hh"], dt), one, half, h_prev, r, z, n, hn, h)
+    return h, GRUCache(x=np.array(x), h_prev=h_prev, r=r, z=z, n=n, hn=hn, h=h)
+
+
+def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache) -> dict:
+    """As refimpl.cells.gru.backward: → {param: grad, "x" (T, B, I), "h0" (B, H)}."""
+    T, B, H = dh.shape
+    dt = dh.dtype
+    one, _ = _consts(dt)
+    dg_ih, dg_hh = np.empty((T, B, 3 * H), dt), np.empty((T, B, 3 * H), dt)
+    carry = np.zeros((B, H), dt)
+    c = cache
+    _gru_backward_loop(_c(dh, dt), _c(c.h_prev, dt), _c(c.r, dt), _c(c.z, dt), _c(c.n, dt), _c(c.hn, dt),
+                       _c(params["weight_hh"], dt), one, dg_ih, dg_hh, carry)
+    gi2, gh2 = dg_ih.reshape(T * B, 3 * H), dg_hh.reshape(T * B, 3 * H)
+    grads = _param_grads(params, {"weight_ih": gi2.T @ c.x.reshape(T * B, -1).astype(dt, copy=False),   # (10)
+                                  "weight_hh": gh2.T @ c.h_prev.reshape(T * B, H).astype(dt, copy=False),
+                                  "bias_ih": _bias_sum(gi2), "bias_hh": _bias_sum(gh2)})
+    grads["x"] = (gi2 @ params["weight_ih"].astype(dt, copy=False)).reshape(c.x.shape).astype(c.x.dtype)  # (11)
+    grads["h0"] = carry
+    return grads
+
+
+# --------------------------------------------------------------------------------------------------------------- lstm
+
+@njit(cache=True)
+def _lstm_forward_loop(pre, h0, c0, W_hhT, b_hh, one, half, h_prev, c_prev, i, f, g, o, c, tanh_c, h):
+    """pre (T, B, 4H) = x W_ihᵀ + b_ih; writes every LSTMCache field but x (T, B, H)."""
+    T, B, H4 = pre.shape
+    H = H4 // 4
+    rec = np.empty((B, H4), pre.dtype)
+    h_prev[0], c_prev[0] = h0, c0
+    for t in range(T):
+        if t > 0:
+            h_prev[t], c_prev[t] = h[t - 1], c[t - 1]
+        np.dot(h_prev[t], W_hhT, rec)                                                         # (1) W_hh h_{t-1}
+        for b in range(B):
+            for k in range(H):
+                ii = half * (one + np.tanh(half * (pre[t, b, k] + rec[b, k] + b_hh[k])))                   # (1)(2)
+                ff = half * (one + np.tanh(half * (pre[t, b, H + k] + rec[b, H + k] + b_hh[H + k])))       # (1)(2)
+                gg = np.tanh(pre[t, b, 2 * H + k] + rec[b, 2 * H + k] + b_hh[2 * H + k])                   # (1)(2)
+                oo = half * (one + np.tanh(half * (pre[t, b, 3 * H + k] + rec[b, 3 * H + k] + b_hh[3 * H + k])))
+                cc = ff * c_prev[t, b, k] + ii * gg                                                       # (3)
+                tc = np.tanh(cc)                                                                         # (4)
+                h[t, b, k] = oo * tc                                                                     # (4)
+                i[t, b, k], f[t, b, k], g[t, b, k], o[t, b, k], c[t, b, k], tanh_c[t, b, k] = ii, ff, gg, oo, cc, tc
+
+
+@njit(cache=True)
+def _lstm_backward_loop(dh, c_prev, i, f, g, o, tanh_c, W_hh, one, da, carry_h, carry_c):
+    """Writes ā (T, B, 4H) of eq. (9); carry_h, carry_c end as h̄_{-1}, c̄_{-1}."""
+    T, B, H = dh.shape
+    for t in range(T - 1, -1, -1):
+        for b in range(B):
+            for k in range(H):
+                gh = dh[t, b, k] + carry_h[b, k]                                  # (11) h̄_t
+                ii, ff, gg, oo, tc = i[t, b, k], f[t, b, k], g[t, b, k], o[t, b, k], tanh_c[t, b, k]
+                dc_hat = carry_c[b, k] + gh * oo * (one - tc * tc)                # (6) both paths into c_t
+                da[t, b, k] = dc_hat * gg * ii * (one - ii)                       # (7)(8) ā_i
+                da[t, b, H + k] = dc_hat * c_prev[t, b, k] * ff * (one - ff)      # (7)(8) ā_f
+                da[t, b, 2 * H + k] = dc_hat * ii * (one - gg * gg)               # (7)(8) ā_g
+                da[t, b, 3 * H + k] = gh * tc * oo * (one - oo)                   # (5)(8) ā_o
+                carry_c[b, k] = dc_hat * ff                                       # (7) c̄_{t-1}
+        np.dot(da[t], W_hh, carry_h)                                              # (10) h̄_{t-1} contribution
+
+
+def lstm_forward(params: dict, x: np.ndarray, state0):
+    """As refimpl.cells.lstm.forward: x (T, B, I), state0 LSTMState(h0, c0) → h (T, B, H), LSTMCache (T, ·)."""
+    h0, c0 = state0
+    T, B, I = x.shape
+    dt = np.result_type(x, params["weight_ih"], h0, c0)
+    one, half = _consts(dt)
+    W_ih, W_hh = _c(params["weight_ih"], dt), _c(params["weight_hh"], dt)
+    H = W_hh.shape[1]
+    pre = (_c(x, dt).reshape(T * B, I) @ W_ih.T + params["bias_ih"].astype(dt)).reshape(T, B, 4 * H)   # (1) all t
+    h_prev, c_prev, i, f, g, o, c, tanh_c, h = (np.empty((T, B, H), dt) for _ in range(9))
+    _lstm_forward_loop(pre, _c(h0, dt), _c(c0, dt), _c(W_hh.T, dt), _c(params["bias_hh"], dt), one, half,
+                       h_prev, c_prev, i, f, g, o, c, tanh_c, h)
+    return h, LSTMCache(x=np.array(x), h_prev=h_prev, c_prev=c_prev, i=i, f=f, g=g, o=o, c=c, tanh_c=tanh_c, h=h)
+
+
+def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache) -> dict:
+    """As refimpl.cells.lstm.backward: → {param: grad, "x" (T, B, I), "h0" (B, H), "c0" (B, H)}."""
+    T, B, H = dh.shape
+    dt = dh.dtype
+    one, _ = _consts(dt)
+    k = cache
+    da = np.empty((T, B, 4 * H), dt)
+    carry_h, carry_c = np.zeros((B, H), dt), np.zeros((B, H), dt)
+    _lstm_backward_loop(_c(dh, dt), _c(k.c_prev, dt), _c(k.i, dt), _c(k.f, dt), _c(k.g, dt), _c(k.o, dt),
+                        _c(k.tanh_c, dt), _c(params["weight_hh"], dt), one, da, carry_h, carry_c)
+    da2 = da.reshape(T * B, 4 * H)
+    db = _bias_sum(da2)
+    grads = _param_grads(params, {"weight_ih": da2.T @ k.x.reshape(T * B, -1).astype(dt, copy=False),    # (9)
+                                  "weight_hh": da2.T @ k.h_prev.reshape(T * B, H).astype(dt, copy=False),
+                                  "bias_ih": db, "bias_hh": db})
+    grads["x"] = (da2 @ params["weight_ih"].astype(dt, copy=False)).reshape(k.x.shape).astype(k.x.dtype)  # (10)
+    grads["h0"], grads["c0"] = carry_h, carry_c
+    return grads
+
+
+# ---------------------------------------------------------------------------------------------------------------- lru
+#
+# The complex GEMMs with a real x are done as real GEMMs on the interleaved (re, im) view of the complex arrays:
+# a complex (…, N) C-array viewed as real is (…, 2N) with columns [re_0, im_0, re_1, im_1, …]. With
+# W2 (2N, I) = the rows γ_k B_re[k], γ_k B_im[k] interleaved,
+#     u = γ ⊙ (B x)        is   x @ W2ᵀ            viewed as complex                                  (2)
+#     x̄ = Re((γ ⊙ ū) conj(B)) = Σ_k γ_k (Re ū_k B_re[k] + Im ū_k B_im[k])   is   ū_real @ W2            (6)
+#     M = Σ_{t,b} ū_tᵀ x_t  is  ū_realᵀ @ x  (rows re, im interleaved);  G = γ ⊙ M;
+#     γ̄ = Σ_{t,b} Re(conj(B x_t) ⊙ ū_t) = Σ_i (B_re ⊙ Re M + B_im ⊙ Im M)[:, i]                       (6)
+
+@njit(cache=True)
+def _lru_forward_loop(lam, h0, h_prev, h):
+    """h holds u (T, B, N) on entry and h_t on exit; writes h_prev."""
+    T, B, N = h.shape
+    h_prev[0] = h0
+    for t in range(T):
+        if t > 0:
+            h_prev[t] = h[t - 1]
+        for b in range(B):
+            for k in range(N):
+                h[t, b, k] = lam[k] * h_prev[t, b, k] + h[t, b, k]                    # (3)
+
+
+@njit(cache=True)
+def _lru_backward_loop(dh, h_prev, lam, du, carry, dlam):
+    """Writes ū_t = h̄_t (T, B, N); accumulates λ̄ = Σ_{t,b} conj(h_{t-1}) h̄_t into dlam (complex128); carry ends as
+    h̄_{-1}."""
+    T, B, N = dh.shape
+    for t in range(T - 1, -1, -1):
+        for b in range(B):
+            for k in range(N):
+                g = dh[t, b, k] + carry[b, k]                                         # (8) h̄_t
+                du[t, b, k] = g                                                       # (5) ū_t
+                dlam[k] += h_prev[t, b, k].conjugate() * g                            # (5) λ̄
+                carry[b, k] = lam[k].conjugate() * g                                  # (5) h̄_{t-1} contribution
+
+
+def _lru_w2(params: dict, gamma: np.ndarray, rdt) -> np.ndarray:
+    N, I = params["B_re"].shape
+    W2 = np.empty((2 * N, I), rdt)
+    W2[0::2] = gamma[:, None] * params["B_re"]
+    W2[1::2] = gamma[:, None] * params["B_im"]
+    return W2
+
+
+def lru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
+    """As refimpl.cells.lru.forward: x r(T, B, I), h0 c(B, N) → h c(T, B, N), LRUCache (T, ·)."""
+    T, B, I = x.shape
+    lam, gamma = lambda_gamma(params)                                                 # (1)
+    cdt = np.result_type(lam, h0, np.complex64)
+    rdt = np.finfo(cdt).dtype
+    N = lam.shape[0]
+    W2 = _lru_w2(params, gamma.astype(rdt), rdt)
+    h = (_c(x, rdt).reshape(T * B, I) @ W2.T).reshape(T, B, 2 * N).view(cdt)         # (2) u for all t, c(T, B, N)
+    h_prev = np.empty((T, B, N), cdt)
+    _lru_forward_loop(_c(lam, cdt), _c(h0, cdt), h_prev, h)
+    return h, LRUCache(x=np.array(x), h_prev=h_prev, h=h)
+
+
+def lru_backward(params: dict, dh: np.ndarray, cache: LRUCache) -> dict:
+    """As refimpl.cells.lru.backward: dh c(T, B, N) → {param: grad, "x" r(T, B, I), "h0" c(B, N)}."""
+    T, B, N = dh.shape
+    lam, gamma = lambda_gamma(params)
+    cdt = np.result_type(dh, cache.h)
+    rdt = np.finfo(cdt).dtype
+    du, carry, dlam = np.empty((T, B, N), cdt), np.zeros((B, N), cdt), np.zeros(N, np.complex128)
+    _lru_backward_loop(_c(dh, cdt), _c(cache.h_prev, cdt), _c(lam, cdt), du, carry, dlam)
+    du_real = du.reshape(T * B, N).view(rdt)                  # (T·B, 2N), re/im interleaved
+    x2 = _c(cache.x, rdt).reshape(T * B, -1)
+    M = du_real.T @ x2                                                                # (6) Σ ū_tᵀ x_t, rows re/im
+    M_re, M_im = M[0::2], M[1::2]
+    gamma = gamma.astype(rdt)
+    dgamma = np.sum(params["B_re"] * M_re + params["B_im"] * M_im, axis=1)           # (6) γ̄
+    conj_lam_dlam = np.conj(lam).astype(np.complex128) * dlam                         # (7)
+    grads = _param_grads(params, {
+        "nu_log": -np.exp(params["nu_log"].astype(np.float64)) * conj_lam_dlam.real,  # (7)
+        "theta_log": np.exp(params["theta_log"].astype(np.float64)) * conj_lam_dlam.imag,   # (7)
+        "gamma_log": gamma * dgamma,                                                  # (7)
+        "B_re": gamma[:, None] * M_re, "B_im": gamma[:, None] * M_im})                # (6) Re G, Im G
+    grads["x"] = (du_real @ _lru_w2(params, gamma, rdt)).reshape(cache.x.shape).astype(cache.x.dtype)   # (6)
+    grads["h0"] = carry
+    return grads
+
+
+KERNELS = {
+    "rnn.forward": rnn_forward, "rnn.backward": rnn_backward,
+    "gru.forward": gru_forward, "gru.backward": gru_backward,
+    "lstm.forward": lstm_forward, "lstm.backward": lstm_backward,
+    "lru.forward": lru_forward, "lru.backward": lru_backward,
+}
