@@ -77,13 +77,24 @@ def _readout_model_grads(kernels, model, params, x, y, loss, mask):
     return float(value), {"readout.weight": g["weight"], "readout.bias": g["bias"]}
 
 
+def _reference_only(name: str, kernels) -> None:
+    """The RTRL-family and FPTT sweeps run on the NumPy reference only today: say so instead of silently ignoring a
+    requested backend."""
+    if kernels.backend != "numpy":
+        raise UnsupportedError(f"algorithm {name!r} runs on the NumPy reference only: backend {kernels.backend!r} does "
+                               f"not implement its sweeps yet (see `python -m refimpl.run backends`); use "
+                               f"backend='numpy'")
+
+
 def _online(name: str):
     """The RTRL-family entry points for `name` (refimpl/online.py for models, refimpl/rtrl.py for one cell)."""
     def model_grads(kernels, model, params, x, y, loss, mask):
         from .online import online_grads
+        _reference_only(name, kernels)
         return online_grads(model, params, x, y, loss, mask, algorithm=name)
 
     def cell_grads(kernels, cell, params, x, dh, state0):
+        _reference_only(name, kernels)
         from .online import PER_LAYER_RULE
         from .rtrl import cell_grads_online
         return cell_grads_online(PER_LAYER_RULE.get(name, name), cell, params, x, dh, state0)
@@ -94,10 +105,12 @@ def _fptt(two_passes: bool):
     """FPTT entry points (refimpl/fptt.py); options: passes (model only), carrier ('float64' | 'state')."""
     def model_grads(kernels, model, params, x, y, loss, mask, **options):
         from .fptt import fptt_model_grads
+        _reference_only("fptt" if two_passes else "fptt1", kernels)
         return fptt_model_grads(model, params, x, y, loss, mask, two_passes=two_passes, **options)
 
     def cell_grads(kernels, cell, params, x, dh, state0, **options):
         from .fptt import fptt_cell_grads
+        _reference_only("fptt" if two_passes else "fptt1", kernels)
         options.pop("passes", None)                     # one cell is one layer: the budget does not apply
         options.pop("input_grad", None)
         return fptt_cell_grads(cell, params, x, dh, state0, two_passes=two_passes, **options)

@@ -157,13 +157,15 @@ class CellKernels(NamedTuple):
     """A cell's sequence forward/backward on one backend, with NumPy in and out (what the model stack calls)."""
     forward: Callable
     backward: Callable
+    backend: str = "numpy"
 
 
 def cell_kernels(cell_name: str, backend: str = "numpy") -> CellKernels:
     """The forward/backward kernels of a cell on a backend, with the cell modules' signatures."""
     fwd, bwd = f"{cell_name}.forward", f"{cell_name}.backward"
     get_kernel(fwd, backend), get_kernel(bwd, backend)      # fail early, with the reason, if missing
-    return CellKernels(lambda *a, **k: call(fwd, backend, *a, **k), lambda *a, **k: call(bwd, backend, *a, **k))
+    return CellKernels(lambda *a, **k: call(fwd, backend, *a, **k), lambda *a, **k: call(bwd, backend, *a, **k),
+                       backend)
 
 
 def flatten_outputs(tree, prefix: str = "") -> dict:
