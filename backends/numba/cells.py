@@ -362,3 +362,7 @@ KERNELS = {
     "lstm.forward": lstm_forward, "lstm.backward": lstm_backward,
     "lru.forward": lru_forward, "lru.backward": lru_backward,
 }
+
+from .lru_online import KERNELS as _LRU_ONLINE  # noqa: E402  the lru's RTRL-family and FPTT sweeps
+
+KERNELS.update(_LRU_ONLINE)
