@@ -9,8 +9,6 @@ smallest singular value per step stays around 0.2 (σ' ≤ 1/4 caps the h-block)
 rounding like 0.2^-T. The other cells run T = 23 (one cell) and 8 (stacks).
 """
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
@@ -19,6 +17,8 @@ from refimpl.errors import NumericalError, UnsupportedError
 from refimpl.fptt import fptt_cell_grads, fptt_model_grads, well_conditioned
 from refimpl.model import make_model
 from refimpl.numerics import cosine, rel_error
+
+from .memory import peak_bytes
 
 TOL = 1e-8
 CELLS = [("lru", {"r_min": 0.9, "r_max": 0.99}), ("rnn", {"nonlinearity": "linear"}), ("rnn", {}), ("gru", {}),
@@ -135,24 +135,16 @@ def test_refusals():
         fptt_model_grads(model, params, x, y, "mse", carrier="float16")
 
 
-def _peak(fn):
-    tracemalloc.start()
-    fn()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak
-
-
 def test_memory_does_not_grow_with_T():
     model, params = make_model("lru", 3, 8, 2, r_min=0.99, r_max=0.999)
     rng = np.random.default_rng(0)
     x, y = 0.1 * rng.standard_normal((1500, 2, 3)), rng.standard_normal((1500, 2, 2))
-    short = _peak(lambda: fptt_model_grads(model, params, x[:100], y[:100], "mse"))
-    long = _peak(lambda: fptt_model_grads(model, params, x, y, "mse"))
+    short = peak_bytes(lambda: fptt_model_grads(model, params, x[:100], y[:100], "mse"))
+    long = peak_bytes(lambda: fptt_model_grads(model, params, x, y, "mse"))
     # the input gradient "x" (T, B, I) is an output the size of x; everything else is flat in T
     assert long - short < 1.2 * x[100:].nbytes + 20_000, (short, long)
-    short = _peak(lambda: fptt_model_grads(model, params, x[:100], y[:100], "mse", input_grad=False))
-    long = _peak(lambda: fptt_model_grads(model, params, x, y, "mse", input_grad=False))
+    short = peak_bytes(lambda: fptt_model_grads(model, params, x[:100], y[:100], "mse", input_grad=False))
+    long = peak_bytes(lambda: fptt_model_grads(model, params, x, y, "mse", input_grad=False))
     assert long < 1.2 * short + 20_000, (short, long)
 
 

@@ -9,8 +9,6 @@
 - Memory does not grow with T (tracemalloc), while BPTT's does.
 """
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
@@ -20,6 +18,8 @@ from refimpl.errors import UnsupportedError
 from refimpl.model import make_model
 from refimpl.numerics import cosine, rel_error
 from refimpl.online import online_grads
+
+from .memory import peak_bytes
 
 CELLS = [("rnn", {}), ("rnn", {"nonlinearity": "linear"}), ("gru", {}), ("lstm", {}), ("lru", {}),
          ("lru", {"r_min": 0.9, "r_max": 0.999})]
@@ -130,21 +130,13 @@ def test_refusals():
         online_grads(model, params, x, y, "mse", algorithm="cec")
 
 
-def _peak(fn):
-    tracemalloc.start()
-    fn()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak
-
-
 @pytest.mark.parametrize("algorithm", ["online", "snap1", "truncated", "spatial", "rtrl"])
 def test_memory_does_not_grow_with_T(algorithm):
     model, params, x_long, y_long = _case("gru", {}, T=1200, B=2, H=4)
     x_short, y_short = x_long[:100], y_long[:100]
-    short = _peak(lambda: online_grads(model, params, x_short, y_short, "mse", algorithm=algorithm))
-    long = _peak(lambda: online_grads(model, params, x_long, y_long, "mse", algorithm=algorithm))
+    short = peak_bytes(lambda: online_grads(model, params, x_short, y_short, "mse", algorithm=algorithm))
+    long = peak_bytes(lambda: online_grads(model, params, x_long, y_long, "mse", algorithm=algorithm))
     assert long < 1.2 * short + 20_000, f"{algorithm}: peak {short} B at T=100 but {long} B at T=1200"
-    bptt_short = _peak(lambda: model_mod.bptt(model, params, x_short, y_short, loss="mse"))
-    bptt_long = _peak(lambda: model_mod.bptt(model, params, x_long, y_long, loss="mse"))
+    bptt_short = peak_bytes(lambda: model_mod.bptt(model, params, x_short, y_short, loss="mse"))
+    bptt_long = peak_bytes(lambda: model_mod.bptt(model, params, x_long, y_long, loss="mse"))
     assert bptt_long > 5 * bptt_short                                  # BPTT stores the sequence

@@ -1,0 +1,13 @@
+"""Peak-memory measurement shared by the tests of the online algorithms and FPTT."""
+
+import tracemalloc
+
+
+def peak_bytes(fn) -> int:
+    """The peak of Python/NumPy allocations (tracemalloc) while fn() runs; allocations made before are not counted."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
