@@ -366,3 +366,6 @@ KERNELS = {
 from .lru_online import KERNELS as _LRU_ONLINE  # noqa: E402  the lru's RTRL-family and FPTT sweeps
 
 KERNELS.update(_LRU_ONLINE)
+
+from .ep_loops import KERNELS as _EP_LOOPS  # noqa: E402  the EP relaxation loops
+KERNELS.update(_EP_LOOPS)
