@@ -369,3 +369,6 @@ KERNELS.update(_LRU_ONLINE)
 
 from .ep_loops import KERNELS as _EP_LOOPS  # noqa: E402  the EP relaxation loops
 KERNELS.update(_EP_LOOPS)
+
+from .dense_online import KERNELS as _DENSE_ONLINE  # noqa: E402  the dense cells' truncated and spatial sweeps
+KERNELS.update(_DENSE_ONLINE)
