@@ -372,3 +372,6 @@ KERNELS.update(_EP_LOOPS)
 
 from .dense_online import KERNELS as _DENSE_ONLINE  # noqa: E402  the dense cells' truncated and spatial sweeps
 KERNELS.update(_DENSE_ONLINE)
+
+from .dense_fptt import KERNELS as _DENSE_FPTT  # noqa: E402  the dense cells' FPTT sweeps
+KERNELS.update(_DENSE_FPTT)
