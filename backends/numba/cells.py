@@ -67,15 +67,17 @@ def _rnn_forward_loop(pre, h0, W_hhT, b_hh, use_tanh, h_prev, h):
 
 
 @njit(cache=True)
-def _rnn_backward_loop(dh, h, W_hh, use_tanh, one, da, carry):
-    """Writes the pre-activation adjoints da (T, B, H); carry ends as h̄_{-1}."""
+def _rnn_backward_loop(dh, h, W_hh, use_tanh, one, da, carry, propagate):
+    """Writes the pre-activation adjoints da (T, B, H); carry ends as h̄_{-1}. propagate=False drops the carried
+    adjoint (h_{t-1} held constant: the truncated gradient of refimpl/rtrl.py)."""
     T, B, H = dh.shape
     for t in range(T - 1, -1, -1):
         for b in range(B):
             for k in range(H):
                 g = dh[t, b, k] + carry[b, k]                                    # (6) h̄_t
                 da[t, b, k] = g * (one - h[t, b, k] * h[t, b, k]) if use_tanh else g   # (3)
-        np.dot(da[t], W_hh, carry)                                               # (5) h̄_{t-1} contribution
+        if propagate:
+            np.dot(da[t], W_hh, carry)                                           # (5) h̄_{t-1} contribution
 
 
 def rnn_forward(params: dict, x: np.ndarray, h0: np.ndarray, nonlinearity: str = "tanh"):
@@ -91,15 +93,17 @@ def rnn_forward(params: dict, x: np.ndarray, h0: np.ndarray, nonlinearity: str =
     return h, RNNCache(x=np.array(x), h_prev=h_prev, h=h)
 
 
-def rnn_backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: str = "tanh") -> dict:
-    """As refimpl.cells.rnn.backward: → {param: grad, "x" (T, B, I), "h0" (B, H)}."""
+def rnn_backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: str = "tanh", *,
+                 propagate: bool = True) -> dict:
+    """As refimpl.cells.rnn.backward: → {param: grad, "x" (T, B, I), "h0" (B, H)}. propagate=False: the truncated
+    gradient (no adjoint carried to h_{t-1}; used by the truncated/spatial sweeps)."""
     _check_nonlinearity(nonlinearity)
     T, B, H = dh.shape
     dt = dh.dtype
     one, _ = _consts(dt)
     da, carry = np.empty((T, B, H), dt), np.zeros((B, H), dt)
     _rnn_backward_loop(_c(dh, dt), _c(cache.h, dt), _c(params["weight_hh"], dt), nonlinearity == "tanh", one,
-                       da, carry)
+                       da, carry, propagate)
     da2 = da.reshape(T * B, H)
     x2 = cache.x.reshape(T * B, -1)
     db = _bias_sum(da2)
@@ -141,8 +145,8 @@ def _gru_forward_loop(gi, h0, W_hhT, b_hh, one, half, h_prev, r, z, n, hn, h):
 
 
 @njit(cache=True)
-def _gru_backward_loop(dh, h_prev, r, z, n, hn, W_hh, one, dg_ih, dg_hh, carry):
-    """Writes ḡ_ih, ḡ_hh (T, B, 3H) of eq. (10); carry ends as h̄_{-1}."""
+def _gru_backward_loop(dh, h_prev, r, z, n, hn, W_hh, one, dg_ih, dg_hh, carry, propagate):
+    """Writes ḡ_ih, ḡ_hh (T, B, 3H) of eq. (10); carry ends as h̄_{-1}. propagate=False drops the carried adjoint."""
     T, B, H = dh.shape
     rec = np.empty((B, H), dh.dtype)
     for t in range(T - 1, -1, -1):
@@ -155,11 +159,12 @@ def _gru_backward_loop(dh, h_prev, r, z, n, hn, W_hh, one, dg_ih, dg_hh, carry):
                 da_r = da_n * hn[t, b, k] * rr * (one - rr)     # (8), (9)
                 dg_ih[t, b, k], dg_ih[t, b, H + k], dg_ih[t, b, 2 * H + k] = da_r, da_z, da_n       # (10)
                 dg_hh[t, b, k], dg_hh[t, b, H + k], dg_hh[t, b, 2 * H + k] = da_r, da_z, da_n * rr  # (10), (8) m̄
-                carry[b, k] = g * zz                            # (11) direct path of (5)
-        np.dot(dg_hh[t], W_hh, rec)                             # (11) ḡ_hh W_hh
-        for b in range(B):
-            for k in range(H):
-                carry[b, k] += rec[b, k]
+                carry[b, k] = g * zz if propagate else 0.0     # (11) direct path of (5)
+        if propagate:
+            np.dot(dg_hh[t], W_hh, rec)                         # (11) ḡ_hh W_hh
+            for b in range(B):
+                for k in range(H):
+                    carry[b, k] += rec[b, k]
 
 
 def gru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
@@ -175,8 +180,8 @@ def gru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
     return h, GRUCache(x=np.array(x), h_prev=h_prev, r=r, z=z, n=n, hn=hn, h=h)
 
 
-def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache) -> dict:
-    """As refimpl.cells.gru.backward: → {param: grad, "x" (T, B, I), "h0" (B, H)}."""
+def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache, *, propagate: bool = True) -> dict:
+    """As refimpl.cells.gru.backward: → {param: grad, "x" (T, B, I), "h0" (B, H)}. propagate=False: truncated."""
     T, B, H = dh.shape
     dt = dh.dtype
     one, _ = _consts(dt)
@@ -184,7 +189,7 @@ def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache) -> dict:
     carry = np.zeros((B, H), dt)
     c = cache
     _gru_backward_loop(_c(dh, dt), _c(c.h_prev, dt), _c(c.r, dt), _c(c.z, dt), _c(c.n, dt), _c(c.hn, dt),
-                       _c(params["weight_hh"], dt), one, dg_ih, dg_hh, carry)
+                       _c(params["weight_hh"], dt), one, dg_ih, dg_hh, carry, propagate)
     gi2, gh2 = dg_ih.reshape(T * B, 3 * H), dg_hh.reshape(T * B, 3 * H)
     grads = _param_grads(params, {"weight_ih": gi2.T @ c.x.reshape(T * B, -1).astype(dt, copy=False),   # (10)
                                   "weight_hh": gh2.T @ c.h_prev.reshape(T * B, H).astype(dt, copy=False),
@@ -220,8 +225,9 @@ def _lstm_forward_loop(pre, h0, c0, W_hhT, b_hh, one, half, h_prev, c_prev, i, f
 
 
 @njit(cache=True)
-def _lstm_backward_loop(dh, c_prev, i, f, g, o, tanh_c, W_hh, one, da, carry_h, carry_c):
-    """Writes ā (T, B, 4H) of eq. (9); carry_h, carry_c end as h̄_{-1}, c̄_{-1}."""
+def _lstm_backward_loop(dh, c_prev, i, f, g, o, tanh_c, W_hh, one, da, carry_h, carry_c, propagate):
+    """Writes ā (T, B, 4H) of eq. (9); carry_h, carry_c end as h̄_{-1}, c̄_{-1}. propagate=False drops both carried
+    adjoints (h_{t-1} and c_{t-1} held constant)."""
     T, B, H = dh.shape
     for t in range(T - 1, -1, -1):
         for b in range(B):
@@ -233,8 +239,9 @@ def _lstm_backward_loop(dh, c_prev, i, f, g, o, tanh_c, W_hh, one, da, carry_h, 
                 da[t, b, H + k] = dc_hat * c_prev[t, b, k] * ff * (one - ff)      # (7)(8) ā_f
                 da[t, b, 2 * H + k] = dc_hat * ii * (one - gg * gg)               # (7)(8) ā_g
                 da[t, b, 3 * H + k] = gh * tc * oo * (one - oo)                   # (5)(8) ā_o
-                carry_c[b, k] = dc_hat * ff                                       # (7) c̄_{t-1}
-        np.dot(da[t], W_hh, carry_h)                                              # (10) h̄_{t-1} contribution
+                carry_c[b, k] = dc_hat * ff if propagate else 0.0                 # (7) c̄_{t-1}
+        if propagate:
+            np.dot(da[t], W_hh, carry_h)                                          # (10) h̄_{t-1} contribution
 
 
 def lstm_forward(params: dict, x: np.ndarray, state0):
@@ -252,8 +259,9 @@ def lstm_forward(params: dict, x: np.ndarray, state0):
     return h, LSTMCache(x=np.array(x), h_prev=h_prev, c_prev=c_prev, i=i, f=f, g=g, o=o, c=c, tanh_c=tanh_c, h=h)
 
 
-def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache) -> dict:
-    """As refimpl.cells.lstm.backward: → {param: grad, "x" (T, B, I), "h0" (B, H), "c0" (B, H)}."""
+def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache, *, propagate: bool = True) -> dict:
+    """As refimpl.cells.lstm.backward: → {param: grad, "x" (T, B, I), "h0" (B, H), "c0" (B, H)}. propagate=False:
+    truncated."""
     T, B, H = dh.shape
     dt = dh.dtype
     one, _ = _consts(dt)
@@ -261,7 +269,7 @@ def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache) -> dict:
     da = np.empty((T, B, 4 * H), dt)
     carry_h, carry_c = np.zeros((B, H), dt), np.zeros((B, H), dt)
     _lstm_backward_loop(_c(dh, dt), _c(k.c_prev, dt), _c(k.i, dt), _c(k.f, dt), _c(k.g, dt), _c(k.o, dt),
-                        _c(k.tanh_c, dt), _c(params["weight_hh"], dt), one, da, carry_h, carry_c)
+                        _c(k.tanh_c, dt), _c(params["weight_hh"], dt), one, da, carry_h, carry_c, propagate)
     da2 = da.reshape(T * B, 4 * H)
     db = _bias_sum(da2)
     grads = _param_grads(params, {"weight_ih": da2.T @ k.x.reshape(T * B, -1).astype(dt, copy=False),    # (9)
