@@ -72,6 +72,10 @@ def run(kernel_filter=None, backends=None, dtypes=("float32",), size="small", re
                         row["skipped"] = b.reason or "kernel not implemented"
                         rows.append(row)
                         continue
+                    if b.unsupported_dtype(name, dtype):
+                        row["skipped"] = b.unsupported_dtype(name, dtype)
+                        rows.append(row)
+                        continue
                     err = 0.0 if backend == "numpy" else _parity(name, backend, inputs, dtype)
                     tol = TOLERANCES["backend_vs_reference"][dtype]
                     if err > tol:

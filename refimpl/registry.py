@@ -17,6 +17,9 @@ A *backend* is a module ``backends.<name>`` that defines
     available() -> (bool, reason)        probe the machine (the device, not only the import)
     to_backend(np.ndarray) -> array      explicit conversion at the boundary
     to_numpy(array) -> np.ndarray
+and optionally
+    unsupported_dtype(kernel name, dtype name) -> str   "" when the kernel runs in that dtype here, else why not
+                                                        (e.g. MLX has no complex128, and float64 only on its CPU stream)
 Backends are imported only when asked for by name (refimpl never imports one at import time). A backend that lacks a
 kernel says so; a kernel is never silently replaced by another.
 """
@@ -84,6 +87,7 @@ class Backend:
     kernels: dict = field(default_factory=dict)
     to_backend: Callable[[np.ndarray], Any] = _identity
     to_numpy: Callable[[Any], np.ndarray] = _identity
+    unsupported_dtype: Callable[[str, str], str] = lambda kernel, dtype: ""
 
 
 _LOADED: dict[str, Backend] = {}
@@ -112,7 +116,8 @@ def load_backend(name: str) -> Backend:
             backend = Backend(name, False, f"import failed: {e}")
         else:
             ok, reason = module.available()
-            backend = Backend(name, ok, reason, dict(module.KERNELS), module.to_backend, module.to_numpy)
+            backend = Backend(name, ok, reason, dict(module.KERNELS), module.to_backend, module.to_numpy,
+                              getattr(module, "unsupported_dtype", lambda kernel, dtype: ""))
     _LOADED[name] = backend
     return backend
 

@@ -36,6 +36,9 @@ def test_backend_matches_reference(kernel, variant, backend, dtype, size, seed):
         pytest.skip(f"backend {backend}: {b.reason}")
     if kernel not in b.kernels:
         pytest.skip(f"backend {backend} does not implement {kernel}")
+    why = b.unsupported_dtype(kernel, dtype)
+    if why:
+        pytest.skip(f"backend {backend}, {kernel} in {dtype}: {why}")
     assert_matches_reference(kernel, backend, dtype, size, seed, variant)
 
 

@@ -23,7 +23,11 @@ except ImportError as e:                 # numba or scipy missing: the backend e
     KERNELS: dict = {}
 else:
     _REASON = ""
-    from .cells import KERNELS  # noqa: F401
+    from . import cells, dense_fptt, dense_online, ep_loops, lru_online
+    # every module of the package contributes its kernels: {name: callable}
+    KERNELS = {}
+    for _module in (cells, lru_online, ep_loops, dense_online, dense_fptt):
+        KERNELS.update(_module.KERNELS)
 
 
 def available() -> tuple[bool, str]:

@@ -370,16 +370,3 @@ KERNELS = {
     "lstm.forward": lstm_forward, "lstm.backward": lstm_backward,
     "lru.forward": lru_forward, "lru.backward": lru_backward,
 }
-
-from .lru_online import KERNELS as _LRU_ONLINE  # noqa: E402  the lru's RTRL-family and FPTT sweeps
-
-KERNELS.update(_LRU_ONLINE)
-
-from .ep_loops import KERNELS as _EP_LOOPS  # noqa: E402  the EP relaxation loops
-KERNELS.update(_EP_LOOPS)
-
-from .dense_online import KERNELS as _DENSE_ONLINE  # noqa: E402  the dense cells' truncated and spatial sweeps
-KERNELS.update(_DENSE_ONLINE)
-
-from .dense_fptt import KERNELS as _DENSE_FPTT  # noqa: E402  the dense cells' FPTT sweeps
-KERNELS.update(_DENSE_FPTT)
