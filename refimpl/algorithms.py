@@ -77,24 +77,25 @@ def _readout_model_grads(kernels, model, params, x, y, loss, mask):
     return float(value), {"readout.weight": g["weight"], "readout.bias": g["bias"]}
 
 
-def _reference_only(name: str, kernels) -> None:
-    """The RTRL-family and FPTT sweeps run on the NumPy reference only today: say so instead of silently ignoring a
-    requested backend."""
-    if kernels.backend != "numpy":
-        raise UnsupportedError(f"algorithm {name!r} runs on the NumPy reference only: backend {kernels.backend!r} does "
-                               f"not implement its sweeps yet (see `python -m refimpl.run backends`); use "
-                               f"backend='numpy'")
+def _on_backend(kernels) -> bool:
+    """Whether the cell kernels run on a backend other than the NumPy reference: then the RTRL-family and FPTT
+    sweeps run as whole-sequence kernel calls (refimpl/backend_algorithms.py), not the reference's online step loop."""
+    return kernels.backend != "numpy"
 
 
 def _online(name: str):
     """The RTRL-family entry points for `name` (refimpl/online.py for models, refimpl/rtrl.py for one cell)."""
     def model_grads(kernels, model, params, x, y, loss, mask):
+        if _on_backend(kernels):
+            from . import backend_algorithms
+            return backend_algorithms.model_grads(name, kernels, model, params, x, y, loss, mask)
         from .online import online_grads
-        _reference_only(name, kernels)
         return online_grads(model, params, x, y, loss, mask, algorithm=name)
 
     def cell_grads(kernels, cell, params, x, dh, state0):
-        _reference_only(name, kernels)
+        if _on_backend(kernels):
+            from . import backend_algorithms
+            return backend_algorithms.cell_grads(name, kernels, cell, params, x, dh, state0)
         from .online import PER_LAYER_RULE
         from .rtrl import cell_grads_online
         return cell_grads_online(PER_LAYER_RULE.get(name, name), cell, params, x, dh, state0)
@@ -103,16 +104,22 @@ def _online(name: str):
 
 def _fptt(two_passes: bool):
     """FPTT entry points (refimpl/fptt.py); options: passes (model only), carrier ('float64' | 'state')."""
+    name = "fptt" if two_passes else "fptt1"
+
     def model_grads(kernels, model, params, x, y, loss, mask, **options):
+        if _on_backend(kernels):
+            from . import backend_algorithms
+            return backend_algorithms.model_grads(name, kernels, model, params, x, y, loss, mask, **options)
         from .fptt import fptt_model_grads
-        _reference_only("fptt" if two_passes else "fptt1", kernels)
         return fptt_model_grads(model, params, x, y, loss, mask, two_passes=two_passes, **options)
 
     def cell_grads(kernels, cell, params, x, dh, state0, **options):
-        from .fptt import fptt_cell_grads
-        _reference_only("fptt" if two_passes else "fptt1", kernels)
         options.pop("passes", None)                     # one cell is one layer: the budget does not apply
         options.pop("input_grad", None)
+        if _on_backend(kernels):
+            from . import backend_algorithms
+            return backend_algorithms.cell_grads(name, kernels, cell, params, x, dh, state0, **options)
+        from .fptt import fptt_cell_grads
         return fptt_cell_grads(cell, params, x, dh, state0, two_passes=two_passes, **options)
     return dict(cell_grads=cell_grads, model_grads=model_grads, options=("passes", "carrier", "input_grad"),
                 tolerance="fptt_vs_bptt",

@@ -136,8 +136,8 @@ def model_grads(model, params: dict, x: np.ndarray, y, *, loss: str, mask=None, 
     Args:
         x: (T, B, n_in).  y: targets (mse/bce: shaped like the output; ce: integer labels).
         loss: 'mse' | 'ce' | 'bce'.  mask: (T, B) or (T,) per-step weights, or None.
-        algorithm: a name of DESIGN.md §5 (or the `readout` baseline).  backend: where the cell kernels run (the
-            RTRL-family rules and FPTT run on the NumPy reference today).
+        algorithm: a name of DESIGN.md §5 (or the `readout` baseline).  backend: where the cell kernels run (on a
+            backend the RTRL-family rules and FPTT run as whole-sequence sweeps: refimpl/backend_algorithms.py).
         **options: the algorithm's options (fptt / fptt1: passes=L+1 (the pass budget), carrier='float64' | 'state').
     Returns:
         (loss_value, grads) with grads keyed by the dotted parameter names, plus "x" for `bptt` (forward-mode rules

@@ -343,7 +343,10 @@ def _layer_backward(model: Model, l: int, c: Cell, params: dict, du_next: np.nda
         g = lru_output_backward(dy, cache.out_map)                                                   # (58)
         dh, da_direct = g.pop("h"), g.pop("x")                                                       # (58)
         grads.update(_prefixed(pre, g))
-    g = kern.backward(_sub(params, f"{pre}.cell", c.param_shapes), dh, cache.cell, **c.step_options)  # (59)
+    if hasattr(kern, "layer_backward"):          # a per-layer learning rule in place of BPTT's cell adjoint
+        g = kern.layer_backward(l, _sub(params, f"{pre}.cell", c.param_shapes), dh, cache.cell, **c.step_options)
+    else:
+        g = kern.backward(_sub(params, f"{pre}.cell", c.param_shapes), dh, cache.cell, **c.step_options)  # (59)
     da = g["x"] + da_direct                                                                          # (60)
     grads.update(_prefixed(f"{pre}.cell", {k: g[k] for k in c.param_shapes}))   # (62) h0 / c0 grads dropped
     du = da                                                                                          # (60)

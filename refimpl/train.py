@@ -288,6 +288,10 @@ def _sequence_problem(config: TrainConfig, task, opt) -> _Problem:
     if config.update_every is not None and get_algorithm(config.algorithm, "model").input_grads:
         raise UnsupportedError(f"--update-every needs an online algorithm (rtrl, online, snap1, truncated, spatial, "
                                f"cec); {config.algorithm!r} needs the whole sequence before it can update")
+    if config.update_every is not None and config.backend != "numpy":
+        raise UnsupportedError(f"--update-every runs on the NumPy reference only (the truly online step loop); "
+                               f"backend {config.backend!r} runs {config.algorithm!r} as whole-sequence sweeps: drop "
+                               f"--update-every or use --backend numpy")
     kernels = cell_kernels(model.cell, config.backend)
 
     def grads(params, idx, opt_state):
