@@ -138,3 +138,30 @@ def test_gradcheck_on_a_backend_passes_for_every_exact_algorithm(backend, cell, 
     report = gradcheck(cell, algorithm, layers=layers, dtype=dtype, backend=backend, **options)
     assert report.tol_vs_bptt is not None, "the check must compare with BPTT"
     assert report.ok, [r for r in report.rows if not r.ok]
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+@pytest.mark.parametrize("algorithm", ["online", "fptt"])
+def test_train_and_compare_run_on_a_backend(backend, algorithm, tmp_path):
+    """`train --backend B` with an online rule / FPTT ends with the metrics of the reference run (same seed), and
+    `compare --backend B` runs."""
+    import json
+    import subprocess
+    import sys
+    _needs(backend, "lru.forward", "lru.backward", "lru.rtrl", "lru.fptt")
+    common = ["--task", "digits-seq", "--cell", "lru", "-o", "r_min=0.9", "--algorithm", algorithm, "--steps", "3",
+              "--batch-size", "8", "--log-every", "1", "--no-progress", "-t", "mode=row"]
+    results = {}
+    for b in ("numpy", backend):
+        r = subprocess.run([sys.executable, "-m", "refimpl.run", "train", *common, "--backend", b,
+                            "--out", str(tmp_path / b)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        results[b] = json.loads((tmp_path / b / "result.json").read_text())
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        want, got = results["numpy"][key], results[backend][key]
+        assert abs(got - want) <= 1e-9 * max(1.0, abs(want)), (key, got, want)
+    r = subprocess.run([sys.executable, "-m", "refimpl.run", "compare", "--task", "digits-seq", "-t", "mode=row",
+                        "--cell", "lru", "-o", "r_min=0.9", "--algorithms", f"bptt,{algorithm}", "--steps", "2",
+                        "--backend", backend, "--out", str(tmp_path / "cmp")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
