@@ -355,8 +355,41 @@ def ep_grads(net: EPNet, params: dict, x, y, *, T: int, K: int, beta: float):
     return float(_loss(s_star[-1], y)), ep_update(net, params, x, s_star, s_beta, beta), s_star
 
 
-def predict(net: EPNet, params: dict, x, T: int) -> np.ndarray:
-    """The output layer after T free steps, (B, O)."""
+def _kernel_options(net: EPNet) -> dict:
+    return {"kind": net.kind, "activation": net.activation, "dt": net.dt}
+
+
+def ep_grads_on(backend: str, net: EPNet, params: dict, x, y, *, T: int, K: int, beta: float):
+    """ep_grads with the relaxation loops run by `backend`'s kernels ep.free_phase / ep.nudged_phase (the nudged
+    kernel relaxes its own free phase first: the free phase runs twice). The update (9) stays array code here."""
+    from .registry import call
+    x, y = _inputs(net, params, x, y)
+    T, K = _check_T(T), _check_T(K, "K")
+    _check_beta(beta)
+    s_star = call("ep.free_phase", backend, params, x, T, **_kernel_options(net))
+    s_beta = call("ep.nudged_phase", backend, params, x, T, y=y, K=K, beta=beta, **_kernel_options(net))
+    return float(_loss(s_star[-1], y)), ep_update(net, params, x, s_star, s_beta, beta), s_star
+
+
+def bptt_grads_on(backend: str, net: EPNet, params: dict, x, y, *, T: int, K: int | None = None):
+    """bptt_grads with the free phase and its truncated adjoint run by `backend`'s kernels (ep.free_phase, ep.bptt)."""
+    from .registry import call
+    x, y = _inputs(net, params, x, y)
+    T = _check_T(T)
+    K = T if K is None else _check_T(K, "K")
+    if K > T:
+        raise UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase has; "
+                               "use K ≤ T")
+    s = call("ep.free_phase", backend, params, x, T, **_kernel_options(net))
+    return float(_loss(s[-1], y)), call("ep.bptt", backend, params, x, T, y=y, K=K, **_kernel_options(net))
+
+
+def predict(net: EPNet, params: dict, x, T: int, backend: str = "numpy") -> np.ndarray:
+    """The output layer after T free steps, (B, O) (the free phase on `backend`'s ep.free_phase kernel if given)."""
+    if backend != "numpy":
+        from .registry import call
+        x, _ = _inputs(net, params, x)
+        return call("ep.free_phase", backend, params, x, _check_T(T), **_kernel_options(net))[-1]
     return free_phase(net, params, x, T)[-1]
 
 

@@ -165,3 +165,26 @@ def test_train_and_compare_run_on_a_backend(backend, algorithm, tmp_path):
                         "--backend", backend, "--out", str(tmp_path / "cmp")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+@pytest.mark.parametrize("algorithm", ["ep", "bptt"])
+def test_static_ep_training_runs_on_a_backend(backend, algorithm, tmp_path):
+    """`train --task digits --algorithm ep|bptt --backend B`: the relaxation loops on the backend's ep.* kernels end
+    with the reference run's metrics."""
+    import json
+    import subprocess
+    import sys
+    _needs(backend, "ep.free_phase", "ep.nudged_phase", "ep.bptt")
+    common = ["--task", "digits", "--algorithm", algorithm, "--net", "prototypical", "--hidden", "16", "--steps",
+              "3", "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.1", "--no-progress", "-a", "T=8", "-a",
+              "K=3"]
+    results = {}
+    for b in ("numpy", backend):
+        r = subprocess.run([sys.executable, "-m", "refimpl.run", "train", *common, "--backend", b,
+                            "--out", str(tmp_path / b)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        results[b] = json.loads((tmp_path / b / "result.json").read_text())
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        want, got = results["numpy"][key], results[backend][key]
+        assert abs(got - want) <= 1e-9 * max(1.0, abs(want)), (key, got, want)
