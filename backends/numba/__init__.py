@@ -23,10 +23,10 @@ except ImportError as e:                 # numba or scipy missing: the backend e
     KERNELS: dict = {}
 else:
     _REASON = ""
-    from . import cells, dense_fptt, dense_online, ep_loops, lru_online
+    from . import cells, dense_fptt, dense_online, dense_rtrl, ep_loops, lru_online
     # every module of the package contributes its kernels: {name: callable}
     KERNELS = {}
-    for _module in (cells, lru_online, ep_loops, dense_online, dense_fptt):
+    for _module in (cells, lru_online, ep_loops, dense_online, dense_fptt, dense_rtrl):
         KERNELS.update(_module.KERNELS)
 
 

@@ -326,9 +326,9 @@ def lstm_fptt1(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
     return _lstm_fptt(params, x, state0, dh, False)
 
 
-#: lstm.fptt is left unregistered: on the parity grid its warm-up amplifies last-bit differences in the states (the
-#: Jacobians agree with the reference's to 1 ulp, their product over T = 13 steps has condition ~1e13), so the
-#: reference's own e_{-1} is 1e-6 … 4e-3 away from BPTT's h̄_{-1} and no independent float64 loop can match it to 1e-10.
-#: lstm_fptt above is the same algorithm and is as close to BPTT as the reference is.
+#: lstm.fptt: the warm-up multiplies the step Jacobians' inverses, so the difference between two correct float64
+#: sweeps (last-bit differences in J_t, a different LU) grows like Π_t 1/σ_min(J_t). The registered lstm.fptt inputs keep
+#: that product below about 1e6 (refimpl/kernels.py: c0 ≥ 1, T ≤ 7); on the shared FPTT inputs at T = 13 it reaches 1e13
+#: and this loop and the reference, each as close to BPTT as the other, differ by up to 2e-3.
 KERNELS = {"rnn.fptt": rnn_fptt, "rnn.fptt1": rnn_fptt1, "gru.fptt": gru_fptt, "gru.fptt1": gru_fptt1,
-           "lstm.fptt1": lstm_fptt1}
+           "lstm.fptt": lstm_fptt, "lstm.fptt1": lstm_fptt1}
