@@ -1,0 +1,243 @@
+"""The backends' performance goals, measured: `python -m bench.goals` prints the table the README quotes.
+
+Shape of the goals: B = 32, T = 256, I = 64, H = 256 (N = 256 for the lru), float32, one thread count for everyone
+(--threads, default 2: NUMBA_NUM_THREADS, OMP/OpenBLAS threads and torch.set_num_threads are set before anything is
+imported). Each measurement is a median over repeats after a warm-up call (JIT compilation excluded), and the
+contenders of one row are timed interleaved (a, b, a, b, …) so that a machine shared with other work slows both alike.
+
+Rows (the goal in brackets):
+  gru  fwd+BPTT   backend / torch.nn.GRU forward+backward                      [≤ 0.6]
+  lstm fwd+BPTT   backend / torch.nn.LSTM forward+backward                     [≤ 1.0]
+  lru  fwd scan   bytes the lru.forward kernel must move / time, over the copy bandwidth of np.copyto measured in the
+                  same run (read + write of an array the size of h)            [≥ 0.8]
+  lru  fwd+BPTT   backend / JAX lax.scan forward with jax.grad (jit-compiled)  [≤ 0.1]
+  lru  rtrl       backend lru.rtrl sweep (forward states + traces + gradient) / backend lru forward+backward  [≤ 2]
+Peers that are not installed (torch, jax: optional, never installed by `make test`) are reported as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+SHAPE = dict(B=32, T=256, I=64, H=256)
+
+
+def _set_threads(n: int) -> None:
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def _interleaved(fns: dict, repeats: int) -> dict:
+    """{name: median seconds}: one warm-up call each, then `repeats` rounds calling every fn once per round."""
+    import statistics
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _inputs(kernel: str, seed: int = 0, **size):
+    import numpy as np
+    from refimpl.registry import KERNELS
+    return KERNELS[kernel].make_inputs(np.random.default_rng(seed), np.dtype("float32"), {**SHAPE, **size})
+
+
+def _backend_fwd_bwd(cell: str, backend: str):
+    """A function running the backend's forward then backward kernel on backend-resident inputs (converted once)."""
+    from refimpl.registry import get_kernel, load_backend, map_arrays
+    import numpy as np
+    b = load_backend(backend)
+    fwd, bwd = get_kernel(f"{cell}.forward", backend), get_kernel(f"{cell}.backward", backend)
+    inputs = map_arrays(b.to_backend, _inputs(f"{cell}.forward"))
+    h_np = load_backend("numpy").kernels[f"{cell}.forward"](**_inputs(f"{cell}.forward"))[0]
+    rng = np.random.default_rng(1)
+    dh = rng.standard_normal(h_np.shape) + (1j * rng.standard_normal(h_np.shape) if np.iscomplexobj(h_np) else 0)
+    dh = b.to_backend(dh.astype(h_np.dtype))
+
+    def run():
+        h, cache = fwd(**inputs)
+        return map_arrays(b.to_numpy, bwd(inputs["params"], dh, cache))   # to_numpy: forces lazy backends (mlx)
+    return run
+
+
+def _torch_fwd_bwd(cell: str):
+    import torch
+    cls = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
+    m = cls(SHAPE["I"], SHAPE["H"])
+    x = torch.randn(SHAPE["T"], SHAPE["B"], SHAPE["I"], requires_grad=True)
+    g = torch.randn(SHAPE["T"], SHAPE["B"], SHAPE["H"])
+
+    def run():
+        m.zero_grad(set_to_none=True)
+        out, _ = m(x)
+        out.backward(g)
+    return run
+
+
+def _jax_lru_fwd_bwd():
+    """The LRU with JAX: h_t = λ ⊙ h_{t−1} + γ ⊙ (B x_t) by lax.scan, its loss Σ Re(conj(g) h), and jax.grad of it
+    with respect to (nu_log, theta_log, gamma_log, B_re, B_im) — the same work as lru.forward + lru.backward."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    inputs = _inputs("lru.forward")
+    p = {k: jnp.asarray(v) for k, v in inputs["params"].items()}
+    x, h0 = jnp.asarray(inputs["x"]), jnp.asarray(inputs["h0"])
+    rng = np.random.default_rng(1)
+    g = jnp.asarray((rng.standard_normal((SHAPE["T"], SHAPE["B"], SHAPE["H"]))
+                     + 1j * rng.standard_normal((SHAPE["T"], SHAPE["B"], SHAPE["H"]))).astype(np.complex64))
+
+    def loss(p):
+        lam = jnp.exp(-jnp.exp(p["nu_log"]) + 1j * jnp.exp(p["theta_log"]))
+        u = jnp.exp(p["gamma_log"]) * (x @ (p["B_re"] + 1j * p["B_im"]).T)          # (T, B, N)
+
+        def step(h, u_t):
+            h = lam * h + u_t
+            return h, h
+        _, h = jax.lax.scan(step, h0, u)
+        return jnp.sum(jnp.real(jnp.conj(g) * h))
+    grad = jax.jit(jax.grad(loss))
+
+    def run():
+        jax.block_until_ready(grad(p))
+    return run
+
+
+def _scan_only(backend: str):
+    """The lru's time loop alone (u → h, h_prev), where the backend exposes it (numba); else None."""
+    if backend != "numba":
+        return None
+    import numpy as np
+    from backends.numba.cells import _lru_forward_loop
+    T, B, N = SHAPE["T"], SHAPE["B"], SHAPE["H"]
+    rng = np.random.default_rng(0)
+    lam = (0.5 * np.exp(1j * rng.uniform(0, 0.3, N))).astype(np.complex64)
+    u = (rng.standard_normal((T, B, N)) + 1j * rng.standard_normal((T, B, N))).astype(np.complex64)
+    h, h_prev, h0 = u.copy(), np.empty_like(u), np.zeros((B, N), np.complex64)
+
+    def run():                              # in place: h holds u on entry (|λ| = 0.5 keeps repeats bounded)
+        _lru_forward_loop(lam, h0, h_prev, h)
+    return run
+
+
+def _row(name, goal, value, detail, better):
+    ok = None if value is None else (value <= goal if better == "lower" else value >= goal)
+    return {"row": name, "goal": goal, "better": better, "value": value, "met": ok, "detail": detail}
+
+
+def measure(backend: str = "numba", repeats: int = 7) -> list[dict]:
+    import numpy as np
+    from refimpl.registry import get_kernel, load_backend, map_arrays
+    rows = []
+    b = load_backend(backend)
+    if not b.available:
+        return [{"row": f"backend {backend}", "skipped": b.reason}]
+    for cell, goal in (("gru", 0.6), ("lstm", 1.0)):
+        mine = _backend_fwd_bwd(cell, backend)
+        try:
+            theirs = _torch_fwd_bwd(cell)
+        except ImportError:
+            t = _interleaved({backend: mine}, repeats)
+            rows.append({**_row(f"{cell} fwd+BPTT / torch", goal, None, f"{backend} {1e3 * t[backend]:.1f} ms; "
+                                f"torch not installed", "lower"), "skipped": "torch is not installed"})
+            continue
+        t = _interleaved({backend: mine, "torch": theirs}, repeats)
+        rows.append(_row(f"{cell} fwd+BPTT / torch", goal, t[backend] / t["torch"],
+                         f"{backend} {1e3 * t[backend]:.1f} ms, torch {1e3 * t['torch']:.1f} ms", "lower"))
+
+    # lru forward scan vs copy bandwidth
+    inputs = _inputs("lru.forward")
+    fwd = get_kernel("lru.forward", backend)
+    xin = map_arrays(b.to_backend, inputs)
+    T, B, I, N = SHAPE["T"], SHAPE["B"], SHAPE["I"], SHAPE["H"]
+    # bytes the kernel must move at least: read x (float32) once, write h and the cache's h_prev (complex64)
+    moved = 4 * T * B * I + 2 * 8 * T * B * N
+    src = np.ones((T, B, N), np.complex64)
+    dst = np.empty_like(src)
+    t = _interleaved({"scan": lambda: map_arrays(b.to_numpy, fwd(**xin)), "copy": lambda: np.copyto(dst, src)},
+                     repeats)
+    copy_bw = 2 * src.nbytes / t["copy"]
+    scan_bw = moved / t["scan"]
+    rows.append(_row("lru fwd kernel / copy bandwidth", 0.8, scan_bw / copy_bw,
+                     f"{scan_bw / 1e9:.1f} GB/s ({moved / 1e6:.1f} MB in {1e3 * t['scan']:.2f} ms, the input "
+                     f"projection GEMM included) vs np.copyto {copy_bw / 1e9:.1f} GB/s", "higher"))
+    scan = _scan_only(backend)
+    if scan is not None:                 # the recurrence alone: read u, write h and h_prev (complex64)
+        t = _interleaved({"scan": scan, "copy": lambda: np.copyto(dst, src)}, repeats)
+        scan_bytes = 3 * 8 * T * B * N
+        copy_bw = 2 * src.nbytes / t["copy"]
+        rows.append(_row("lru fwd scan / copy bandwidth", 0.8, scan_bytes / t["scan"] / copy_bw,
+                         f"{scan_bytes / t['scan'] / 1e9:.1f} GB/s ({scan_bytes / 1e6:.1f} MB in "
+                         f"{1e3 * t['scan']:.2f} ms: the time loop alone) vs np.copyto {copy_bw / 1e9:.1f} GB/s",
+                         "higher"))
+
+    mine = _backend_fwd_bwd("lru", backend)
+    try:
+        theirs = _jax_lru_fwd_bwd()
+    except ImportError:
+        rows.append({"row": "lru fwd+BPTT / jax", "goal": 0.1, "skipped": "jax is not installed"})
+        theirs = None
+    if theirs is not None:
+        t = _interleaved({backend: mine, "jax": theirs}, repeats)
+        rows.append(_row("lru fwd+BPTT / jax", 0.1, t[backend] / t["jax"],
+                         f"{backend} {1e3 * t[backend]:.1f} ms, jax {1e3 * t['jax']:.1f} ms", "lower"))
+
+    rtrl = get_kernel("lru.rtrl", backend)
+    rin = map_arrays(b.to_backend, _inputs("lru.rtrl"))
+    t = _interleaved({"rtrl": lambda: map_arrays(b.to_numpy, rtrl(**rin)), "bptt": mine}, repeats)
+    rows.append(_row("lru rtrl / lru fwd+BPTT", 2.0, t["rtrl"] / t["bptt"],
+                     f"rtrl {1e3 * t['rtrl']:.1f} ms, fwd+bwd {1e3 * t['bptt']:.1f} ms", "lower"))
+    return rows
+
+
+def format_rows(rows, backend) -> str:
+    lines = [f"{'goal (' + backend + ')':<32} {'target':>8} {'measured':>9}  {'met':<4} detail"]
+    for r in rows:
+        if r.get("value") is None:
+            lines.append(f"{r['row']:<32} {'':>8} {'':>9}  {'—':<4} skipped: {r.get('skipped', '')}")
+            continue
+        target = f"{'≤' if r['better'] == 'lower' else '≥'} {r['goal']:g}"
+        lines.append(f"{r['row']:<32} {target:>8} {r['value']:>9.2f}  {'yes' if r['met'] else 'NO':<4} {r['detail']}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.goals", description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="numba")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", default="runs/bench_goals.json")
+    args = ap.parse_args(argv)
+    if "numpy" in sys.modules and args.threads:
+        print("note: numpy was imported before the thread count was set", file=sys.stderr)
+    _set_threads(args.threads)
+    try:
+        import torch
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        pass
+    rows = measure(args.backend, args.repeats)
+    print(f"B={SHAPE['B']} T={SHAPE['T']} I={SHAPE['I']} H=N={SHAPE['H']} float32, {args.threads} threads, "
+          f"median of {args.repeats}")
+    print(format_rows(rows, args.backend))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps({"shape": SHAPE, "threads": args.threads, "backend": args.backend, "rows": rows},
+                              indent=2))
+    tmp.replace(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
