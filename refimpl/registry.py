@@ -20,6 +20,9 @@ A *backend* is a module ``backends.<name>`` that defines
 and optionally
     unsupported_dtype(kernel name, dtype name) -> str   "" when the kernel runs in that dtype here, else why not
                                                         (e.g. MLX has no complex128, and float64 only on its CPU stream)
+    synchronize(outputs) -> None                        wait until the outputs are computed (mx.eval for MLX's lazy
+                                                        arrays, a stream synchronisation for CUDA): benchmarks stop
+                                                        their clock after it
 Backends are imported only when asked for by name (refimpl never imports one at import time). A backend that lacks a
 kernel says so; a kernel is never silently replaced by another.
 """
@@ -88,6 +91,7 @@ class Backend:
     to_backend: Callable[[np.ndarray], Any] = _identity
     to_numpy: Callable[[Any], np.ndarray] = _identity
     unsupported_dtype: Callable[[str, str], str] = lambda kernel, dtype: ""
+    synchronize: Callable[[Any], None] = lambda outputs: None
 
 
 _LOADED: dict[str, Backend] = {}
@@ -117,7 +121,8 @@ def load_backend(name: str) -> Backend:
         else:
             ok, reason = module.available()
             backend = Backend(name, ok, reason, dict(module.KERNELS), module.to_backend, module.to_numpy,
-                              getattr(module, "unsupported_dtype", lambda kernel, dtype: ""))
+                              getattr(module, "unsupported_dtype", lambda kernel, dtype: ""),
+                              getattr(module, "synchronize", lambda outputs: None))
     _LOADED[name] = backend
     return backend
 
