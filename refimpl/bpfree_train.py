@@ -130,8 +130,8 @@ def build(config: BpfreeConfig, *, warn: bool = True):
                      **{**config.task_options, "dtype": config.dtype})
     if task.kind != "static":
         raise UnsupportedError(f"task {task.name!r} is a sequence task; the feed-forward rules train on static "
-                               f"inputs (--task digits or mnist-static). For recurrent dfa/drtp use the sequence "
-                               f"trainer (refimpl/bpfree_rnn.py)")
+                               f"inputs (--task digits or mnist-static). Recurrent models learn by dfa/drtp through "
+                               f"refimpl/bpfree_rnn.py (the `dfa` and `drtp` algorithms of `train`)")
     n_out = task.n_in if config.problem == "reconstruction" else task.n_out
     net, params = bpfree.make_net((task.n_in,) + config.hidden + (n_out,), activation=config.activation,
                                   batch_norm=config.batch_norm, dropout=config.dropout, problem=config.problem,

@@ -455,6 +455,127 @@ def ep_recipe_cmd(kind, sizes, T, K, beta, batch, seed, net_options, batches):
                                        **opts)))
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Backprop-free learning in feed-forward networks (refimpl/bpfree.py): train one run, or sweep a grid
+
+def _bpfree_options(f):
+    """Options shared by `bpfree` and `sweep` (defaults: refimpl.bpfree_train.BpfreeConfig)."""
+    from .bpfree_train import BpfreeConfig
+    d = BpfreeConfig()
+    options = [
+        click.option("--task", default=d.task, show_default=True, help="A static task: digits or mnist-static."),
+        click.option("-t", "--task-option", "task_options", multiple=True, metavar="KEY=VALUE",
+                     help="Task option, e.g. -t n_train=5000 (mnist-static)."),
+        click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+                     help="Directory of the MNIST IDX files (or set REFIMPL_MNIST_DIR)."),
+        click.option("--problem", default=d.problem, show_default=True,
+                     help="classification (labels, softmax) or reconstruction (the input, sigmoid outputs)."),
+        click.option("--batch-norm/--no-batch-norm", default=d.batch_norm, show_default=True,
+                     help="Batch norm between each dense layer and its activation."),
+        click.option("--dropout", default=d.dropout, show_default=True, type=float, help="Drop probability."),
+        click.option("--dtype", default=d.dtype, show_default=True, type=click.Choice(["float64", "float32"])),
+        click.option("--seed", default=d.seed, show_default=True, type=int),
+        click.option("--epochs", default=d.epochs, show_default=True, type=int),
+        click.option("--batch-size", default=d.batch_size, show_default=True, type=int),
+        click.option("--optimizer", default=d.optimizer, show_default=True,
+                     type=click.Choice(["sgd", "adam", "adamw"])),
+        click.option("--weight-decay", default=d.weight_decay, show_default=True, type=float),
+        click.option("--clip", "clip_norm", default=0.0, show_default=True, type=float,
+                     help="Clip the global update norm (0 = off)."),
+        click.option("--schedule", default=d.schedule, show_default=True, type=click.Choice(["constant", "cosine"])),
+        click.option("--log-every", default=d.log_every, show_default=True, type=int),
+        click.option("--trackers/--no-trackers", default=d.trackers, show_default=True,
+                     help="Log bp-cosine, weight-alignment and gradient norms per layer after every epoch."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _bpfree_base(kw):
+    from .bpfree_train import BpfreeConfig
+    kw["task_options"] = _parse_options(kw.pop("task_options"), "--task-option", "-t n_train=5000")
+    kw["clip_norm"] = kw["clip_norm"] or None
+    return BpfreeConfig(**kw)
+
+
+def _echo_warnings(caught) -> None:
+    for w in caught:
+        click.echo(f"warning: {' '.join(str(w.message).split())}", err=True)
+
+
+@cli.command("bpfree")
+@_bpfree_options
+@click.option("--algorithm", default="bp", show_default=True, help="bp | dfa | drtp | ll-ce | ll-mse.")
+@click.option("--arch", default="128-128", show_default=True, help="Hidden widths, e.g. 256-256-256.")
+@click.option("--activation", default="tanh", show_default=True, help="tanh | relu | leaky-relu | swish.")
+@click.option("--init", default="orthogonal", show_default=True, help="Forward weights: orthogonal | lecun.")
+@click.option("--feedback-init", default="orthogonal", show_default=True,
+              help="The fixed feedback / projection matrices: orthogonal | lecun.")
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Run directory (default runs/bpfree-<task>-<algorithm>-s<seed>).")
+@click.option("--resume", "resume_dir", default=None, type=click.Path(file_okay=False),
+              help="Continue the run in this directory from its last checkpoint (its config.json wins).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def bpfree_cmd(out_dir, resume_dir, progress, **kw):
+    """Train a feed-forward network by backprop (bp) or a backprop-free rule (dfa, drtp, ll-ce, ll-mse) on a static
+    task: run directory with config.json, metrics.jsonl (losses, errors and per-layer trackers), atomic checkpoints,
+    result.json and trackers.png. A killed run continues with --resume RUN_DIR."""
+    import warnings
+
+    from .bpfree_train import train as run_bpfree
+    config = _bpfree_base(kw)
+    run_dir = resume_dir or out_dir or f"runs/bpfree-{config.task}-{config.algorithm}-s{config.seed}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_bpfree(config, run_dir, resume=resume_dir is not None, progress=progress)
+    _echo_warnings(caught)
+    err = (f", val error {result.val_error:.2f}%, test error {result.test_error:.2f}%"
+           if result.val_error is not None else "")
+    click.echo(f"{run_dir}: {result.steps} steps in {result.time_s:.1f} s; train loss {result.train_loss:.4f}, "
+               f"val loss {result.val_loss:.4f}, test loss {result.test_loss:.4f}{err}; trackers: "
+               f"{run_dir}/trackers.png")
+
+
+@cli.command("sweep")
+@_bpfree_options
+@click.option("--algorithms", default="bp,dfa,drtp,ll-ce,ll-mse", show_default=True,
+              help="Comma-separated rules to sweep.")
+@click.option("--activations", default="tanh", show_default=True, help="Comma-separated activations.")
+@click.option("--inits", default="orthogonal", show_default=True,
+              help="Comma-separated init schemes of the feedback / projection matrices.")
+@click.option("--forward-inits", default="orthogonal", show_default=True,
+              help="Comma-separated init schemes of the forward weights.")
+@click.option("--archs", default="128-128", show_default=True, help="Comma-separated architectures, e.g. 128,256-256.")
+@click.option("--lr-min", default=1e-4, show_default=True, type=float)
+@click.option("--lr-max", default=1e-2, show_default=True, type=float)
+@click.option("--lr-points", default=3, show_default=True, type=int, help="Learning rates on a log grid.")
+@click.option("--lrs", default=None, help="Comma-separated learning rates (instead of the log grid).")
+@click.option("--workers", default=2, show_default=True, type=int, help="Trials run in parallel (processes).")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Sweep directory (default runs/sweep-<task>-<problem>). Rerun the same command to resume.")
+def sweep_cmd(algorithms, activations, inits, forward_inits, archs, lr_min, lr_max, lr_points, lrs, workers,
+              out_dir, **kw):
+    """Grid search over rule, activation, init, learning rate and architecture: one run directory per trial on a
+    local process pool, selection on the validation split, the best configuration per rule with a table and a plot
+    (summary.json, summary.png). Rerunning the same command resumes it: finished trials are skipped."""
+    from .sweep import lr_grid, run_sweep
+
+    def split(s):
+        return [v.strip() for v in s.split(",") if v.strip()]
+    base = _bpfree_base(kw)
+    try:
+        lr_values = [float(v) for v in split(lrs)] if lrs else lr_grid(lr_min, lr_max, lr_points)
+    except ValueError:
+        raise click.BadParameter(f"{lrs!r} is not a comma-separated list of numbers", param_hint="--lrs") from None
+    grid = {"algorithm": split(algorithms), "activation": split(activations), "init": split(forward_inits),
+            "feedback_init": split(inits), "lr": lr_values, "arch": split(archs)}
+    summary = run_sweep(base, grid, out_dir or f"runs/sweep-{base.task}-{base.problem}", workers=workers,
+                        echo=lambda s: click.echo(s, err=s.startswith(("warning", "refused"))))
+    click.echo(summary.table)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the coverage as JSON.")
 def backends(as_json):
