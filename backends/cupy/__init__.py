@@ -1,0 +1,93 @@
+r"""The CuPy backend: refimpl's kernels on a CUDA device (cupy.ndarray in and out).
+
+Kernels (same names, signatures and output structure as the NumPy references, refimpl/kernels.py):
+    cells.py          rnn, gru, lstm, lru .forward / .backward — cuBLAS GEMMs for the dense parts, one fused CUDA
+                      kernel per step for the gate math; the lru's recurrence and adjoint as a linear scan kernel
+    lru_online.py     lru .rtrl, .truncated, .spatial, .fptt, .fptt1 — fused trace / carrier kernels, one thread per
+                      (b, k) (and per (b, k, i) for the input trace)
+    dense_online.py   rnn, gru, lstm .rtrl, .snap1, .truncated, .spatial, lstm.cec — the fused forward kernels for the
+                      states, the sensitivity sweeps as CuPy array ops (batched cuBLAS GEMMs)
+    dense_fptt.py     rnn, gru, lstm .fptt, .fptt1 — batched solves (cuSOLVER) for the carriers, the fused backward
+                      kernel for the gate adjoints of all steps at once
+    ep_loops.py       ep.free_phase, ep.nudged_phase, ep.bptt — CuPy array ops (cuBLAS GEMMs per layer and step)
+The CUDA C++ sources are sources.py (plain strings, no CuPy header); launch.py holds the host-side logic (launch
+configuration, dtype dispatch, argument checks, the device probe) and imports without CuPy; device.py runs the
+kernels on a CUDA device or, for tests without a GPU, in a CPU emulation of the same sources.
+
+Importing this package never touches a device (KERNELS is complete without CuPy, so `backends` lists coverage);
+available() probes the device: cupy must import, cupy.cuda.runtime.getDeviceCount() must answer, and the driver must
+support the CUDA major version CuPy was built for. Install CuPy with the extra of your driver: cuda12
+(cupy-cuda12x) or cuda13 (cupy-cuda13x).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .launch import INSTALL_HINT, classify_probe
+
+try:
+    import cupy as _cupy
+except ImportError:          # the backend exists but cannot run here; KERNELS still lists what it implements
+    _cupy = None
+
+from . import cells, dense_fptt, dense_online, ep_loops, lru_online  # noqa: E402  (import no cupy, touch no device)
+
+#: {kernel name: implementation taking the device first}: every module of the package contributes its kernels.
+IMPLEMENTATIONS: dict = {}
+for _module in (cells, lru_online, dense_online, dense_fptt, ep_loops):
+    IMPLEMENTATIONS.update(_module.IMPLEMENTATIONS)
+
+_DEVICE = None
+
+
+def cuda_device():
+    """The CUDA device the registered kernels run on (created on first use: compiling and launching happen there)."""
+    global _DEVICE
+    if _DEVICE is None:
+        from .device import CudaDevice
+        _DEVICE = CudaDevice()
+    return _DEVICE
+
+
+def _on_cuda(implementation):
+    @functools.wraps(implementation)
+    def kernel(*args, **kwargs):
+        return implementation(cuda_device(), *args, **kwargs)
+    return kernel
+
+
+#: {kernel name: callable on cupy arrays}, the registry's contract.
+KERNELS = {name: _on_cuda(fn) for name, fn in IMPLEMENTATIONS.items()}
+
+
+def available() -> tuple[bool, str]:
+    """(True, "") when cupy imports and a CUDA device answers with a recent enough driver; else (False, why)."""
+    if _cupy is None:
+        return False, f"cannot import 'cupy': {INSTALL_HINT}"
+    runtime = _cupy.cuda.runtime
+    try:
+        count, error = runtime.getDeviceCount(), None
+    except Exception as e:                           # CUDARuntimeError: no driver, driver too old, no device
+        count, error = None, e
+    try:
+        driver = runtime.driverGetVersion()
+    except Exception:
+        driver = 0
+    try:
+        built_for = runtime.runtimeGetVersion()
+    except Exception:
+        built_for = 0
+    return classify_probe(count, error, driver, built_for)
+
+
+def to_backend(a: np.ndarray):
+    """NumPy → cupy.ndarray on the current device (one host-to-device copy)."""
+    return _cupy.asarray(a)
+
+
+def to_numpy(a) -> np.ndarray:
+    """cupy.ndarray → NumPy (one device-to-host copy)."""
+    return _cupy.asnumpy(a)

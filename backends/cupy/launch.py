@@ -1,0 +1,346 @@
+r"""Host-side logic of the CuPy backend, importable and testable WITHOUT CuPy or a GPU.
+
+What lives here (everything a kernel launch needs before it reaches the device):
+
+    dtype dispatch      real_ctype(dtype) → "float" | "double", the template argument of every CUDA kernel;
+                        float32/complex64 → float, float64/complex128 → double; anything else is a DTypeError.
+    launch config       launch_config(n) → (grid, block): one thread per work item (a (b, k) pair, a (b, k, i)
+                        triple, …), BLOCK threads per block, ceil(n / BLOCK) blocks (n = 0 launches nothing).
+    scan chunking       scan_chunks(T, B, N) → C: how many time chunks the LRU's linear scan runs in parallel.
+    kernel declarations Kernel / Arg: each CUDA kernel's parameter list, declared once in Python. From it come the
+                        __global__ wrapper's C signature (sources.py holds only the per-thread bodies), the explicit
+                        template instantiations of a standalone nvcc compile, the extern "C" loops of the CPU
+                        emulation (emulate.py), and check_args, which refuses a launch whose arrays do not match the
+                        declaration (dtype, C-contiguity, number of elements) before anything reaches the device.
+    device probe        classify_probe(…) → (ok, reason): "no CUDA device answers" / "driver too old".
+
+Launch model (every kernel of this backend): a 1-D grid of n threads; thread idx runs `<name>_thread<R>(idx, …)`,
+which owns the output entries it writes (no two threads write one location, no shared memory, no atomics). So the
+threads are independent, and the CPU emulation that runs them one after the other, in any order, computes what the
+device computes (up to floating-point contraction: nvcc/NVRTC fuse a*b+c into FMAs, g++ on x86-64 does not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from refimpl.errors import DTypeError, ShapeError, UnsupportedError
+
+#: Threads per block. 256 is a multiple of the warp size (32) and keeps 8 blocks per SM resident on sm_80/sm_90.
+BLOCK = 256
+
+#: The real types every kernel is instantiated for, and their NumPy dtypes.
+CTYPES = {"float": np.dtype(np.float32), "double": np.dtype(np.float64)}
+_CTYPE_OF = {np.dtype(np.float32): "float", np.dtype(np.complex64): "float",
+             np.dtype(np.float64): "double", np.dtype(np.complex128): "double"}
+
+
+# ------------------------------------------------------------------------------------------------------ dtype dispatch
+
+def real_ctype(dtype) -> str:
+    """The template argument R ("float" or "double") for arrays of `dtype` (real, or complex as (re, im) pairs)."""
+    dt = np.dtype(dtype)
+    if dt not in _CTYPE_OF:
+        raise DTypeError(f"the CuPy backend has no kernels for dtype {dt}; allowed: float32, float64 (complex64, "
+                         f"complex128 for the lru state); cast the inputs, e.g. x.astype('float32')")
+    return _CTYPE_OF[dt]
+
+
+def real_dtype(dtype) -> np.dtype:
+    """float32 for float32/complex64, float64 for float64/complex128."""
+    return CTYPES[real_ctype(dtype)]
+
+
+def complex_dtype(dtype) -> np.dtype:
+    """complex64 for float32/complex64, complex128 for float64/complex128."""
+    return np.result_type(real_dtype(dtype), np.complex64)
+
+
+def instantiation(kernel: str, dtype) -> str:
+    """The name expression of a kernel's instantiation, e.g. instantiation("gru_fwd_step", float32) →
+    "gru_fwd_step<float>" (what cupy.RawModule(name_expressions=…).get_function takes)."""
+    return f"{kernel}<{real_ctype(dtype)}>"
+
+
+# ------------------------------------------------------------------------------------------------------ launch config
+
+def launch_config(n: int, block: int = BLOCK) -> tuple[int, int]:
+    """(grid, block) for n independent threads: ceil(n / block) blocks of `block` threads; (0, block) when n = 0.
+
+    The kernels guard `idx < n`, so the last block may be partial. n must fit the grid limit (2³¹ − 1 blocks).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ShapeError(f"a kernel launch needs a thread count n ≥ 0, got {n!r}")
+    if not isinstance(block, (int, np.integer)) or not 1 <= block <= 1024 or block % 32:
+        raise UnsupportedError(f"block size {block!r} is invalid: use a multiple of 32 between 32 and 1024 "
+                               f"(default {BLOCK})")
+    grid = (int(n) + block - 1) // block
+    if grid > 2 ** 31 - 1:
+        raise ShapeError(f"{n} threads need {grid} blocks of {block}, more than a CUDA grid holds (2³¹ − 1); "
+                         f"split the batch")
+    return grid, int(block)
+
+
+#: The LRU scan runs one thread per (b, k) when B·N alone fills the device (about 2 waves of threads on a 132-SM
+#: H100: 132 · 2048 = 270k resident threads; 32k threads already saturate the memory bandwidth of a linear scan).
+SCAN_THREADS = 1 << 15
+#: A chunk shorter than this does not pay for the scan's second pass over memory.
+SCAN_MIN_CHUNK = 16
+
+
+def scan_chunks(T: int, B: int, N: int, threads: int = SCAN_THREADS, min_chunk: int = SCAN_MIN_CHUNK) -> int:
+    """C, the number of time chunks of the LRU's linear scan y_t = a ⊙ y_{t-1} + v_t (sources.py, lru_scan_*).
+
+    C = 1 is the sequential scan: one thread per (b, k) marches over all T steps. With B·N < `threads` the device is
+    under-filled, and C > 1 chunks of ≥ `min_chunk` steps run in parallel (C·B·N threads), at the price of a second
+    pass over y. Returns the number of NON-EMPTY chunks of length ceil(T / C), so 1 ≤ C ≤ T.
+    """
+    for name, v in (("T", T), ("B", B), ("N", N)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ShapeError(f"scan size {name}={v!r} must be a positive integer")
+    want = max(1, min(-(-threads // (B * N)), T // min_chunk))
+    L = -(-T // want)                          # chunk length
+    return -(-T // L)                          # chunks that are not empty
+
+
+def chunk_length(T: int, C: int) -> int:
+    """The length L = ceil(T / C) of every chunk but the last (which has T − (C − 1)·L ≥ 1 steps)."""
+    L = -(-T // C)
+    if C < 1 or (C - 1) * L >= T:
+        raise ShapeError(f"{C} chunks of {T} steps leave an empty chunk; use scan_chunks(T, B, N)")
+    return L
+
+
+# ------------------------------------------------------------------------------------------------ kernel declarations
+
+#: Argument kinds. Arrays are passed as raw pointers; their element type in C:
+#:   R  real, of the template type R                     (NumPy: float32 for R = float, float64 for R = double)
+#:   C  complex as interleaved (re, im) pairs of R      (complex64/complex128, or an R array of 2·size entries)
+#:   D  double whatever R is (float64 accumulators)
+#:   Z  complex pairs of double (complex128, or float64 of 2·size entries)
+#: Scalars: int (C int, np.int32), real (R).
+ARRAY_KINDS = ("R", "C", "D", "Z")
+SCALAR_KINDS = ("int", "real")
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One kernel parameter. kind: ARRAY_KINDS or SCALAR_KINDS; out: written by the kernel (arrays only);
+    size: the number of elements (pairs for C, Z) as an expression in n and the kernel's int parameters."""
+    name: str
+    kind: str
+    out: bool = False
+    size: str = ""
+
+    def __post_init__(self):
+        if self.kind not in ARRAY_KINDS + SCALAR_KINDS:
+            raise ValueError(f"argument {self.name}: unknown kind {self.kind!r}")
+        if self.kind in ARRAY_KINDS and not self.size:
+            raise ValueError(f"array argument {self.name} needs a size expression")
+
+    def c_decl(self, R: str) -> str:
+        if self.kind == "int":
+            return f"int {self.name}"
+        if self.kind == "real":
+            return f"{R} {self.name}"
+        base = R if self.kind in ("R", "C") else "double"
+        return f"{'' if self.out else 'const '}{base}* __restrict__ {self.name}"
+
+    def ctypes_kind(self) -> str:
+        return {"int": "int", "real": "real"}.get(self.kind, "pointer")
+
+
+def In(name, kind, size):           # noqa: N802  (reads like the declaration it is)
+    return Arg(name, kind, False, size)
+
+
+def Out(name, kind, size):          # noqa: N802
+    return Arg(name, kind, True, size)
+
+
+def Int(name):                      # noqa: N802
+    return Arg(name, "int")
+
+
+def Real(name):                     # noqa: N802
+    return Arg(name, "real")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A CUDA kernel of this backend: its per-thread body is `<name>_thread<R>(long long idx, args…)` in the
+    source's body; this declaration generates the rest. n: what one thread stands for (documentation)."""
+    name: str
+    args: tuple
+    n: str
+    doc: str = ""
+
+    def c_params(self, R: str) -> str:
+        return ", ".join(["long long n"] + [a.c_decl(R) for a in self.args])
+
+    def c_call(self) -> str:
+        return ", ".join(["idx"] + [a.name for a in self.args])
+
+    def global_wrapper(self) -> str:
+        return (f"template <typename R>\n__global__ void {self.name}({self.c_params('R')}) {{\n"
+                f"    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
+                f"    if (idx < n) {self.name}_thread<R>({self.c_call()});\n}}\n")
+
+    def explicit_instantiations(self) -> str:
+        return "".join(f"template __global__ void {self.name}<{R}>({self.c_params(R)});\n" for R in CTYPES)
+
+    def emulation_loops(self) -> str:
+        """extern "C" host loops over the threads, ascending (order 0) or descending (order 1)."""
+        out = []
+        for R in CTYPES:
+            out.append(
+                f'extern "C" void ri_emulate_{self.name}_{R}(int order, {self.c_params(R)}) {{\n'
+                f"    if (order == 0) {{ for (long long idx = 0; idx < n; ++idx) {self.name}_thread<{R}>({self.c_call()}); }}\n"
+                f"    else {{ for (long long idx = n - 1; idx >= 0; --idx) {self.name}_thread<{R}>({self.c_call()}); }}\n"
+                f"}}\n")
+        return "".join(out)
+
+
+#: Code every source starts with: the host/device qualifiers and the few math functions, overloaded for float and
+#: double. Device code uses the CUDA built-ins (no header: NVRTC has none); the CPU emulation uses <cmath>.
+PRELUDE = r"""
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define RI_FN __host__ __device__ __forceinline__
+#else
+#include <cmath>
+#define RI_FN inline
+#endif
+
+RI_FN float ri_tanh(float a) { return tanhf(a); }
+RI_FN double ri_tanh(double a) { return tanh(a); }
+RI_FN float ri_exp(float a) { return expf(a); }
+RI_FN double ri_exp(double a) { return exp(a); }
+// sigma(a) = 1/(1 + e^-a) written as (1 + tanh(a/2))/2, as the reference's refimpl/cells/common.py sigmoid
+template <typename R> RI_FN R ri_sigmoid(R a) { return R(0.5) * (R(1) + ri_tanh(R(0.5) * a)); }
+"""
+
+
+@dataclass(frozen=True)
+class CudaSource:
+    """One CUDA translation unit: the per-thread bodies (`body`, plain CUDA C++, no includes) and the declarations
+    of its kernels. It compiles standalone with nvcc (standalone()), through NVRTC (nvrtc() + name_expressions()),
+    and as plain C++ on the host for the emulation (emulation())."""
+    name: str
+    body: str
+    kernels: tuple = field(default_factory=tuple)
+
+    def kernel(self, name: str) -> Kernel:
+        for k in self.kernels:
+            if k.name == name:
+                return k
+        raise KeyError(f"source {self.name!r} has no kernel {name!r}")
+
+    def nvrtc(self) -> str:
+        """What cupy.RawModule compiles (instantiated through name_expressions)."""
+        return PRELUDE + self.body + "\n" + "\n".join(k.global_wrapper() for k in self.kernels)
+
+    def name_expressions(self) -> list[str]:
+        return [f"{k.name}<{R}>" for k in self.kernels for R in CTYPES]
+
+    def standalone(self) -> str:
+        """The NVRTC source plus explicit instantiations, for `nvcc -std=c++17 --ptx` (the compile check)."""
+        return self.nvrtc() + "\n" + "".join(k.explicit_instantiations() for k in self.kernels)
+
+    def emulation(self) -> str:
+        """The bodies as plain C++ with extern "C" loops over the threads (emulate.py builds it with a C++
+        compiler)."""
+        return PRELUDE + self.body + "\n" + "".join(k.emulation_loops() for k in self.kernels)
+
+
+# ---------------------------------------------------------------------------------------------------- argument checks
+
+def _evaluate(expr: str, env: dict) -> int:
+    """Evaluate a size expression such as "3*n" or "B*N*2" over the kernel's int parameters (no builtins)."""
+    return int(eval(expr, {"__builtins__": {}}, env))      # noqa: S307  expressions come from our declarations
+
+
+def check_args(kernel: Kernel, dtype, n: int, args: tuple) -> list:
+    """Validate one launch of `kernel` for real type `dtype` with `n` threads and `args` (in declaration order).
+
+    Arrays (NumPy or CuPy) must have the declared element type, be C-contiguous and hold exactly the declared number
+    of elements; ints must fit a C int. Returns the arguments as (kind, value) pairs with scalars converted to the
+    NumPy scalar types the C signature has (np.int32, R) — what a CuPy RawKernel and ctypes both need.
+    Raises ShapeError / DTypeError naming the kernel and the argument.
+    """
+    R = real_dtype(dtype)
+    Cdt = complex_dtype(dtype)
+    if len(args) != len(kernel.args):
+        raise ShapeError(f"kernel {kernel.name} takes {len(kernel.args)} arguments "
+                         f"({', '.join(a.name for a in kernel.args)}), got {len(args)}")
+    env = {"n": int(n)}
+    for a, v in zip(kernel.args, args):
+        if a.kind == "int":
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not -2 ** 31 <= int(v) < 2 ** 31:
+                raise ShapeError(f"kernel {kernel.name}: int argument {a.name}={v!r} does not fit a C int")
+            env[a.name] = int(v)
+    out = []
+    for a, v in zip(kernel.args, args):
+        where = f"kernel {kernel.name}<{real_ctype(dtype)}>, argument {a.name}"
+        if a.kind == "int":
+            out.append((a.kind, np.int32(v)))
+            continue
+        if a.kind == "real":
+            out.append((a.kind, R.type(v)))
+            continue
+        if not (hasattr(v, "dtype") and hasattr(v, "flags") and hasattr(v, "size")):
+            raise DTypeError(f"{where}: expected an array, got {type(v).__name__}")
+        want = _evaluate(a.size, env)
+        base = {"R": R, "C": R, "D": np.dtype(np.float64), "Z": np.dtype(np.float64)}[a.kind]
+        paired = {"C": Cdt, "Z": np.dtype(np.complex128)}.get(a.kind)
+        if v.dtype == base:
+            size = v.size // 2 if paired is not None else v.size
+            if paired is not None and v.size % 2:
+                raise ShapeError(f"{where}: a real array standing for complex pairs needs an even size, "
+                                 f"got {v.size}")
+        elif paired is not None and v.dtype == paired:
+            size = v.size
+        else:
+            allowed = f"{base}" + (f" or {paired}" if paired is not None else "")
+            raise DTypeError(f"{where}: dtype {v.dtype}, expected {allowed}")
+        if not v.flags.c_contiguous:
+            raise ShapeError(f"{where}: the array must be C-contiguous (pass xp.ascontiguousarray(…))")
+        if size != want:
+            raise ShapeError(f"{where}: {size} elements, expected {a.size} = {want} (n={n}, "
+                             f"{', '.join(f'{k}={v}' for k, v in env.items() if k != 'n')})")
+        out.append((a.kind, v))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ device probe
+
+INSTALL_HINT = "install it (pip install -e '.[cuda12]' or '.[cuda13]')"
+
+
+def cuda_version(v: int) -> str:
+    """CUDA's integer version (1000·major + 10·minor, e.g. 12090) as "12.9"."""
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def classify_probe(device_count: int | None, error: BaseException | None, driver: int, runtime: int) -> tuple:
+    """(available, reason) from the device probe of available().
+
+    device_count: cupy.cuda.runtime.getDeviceCount(), or None when it raised `error`; driver: driverGetVersion()
+    (0 when no driver is installed); runtime: runtimeGetVersion() (the CUDA version the CuPy wheel was built for).
+    A driver whose CUDA major version is older than the runtime's cannot run the wheel (minor versions are
+    compatible: CUDA minor-version compatibility).
+    """
+    if driver and runtime and driver // 1000 < runtime // 1000:
+        return False, (f"driver too old: the NVIDIA driver supports CUDA {cuda_version(driver)}, this CuPy was "
+                       f"built for CUDA {cuda_version(runtime)}; update the driver, or install the CuPy wheel of the "
+                       f"driver's CUDA major version (extras cuda12 → cupy-cuda12x, cuda13 → cupy-cuda13x)")
+    if device_count is None:
+        detail = f"{type(error).__name__}: {error}" if error is not None else "the probe failed"
+        if not driver:
+            detail += " (no NVIDIA driver is installed)"
+        return False, f"no CUDA device answers: {detail}"
+    if device_count < 1:
+        return False, "no CUDA device answers: getDeviceCount() = 0"
+    return True, ""
+
