@@ -77,3 +77,13 @@ def to_backend(a: np.ndarray) -> "mx.array":
 def to_numpy(a: "mx.array") -> np.ndarray:
     """mx.array → np.ndarray (evaluates it if it is still lazy; a copy, same dtype)."""
     return np.array(a)
+
+
+def synchronize(outputs) -> None:
+    """Wait until every array of a kernel's output tree is computed (the kernels already evaluate their outputs;
+    this makes a benchmark's clock independent of that)."""
+    from refimpl.registry import map_arrays
+    arrays = []
+    map_arrays(arrays.append, outputs)
+    mx.eval(arrays)
+    mx.synchronize()

@@ -1,1 +1,250 @@
-KERNELS = {}
+r"""The dense cells' RTRL-family sweeps (rnn, gru, lstm .rtrl / .snap1 / .truncated / .spatial, lstm.cec) with mlx.core.
+
+Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/rtrl.py
+cell_grads_online, from zero traces). Equation numbers: "(r n)" is refimpl/rtrl.py, "(n)" the cell's module docstring.
+S = R·H is the state width (R = 1 rows per unit; 2 for the lstm's (h_k, c_k)), G the gate blocks (rnn 1, gru 3,
+lstm 4), X the trailing width of a parameter row (I for weight_ih, H for weight_hh, 1 for a bias).
+
+Every immediate derivative of a step is built from per-unit factors, computed once per step (the cells' eqs. (8),
+(13)–(15) of rnn/gru, (12)–(14) of lstm):
+
+    F_ih, F_hh (B, R, G, H):  ∂s_t[rH+k]/∂W_ih[gH+i, j] = δ_ki F_ih[b,r,g,k] x_t[j]      (W_hh: F_hh, h_{t-1}[j];
+                                                                                          biases: without the x/h)
+    E (B, R, R, H):           the direct terms of J_t:  J_t[rH+k, qH+j] = [q=0] Σ_g F_hh[b,r,g,k] W_hh[gH+k, j]
+                                                                          + δ_kj E[b,r,q,k]
+    rnn: F = φ'(a), E = 0;  gru: F_ih = [s_r, s_z, s_n], F_hh = [s_r, s_z, s_m], E = z;
+    lstm: F_ih = F_hh = [S_h; S_c], E = [[0, κ f], [0, f]].
+
+Rules (traces start at zero, as the kernels' references):
+    rtrl      S_t = J_t S_{t-1} + P_t (r 3): J_t (B, S, S) and the dense P_t (B, S, G·H·X) from the factors; one
+              batched GEMM per parameter per step; g += δᵀ S[:, :H] (r 4).
+    snap1     T_t[b,r,g,k,·] = Σ_q D_t[b,r,q,k] T_{t-1}[b,q,g,k,·] + F[b,r,g,k] X_t[b,·]  (r 10, 11), with the
+              diagonal blocks D_t[b,r,q,k] = J_t[rH+k, qH+k] = [q=0] Σ_g F_hh[b,r,g,k] W_hh[gH+k, k] + E[b,r,q,k]
+              taken from the factors (no (B, S, S) Jacobian); g[gH+k, ·] += Σ_b δ[b,k] T_t[b,0,g,k,·] (r 12).
+    cec       snap1 with the h_{t-1} column of D dropped (r 15): D = [[0, κ f], [0, f]] — exact for its rule (r 16).
+    truncated S_t = P_t (r 13): the cell's BPTT kernel without its carry (cells.py, propagate=False).
+    spatial   truncated with weight_hh, bias_hh held constant: exact zeros (r 14).
+The state advances with the cells' own compiled steps (cells.py); the input projection of all T steps is one GEMM.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from refimpl.cells.lstm import LSTMState
+
+from .cells import (_check_nonlinearity, _gru_step, _lstm_step, _rnn_step, gru_backward_graph, gru_forward_graph,
+                    lstm_backward_graph, lstm_forward_graph, rnn_backward_graph, rnn_forward_graph)
+from .common import kernel, param_grads, project
+
+# ------------------------------------------------------------------------------------------- per-unit factors
+
+@mx.compile
+def _rnn_factors(pre_t, h_prev, W_hhT, b_hh, use_tanh):
+    """rnn: h_t and F = φ'(a_t) (B, 1, 1, H), E = 0 (rnn eqs. (7), (8))."""
+    h = _rnn_step(pre_t, h_prev, W_hhT, b_hh, use_tanh)                         # (1), (2)
+    d = 1.0 - h * h if use_tanh else mx.ones_like(h)                             # φ'(a_t)
+    F = d[:, None, None, :]
+    return h, F, F, mx.zeros_like(F)
+
+
+@mx.compile
+def _gru_factors(gi_t, h_prev, W_hhT, b_hh):
+    """gru: h_t, F_ih = [s_r, s_z, s_n], F_hh = [s_r, s_z, s_m] (B, 1, 3, H) and E = z (B, 1, 1, H), eqs. (13)–(15)."""
+    h, r, z, n, m = _gru_step(gi_t, h_prev, W_hhT, b_hh)                         # (1)–(5)
+    s_n = (1.0 - z) * (1.0 - n * n)                                              # (13)
+    s_r = s_n * m * r * (1.0 - r)                                                # (13)
+    s_z = (h_prev - n) * z * (1.0 - z)                                           # (13)
+    s_m = s_n * r                                                                # (13)
+    F_ih = mx.stack([s_r, s_z, s_n], axis=1)[:, None]
+    F_hh = mx.stack([s_r, s_z, s_m], axis=1)[:, None]
+    return h, F_ih, F_hh, z[:, None, None, :]                                    # (14) + diag(z)
+
+
+@mx.compile
+def _lstm_factors(pre_t, h_prev, c_prev, W_hhT, b_hh):
+    """lstm: (h_t, c_t), F = [S_h; S_c] (B, 2, 4, H) for both weights, E = [[0, κ f], [0, f]] (B, 2, 2, H), eqs.
+    (12)–(14)."""
+    h, c, i, f, g, o, tanh_c = _lstm_step(pre_t, h_prev, c_prev, W_hhT, b_hh)      # (1)–(4)
+    kappa = o * (1.0 - tanh_c * tanh_c)                                          # (12) κ = ∂h_t/∂c_t
+    s_i = g * i * (1.0 - i)                                                      # (12)
+    s_f = c_prev * f * (1.0 - f)                                                 # (12)
+    s_g = i * (1.0 - g * g)                                                      # (12)
+    s_o = tanh_c * o * (1.0 - o)                                                 # (12) h only
+    zero = mx.zeros_like(s_o)
+    F = mx.stack([mx.stack([kappa * s_i, kappa * s_f, kappa * s_g, s_o], axis=1),    # (12) S_h
+                  mx.stack([s_i, s_f, s_g, zero], axis=1)], axis=1)                  # (12) S_c
+    E = mx.stack([mx.stack([zero, kappa * f], axis=1),                               # (13) h rows: [0, diag(κ f)]
+                  mx.stack([zero, f], axis=1)], axis=1)                              # (13) c rows: [0, diag(f)]
+    return (h, c), F, F, E
+
+
+class _Cell:
+    """What a sweep needs of a cell: rows per unit R, its factor step, and how its state is held."""
+
+    def __init__(self, name, params, x, state0, nonlinearity=None):
+        self.name, self.params = name, params
+        self.pre = project(x, params["weight_ih"], params["bias_ih"])           # input parts of (1), all t
+        self.W_hhT = params["weight_hh"].T
+        self.R = 2 if name == "lstm" else 1
+        self.state = state0
+        self.use_tanh = nonlinearity == "tanh"
+
+    def h_prev(self):
+        return self.state[0] if self.name == "lstm" else self.state
+
+    def step(self, t):
+        """Advance the state to s_t; return the factors (F_ih, F_hh, E) of the step t."""
+        p = self.params
+        if self.name == "rnn":
+            self.state, F_ih, F_hh, E = _rnn_factors(self.pre[t], self.state, self.W_hhT, p["bias_hh"], self.use_tanh)
+        elif self.name == "gru":
+            self.state, F_ih, F_hh, E = _gru_factors(self.pre[t], self.state, self.W_hhT, p["bias_hh"])
+        else:
+            (h, c), F_ih, F_hh, E = _lstm_factors(self.pre[t], self.state[0], self.state[1], self.W_hhT, p["bias_hh"])
+            self.state = (h, c)
+        return F_ih, F_hh, E
+
+
+def _immediate(name, F_ih, F_hh, x_t, h_prev):
+    """(factor, X) of parameter `name`: its row factors and the vector its rows multiply (ones for a bias)."""
+    ones = mx.ones((x_t.shape[0], 1), dtype=x_t.dtype)
+    return {"weight_ih": (F_ih, x_t), "bias_ih": (F_ih, ones), "weight_hh": (F_hh, h_prev),
+            "bias_hh": (F_hh, ones)}[name]
+
+
+# --------------------------------------------------------------------------------------------------- rtrl (r 3)
+
+def dense_jacobian(F_hh, E, W_hh):
+    """J_t (B, S, S) from the factors: [q=0] Σ_g diag(F_hh[:, r, g]) W_hG + diag(E[:, r, q])  (the cells' J)."""
+    B, R, G, H = F_hh.shape
+    eye = mx.eye(H, dtype=F_hh.dtype)
+    J_h = mx.einsum("brgk,gkj->brkj", F_hh, W_hh.reshape(G, H, H))               # Σ_g diag(F) W_hG  (B, R, H, H)
+    cols = [J_h + E[:, :, 0, :, None] * eye] + [E[:, :, q, :, None] * eye for q in range(1, R)]
+    return mx.stack(cols, axis=3).reshape(B, R * H, R * H)                       # [b, rH+k, qH+j]
+
+
+@mx.compile
+def _dense_immediate(F, X):
+    """P_t (B, S, G·H·X): P[b, rH+k, (gH+i)·X + j] = δ_ki F[b,r,g,k] X[b,j] (the cells' param_jacobian)."""
+    B, R, G, H = F.shape
+    diag = (F[..., None] * mx.eye(H, dtype=F.dtype)).transpose(0, 1, 3, 2, 4)   # [b, r, k, g, i] = δ_ki F
+    P = diag.reshape(B, R * H, G * H)[..., None] * X[:, None, None, :]
+    return P.reshape(B, R * H, -1)
+
+
+@mx.compile
+def _rtrl_update(J, S_prev, P, delta):
+    """(r 3) S_t = J_t S_{t-1} + P_t, and (r 4) its gradient contribution δᵀ S_t[:, :H] (flattened)."""
+    S = J @ S_prev + P
+    B, H = delta.shape
+    return S, (delta.reshape(1, B * H) @ S[:, :H].reshape(B * H, -1))[0]
+
+
+def _rtrl(cell: _Cell, x, dh):
+    T, B, _ = x.shape
+    p, H = cell.params, dh.shape[-1]
+    traces = {k: mx.zeros((B, cell.R * H, v.size), dtype=v.dtype) for k, v in p.items()}   # S_{-1} = 0
+    grads = {k: mx.zeros((v.size,), dtype=v.dtype) for k, v in p.items()}
+    for t in range(T):
+        h_prev = cell.h_prev()
+        F_ih, F_hh, E = cell.step(t)                                             # s_t and the factors of step t
+        J = dense_jacobian(F_hh, E, p["weight_hh"])                              # (r 2)
+        for k in p:
+            F, X = _immediate(k, F_ih, F_hh, x[t], h_prev)
+            traces[k], g = _rtrl_update(J, traces[k], _dense_immediate(F, X), dh[t])   # (r 3), (r 4)
+            grads[k] = grads[k] + g
+    return {k: grads[k].reshape(v.shape) for k, v in p.items()}
+
+
+# -------------------------------------------------------------------------------------------- snap1, cec (r 9-16)
+
+def unit_blocks(F_hh, E, W_hh, drop_h_column=False):
+    """D_t[b,r,q,k] = J_t[b, rH+k, qH+k] (B, R, R, H), eq. (r 11), from the factors: the h column gets
+    Σ_g F_hh[b,r,g,k] W_hh[gH+k, k]; drop_h_column (cec, r 15) leaves it out."""
+    B, R, G, H = F_hh.shape
+    if drop_h_column:
+        return mx.concatenate([mx.zeros_like(E[:, :, :1]), E[:, :, 1:]], axis=2)                 # (r 15)
+    W_kk = mx.diagonal(W_hh.reshape(G, H, H), axis1=1, axis2=2)                  # W_hh[gH+k, k]  (G, H)
+    D_h = mx.sum(F_hh * W_kk, axis=2)                                            # (B, R, H)
+    return mx.concatenate([E[:, :, :1] + D_h[:, :, None], E[:, :, 1:]], axis=2)  # (r 11)
+
+
+@mx.compile
+def _unit_update(D, T_prev, F, X, delta):
+    """(r 11) T_t[b,r,g,k,·] = Σ_q D[b,r,q,k] T_{t-1}[b,q,g,k,·] + F[b,r,g,k] X[b,·]; (r 12) its gradient
+    contribution Σ_b δ[b,k] T_t[b,0,g,k,·] (G, H, X)."""
+    T = mx.sum(D[:, :, :, None, :, None] * T_prev[:, None], axis=2) + F[..., None] * X[:, None, None, None, :]
+    return T, mx.sum(delta[:, None, :, None] * T[:, 0], axis=0)
+
+
+def _snap1(cell: _Cell, x, dh, drop_h_column=False):
+    T, B, _ = x.shape
+    p, H, R = cell.params, dh.shape[-1], cell.R
+    widths = {"weight_ih": x.shape[-1], "weight_hh": H, "bias_ih": 1, "bias_hh": 1}
+    traces = {k: mx.zeros((B, R, v.shape[0] // H, H, widths[k]), dtype=v.dtype) for k, v in p.items()}   # (r 9)
+    grads = {k: mx.zeros(traces[k].shape[2:], dtype=v.dtype) for k, v in p.items()}
+    for t in range(T):
+        h_prev = cell.h_prev()
+        F_ih, F_hh, E = cell.step(t)
+        D = unit_blocks(F_hh, E, p["weight_hh"], drop_h_column)                  # (r 11) / (r 15)
+        for k in p:
+            F, X = _immediate(k, F_ih, F_hh, x[t], h_prev)
+            traces[k], g = _unit_update(D, traces[k], F, X, dh[t])               # (r 11), (r 12)
+            grads[k] = grads[k] + g
+    return {k: grads[k].reshape(v.shape) for k, v in p.items()}
+
+
+# ---------------------------------------------------------------------------------------- truncated, spatial (r 13-14)
+
+def _truncated(forward_graph, backward_graph, params, x, state0, dh, recurrent, **options):
+    """(r 13): the cell's forward, then its backward without the carry; (r 14) zeroes the recurrent term."""
+    _, cache = forward_graph(params, x, state0, **options)
+    grads = backward_graph(params, dh, cache, propagate=False, **options)
+    out = {k: grads[k] for k in params}
+    if not recurrent:
+        out["weight_hh"], out["bias_hh"] = mx.zeros_like(params["weight_hh"]), mx.zeros_like(params["bias_hh"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ kernels
+
+_GRAPHS = {"rnn": (rnn_forward_graph, rnn_backward_graph), "gru": (gru_forward_graph, gru_backward_graph),
+           "lstm": (lstm_forward_graph, lstm_backward_graph)}
+
+
+def _sweep(rule, name, params, x, state0, dh, **options):
+    """The `rule` sweep of cell `name` → {param: grad} (module docstring)."""
+    if rule in ("truncated", "spatial"):
+        fwd, bwd = _GRAPHS[name]
+        return _truncated(fwd, bwd, params, x, state0, dh, rule == "truncated", **options)
+    if name == "rnn":
+        _check_nonlinearity(options["nonlinearity"])
+    cell = _Cell(name, params, x, tuple(state0) if name == "lstm" else state0, options.get("nonlinearity"))
+    grads = _rtrl(cell, x, dh) if rule == "rtrl" else _snap1(cell, x, dh, drop_h_column=rule == "cec")
+    return param_grads(params, grads)
+
+
+def _kernels(name, rules):
+    """{f"{name}.{rule}": kernel} with the references' signatures."""
+    out = {}
+    for rule in rules:
+        if name == "rnn":
+            def sweep(params, x, h0, dh, nonlinearity="tanh", _rule=rule):
+                return _sweep(_rule, "rnn", params, x, h0, dh, nonlinearity=nonlinearity)
+        elif name == "gru":
+            def sweep(params, x, h0, dh, _rule=rule):
+                return _sweep(_rule, "gru", params, x, h0, dh)
+        else:
+            def sweep(params, x, state0, dh, _rule=rule):
+                return _sweep(_rule, "lstm", params, x, LSTMState(*state0), dh)
+        sweep.__name__ = f"{name}_{rule}"
+        sweep.__doc__ = (f"As kernel {name}.{rule}: (params, x (T,B,I), {'state0' if name == 'lstm' else 'h0'}, "
+                         f"dh (T,B,H)) → {{param: grad}}: the {rule} sweep from zero traces (module docstring).")
+        out[f"{name}.{rule}"] = kernel(sweep)
+    return out
+
+
+KERNELS = {**_kernels("rnn", ("rtrl", "snap1", "truncated", "spatial")),
+           **_kernels("gru", ("rtrl", "snap1", "truncated", "spatial")),
+           **_kernels("lstm", ("rtrl", "snap1", "truncated", "spatial", "cec"))}
