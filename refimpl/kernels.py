@@ -170,7 +170,8 @@ for _name in CELLS:
             name=f"{_name}.{'fptt' if _two else 'fptt1'}",
             signature=f"(params, x (T,B,I), {_STATE.get(_name, 'h0 (B,H)')}, dh (T,B,H)) -> {{param: grad, 'x', "
                       f"{', '.join(map(repr, CELLS[_name].GRAD_STATE_KEYS))}}}",
-            reference=_fptt_sweep(_name, _two), make_inputs=_lstm_fptt_inputs() if _lstm_fptt else _fptt_inputs(_name),
+            reference=_fptt_sweep(_name, _two),
+            make_inputs=_lstm_fptt_inputs() if _lstm_fptt else _fptt_inputs(_name),
             variants=_VARIANTS.get(_name, ({},)),
             sizes=None if _name == "lru" else _LSTM_FPTT_SIZES if _lstm_fptt else _RTRL_SIZES))
 

@@ -327,8 +327,8 @@ def lstm_fptt1(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
 
 
 #: lstm.fptt: the warm-up multiplies the step Jacobians' inverses, so the difference between two correct float64
-#: sweeps (last-bit differences in J_t, a different LU) grows like Π_t 1/σ_min(J_t). The registered lstm.fptt inputs keep
-#: that product below about 1e6 (refimpl/kernels.py: c0 ≥ 1, T ≤ 7); on the shared FPTT inputs at T = 13 it reaches 1e13
-#: and this loop and the reference, each as close to BPTT as the other, differ by up to 2e-3.
+#: sweeps (last-bit differences in J_t, a different LU) grows like Π_t 1/σ_min(J_t). The registered lstm.fptt inputs
+#: keep that product below about 1e6 (refimpl/kernels.py: c0 ≥ 1, T ≤ 7); on the shared FPTT inputs at T = 13 it
+#: reaches 1e13, and there this loop and the reference, each as close to BPTT as the other, differ by up to 2e-3.
 KERNELS = {"rnn.fptt": rnn_fptt, "rnn.fptt1": rnn_fptt1, "gru.fptt": gru_fptt, "gru.fptt1": gru_fptt1,
            "lstm.fptt": lstm_fptt, "lstm.fptt1": lstm_fptt1}

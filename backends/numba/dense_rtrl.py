@@ -20,11 +20,16 @@ rH+k is then an outer product (rnn (8), gru (15), lstm (14)):
 
 rtrl (the full sensitivity S_t (B, S, G·H·C), O(S·P) memory):
 
-    (r 3)  S_t = Jh_t S_{t-1}[:H] + E_t ⊙ S_{t-1}[(R−1)H:] + P_t          ONE BLAS GEMM (S, H) @ (H, P) per b and step
-    (r 4)  ∂L/∂θ = Σ_t Σ_b δ_t[b] S_t[b, :H]                              ONE BLAS GEMV per b and step (h rows only)
+    (r 3)  S_t = Jh_t S_{t-1}[:H] + E_t ⊙ S_{t-1}[(R−1)H:] + P_t          BLAS GEMM (S, H) @ (H, ·) per b and step
+    (r 4)  ∂L/∂θ = Σ_t Σ_b δ_t[b] S_t[b, :H]                              BLAS GEMV per b and step (h rows only)
 
   The GEMM is the O(S·H·P) hot part: for the lstm, whose c_{t-1} columns of J_t are diagonal, it multiplies only the
   h_{t-1} half of S_{t-1} (half the flops of the dense (2H, 2H) product); P_t is added on its pattern in O(R·P).
+  The parameter axis is cut into column blocks of whole augmented rows (about BLOCK entries of S per block, the
+  last one zero-padded), stored contiguously (B, n_blocks, S, rows·C): per block the GEMM writes a block-sized buffer,
+  one fused pass adds E_t ⊙ S_{t-1} and writes S_t back in place, then P_t and the GEMV follow — all while the block
+  sits in cache, and with one copy of S instead of two (NOTE: this only regroups the columns; every entry is the same
+  sum over H).
 
 snap1 and cec (the compact trace T_t[b, k, r, g, c] = S_t[b, rH+k, (gH+k)·C + c], (r 9): O(R·P) memory and work):
 
@@ -36,8 +41,8 @@ snap1 and cec (the compact trace T_t[b, k, r, g, c] = S_t[b, rH+k, (gH+k)·C + c
 
 Layout: the input projection of all T steps is ONE GEMM outside the time loop (as cells.py); each sweep is ONE
 @njit(cache=True) loop that advances the states per step (one BLAS GEMM h_{t-1} W_hhᵀ into a buffer), forms F, E
-(and Jh) in the state dtype, and updates the traces in place; every buffer is allocated once, before the loop
-(rtrl swaps two trace buffers). The three cells share the loops through one gate step per cell with a common
+(and Jh) in the state dtype, and updates the traces in place; every buffer is allocated once, before the loop.
+The three cells share the loops through one gate step per cell with a common
 signature, chosen by `kind`. Float32 kernels stay in float32 (the references run in the parameters' dtype too).
 Everything is sequential and in a fixed order (no prange reductions): results are bit-reproducible run to run.
 Inputs are never written to; every output is a fresh array.
@@ -54,6 +59,11 @@ from .dense_online import _dtype, _projection
 _RNN, _GRU, _LSTM = 0, 1, 2
 #: (kind, G gate blocks, R state rows per unit) of each cell
 _CELL = {"rnn": (_RNN, 1, 1), "gru": (_GRU, 3, 1), "lstm": (_LSTM, 4, 2)}
+#: rtrl's column block, in trace entries per batch element: S × (rows·C) ≈ BLOCK (at least one augmented row), so that
+#: a block of S_{t-1} and its product with Jh_t (2 × 32 KiB in float64) stay in cache through the step's passes over
+#: it. Blocks of 2k … 32k entries timed alike (H = 32 … 128); this size also makes the registered parity sizes run
+#: several blocks with a zero-padded last one, so the blocking itself is parity-tested.
+BLOCK = 4096
 
 
 # ------------------------------------------------------------------------------- one gate step per cell (r 2)
@@ -147,52 +157,58 @@ def _fill_z(z, x_tb, hp_b, one):
 # ------------------------------------------------------------------------------------------------- rtrl (r 3, 4)
 
 @njit(cache=True)
-def _rtrl_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, half, use_tanh, R, grad):
-    """pre (T, B, G·H) = x W_ihᵀ + b_ih, s0 (B, S), dh (T, B, H); accumulates grad (G·H·C) in the state dtype."""
+def _rtrl_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, half, use_tanh, R, rows, grad):
+    """pre (T, B, G·H) = x W_ihᵀ + b_ih, s0 (B, S), dh (T, B, H). The parameter axis runs in blocks of `rows`
+    augmented rows (rows·C columns; the last block zero-padded); accumulates grad (n_blocks, rows·C) in the state
+    dtype (r 4)."""
     T, B, GH = pre.shape
     I = x.shape[2]
     H = W_hh.shape[1]
     G = GH // H
     S, C = R * H, I + H + 2
+    n_blocks, Pc = grad.shape
     dt = pre.dtype
     s = s0.copy()
-    rec, hp, z, g_b = np.empty((B, GH), dt), np.empty((B, H), dt), np.empty(C, dt), np.empty(GH * C, dt)
+    rec, hp, z, g_b = np.empty((B, GH), dt), np.empty((B, H), dt), np.empty(C, dt), np.empty(Pc, dt)
     F_ih, F_hh, E = np.zeros((B, R, G, H), dt), np.zeros((B, R, G, H), dt), np.zeros((B, R, H), dt)
-    Jh = np.empty((B, S, H), dt)
-    S_prev, S_new = np.zeros((B, S, GH * C), dt), np.zeros((B, S, GH * C), dt)    # S_{-1} = 0 (r 3)
+    Jh, new = np.empty((B, S, H), dt), np.empty((S, Pc), dt)
+    sens = np.zeros((B, n_blocks, S, Pc), dt)                                # S_{-1} = 0 (r 3), blocked columns
     for t in range(T):
         _gates(kind, pre[t], s, W_hhT, b_hh, one, half, use_tanh, rec, hp, F_ih, F_hh, E)
         for b in range(B):
-            Sp, Sn = S_prev[b], S_new[b]
-            if t > 0:
-                for r in range(R):                                          # (r 2) Jh: the h_{t-1} columns of J_t
-                    for k in range(H):
-                        row = Jh[b, r * H + k]
-                        row[:] = 0.0
-                        for g in range(G):
-                            f, w = F_hh[b, r, g, k], W_hh[g * H + k]
-                            for j in range(H):
-                                row[j] += f * w[j]
-                np.dot(Jh[b], Sp[:H], Sn)                                   # (r 3) Jh_t S_{t-1}[:H]   (S, P)
-                if kind != _RNN:
-                    for r in range(R):
-                        for k in range(H):
-                            e, src, dst = E[b, r, k], Sp[(R - 1) * H + k], Sn[r * H + k]
-                            for p in range(GH * C):
-                                dst[p] += e * src[p]                        # (r 3) E_t ⊙ S_{t-1}[(R−1)H:]
+            for r in range(R):                                              # (r 2) Jh: the h_{t-1} columns of J_t
+                for k in range(H):
+                    row = Jh[b, r * H + k]
+                    row[:] = 0.0
+                    for g in range(G):
+                        f, w = F_hh[b, r, g, k], W_hh[g * H + k]
+                        for j in range(H):
+                            row[j] += f * w[j]
             _fill_z(z, x[t, b], hp[b], one)
-            for r in range(R):                                              # (r 3) + P_t on its pattern (r 2)
-                for g in range(G):
-                    for k in range(H):
-                        row = Sn[r * H + k, (g * H + k) * C:(g * H + k + 1) * C]
+            for blk in range(n_blocks):
+                Sb = sens[b, blk]                                           # (S, Pc): S_{t-1}, then S_t, in place
+                if t > 0:
+                    np.dot(Jh[b], Sb[:H], new)                              # (r 3) Jh_t S_{t-1}[:H]
+                    if kind == _RNN:
+                        Sb[:] = new
+                    else:                                                   # (r 3) + E_t ⊙ S_{t-1}[(R−1)H:]; the
+                        for r in range(R):                                  # h rows first: they read the old c rows
+                            for k in range(H):
+                                e, src, dst, jr = E[b, r, k], Sb[(R - 1) * H + k], Sb[r * H + k], new[r * H + k]
+                                for p in range(Pc):
+                                    dst[p] = jr[p] + e * src[p]
+                for rho in range(blk * rows, min(blk * rows + rows, GH)):   # (r 3) + P_t on its pattern (r 2)
+                    g, k = rho // H, rho % H
+                    c0 = (rho - blk * rows) * C
+                    for r in range(R):
+                        row = Sb[r * H + k, c0:c0 + C]
                         fi, fh = F_ih[b, r, g, k], F_hh[b, r, g, k]
                         for c in range(I + 1):
                             row[c] += fi * z[c]
                         for c in range(I + 1, C):
                             row[c] += fh * z[c]
-            np.dot(dh[t, b], Sn[:H], g_b)                                   # (r 4) δ_t[b] S_t[b, :H]
-            grad += g_b
-        S_prev, S_new = S_new, S_prev
+                np.dot(dh[t, b], Sb[:H], g_b)                               # (r 4) δ_t[b] S_t[b, :H]
+                grad[blk] += g_b
 
 
 # --------------------------------------------------------------------------------------- snap1, cec (r 9-12, 15-16)
@@ -262,7 +278,8 @@ def _split(params, g_rows):
     I = params["weight_ih"].shape[1]
     H = params["weight_hh"].shape[1]
     return _param_grads(params, {"weight_ih": g_rows[:, :I].copy(), "bias_ih": g_rows[:, I].copy(),
-                                 "weight_hh": g_rows[:, I + 1:I + 1 + H].copy(), "bias_hh": g_rows[:, I + 1 + H].copy()})
+                                 "weight_hh": g_rows[:, I + 1:I + 1 + H].copy(),
+                                 "bias_hh": g_rows[:, I + 1 + H].copy()})
 
 
 def _sweep(cell, rule, params, x, state0, dh, nonlinearity="tanh"):
@@ -281,8 +298,10 @@ def _sweep(cell, rule, params, x, state0, dh, nonlinearity="tanh"):
     args = (kind, _projection(params, x, dt), s0, _c(x, dt), _c(dh, dt), _c(params["weight_hh"].T, dt),
             _c(params["weight_hh"], dt), _c(params["bias_hh"], dt), one, half, nonlinearity == "tanh", R)
     if rule == "rtrl":
-        grad = np.zeros(G * H * C, dt)
-        _rtrl_loop(*args, grad)
+        rows = max(1, min(G * H, BLOCK // (R * H * C)))                       # augmented rows per column block
+        grad = np.zeros((-(-G * H // rows), rows * C), dt)
+        _rtrl_loop(*args, rows, grad)
+        grad = grad.reshape(-1)[:G * H * C]
     else:
         grad = np.zeros((G, H, C), dt)
         _snap1_loop(*args, rule == "cec", grad)
