@@ -1,6 +1,7 @@
 # The two commands of the README's quick start. Both create/update a local virtual environment first.
 #   make run    install, then run the default job (python -m refimpl.run)
 #   make test   install, then run the test suite (what CI runs, via .ci/run)
+#   make bench  the microbenchmark suite at the goal shapes; rewrites docs/bench/ and the README's "What it costs"
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +9,7 @@ EXTRAS ?= numba,mlx,dev
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: run test test-slow venv clean
+.PHONY: run test test-slow bench venv clean
 
 venv: $(STAMP)
 
@@ -25,6 +26,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m bench --size bench --threads 2 --readme
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow"

@@ -1,5 +1,3 @@
-"""The microbenchmark suite: times registry kernels across backends and sizes.
-
-Nothing here yet: the first runner arrives with the Numba backend, and it will iterate over refimpl.registry.KERNELS
-(each kernel's input spec gives the benchmark inputs), so no kernel needs benchmark code of its own.
-"""
+"""The microbenchmark suite (`python -m bench`): every registry kernel × backend × dtype × size, timed after a parity
+check, with roofline ratios, scaling curves, peers and plots — see bench/run.py. Also `python -m bench.goals` (the
+backends' performance goals) and `python -m bench.online_memory` (peak memory of the online algorithms vs T)."""

@@ -70,49 +70,6 @@ def _backend_fwd_bwd(cell: str, backend: str):
     return run
 
 
-def _torch_fwd_bwd(cell: str):
-    import torch
-    cls = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
-    m = cls(SHAPE["I"], SHAPE["H"])
-    x = torch.randn(SHAPE["T"], SHAPE["B"], SHAPE["I"], requires_grad=True)
-    g = torch.randn(SHAPE["T"], SHAPE["B"], SHAPE["H"])
-
-    def run():
-        m.zero_grad(set_to_none=True)
-        out, _ = m(x)
-        out.backward(g)
-    return run
-
-
-def _jax_lru_fwd_bwd():
-    """The LRU with JAX: h_t = λ ⊙ h_{t−1} + γ ⊙ (B x_t) by lax.scan, its loss Σ Re(conj(g) h), and jax.grad of it
-    with respect to (nu_log, theta_log, gamma_log, B_re, B_im) — the same work as lru.forward + lru.backward."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    inputs = _inputs("lru.forward")
-    p = {k: jnp.asarray(v) for k, v in inputs["params"].items()}
-    x, h0 = jnp.asarray(inputs["x"]), jnp.asarray(inputs["h0"])
-    rng = np.random.default_rng(1)
-    g = jnp.asarray((rng.standard_normal((SHAPE["T"], SHAPE["B"], SHAPE["H"]))
-                     + 1j * rng.standard_normal((SHAPE["T"], SHAPE["B"], SHAPE["H"]))).astype(np.complex64))
-
-    def loss(p):
-        lam = jnp.exp(-jnp.exp(p["nu_log"]) + 1j * jnp.exp(p["theta_log"]))
-        u = jnp.exp(p["gamma_log"]) * (x @ (p["B_re"] + 1j * p["B_im"]).T)          # (T, B, N)
-
-        def step(h, u_t):
-            h = lam * h + u_t
-            return h, h
-        _, h = jax.lax.scan(step, h0, u)
-        return jnp.sum(jnp.real(jnp.conj(g) * h))
-    grad = jax.jit(jax.grad(loss))
-
-    def run():
-        jax.block_until_ready(grad(p))
-    return run
-
-
 def _scan_only(backend: str):
     """The lru's time loop alone (u → h, h_prev), where the backend exposes it (numba); else None."""
     if backend != "numba":
@@ -137,6 +94,7 @@ def _row(name, goal, value, detail, better):
 
 def measure(backend: str = "numba", repeats: int = 7) -> list[dict]:
     import numpy as np
+    from .peers import jax_lru_fwd_bwd, torch_fwd_bwd
     from refimpl.registry import get_kernel, load_backend, map_arrays
     rows = []
     b = load_backend(backend)
@@ -145,7 +103,7 @@ def measure(backend: str = "numba", repeats: int = 7) -> list[dict]:
     for cell, goal in (("gru", 0.6), ("lstm", 1.0)):
         mine = _backend_fwd_bwd(cell, backend)
         try:
-            theirs = _torch_fwd_bwd(cell)
+            theirs = torch_fwd_bwd(cell, SHAPE)
         except ImportError:
             t = _interleaved({backend: mine}, repeats)
             rows.append({**_row(f"{cell} fwd+BPTT / torch", goal, None, f"{backend} {1e3 * t[backend]:.1f} ms; "
@@ -183,7 +141,7 @@ def measure(backend: str = "numba", repeats: int = 7) -> list[dict]:
 
     mine = _backend_fwd_bwd("lru", backend)
     try:
-        theirs = _jax_lru_fwd_bwd()
+        theirs = jax_lru_fwd_bwd(SHAPE)
     except ImportError:
         rows.append({"row": "lru fwd+BPTT / jax", "goal": 0.1, "skipped": "jax is not installed"})
         theirs = None

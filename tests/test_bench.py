@@ -35,3 +35,39 @@ def test_missing_peer_is_reported(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_torch)
     rows = torch_peers(repeats=1)
     assert rows == [{"peer": "torch", "skipped": "torch is not installed (optional; never installed by make test)"}]
+
+
+def test_quick_suite_writes_table_json_plots_and_scaling(tmp_path):
+    """The CI smoke run of the whole suite: every kernel × backend has a row (timed, or skipped with the reason), the
+    roofline figures are there, and the scaling study shows the memory laws (no speed assertions)."""
+    import json
+
+    from bench.run import main
+    from refimpl.registry import BACKENDS, KERNELS
+    main(["--quick", "--no-peers", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "bench.json").read_text())
+    seen = {(r["kernel"], r["backend"]) for r in report["rows"] if "kernel" in r}
+    assert seen == {(k, b) for k in KERNELS for b in BACKENDS}
+    for r in report["rows"]:
+        assert "skipped" in r or (r["median_s"] > 0 and r["flops"] > 0 and r["bytes"] > 0 and "frac_copy" in r), r
+        if r["backend"] == "numpy":
+            assert "skipped" not in r, r
+    assert report["machine"]["versions"]["numpy"]
+    assert (tmp_path / "bench.md").read_text().startswith("| kernel |")
+    assert (tmp_path / "roofline.png").stat().st_size > 0 and (tmp_path / "scaling.png").stat().st_size > 0
+    curves = {(c["model"], c["algorithm"]): c for c in report["scaling"]["curves"]}
+    grows = lambda c: c["peak_vs_T"][-1] / c["peak_vs_T"][0]          # noqa: E731
+    assert grows(curves["gru", "bptt"]) > 1.5 and grows(curves["ep", "bptt"]) > 1.5    # BPTT stores every step
+    for a in ("rtrl", "online", "snap1", "truncated", "spatial", "fptt"):
+        assert grows(curves["gru", a]) < 1.1, (a, curves["gru", a]["peak_vs_T"])       # online: flat in T
+    assert grows(curves["ep", "ep"]) < 1.1
+
+
+def test_flops_formulas_match_a_hand_count():
+    """Two of the cost formulas against a count done by hand for tiny sizes (T=2, B=1, I=1, H=1)."""
+    from bench.cost import flops
+    size = dict(T=2, B=1, I=1, H=1)
+    # gru forward: per step GEMMs (1+1)·3 MACs = 6 MACs = 12 FLOPs, + 15 elementwise → 27 per step
+    assert flops("gru.forward", size) == 2 * 27
+    # lru forward: u = B x: 1·2 real MACs = 4 FLOPs; h = λ h + u: 8 → 12 per step
+    assert flops("lru.forward", size) == 2 * 12
