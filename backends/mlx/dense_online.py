@@ -39,33 +39,28 @@ from .common import kernel, param_grads, project
 
 # ------------------------------------------------------------------------------------------- per-unit factors
 
-@mx.compile
-def _rnn_factors(pre_t, h_prev, W_hhT, b_hh, use_tanh):
-    """rnn: h_t and F = φ'(a_t) (B, 1, 1, H), E = 0 (rnn eqs. (7), (8))."""
-    h = _rnn_step(pre_t, h_prev, W_hhT, b_hh, use_tanh)                         # (1), (2)
-    d = 1.0 - h * h if use_tanh else mx.ones_like(h)                             # φ'(a_t)
+def rnn_factors(h, use_tanh):
+    """rnn: F = φ'(a_t) (B, 1, 1, H) for both weights, E = 0 (rnn eqs. (7), (8)), from h_t = φ(a_t)."""
+    d = 1.0 - h * h if use_tanh else mx.ones_like(h)                              # φ'(a_t)
     F = d[:, None, None, :]
-    return h, F, F, mx.zeros_like(F)
+    return F, F, mx.zeros_like(F)
 
 
 @mx.compile
-def _gru_factors(gi_t, h_prev, W_hhT, b_hh):
-    """gru: h_t, F_ih = [s_r, s_z, s_n], F_hh = [s_r, s_z, s_m] (B, 1, 3, H) and E = z (B, 1, 1, H), eqs. (13)–(15)."""
-    h, r, z, n, m = _gru_step(gi_t, h_prev, W_hhT, b_hh)                         # (1)–(5)
+def gru_factors(h_prev, r, z, n, m):
+    """gru: F_ih = [s_r, s_z, s_n], F_hh = [s_r, s_z, s_m] (B, 1, 3, H) and E = z (B, 1, 1, H), eqs. (13)–(15)."""
     s_n = (1.0 - z) * (1.0 - n * n)                                              # (13)
     s_r = s_n * m * r * (1.0 - r)                                                # (13)
     s_z = (h_prev - n) * z * (1.0 - z)                                           # (13)
     s_m = s_n * r                                                                # (13)
     F_ih = mx.stack([s_r, s_z, s_n], axis=1)[:, None]
     F_hh = mx.stack([s_r, s_z, s_m], axis=1)[:, None]
-    return h, F_ih, F_hh, z[:, None, None, :]                                    # (14) + diag(z)
+    return F_ih, F_hh, z[:, None, None, :]                                       # (14) + diag(z)
 
 
 @mx.compile
-def _lstm_factors(pre_t, h_prev, c_prev, W_hhT, b_hh):
-    """lstm: (h_t, c_t), F = [S_h; S_c] (B, 2, 4, H) for both weights, E = [[0, κ f], [0, f]] (B, 2, 2, H), eqs.
-    (12)–(14)."""
-    h, c, i, f, g, o, tanh_c = _lstm_step(pre_t, h_prev, c_prev, W_hhT, b_hh)      # (1)–(4)
+def lstm_factors(c_prev, i, f, g, o, tanh_c):
+    """lstm: F = [S_h; S_c] (B, 2, 4, H) for both weights, E = [[0, κ f], [0, f]] (B, 2, 2, H), eqs. (12)–(14)."""
     kappa = o * (1.0 - tanh_c * tanh_c)                                          # (12) κ = ∂h_t/∂c_t
     s_i = g * i * (1.0 - i)                                                      # (12)
     s_f = c_prev * f * (1.0 - f)                                                 # (12)
@@ -76,7 +71,25 @@ def _lstm_factors(pre_t, h_prev, c_prev, W_hhT, b_hh):
                   mx.stack([s_i, s_f, s_g, zero], axis=1)], axis=1)                  # (12) S_c
     E = mx.stack([mx.stack([zero, kappa * f], axis=1),                               # (13) h rows: [0, diag(κ f)]
                   mx.stack([zero, f], axis=1)], axis=1)                              # (13) c rows: [0, diag(f)]
-    return (h, c), F, F, E
+    return F, F, E
+
+
+@mx.compile
+def _rnn_step_factors(pre_t, h_prev, W_hhT, b_hh, use_tanh):
+    h = _rnn_step(pre_t, h_prev, W_hhT, b_hh, use_tanh)                          # (1), (2)
+    return (h,) + rnn_factors(h, use_tanh)
+
+
+@mx.compile
+def _gru_step_factors(gi_t, h_prev, W_hhT, b_hh):
+    h, r, z, n, m = _gru_step(gi_t, h_prev, W_hhT, b_hh)                          # (1)–(5)
+    return (h,) + gru_factors(h_prev, r, z, n, m)
+
+
+@mx.compile
+def _lstm_step_factors(pre_t, h_prev, c_prev, W_hhT, b_hh):
+    h, c, i, f, g, o, tanh_c = _lstm_step(pre_t, h_prev, c_prev, W_hhT, b_hh)      # (1)–(4)
+    return (h, c) + lstm_factors(c_prev, i, f, g, o, tanh_c)
 
 
 class _Cell:
@@ -97,11 +110,13 @@ class _Cell:
         """Advance the state to s_t; return the factors (F_ih, F_hh, E) of the step t."""
         p = self.params
         if self.name == "rnn":
-            self.state, F_ih, F_hh, E = _rnn_factors(self.pre[t], self.state, self.W_hhT, p["bias_hh"], self.use_tanh)
+            self.state, F_ih, F_hh, E = _rnn_step_factors(self.pre[t], self.state, self.W_hhT, p["bias_hh"],
+                                                          self.use_tanh)
         elif self.name == "gru":
-            self.state, F_ih, F_hh, E = _gru_factors(self.pre[t], self.state, self.W_hhT, p["bias_hh"])
+            self.state, F_ih, F_hh, E = _gru_step_factors(self.pre[t], self.state, self.W_hhT, p["bias_hh"])
         else:
-            (h, c), F_ih, F_hh, E = _lstm_factors(self.pre[t], self.state[0], self.state[1], self.W_hhT, p["bias_hh"])
+            h, c, F_ih, F_hh, E = _lstm_step_factors(self.pre[t], self.state[0], self.state[1], self.W_hhT,
+                                                     p["bias_hh"])
             self.state = (h, c)
         return F_ih, F_hh, E
 
