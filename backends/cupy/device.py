@@ -72,12 +72,20 @@ def find_compiler() -> str | None:
 
 class EmulatedDevice:
     """The CUDA kernels' thread bodies compiled for the CPU and run thread by thread, on NumPy arrays (see the module
-    docstring for what this does and does not check). order: 0 runs the threads ascending, 1 descending."""
+    docstring for what this does and does not check). order: 0 runs the threads ascending, 1 descending.
+
+    guard (default on): every array argument is handed to the kernel inside a copy padded with GUARD NaNs on each
+    side; a kernel that writes outside its array changes the padding (→ RuntimeError naming kernel and argument), one
+    that reads outside it reads NaN, which surfaces in the parity checks.
+    """
 
     name = "emulation"
     xp = np
+    GUARD = 64
 
-    def __init__(self, build_dir: str | None = None, order: int = 0, compiler: str | None = None):
+    def __init__(self, build_dir: str | None = None, order: int = 0, compiler: str | None = None,
+                 guard: bool = True):
+        self.guard = bool(guard)
         self.compiler = compiler or find_compiler()
         if self.compiler is None:
             raise UnsupportedError("the CPU emulation of the CUDA kernels needs a C++ compiler (c++, g++ or clang++ "
@@ -113,7 +121,8 @@ class EmulatedDevice:
         fn = getattr(self._lib(source), f"ri_emulate_{kernel}_{real_ctype(dtype)}")
         real = ctypes.c_float if real_ctype(dtype) == "float" else ctypes.c_double
         c_args = [ctypes.c_int(self.order), ctypes.c_longlong(int(n))]
-        for kind, v in checked:
+        padded = []                                      # (argument, original array, padded copy)
+        for a, (kind, v) in zip(decl.args, checked):
             if kind == "int":
                 c_args.append(ctypes.c_int(int(v)))
             elif kind == "real":
@@ -121,6 +130,19 @@ class EmulatedDevice:
             else:
                 if not isinstance(v, np.ndarray):
                     raise UnsupportedError(f"the emulated kernel {kernel} takes NumPy arrays, got {type(v).__name__}")
+                if self.guard:
+                    g = self.GUARD
+                    buf = np.full(v.size + 2 * g, np.nan, dtype=v.dtype)
+                    buf[g:g + v.size] = v.reshape(-1)
+                    padded.append((a, v, buf))
+                    v = buf[g:]
                 c_args.append(ctypes.c_void_p(v.ctypes.data))
         fn.restype = None
         fn(*c_args)
+        for a, v, buf in padded:
+            g = self.GUARD
+            if not (np.isnan(buf[:g]).all() and np.isnan(buf[g + v.size:]).all()):
+                raise RuntimeError(f"emulated kernel {kernel}<{real_ctype(dtype)}> wrote outside its argument "
+                                   f"{a.name} ({v.size} elements)")
+            if a.out:
+                v.reshape(-1)[...] = buf[g:g + v.size]

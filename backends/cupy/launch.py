@@ -265,9 +265,10 @@ def check_args(kernel: Kernel, dtype, n: int, args: tuple) -> list:
     """Validate one launch of `kernel` for real type `dtype` with `n` threads and `args` (in declaration order).
 
     Arrays (NumPy or CuPy) must have the declared element type, be C-contiguous and hold exactly the declared number
-    of elements; ints must fit a C int. Returns the arguments as (kind, value) pairs with scalars converted to the
-    NumPy scalar types the C signature has (np.int32, R) — what a CuPy RawKernel and ctypes both need.
-    Raises ShapeError / DTypeError naming the kernel and the argument.
+    of elements; ints must fit a C int; an output may not overlap another array argument (the pointers are
+    __restrict__). Returns the arguments as (kind, value) pairs with scalars converted to the NumPy scalar types the C
+    signature has (np.int32, R) — what a CuPy RawKernel and ctypes both need. Raises ShapeError / DTypeError naming
+    the kernel and the argument.
     """
     R = real_dtype(dtype)
     Cdt = complex_dtype(dtype)
@@ -310,7 +311,26 @@ def check_args(kernel: Kernel, dtype, n: int, args: tuple) -> list:
             raise ShapeError(f"{where}: {size} elements, expected {a.size} = {want} (n={n}, "
                              f"{', '.join(f'{k}={v}' for k, v in env.items() if k != 'n')})")
         out.append((a.kind, v))
+    _check_aliasing(kernel, [(a, v) for a, (_, v) in zip(kernel.args, out) if a.kind in ARRAY_KINDS])
     return out
+
+
+def _span(a) -> tuple[int, int]:
+    """[first byte, last byte + 1) of a C-contiguous NumPy or CuPy array."""
+    iface = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
+    start = int(iface["data"][0])
+    return start, start + int(a.nbytes)
+
+
+def _check_aliasing(kernel: Kernel, arrays: list) -> None:
+    """Pointers are __restrict__: an output may not overlap any other array argument."""
+    spans = [(a, _span(v)) for a, v in arrays if v.nbytes]
+    for i, (a, (s0, e0)) in enumerate(spans):
+        for b, (s1, e1) in spans[i + 1:]:
+            if (a.out or b.out) and s0 < e1 and s1 < e0:
+                raise ShapeError(f"kernel {kernel.name}: arguments {a.name} and {b.name} overlap in memory; the "
+                                 f"kernel's pointers are __restrict__ (an output must not alias another argument): "
+                                 f"pass a copy")
 
 
 # ------------------------------------------------------------------------------------------------------ device probe
