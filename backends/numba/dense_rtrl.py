@@ -20,16 +20,16 @@ rH+k is then an outer product (rnn (8), gru (15), lstm (14)):
 
 rtrl (the full sensitivity S_t (B, S, G·H·C), O(S·P) memory):
 
-    (r 3)  S_t = Jh_t S_{t-1}[:H] + E_t ⊙ S_{t-1}[(R−1)H:] + P_t          BLAS GEMM (S, H) @ (H, ·) per b and step
-    (r 4)  ∂L/∂θ = Σ_t Σ_b δ_t[b] S_t[b, :H]                              BLAS GEMV per b and step (h rows only)
+    (r 3)  S_t = Jh_t S_{t-1}[:H] + P_t + E_t ⊙ S_{t-1}[(R−1)H:]          BLAS GEMM (S, H) @ (H, ·) per b and step
+    (r 4)  ∂L/∂θ = Σ_t Σ_b δ_t[b] S_t[b, :H]                              (h rows only)
 
   The GEMM is the O(S·H·P) hot part: for the lstm, whose c_{t-1} columns of J_t are diagonal, it multiplies only the
   h_{t-1} half of S_{t-1} (half the flops of the dense (2H, 2H) product); P_t is added on its pattern in O(R·P).
   The parameter axis is cut into column blocks of whole augmented rows (about BLOCK entries of S per block, the
   last one zero-padded), stored contiguously (B, n_blocks, S, rows·C): per block the GEMM writes a block-sized buffer,
-  one fused pass adds E_t ⊙ S_{t-1} and writes S_t back in place, then P_t and the GEMV follow — all while the block
-  sits in cache, and with one copy of S instead of two (NOTE: this only regroups the columns; every entry is the same
-  sum over H).
+  P_t is added to it, and one fused pass adds E_t ⊙ S_{t-1}, writes S_t back in place and accumulates (r 4) — all
+  while the block sits in cache, and with one copy of S instead of two. NOTE: this only regroups the columns; every
+  entry of S_t is the same sum over H as without blocks.
 
 snap1 and cec (the compact trace T_t[b, k, r, g, c] = S_t[b, rH+k, (gH+k)·C + c], (r 9): O(R·P) memory and work):
 
@@ -42,10 +42,10 @@ snap1 and cec (the compact trace T_t[b, k, r, g, c] = S_t[b, rH+k, (gH+k)·C + c
 Layout: the input projection of all T steps is ONE GEMM outside the time loop (as cells.py); each sweep is ONE
 @njit(cache=True) loop that advances the states per step (one BLAS GEMM h_{t-1} W_hhᵀ into a buffer), forms F, E
 (and Jh) in the state dtype, and updates the traces in place; every buffer is allocated once, before the loop.
-The three cells share the loops through one gate step per cell with a common
-signature, chosen by `kind`. Float32 kernels stay in float32 (the references run in the parameters' dtype too).
-Everything is sequential and in a fixed order (no prange reductions): results are bit-reproducible run to run.
-Inputs are never written to; every output is a fresh array.
+The three cells share the loops through one gate step per cell with a common signature, chosen by `kind`. Float32
+kernels stay in float32 (the references run in the parameters' dtype too). Everything is sequential and in a fixed
+order (no prange reductions): results are bit-reproducible run to run. Inputs are never written to; every output is
+a fresh array.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def _rtrl_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, half, use_tanh, R, 
     n_blocks, Pc = grad.shape
     dt = pre.dtype
     s = s0.copy()
-    rec, hp, z, g_b = np.empty((B, GH), dt), np.empty((B, H), dt), np.empty(C, dt), np.empty(Pc, dt)
+    rec, hp, z = np.empty((B, GH), dt), np.empty((B, H), dt), np.empty(C, dt)
     F_ih, F_hh, E = np.zeros((B, R, G, H), dt), np.zeros((B, R, G, H), dt), np.zeros((B, R, H), dt)
     Jh, new = np.empty((B, S, H), dt), np.empty((S, Pc), dt)
     sens = np.zeros((B, n_blocks, S, Pc), dt)                                # S_{-1} = 0 (r 3), blocked columns
@@ -186,29 +186,34 @@ def _rtrl_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, half, use_tanh, R, 
                             row[j] += f * w[j]
             _fill_z(z, x[t, b], hp[b], one)
             for blk in range(n_blocks):
-                Sb = sens[b, blk]                                           # (S, Pc): S_{t-1}, then S_t, in place
+                Sb, acc = sens[b, blk], grad[blk]                           # (S, Pc): S_{t-1}, then S_t, in place
                 if t > 0:
                     np.dot(Jh[b], Sb[:H], new)                              # (r 3) Jh_t S_{t-1}[:H]
-                    if kind == _RNN:
-                        Sb[:] = new
-                    else:                                                   # (r 3) + E_t ⊙ S_{t-1}[(R−1)H:]; the
-                        for r in range(R):                                  # h rows first: they read the old c rows
-                            for k in range(H):
-                                e, src, dst, jr = E[b, r, k], Sb[(R - 1) * H + k], Sb[r * H + k], new[r * H + k]
-                                for p in range(Pc):
-                                    dst[p] = jr[p] + e * src[p]
+                else:
+                    new[:] = 0.0                                            # S_{-1} = 0
                 for rho in range(blk * rows, min(blk * rows + rows, GH)):   # (r 3) + P_t on its pattern (r 2)
                     g, k = rho // H, rho % H
                     c0 = (rho - blk * rows) * C
                     for r in range(R):
-                        row = Sb[r * H + k, c0:c0 + C]
+                        row = new[r * H + k, c0:c0 + C]
                         fi, fh = F_ih[b, r, g, k], F_hh[b, r, g, k]
                         for c in range(I + 1):
                             row[c] += fi * z[c]
                         for c in range(I + 1, C):
                             row[c] += fh * z[c]
-                np.dot(dh[t, b], Sb[:H], g_b)                               # (r 4) δ_t[b] S_t[b, :H]
-                grad[blk] += g_b
+                # (r 3) + E_t ⊙ S_{t-1}[(R−1)H:], written back in place: the h rows first (they read the old c rows)
+                for r in range(R):
+                    for k in range(H):
+                        e, src, dst, v = E[b, r, k], Sb[(R - 1) * H + k], Sb[r * H + k], new[r * H + k]
+                        if r == 0:
+                            d = dh[t, b, k]
+                            for p in range(Pc):
+                                u = v[p] + e * src[p]
+                                dst[p] = u
+                                acc[p] += d * u                             # (r 4) δ_t[b, k] S_t[b, k]
+                        else:
+                            for p in range(Pc):
+                                dst[p] = v[p] + e * src[p]
 
 
 # --------------------------------------------------------------------------------------- snap1, cec (r 9-12, 15-16)
@@ -298,8 +303,9 @@ def _sweep(cell, rule, params, x, state0, dh, nonlinearity="tanh"):
     args = (kind, _projection(params, x, dt), s0, _c(x, dt), _c(dh, dt), _c(params["weight_hh"].T, dt),
             _c(params["weight_hh"], dt), _c(params["bias_hh"], dt), one, half, nonlinearity == "tanh", R)
     if rule == "rtrl":
-        rows = max(1, min(G * H, BLOCK // (R * H * C)))                       # augmented rows per column block
-        grad = np.zeros((-(-G * H // rows), rows * C), dt)
+        n_blocks = -(-G * H // max(1, min(G * H, BLOCK // (R * H * C))))     # column blocks of ≈ BLOCK entries
+        rows = -(-G * H // n_blocks)                                         # augmented rows per block (least padding)
+        grad = np.zeros((n_blocks, rows * C), dt)
         _rtrl_loop(*args, rows, grad)
         grad = grad.reshape(-1)[:G * H * C]
     else:
