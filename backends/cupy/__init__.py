@@ -23,6 +23,7 @@ support the CUDA major version CuPy was built for. Install CuPy with the extra o
 from __future__ import annotations
 
 import functools
+import inspect
 
 import numpy as np
 
@@ -53,9 +54,12 @@ def cuda_device():
 
 
 def _on_cuda(implementation):
+    """The registry's kernel: the implementation with the CUDA device bound (its signature without `dev`)."""
     @functools.wraps(implementation)
     def kernel(*args, **kwargs):
         return implementation(cuda_device(), *args, **kwargs)
+    signature = inspect.signature(implementation)
+    kernel.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
     return kernel
 
 

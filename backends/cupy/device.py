@@ -35,13 +35,18 @@ from .launch import CudaSource, check_args, instantiation, launch_config, real_c
 
 
 class CudaDevice:
-    """Kernels on the current CUDA device: cupy arrays, cupy.RawModule (NVRTC) compiled once per source."""
+    """Kernels on the current CUDA device: cupy arrays, cupy.RawModule (NVRTC) compiled once per source.
+
+    xp: the cupy module (default: import it); a stand-in with the same RawModule interface lets the launch path be
+    tested without a GPU.
+    """
 
     name = "cuda"
 
-    def __init__(self):
-        import cupy                                            # the device is touched only when a kernel runs
-        self.xp = cupy
+    def __init__(self, xp=None):
+        if xp is None:
+            import cupy as xp                                  # the device is touched only when a kernel runs
+        self.xp = xp
         self._modules: dict[str, object] = {}
         self._functions: dict[tuple, object] = {}
 
