@@ -27,7 +27,7 @@ from refimpl.cells.lstm import LSTMCache, LSTMState
 from refimpl.cells.rnn import RNNCache
 from refimpl.errors import UnknownNameError
 
-from .common import complex_from, kernel, param_grads, project, rows, shifted, sigmoid
+from .common import complex_from, kernel, param_grads, project, rows, shifted, sigmoid, transposed
 
 
 def _check_nonlinearity(nonlinearity: str) -> None:
@@ -67,7 +67,7 @@ def _rnn_step_back(g, h_t, W_hh, use_tanh, propagate):
 def rnn_forward_graph(params, x, h0, nonlinearity="tanh"):
     _check_nonlinearity(nonlinearity)
     pre = project(x, params["weight_ih"], params["bias_ih"])                 # (1) input part, all t
-    W_hhT = params["weight_hh"].T
+    W_hhT = transposed(params["weight_hh"])
     h_t, hs = h0, []
     for t in range(x.shape[0]):
         h_t = _rnn_step(pre[t], h_t, W_hhT, params["bias_hh"], nonlinearity == "tanh")
@@ -132,7 +132,7 @@ def gru_gate_adjoints(g, h_prev, r, z, n, m):
 
 def gru_forward_graph(params, x, h0):
     gi = project(x, params["weight_ih"], params["bias_ih"])                  # (1)(2)(4) input parts, all t
-    W_hhT = params["weight_hh"].T
+    W_hhT = transposed(params["weight_hh"])
     h_t, steps = h0, []
     for t in range(x.shape[0]):
         step = _gru_step(gi[t], h_t, W_hhT, params["bias_hh"])
@@ -196,7 +196,7 @@ def lstm_gate_adjoints(dh, dc, c_prev, i, f, g, o, tanh_c):
 def lstm_forward_graph(params, x, state0):
     h0, c0 = state0
     pre = project(x, params["weight_ih"], params["bias_ih"])                 # (1) input part, all t
-    W_hhT = params["weight_hh"].T
+    W_hhT = transposed(params["weight_hh"])
     h_t, c_t, steps = h0, c0, []
     for t in range(x.shape[0]):
         step = _lstm_step(pre[t], h_t, c_t, W_hhT, params["bias_hh"])

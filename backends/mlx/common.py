@@ -71,10 +71,16 @@ def param_grads(params: dict, computed: dict) -> dict:
     return {k: computed[k].astype(v.dtype) for k, v in params.items()}
 
 
+def transposed(weight: mx.array) -> mx.array:
+    """Wᵀ as a row-contiguous array: x @ Wᵀ then runs as a plain (NN) GEMM, about twice as fast on the CPU as with
+    the transposed view."""
+    return mx.contiguous(weight.T)
+
+
 def project(x: mx.array, weight: mx.array, bias: mx.array | None = None) -> mx.array:
-    """x W_ᵀ (+ b) for all T steps at once, (T, B, rows): ONE GEMM outside the time loop."""
+    """x Wᵀ (+ b) for all T steps at once, (T, B, rows): ONE GEMM outside the time loop."""
     T, B, I = x.shape
-    out = x.reshape(T * B, I) @ weight.T
+    out = x.reshape(T * B, I) @ transposed(weight)
     if bias is not None:
         out = out + bias
     return out.reshape(T, B, weight.shape[0])

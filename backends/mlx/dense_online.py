@@ -35,7 +35,7 @@ from refimpl.cells.lstm import LSTMState
 
 from .cells import (_check_nonlinearity, _gru_step, _lstm_step, _rnn_step, gru_backward_graph, gru_forward_graph,
                     lstm_backward_graph, lstm_forward_graph, rnn_backward_graph, rnn_forward_graph)
-from .common import kernel, param_grads, project
+from .common import kernel, param_grads, project, transposed
 
 # ------------------------------------------------------------------------------------------- per-unit factors
 
@@ -98,7 +98,7 @@ class _Cell:
     def __init__(self, name, params, x, state0, nonlinearity=None):
         self.name, self.params = name, params
         self.pre = project(x, params["weight_ih"], params["bias_ih"])           # input parts of (1), all t
-        self.W_hhT = params["weight_hh"].T
+        self.W_hhT = transposed(params["weight_hh"])
         self.R = 2 if name == "lstm" else 1
         self.state = state0
         self.use_tanh = nonlinearity == "tanh"

@@ -21,7 +21,7 @@ import mlx.core as mx
 from refimpl import ep
 from refimpl.errors import UnsupportedError
 
-from .common import kernel, param_grads
+from .common import kernel, param_grads, transposed
 
 
 # ---------------------------------------------------------------------------------------------------- activations
@@ -59,20 +59,21 @@ def _d2rho(s, act):
 @functools.lru_cache(maxsize=None)
 def _step_fn(kind: str, act: str, dt: float, clamp: bool, nudge: bool):
     """The compiled synchronous step (2)–(6) of one network configuration:
-    (W [W.0 …], b [b.1 …], Wx [Wx.2 …] (toy), r0 = ρ(x) or x, s [s_1 … s_L], y, beta) → (s', u, s'_pre)."""
+    (W [W.0 …], WT [their transposes], b [b.1 …], WxT [Wx.2ᵀ …] (toy), r0 = ρ(x) or x, s [s_1 … s_L], y, beta)
+    → (s', u, s'_pre)."""
     energy = kind != "prototypical"
 
-    def step(W, b, Wx, r0, s, y, beta):
+    def step(W, WT, b, WxT, r0, s, y, beta):
         L = len(s)
         r = [r0] + ([_rho(v, act) for v in s] if energy else list(s))    # ρ(s_l) (energy) / s_l (proto)
         new, us, pres = [], [], []
         for l in range(1, L + 1):
             s_l = s[l - 1]
-            u = r[l - 1] @ W[l - 1].T + b[l - 1]                          # (2)/(4)
+            u = r[l - 1] @ WT[l - 1] + b[l - 1]                           # (2)/(4)
             if l < L:
                 u = u + r[l + 1] @ W[l]                                   # (2)/(4)
             if kind == "toy" and l >= 2:
-                u = u + r0 @ Wx[l - 2].T                                  # (2) Wx.l ρ(x)
+                u = u + r0 @ WxT[l - 2]                                   # (2) Wx.l ρ(x)
             if energy:
                 g_is_drho = not (kind == "energy" and l == L)             # energy output layer: g_L = 1
                 d = -s_l + (_drho(s_l, act) * u if g_is_drho else u)     # (3)
@@ -90,10 +91,10 @@ def _step_fn(kind: str, act: str, dt: float, clamp: bool, nudge: bool):
 
 @functools.lru_cache(maxsize=None)
 def _step_back_fn(kind: str, act: str, dt: float, clamp: bool):
-    """The compiled adjoint of one FREE step (11)/(12): (W, s̄', s, u, s'_pre) → (ū [per layer], s̄ [per layer])."""
+    """The compiled adjoint of one FREE step (11)/(12): (W, WT, s̄', s, u, s'_pre) → (ū [per layer], s̄ [per layer])."""
     energy = kind != "prototypical"
 
-    def step_back(W, ds_new, s, u, pre):
+    def step_back(W, WT, ds_new, s, u, pre):
         L = len(s)
         ds = [None] * L
         dr = [mx.zeros_like(v) for v in s]                               # adjoint of ρ(s_l) / of s_l through u
@@ -117,7 +118,7 @@ def _step_back_fn(kind: str, act: str, dt: float, clamp: bool):
             if l >= 2:
                 dr[i - 1] = dr[i - 1] + du @ W[l - 1]                     # (11)/(12) ū_l W.{l−1}
             if l < L:
-                dr[i + 1] = dr[i + 1] + du @ W[l].T                       # (11)/(12) ū_l W.lᵀ
+                dr[i + 1] = dr[i + 1] + du @ WT[l]                        # (11)/(12) ū_l W.lᵀ
         ds = [ds[i] + (dr[i] * _drho(s[i], act) if energy else dr[i]) for i in range(L)]   # through ρ(s_l)
         return dus, ds
     return mx.compile(step_back)
@@ -129,7 +130,7 @@ _DTYPE_NAMES = {mx.float32: "float32", mx.float64: "float64"}
 
 
 def _setup(params, x, kind, activation, dt, y=None):
-    """Validate like refimpl.ep (kind, activation, dt, shapes) → (net, W, b, Wx, r0)."""
+    """Validate like refimpl.ep (kind, activation, dt, shapes) → (net, (W, WT, b, WxT), r0)."""
     L = sum(k.startswith("W.") for k in params)
     if x.ndim != 2:
         raise UnsupportedError(f"x has shape {tuple(x.shape)}; expected (B, I): EP takes one static input")
@@ -142,12 +143,12 @@ def _setup(params, x, kind, activation, dt, y=None):
         raise UnsupportedError(f"y has shape {tuple(y.shape)}; expected ({x.shape[0]}, {sizes[-1]})")
     W = [params[f"W.{l}"] for l in range(L)]
     b = [params[f"b.{l + 1}"] for l in range(L)]
-    Wx = [params[f"Wx.{l}"] for l in range(2, L + 1)] if net.kind == "toy" else []
+    WxT = [transposed(params[f"Wx.{l}"]) for l in range(2, L + 1)] if net.kind == "toy" else []
     r0 = _rho(x, net.activation) if net.kind != "prototypical" else x
-    return net, W, b, Wx, r0
+    return net, (W, [transposed(w) for w in W], b, WxT), r0
 
 
-def _relax(net, W, b, Wx, r0, s, steps, y=None, beta=None, keep=0):
+def _relax(net, weights, r0, s, steps, y=None, beta=None, keep=0):
     """`steps` steps from the states s; nudged (5) when y is given. keep: how many of the last steps' (s, u, s'_pre)
     to return (for BPTT)."""
     step = _step_fn(net.kind, net.activation, net.dt, net.clamp, y is not None)
@@ -155,7 +156,7 @@ def _relax(net, W, b, Wx, r0, s, steps, y=None, beta=None, keep=0):
     y = mx.zeros_like(s[-1]) if y is None else y
     kept = []
     for t in range(steps):
-        new, u, pre = step(W, b, Wx, r0, s, y, beta)
+        new, u, pre = step(*weights, r0, s, y, beta)
         if t >= steps - keep:
             kept.append((s, u, pre))
         s = new
@@ -172,8 +173,8 @@ def _zeros(net, B, dtype):
 def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.free_phase: T free steps from s = 0. Returns [s_1 … s_L], each (B, n_l)."""
     T = ep._check_T(T)
-    net, W, b, Wx, r0 = _setup(params, x, kind, activation, dt)
-    s, _ = _relax(net, W, b, Wx, r0, _zeros(net, x.shape[0], x.dtype), T)
+    net, weights, r0 = _setup(params, x, kind, activation, dt)
+    s, _ = _relax(net, weights, r0, _zeros(net, x.shape[0], x.dtype), T)
     return list(s)
 
 
@@ -184,9 +185,9 @@ def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=Non
     ep._check_beta(beta)
     if y is None:
         raise UnsupportedError("ep.nudged_phase needs y (B, O), the target the output is nudged towards")
-    net, W, b, Wx, r0 = _setup(params, x, kind, activation, dt, y)
-    s, _ = _relax(net, W, b, Wx, r0, _zeros(net, x.shape[0], x.dtype), T)
-    s, _ = _relax(net, W, b, Wx, r0, s, K, y=y, beta=beta)
+    net, weights, r0 = _setup(params, x, kind, activation, dt, y)
+    s, _ = _relax(net, weights, r0, _zeros(net, x.shape[0], x.dtype), T)
+    s, _ = _relax(net, weights, r0, s, K, y=y, beta=beta)
     return list(s)
 
 
@@ -200,15 +201,15 @@ def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     if K > T:
         raise UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase "
                                "has; use K ≤ T")
-    net, W, b, Wx, r0 = _setup(params, x, kind, activation, dt, y)
+    net, weights, r0 = _setup(params, x, kind, activation, dt, y)
     B, L = x.shape[0], net.n_layers
-    s, kept = _relax(net, W, b, Wx, r0, _zeros(net, B, x.dtype), T, keep=K)
+    s, kept = _relax(net, weights, r0, _zeros(net, B, x.dtype), T, keep=K)
     ds = [mx.zeros_like(v) for v in s[:-1]] + [(s[-1] - y) / B]           # (7)
     step_back = _step_back_fn(net.kind, net.activation, net.dt, net.clamp)
     dU = [None] * K
     for t in reversed(range(K)):                                          # the step s_{T−K+t} → s_{T−K+t+1}, last first
         s_t, u_t, pre_t = kept[t]
-        dU[t], ds = step_back(W, ds, s_t, u_t, pre_t)                     # (11)/(12)
+        dU[t], ds = step_back(weights[0], weights[1], ds, s_t, u_t, pre_t)                     # (11)/(12)
 
     energy = net.kind != "prototypical"
     G = [mx.concatenate([dU[t][i] for t in range(K)], axis=0) for i in range(L)]          # ū_l, all (t, b) rows
