@@ -12,8 +12,13 @@ module docstring. The layout follows three rules (research/landscape.md §2.4):
     (c) the backward loop stores the gate adjoints ḡ_t (T, B, nG·H); the weight gradients are then ONE GEMM each,
         ḡᵀ (nG·H, T·B) @ [x | h_prev] (T·B, ·), and x̄ is one GEMM ḡ @ W_ih.
 
+    (d) the transcendental functions inside the loops are fastmath.tanh / fastmath.sigmoid: plain arithmetic that
+        LLVM vectorises (np.tanh on a scalar is a libm call per element and stops the loop from vectorising). The
+        loops are compiled with error_model="numpy" (no zero-division check, which would also stop vectorisation)
+        and fastmath={"contract"} (FMA contraction only, no reassociation).
+
 Everything is sequential and in a fixed order (no prange reductions), so results are bit-reproducible run to run.
-Scalars inside the loops are passed in the arrays' dtype (`one`, `half`) so float32 kernels stay in float32.
+Scalars inside the loops are passed in the arrays' dtype (`one`, `half`, `zero`) so float32 kernels stay in float32.
 Inputs are never written to; every output is a fresh array.
 """
 
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from .fastmath import sigmoid, tanh
 
 from refimpl.cells.gru import GRUCache
 from refimpl.cells.lru import LRUCache, lambda_gamma
@@ -38,6 +45,10 @@ def _consts(dtype):
     return t(1.0), t(0.5)
 
 
+#: The options of every dense cell loop: see rule (d) of the module docstring.
+_LOOP = dict(cache=True, error_model="numpy", fastmath={"contract"})
+
+
 def _param_grads(params: dict, computed: dict) -> dict:
     """The gradients in the parameters' order and dtypes (as zeros_like_params + add_into in the references)."""
     return {k: np.asarray(computed[k]).astype(v.dtype, copy=False) for k, v in params.items()}
@@ -50,7 +61,7 @@ def _bias_sum(g2: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------------- rnn
 
-@njit(cache=True)
+@njit(**_LOOP)
 def _rnn_forward_loop(pre, h0, W_hhT, b_hh, use_tanh, h_prev, h):
     """pre (T, B, H) = x W_ihᵀ + b_ih; writes h_prev, h (T, B, H)."""
     T, B, H = pre.shape
@@ -63,10 +74,10 @@ def _rnn_forward_loop(pre, h0, W_hhT, b_hh, use_tanh, h_prev, h):
         for b in range(B):
             for k in range(H):
                 a = pre[t, b, k] + rec[b, k] + b_hh[k]      # (1)
-                h[t, b, k] = np.tanh(a) if use_tanh else a  # (2)
+                h[t, b, k] = tanh(a) if use_tanh else a     # (2)
 
 
-@njit(cache=True)
+@njit(**_LOOP)
 def _rnn_backward_loop(dh, h, W_hh, use_tanh, one, da, carry, propagate):
     """Writes the pre-activation adjoints da (T, B, H); carry ends as h̄_{-1}. propagate=False drops the carried
     adjoint (h_{t-1} held constant: the truncated gradient of refimpl/rtrl.py)."""
@@ -123,9 +134,10 @@ def _check_nonlinearity(nonlinearity: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------- gru
 
-@njit(cache=True)
-def _gru_forward_loop(gi, h0, W_hhT, b_hh, one, half, h_prev, r, z, n, hn, h):
-    """gi (T, B, 3H) = x W_ihᵀ + b_ih; writes the cache fields h_prev, r, z, n, hn, h (T, B, H)."""
+@njit(**_LOOP)
+def _gru_forward_loop(gi, h0, W_hhT, b_hh, one, h_prev, r, z, n, hn, h):
+    """gi (T, B, 3H) = x W_ihᵀ + b_ih (+ b_hr, b_hz on the r, z blocks); writes the cache fields h_prev, r, z, n, hn,
+    h (T, B, H)."""
     T, B, H3 = gi.shape
     H = H3 // 3
     gh = np.empty((B, H3), gi.dtype)                        # W_hh h_{t-1}, reused every step
@@ -136,47 +148,52 @@ def _gru_forward_loop(gi, h0, W_hhT, b_hh, one, half, h_prev, r, z, n, hn, h):
         np.dot(h_prev[t], W_hhT, gh)
         for b in range(B):
             for k in range(H):
-                rr = half * (one + np.tanh(half * (gi[t, b, k] + (gh[b, k] + b_hh[k]))))                # (1)
-                zz = half * (one + np.tanh(half * (gi[t, b, H + k] + (gh[b, H + k] + b_hh[H + k]))))    # (2)
+                rr = sigmoid(gi[t, b, k] + gh[b, k])                                                   # (1)
+                zz = sigmoid(gi[t, b, H + k] + gh[b, H + k])                                           # (2)
                 m = gh[b, 2 * H + k] + b_hh[2 * H + k]                                                 # (3)
-                nn = np.tanh(gi[t, b, 2 * H + k] + rr * m)                                             # (4)
+                nn = tanh(gi[t, b, 2 * H + k] + rr * m)                                                # (4)
                 h[t, b, k] = (one - zz) * nn + zz * h_prev[t, b, k]                                    # (5)
                 r[t, b, k], z[t, b, k], n[t, b, k], hn[t, b, k] = rr, zz, nn, m
 
 
-@njit(cache=True)
-def _gru_backward_loop(dh, h_prev, r, z, n, hn, W_hh, one, dg_ih, dg_hh, carry, propagate):
-    """Writes ḡ_ih, ḡ_hh (T, B, 3H) of eq. (10); carry ends as h̄_{-1}. propagate=False drops the carried adjoint."""
+@njit(**_LOOP)
+def _gru_backward_loop(dh, h_prev, r, z, n, hn, W_hh, one, zero, dg_ih, dg_hh, carry, propagate):
+    """Writes ḡ_ih, ḡ_hh (T, B, 3H) of eq. (10); carry ends as h̄_{-1}. propagate=False drops the carried adjoint.
+    The two parts of (11) are kept apart until they are used: `carry` holds the direct path h̄_t ⊙ z, `rec` the
+    gate path ḡ_hh W_hh (written by the GEMM straight into its buffer, no extra pass)."""
     T, B, H = dh.shape
-    rec = np.empty((B, H), dh.dtype)
+    rec = np.zeros((B, H), dh.dtype)
     for t in range(T - 1, -1, -1):
         for b in range(B):
             for k in range(H):
-                g = dh[t, b, k] + carry[b, k]                   # (12) h̄_t
+                g = dh[t, b, k] + carry[b, k] + rec[b, k]       # (12) h̄_t
                 rr, zz, nn = r[t, b, k], z[t, b, k], n[t, b, k]
                 da_n = g * (one - zz) * (one - nn * nn)         # (6), (7)
                 da_z = g * (h_prev[t, b, k] - nn) * zz * (one - zz)   # (6), (9)
                 da_r = da_n * hn[t, b, k] * rr * (one - rr)     # (8), (9)
                 dg_ih[t, b, k], dg_ih[t, b, H + k], dg_ih[t, b, 2 * H + k] = da_r, da_z, da_n       # (10)
                 dg_hh[t, b, k], dg_hh[t, b, H + k], dg_hh[t, b, 2 * H + k] = da_r, da_z, da_n * rr  # (10), (8) m̄
-                carry[b, k] = g * zz if propagate else 0.0     # (11) direct path of (5)
+                carry[b, k] = g * zz if propagate else zero    # (11) direct path of (5)
         if propagate:
             np.dot(dg_hh[t], W_hh, rec)                         # (11) ḡ_hh W_hh
-            for b in range(B):
-                for k in range(H):
-                    carry[b, k] += rec[b, k]
+    for b in range(B):
+        for k in range(H):
+            carry[b, k] += rec[b, k]                            # (11) h̄_{-1} = both paths
 
 
 def gru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
     """As refimpl.cells.gru.forward: x (T, B, I), h0 (B, H) → h (T, B, H), GRUCache (T, ·)."""
     T, B, I = x.shape
     dt = np.result_type(x, params["weight_ih"], h0)
-    one, half = _consts(dt)
+    one, _ = _consts(dt)
     W_ih, W_hh = _c(params["weight_ih"], dt), _c(params["weight_hh"], dt)
     H = W_hh.shape[1]
-    gi = (_c(x, dt).reshape(T * B, I) @ W_ih.T + params["bias_ih"].astype(dt)).reshape(T, B, 3 * H)  # (1)(2)(4) all t
+    b_hh = _c(params["bias_hh"], dt)
+    b_in = params["bias_ih"].astype(dt)                    # + b_hr, b_hz: the r, z biases are added once, here
+    b_in[:2 * H] += b_hh[:2 * H]
+    gi = (_c(x, dt).reshape(T * B, I) @ W_ih.T + b_in).reshape(T, B, 3 * H)                        # (1)(2)(4) all t
     h_prev, r, z, n, hn, h = (np.empty((T, B, H), dt) for _ in range(6))
-    _gru_forward_loop(gi, _c(h0, dt), _c(W_hh.T, dt), _c(params["bias_hh"], dt), one, half, h_prev, r, z, n, hn, h)
+    _gru_forward_loop(gi, _c(h0, dt), _c(W_hh.T, dt), b_hh, one, h_prev, r, z, n, hn, h)
     return h, GRUCache(x=np.array(x), h_prev=h_prev, r=r, z=z, n=n, hn=hn, h=h)
 
 
@@ -189,7 +206,7 @@ def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache, *, propagate: bo
     carry = np.zeros((B, H), dt)
     c = cache
     _gru_backward_loop(_c(dh, dt), _c(c.h_prev, dt), _c(c.r, dt), _c(c.z, dt), _c(c.n, dt), _c(c.hn, dt),
-                       _c(params["weight_hh"], dt), one, dg_ih, dg_hh, carry, propagate)
+                       _c(params["weight_hh"], dt), one, dt.type(0.0), dg_ih, dg_hh, carry, propagate)
     gi2, gh2 = dg_ih.reshape(T * B, 3 * H), dg_hh.reshape(T * B, 3 * H)
     grads = _param_grads(params, {"weight_ih": gi2.T @ c.x.reshape(T * B, -1).astype(dt, copy=False),   # (10)
                                   "weight_hh": gh2.T @ c.h_prev.reshape(T * B, H).astype(dt, copy=False),
@@ -201,9 +218,9 @@ def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache, *, propagate: bo
 
 # --------------------------------------------------------------------------------------------------------------- lstm
 
-@njit(cache=True)
-def _lstm_forward_loop(pre, h0, c0, W_hhT, b_hh, one, half, h_prev, c_prev, i, f, g, o, c, tanh_c, h):
-    """pre (T, B, 4H) = x W_ihᵀ + b_ih; writes every LSTMCache field but x (T, B, H)."""
+@njit(**_LOOP)
+def _lstm_forward_loop(pre, h0, c0, W_hhT, h_prev, c_prev, i, f, g, o, c, tanh_c, h):
+    """pre (T, B, 4H) = x W_ihᵀ + b_ih + b_hh; writes every LSTMCache field but x (T, B, H)."""
     T, B, H4 = pre.shape
     H = H4 // 4
     rec = np.empty((B, H4), pre.dtype)
@@ -214,18 +231,18 @@ def _lstm_forward_loop(pre, h0, c0, W_hhT, b_hh, one, half, h_prev, c_prev, i, f
         np.dot(h_prev[t], W_hhT, rec)                                                         # (1) W_hh h_{t-1}
         for b in range(B):
             for k in range(H):
-                ii = half * (one + np.tanh(half * (pre[t, b, k] + rec[b, k] + b_hh[k])))                   # (1)(2)
-                ff = half * (one + np.tanh(half * (pre[t, b, H + k] + rec[b, H + k] + b_hh[H + k])))       # (1)(2)
-                gg = np.tanh(pre[t, b, 2 * H + k] + rec[b, 2 * H + k] + b_hh[2 * H + k])                   # (1)(2)
-                oo = half * (one + np.tanh(half * (pre[t, b, 3 * H + k] + rec[b, 3 * H + k] + b_hh[3 * H + k])))
+                ii = sigmoid(pre[t, b, k] + rec[b, k])                                                   # (1)(2)
+                ff = sigmoid(pre[t, b, H + k] + rec[b, H + k])                                           # (1)(2)
+                gg = tanh(pre[t, b, 2 * H + k] + rec[b, 2 * H + k])                                      # (1)(2)
+                oo = sigmoid(pre[t, b, 3 * H + k] + rec[b, 3 * H + k])                                   # (1)(2)
                 cc = ff * c_prev[t, b, k] + ii * gg                                                       # (3)
-                tc = np.tanh(cc)                                                                         # (4)
+                tc = tanh(cc)                                                                            # (4)
                 h[t, b, k] = oo * tc                                                                     # (4)
                 i[t, b, k], f[t, b, k], g[t, b, k], o[t, b, k], c[t, b, k], tanh_c[t, b, k] = ii, ff, gg, oo, cc, tc
 
 
-@njit(cache=True)
-def _lstm_backward_loop(dh, c_prev, i, f, g, o, tanh_c, W_hh, one, da, carry_h, carry_c, propagate):
+@njit(**_LOOP)
+def _lstm_backward_loop(dh, c_prev, i, f, g, o, tanh_c, W_hh, one, zero, da, carry_h, carry_c, propagate):
     """Writes ā (T, B, 4H) of eq. (9); carry_h, carry_c end as h̄_{-1}, c̄_{-1}. propagate=False drops both carried
     adjoints (h_{t-1} and c_{t-1} held constant)."""
     T, B, H = dh.shape
@@ -239,7 +256,7 @@ def _lstm_backward_loop(dh, c_prev, i, f, g, o, tanh_c, W_hh, one, da, carry_h, 
                 da[t, b, H + k] = dc_hat * c_prev[t, b, k] * ff * (one - ff)      # (7)(8) ā_f
                 da[t, b, 2 * H + k] = dc_hat * ii * (one - gg * gg)               # (7)(8) ā_g
                 da[t, b, 3 * H + k] = gh * tc * oo * (one - oo)                   # (5)(8) ā_o
-                carry_c[b, k] = dc_hat * ff if propagate else 0.0                 # (7) c̄_{t-1}
+                carry_c[b, k] = dc_hat * ff if propagate else zero                # (7) c̄_{t-1}
         if propagate:
             np.dot(da[t], W_hh, carry_h)                                          # (10) h̄_{t-1} contribution
 
@@ -249,13 +266,12 @@ def lstm_forward(params: dict, x: np.ndarray, state0):
     h0, c0 = state0
     T, B, I = x.shape
     dt = np.result_type(x, params["weight_ih"], h0, c0)
-    one, half = _consts(dt)
     W_ih, W_hh = _c(params["weight_ih"], dt), _c(params["weight_hh"], dt)
     H = W_hh.shape[1]
-    pre = (_c(x, dt).reshape(T * B, I) @ W_ih.T + params["bias_ih"].astype(dt)).reshape(T, B, 4 * H)   # (1) all t
+    bias = params["bias_ih"].astype(dt) + params["bias_hh"].astype(dt)                             # (1) both biases
+    pre = (_c(x, dt).reshape(T * B, I) @ W_ih.T + bias).reshape(T, B, 4 * H)                        # (1) all t
     h_prev, c_prev, i, f, g, o, c, tanh_c, h = (np.empty((T, B, H), dt) for _ in range(9))
-    _lstm_forward_loop(pre, _c(h0, dt), _c(c0, dt), _c(W_hh.T, dt), _c(params["bias_hh"], dt), one, half,
-                       h_prev, c_prev, i, f, g, o, c, tanh_c, h)
+    _lstm_forward_loop(pre, _c(h0, dt), _c(c0, dt), _c(W_hh.T, dt), h_prev, c_prev, i, f, g, o, c, tanh_c, h)
     return h, LSTMCache(x=np.array(x), h_prev=h_prev, c_prev=c_prev, i=i, f=f, g=g, o=o, c=c, tanh_c=tanh_c, h=h)
 
 
@@ -269,7 +285,8 @@ def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache, *, propagate: 
     da = np.empty((T, B, 4 * H), dt)
     carry_h, carry_c = np.zeros((B, H), dt), np.zeros((B, H), dt)
     _lstm_backward_loop(_c(dh, dt), _c(k.c_prev, dt), _c(k.i, dt), _c(k.f, dt), _c(k.g, dt), _c(k.o, dt),
-                        _c(k.tanh_c, dt), _c(params["weight_hh"], dt), one, da, carry_h, carry_c, propagate)
+                        _c(k.tanh_c, dt), _c(params["weight_hh"], dt), one, dt.type(0.0), da, carry_h, carry_c,
+                        propagate)
     da2 = da.reshape(T * B, 4 * H)
     db = _bias_sum(da2)
     grads = _param_grads(params, {"weight_ih": da2.T @ k.x.reshape(T * B, -1).astype(dt, copy=False),    # (9)
