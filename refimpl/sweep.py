@@ -11,6 +11,7 @@ warning is printed once.
 
 The sweep directory:
     sweep.json          the base config and the grid (a rerun must give the same; another grid needs another --out)
+    .lock               held by the running sweep process (a second sweep on the same directory is refused)
     sweep.jsonl         one event per line, flushed: {"event": "start" | "resume" | "done" | "diverged" | "skip", "trial"}
     trials/<name>/      one run directory per trial (refimpl/bpfree_train.py: config.json, metrics.jsonl, checkpoint,
                         result.json); a diverged trial's result.json says {"status": "diverged", "message": …}
@@ -20,7 +21,8 @@ The sweep directory:
 Resume. Running the same sweep again (after a crash, a kill, or on purpose) skips every trial whose result.json
 exists, continues a trial that has a run directory but no result from its last checkpoint (bpfree_train's exact
 resume), and starts the others. Trial names are derived from the config (a readable part and a hash of the whole
-config), so a trial is recognised whatever order the pool ran it in.
+config), so a trial is recognised whatever order the pool ran it in. Pool workers end themselves when the sweep
+process dies, so a killed sweep leaves no orphan finishing its queued trials behind the resumed one.
 
 Selection is on the validation split only: per algorithm, the trial with the lowest validation error
 (classification; ties by validation loss) or validation loss (reconstruction). The test error of the chosen trial is
@@ -179,6 +181,23 @@ class _Events:
         self._f.close()
 
 
+def _lock(out: Path):
+    """An exclusive lock on out/.lock for this process's lifetime (released by the OS when it dies): two live sweeps
+    must not write the same trials. POSIX only; elsewhere the lock is not taken."""
+    f = open(out / ".lock", "w")
+    try:
+        import fcntl
+    except ImportError:
+        return f
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UnsupportedError(f"another sweep process is running in {out}; wait for it to finish (or stop it) "
+                               f"before resuming this sweep") from None
+    return f
+
+
 def read_events(out_dir) -> list[dict]:
     return read_metrics(Path(out_dir) / "sweep.jsonl")
 
@@ -210,6 +229,7 @@ def run_sweep(base: BpfreeConfig, grid: dict, out_dir, *, workers: int = 1, echo
         echo(f"warning: {w}")
     for r in refused:
         echo(f"refused {r['config']}: {r['reason']}")
+    lock = _lock(out)
     events = _Events(out / "sweep.jsonl")
     dirs = {t.name: out / "trials" / t.name for t in trials}
     skipped = [t.name for t in trials if trial_status(dirs[t.name]) == "done"]
@@ -234,9 +254,22 @@ def run_sweep(base: BpfreeConfig, grid: dict, out_dir, *, workers: int = 1, echo
             _run_pool(pending, dirs, workers, finished)
     finally:
         events.close()
+        lock.close()
     summary = summarize(out, trials, refused)
     summary.ran, summary.skipped = [t.name for t in pending], skipped
     return summary
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker as soon as the sweep process is gone (killed, crashed), instead of
+    finishing the trials already queued to it as an orphan, racing the sweep that resumes them."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _run_pool(pending: list, dirs: dict, workers: int, finished) -> None:
@@ -246,7 +279,8 @@ def _run_pool(pending: list, dirs: dict, workers: int, finished) -> None:
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update({k: "1" for k in saved})            # inherited by the spawned workers
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(run_trial, asdict(t.config), str(dirs[t.name])): t for t in pending}
             for k, f in enumerate(as_completed(futures), 1):
                 finished(futures[f], f.result(), k)
@@ -307,7 +341,7 @@ def format_table(summary: SweepSummary, trials: list) -> str:
         n = sum(1 for x in records if x["algorithm"] == a)
         bad = sum(1 for x in records if x["algorithm"] == a and x["status"] == "diverged")
         vals = (r["val_error"], r["test_error"]) if classify else (r["val_loss"], r["test_loss"])
-        lines.append(f"{a:<9} " + " ".join(f"{_fmt(f, r[f]) if f == 'lr' else str(r[f]):<13}" for f in shown)
+        lines.append(f"{a:<9} " + " ".join(f"{format(r[f], '.3g') if f == 'lr' else str(r[f]):<13}" for f in shown)
                      + f" {vals[0]:>10.2f} {vals[1]:>10.2f} {n:>7} {bad:>8}")
     for a in bpfree.RULES:
         if a not in summary.best and any(x["algorithm"] == a for x in records):

@@ -134,6 +134,14 @@ def test_a_directory_holds_one_sweep(tmp_path):
     sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s")
     with pytest.raises(UnsupportedError, match="holds another sweep"):
         sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [3e-2]}, tmp_path / "s")
+    pytest.importorskip("fcntl")
+    held = sweep._lock(tmp_path / "s")                     # as if a live sweep process held the directory
+    try:
+        with pytest.raises(UnsupportedError, match="another sweep process is running"):
+            sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s")
+    finally:
+        held.close()
+    assert sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s").skipped
 
 
 @pytest.mark.parametrize("args,phrase", [
