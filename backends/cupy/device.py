@@ -81,7 +81,8 @@ class EmulatedDevice:
 
     guard (default on): every array argument is handed to the kernel inside a copy padded with GUARD NaNs on each
     side; a kernel that writes outside its array changes the padding (→ RuntimeError naming kernel and argument), one
-    that reads outside it reads NaN, which surfaces in the parity checks.
+    that reads outside it reads NaN, which surfaces in the parity checks. Write-only outputs (launch.Out) start as NaN,
+    as uninitialised device memory would hold garbage: an entry the kernel fails to write stays NaN.
     """
 
     name = "emulation"
@@ -138,7 +139,8 @@ class EmulatedDevice:
                 if self.guard:
                     g = self.GUARD
                     buf = np.full(v.size + 2 * g, np.nan, dtype=v.dtype)
-                    buf[g:g + v.size] = v.reshape(-1)
+                    if a.reads:
+                        buf[g:g + v.size] = v.reshape(-1)
                     padded.append((a, v, buf))
                     v = buf[g:]
                 c_args.append(ctypes.c_void_p(v.ctypes.data))

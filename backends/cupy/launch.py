@@ -127,12 +127,14 @@ SCALAR_KINDS = ("int", "real")
 
 @dataclass(frozen=True)
 class Arg:
-    """One kernel parameter. kind: ARRAY_KINDS or SCALAR_KINDS; out: written by the kernel (arrays only);
-    size: the number of elements (pairs for C, Z) as an expression in n and the kernel's int parameters."""
+    """One kernel parameter. kind: ARRAY_KINDS or SCALAR_KINDS; out: written by the kernel (arrays only); reads: an
+    output whose old values the kernel reads too (in/out); size: the number of elements (pairs for C, Z) as an
+    expression in n and the kernel's int parameters."""
     name: str
     kind: str
     out: bool = False
     size: str = ""
+    reads: bool = True
 
     def __post_init__(self):
         if self.kind not in ARRAY_KINDS + SCALAR_KINDS:
@@ -156,7 +158,11 @@ def In(name, kind, size):           # noqa: N802  (reads like the declaration it
     return Arg(name, kind, False, size)
 
 
-def Out(name, kind, size):          # noqa: N802
+def Out(name, kind, size):          # noqa: N802  (written before it is read: old contents are not used)
+    return Arg(name, kind, True, size, reads=False)
+
+
+def InOut(name, kind, size):        # noqa: N802  (read, then overwritten)
     return Arg(name, kind, True, size)
 
 

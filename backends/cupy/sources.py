@@ -44,7 +44,7 @@ Every thread writes only its own entries (no shared memory, no atomics); partial
 
 from __future__ import annotations
 
-from .launch import CudaSource, In, Int, Kernel, Out
+from .launch import CudaSource, In, InOut, Int, Kernel, Out
 
 # ------------------------------------------------------------------------------------------------------------ CELLS
 
@@ -162,7 +162,7 @@ CELLS = CudaSource("cells", _CELLS_BODY, (
                             In("h_prev_t", "R", "n"), Out("r_t", "R", "n"), Out("z_t", "R", "n"), Out("n_t", "R", "n"),
                             Out("hn_t", "R", "n"), Out("h_t", "R", "n"), Int("H")), n="B·H",
            doc="eqs. (1)-(5)"),
-    Kernel("gru_bwd_step", (In("dh_t", "R", "n"), Out("direct", "R", "n"), In("rec", "R", "n"),
+    Kernel("gru_bwd_step", (In("dh_t", "R", "n"), InOut("direct", "R", "n"), In("rec", "R", "n"),
                             In("h_prev_t", "R", "n"), In("r_t", "R", "n"), In("z_t", "R", "n"), In("n_t", "R", "n"),
                             In("hn_t", "R", "n"), Out("dg_ih_t", "R", "3*n"), Out("dg_hh_t", "R", "3*n"), Int("H"),
                             Int("propagate")), n="B·H (or T·B·H)",
@@ -172,7 +172,7 @@ CELLS = CudaSource("cells", _CELLS_BODY, (
                              Out("g_t", "R", "n"), Out("o_t", "R", "n"), Out("c_t", "R", "n"), Out("tc_t", "R", "n"),
                              Out("h_t", "R", "n"), Int("H")), n="B·H",
            doc="eqs. (1)-(4)"),
-    Kernel("lstm_bwd_step", (In("dh_t", "R", "n"), In("carry_h", "R", "n"), Out("carry_c", "R", "n"),
+    Kernel("lstm_bwd_step", (In("dh_t", "R", "n"), In("carry_h", "R", "n"), InOut("carry_c", "R", "n"),
                              In("c_prev_t", "R", "n"), In("i_t", "R", "n"), In("f_t", "R", "n"), In("g_t", "R", "n"),
                              In("o_t", "R", "n"), In("tc_t", "R", "n"), Out("da_t", "R", "4*n"), Int("H"),
                              Int("propagate")), n="B·H (or T·B·H)",
@@ -407,7 +407,7 @@ LRU = CudaSource("lru", _LRU_BODY, (
     Kernel("lru_scan_carry", (In("y", "C", "T*BN"), In("a", "C", "N"), Out("carry", "C", "(chunks-1)*BN"), Int("T"),
                               Int("BN"), Int("N"), Int("L"), Int("chunks"), Int("reverse")), n="B·N",
            doc="the true states at the ends of the chunks"),
-    Kernel("lru_scan_fix", (In("a", "C", "N"), In("carry", "C", "n"), Out("y", "C", "T*BN"), Int("T"), Int("BN"),
+    Kernel("lru_scan_fix", (In("a", "C", "N"), In("carry", "C", "n"), InOut("y", "C", "T*BN"), Int("T"), Int("BN"),
                             Int("N"), Int("L"), Int("reverse")), n="(C − 1)·B·N",
            doc="adds the carried states into chunks 1 … C−1"),
     Kernel("lru_dlam", (In("h_prev", "C", "T*BN"), In("hbar", "C", "T*BN"), Out("part", "D", "2*n"), Int("T"),
