@@ -95,3 +95,9 @@ def to_backend(a: np.ndarray):
 def to_numpy(a) -> np.ndarray:
     """cupy.ndarray → NumPy (one device-to-host copy)."""
     return _cupy.asnumpy(a)
+
+
+def synchronize(outputs) -> None:
+    """Wait until the device has finished every kernel launched so far (launches are asynchronous: a benchmark stops
+    its clock after this)."""
+    _cupy.cuda.Device().synchronize()
