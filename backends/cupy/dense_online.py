@@ -12,7 +12,8 @@ array ops — per step a handful of batched cuBLAS GEMMs and elementwise ops, no
 
     per-unit factors  the sensitivities of unit k's state rows to its own pre-activations, from the step's gates:
                       rnn  φ'(a);  gru  S_ih, S_hh of (13);  lstm  S_h, S_c and κ of (12)            (B, R, H, G)
-    P̂_t              the immediate ∂s_t/∂θ on its sparsity pattern (r 9): P̂[b, r, k, g, …] = factor ⊗ x_t | h_{t-1} | 1
+    P̂_t              the immediate ∂s_t/∂θ on its sparsity pattern (r 9): P̂[b, r, k, g, …] = factor ⊗ (x_t,
+                      h_{t-1} or 1)
     rtrl  (r 3)       S_t = J_t S_{t-1} (one batched GEMM (B, S, S) @ (B, S, P)) + P̂_t scattered onto the pattern,
                       J_t from the factors and W_hh: rnn (7), gru (14), lstm (13)
     snap1 (r 10, 11)  T_t = D_t T_{t-1} + P̂_t with D_t the diagonal (lstm: per-unit 2×2 blocks) of J_t

@@ -201,10 +201,11 @@ class Kernel:
         """extern "C" host loops over the threads, ascending (order 0) or descending (order 1)."""
         out = []
         for R in CTYPES:
+            call = f"{self.name}_thread<{R}>({self.c_call()});"
             out.append(
                 f'extern "C" void ri_emulate_{self.name}_{R}(int order, {self.c_params(R)}) {{\n'
-                f"    if (order == 0) {{ for (long long idx = 0; idx < n; ++idx) {self.name}_thread<{R}>({self.c_call()}); }}\n"
-                f"    else {{ for (long long idx = n - 1; idx >= 0; --idx) {self.name}_thread<{R}>({self.c_call()}); }}\n"
+                f"    if (order == 0) {{ for (long long idx = 0; idx < n; ++idx) {call} }}\n"
+                f"    else {{ for (long long idx = n - 1; idx >= 0; --idx) {call} }}\n"
                 f"}}\n")
         return "".join(out)
 

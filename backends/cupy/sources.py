@@ -275,7 +275,7 @@ RI_FN void lru_dlam_thread(long long idx, const R* h_prev, const R* hbar, double
     part[2 * idx + 1] = si;
 }
 
-// ------------------------------------------------------------------------------- RTRL-family traces, eqs. (r 8, 13, 14)
+// ---------------------------------------------------------------------------- RTRL-family traces, eqs. (r 8, 13, 14)
 // Q_t = lam Q_{t-1} + lam h_{t-1} (S_nu = -e^nu Q, S_theta = i e^theta Q), S^g_t = lam S^g_{t-1} + u_t (lru 10);
 // carry = 0 keeps only the immediate parts (truncated, r 13); recurrent = 0 skips Q (spatial, r 14).
 template <typename R>
