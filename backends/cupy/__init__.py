@@ -31,8 +31,11 @@ from .launch import INSTALL_HINT, classify_probe
 
 try:
     import cupy as _cupy
+    _IMPORT_FAILURE = ""
 except ImportError:          # the backend exists but cannot run here; KERNELS still lists what it implements
-    _cupy = None
+    _cupy, _IMPORT_FAILURE = None, f"cannot import 'cupy': {INSTALL_HINT}"
+except Exception as e:       # installed but broken (e.g. a CUDA library it loads at import is missing)
+    _cupy, _IMPORT_FAILURE = None, f"cannot import 'cupy' ({type(e).__name__}: {e}); {INSTALL_HINT}"
 
 from . import cells, dense_fptt, dense_online, ep_loops, lru_online  # noqa: E402  (import no cupy, touch no device)
 
@@ -70,7 +73,7 @@ KERNELS = {name: _on_cuda(fn) for name, fn in IMPLEMENTATIONS.items()}
 def available() -> tuple[bool, str]:
     """(True, "") when cupy imports and a CUDA device answers with a recent enough driver; else (False, why)."""
     if _cupy is None:
-        return False, f"cannot import 'cupy': {INSTALL_HINT}"
+        return False, _IMPORT_FAILURE or f"cannot import 'cupy': {INSTALL_HINT}"
     runtime = _cupy.cuda.runtime
     try:
         count, error = runtime.getDeviceCount(), None
