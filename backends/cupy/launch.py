@@ -22,6 +22,7 @@ device computes (up to floating-point contraction: nvcc/NVRTC fuse a*b+c into FM
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -263,9 +264,14 @@ class CudaSource:
 
 # ---------------------------------------------------------------------------------------------------- argument checks
 
+@functools.lru_cache(maxsize=None)
+def _compiled(expr: str):
+    return compile(expr, f"<size {expr}>", "eval")
+
+
 def _evaluate(expr: str, env: dict) -> int:
     """Evaluate a size expression such as "3*n" or "B*N*2" over the kernel's int parameters (no builtins)."""
-    return int(eval(expr, {"__builtins__": {}}, env))      # noqa: S307  expressions come from our declarations
+    return int(eval(_compiled(expr), {"__builtins__": {}}, env))    # noqa: S307  expressions from our declarations
 
 
 def check_args(kernel: Kernel, dtype, n: int, args: tuple) -> list:
@@ -278,7 +284,8 @@ def check_args(kernel: Kernel, dtype, n: int, args: tuple) -> list:
     the kernel and the argument.
     """
     R = real_dtype(dtype)
-    Cdt = complex_dtype(dtype)
+    F64 = np.dtype(np.float64)
+    element = {"R": (R, None), "C": (R, complex_dtype(dtype)), "D": (F64, None), "Z": (F64, np.dtype(np.complex128))}
     if len(args) != len(kernel.args):
         raise ShapeError(f"kernel {kernel.name} takes {len(kernel.args)} arguments "
                          f"({', '.join(a.name for a in kernel.args)}), got {len(args)}")
@@ -288,9 +295,12 @@ def check_args(kernel: Kernel, dtype, n: int, args: tuple) -> list:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not -2 ** 31 <= int(v) < 2 ** 31:
                 raise ShapeError(f"kernel {kernel.name}: int argument {a.name}={v!r} does not fit a C int")
             env[a.name] = int(v)
-    out = []
+
+    def where(a):
+        return f"kernel {kernel.name}<{real_ctype(dtype)}>, argument {a.name}"
+
+    out, arrays = [], []
     for a, v in zip(kernel.args, args):
-        where = f"kernel {kernel.name}<{real_ctype(dtype)}>, argument {a.name}"
         if a.kind == "int":
             out.append((a.kind, np.int32(v)))
             continue
@@ -298,43 +308,45 @@ def check_args(kernel: Kernel, dtype, n: int, args: tuple) -> list:
             out.append((a.kind, R.type(v)))
             continue
         if not (hasattr(v, "dtype") and hasattr(v, "flags") and hasattr(v, "size")):
-            raise DTypeError(f"{where}: expected an array, got {type(v).__name__}")
-        want = _evaluate(a.size, env)
-        base = {"R": R, "C": R, "D": np.dtype(np.float64), "Z": np.dtype(np.float64)}[a.kind]
-        paired = {"C": Cdt, "Z": np.dtype(np.complex128)}.get(a.kind)
+            raise DTypeError(f"{where(a)}: expected an array, got {type(v).__name__}")
+        base, paired = element[a.kind]
         if v.dtype == base:
-            size = v.size // 2 if paired is not None else v.size
+            size = v.size if paired is None else v.size // 2
             if paired is not None and v.size % 2:
-                raise ShapeError(f"{where}: a real array standing for complex pairs needs an even size, "
+                raise ShapeError(f"{where(a)}: a real array standing for complex pairs needs an even size, "
                                  f"got {v.size}")
         elif paired is not None and v.dtype == paired:
             size = v.size
         else:
             allowed = f"{base}" + (f" or {paired}" if paired is not None else "")
-            raise DTypeError(f"{where}: dtype {v.dtype}, expected {allowed}")
+            raise DTypeError(f"{where(a)}: dtype {v.dtype}, expected {allowed}")
         if not v.flags.c_contiguous:
-            raise ShapeError(f"{where}: the array must be C-contiguous (pass xp.ascontiguousarray(…))")
+            raise ShapeError(f"{where(a)}: the array must be C-contiguous (pass xp.ascontiguousarray(…))")
+        want = _evaluate(a.size, env)
         if size != want:
-            raise ShapeError(f"{where}: {size} elements, expected {a.size} = {want} (n={n}, "
+            raise ShapeError(f"{where(a)}: {size} elements, expected {a.size} = {want} (n={n}, "
                              f"{', '.join(f'{k}={v}' for k, v in env.items() if k != 'n')})")
         out.append((a.kind, v))
-    _check_aliasing(kernel, [(a, v) for a, (_, v) in zip(kernel.args, out) if a.kind in ARRAY_KINDS])
+        arrays.append((a, v))
+    _check_aliasing(kernel, arrays)
     return out
 
 
 def _span(a) -> tuple[int, int]:
     """[first byte, last byte + 1) of a C-contiguous NumPy or CuPy array."""
-    iface = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
-    start = int(iface["data"][0])
-    return start, start + int(a.nbytes)
+    ptr = getattr(a.data, "ptr", None)                       # cupy: a.data is a MemoryPointer
+    start = int(ptr) if ptr is not None else a.__array_interface__["data"][0]
+    return start, start + a.nbytes
 
 
 def _check_aliasing(kernel: Kernel, arrays: list) -> None:
     """Pointers are __restrict__: an output may not overlap any other array argument."""
-    spans = [(a, _span(v)) for a, v in arrays if v.nbytes]
-    for i, (a, (s0, e0)) in enumerate(spans):
-        for b, (s1, e1) in spans[i + 1:]:
-            if (a.out or b.out) and s0 < e1 and s1 < e0:
+    spans = [(a, _span(v)) for a, v in arrays if v.size]
+    for a, (s0, e0) in spans:
+        if not a.out:
+            continue
+        for b, (s1, e1) in spans:
+            if b is not a and s0 < e1 and s1 < e0:
                 raise ShapeError(f"kernel {kernel.name}: arguments {a.name} and {b.name} overlap in memory; the "
                                  f"kernel's pointers are __restrict__ (an output must not alias another argument): "
                                  f"pass a copy")
