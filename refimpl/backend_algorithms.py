@@ -22,11 +22,15 @@ of C = T steps:
     rtrl:  the whole-stack sensitivity has no kernel; it runs here only where it equals the per-layer rule (one layer,
         no encoder, no norm), and is refused otherwise.
 
+FPTT's check (refimpl/fptt.py (5)) on a backend: the sweep's last error e_{T−1} must equal dh_{T−1}; a kernel does not
+return e_{T−1}, but it returns x̄_{T−1} = (∂h_{T−1}/∂x_{T−1})ᴴ e_{T−1}, which must then equal the same product with
+dh_{T−1} — one immediate step backward here. The relative residual of that pair is held to the reference's
+RESIDUAL_TOL: an error signal lost to the inversion's rounding (a component outside the null space of the input map,
+i.e. any generic one) is refused with the reference's message instead of returned.
+
 What differs from the reference, on purpose: memory grows with T (the sequence's states are kept; the flat-memory,
-truly online path is the reference's), `update_every` is not available, and FPTT's residual check (5) — which needs
-the sweep's last error, not among a kernel's outputs — is replaced by a finiteness check: use the reference
-(backend 'numpy') to have FPTT's precision loss detected. tests/test_backend_algorithms.py checks that every rule
-gives the reference's gradients on every backend that runs here.
+truly online path is the reference's), and `update_every` is not available. tests/test_backend_algorithms.py checks
+that every rule gives the reference's gradients on every backend that runs here, and refuses where it refuses.
 """
 
 from __future__ import annotations
@@ -80,6 +84,30 @@ def _state0(cell, cache):
     return cache.h_prev[0]
 
 
+def _last_step(cache):
+    """The cache of the last step alone, as a batch (fields (B, ·))."""
+    return type(cache)(*(f[-1] for f in cache))
+
+
+def check_fptt(cell, params, grads: dict, dh, cache, what: str) -> None:
+    """FPTT's check (5) through x̄_{T−1} (module doc): NumericalError when the sweep lost the error signal."""
+    from .cells.lstm import LSTMState
+    from .errors import NumericalError
+    from .fptt import RESIDUAL_TOL, _describe
+    last = _last_step(cache)
+    d = LSTMState(dh[-1], np.zeros_like(dh[-1])) if cell.name == "lstm" else dh[-1]
+    _, dx_want, _ = cell.module.step_backward(params, d, last, **cell.step_options)
+    dx_got = grads["x"][-1]
+    with np.errstate(all="ignore"):
+        residual = float(np.linalg.norm(dx_got - dx_want) / max(float(np.linalg.norm(dx_want)), 1e-300))
+    if not np.isfinite(residual) or residual > RESIDUAL_TOL:
+        raise NumericalError(
+            f"FPTT lost the error signal ({what}: relative residual of x̄_T−1 against (∂h_T−1/∂x_T−1)ᴴ dh_T−1 = "
+            f"{residual:.3g}, tolerance {RESIDUAL_TOL:g}) with {_describe(cell, params, dh.shape[0], np.float64)}. "
+            f"Inverting contractive dynamics amplifies rounding like |λ|^-T: use a shorter sequence, eigenvalues "
+            f"closer to 1 (e.g. lru -o r_min=0.95), or algorithm 'bptt' / 'online'")
+
+
 class LayerRules:
     """Kernels for refimpl.model.forward / backward: the backend's cell forward, and per layer a rule in place of the
     cell's BPTT adjoint (model.backward calls layer_backward(l, …) when it exists)."""
@@ -96,7 +124,10 @@ class LayerRules:
     def layer_backward(self, l: int, params, dh, cache, **step_options) -> dict:
         rule, cell = self.rules[l], self.cell
         if rule in ("fptt", "fptt1"):
-            return sweep(rule, cell, params, cache.x, dh, _state0(cell, cache), self.backend)
+            grads = sweep(rule, cell, params, cache.x, dh, _state0(cell, cache), self.backend)
+            if rule == "fptt":
+                check_fptt(cell, params, grads, dh, cache, f"layer {l}")
+            return grads
         g_imm, dx = immediate_backward(cell, params, dh, cache)
         if rule == "spatial-fptt":                   # below the pass budget: immediate, recurrent term zero
             from .fptt import RECURRENT_TERM
@@ -159,5 +190,9 @@ def cell_grads(name: str, kernels, cell, params, x, dh, state0, **options) -> di
         if options.get("carrier", "float64") != "float64":
             raise UnsupportedError(f"carrier={options['carrier']!r}: the backend FPTT kernels carry their errors in "
                                    f"float64; use backend 'numpy' for other carriers")
-        return sweep(name, cell, params, x, dh, state0, kernels.backend)
+        grads = sweep(name, cell, params, x, dh, state0, kernels.backend)
+        if name == "fptt":
+            _, cache = call(f"{cell.name}.forward", kernels.backend, params, x, state0, **cell.step_options)
+            check_fptt(cell, params, grads, dh, cache, "one cell")
+        return grads
     return sweep(PER_LAYER_RULE.get(name, name), cell, params, x, dh, state0, kernels.backend)
