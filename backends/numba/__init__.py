@@ -1,14 +1,17 @@
-"""The Numba backend: refimpl's cell kernels as JIT-compiled CPU loops (numpy arrays in and out).
+"""The Numba backend: every kernel of the registry as JIT-compiled CPU loops (numpy arrays in and out).
 
-Kernels (same names, signatures and output structure as the NumPy references, refimpl/kernels.py):
-    rnn.forward, rnn.backward (nonlinearity tanh | linear), gru.forward, gru.backward,
-    lstm.forward, lstm.backward, lru.forward, lru.backward.
-Every other registered kernel is not implemented here (the registry says so; nothing falls back silently).
+Kernels (same names, signatures and output structure as the NumPy references, refimpl/kernels.py), by module:
+    cells.py         <cell>.forward, <cell>.backward for rnn (tanh | linear), gru, lstm, lru
+    lru_online.py    lru.rtrl, lru.truncated, lru.spatial (diagonal traces), lru.fptt, lru.fptt1
+    dense_rtrl.py    rnn/gru/lstm .rtrl (blocked BLAS sensitivity update), .snap1 (compact traces), lstm.cec
+    dense_online.py  rnn/gru/lstm .truncated, .spatial (the cell backward without its carry)
+    dense_fptt.py    rnn/gru/lstm .fptt, .fptt1 (Jacobian solves forward in time)
+    ep_loops.py      ep.free_phase, ep.nudged_phase, ep.bptt (the EP relaxation loops)
 
 Design (backends/numba/cells.py): the input projection of all T steps is one GEMM outside the time loop, the time
 loop is an @njit(cache=True) function with the gate arithmetic fused per step, and the weight gradients are one GEMM
 over all (t, b) from the per-step gate adjoints stored by the backward loop. Compiled code is cached on disk
-(__pycache__ next to cells.py, or NUMBA_CACHE_DIR), so only the first call on a machine pays the compile time.
+(__pycache__ next to the modules, or NUMBA_CACHE_DIR), so only the first call on a machine pays the compile time.
 """
 
 from __future__ import annotations
