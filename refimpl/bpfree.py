@@ -169,8 +169,6 @@ def _check_net_options(sizes, activation, batch_norm, dropout, problem, dtype) -
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise UnsupportedError(f"dropout={dropout!r} is not allowed: it is the probability of dropping a unit and "
                                f"must lie in [0, 1); pass 0 for no dropout")
-    if batch_norm and min(sizes[1:-1]) < 1:
-        raise ShapeError("batch norm needs at least one unit per hidden layer")
     return sizes, resolve_dtype(dtype).name
 
 
@@ -459,7 +457,8 @@ def local_loss(rule: str, e: np.ndarray, ystar: np.ndarray, p: np.ndarray) -> fl
 
 
 def hidden_backward(net: Net, l: int, dh: np.ndarray, cache: HiddenCache) -> dict:
-    """The local backward (9)–(12) of hidden layer l from h̄_l: {dotted name: grad} of its parameters and "x": h̄_{l−1}."""
+    """The local backward (9)–(12) of hidden layer l from h̄_l: {dotted name: grad} of its parameters, and
+    "x": h̄_{l−1}."""
     pre = f"layers.{l}"
     dg = dh * cache.mask if cache.mask is not None else dh                      # (9)
     dz = activation_backward(dg, cache.act)                                     # (10)

@@ -283,7 +283,8 @@ def plot_run(run_dir, out_path, title: str | None = None) -> Path:
     axes[1].plot([r["epoch"] + 1 for r in val], [r["error"] if classify else r["loss"] for r in val], "o-")
     axes[1].set_title("validation error (%)" if classify else "validation loss")
     for ax, key, name in ((axes[2], "bp_cosine", "bp-cosine: cos(update, BP gradient)"),
-                          (axes[3], "weight_alignment", "weight-alignment: cos(W_l, B_l B_{l-1}ᵀ); out: cos(W_o, B_Lᵀ)")):
+                          (axes[3], "weight_alignment",
+                           "weight-alignment: cos(W_l, B_l B_{l-1}ᵀ); out: cos(W_o, B_Lᵀ)")):
         if tr:
             for j, layer in enumerate(tr[0]["layers"]):
                 values = [r[key][j] for r in tr]

@@ -12,7 +12,8 @@ warning is printed once.
 The sweep directory:
     sweep.json          the base config and the grid (a rerun must give the same; another grid needs another --out)
     .lock               held by the running sweep process (a second sweep on the same directory is refused)
-    sweep.jsonl         one event per line, flushed: {"event": "start" | "resume" | "done" | "diverged" | "skip", "trial"}
+    sweep.jsonl         one event per line, flushed: {"event": "start" | "resume" | "done" | "diverged" | "skip",
+                        "trial": name}
     trials/<name>/      one run directory per trial (refimpl/bpfree_train.py: config.json, metrics.jsonl, checkpoint,
                         result.json); a diverged trial's result.json says {"status": "diverged", "message": …}
     summary.json        every trial's numbers and the best trial per algorithm
@@ -43,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bpfree
-from .bpfree_train import BpfreeConfig, parse_arch, train
+from . import bpfree, optim
+from .bpfree_train import BpfreeConfig, check_config, parse_arch, train
 from .errors import NumericalError, UnknownNameError, UnsupportedError
 from .train import atomic_write_json, read_metrics
 
@@ -132,6 +133,9 @@ def expand(base: BpfreeConfig, grid: dict) -> tuple[list[Trial], list[dict], lis
     trials, refused, warned = [], [], []
     for values in itertools.product(*(grid[k] for k in keys)):
         config = dataclasses.replace(base, **dict(zip(keys, values)))
+        check_config(config)                                      # every trial's settings, before any runs
+        optim.OptimConfig(name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                          clip_norm=config.clip_norm, schedule=config.schedule)
         net = bpfree.Net(sizes=(2,) + config.hidden + (2,), activation=config.activation, problem=config.problem)
         try:
             bpfree.check_rule(net, config.algorithm)
