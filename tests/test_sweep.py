@@ -150,6 +150,7 @@ def test_a_directory_holds_one_sweep(tmp_path):
     (["--inits", "orthogonal,glorot"], "unknown feedback init 'glorot'"),
     (["--lrs", "0.1,fast"], "comma-separated list of numbers"),
     (["--workers", "0"], "workers must be a positive integer"),
+    (["--lrs", "0.01,0"], "learning rate lr=0.0 is not allowed"),
 ])
 def test_cli_bad_sweeps_exit_2_with_one_line(tmp_path, args, phrase):
     r = CliRunner().invoke(cli, ["sweep", *args, "--epochs", "1", "--out", str(tmp_path / "x")])
