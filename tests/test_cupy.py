@@ -76,6 +76,20 @@ def _nvcc(source: CudaSource, tmp_path):
     return done, ptx
 
 
+def test_the_compile_check_sees_every_cuda_source():
+    """Every CudaSource of the package is in sources.SOURCES (what the checks below walk), and there is no CUDA file
+    beside them."""
+    import pathlib
+
+    import backends.cupy.sources as sources_module
+    package = pathlib.Path(sources_module.__file__).parent
+    defined = [v for v in vars(sources_module).values() if isinstance(v, CudaSource)]
+    assert defined and all(any(v is s for s in SOURCES) for v in defined)
+    assert not [p.name for p in package.iterdir() if p.suffix in (".cu", ".cuh")]
+    for module in package.glob("*.py"):
+        assert "CudaSource(" not in module.read_text(encoding="utf-8") or module.name in ("sources.py", "launch.py")
+
+
 @needs_nvcc
 @pytest.mark.parametrize("source", SOURCES, ids=lambda s: s.name)
 def test_every_cuda_source_compiles_with_nvcc(source, tmp_path):
