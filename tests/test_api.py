@@ -206,17 +206,21 @@ def test_cell_grads_accepts_every_rtrl_family_name(name, algorithm):
             assert rel_error(grads[k], bptt[k]) <= 1e-10, k
 
 
-def test_reference_only_algorithms_refuse_another_backend():
-    """The RTRL family and FPTT run on the NumPy reference only: a requested backend is refused, never ignored."""
+def test_a_backend_is_used_never_ignored():
+    """A requested backend really runs the kernels (tests/test_backend_algorithms.py checks the results): an
+    unavailable or unknown backend is refused with the reason, never silently replaced by the reference."""
+    from refimpl.errors import UnknownNameError
     from refimpl.registry import load_backend
-    if not load_backend("numba").available:
-        pytest.skip("numba is not available here")
     model, params = refimpl.make_model("lru", 3, 4, 2, r_min=0.9)
     x = np.random.default_rng(0).standard_normal((5, 2, 3))
     y = np.zeros((5, 2, 2))
-    for algorithm in ("online", "rtrl", "fptt"):
-        with pytest.raises(UnsupportedError, match="NumPy reference only"):
-            refimpl.model_grads(model, params, x, y, loss="mse", algorithm=algorithm, backend="numba")
-    _, g = refimpl.model_grads(model, params, x, y, loss="mse", algorithm="bptt", backend="numba")
-    _, g_ref = refimpl.model_grads(model, params, x, y, loss="mse", algorithm="bptt")
-    assert all(rel_error(g[k], g_ref[k]) <= 1e-10 for k in g_ref)
+    with pytest.raises(UnknownNameError, match="backend"):
+        refimpl.model_grads(model, params, x, y, loss="mse", algorithm="online", backend="nosuch")
+    for name in ("numba", "mlx", "cupy"):
+        if not load_backend(name).available:
+            with pytest.raises(UnsupportedError, match="not available"):
+                refimpl.model_grads(model, params, x, y, loss="mse", algorithm="online", backend=name)
+    if load_backend("numba").available:
+        _, g = refimpl.model_grads(model, params, x, y, loss="mse", algorithm="bptt", backend="numba")
+        _, g_ref = refimpl.model_grads(model, params, x, y, loss="mse", algorithm="bptt")
+        assert all(rel_error(g[k], g_ref[k]) <= 1e-10 for k in g_ref)
