@@ -126,6 +126,16 @@ def _fptt(two_passes: bool):
                 exact_when=lambda model, options: int(options.get("passes", model.layers + 1)) > model.layers)
 
 
+def _bpfree(name: str):
+    """Recurrent DFA / DRTP (refimpl/bpfree_rnn.py); options temporal (online | snap1 | truncated),
+    feedback_init (orthogonal | lecun), feedback_seed."""
+    def model_grads(kernels, model, params, x, y, loss, mask, **options):
+        from .bpfree_rnn import dfa_model_grads, drtp_model_grads
+        return (dfa_model_grads if name == "dfa" else drtp_model_grads)(kernels, model, params, x, y, loss, mask,
+                                                                         **options)
+    return dict(model_grads=model_grads, input_grads=False, options=("temporal", "feedback_init", "feedback_seed"))
+
+
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("bptt", "yes", "backpropagation through time, hand-derived", _bptt_cell_grads, _bptt_model_grads),
     Algorithm("rtrl", "yes", "real-time recurrent learning; a stack is one recurrent system (whole-state "
@@ -141,6 +151,11 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("fptt", "yes", "forward propagation of errors through time (warm-up pass, then error pass; L+1 passes "
               "for L layers)", **_fptt(True)),
     Algorithm("fptt1", "no", "one forward pass with δ0 = 0 (the FPTT paper's `forward` baseline)", **_fptt(False)),
+    Algorithm("dfa", "no", "direct feedback alignment: the output error projected onto each layer's output by a "
+              "fixed random matrix at every step, carried through time by the layer's temporal rule "
+              "(-a temporal=online|snap1|truncated)", **_bpfree("dfa")),
+    Algorithm("drtp", "no", "direct random target projection: the target (ce/bce) projected like dfa's error; no "
+              "output error needed", **_bpfree("drtp")),
     Algorithm("readout", "no", "baseline: only the linear head learns; the recurrent stack stays at its random "
               "initialisation (the online-LRU code's 'online_reservoir')", model_grads=_readout_model_grads),
     Algorithm("ep", "as β→0", "equilibrium propagation (static input, fixed-point networks)",

@@ -9,6 +9,8 @@
     ep-curves     the GDU property: per-step EP updates vs BPTT gradients, with the RMSE metric (JSON, PNG)
     ep-recipe     EP/BPTT sign agreement over mini-batches, for tuning T, K and β
     backends      list the backends, whether each runs on this machine, and which kernels each implements
+    bpfree        train a feed-forward network by bp, dfa, drtp, ll-ce or ll-mse (trackers, plot; --resume)
+    sweep         grid search over rule, activation, init, lr and architecture on a process pool; resumable
 
 User errors (unknown names, bad sizes, unsupported combinations) print one line on stderr and exit with status 2;
 a failed check exits with status 1.
