@@ -39,8 +39,9 @@ import mlx.core as mx
 from .cells import lambda_gamma, lru_input, lru_param_grads, lru_scan
 from .common import complex_from, kernel, param_grads, rows, shifted
 
-#: Time steps per block of the RTRL sweep (the traces are carried between blocks).
-CHUNK = 64
+#: Time steps per block of the RTRL sweep (the traces are carried between blocks). A block's memory is O(C·B·N); the
+#: carry (R3) costs as much as a block's (R2) GEMMs, so the blocks are as long as that memory allows comfortably.
+CHUNK = 256
 
 
 # ------------------------------------------------------------------------------------------------------ rtrl (r 8)
