@@ -35,7 +35,7 @@ def _check_nonlinearity(nonlinearity: str) -> None:
         raise UnknownNameError("rnn nonlinearity", nonlinearity, ("tanh", "linear"))
 
 
-def _weight_grads(params: dict, x, h_prev, g_ih, g_hh=None) -> dict:
+def _weight_grads(x, h_prev, g_ih, g_hh=None) -> dict:
     """(c): W̄_ih = ḡ_ihᵀ x, W̄_hh = ḡ_hhᵀ h_prev, b̄ = Σ_{t,b} ḡ — one GEMM or reduction each, over all (t, b).
     g_hh=None: the same adjoints feed both weights (rnn, lstm)."""
     gi2 = rows(g_ih)
@@ -85,7 +85,7 @@ def rnn_backward_graph(params, dh, cache, nonlinearity="tanh", propagate=True):
         das[t], carry = _rnn_step_back(dh[t] + carry, cache.h[t], params["weight_hh"],
                                        nonlinearity == "tanh", propagate)       # (6) h̄_t = dh_t + carried part
     da = mx.stack(das)
-    grads = param_grads(params, _weight_grads(params, cache.x, cache.h_prev, da))   # (4)
+    grads = param_grads(params, _weight_grads(cache.x, cache.h_prev, da))   # (4)
     grads["x"], grads["h0"] = _input_grad(params, cache.x, da), carry              # (5)
     return grads
 
@@ -150,7 +150,7 @@ def gru_backward_graph(params, dh, cache, propagate=True):
         g_ih[t], g_hh[t] = gru_gate_adjoints(g, c.h_prev[t], c.r[t], c.z[t], c.n[t], c.hn[t])
         carry = g * c.z[t] + g_hh[t] @ params["weight_hh"] if propagate else mx.zeros_like(g)   # (11)
     g_ih, g_hh = mx.stack(g_ih), mx.stack(g_hh)
-    grads = param_grads(params, _weight_grads(params, c.x, c.h_prev, g_ih, g_hh))   # (10)
+    grads = param_grads(params, _weight_grads(c.x, c.h_prev, g_ih, g_hh))   # (10)
     grads["x"], grads["h0"] = _input_grad(params, c.x, g_ih), carry                 # (11)
     return grads
 
@@ -217,7 +217,7 @@ def lstm_backward_graph(params, dh, cache, propagate=True):
         if propagate:
             carry_h, carry_c = das[t] @ params["weight_hh"], dc_prev                # (10), (7)
     da = mx.stack(das)
-    grads = param_grads(params, _weight_grads(params, k.x, k.h_prev, da))          # (9)
+    grads = param_grads(params, _weight_grads(k.x, k.h_prev, da))          # (9)
     grads["x"] = _input_grad(params, k.x, da)                                       # (10)
     grads["h0"], grads["c0"] = carry_h, carry_c
     return grads

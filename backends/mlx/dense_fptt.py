@@ -94,7 +94,7 @@ def _fptt(name, params, x, state0, dh, two_passes, nonlinearity=None):
             da, _ = lstm_gate_adjoints(e[:, :H], e[:, H:], c.c_prev[t], c.i[t], c.f[t], c.g[t], c.o[t], c.tanh_c[t])
             g_ih.append(da)                                                  # (5)–(8)
     g_ih = mx.stack(g_ih)
-    grads = param_grads(params, _weight_grads(params, x, c.h_prev, g_ih, mx.stack(g_hh) if g_hh else None))
+    grads = param_grads(params, _weight_grads(x, c.h_prev, g_ih, mx.stack(g_hh) if g_hh else None))
     grads["x"] = _input_grad(params, x, g_ih)
     if name == "lstm":
         grads["h0"], grads["c0"] = e_start[:, :H].astype(sdt), e_start[:, H:].astype(sdt)

@@ -240,26 +240,25 @@ def _sweep(rule, name, params, x, state0, dh, **options):
     return param_grads(params, grads)
 
 
-def _kernels(name, rules):
-    """{f"{name}.{rule}": kernel} with the references' signatures."""
-    out = {}
-    for rule in rules:
-        if name == "rnn":
-            def sweep(params, x, h0, dh, nonlinearity="tanh", _rule=rule):
-                return _sweep(_rule, "rnn", params, x, h0, dh, nonlinearity=nonlinearity)
-        elif name == "gru":
-            def sweep(params, x, h0, dh, _rule=rule):
-                return _sweep(_rule, "gru", params, x, h0, dh)
-        else:
-            def sweep(params, x, state0, dh, _rule=rule):
-                return _sweep(_rule, "lstm", params, x, LSTMState(*state0), dh)
-        sweep.__name__ = f"{name}_{rule}"
-        sweep.__doc__ = (f"As kernel {name}.{rule}: (params, x (T,B,I), {'state0' if name == 'lstm' else 'h0'}, "
-                         f"dh (T,B,H)) → {{param: grad}}: the {rule} sweep from zero traces (module docstring).")
-        out[f"{name}.{rule}"] = kernel(sweep)
-    return out
+def _kernel(name, rule):
+    """The registered kernel `name.rule`, with the reference's signature."""
+    if name == "rnn":
+        def sweep(params, x, h0, dh, nonlinearity="tanh"):
+            return _sweep(rule, "rnn", params, x, h0, dh, nonlinearity=nonlinearity)
+    elif name == "gru":
+        def sweep(params, x, h0, dh):
+            return _sweep(rule, "gru", params, x, h0, dh)
+    else:
+        def sweep(params, x, state0, dh):
+            return _sweep(rule, "lstm", params, x, LSTMState(*state0), dh)
+    sweep.__name__ = f"{name}_{rule}"
+    sweep.__doc__ = (f"As kernel {name}.{rule}: (params, x (T,B,I), {'state0' if name == 'lstm' else 'h0'}, "
+                     f"dh (T,B,H)) → {{param: grad}}: the {rule} sweep from zero traces (module docstring).")
+    return kernel(sweep)
 
 
-KERNELS = {**_kernels("rnn", ("rtrl", "snap1", "truncated", "spatial")),
-           **_kernels("gru", ("rtrl", "snap1", "truncated", "spatial")),
-           **_kernels("lstm", ("rtrl", "snap1", "truncated", "spatial", "cec"))}
+KERNELS = {f"{name}.{rule}": _kernel(name, rule)
+           for name, rules in (("rnn", ("rtrl", "snap1", "truncated", "spatial")),
+                               ("gru", ("rtrl", "snap1", "truncated", "spatial")),
+                               ("lstm", ("rtrl", "snap1", "truncated", "spatial", "cec")))
+           for rule in rules}
