@@ -62,12 +62,15 @@ def test_to_numpy_is_a_copy(rng):
 
 
 def test_unsupported_dtypes_say_why():
+    on_cpu = mx.default_device() == mx.cpu
     for kernel in KERNELS:
         why = mlx_backend.unsupported_dtype(kernel, "float64")
         if kernel.startswith("lru."):
             assert "complex128" in why
+        elif on_cpu:
+            assert why == ""
         else:
-            assert why == ""                         # the default device here is the CPU
+            assert "CPU" in why                      # a GPU default device: float64 is refused, with the way out
         assert mlx_backend.unsupported_dtype(kernel, "float32") == ""
 
 
@@ -75,6 +78,15 @@ def test_backend_covers_every_kernel():
     b = load_backend("mlx")
     assert b.available, b.reason
     assert sorted(b.kernels) == sorted(KERNELS)
+
+
+@pytest.fixture
+def cpu_default():
+    """Run on the CPU (where MLX has float64), whatever the default device was; restore it afterwards."""
+    before = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(before)
 
 
 @pytest.fixture
@@ -91,11 +103,15 @@ def test_float64_refused_on_a_gpu_default_device(gpu_default):
     assert "CPU" in mlx_backend.unsupported_dtype("gru.forward", "float64")
 
 
-def test_fptt_carriers_refused_on_a_gpu_default_device(gpu_default):
-    """FPTT keeps float64 carriers in every dtype (the reference's default), so float32 FPTT needs the CPU too."""
-    args = map_arrays(mlx_backend.to_backend, make_case_inputs("gru.fptt", "float32", TINY, 0, {}))
-    with pytest.raises(UnsupportedError, match="carriers"):
-        mlx_backend.KERNELS["gru.fptt"](**args)
+@pytest.mark.parametrize("kernel", ["gru.fptt", "lru.fptt"])
+def test_fptt_float32_runs_on_a_gpu_default_device(kernel, gpu_default):
+    """FPTT keeps float64 carriers in every dtype (the reference's default): its float32 kernels run on the CPU
+    stream whatever the default device, and still match the reference."""
+    inputs = make_case_inputs(kernel, "float32", TINY, 0, {})
+    got = flatten_outputs(mlx_backend.KERNELS[kernel](**map_arrays(mlx_backend.to_backend, inputs)))
+    want = flatten_outputs(KERNELS[kernel].reference(**inputs))
+    for name, ref in want.items():
+        np.testing.assert_allclose(np.array(got[name]), ref, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_float32_runs_on_a_gpu_default_device(gpu_default):
@@ -142,7 +158,7 @@ def test_lru_rtrl_carries_its_traces_between_blocks(chunk, monkeypatch):
     assert assert_matches_reference("lru.rtrl", "mlx", "float32", dict(T=13, B=3, I=5, H=7), 0, {}) <= 1e-4
 
 
-def test_reference_and_mlx_caches_interchange():
+def test_reference_and_mlx_caches_interchange(cpu_default):
     """A reference forward feeds the MLX backward and an MLX forward feeds the reference backward (same cache type)."""
     inputs = make_case_inputs("lstm.forward", "float64", dict(T=5, B=2, I=3, H=4), 1, {})
     h_ref, cache_ref = KERNELS["lstm.forward"].reference(**inputs)

@@ -13,7 +13,7 @@ Dtypes. MLX has float32 and complex64 everywhere, float64 on its CPU stream only
     - float32 (complex64 LRU states): every kernel;
     - float64: every rnn/gru/lstm/ep kernel, when the default device is the CPU (on Linux it always is); on a GPU
       default device the kernels refuse float64 with the reason instead of downcasting. The FPTT kernels keep
-      float64 carriers (the reference's default) in every dtype, so they need the CPU too;
+      float64 carriers (the reference's default) in every dtype and run on the CPU stream as a whole;
     - the lru kernels in "float64" (complex128 states): not available — `unsupported_dtype` says why.
 The conversion at the boundary is explicit: to_backend maps float64 → mx.float64 and refuses complex128 (instead of
 MLX's silent cast to complex64); to_numpy evaluates and copies back.

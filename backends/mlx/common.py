@@ -5,8 +5,9 @@ wrapped by `@kernel`, which evaluates the whole output tree before returning it,
 computed arrays, exactly like the NumPy reference.
 
 Precision notes (measured on mlx 0.32 CPU, the reason for the helpers below):
-    - float64 exists on the CPU stream only (Metal has no double type): `@kernel` refuses float64 — and the FPTT
-      kernels' float64 carriers — when the default device is a GPU, with the reason, instead of downcasting.
+    - float64 exists on the CPU stream only (MLX's GPU back-ends have no double type): `@kernel` refuses float64
+      inputs when the default device is a GPU, with the reason, instead of downcasting them. The FPTT kernels, whose
+      carriers are float64 in every dtype (the reference's default), run on the CPU stream (mx.cpu) as a whole.
     - in float64, mx.tanh, mx.log and mx.expm1 are accurate to ~1 ulp, but mx.exp (hence mx.sigmoid), mx.sin and
       mx.cos are only float32-accurate (relative error ~1e-6). So σ(a) is written ½(1 + tanh(a/2)) — the reference's
       own formula — and the float64 paths use no exp, sin or cos. (The LRU, which needs exp of a complex number, runs
@@ -17,6 +18,7 @@ Precision notes (measured on mlx 0.32 CPU, the reason for the helpers below):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import mlx.core as mx
@@ -24,12 +26,12 @@ import mlx.core as mx
 from refimpl.errors import UnsupportedError
 from refimpl.registry import map_arrays
 
-#: Why float64 cannot run here ("" when it can): MLX runs float64 on its CPU stream only.
 def float64_reason() -> str:
+    """Why float64 inputs are refused here ("" when they are not): MLX runs float64 on its CPU stream only."""
     if mx.default_device() == mx.cpu:
         return ""
-    return (f"MLX runs float64 only on its CPU stream (Metal has no double type) and the default device is "
-            f"{mx.default_device()}; call mx.set_default_device(mx.cpu) before the kernel, or use float32")
+    return (f"MLX runs float64 only on its CPU stream (its GPU back-ends have no double type) and the default device "
+            f"is {mx.default_device()}; call mx.set_default_device(mx.cpu) before the kernel, or use float32")
 
 
 def _leaves(tree) -> list:
@@ -39,23 +41,22 @@ def _leaves(tree) -> list:
 
 
 def kernel(fn=None, *, float64_carriers: bool = False):
-    """Decorator of every kernel: refuse float64 work on a GPU default device (with the reason), and return the
+    """Decorator of every kernel: refuse float64 inputs on a GPU default device (with the reason), and return the
     output tree evaluated (mx.eval), so nothing lazy leaves the kernel.
 
     float64_carriers: the kernel runs float64 arithmetic whatever its inputs' dtype (FPTT's carriers, as the
-    reference's default carrier="float64"), so it needs the CPU stream in every dtype.
+    reference's default carrier="float64"), so it runs on the CPU stream in every dtype.
     """
     def wrap(f):
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
-            needs64 = float64_carriers or any(getattr(a, "dtype", None) == mx.float64
-                                              for a in _leaves((args, kwargs)))
-            why = float64_reason() if needs64 else ""
-            if why:
-                what = "its float64 carriers" if float64_carriers else "float64 inputs"
-                raise UnsupportedError(f"MLX kernel {f.__name__} cannot run {what} here: {why}")
-            out = f(*args, **kwargs)
-            mx.eval(_leaves(out))
+            if any(getattr(a, "dtype", None) == mx.float64 for a in _leaves((args, kwargs))):
+                why = float64_reason()
+                if why:
+                    raise UnsupportedError(f"MLX kernel {f.__name__} cannot run float64 inputs here: {why}")
+            with mx.stream(mx.cpu) if float64_carriers else contextlib.nullcontext():
+                out = f(*args, **kwargs)
+                mx.eval(_leaves(out))
             return out
         return wrapper
     return wrap(fn) if fn is not None else wrap

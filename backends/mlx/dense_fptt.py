@@ -12,7 +12,7 @@ module docstring. S is the state width: H, or 2H for the lstm's [h; c].
         ends with e_{-1} = −P (e'_{T-1} − dh_{T-1}) (f 3);
     (c) the error pass casts e_t to the state dtype and forms the step's gate adjoints from it (the cells' step backward
         with total adjoint e_t, f 4); the weight gradients are then ONE GEMM each over all (t, b), as in cells.py.
-The carriers are float64 in every dtype, so these kernels need MLX's CPU stream (mx.linalg runs on the CPU anyway).
+The carriers are float64 in every dtype, so these kernels run on MLX's CPU stream (as mx.linalg does anyway).
 """
 
 from __future__ import annotations
