@@ -120,6 +120,15 @@ def test_float32_runs_on_a_gpu_default_device(gpu_default):
     assert h.dtype == mx.float32
 
 
+def test_float64_lru_is_refused_not_computed_in_complex64(cpu_default):
+    """Float64 lru parameters would need complex128 states: a clear error, never a silently complex64 result."""
+    inputs = make_case_inputs("lru.forward", "float64", TINY, 0, {})
+    args = {"params": map_arrays(mlx_backend.to_backend, inputs["params"]),
+            "x": mlx_backend.to_backend(inputs["x"]), "h0": mx.array(inputs["h0"].astype(np.complex64))}
+    with pytest.raises(UnsupportedError, match="complex128"):
+        mlx_backend.KERNELS["lru.forward"](**args)
+
+
 def test_bad_nonlinearity_is_a_clear_error():
     args = map_arrays(mlx_backend.to_backend, make_case_inputs("rnn.forward", "float32", TINY, 0,
                                                                {"nonlinearity": "tanh"}))

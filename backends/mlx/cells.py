@@ -25,7 +25,7 @@ from refimpl.cells.gru import GRUCache
 from refimpl.cells.lru import LRUCache
 from refimpl.cells.lstm import LSTMCache, LSTMState
 from refimpl.cells.rnn import RNNCache
-from refimpl.errors import UnknownNameError
+from refimpl.errors import UnknownNameError, UnsupportedError
 
 from .common import complex_from, kernel, param_grads, project, rows, shifted, sigmoid, transposed
 
@@ -244,7 +244,12 @@ def lstm_backward(params: dict, dh: mx.array, cache: LSTMCache) -> dict:
 #     M = Σ_{t,b} ū_tᵀ x_t = Re ūᵀ x + i Im ūᵀ x;  G = γ ⊙ M;  γ̄ = Σ_i (B_re ⊙ Re M + B_im ⊙ Im M)        (6)
 
 def lambda_gamma(params):
-    """λ c(N) = exp(−exp(ν_log) + i exp(θ_log)) and γ r(N) = exp(γ_log), eq. (1)."""
+    """λ c(N) = exp(−exp(ν_log) + i exp(θ_log)) and γ r(N) = exp(γ_log), eq. (1). Float32 parameters only: float64
+    ones would need complex128 states, which MLX does not have (refused here rather than computed in complex64)."""
+    if params["nu_log"].dtype != mx.float32:
+        raise UnsupportedError(f"the MLX lru kernels take float32 parameters (complex64 states), got "
+                               f"{params['nu_log'].dtype}: MLX has no complex128 for the float64 lru; convert the "
+                               f"parameters to float32, or use the numpy/numba backends for float64")
     lam = mx.exp(complex_from(-mx.exp(params["nu_log"]), mx.exp(params["theta_log"])))   # (1)
     return lam, mx.exp(params["gamma_log"])                                               # (1)
 
@@ -284,22 +289,18 @@ def lru_adjoint_scan(lam, dh):
     return mx.stack(du), carry
 
 
-def lru_param_grads(params, lam, gamma, x, h_prev, du, with_recurrent=True):
-    """Every parameter's gradient and x̄ from the step adjoints ū_t c(T, B, N), eqs. (5)–(7), summed over (t, b).
-    with_recurrent=False: nu_log and theta_log get exact zeros (held constant)."""
+def lru_param_grads(params, lam, gamma, x, h_prev, du):
+    """Every parameter's gradient and x̄ from the step adjoints ū_t c(T, B, N), eqs. (5)–(7), summed over (t, b)."""
     du_re, du_im = mx.real(du), mx.imag(du)
     x2 = rows(x)
     M_re, M_im = rows(du_re).T @ x2, rows(du_im).T @ x2                       # (6) M = Σ ūᵀ x  (N, I) ×2
     g = gamma[:, None]
     out = {"gamma_log": gamma * mx.sum(params["B_re"] * M_re + params["B_im"] * M_im, axis=1),   # (6)(7)
            "B_re": g * M_re, "B_im": g * M_im}                                                    # (6) Re G, Im G
-    if with_recurrent:
-        dlam = mx.sum(rows(mx.conj(h_prev) * du), axis=0)                    # (5) λ̄ = Σ conj(h_{t-1}) ū
-        conj_lam_dlam = mx.conj(lam) * dlam                                  # (7)
-        out["nu_log"] = -mx.exp(params["nu_log"]) * mx.real(conj_lam_dlam)   # (7)
-        out["theta_log"] = mx.exp(params["theta_log"]) * mx.imag(conj_lam_dlam)   # (7)
-    else:
-        out["nu_log"], out["theta_log"] = mx.zeros_like(params["nu_log"]), mx.zeros_like(params["theta_log"])
+    dlam = mx.sum(rows(mx.conj(h_prev) * du), axis=0)                        # (5) λ̄ = Σ conj(h_{t-1}) ū
+    conj_lam_dlam = mx.conj(lam) * dlam                                      # (7)
+    out["nu_log"] = -mx.exp(params["nu_log"]) * mx.real(conj_lam_dlam)       # (7)
+    out["theta_log"] = mx.exp(params["theta_log"]) * mx.imag(conj_lam_dlam)  # (7)
     grads = param_grads(params, out)
     dx = rows(du_re) @ (g * params["B_re"]) + rows(du_im) @ (g * params["B_im"])   # (6) x̄
     grads["x"] = dx.reshape(x.shape).astype(x.dtype)
