@@ -84,60 +84,68 @@ def _bias_sum(g2: np.ndarray, chunk: int = 32) -> np.ndarray:
     return partial.sum(axis=0, dtype=np.float64) + g2[n:].sum(axis=0, dtype=np.float64)
 
 
-def _input_projection(x: np.ndarray, W_ih: np.ndarray, bias: np.ndarray, dt) -> np.ndarray:
-    """x W_ihᵀ + bias for all T steps, (T, B, G·H): one GEMM (rule (a)), the bias added in place."""
-    T, B, I = x.shape
-    out = np.empty((T, B, W_ih.shape[0]), dt)
-    np.matmul(_c(x, dt).reshape(T * B, I), W_ih.T, out=out.reshape(T * B, -1))
-    out += bias
-    return out
+# ------------------------------------------------------------------------------------------ blocks of rows, threads
+#
+# Rule (e). Every phase of a kernel call is cut into `blocks` blocks of rows — the batch rows for the time loops, the
+# T·B rows for the GEMMs of rules (a) and (c) — and each block runs, as a nogil Numba function, on its own thread,
+# calling a single-threaded BLAS. So no BLAS thread pool is involved while a kernel runs (an idle OpenBLAS pool
+# spins for a while after each call, and on two cores that spinning thread takes the time of one of the blocks).
+# With one block the same functions run in the calling thread with the BLAS left as it is.
 
-
-def _find_blas_threads():
-    """(get, set) of the thread count of the BLAS that np.dot calls inside @njit code (SciPy's, through
-    scipy.linalg.cython_blas), or None when it cannot be found (then the loops run as one block of rows)."""
+def _find_blas_threads() -> list:
+    """[(get, set)] of the thread counts of the two BLAS libraries a kernel calls: SciPy's (np.dot inside @njit code
+    goes through scipy.linalg.cython_blas) and NumPy's (np.matmul). Empty when either cannot be found (then every
+    phase runs as one block, with the BLAS threads as they are)."""
     try:
         import scipy
     except ImportError:
-        return None
-    root = os.path.dirname(scipy.__file__)
-    for path in sorted(glob.glob(os.path.join(root + ".libs", "*openblas*"))
-                       + glob.glob(os.path.join(root, ".dylibs", "*openblas*"))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            get, set_ = (getattr(lib, f"{prefix}_{what}_num_threads", None) for what in ("get", "set"))
-            if get is not None and set_ is not None:
-                get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
-                return get, set_
-    return None
+        return []
+    found = []
+    for package in (scipy, np):
+        root = os.path.dirname(package.__file__)
+        for path in sorted(glob.glob(os.path.join(root + ".libs", "*openblas*"))
+                           + glob.glob(os.path.join(root, ".dylibs", "*openblas*"))):
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix, suffix in (("scipy_openblas", ""), ("scipy_openblas", "64_"), ("openblas", "")):
+                get, set_ = (getattr(lib, f"{prefix}_{what}_num_threads{suffix}", None) for what in ("get", "set"))
+                if get is not None and set_ is not None:
+                    get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+                    found.append((get, set_))
+                    break
+            else:
+                continue
+            break
+        else:
+            return []
+    return found
 
 
 _BLAS_THREADS = _find_blas_threads()
 _BLAS_LOCK = threading.Lock()
-_BLAS_USERS = [0, 0]              # [kernel calls inside _blas_single_threaded, the thread count to restore]
-_POOL: list = []                  # the worker threads of _in_blocks, created on first use
+_BLAS_USERS = [0, []]             # [phases inside _blas_single_threaded, the thread counts to restore]
+_POOL: list = []                  # one single-worker executor per extra block, created on first use
 
 
 def _blocks(B: int) -> int:
-    """How many blocks of rows to cut a batch of B into: one per Numba thread, at least MIN_BLOCK_ROWS rows each;
-    one block when the loop BLAS's thread count cannot be controlled."""
-    if _BLAS_THREADS is None:
+    """How many blocks to cut a batch of B rows into: one per Numba thread (numba.get_num_threads()), at least
+    MIN_BLOCK_ROWS rows each; one block when the BLAS libraries' thread counts cannot be controlled."""
+    if not _BLAS_THREADS:
         return 1
     return max(1, min(numba.get_num_threads(), B // MIN_BLOCK_ROWS))
 
 
 @contextlib.contextmanager
 def _blas_single_threaded():
-    """The loop BLAS single-threaded while blocks run at once (each thread calls it for its own rows); the first of
-    overlapping kernel calls saves the thread count and the last one restores it."""
-    get, set_ = _BLAS_THREADS
+    """The BLAS libraries single-threaded while blocks run at once (each thread calls them for its own rows); the
+    first of overlapping phases saves the thread counts and the last one restores them."""
     with _BLAS_LOCK:
         if _BLAS_USERS[0] == 0:
-            _BLAS_USERS[1] = get()
-            set_(1)
+            _BLAS_USERS[1] = [get() for get, _ in _BLAS_THREADS]
+            for _, set_ in _BLAS_THREADS:
+                set_(1)
         _BLAS_USERS[0] += 1
     try:
         yield
@@ -145,26 +153,89 @@ def _blas_single_threaded():
         with _BLAS_LOCK:
             _BLAS_USERS[0] -= 1
             if _BLAS_USERS[0] == 0:
-                set_(_BLAS_USERS[1])
+                for (_, set_), n in zip(_BLAS_THREADS, _BLAS_USERS[1]):
+                    set_(n)
 
 
-def _in_blocks(rows_loop, B: int, *args) -> None:
-    """rows_loop(*args, b0, b1) over the blocks of rows of a batch of B: rule (e). One block runs in the calling
-    thread, the others on the pool; each writes only its own rows."""
-    blocks = _blocks(B)
+def _in_blocks(blocks: int, n: int, fn, *args, per_block=()) -> None:
+    """fn(*args, *(a[c] for a in per_block), r0, r1) for the blocks c = 0 … blocks−1 of the rows [0, n): block 0 in
+    the calling thread, the others on the pool. Each block writes only its own rows (or its own per_block[c])."""
+    bounds = [(c * n // blocks, (c + 1) * n // blocks) for c in range(blocks)]
     if blocks == 1:
-        rows_loop(*args, 0, B)
+        fn(*args, *(a[0] for a in per_block), *bounds[0])
         return
     if len(_POOL) < blocks - 1:
         with _BLAS_LOCK:
             while len(_POOL) < blocks - 1:
                 _POOL.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="refimpl-numba"))
-    bounds = [(c * B // blocks, (c + 1) * B // blocks) for c in range(blocks)]
     with _blas_single_threaded():
-        futures = [_POOL[c - 1].submit(rows_loop, *args, *bounds[c]) for c in range(1, blocks)]
-        rows_loop(*args, *bounds[0])
+        futures = [_POOL[c - 1].submit(fn, *args, *(a[c] for a in per_block), *bounds[c]) for c in range(1, blocks)]
+        fn(*args, *(a[0] for a in per_block), *bounds[0])
         for f in futures:
             f.result()
+
+
+@njit(**_LOOP)
+def _projection_rows(X, W_ihT, bias, out, r0, r1):
+    """Rule (a) on the rows [r0, r1) of the T·B rows: out = X W_ihᵀ + bias."""
+    np.dot(X[r0:r1], W_ihT, out[r0:r1])
+    for r in range(r0, r1):
+        for j in range(out.shape[1]):
+            out[r, j] += bias[j]
+
+
+def _input_projection(x: np.ndarray, W_ih: np.ndarray, bias: np.ndarray, dt, blocks: int) -> np.ndarray:
+    """x W_ihᵀ + bias for all T steps, (T, B, G·H): rule (a), in `blocks` blocks of the T·B rows."""
+    T, B, I = x.shape
+    out = np.empty((T, B, W_ih.shape[0]), dt)
+    _in_blocks(blocks, T * B, _projection_rows, _c(x, dt).reshape(T * B, I), W_ih.T, bias.astype(dt),
+               out.reshape(T * B, -1))
+    return out
+
+
+@njit(**_LOOP)
+def _column_sums(g, r0, r1, out):
+    """out (float64) += Σ_{r0 ≤ r < r1} g[r]: running sums over 32 rows in g's dtype, added into out in float64."""
+    part = np.zeros(g.shape[1], g.dtype)
+    for r in range(r0, r1):
+        for j in range(g.shape[1]):
+            part[j] += g[r, j]
+        if (r - r0) % 32 == 31 or r == r1 - 1:
+            for j in range(g.shape[1]):
+                out[j] += part[j]
+                part[j] = 0
+
+
+def _grads_rows(g_ih, g_hh, X, Hp, W_ih, same, dX, dW_ih, dW_hh, db_ih, db_hh, r0, r1):
+    """Rule (c) on the rows [r0, r1) of the T·B rows: this block's share of W̄_ih = ḡ_ihᵀ X, W̄_hh = ḡ_hhᵀ h_prev and
+    b̄ = Σ ḡ (into its own dW_ih, dW_hh, db_ih, db_hh), and its rows of x̄ = ḡ_ih W_ih. same: ḡ_hh is ḡ_ih.
+    The GEMMs are NumPy's (np.matmul releases the GIL; NumPy's BLAS runs these transposed shapes faster than
+    SciPy's), the column sums a nogil Numba loop."""
+    np.matmul(g_ih[r0:r1].T, X[r0:r1], out=dW_ih)
+    np.matmul(g_hh[r0:r1].T, Hp[r0:r1], out=dW_hh)
+    np.matmul(g_ih[r0:r1], W_ih, out=dX[r0:r1])
+    _column_sums(g_ih, r0, r1, db_ih)
+    if not same:
+        _column_sums(g_hh, r0, r1, db_hh)
+
+
+def _weight_grads(params: dict, g_ih: np.ndarray, g_hh, x: np.ndarray, h_prev: np.ndarray, dt, blocks: int) -> dict:
+    """{param: grad, "x"} from the gate adjoints ḡ_ih (T, B, G·H) and ḡ_hh (None: the same array), rule (c): each
+    block of T·B rows sums its share, and the shares are added in block order."""
+    T, B, GH = g_ih.shape
+    I, H = x.shape[-1], h_prev.shape[-1]
+    g_hh = g_ih if g_hh is None else g_hh
+    same = g_hh is g_ih
+    dW_ih, dW_hh = np.empty((blocks, GH, I), dt), np.empty((blocks, GH, H), dt)
+    db_ih, db_hh = np.zeros((blocks, GH)), np.zeros((blocks, GH))
+    dX = np.empty((T * B, I), dt)
+    _in_blocks(blocks, T * B, _grads_rows, g_ih.reshape(T * B, GH), g_hh.reshape(T * B, GH),
+               _c(x, dt).reshape(T * B, I), _c(h_prev, dt).reshape(T * B, H), _c(params["weight_ih"], dt), same, dX,
+               per_block=(dW_ih, dW_hh, db_ih, db_hh))
+    grads = _param_grads(params, {"weight_ih": dW_ih.sum(axis=0), "weight_hh": dW_hh.sum(axis=0),
+                                  "bias_ih": db_ih.sum(axis=0), "bias_hh": (db_ih if same else db_hh).sum(axis=0)})
+    grads["x"] = dX.reshape(x.shape).astype(x.dtype, copy=False)
+    return grads
 
 
 @njit(**_LOOP)
@@ -219,9 +290,10 @@ def rnn_forward(params: dict, x: np.ndarray, h0: np.ndarray, nonlinearity: str =
     dt = np.result_type(x, params["weight_ih"], h0)
     W_ih, W_hh = _c(params["weight_ih"], dt), _c(params["weight_hh"], dt)
     H = W_hh.shape[0]
-    pre = _input_projection(x, W_ih, params["bias_ih"].astype(dt), dt)                              # (1) all t
+    blocks = _blocks(B)
+    pre = _input_projection(x, W_ih, params["bias_ih"], dt, blocks)                                # (1) all t
     h_prev, h = np.empty((T, B, H), dt), np.empty((T, B, H), dt)
-    _in_blocks(_rnn_forward_rows, B, pre, _c(h0, dt), W_hh, _c(params["bias_hh"], dt), nonlinearity == "tanh",
+    _in_blocks(blocks, B, _rnn_forward_rows, pre, _c(h0, dt), W_hh, _c(params["bias_hh"], dt), nonlinearity == "tanh",
                h_prev, h)
     return h, RNNCache(x=np.array(x), h_prev=h_prev, h=h)
 
@@ -235,15 +307,10 @@ def rnn_backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: st
     dt = dh.dtype
     one, _ = _consts(dt)
     da, carry = np.empty((T, B, H), dt), np.zeros((B, H), dt)
-    _in_blocks(_rnn_backward_rows, B, _c(dh, dt), _c(cache.h, dt), _c(params["weight_hh"].T, dt),
+    blocks = _blocks(B)
+    _in_blocks(blocks, B, _rnn_backward_rows, _c(dh, dt), _c(cache.h, dt), _c(params["weight_hh"].T, dt),
                nonlinearity == "tanh", one, da, carry, propagate)
-    da2 = da.reshape(T * B, H)
-    x2 = cache.x.reshape(T * B, -1)
-    db = _bias_sum(da2)
-    grads = _param_grads(params, {"weight_ih": da2.T @ x2.astype(dt, copy=False),                      # (4)
-                                  "weight_hh": da2.T @ cache.h_prev.reshape(T * B, H).astype(dt, copy=False),
-                                  "bias_ih": db, "bias_hh": db})
-    grads["x"] = (da2 @ params["weight_ih"].astype(dt, copy=False)).reshape(cache.x.shape).astype(cache.x.dtype)  # (5)
+    grads = _weight_grads(params, da, None, cache.x, cache.h_prev, dt, blocks)                     # (4), (5) x̄
     grads["h0"] = carry
     return grads
 
@@ -323,9 +390,10 @@ def gru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
     b_hh = _c(params["bias_hh"], dt)
     b_in = params["bias_ih"].astype(dt)                    # + b_hr, b_hz: the r, z biases are added once, here
     b_in[:2 * H] += b_hh[:2 * H]
-    gi = _input_projection(x, W_ih, b_in, dt)                                                      # (1)(2)(4) all t
+    blocks = _blocks(B)
+    gi = _input_projection(x, W_ih, b_in, dt, blocks)                                              # (1)(2)(4) all t
     h_prev, r, z, n, hn, h = (np.empty((T, B, H), dt) for _ in range(6))
-    _in_blocks(_gru_forward_rows, B, gi, _c(h0, dt), W_hh, b_hh, one, h_prev, r, z, n, hn, h)
+    _in_blocks(blocks, B, _gru_forward_rows, gi, _c(h0, dt), W_hh, b_hh, one, h_prev, r, z, n, hn, h)
     return h, GRUCache(x=np.array(x), h_prev=h_prev, r=r, z=z, n=n, hn=hn, h=h)
 
 
@@ -337,13 +405,10 @@ def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache, *, propagate: bo
     dg_ih, dg_hh = np.empty((T, B, 3 * H), dt), np.empty((T, B, 3 * H), dt)
     carry = np.zeros((B, H), dt)
     c = cache
-    _in_blocks(_gru_backward_rows, B, _c(dh, dt), _c(c.h_prev, dt), _c(c.r, dt), _c(c.z, dt), _c(c.n, dt),
+    blocks = _blocks(B)
+    _in_blocks(blocks, B, _gru_backward_rows, _c(dh, dt), _c(c.h_prev, dt), _c(c.r, dt), _c(c.z, dt), _c(c.n, dt),
                _c(c.hn, dt), _c(params["weight_hh"].T, dt), one, dt.type(0.0), dg_ih, dg_hh, carry, propagate)
-    gi2, gh2 = dg_ih.reshape(T * B, 3 * H), dg_hh.reshape(T * B, 3 * H)
-    grads = _param_grads(params, {"weight_ih": gi2.T @ c.x.reshape(T * B, -1).astype(dt, copy=False),   # (10)
-                                  "weight_hh": gh2.T @ c.h_prev.reshape(T * B, H).astype(dt, copy=False),
-                                  "bias_ih": _bias_sum(gi2), "bias_hh": _bias_sum(gh2)})
-    grads["x"] = (gi2 @ params["weight_ih"].astype(dt, copy=False)).reshape(c.x.shape).astype(c.x.dtype)  # (11)
+    grads = _weight_grads(params, dg_ih, dg_hh, c.x, c.h_prev, dt, blocks)                        # (10), (11) x̄
     grads["h0"] = carry
     return grads
 
@@ -383,7 +448,7 @@ def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, W_hhT, one, zero, da, ca
     """Writes ā (T, B, 4H) of eq. (9) on the rows [b0, b1); carry_h, carry_c end as h̄_{-1}, c̄_{-1}. propagate=False
     drops both carried adjoints (h_{t-1} and c_{t-1} held constant)."""
     T, B, H = dh.shape
-    A = da.reshape(T, B, 4, H)                                                    # the gate blocks i, f, g, o as an axis
+    A = da.reshape(T, B, 4, H)                                              # the gate blocks i, f, g, o as an axis
     recT = np.empty((H, b1 - b0), dh.dtype)
     for t in range(T - 1, -1, -1):
         for b in range(b0, b1):
@@ -410,9 +475,11 @@ def lstm_forward(params: dict, x: np.ndarray, state0):
     W_ih, W_hh = _c(params["weight_ih"], dt), _c(params["weight_hh"], dt)
     H = W_hh.shape[1]
     bias = params["bias_ih"].astype(dt) + params["bias_hh"].astype(dt)                             # (1) both biases
-    pre = _input_projection(x, W_ih, bias, dt)                                                     # (1) all t
+    blocks = _blocks(B)
+    pre = _input_projection(x, W_ih, bias, dt, blocks)                                             # (1) all t
     h_prev, c_prev, i, f, g, o, c, tanh_c, h = (np.empty((T, B, H), dt) for _ in range(9))
-    _in_blocks(_lstm_forward_rows, B, pre, _c(h0, dt), _c(c0, dt), W_hh, h_prev, c_prev, i, f, g, o, c, tanh_c, h)
+    _in_blocks(blocks, B, _lstm_forward_rows, pre, _c(h0, dt), _c(c0, dt), W_hh, h_prev, c_prev, i, f, g, o, c,
+               tanh_c, h)
     return h, LSTMCache(x=np.array(x), h_prev=h_prev, c_prev=c_prev, i=i, f=f, g=g, o=o, c=c, tanh_c=tanh_c, h=h)
 
 
@@ -425,15 +492,11 @@ def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache, *, propagate: 
     k = cache
     da = np.empty((T, B, 4 * H), dt)
     carry_h, carry_c = np.zeros((B, H), dt), np.zeros((B, H), dt)
-    _in_blocks(_lstm_backward_rows, B, _c(dh, dt), _c(k.c_prev, dt), _c(k.i, dt), _c(k.f, dt), _c(k.g, dt),
+    blocks = _blocks(B)
+    _in_blocks(blocks, B, _lstm_backward_rows, _c(dh, dt), _c(k.c_prev, dt), _c(k.i, dt), _c(k.f, dt), _c(k.g, dt),
                _c(k.o, dt), _c(k.tanh_c, dt), _c(params["weight_hh"].T, dt), one, dt.type(0.0), da, carry_h, carry_c,
                propagate)
-    da2 = da.reshape(T * B, 4 * H)
-    db = _bias_sum(da2)
-    grads = _param_grads(params, {"weight_ih": da2.T @ k.x.reshape(T * B, -1).astype(dt, copy=False),    # (9)
-                                  "weight_hh": da2.T @ k.h_prev.reshape(T * B, H).astype(dt, copy=False),
-                                  "bias_ih": db, "bias_hh": db})
-    grads["x"] = (da2 @ params["weight_ih"].astype(dt, copy=False)).reshape(k.x.shape).astype(k.x.dtype)  # (10)
+    grads = _weight_grads(params, da, None, k.x, k.h_prev, dt, blocks)                             # (9), (10) x̄
     grads["h0"], grads["c0"] = carry_h, carry_c
     return grads
 
