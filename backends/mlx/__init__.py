@@ -21,7 +21,7 @@ MLX's silent cast to complex64); to_numpy evaluates and copies back.
 Performance (mlx 0.32 CPU wheel on Linux x86-64). The wheel links the *reference* BLAS (netlib libblas): a GEMM runs
 at 1–2.5 GFLOP/s, about 15× slower than the OpenBLAS behind NumPy and Numba on one thread (the input projection of
 B=32, T=256, I=64, 3H=768: 142 ms vs 9.4 ms). At B=32, T=256, I=64, H=256 the GEMMs are two thirds of gru.forward and
-nine tenths of gru.backward, and every cell kernel runs 11–14× slower than Numba's; the rest is MLX's per-operation
+nine tenths of gru.backward, and every cell kernel runs 11–18× slower than Numba's; the rest is MLX's per-operation
 cost (about 1 ms per time step at that size), which a fused Numba loop does not pay. What the kernels do about it:
 one GEMM for all input projections and weight gradients; row-contiguous transposed weights (NN GEMMs, 2× faster than
 the transposed views); mx.compile'd steps (3× faster than op-by-op at small B·H, even with it at B·H = 32·256);
