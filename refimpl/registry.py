@@ -196,13 +196,21 @@ def flatten_outputs(tree, prefix: str = "") -> dict:
 
 
 def coverage() -> list[dict]:
-    """One row per backend: name, available, reason, implemented kernels, missing kernels."""
+    """One row per backend: name, available, reason, implemented kernels, missing kernels, and the kernel × dtype
+    cases it cannot run here ({reason: ["lru.forward float64", …]}, e.g. MLX's missing complex128)."""
     rows = []
     for name, spec in BACKENDS.items():
         b = load_backend(name)
+        unsupported = {}
+        for k, kspec in KERNELS.items():
+            if k in b.kernels:
+                for d in kspec.dtypes:
+                    why = b.unsupported_dtype(k, d)
+                    if why:
+                        unsupported.setdefault(why, []).append(f"{k} {d}")
         rows.append({"backend": name, "description": spec.description, "available": b.available,
                      "reason": b.reason, "kernels": sorted(k for k in KERNELS if k in b.kernels),
-                     "missing": sorted(k for k in KERNELS if k not in b.kernels)})
+                     "missing": sorted(k for k in KERNELS if k not in b.kernels), "unsupported": unsupported})
     return rows
 
 

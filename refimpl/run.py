@@ -592,6 +592,8 @@ def backends(as_json):
         click.echo(f"{r['backend']:<6} {r['description']:<40} {status}")
         click.echo(f"       kernels: {len(r['kernels'])}/{len(KERNELS)}"
                    + (f" — missing: {', '.join(r['missing'])}" if r["missing"] and r["kernels"] else ""))
+        for why, cases in r["unsupported"].items():
+            click.echo(f"       not run here: {', '.join(cases)} — {why}")
 
 
 def main(argv=None) -> None:

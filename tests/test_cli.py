@@ -109,3 +109,14 @@ def test_gradcheck_fails_when_an_exact_algorithm_is_wrong(monkeypatch):
         r = CliRunner().invoke(cli, ["gradcheck", "--cell", "rnn", "--algorithm", "rtrl"])
         assert r.exit_code == code, r.output
         assert ("FAILED" in r.output) == (code == 1)
+
+
+def test_backends_says_which_dtypes_a_backend_cannot_run():
+    from refimpl.registry import load_backend
+    b = load_backend("mlx")
+    if not b.available:
+        pytest.skip(f"mlx: {b.reason}")
+    rows = {row["backend"]: row for row in json.loads(run("backends", "--json").stdout)}
+    cases = [c for v in rows["mlx"]["unsupported"].values() for c in v]
+    assert "lru.forward float64" in cases and not any(c.startswith("gru.") for c in cases)
+    assert "not run here: " in run("backends").stdout
