@@ -11,7 +11,8 @@ module docstring. The layout follows five rules (research/landscape.md §2.4):
         allocation per step) and one fused pass over (b, k) for the gates, t outermost and k innermost so that every
         array is walked contiguously. The GEMM is computed transposed, (W_hh h_{t-1}ᵀ) = W_hh (nG·H, H) @ h_{t-1}ᵀ,
         (and W_hhᵀ ḡᵀ backwards): with the batch as BLAS's short N side it runs 25–35% faster than h_{t-1} W_hhᵀ
-        for a thin batch; _untranspose turns the small (nG·H, rows) result back in one pass;
+        for a thin batch; _untranspose turns the small (nG·H, rows) result back in one pass (into a buffer whose
+        rows are padded by _PAD entries, so that its row stride is never a multiple of 4 KiB);
     (c) the backward loop stores the gate adjoints ḡ_t (T, B, nG·H); the weight gradients are then ONE GEMM each,
         ḡᵀ (nG·H, T·B) @ [x | h_prev] (T·B, ·), and x̄ is one GEMM ḡ @ W_ih;
     (d) the transcendental functions inside the loops are fastmath.tanh / fastmath.sigmoid: plain arithmetic that
@@ -238,11 +239,18 @@ def _weight_grads(params: dict, g_ih: np.ndarray, g_hh, x: np.ndarray, h_prev: n
     return grads
 
 
+#: Extra entries per row of the untransposed GEMM buffers (see _untranspose).
+_PAD = 16
+
+
 @njit(**_LOOP)
 def _untranspose(src, dst):
-    """dst (rows, n) = srcᵀ: the per-step GEMM's (n, rows) result in the (b, k) order of the fused passes."""
-    for q in range(dst.shape[0]):
-        for j in range(dst.shape[1]):
+    """dst[:, :n] = srcᵀ for src (n, rows): the per-step GEMM's result in the (b, k) order of the fused passes. Each
+    row of src (one unit, every row of the block) is read contiguously and scattered down a column of dst; dst's
+    rows are _PAD entries longer than n, because with a row stride that is a multiple of 4 KiB (n = 1024 float32)
+    the scattered stores alias in the cache and the pass runs ten times slower."""
+    for j in range(src.shape[0]):
+        for q in range(src.shape[1]):
             dst[q, j] = src[j, q]
 
 
@@ -253,7 +261,7 @@ def _rnn_forward_rows(pre, h0, W_hh, b_hh, use_tanh, h_prev, h, b0, b1):
     """pre (T, B, H) = x W_ihᵀ + b_ih; writes h_prev, h (T, B, H) on the rows [b0, b1)."""
     T, _, H = pre.shape
     recT = np.empty((H, b1 - b0), pre.dtype)                # (W_hh h_{t-1}ᵀ), reused every step
-    rec = np.empty((b1 - b0, H), pre.dtype)
+    rec = np.empty((b1 - b0, H + _PAD), pre.dtype)
     for t in range(T):
         if t == 0:
             h_prev[0, b0:b1] = h0[b0:b1]
@@ -273,14 +281,18 @@ def _rnn_backward_rows(dh, h, W_hhT, use_tanh, one, da, carry, propagate, b0, b1
     drops the carried adjoint (h_{t-1} held constant: the truncated gradient of refimpl/rtrl.py)."""
     T, _, H = dh.shape
     recT = np.empty((H, b1 - b0), dh.dtype)
+    rec = np.zeros((b1 - b0, H + _PAD), dh.dtype)                            # h̄_{t-1} from the step after
     for t in range(T - 1, -1, -1):
         for b in range(b0, b1):
             for k in range(H):
-                g = dh[t, b, k] + carry[b, k]                                    # (6) h̄_t
+                g = dh[t, b, k] + rec[b - b0, k]                                 # (6) h̄_t
                 da[t, b, k] = g * (one - h[t, b, k] * h[t, b, k]) if use_tanh else g   # (3)
         if propagate:
             np.dot(W_hhT, da[t, b0:b1].T, recT)                                  # (5) (ā_t W_hh)ᵀ
-            _untranspose(recT, carry[b0:b1])                                     # h̄_{t-1} contribution
+            _untranspose(recT, rec)                                              # h̄_{t-1} contribution
+    for b in range(b0, b1):
+        for k in range(H):
+            carry[b, k] = rec[b - b0, k]                                         # h̄_{-1}
 
 
 def rnn_forward(params: dict, x: np.ndarray, h0: np.ndarray, nonlinearity: str = "tanh"):
@@ -330,7 +342,7 @@ def _gru_forward_rows(gi, h0, W_hh, b_hh, one, h_prev, r, z, n, hn, h, b0, b1):
     T, _, H3 = gi.shape
     H = H3 // 3
     ghT = np.empty((H3, b1 - b0), gi.dtype)                 # (W_hh h_{t-1}ᵀ), reused every step
-    gh = np.empty((b1 - b0, H3), gi.dtype)
+    gh = np.empty((b1 - b0, H3 + _PAD), gi.dtype)
     for t in range(T):
         if t == 0:
             h_prev[0, b0:b1] = h0[b0:b1]
@@ -349,7 +361,6 @@ def _gru_forward_rows(gi, h0, W_hh, b_hh, one, h_prev, r, z, n, hn, h, b0, b1):
                 r[t, b, k], z[t, b, k], n[t, b, k], hn[t, b, k] = rr, zz, nn, m
 
 
-
 @njit(**_LOOP)
 def _gru_backward_rows(dh, h_prev, r, z, n, hn, W_hhT, one, zero, dg_ih, dg_hh, carry, propagate, b0, b1):
     """Writes ḡ_ih, ḡ_hh (T, B, 3H) of eq. (10) on the rows [b0, b1); carry ends as h̄_{-1}. propagate=False drops
@@ -358,7 +369,7 @@ def _gru_backward_rows(dh, h_prev, r, z, n, hn, W_hhT, one, zero, dg_ih, dg_hh, 
     T, B, H = dh.shape
     G_ih, G_hh = dg_ih.reshape(T, B, 3, H), dg_hh.reshape(T, B, 3, H)     # the gate blocks r, z, n as an axis
     recT = np.empty((H, b1 - b0), dh.dtype)
-    rec = np.zeros((b1 - b0, H), dh.dtype)
+    rec = np.zeros((b1 - b0, H + _PAD), dh.dtype)
     for t in range(T - 1, -1, -1):
         for b in range(b0, b1):
             q = b - b0
@@ -377,7 +388,6 @@ def _gru_backward_rows(dh, h_prev, r, z, n, hn, W_hhT, one, zero, dg_ih, dg_hh, 
     for b in range(b0, b1):
         for k in range(H):
             carry[b, k] += rec[b - b0, k]                       # (11) h̄_{-1} = both paths
-
 
 
 def gru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
@@ -421,7 +431,7 @@ def _lstm_forward_rows(pre, h0, c0, W_hh, h_prev, c_prev, i, f, g, o, c, tanh_c,
     T, _, H4 = pre.shape
     H = H4 // 4
     recT = np.empty((H4, b1 - b0), pre.dtype)               # (W_hh h_{t-1}ᵀ), reused every step
-    rec = np.empty((b1 - b0, H4), pre.dtype)
+    rec = np.empty((b1 - b0, H4 + _PAD), pre.dtype)
     for t in range(T):
         if t == 0:
             h_prev[0, b0:b1], c_prev[0, b0:b1] = h0[b0:b1], c0[b0:b1]
@@ -442,7 +452,6 @@ def _lstm_forward_rows(pre, h0, c0, W_hh, h_prev, c_prev, i, f, g, o, c, tanh_c,
                 i[t, b, k], f[t, b, k], g[t, b, k], o[t, b, k], c[t, b, k], tanh_c[t, b, k] = ii, ff, gg, oo, cc, tc
 
 
-
 @njit(**_LOOP)
 def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, W_hhT, one, zero, da, carry_h, carry_c, propagate, b0, b1):
     """Writes ā (T, B, 4H) of eq. (9) on the rows [b0, b1); carry_h, carry_c end as h̄_{-1}, c̄_{-1}. propagate=False
@@ -450,10 +459,11 @@ def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, W_hhT, one, zero, da, ca
     T, B, H = dh.shape
     A = da.reshape(T, B, 4, H)                                              # the gate blocks i, f, g, o as an axis
     recT = np.empty((H, b1 - b0), dh.dtype)
+    rec = np.zeros((b1 - b0, H + _PAD), dh.dtype)                         # h̄_{t-1} from the step after
     for t in range(T - 1, -1, -1):
         for b in range(b0, b1):
             for k in range(H):
-                gh = dh[t, b, k] + carry_h[b, k]                                  # (11) h̄_t
+                gh = dh[t, b, k] + rec[b - b0, k]                                 # (11) h̄_t
                 ii, ff, gg, oo, tc = i[t, b, k], f[t, b, k], g[t, b, k], o[t, b, k], tanh_c[t, b, k]
                 dc_hat = carry_c[b, k] + gh * oo * (one - tc * tc)                # (6) both paths into c_t
                 A[t, b, 0, k] = dc_hat * gg * ii * (one - ii)                     # (7)(8) ā_i
@@ -463,8 +473,10 @@ def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, W_hhT, one, zero, da, ca
                 carry_c[b, k] = dc_hat * ff if propagate else zero                # (7) c̄_{t-1}
         if propagate:
             np.dot(W_hhT, da[t, b0:b1].T, recT)                                   # (10) (ā W_hh)ᵀ
-            _untranspose(recT, carry_h[b0:b1])                                    # h̄_{t-1} contribution
-
+            _untranspose(recT, rec)                                               # h̄_{t-1} contribution
+    for b in range(b0, b1):
+        for k in range(H):
+            carry_h[b, k] = rec[b - b0, k]                                        # h̄_{-1}
 
 
 def lstm_forward(params: dict, x: np.ndarray, state0):
