@@ -2,8 +2,12 @@ r"""tanh and the logistic σ from float arithmetic only, so that the cell loops 
 
 Numba lowers np.tanh on a scalar to a call into libm, one element at a time: a loop that calls it cannot be turned
 into SIMD code, and the transcendental functions then cost more than the matrix products of a step. The functions
-here use only +, ×, ÷, a rounding, a select and an integer bit pattern, which LLVM vectorises like any arithmetic.
-They are accurate to a few units in the last place in float32 and in float64.
+here use only +, ×, ÷, a rounding, a select and an integer bit pattern, which LLVM vectorises like any arithmetic
+(with error_model="numpy" in the caller: Numba's default zero-division check also stops vectorisation). They run
+at the speed of NumPy's SIMD np.tanh, 30–40 times faster than the libm loop. Accuracy: tanh within 2.5 ulp in float32
+and 2.7 ulp in float64 (np.tanh: 1.4 and 1.2) over a dense sweep of [−25, 25] and of magnitudes down to 1e−30,
+against a long-double tanh; NaN, ±inf and ±0 behave as np.tanh. σ has an absolute error below one ulp of 1, like
+the references' own ½(1 + tanh(a/2)) in the same dtype.
 
     tanh(x) = sign(x) · (−m) / (2 + m),    m = expm1(−2|x|) ∈ (−1, 0]                                      (F1)
     σ(a)    = ½ + ½ tanh(a/2)                      (the references' formula, refimpl/cells/common.py)      (F2)
@@ -26,11 +30,13 @@ field; s − 1 is exact for every k that matters, and for k = 0 (|y| < ½ ln 2) 
 The functions are overloads: inside @njit code `tanh(x)` / `sigmoid(a)` compile to the arithmetic above, specialised
 to x's dtype (the constants are cast to it, so float32 stays float32 and the SIMD width is not halved); called from
 plain Python they fall back to NumPy. Only FMA contraction is allowed (fastmath={"contract"}): no reassociation,
-which would undo the exact splitting in (F3).
+which would undo the exact splitting in (F3). Numba's on-disk cache of a caller (cells.py) is keyed to the caller's
+file only: after editing this module, clear backends/numba/__pycache__ (or touch the callers) to recompile them.
 """
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal, getcontext
 from math import factorial
 
@@ -118,7 +124,7 @@ def _expm1_neg_impl(y):
     lower, half, one = f(-40.0), f(0.5), f(1.0)
 
     def impl(y):
-        y = y if y > lower else lower
+        y = lower if y < lower else y                             # (NaN stays NaN: tanh(NaN) is NaN)
         kf = np.floor(y * inv_ln2 + half)                         # (F3) k = round(y / ln 2)
         r = (y - kf * ln2_hi) - kf * ln2_lo                       # (F3)
         s = _as_float(itype((itype(kf) + bias) << mbits))         # s = 2^k from its bit pattern
@@ -135,7 +141,7 @@ def _tanh_impl(x):
         ax = x if x >= zero else -x
         m = _expm1_neg(minus_two * ax)                            # (F1) m = expm1(−2|x|)
         t = (zero - m) / (two + m)                                # (F1) tanh|x| (+0 at x = 0)
-        return t if x >= zero else -t
+        return math.copysign(t, x)                                # sign(x) · tanh|x|, −0 kept
     return impl
 
 
