@@ -106,7 +106,8 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path
     (dict(algorithm="ep"), UnsupportedError, "fixed point"),           # EP on a sequence task
     (dict(task="digitz"), UnknownNameError, "did you mean"),
     (dict(hidden=-3), UnsupportedError, "positive integer"),
-    (dict(backend="mlx"), UnsupportedError, "mlx"),
+    (dict(backend="numba", algorithm="online", update_every=2), UnsupportedError, "NumPy reference only"),
+    (dict(backend="nosuch"), UnknownNameError, "backend"),
 ])
 def test_incompatible_or_bad_configs_are_refused(tmp_path, changes, err, phrase):
     with pytest.raises(err, match=phrase):
