@@ -41,6 +41,7 @@ import glob
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -69,6 +70,12 @@ _LOOP = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 #: The fewest rows per block: below this a per-step GEMM is too thin to be worth a thread of its own (8-row GEMMs
 #: run at about half the rate of 32-row ones, 16-row ones at 90%).
 MIN_BLOCK_ROWS = 16
+#: The least T·H² for which a call is cut into blocks at all (a block then has ≥ 32·T·H² flops, about a millisecond):
+#: below it the threads' start and join would cost more than they save, and so would BLAS threads.
+MIN_BLOCK_WORK = 2 ** 20
+#: Below this T·B·H², every GEMM of a call is under OpenBLAS's own threshold for threading (M·N·K < 2¹⁸), so the
+#: BLAS thread counts are not touched at all (that costs a few microseconds per phase).
+MIN_SERIAL_WORK = 2 ** 16
 
 
 def _param_grads(params: dict, computed: dict) -> dict:
@@ -88,10 +95,12 @@ def _bias_sum(g2: np.ndarray, chunk: int = 32) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ blocks of rows, threads
 #
 # Rule (e). Every phase of a kernel call is cut into `blocks` blocks of rows — the batch rows for the time loops, the
-# T·B rows for the GEMMs of rules (a) and (c) — and each block runs, as a nogil Numba function, on its own thread,
-# calling a single-threaded BLAS. So no BLAS thread pool is involved while a kernel runs (an idle OpenBLAS pool
-# spins for a while after each call, and on two cores that spinning thread takes the time of one of the blocks).
-# With one block the same functions run in the calling thread with the BLAS left as it is.
+# T·B rows for the GEMMs of rules (a) and (c) — and each block runs, as a nogil function, on its own thread, calling
+# a single-threaded BLAS. So no BLAS thread pool is involved while a kernel runs (an idle OpenBLAS pool spins for a
+# while after each call, and on two cores that spinning thread takes the time of one of the blocks). A call too small
+# to be cut (T·H² < MIN_BLOCK_WORK) runs as one block with a single-threaded BLAS too (a tiny one leaves the BLAS alone,
+# MIN_SERIAL_WORK); a large call that still runs as one block (one Numba thread, or fewer than 2·MIN_BLOCK_ROWS rows)
+# leaves the BLAS threads as they are.
 
 def _find_blas_threads() -> list:
     """[(get, set)] of the thread counts of the two BLAS libraries a kernel calls: SciPy's (np.dot inside @njit code
@@ -130,12 +139,21 @@ _BLAS_USERS = [0, []]             # [phases inside _blas_single_threaded, the th
 _POOL: list = []                  # one single-worker executor per extra block, created on first use
 
 
-def _blocks(B: int) -> int:
-    """How many blocks to cut a batch of B rows into: one per Numba thread (numba.get_num_threads()), at least
-    MIN_BLOCK_ROWS rows each; one block when the BLAS libraries' thread counts cannot be controlled."""
-    if not _BLAS_THREADS:
-        return 1
-    return max(1, min(numba.get_num_threads(), B // MIN_BLOCK_ROWS))
+class _Plan(NamedTuple):
+    blocks: int            # blocks of rows, one thread each
+    serial_blas: bool      # BLAS single-threaded during the call
+
+
+def _plan(T: int, B: int, H: int) -> _Plan:
+    """How to run a call on (T, B, ·) arrays with H units: one block per Numba thread (numba.get_num_threads()), at
+    least MIN_BLOCK_ROWS rows each, when T·H² ≥ MIN_BLOCK_WORK; one block, BLAS as it is, when the BLAS libraries'
+    thread counts cannot be controlled."""
+    if not _BLAS_THREADS or T * B * H * H < MIN_SERIAL_WORK:
+        return _Plan(1, False)
+    if T * H * H < MIN_BLOCK_WORK:
+        return _Plan(1, True)
+    blocks = max(1, min(numba.get_num_threads(), B // MIN_BLOCK_ROWS))
+    return _Plan(blocks, blocks > 1)
 
 
 @contextlib.contextmanager
@@ -158,18 +176,19 @@ def _blas_single_threaded():
                     set_(n)
 
 
-def _in_blocks(blocks: int, n: int, fn, *args, per_block=()) -> None:
-    """fn(*args, *(a[c] for a in per_block), r0, r1) for the blocks c = 0 … blocks−1 of the rows [0, n): block 0 in
-    the calling thread, the others on the pool. Each block writes only its own rows (or its own per_block[c])."""
-    bounds = [(c * n // blocks, (c + 1) * n // blocks) for c in range(blocks)]
-    if blocks == 1:
-        fn(*args, *(a[0] for a in per_block), *bounds[0])
+def _in_blocks(plan: _Plan, n: int, fn, *args, per_block=()) -> None:
+    """fn(*args, *(a[c] for a in per_block), r0, r1) for the blocks c = 0 … plan.blocks−1 of the rows [0, n): block 0
+    in the calling thread, the others on the pool. Each block writes only its own rows (or its own per_block[c])."""
+    blocks = plan.blocks
+    if blocks == 1 and not plan.serial_blas:
+        fn(*args, *(a[0] for a in per_block), 0, n)
         return
+    bounds = [(c * n // blocks, (c + 1) * n // blocks) for c in range(blocks)]
     if len(_POOL) < blocks - 1:
         with _BLAS_LOCK:
             while len(_POOL) < blocks - 1:
                 _POOL.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="refimpl-numba"))
-    with _blas_single_threaded():
+    with _blas_single_threaded() if plan.serial_blas else contextlib.nullcontext():
         futures = [_POOL[c - 1].submit(fn, *args, *(a[c] for a in per_block), *bounds[c]) for c in range(1, blocks)]
         fn(*args, *(a[0] for a in per_block), *bounds[0])
         for f in futures:
@@ -185,11 +204,11 @@ def _projection_rows(X, W_ihT, bias, out, r0, r1):
             out[r, j] += bias[j]
 
 
-def _input_projection(x: np.ndarray, W_ih: np.ndarray, bias: np.ndarray, dt, blocks: int) -> np.ndarray:
-    """x W_ihᵀ + bias for all T steps, (T, B, G·H): rule (a), in `blocks` blocks of the T·B rows."""
+def _input_projection(x: np.ndarray, W_ih: np.ndarray, bias: np.ndarray, dt, plan: _Plan) -> np.ndarray:
+    """x W_ihᵀ + bias for all T steps, (T, B, G·H): rule (a), in plan.blocks blocks of the T·B rows."""
     T, B, I = x.shape
     out = np.empty((T, B, W_ih.shape[0]), dt)
-    _in_blocks(blocks, T * B, _projection_rows, _c(x, dt).reshape(T * B, I), W_ih.T, bias.astype(dt),
+    _in_blocks(plan, T * B, _projection_rows, _c(x, dt).reshape(T * B, I), W_ih.T, bias.astype(dt),
                out.reshape(T * B, -1))
     return out
 
@@ -220,21 +239,22 @@ def _grads_rows(g_ih, g_hh, X, Hp, W_ih, same, dX, dW_ih, dW_hh, db_ih, db_hh, r
         _column_sums(g_hh, r0, r1, db_hh)
 
 
-def _weight_grads(params: dict, g_ih: np.ndarray, g_hh, x: np.ndarray, h_prev: np.ndarray, dt, blocks: int) -> dict:
+def _weight_grads(params: dict, g_ih: np.ndarray, g_hh, x: np.ndarray, h_prev: np.ndarray, dt, plan: _Plan) -> dict:
     """{param: grad, "x"} from the gate adjoints ḡ_ih (T, B, G·H) and ḡ_hh (None: the same array), rule (c): each
     block of T·B rows sums its share, and the shares are added in block order."""
     T, B, GH = g_ih.shape
     I, H = x.shape[-1], h_prev.shape[-1]
     g_hh = g_ih if g_hh is None else g_hh
     same = g_hh is g_ih
-    dW_ih, dW_hh = np.empty((blocks, GH, I), dt), np.empty((blocks, GH, H), dt)
-    db_ih, db_hh = np.zeros((blocks, GH)), np.zeros((blocks, GH))
+    dW_ih, dW_hh = np.empty((plan.blocks, GH, I), dt), np.empty((plan.blocks, GH, H), dt)
+    db_ih, db_hh = np.zeros((plan.blocks, GH)), np.zeros((plan.blocks, GH))
     dX = np.empty((T * B, I), dt)
-    _in_blocks(blocks, T * B, _grads_rows, g_ih.reshape(T * B, GH), g_hh.reshape(T * B, GH),
+    _in_blocks(plan, T * B, _grads_rows, g_ih.reshape(T * B, GH), g_hh.reshape(T * B, GH),
                _c(x, dt).reshape(T * B, I), _c(h_prev, dt).reshape(T * B, H), _c(params["weight_ih"], dt), same, dX,
                per_block=(dW_ih, dW_hh, db_ih, db_hh))
-    grads = _param_grads(params, {"weight_ih": dW_ih.sum(axis=0), "weight_hh": dW_hh.sum(axis=0),
-                                  "bias_ih": db_ih.sum(axis=0), "bias_hh": (db_ih if same else db_hh).sum(axis=0)})
+    total = (lambda a: a[0]) if plan.blocks == 1 else (lambda a: a.sum(axis=0))     # the shares, in block order
+    grads = _param_grads(params, {"weight_ih": total(dW_ih), "weight_hh": total(dW_hh),
+                                  "bias_ih": total(db_ih), "bias_hh": total(db_ih if same else db_hh)})
     grads["x"] = dX.reshape(x.shape).astype(x.dtype, copy=False)
     return grads
 
@@ -302,10 +322,10 @@ def rnn_forward(params: dict, x: np.ndarray, h0: np.ndarray, nonlinearity: str =
     dt = np.result_type(x, params["weight_ih"], h0)
     W_ih, W_hh = _c(params["weight_ih"], dt), _c(params["weight_hh"], dt)
     H = W_hh.shape[0]
-    blocks = _blocks(B)
-    pre = _input_projection(x, W_ih, params["bias_ih"], dt, blocks)                                # (1) all t
+    plan = _plan(T, B, H)
+    pre = _input_projection(x, W_ih, params["bias_ih"], dt, plan)                                # (1) all t
     h_prev, h = np.empty((T, B, H), dt), np.empty((T, B, H), dt)
-    _in_blocks(blocks, B, _rnn_forward_rows, pre, _c(h0, dt), W_hh, _c(params["bias_hh"], dt), nonlinearity == "tanh",
+    _in_blocks(plan, B, _rnn_forward_rows, pre, _c(h0, dt), W_hh, _c(params["bias_hh"], dt), nonlinearity == "tanh",
                h_prev, h)
     return h, RNNCache(x=np.array(x), h_prev=h_prev, h=h)
 
@@ -319,10 +339,10 @@ def rnn_backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: st
     dt = dh.dtype
     one, _ = _consts(dt)
     da, carry = np.empty((T, B, H), dt), np.zeros((B, H), dt)
-    blocks = _blocks(B)
-    _in_blocks(blocks, B, _rnn_backward_rows, _c(dh, dt), _c(cache.h, dt), _c(params["weight_hh"].T, dt),
+    plan = _plan(T, B, H)
+    _in_blocks(plan, B, _rnn_backward_rows, _c(dh, dt), _c(cache.h, dt), _c(params["weight_hh"].T, dt),
                nonlinearity == "tanh", one, da, carry, propagate)
-    grads = _weight_grads(params, da, None, cache.x, cache.h_prev, dt, blocks)                     # (4), (5) x̄
+    grads = _weight_grads(params, da, None, cache.x, cache.h_prev, dt, plan)                     # (4), (5) x̄
     grads["h0"] = carry
     return grads
 
@@ -400,10 +420,10 @@ def gru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
     b_hh = _c(params["bias_hh"], dt)
     b_in = params["bias_ih"].astype(dt)                    # + b_hr, b_hz: the r, z biases are added once, here
     b_in[:2 * H] += b_hh[:2 * H]
-    blocks = _blocks(B)
-    gi = _input_projection(x, W_ih, b_in, dt, blocks)                                              # (1)(2)(4) all t
+    plan = _plan(T, B, H)
+    gi = _input_projection(x, W_ih, b_in, dt, plan)                                              # (1)(2)(4) all t
     h_prev, r, z, n, hn, h = (np.empty((T, B, H), dt) for _ in range(6))
-    _in_blocks(blocks, B, _gru_forward_rows, gi, _c(h0, dt), W_hh, b_hh, one, h_prev, r, z, n, hn, h)
+    _in_blocks(plan, B, _gru_forward_rows, gi, _c(h0, dt), W_hh, b_hh, one, h_prev, r, z, n, hn, h)
     return h, GRUCache(x=np.array(x), h_prev=h_prev, r=r, z=z, n=n, hn=hn, h=h)
 
 
@@ -415,10 +435,10 @@ def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache, *, propagate: bo
     dg_ih, dg_hh = np.empty((T, B, 3 * H), dt), np.empty((T, B, 3 * H), dt)
     carry = np.zeros((B, H), dt)
     c = cache
-    blocks = _blocks(B)
-    _in_blocks(blocks, B, _gru_backward_rows, _c(dh, dt), _c(c.h_prev, dt), _c(c.r, dt), _c(c.z, dt), _c(c.n, dt),
+    plan = _plan(T, B, H)
+    _in_blocks(plan, B, _gru_backward_rows, _c(dh, dt), _c(c.h_prev, dt), _c(c.r, dt), _c(c.z, dt), _c(c.n, dt),
                _c(c.hn, dt), _c(params["weight_hh"].T, dt), one, dt.type(0.0), dg_ih, dg_hh, carry, propagate)
-    grads = _weight_grads(params, dg_ih, dg_hh, c.x, c.h_prev, dt, blocks)                        # (10), (11) x̄
+    grads = _weight_grads(params, dg_ih, dg_hh, c.x, c.h_prev, dt, plan)                        # (10), (11) x̄
     grads["h0"] = carry
     return grads
 
@@ -487,10 +507,10 @@ def lstm_forward(params: dict, x: np.ndarray, state0):
     W_ih, W_hh = _c(params["weight_ih"], dt), _c(params["weight_hh"], dt)
     H = W_hh.shape[1]
     bias = params["bias_ih"].astype(dt) + params["bias_hh"].astype(dt)                             # (1) both biases
-    blocks = _blocks(B)
-    pre = _input_projection(x, W_ih, bias, dt, blocks)                                             # (1) all t
+    plan = _plan(T, B, H)
+    pre = _input_projection(x, W_ih, bias, dt, plan)                                             # (1) all t
     h_prev, c_prev, i, f, g, o, c, tanh_c, h = (np.empty((T, B, H), dt) for _ in range(9))
-    _in_blocks(blocks, B, _lstm_forward_rows, pre, _c(h0, dt), _c(c0, dt), W_hh, h_prev, c_prev, i, f, g, o, c,
+    _in_blocks(plan, B, _lstm_forward_rows, pre, _c(h0, dt), _c(c0, dt), W_hh, h_prev, c_prev, i, f, g, o, c,
                tanh_c, h)
     return h, LSTMCache(x=np.array(x), h_prev=h_prev, c_prev=c_prev, i=i, f=f, g=g, o=o, c=c, tanh_c=tanh_c, h=h)
 
@@ -504,11 +524,11 @@ def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache, *, propagate: 
     k = cache
     da = np.empty((T, B, 4 * H), dt)
     carry_h, carry_c = np.zeros((B, H), dt), np.zeros((B, H), dt)
-    blocks = _blocks(B)
-    _in_blocks(blocks, B, _lstm_backward_rows, _c(dh, dt), _c(k.c_prev, dt), _c(k.i, dt), _c(k.f, dt), _c(k.g, dt),
+    plan = _plan(T, B, H)
+    _in_blocks(plan, B, _lstm_backward_rows, _c(dh, dt), _c(k.c_prev, dt), _c(k.i, dt), _c(k.f, dt), _c(k.g, dt),
                _c(k.o, dt), _c(k.tanh_c, dt), _c(params["weight_hh"].T, dt), one, dt.type(0.0), da, carry_h, carry_c,
                propagate)
-    grads = _weight_grads(params, da, None, k.x, k.h_prev, dt, blocks)                             # (9), (10) x̄
+    grads = _weight_grads(params, da, None, k.x, k.h_prev, dt, plan)                             # (9), (10) x̄
     grads["h0"], grads["c0"] = carry_h, carry_c
     return grads
 
