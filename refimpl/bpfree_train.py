@@ -43,7 +43,8 @@ import numpy as np
 
 from . import bpfree, optim
 from .errors import NumericalError, UnsupportedError
-from .train import (MetricsLog, TrainingDiverged, _Bar, atomic_write_bytes, atomic_write_json, read_metrics)
+from .train import (MetricsLog, TrainingDiverged, _Bar, _diverged, atomic_write_bytes, atomic_write_json, open_run_dir,
+                    read_metrics)
 
 #: Trackers are measured on this many training examples (a seeded subset, the same at every epoch).
 TRACKER_EXAMPLES = 256
@@ -170,25 +171,12 @@ def load_checkpoint(path: Path) -> tuple[int, dict, dict, dict, dict]:
         return int(z["step"]), part["param"], part["buffer"], part["fixed"], part["opt"]
 
 
-def _diverged(step: int, why: str, ckpt_path: Path) -> TrainingDiverged:
-    kept = (f"the last good checkpoint is kept in {ckpt_path}" if ckpt_path.exists()
-            else "no checkpoint had been written yet")
-    return TrainingDiverged(f"training diverged at step {step}: {why}; {kept}. Lower --lr or set --clip")
-
-
 def train(config: BpfreeConfig, run_dir, *, resume: bool = False, progress: bool = False,
           plot: bool = True) -> BpfreeResult:
     """Train `config` into `run_dir` (created), or continue it with resume=True. See the module doc."""
-    run_dir = Path(run_dir)
-    cfg_path, ckpt_path = run_dir / "config.json", run_dir / "checkpoint.npz"
-    if resume:
-        if not cfg_path.exists():
-            raise UnsupportedError(f"cannot resume: {run_dir} has no config.json (not a run directory); start a "
-                                   f"new run with --out {run_dir}")
-        config = BpfreeConfig.from_dict(json.loads(cfg_path.read_text()))
-    elif cfg_path.exists():
-        raise UnsupportedError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose "
-                               f"another --out directory")
+    run_dir, cfg_path, ckpt_path, saved = open_run_dir(run_dir, resume)
+    if saved is not None:
+        config = BpfreeConfig.from_dict(saved)
     task, net, params, buffers, feedback, opt, steps_per_epoch, total = build(config, warn=not resume)
     opt_state = optim.init_state(params, opt)
     start = 0

@@ -434,19 +434,28 @@ def _check_config(config: TrainConfig) -> None:
             raise UnsupportedError(f"{name} must be a positive integer or None, got {v!r}")
 
 
-def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool = False,
-          track_memory: bool = False) -> RunResult:
-    """Train `config` into `run_dir` (created), or continue it with resume=True. See the module doc."""
+def open_run_dir(run_dir, resume: bool):
+    """(run_dir, config.json path, checkpoint path, the saved config dict when resuming else None). Refuses to resume
+    what is not a run directory, and to start a new run over an existing one."""
     run_dir = Path(run_dir)
     cfg_path, ckpt_path = run_dir / "config.json", run_dir / "checkpoint.npz"
     if resume:
         if not cfg_path.exists():
             raise UnsupportedError(f"cannot resume: {run_dir} has no config.json (not a run directory); start a "
                                    f"new run with --out {run_dir}")
-        config = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
-    elif cfg_path.exists():
+        return run_dir, cfg_path, ckpt_path, json.loads(cfg_path.read_text())
+    if cfg_path.exists():
         raise UnsupportedError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose "
                                f"another --out directory")
+    return run_dir, cfg_path, ckpt_path, None
+
+
+def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool = False,
+          track_memory: bool = False) -> RunResult:
+    """Train `config` into `run_dir` (created), or continue it with resume=True. See the module doc."""
+    run_dir, cfg_path, ckpt_path, saved = open_run_dir(run_dir, resume)
+    if saved is not None:
+        config = TrainConfig.from_dict(saved)
     _check_config(config)
     problem, opt, steps_per_epoch, total = _prepare(config)
     task, params = problem.task, problem.params

@@ -170,26 +170,33 @@ def test_gradcheck_on_a_backend_passes_for_every_exact_algorithm(backend, cell, 
     assert report.ok, [r for r in report.rows if not r.ok]
 
 
-@pytest.mark.parametrize("backend", OTHER_BACKENDS)
-@pytest.mark.parametrize("algorithm", ["online", pytest.param("fptt", marks=pytest.mark.slow)])
-def test_train_and_compare_run_on_a_backend(backend, algorithm, tmp_path):
-    """`train --backend B` with an online rule / FPTT ends with the metrics of the reference run (same seed), and
-    `compare --backend B` runs."""
+def _train_on_both_and_compare(args, backend, tmp_path):
+    """`train ARGS` on the reference and on `backend` (same seed): the final metrics must agree."""
     import json
     import subprocess
     import sys
-    _needs(backend, "lru.forward", "lru.backward", "lru.rtrl", "lru.fptt")
-    common = ["--task", "digits-seq", "--cell", "lru", "-o", "r_min=0.9", "--algorithm", algorithm, "--steps", "3",
-              "--batch-size", "8", "--log-every", "1", "--no-progress", "-t", "mode=row"]
     results = {}
     for b in ("numpy", backend):
-        r = subprocess.run([sys.executable, "-m", "refimpl.run", "train", *common, "--backend", b,
+        r = subprocess.run([sys.executable, "-m", "refimpl.run", "train", *args, "--backend", b,
                             "--out", str(tmp_path / b)], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         results[b] = json.loads((tmp_path / b / "result.json").read_text())
     for key in ("train_loss", "test_loss", "test_accuracy"):
         want, got = results["numpy"][key], results[backend][key]
         assert abs(got - want) <= 1e-9 * max(1.0, abs(want)), (key, got, want)
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+@pytest.mark.parametrize("algorithm", ["online", pytest.param("fptt", marks=pytest.mark.slow)])
+def test_train_and_compare_run_on_a_backend(backend, algorithm, tmp_path):
+    """`train --backend B` with an online rule / FPTT ends with the metrics of the reference run (same seed), and
+    `compare --backend B` runs."""
+    import subprocess
+    import sys
+    _needs(backend, "lru.forward", "lru.backward", "lru.rtrl", "lru.fptt")
+    common = ["--task", "digits-seq", "--cell", "lru", "-o", "r_min=0.9", "--algorithm", algorithm, "--steps", "3",
+              "--batch-size", "8", "--log-every", "1", "--no-progress", "-t", "mode=row"]
+    _train_on_both_and_compare(common, backend, tmp_path)
     r = subprocess.run([sys.executable, "-m", "refimpl.run", "compare", "--task", "digits-seq", "-t", "mode=row",
                         "--cell", "lru", "-o", "r_min=0.9", "--algorithms", f"bptt,{algorithm}", "--steps", "2",
                         "--backend", backend, "--out", str(tmp_path / "cmp")],
@@ -202,19 +209,8 @@ def test_train_and_compare_run_on_a_backend(backend, algorithm, tmp_path):
 def test_static_ep_training_runs_on_a_backend(backend, algorithm, tmp_path):
     """`train --task digits --algorithm ep|bptt --backend B`: the relaxation loops on the backend's ep.* kernels end
     with the reference run's metrics."""
-    import json
-    import subprocess
-    import sys
     _needs(backend, "ep.free_phase", "ep.nudged_phase", "ep.bptt")
     common = ["--task", "digits", "--algorithm", algorithm, "--net", "prototypical", "--hidden", "16", "--steps",
               "3", "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.1", "--no-progress", "-a", "T=8", "-a",
               "K=3"]
-    results = {}
-    for b in ("numpy", backend):
-        r = subprocess.run([sys.executable, "-m", "refimpl.run", "train", *common, "--backend", b,
-                            "--out", str(tmp_path / b)], capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        results[b] = json.loads((tmp_path / b / "result.json").read_text())
-    for key in ("train_loss", "test_loss", "test_accuracy"):
-        want, got = results["numpy"][key], results[backend][key]
-        assert abs(got - want) <= 1e-9 * max(1.0, abs(want)), (key, got, want)
+    _train_on_both_and_compare(common, backend, tmp_path)
