@@ -87,6 +87,32 @@ def _parity(kernel, backend, inputs) -> float:
     return worst
 
 
+def peak_memory(backend: str, fn, sync) -> tuple[int | None, str]:
+    """(peak bytes allocated during one call, how it was measured): tracemalloc for the host backends (NumPy
+    allocations, including those of the Numba wrappers; not what compiled code allocates internally), MLX's own
+    peak counter, CuPy's memory pool (bytes in use after the call: the pool keeps no peak)."""
+    if backend in ("numpy", "numba"):
+        import tracemalloc
+        tracemalloc.start()
+        sync(fn())
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak, "tracemalloc"
+    if backend == "mlx":
+        import mlx.core as mx
+        mx.reset_peak_memory()
+        sync(fn())
+        return int(mx.get_peak_memory()), "mx.get_peak_memory"
+    if backend == "cupy":
+        import cupy as cp
+        pool = cp.get_default_memory_pool()
+        before = pool.used_bytes()
+        out = fn()
+        sync(out)
+        return int(pool.used_bytes() - before), "cupy pool (in use after the call)"
+    return None, "not measured"
+
+
 def time_case(case: Case, repeats: int = 5, limits: dict | None = None, seed: int = 0) -> dict:
     """One row: parity, first call, timings and roofline figures of `case` (or why it was skipped/refused)."""
     import numpy as np
@@ -113,6 +139,7 @@ def time_case(case: Case, repeats: int = 5, limits: dict | None = None, seed: in
     kernel = b.kernels[case.kernel]
     first, times = _time(lambda: kernel(**args), repeats, b.synchronize)
     median = statistics.median(times)
+    row["peak_bytes"], row["peak_measured_by"] = peak_memory(case.backend, lambda: kernel(**args), b.synchronize)
     n_flops, n_bytes = intensity(case.kernel, case.size, inputs, spec.reference(**inputs))
     row.update(first_call_s=first, median_s=median, min_s=min(times), max_s=max(times), repeats=repeats,
                flops=n_flops, bytes=n_bytes, gflops_per_s=n_flops / median / 1e9, gbytes_per_s=n_bytes / median / 1e9)
@@ -170,7 +197,7 @@ def _ms(s):
 def format_rows(rows) -> str:
     """The kernel table as Markdown (one row per case; skipped and refused cases say why)."""
     lines = ["| kernel | variant | backend | dtype | T×B×I×H | median ms | min…max ms | first call ms | GFLOP/s | "
-             "% GEMM | GB/s | % copy |", "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "% GEMM | GB/s | % copy | peak MiB |", "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         sz = "×".join(str(r["size"][k]) for k in ("T", "B", "I", "H")) if "size" in r else ""
         if "peer" in r:
@@ -179,10 +206,11 @@ def format_rows(rows) -> str:
             v = ",".join(str(x) for x in r["variant"].values())
             head = f"| `{r['kernel']}` | {v} | {r['backend']} | {r['dtype']} | {sz} |"
         if "skipped" in r:
-            lines.append(f"{head} skipped: {r['skipped']} | | | | | | |")
+            lines.append(f"{head} skipped: {r['skipped']} | | | | | | | |")
             continue
         roof = (f" {r['gflops_per_s']:.3g} | {100 * r['frac_gemm']:.3g} | {r['gbytes_per_s']:.3g} | "
                 f"{100 * r['frac_copy']:.3g} |" if "frac_gemm" in r else " | | | |")
+        roof += f" {r['peak_bytes'] / 2**20:.3g} |" if r.get("peak_bytes") is not None else " |"
         lines.append(f"{head} {_ms(r['median_s'])} | {_ms(r['min_s'])}…{_ms(r['max_s'])} | "
                      f"{_ms(r['first_call_s'])} |{roof}")
     return "\n".join(lines)
