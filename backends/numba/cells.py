@@ -5,7 +5,7 @@ structure — forward: (h, <Cell>Cache with every field (T, B, ·)), backward: {
 reference forward can feed a Numba backward and vice versa. The equation numbers "(n)" are those of the cell's
 module docstring. The layout follows five rules (research/landscape.md §2.4):
 
-    (a) the input projection of all T steps is ONE GEMM outside the time loop: x (T·B, I) @ W_ihᵀ (with every bias
+    (a) the input projection of all T steps is one GEMM outside the time loop: x (T·B, I) @ W_ihᵀ (with every bias
         that is added before a nonlinearity folded into it);
     (b) the time loop is an @njit(cache=True) function: per step one BLAS GEMM into a preallocated buffer (no
         allocation per step) and one fused pass over (b, k) for the gates, t outermost and k innermost so that every
@@ -13,24 +13,26 @@ module docstring. The layout follows five rules (research/landscape.md §2.4):
         (and W_hhᵀ ḡᵀ backwards): with the batch as BLAS's short N side it runs 25–35% faster than h_{t-1} W_hhᵀ
         for a thin batch; _untranspose turns the small (nG·H, rows) result back in one pass (into a buffer whose
         rows are padded by _PAD entries, so that its row stride is never a multiple of 4 KiB);
-    (c) the backward loop stores the gate adjoints ḡ_t (T, B, nG·H); the weight gradients are then ONE GEMM each,
-        ḡᵀ (nG·H, T·B) @ [x | h_prev] (T·B, ·), and x̄ is one GEMM ḡ @ W_ih;
+    (c) the backward loop stores the gate adjoints ḡ_t (T, B, nG·H); the weight gradients are then GEMMs over all
+        (t, b) at once, ḡᵀ (nG·H, T·B) @ [x | h_prev] (T·B, ·), and x̄ is one GEMM ḡ @ W_ih;
     (d) the transcendental functions inside the loops are fastmath.tanh / fastmath.sigmoid: plain arithmetic that
         LLVM vectorises (np.tanh on a scalar is a libm call per element and stops the loop from vectorising). The
         loops are compiled with error_model="numpy" (no zero-division check, which would also stop vectorisation)
-        and fastmath={"contract"} (FMA contraction only, no reassociation);
-    (e) the rows of the batch do not interact, so with several Numba threads (numba.get_num_threads()) the batch is
-        cut into one block of rows per thread and each thread runs the WHOLE time loop for its rows (the loops are
-        nogil functions of the rows [b0, b1); _in_blocks runs them on a small thread pool). The threads meet once
-        per kernel call, not once per step: a per-step multi-threaded GEMM has a barrier every step, and on a
-        machine whose cores are shared one descheduled thread stalls them all. Inside the blocks the per-step
-        GEMMs run single-threaded (_blas_single_threaded); the big GEMMs of (a) and (c) outside the loop keep the
-        BLAS threads.
+        and fastmath={"contract"} (FMA contraction only, no reassociation); the gate blocks of a (T, B, nG·H) array
+        are written through a (T, B, nG, H) view, because stores at k and H + k of one row stop LLVM's vectoriser;
+    (e) threads: the rows of the batch do not interact, so with several Numba threads (numba.get_num_threads())
+        the batch is cut into one block of rows per thread and each thread runs the WHOLE time loop for its rows
+        (nogil functions of the rows [b0, b1), run by _in_blocks on a small thread pool). The threads meet once per
+        phase, not once per step: a per-step multi-threaded GEMM has a barrier every step, and on a machine whose
+        cores are shared one descheduled thread stalls the other at every one of them. The GEMMs of (a) and (c) are
+        cut the same way, into blocks of the T·B rows. Every BLAS call inside a block is single-threaded
+        (_blas_single_threaded), so no BLAS thread pool runs, or spins, beside the blocks.
 
-There are no reductions across threads: every output element is written by exactly one block, in a fixed order, so
-results are reproducible run to run for a given number of threads (a different number of blocks may round the
-per-step GEMMs differently, at the level of the last bit). Scalars inside the loops are passed in the arrays'
-dtype (`one`, `zero`) so float32 kernels stay in float32. Inputs are never written to; every output is a fresh array.
+Reproducibility: each output row of the loops is written by exactly one block; the weight gradients are sums of the
+blocks' shares, added in block order (no atomics, no prange reductions). Results are therefore identical run to run
+for a given number of threads; a different number of blocks rounds differently, at the level of the last bit.
+Scalars inside the loops are passed in the arrays' dtype (`one`, `zero`) so float32 kernels stay in float32. Inputs
+are never written to; every output is a fresh array.
 """
 
 from __future__ import annotations
