@@ -228,13 +228,18 @@ def _column_sums(g, r0, r1, out):
                 part[j] = 0
 
 
-def _grads_rows(g_ih, g_hh, X, Hp, W_ih, same, dX, dW_ih, dW_hh, db_ih, db_hh, r0, r1):
-    """Rule (c) on the rows [r0, r1) of the T·B rows: this block's share of W̄_ih = ḡ_ihᵀ X, W̄_hh = ḡ_hhᵀ h_prev and
-    b̄ = Σ ḡ (into its own dW_ih, dW_hh, db_ih, db_hh), and its rows of x̄ = ḡ_ih W_ih. same: ḡ_hh is ḡ_ih.
-    The GEMMs are NumPy's (np.matmul releases the GIL; NumPy's BLAS runs these transposed shapes faster than
-    SciPy's), the column sums a nogil Numba loop."""
-    np.matmul(g_ih[r0:r1].T, X[r0:r1], out=dW_ih)
-    np.matmul(g_hh[r0:r1].T, Hp[r0:r1], out=dW_hh)
+def _grads_rows(g_ih, g_hh, X, Hp, W_ih, same, dX, dW, db_ih, db_hh, r0, r1):
+    """Rule (c) on the rows [r0, r1) of the T·B rows: this block's share of [W̄_ih | W̄_hh] = [ḡ_ihᵀ X | ḡ_hhᵀ h_prev]
+    (into its own dW, (G·H, I + H)) and of b̄ = Σ ḡ (db_ih, db_hh), and its rows of x̄ = ḡ_ih W_ih. same: ḡ_hh is
+    ḡ_ih (rnn, lstm), and then the two weight gradients are one GEMM ḡᵀ [X | h_prev], a wider and faster one than
+    the thin ḡᵀ X. The GEMMs are NumPy's (np.matmul releases the GIL; NumPy's BLAS runs these transposed shapes
+    faster than SciPy's), the column sums a nogil Numba loop."""
+    I = X.shape[1]
+    if same:
+        np.matmul(g_ih[r0:r1].T, np.concatenate((X[r0:r1], Hp[r0:r1]), axis=1), out=dW)
+    else:
+        np.matmul(g_ih[r0:r1].T, X[r0:r1], out=dW[:, :I])
+        np.matmul(g_hh[r0:r1].T, Hp[r0:r1], out=dW[:, I:])
     np.matmul(g_ih[r0:r1], W_ih, out=dX[r0:r1])
     _column_sums(g_ih, r0, r1, db_ih)
     if not same:
@@ -248,14 +253,16 @@ def _weight_grads(params: dict, g_ih: np.ndarray, g_hh, x: np.ndarray, h_prev: n
     I, H = x.shape[-1], h_prev.shape[-1]
     g_hh = g_ih if g_hh is None else g_hh
     same = g_hh is g_ih
-    dW_ih, dW_hh = np.empty((plan.blocks, GH, I), dt), np.empty((plan.blocks, GH, H), dt)
+    dW = np.empty((plan.blocks, GH, I + H), dt)
     db_ih, db_hh = np.zeros((plan.blocks, GH)), np.zeros((plan.blocks, GH))
     dX = np.empty((T * B, I), dt)
     _in_blocks(plan, T * B, _grads_rows, g_ih.reshape(T * B, GH), g_hh.reshape(T * B, GH),
                _c(x, dt).reshape(T * B, I), _c(h_prev, dt).reshape(T * B, H), _c(params["weight_ih"], dt), same, dX,
-               per_block=(dW_ih, dW_hh, db_ih, db_hh))
+               per_block=(dW, db_ih, db_hh))
     total = (lambda a: a[0]) if plan.blocks == 1 else (lambda a: a.sum(axis=0))     # the shares, in block order
-    grads = _param_grads(params, {"weight_ih": total(dW_ih), "weight_hh": total(dW_hh),
+    W = total(dW)
+    grads = _param_grads(params, {"weight_ih": np.ascontiguousarray(W[:, :I]),
+                                  "weight_hh": np.ascontiguousarray(W[:, I:]),
                                   "bias_ih": total(db_ih), "bias_hh": total(db_ih if same else db_hh)})
     grads["x"] = dX.reshape(x.shape).astype(x.dtype, copy=False)
     return grads
