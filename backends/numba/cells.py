@@ -139,6 +139,7 @@ _BLAS_THREADS = _find_blas_threads()
 _BLAS_LOCK = threading.Lock()
 _BLAS_USERS = [0, []]             # [phases inside _blas_single_threaded, the thread counts to restore]
 _POOL: list = []                  # one single-worker executor per extra block, created on first use
+_POOL_PID = [os.getpid()]         # a forked child inherits the executors but not their threads: it makes its own
 
 
 class _Plan(NamedTuple):
@@ -186,8 +187,11 @@ def _in_blocks(plan: _Plan, n: int, fn, *args, per_block=()) -> None:
         fn(*args, *(a[0] for a in per_block), 0, n)
         return
     bounds = [(c * n // blocks, (c + 1) * n // blocks) for c in range(blocks)]
-    if len(_POOL) < blocks - 1:
+    if len(_POOL) < blocks - 1 or _POOL_PID[0] != os.getpid():
         with _BLAS_LOCK:
+            if _POOL_PID[0] != os.getpid():
+                _POOL.clear()
+                _POOL_PID[0] = os.getpid()
             while len(_POOL) < blocks - 1:
                 _POOL.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="refimpl-numba"))
     with _blas_single_threaded() if plan.serial_blas else contextlib.nullcontext():
