@@ -104,35 +104,34 @@ def _bias_sum(g2: np.ndarray, chunk: int = 32) -> np.ndarray:
 # MIN_SERIAL_WORK); a large call that still runs as one block (one Numba thread, or fewer than 2·MIN_BLOCK_ROWS rows)
 # leaves the BLAS threads as they are.
 
+def _openblas_threads(package):
+    """(get, set) of the thread count of the OpenBLAS bundled with `package` (in its wheel's .libs or .dylibs
+    folder), or None."""
+    root = os.path.dirname(package.__file__)
+    for path in sorted(glob.glob(os.path.join(root + ".libs", "*openblas*"))
+                       + glob.glob(os.path.join(root, ".dylibs", "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", ""), ("scipy_openblas", "64_"), ("openblas", "")):
+            get, set_ = (getattr(lib, f"{prefix}_{what}_num_threads{suffix}", None) for what in ("get", "set"))
+            if get is not None and set_ is not None:
+                get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+                return get, set_
+    return None
+
+
 def _find_blas_threads() -> list:
     """[(get, set)] of the thread counts of the two BLAS libraries a kernel calls: SciPy's (np.dot inside @njit code
     goes through scipy.linalg.cython_blas) and NumPy's (np.matmul). Empty when either cannot be found (then every
-    phase runs as one block, with the BLAS threads as they are)."""
+    call runs as one block, with the BLAS threads as they are)."""
     try:
         import scipy
     except ImportError:
         return []
-    found = []
-    for package in (scipy, np):
-        root = os.path.dirname(package.__file__)
-        for path in sorted(glob.glob(os.path.join(root + ".libs", "*openblas*"))
-                           + glob.glob(os.path.join(root, ".dylibs", "*openblas*"))):
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for prefix, suffix in (("scipy_openblas", ""), ("scipy_openblas", "64_"), ("openblas", "")):
-                get, set_ = (getattr(lib, f"{prefix}_{what}_num_threads{suffix}", None) for what in ("get", "set"))
-                if get is not None and set_ is not None:
-                    get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
-                    found.append((get, set_))
-                    break
-            else:
-                continue
-            break
-        else:
-            return []
-    return found
+    found = [_openblas_threads(package) for package in (scipy, np)]
+    return found if all(found) else []
 
 
 _BLAS_THREADS = _find_blas_threads()
@@ -149,8 +148,8 @@ class _Plan(NamedTuple):
 
 def _plan(T: int, B: int, H: int) -> _Plan:
     """How to run a call on (T, B, ·) arrays with H units: one block per Numba thread (numba.get_num_threads()), at
-    least MIN_BLOCK_ROWS rows each, when T·H² ≥ MIN_BLOCK_WORK; one block, BLAS as it is, when the BLAS libraries'
-    thread counts cannot be controlled."""
+    least MIN_BLOCK_ROWS rows each, when T·H² ≥ MIN_BLOCK_WORK; else one block, with a single-threaded BLAS unless
+    T·B·H² < MIN_SERIAL_WORK. One block, BLAS as it is, when the BLAS libraries' thread counts cannot be found."""
     if not _BLAS_THREADS or T * B * H * H < MIN_SERIAL_WORK:
         return _Plan(1, False)
     if T * H * H < MIN_BLOCK_WORK:
