@@ -104,9 +104,9 @@ def _bias_sum(g2: np.ndarray, chunk: int = 32) -> np.ndarray:
 # MIN_SERIAL_WORK); a large call that still runs as one block (one Numba thread, or fewer than 2·MIN_BLOCK_ROWS rows)
 # leaves the BLAS threads as they are.
 
-def _openblas_threads(package):
-    """(get, set) of the thread count of the OpenBLAS bundled with `package` (in its wheel's .libs or .dylibs
-    folder), or None."""
+def _openblas(package):
+    """(library, symbol prefix, symbol suffix) of the OpenBLAS bundled with `package` (in its wheel's .libs or
+    .dylibs folder), or None."""
     root = os.path.dirname(package.__file__)
     for path in sorted(glob.glob(os.path.join(root + ".libs", "*openblas*"))
                        + glob.glob(os.path.join(root, ".dylibs", "*openblas*"))):
@@ -115,10 +115,8 @@ def _openblas_threads(package):
         except OSError:
             continue
         for prefix, suffix in (("scipy_openblas", ""), ("scipy_openblas", "64_"), ("openblas", "")):
-            get, set_ = (getattr(lib, f"{prefix}_{what}_num_threads{suffix}", None) for what in ("get", "set"))
-            if get is not None and set_ is not None:
-                get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
-                return get, set_
+            if all(hasattr(lib, f"{prefix}_{what}_num_threads{suffix}") for what in ("get", "set")):
+                return lib, prefix, suffix
     return None
 
 
@@ -130,8 +128,58 @@ def _find_blas_threads() -> list:
         import scipy
     except ImportError:
         return []
-    found = [_openblas_threads(package) for package in (scipy, np)]
-    return found if all(found) else []
+    found = []
+    for package in (scipy, np):
+        blas = _openblas(package)
+        if blas is None:
+            return []
+        lib, prefix, suffix = blas
+        get, set_ = (getattr(lib, f"{prefix}_{what}_num_threads{suffix}") for what in ("get", "set"))
+        get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+        found.append((get, set_))
+    return found
+
+
+def _has_small_gemm() -> bool:
+    """Whether the loop BLAS (SciPy's OpenBLAS) runs its AVX-512 kernels, which have a path for small GEMMs that
+    skips packing the operands: see _chunk_rows."""
+    try:
+        import scipy
+    except ImportError:
+        return False
+    blas = _openblas(scipy)
+    if blas is None or not hasattr(blas[0], f"{blas[1]}_get_corename{blas[2]}"):
+        return False
+    corename = getattr(blas[0], f"{blas[1]}_get_corename{blas[2]}")
+    corename.restype = ctypes.c_char_p
+    return corename().decode().lower() in ("skylakex", "cooperlake", "sapphirerapids")
+
+
+_SMALL_GEMM = _has_small_gemm()
+
+
+def _chunk_rows(N: int, K: int) -> int:
+    """How many rows of W to take per BLAS call in a per-step product W (M, K) @ aᵀ (K, N), N the rows of a block.
+    OpenBLAS's AVX-512 kernels compute a GEMM with m·N ≤ 1024 and m·N·K ≤ 10⁶ without packing its operands, and
+    the per-step products are small enough for that to matter: in chunks of m = 64 rows (N = 16, K = 256) they run
+    20–25% faster in float32 and 35% faster in float64 than as one call. Elsewhere: one call (all M rows)."""
+    if not _SMALL_GEMM or 16 * N > 1024:
+        return 1 << 30
+    m = min(1024 // N, 10 ** 6 // (N * K)) // 16 * 16
+    return m if m >= 16 else 1 << 30
+
+
+def _chunk(plan: _Plan, B: int, K: int) -> int:
+    """_chunk_rows for the blocks of a batch of B rows."""
+    return _chunk_rows(-(-B // plan.blocks), K)
+
+
+@njit(**_LOOP)
+def _gemm_t(W, a, out, chunk):
+    """out = W aᵀ for W (M, K), a (N, K), out (M, N), as BLAS calls on chunks of `chunk` rows of W (_chunk_rows)."""
+    for j0 in range(0, W.shape[0], chunk):
+        j1 = min(j0 + chunk, W.shape[0])
+        np.dot(W[j0:j1], a.T, out[j0:j1])
 
 
 _BLAS_THREADS = _find_blas_threads()
@@ -289,7 +337,7 @@ def _untranspose(src, dst):
 # ---------------------------------------------------------------------------------------------------------------- rnn
 
 @njit(**_LOOP)
-def _rnn_forward_rows(pre, h0, W_hh, b_hh, use_tanh, h_prev, h, b0, b1):
+def _rnn_forward_rows(pre, h0, W_hh, b_hh, use_tanh, h_prev, h, chunk, b0, b1):
     """pre (T, B, H) = x W_ihᵀ + b_ih; writes h_prev, h (T, B, H) on the rows [b0, b1)."""
     T, _, H = pre.shape
     recT = np.empty((H, b1 - b0), pre.dtype)                # (W_hh h_{t-1}ᵀ), reused every step
@@ -299,7 +347,7 @@ def _rnn_forward_rows(pre, h0, W_hh, b_hh, use_tanh, h_prev, h, b0, b1):
             h_prev[0, b0:b1] = h0[b0:b1]
         else:
             h_prev[t, b0:b1] = h[t - 1, b0:b1]
-        np.dot(W_hh, h_prev[t, b0:b1].T, recT)              # (1) W_hh h_{t-1}
+        _gemm_t(W_hh, h_prev[t, b0:b1], recT, chunk)        # (1) W_hh h_{t-1}
         _untranspose(recT, rec)
         for b in range(b0, b1):
             for k in range(H):
@@ -308,7 +356,7 @@ def _rnn_forward_rows(pre, h0, W_hh, b_hh, use_tanh, h_prev, h, b0, b1):
 
 
 @njit(**_LOOP)
-def _rnn_backward_rows(dh, h, W_hhT, use_tanh, one, da, carry, propagate, b0, b1):
+def _rnn_backward_rows(dh, h, W_hhT, use_tanh, one, da, carry, propagate, chunk, b0, b1):
     """Writes the pre-activation adjoints da (T, B, H) on the rows [b0, b1); carry ends as h̄_{-1}. propagate=False
     drops the carried adjoint (h_{t-1} held constant: the truncated gradient of refimpl/rtrl.py)."""
     T, _, H = dh.shape
@@ -320,7 +368,7 @@ def _rnn_backward_rows(dh, h, W_hhT, use_tanh, one, da, carry, propagate, b0, b1
                 g = dh[t, b, k] + rec[b - b0, k]                                 # (6) h̄_t
                 da[t, b, k] = g * (one - h[t, b, k] * h[t, b, k]) if use_tanh else g   # (3)
         if propagate:
-            np.dot(W_hhT, da[t, b0:b1].T, recT)                                  # (5) (ā_t W_hh)ᵀ
+            _gemm_t(W_hhT, da[t, b0:b1], recT, chunk)                            # (5) (ā_t W_hh)ᵀ
             _untranspose(recT, rec)                                              # h̄_{t-1} contribution
     for b in range(b0, b1):
         for k in range(H):
@@ -338,7 +386,7 @@ def rnn_forward(params: dict, x: np.ndarray, h0: np.ndarray, nonlinearity: str =
     pre = _input_projection(x, W_ih, params["bias_ih"], dt, plan)                                # (1) all t
     h_prev, h = np.empty((T, B, H), dt), np.empty((T, B, H), dt)
     _in_blocks(plan, B, _rnn_forward_rows, pre, _c(h0, dt), W_hh, _c(params["bias_hh"], dt), nonlinearity == "tanh",
-               h_prev, h)
+               h_prev, h, _chunk(plan, B, H))
     return h, RNNCache(x=np.array(x), h_prev=h_prev, h=h)
 
 
@@ -353,7 +401,7 @@ def rnn_backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: st
     da, carry = np.empty((T, B, H), dt), np.zeros((B, H), dt)
     plan = _plan(T, B, H)
     _in_blocks(plan, B, _rnn_backward_rows, _c(dh, dt), _c(cache.h, dt), _c(params["weight_hh"].T, dt),
-               nonlinearity == "tanh", one, da, carry, propagate)
+               nonlinearity == "tanh", one, da, carry, propagate, _chunk(plan, B, H))
     grads = _weight_grads(params, da, None, cache.x, cache.h_prev, dt, plan)                     # (4), (5) x̄
     grads["h0"] = carry
     return grads
@@ -368,7 +416,7 @@ def _check_nonlinearity(nonlinearity: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------- gru
 
 @njit(**_LOOP)
-def _gru_forward_rows(gi, h0, W_hh, b_hh, one, h_prev, r, z, n, hn, h, b0, b1):
+def _gru_forward_rows(gi, h0, W_hh, b_hh, one, h_prev, r, z, n, hn, h, chunk, b0, b1):
     """gi (T, B, 3H) = x W_ihᵀ + b_ih (+ b_hr, b_hz on the r, z blocks); writes the cache fields h_prev, r, z, n, hn,
     h (T, B, H) on the rows [b0, b1)."""
     T, _, H3 = gi.shape
@@ -380,7 +428,7 @@ def _gru_forward_rows(gi, h0, W_hh, b_hh, one, h_prev, r, z, n, hn, h, b0, b1):
             h_prev[0, b0:b1] = h0[b0:b1]
         else:
             h_prev[t, b0:b1] = h[t - 1, b0:b1]
-        np.dot(W_hh, h_prev[t, b0:b1].T, ghT)              # (1)(2)(3) W_hh h_{t-1}
+        _gemm_t(W_hh, h_prev[t, b0:b1], ghT, chunk)        # (1)(2)(3) W_hh h_{t-1}
         _untranspose(ghT, gh)
         for b in range(b0, b1):
             q = b - b0
@@ -394,7 +442,7 @@ def _gru_forward_rows(gi, h0, W_hh, b_hh, one, h_prev, r, z, n, hn, h, b0, b1):
 
 
 @njit(**_LOOP)
-def _gru_backward_rows(dh, h_prev, r, z, n, hn, W_hhT, one, zero, dg_ih, dg_hh, carry, propagate, b0, b1):
+def _gru_backward_rows(dh, h_prev, r, z, n, hn, W_hhT, one, zero, dg_ih, dg_hh, carry, propagate, chunk, b0, b1):
     """Writes ḡ_ih, ḡ_hh (T, B, 3H) of eq. (10) on the rows [b0, b1); carry ends as h̄_{-1}. propagate=False drops
     the carried adjoint. The two parts of (11) are kept apart until they are used: `carry` holds the direct path
     h̄_t ⊙ z, `rec` the gate path ḡ_hh W_hh (written by the GEMM straight into its buffer, no extra pass)."""
@@ -415,7 +463,7 @@ def _gru_backward_rows(dh, h_prev, r, z, n, hn, W_hhT, one, zero, dg_ih, dg_hh, 
                 G_hh[t, b, 0, k], G_hh[t, b, 1, k], G_hh[t, b, 2, k] = da_r, da_z, da_n * rr  # (10), (8) m̄
                 carry[b, k] = g * zz if propagate else zero    # (11) direct path of (5)
         if propagate:
-            np.dot(W_hhT, dg_hh[t, b0:b1].T, recT)              # (11) (ḡ_hh W_hh)ᵀ
+            _gemm_t(W_hhT, dg_hh[t, b0:b1], recT, chunk)        # (11) (ḡ_hh W_hh)ᵀ
             _untranspose(recT, rec)
     for b in range(b0, b1):
         for k in range(H):
@@ -435,7 +483,8 @@ def gru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
     plan = _plan(T, B, H)
     gi = _input_projection(x, W_ih, b_in, dt, plan)                                              # (1)(2)(4) all t
     h_prev, r, z, n, hn, h = (np.empty((T, B, H), dt) for _ in range(6))
-    _in_blocks(plan, B, _gru_forward_rows, gi, _c(h0, dt), W_hh, b_hh, one, h_prev, r, z, n, hn, h)
+    _in_blocks(plan, B, _gru_forward_rows, gi, _c(h0, dt), W_hh, b_hh, one, h_prev, r, z, n, hn, h,
+               _chunk(plan, B, H))
     return h, GRUCache(x=np.array(x), h_prev=h_prev, r=r, z=z, n=n, hn=hn, h=h)
 
 
@@ -449,7 +498,8 @@ def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache, *, propagate: bo
     c = cache
     plan = _plan(T, B, H)
     _in_blocks(plan, B, _gru_backward_rows, _c(dh, dt), _c(c.h_prev, dt), _c(c.r, dt), _c(c.z, dt), _c(c.n, dt),
-               _c(c.hn, dt), _c(params["weight_hh"].T, dt), one, dt.type(0.0), dg_ih, dg_hh, carry, propagate)
+               _c(c.hn, dt), _c(params["weight_hh"].T, dt), one, dt.type(0.0), dg_ih, dg_hh, carry, propagate,
+               _chunk(plan, B, 3 * H))
     grads = _weight_grads(params, dg_ih, dg_hh, c.x, c.h_prev, dt, plan)                        # (10), (11) x̄
     grads["h0"] = carry
     return grads
@@ -458,7 +508,7 @@ def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache, *, propagate: bo
 # --------------------------------------------------------------------------------------------------------------- lstm
 
 @njit(**_LOOP)
-def _lstm_forward_rows(pre, h0, c0, W_hh, h_prev, c_prev, i, f, g, o, c, tanh_c, h, b0, b1):
+def _lstm_forward_rows(pre, h0, c0, W_hh, h_prev, c_prev, i, f, g, o, c, tanh_c, h, chunk, b0, b1):
     """pre (T, B, 4H) = x W_ihᵀ + b_ih + b_hh; writes every LSTMCache field but x (T, B, H) on the rows [b0, b1)."""
     T, _, H4 = pre.shape
     H = H4 // 4
@@ -469,7 +519,7 @@ def _lstm_forward_rows(pre, h0, c0, W_hh, h_prev, c_prev, i, f, g, o, c, tanh_c,
             h_prev[0, b0:b1], c_prev[0, b0:b1] = h0[b0:b1], c0[b0:b1]
         else:
             h_prev[t, b0:b1], c_prev[t, b0:b1] = h[t - 1, b0:b1], c[t - 1, b0:b1]
-        np.dot(W_hh, h_prev[t, b0:b1].T, recT)                                                # (1) W_hh h_{t-1}
+        _gemm_t(W_hh, h_prev[t, b0:b1], recT, chunk)                                          # (1) W_hh h_{t-1}
         _untranspose(recT, rec)
         for b in range(b0, b1):
             q = b - b0
@@ -485,7 +535,8 @@ def _lstm_forward_rows(pre, h0, c0, W_hh, h_prev, c_prev, i, f, g, o, c, tanh_c,
 
 
 @njit(**_LOOP)
-def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, W_hhT, one, zero, da, carry_h, carry_c, propagate, b0, b1):
+def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, W_hhT, one, zero, da, carry_h, carry_c, propagate, chunk,
+                        b0, b1):
     """Writes ā (T, B, 4H) of eq. (9) on the rows [b0, b1); carry_h, carry_c end as h̄_{-1}, c̄_{-1}. propagate=False
     drops both carried adjoints (h_{t-1} and c_{t-1} held constant)."""
     T, B, H = dh.shape
@@ -504,7 +555,7 @@ def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, W_hhT, one, zero, da, ca
                 A[t, b, 3, k] = gh * tc * oo * (one - oo)                         # (5)(8) ā_o
                 carry_c[b, k] = dc_hat * ff if propagate else zero                # (7) c̄_{t-1}
         if propagate:
-            np.dot(W_hhT, da[t, b0:b1].T, recT)                                   # (10) (ā W_hh)ᵀ
+            _gemm_t(W_hhT, da[t, b0:b1], recT, chunk)                             # (10) (ā W_hh)ᵀ
             _untranspose(recT, rec)                                               # h̄_{t-1} contribution
     for b in range(b0, b1):
         for k in range(H):
@@ -523,7 +574,7 @@ def lstm_forward(params: dict, x: np.ndarray, state0):
     pre = _input_projection(x, W_ih, bias, dt, plan)                                             # (1) all t
     h_prev, c_prev, i, f, g, o, c, tanh_c, h = (np.empty((T, B, H), dt) for _ in range(9))
     _in_blocks(plan, B, _lstm_forward_rows, pre, _c(h0, dt), _c(c0, dt), W_hh, h_prev, c_prev, i, f, g, o, c,
-               tanh_c, h)
+               tanh_c, h, _chunk(plan, B, H))
     return h, LSTMCache(x=np.array(x), h_prev=h_prev, c_prev=c_prev, i=i, f=f, g=g, o=o, c=c, tanh_c=tanh_c, h=h)
 
 
@@ -539,7 +590,7 @@ def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache, *, propagate: 
     plan = _plan(T, B, H)
     _in_blocks(plan, B, _lstm_backward_rows, _c(dh, dt), _c(k.c_prev, dt), _c(k.i, dt), _c(k.f, dt), _c(k.g, dt),
                _c(k.o, dt), _c(k.tanh_c, dt), _c(params["weight_hh"].T, dt), one, dt.type(0.0), da, carry_h, carry_c,
-               propagate)
+               propagate, _chunk(plan, B, 4 * H))
     grads = _weight_grads(params, da, None, k.x, k.h_prev, dt, plan)                             # (9), (10) x̄
     grads["h0"], grads["c0"] = carry_h, carry_c
     return grads
