@@ -11,8 +11,10 @@ module docstring. The layout follows five rules (research/landscape.md §2.4):
         allocation per step) and one fused pass over (b, k) for the gates, t outermost and k innermost so that every
         array is walked contiguously. The GEMM is computed transposed, (W_hh h_{t-1}ᵀ) = W_hh (nG·H, H) @ h_{t-1}ᵀ,
         (and W_hhᵀ ḡᵀ backwards): with the batch as BLAS's short N side it runs 25–35% faster than h_{t-1} W_hhᵀ
-        for a thin batch; _untranspose turns the small (nG·H, rows) result back in one pass (into a buffer whose
-        rows are padded by _PAD entries, so that its row stride is never a multiple of 4 KiB);
+        for a thin batch; with OpenBLAS's AVX-512 kernels it is issued in chunks of W's rows small enough for
+        OpenBLAS's small-matrix path (_chunk_rows: another 20–35%). _untranspose turns the small (nG·H, rows) result
+        back in one pass (into a buffer whose rows are padded by _PAD entries, so that its row stride is never a
+        multiple of 4 KiB);
     (c) the backward loop stores the gate adjoints ḡ_t (T, B, nG·H); the weight gradients are then GEMMs over all
         (t, b) at once, ḡᵀ (nG·H, T·B) @ [x | h_prev] (T·B, ·), and x̄ is one GEMM ḡ @ W_ih;
     (d) the transcendental functions inside the loops are fastmath.tanh / fastmath.sigmoid: plain arithmetic that
