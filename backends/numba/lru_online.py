@@ -16,13 +16,15 @@ lets the inner i-loops vectorise. The LRU's traces (r 8) need less than the refe
 so, with Σ over t and b and δ_t = dh_t (r 4, 7):  ν̄ = −e^ν Re Σ conj(Q)δ,  θ̄ = e^θ Im Σ conj(Q)δ,
 B̄_re + i B̄_im = γ Σ conj(Z)δ,  γ̄_log = Re Σ conj(S^γ)δ. One complex Z trace serves both B_re and B_im.
 Sums of scalars per unit are kept in float64; the (N, I) sums in the state's real dtype (as the reference's).
-Everything is sequential and in a fixed order: results are bit-reproducible run to run.
+Everything else is sequential; lru.rtrl runs its batch in RTRL_BLOCKS blocks of rows on Numba's threads (prange),
+each with its own partial sums added in block order, so every result is bit-reproducible run to run and independent of
+the thread count.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from refimpl.cells.lru import lambda_gamma
 
@@ -50,33 +52,36 @@ def _pairs(z, cdt, rdt):
 
 # ------------------------------------------------------------------------------------------------------ rtrl (r 8)
 
-@njit(cache=True)
-def _rtrl_loop(x, h, dh, W2T, lam, chunk, gq, gg, Zre, Zim, Gre, Gim):
-    """x r(T,B,I), h = h0 pairs r(B,2N) (advanced in place), dh pairs r(T,B,2N), λ pairs r(N,2).
-    Accumulates gq r(N,2) = Σ conj(Q)δ, gg r(N) = Re Σ conj(S^γ)δ (float64) and G = Σ conj(Z)δ r(N,I) ×2.
-    Time runs in chunks of `chunk` steps: units are independent (J = diag(λ)), so each trace row Z[b, k] is advanced
-    through the chunk while it sits in L1 (the same per-step updates; only the order of the G sums changes)."""
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _rtrl_rows(x, h, dh, W2T, lam, chunk, b0, b1, gq, gg, Zre, Zim, Gre, Gim):
+    """The rows [b0, b1) of the batch: x r(T,B,I), h = h0 pairs r(B,2N) (advanced in place), dh pairs r(T,B,2N),
+    λ pairs r(N,2). Accumulates gq r(N,2) = Σ conj(Q)δ, gg r(N) = Re Σ conj(S^γ)δ (float64) and G = Σ conj(Z)δ r(N,I)
+    ×2 over these rows. Time runs in chunks of `chunk` steps: units are independent (J = diag(λ)), so each trace row
+    Z[b, k] is advanced through the chunk while it sits in L1 (the same per-step updates; only the order of the G sums
+    changes)."""
     T, B, I = x.shape
     N = lam.shape[0]
-    u = np.empty((chunk, B, 2 * N), x.dtype)               # u_t pairs of one chunk
-    Q = np.zeros((B, 2 * N), x.dtype)                      # S_{-1} = 0 (r 3)
-    Sg = np.zeros((B, 2 * N), x.dtype)
+    R = b1 - b0
+    u = np.empty((chunk, R, 2 * N), x.dtype)               # u_t pairs of one chunk, these rows
+    Q = np.zeros((R, 2 * N), x.dtype)                      # S_{-1} = 0 (r 3)
+    Sg = np.zeros((R, 2 * N), x.dtype)
     for t0 in range(0, T, chunk):
         C = min(chunk, T - t0)
         for c in range(C):
-            np.dot(x[t0 + c], W2T, u[c])                   # (2) u_t = γ ⊙ (B x_t)
-        for b in range(B):
+            np.dot(x[t0 + c, b0:b1], W2T, u[c])            # (2) u_t = γ ⊙ (B x_t)
+        for r in range(R):
+            b = b0 + r
             for k in range(N):
                 lr, li = lam[k, 0], lam[k, 1]
                 hr, hi = h[b, 2 * k], h[b, 2 * k + 1]
-                qr, qi = Q[b, 2 * k], Q[b, 2 * k + 1]
-                sr, si = Sg[b, 2 * k], Sg[b, 2 * k + 1]
+                qr, qi = Q[r, 2 * k], Q[r, 2 * k + 1]
+                sr, si = Sg[r, 2 * k], Sg[r, 2 * k + 1]
                 zr, zi, gr, gi = Zre[b, k], Zim[b, k], Gre[k], Gim[k]
                 for c in range(C):
                     t = t0 + c
                     ar, ai = lr * hr - li * hi, lr * hi + li * hr              # λ h_{t-1}
                     qr, qi = lr * qr - li * qi + ar, lr * qi + li * qr + ai    # (r 8) Q_t
-                    ur, ui = u[c, b, 2 * k], u[c, b, 2 * k + 1]
+                    ur, ui = u[c, r, 2 * k], u[c, r, 2 * k + 1]
                     sr, si = lr * sr - li * si + ur, lr * si + li * sr + ui    # (r 8) S^γ_t
                     hr, hi = ar + ur, ai + ui                                  # (3) h_t
                     dr, di = dh[t, b, 2 * k], dh[t, b, 2 * k + 1]
@@ -91,8 +96,32 @@ def _rtrl_loop(x, h, dh, W2T, lam, chunk, gq, gg, Zre, Zim, Gre, Gim):
                         gr[i] += p * dr + q * di                               # (r 4, 7) conj(Z)δ
                         gi[i] += p * di - q * dr
                 h[b, 2 * k], h[b, 2 * k + 1] = hr, hi
-                Q[b, 2 * k], Q[b, 2 * k + 1] = qr, qi
-                Sg[b, 2 * k], Sg[b, 2 * k + 1] = sr, si
+                Q[r, 2 * k], Q[r, 2 * k + 1] = qr, qi
+                Sg[r, 2 * k], Sg[r, 2 * k + 1] = sr, si
+
+
+@njit(cache=True, parallel=True)
+def _rtrl_loop(x, h, dh, W2T, lam, chunk, n_blocks, gq, gg, Zre, Zim, Gre, Gim):
+    """The batch in `n_blocks` blocks of rows, one per task (prange): each block has its own partial sums, added in
+    block order at the end, so the result does not depend on how many threads run the blocks."""
+    T, B, I = x.shape
+    N = lam.shape[0]
+    pq = np.zeros((n_blocks, N, 2))
+    pg = np.zeros((n_blocks, N))
+    pre = np.zeros((n_blocks, N, I), Gre.dtype)
+    pim = np.zeros((n_blocks, N, I), Gim.dtype)
+    for j in prange(n_blocks):
+        b0, b1 = (j * B) // n_blocks, ((j + 1) * B) // n_blocks
+        _rtrl_rows(x, h, dh, W2T, lam, chunk, b0, b1, pq[j], pg[j], Zre, Zim, pre[j], pim[j])
+    for j in range(n_blocks):                               # fixed order: deterministic for any thread count
+        gq += pq[j]
+        gg += pg[j]
+        Gre += pre[j]
+        Gim += pim[j]
+
+
+#: Blocks of batch rows for the rtrl sweep (a constant, so that results do not depend on the thread count).
+RTRL_BLOCKS = 4
 
 
 def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
@@ -104,7 +133,7 @@ def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dic
     Zre, Zim = np.zeros((B, N, I), rdt), np.zeros((B, N, I), rdt)                 # the O(B·N·I) trace
     Gre, Gim = np.zeros((N, I), rdt), np.zeros((N, I), rdt)
     _rtrl_loop(_c(x, rdt), _pairs(h0, cdt, rdt).copy(), _pairs(dh, cdt, rdt), _c(W2.T, rdt), lam_p,
-               CHUNK, gq, gg, Zre, Zim, Gre, Gim)
+               CHUNK, min(B, RTRL_BLOCKS), gq, gg, Zre, Zim, Gre, Gim)
     return _grads(params, gq, gg, gamma[:, None] * Gre, gamma[:, None] * Gim)
 
 
