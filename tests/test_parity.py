@@ -46,3 +46,17 @@ def test_every_cell_has_forward_and_backward_kernels():
     from refimpl.cells import CELLS
     for cell in CELLS:
         assert f"{cell}.forward" in KERNELS and f"{cell}.backward" in KERNELS
+
+
+@pytest.mark.parametrize("kernel", [f"{c}.{op}" for c in ("rnn", "gru", "lstm") for op in ("forward", "backward")])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_numba_threaded_blocks_match_reference(kernel, dtype):
+    """A size large enough for the Numba cell loops to cut the batch into blocks of rows on several threads
+    (T·H² ≥ 2^20, ≥ 16 rows per block): the threaded path against the reference."""
+    b = load_backend("numba")
+    if not b.available:
+        pytest.skip(f"backend numba: {b.reason}")
+    import numba
+    if numba.get_num_threads() < 2:
+        pytest.skip("one Numba thread: no blocks to check")
+    assert_matches_reference(kernel, "numba", dtype, dict(T=16, B=32, I=16, H=256), 0, {})
