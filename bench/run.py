@@ -303,7 +303,10 @@ def readme_section(report: dict, plots: list) -> str:
     m, host = report["machine"], report["limits"]["_host"]
     keep = [r for r in report["rows"] if "peer" in r or (r.get("kernel", "").split(".")[1] in ("forward", "backward")
                                                          and "skipped" not in r)]
-    lines = [f"Measured by `make bench` ({m['processor']}, {m['cpus']} CPUs, threads {m['threads'] or 'default'}; "
+    peers = sorted({r["peer"].split()[0].split(".")[0] for r in report["rows"] if "peer" in r and "skipped" not in r})
+    lines = [f"Measured by `make bench` (`python -m bench --size bench --threads 2 --readme`"
+             + (f"; peers installed separately: {', '.join(peers)}" if peers else "")
+             + f") on {m['processor']}, {m['cpus']} CPUs, threads {m['threads'] or 'default'}; "
              f"copy bandwidth {host['copy_bytes_per_s'] / 1e9:.1f} GB/s, GEMM "
              + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in host["gemm_flops_per_s"].items())
              + f"; size {report['size']}). Every row passed its parity check before it was timed; the full table of "
