@@ -36,14 +36,15 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import bpfree, optim
 from .errors import NumericalError, UnsupportedError
-from .train import (MetricsLog, TrainingDiverged, _Bar, _diverged, atomic_write_bytes, atomic_write_json, open_run_dir,
+from .train import (MetricsLog, TrainingDiverged, _Bar, _diverged, atomic_write_bytes, atomic_write_json, config_from_dict,
+                    open_run_dir,
                     read_metrics)
 
 #: Trackers are measured on this many training examples (a seeded subset, the same at every epoch).
@@ -78,12 +79,7 @@ class BpfreeConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "BpfreeConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UnsupportedError(f"config has unknown fields {unknown}; it was written by another version of "
-                                   f"refimpl — start a new run directory")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     @property
     def hidden(self) -> tuple:

@@ -99,12 +99,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UnsupportedError(f"config has unknown fields {unknown}; it was written by another version of "
-                                   f"refimpl — start a new run directory")
-        return cls(**d)
+        return config_from_dict(cls, d)
+
+
+def config_from_dict(cls, d: dict):
+    """A config dataclass from its saved dict; unknown fields (another version's run directory) are refused."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise UnsupportedError(f"config has unknown fields {unknown}; it was written by another version of "
+                               f"refimpl — start a new run directory")
+    return cls(**d)
 
 
 @dataclass

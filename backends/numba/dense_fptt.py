@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from .cells import _c, _check_nonlinearity, _consts
-from .dense_online import _dtype, _projection, _weight_grads
+from .dense_online import _dtype, _projection, _weight_grads, gru_point
 
 
 # ------------------------------------------------------------------------------------------------ carriers (f 1-3)
@@ -147,15 +147,8 @@ def _gru_step(gi_t, h, W_hhT, W_hh, b_hh, one, half, gh, hp, r, z, n, m, A):
     np.dot(hp, W_hhT, gh)
     for b in range(B):
         for k in range(H):
-            rr = half * (one + np.tanh(half * (gi_t[b, k] + (gh[b, k] + b_hh[k]))))               # (1)
-            zz = half * (one + np.tanh(half * (gi_t[b, H + k] + (gh[b, H + k] + b_hh[H + k]))))   # (2)
-            mm = gh[b, 2 * H + k] + b_hh[2 * H + k]                                              # (3)
-            nn = np.tanh(gi_t[b, 2 * H + k] + rr * mm)                                           # (4)
-            h[b, k] = (one - zz) * nn + zz * hp[b, k]                                            # (5)
+            rr, zz, mm, nn, h[b, k], s_r, s_z, s_n = gru_point(gi_t, gh, b_hh, hp[b, k], b, k, H, one, half)
             r[b, k], z[b, k], n[b, k], m[b, k] = rr, zz, nn, mm
-            s_n = (one - zz) * (one - nn * nn)                                                   # (13)
-            s_r = s_n * mm * rr * (one - rr)                                                     # (13)
-            s_z = (hp[b, k] - nn) * zz * (one - zz)                                              # (13)
             s_m = s_n * rr                                                                       # (13)
             for j in range(H):
                 A[b, j, k] = s_r * W_hh[k, j] + s_z * W_hh[H + k, j] + s_m * W_hh[2 * H + k, j]  # (14) Jᵀ

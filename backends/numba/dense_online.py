@@ -18,6 +18,7 @@ The helpers _dtype, _projection and _weight_grads are shared with dense_fptt.py.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from .cells import (_bias_sum, _c, _param_grads, gru_backward, gru_forward, lstm_backward, lstm_forward,
                     rnn_backward, rnn_forward)
@@ -90,6 +91,20 @@ def lstm_spatial(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
     """As kernel lstm.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14)."""
     return _truncated(lstm_forward, lstm_backward, params, x, state0, dh, False)
 
+
+@njit(cache=True, inline="always")
+def gru_point(gi_t, gh, b_hh, h_prev_bk, b, k, H, one, half):
+    """One GRU unit's step (eqs. (1)-(5) of refimpl/cells/gru.py) and its gate sensitivities (13), shared by the dense
+    RTRL and FPTT sweeps: returns (r, z, m, n, h_t, s_r, s_z, s_n) for batch row b, unit k."""
+    rr = half * (one + np.tanh(half * (gi_t[b, k] + (gh[b, k] + b_hh[k]))))               # (1)
+    zz = half * (one + np.tanh(half * (gi_t[b, H + k] + (gh[b, H + k] + b_hh[H + k]))))   # (2)
+    mm = gh[b, 2 * H + k] + b_hh[2 * H + k]                                              # (3)
+    nn = np.tanh(gi_t[b, 2 * H + k] + rr * mm)                                           # (4)
+    h = (one - zz) * nn + zz * h_prev_bk                                                 # (5)
+    s_n = (one - zz) * (one - nn * nn)                                                   # (13)
+    s_r = s_n * mm * rr * (one - rr)                                                     # (13)
+    s_z = (h_prev_bk - nn) * zz * (one - zz)                                             # (13)
+    return rr, zz, mm, nn, h, s_r, s_z, s_n
 
 KERNELS = {"rnn.truncated": rnn_truncated, "rnn.spatial": rnn_spatial,
            "gru.truncated": gru_truncated, "gru.spatial": gru_spatial,

@@ -54,7 +54,7 @@ import numpy as np
 from numba import njit
 
 from .cells import _c, _check_nonlinearity, _consts, _param_grads
-from .dense_online import _dtype, _projection
+from .dense_online import _dtype, _projection, gru_point
 
 _RNN, _GRU, _LSTM = 0, 1, 2
 #: (kind, G gate blocks, R state rows per unit) of each cell
@@ -94,14 +94,7 @@ def _gru_gates(gi_t, s, W_hhT, b_hh, one, half, use_tanh, gh, hp, F_ih, F_hh, E)
     np.dot(hp, W_hhT, gh)
     for b in range(B):
         for k in range(H):
-            rr = half * (one + np.tanh(half * (gi_t[b, k] + (gh[b, k] + b_hh[k]))))               # (1)
-            zz = half * (one + np.tanh(half * (gi_t[b, H + k] + (gh[b, H + k] + b_hh[H + k]))))   # (2)
-            mm = gh[b, 2 * H + k] + b_hh[2 * H + k]                                              # (3)
-            nn = np.tanh(gi_t[b, 2 * H + k] + rr * mm)                                           # (4)
-            s[b, k] = (one - zz) * nn + zz * hp[b, k]                                            # (5)
-            s_n = (one - zz) * (one - nn * nn)                                                   # (13)
-            s_r = s_n * mm * rr * (one - rr)                                                     # (13)
-            s_z = (hp[b, k] - nn) * zz * (one - zz)                                              # (13)
+            rr, zz, mm, nn, s[b, k], s_r, s_z, s_n = gru_point(gi_t, gh, b_hh, hp[b, k], b, k, H, one, half)
             F_ih[b, 0, 0, k], F_ih[b, 0, 1, k], F_ih[b, 0, 2, k] = s_r, s_z, s_n                 # (13) S_ih
             F_hh[b, 0, 0, k], F_hh[b, 0, 1, k], F_hh[b, 0, 2, k] = s_r, s_z, s_n * rr            # (13) S_hh, s_m
             E[b, 0, k] = zz                                                                      # (14) diag(z)
