@@ -1,7 +1,7 @@
 r"""Equilibrium propagation (EP) on convergent layered networks, and the BPTT it is compared with.
 
 Ernoult, Grollier, Querlioz, Bengio, Scellier (NeurIPS 2019), "Updates of EP match gradients of BPTT"
-(notes: /work/shared/research/ep_dfa_lstm.md part A; derivation: docs/derivations/ep.md, same equation numbers).
+(notes: research/ep_dfa_lstm.md part A; derivation: docs/derivations/ep.md, same equation numbers).
 
 Shapes: B batch, I input width, n_l units of layer l, O = n_L output units. Layers are listed INPUT-FIRST:
 ``sizes = (I, n_1, …, n_L)``; layer 0 is the (static) input x, layer L the output. The paper's code lists

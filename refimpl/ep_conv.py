@@ -1,7 +1,7 @@
 r"""Equilibrium propagation on the prototypical convolutional network ("P-conv", the paper's convEP), and its BPTT.
 
 Ernoult, Grollier, Querlioz, Bengio, Scellier (NeurIPS 2019), "Updates of EP match gradients of BPTT"
-(notes: /work/shared/research/ep_dfa_lstm.md A.6; the fully connected networks: refimpl/ep.py, same conventions).
+(notes: research/ep_dfa_lstm.md A.6; the fully connected networks: refimpl/ep.py, same conventions).
 
 Layers keep the paper's OUTPUT-FIRST names (this network has exactly three state layers): s_2 next to the input,
 s_1, and the output s_0. Shapes: B batch, input x (B, C, H, W) static; channels (C_2, C_1) input first.
