@@ -61,7 +61,7 @@ class GradcheckReport:
 def gradcheck(cell: str, algorithm: str = "bptt", *, layers: int = 1, hidden: int = 4, seq_len: int = 5,
               batch: int = 2, n_in: int = 3, n_out: int = 2, dtype="float64", seed: int = 0,
               backend: str = "numpy", fd_eps: float = 1e-6, algorithm_options: dict | None = None,
-              **model_options) -> GradcheckReport:
+              loss: str = "mse", **model_options) -> GradcheckReport:
     """Check `algorithm` against BPTT and BPTT against finite differences on a small seeded model (see module doc)."""
     algo = get_algorithm(algorithm, "model")
     dtype = resolve_dtype(dtype)
@@ -74,18 +74,19 @@ def gradcheck(cell: str, algorithm: str = "bptt", *, layers: int = 1, hidden: in
     x = rng.standard_normal((seq_len, batch, n_in)).astype(dtype)
     x64 = x.astype(np.float64)
     out64, _ = model_mod.forward(model64, params64, x64)
-    y64 = rng.standard_normal(out64.shape)          # mse targets shaped like the output
+    y64 = _targets(loss, rng, out64.shape)
+    y = y64 if loss == "ce" else y64.astype(dtype)
 
-    _, grads = model_grads(model, params, x, y64.astype(dtype), loss="mse", algorithm=algorithm, backend=backend,
+    _, grads = model_grads(model, params, x, y, loss=loss, algorithm=algorithm, backend=backend,
                            **(algorithm_options or {}))
-    _, bptt = model_mod.bptt(model64, params64, x64, y64, loss="mse")
+    _, bptt = model_mod.bptt(model64, params64, x64, y64, loss=loss)
 
     if model.pooling == "cumulative_mean":
-        loss_at = _straight_through_surrogate(cell, n_in, hidden, n_out, opts, params64, x64, y64)
+        loss_at = _straight_through_surrogate(cell, n_in, hidden, n_out, opts, params64, x64, y64, loss)
     else:
         def loss_at(values):
             out, _ = model_mod.forward(model64, {k: values[k] for k in params64}, values["x"])
-            return losses.loss_forward("mse", out, extended(y64), None)[0]
+            return losses.loss_forward(loss, out, _ext_target(loss, y64), None)[0]
     # the differences are evaluated in extended precision at the same float64 point (see numerics.extended)
     fd = central_differences(loss_at, {k: extended(v) for k, v in {**params64, "x": x64}.items()}, eps=fd_eps)
 
@@ -93,7 +94,7 @@ def gradcheck(cell: str, algorithm: str = "bptt", *, layers: int = 1, hidden: in
     tol_fd = TOLERANCES["bptt_vs_fd"]
     report = GradcheckReport(cell, algorithm, algo.exact, dtype.name, backend,
                              dict(layers=layers, hidden=hidden, seq_len=seq_len, batch=batch, n_in=n_in, n_out=n_out,
-                                  seed=seed, **model_options), tol_alg, tol_fd)
+                                  seed=seed, loss=loss, **model_options), tol_alg, tol_fd)
     for k in [*params64, "x"]:
         if k == "x" and not algo.input_grads:           # forward-mode rules give no input gradient: not compared
             continue
@@ -143,7 +144,23 @@ def format_reports(reports: list[GradcheckReport]) -> str:
     return "\n".join(lines)
 
 
-def _straight_through_surrogate(cell, n_in, hidden, n_out, opts, params64, x64, y64):
+def _targets(loss: str, rng, shape):
+    """Random targets for `loss` on an output of `shape`: mse floats, ce integer labels, bce bits (as floats)."""
+    from .losses import resolve_loss
+    resolve_loss(loss)
+    if loss == "ce":
+        return rng.integers(shape[-1], size=shape[:-1])
+    if loss == "bce":
+        return rng.integers(0, 2, size=shape).astype(np.float64)
+    return rng.standard_normal(shape)
+
+
+def _ext_target(loss: str, y):
+    """The target as the finite differences see it (labels stay integers)."""
+    return y if loss == "ce" else extended(y)
+
+
+def _straight_through_surrogate(cell, n_in, hidden, n_out, opts, params64, x64, y64, loss="mse"):
     """The loss whose true gradient is the straight-through gradient of pooling='cumulative_mean' (see module doc)."""
     plain, _ = make_model(cell, n_in, hidden, n_out, dtype="float64", **{**opts, "pooling": "none"})
     u0 = model_mod.forward(plain, params64, x64)[1].features                      # stack output u_t at θ₀ (T, B, d)
@@ -152,7 +169,7 @@ def _straight_through_surrogate(cell, n_in, hidden, n_out, opts, params64, x64, 
     def surrogate(values):
         u = model_mod.forward(plain, {k: values[k] for k in params64}, values["x"])[1].features
         out = (u + shift) @ values["readout.weight"].T + values["readout.bias"]
-        return losses.loss_forward("mse", out, extended(y64), None)[0]
+        return losses.loss_forward(loss, out, _ext_target(loss, y64), None)[0]
     return surrogate
 
 

@@ -146,9 +146,11 @@ def _demo() -> None:
               help="Cell option, e.g. -o nonlinearity=linear (rnn) or -o r_min=0.9 (lru).")
 @click.option("-a", "--algorithm-option", "algorithm_options", multiple=True, metavar="KEY=VALUE",
               help="Algorithm option, e.g. -a passes=2 or -a carrier=state (fptt, fptt1).")
+@click.option("--loss", default="mse", show_default=True, type=click.Choice(["mse", "ce", "bce"]),
+              help="Loss on random targets (ce: integer labels; drtp needs ce or bce).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def gradcheck(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, seed, backend, norm, ffn, residual,
-              encoder, pooling, cell_options, algorithm_options, as_json):
+              encoder, pooling, cell_options, algorithm_options, loss, as_json):
     """Compare ALGORITHM's gradients with BPTT, and BPTT with central finite differences.
 
     Prints one row per parameter (relative error and cosine vs BPTT; BPTT vs FD) and exits with status 1 when BPTT
@@ -157,7 +159,7 @@ def gradcheck(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, seed
     from .gradcheck import format_reports, gradcheck as run_gradcheck
     report = run_gradcheck(cell, algorithm, layers=layers, hidden=hidden, seq_len=seq_len, batch=batch, n_in=n_in,
                            dtype=dtype, seed=seed, backend=backend, norm=norm, ffn=ffn, residual=residual,
-                           encoder=encoder, pooling=pooling,
+                           encoder=encoder, pooling=pooling, loss=loss,
                            algorithm_options=_parse_options(algorithm_options, "--algorithm-option", "-a passes=2"),
                            **_parse_options(cell_options))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_reports([report]))

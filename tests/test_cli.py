@@ -120,3 +120,19 @@ def test_backends_says_which_dtypes_a_backend_cannot_run():
     cases = [c for v in rows["mlx"]["unsupported"].values() for c in v]
     assert "lru.forward float64" in cases and not any(c.startswith("gru.") for c in cases)
     assert "not run here: " in run("backends").stdout
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_gradcheck_with_other_losses_checks_bptt_against_fd(loss):
+    r = run("gradcheck", "--cell", "lstm", "--loss", loss, "--pooling", "cumulative_mean", "--seq-len", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["config"]["loss"] == loss and report["ok"]
+    assert all(row["rel_err_bptt_vs_fd"] <= 1e-6 for row in report["rows"])
+
+
+def test_gradcheck_reports_drtp_alignment_with_a_classification_loss():
+    r = run("gradcheck", "--cell", "gru", "--algorithm", "drtp", "--loss", "ce", "--layers", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["algorithm"] == "drtp" and report["tol_vs_bptt"] is None and report["groups"]
