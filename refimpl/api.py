@@ -117,7 +117,7 @@ def cell_grads(cell: Cell, params: dict, x: np.ndarray, dh: np.ndarray, h0=None,
     dh = check_array("dh", dh, [("T", T), ("B", B), ("H", cell.n_hidden)], cell.state_dtype,
                      hint="dh is the instantaneous adjoint of h, shaped like h")
     with np.errstate(all="ignore"):         # a blow-up is detected below and reported, not warned about
-        grads = algo.cell_grads(cell_kernels(cell.name, backend), cell, params, x, dh, state0,
+        grads = algo.cell_grads(cell_kernels(cell.name, backend, cell.dtype), cell, params, x, dh, state0,
                                 **algo.check_options(options))
     _check_finite_output("gradient", grads)
     return grads
@@ -147,7 +147,8 @@ def model_grads(model, params: dict, x: np.ndarray, y, *, loss: str, mask=None, 
     algo = get_algorithm(algorithm, "model")
     model_mod.check_inputs(model, params, x, y, loss, mask)
     with np.errstate(all="ignore"):         # a blow-up is detected below and reported, not warned about
-        loss_value, grads = algo.model_grads(cell_kernels(model.cell, backend), model, params, x, y, loss, mask,
+        kernels = cell_kernels(model.cell, backend, model.dtype)
+        loss_value, grads = algo.model_grads(kernels, model, params, x, y, loss, mask,
                                              **algo.check_options(options))
     _check_finite_output("gradient", grads)
     if not np.isfinite(loss_value):

@@ -170,10 +170,15 @@ class CellKernels(NamedTuple):
     backend: str = "numpy"
 
 
-def cell_kernels(cell_name: str, backend: str = "numpy") -> CellKernels:
-    """The forward/backward kernels of a cell on a backend, with the cell modules' signatures."""
+def cell_kernels(cell_name: str, backend: str = "numpy", dtype: str | None = None) -> CellKernels:
+    """The forward/backward kernels of a cell on a backend, with the cell modules' signatures. With `dtype`, a backend
+    that cannot run the cell in that dtype (MLX: no complex128 for the lru's float64) is refused here, with the fix."""
     fwd, bwd = f"{cell_name}.forward", f"{cell_name}.backward"
     get_kernel(fwd, backend), get_kernel(bwd, backend)      # fail early, with the reason, if missing
+    why = load_backend(backend).unsupported_dtype(fwd, str(dtype)) if dtype is not None else ""
+    if why:
+        raise UnsupportedError(f"backend {backend!r} cannot run the {cell_name} cell in {dtype}: {why}; use dtype "
+                               f"float32 (--dtype float32) or another backend")
     return CellKernels(lambda *a, **k: call(fwd, backend, *a, **k), lambda *a, **k: call(bwd, backend, *a, **k),
                        backend)
 

@@ -297,7 +297,7 @@ def _sequence_problem(config: TrainConfig, task, opt) -> _Problem:
         raise UnsupportedError(f"--update-every runs on the NumPy reference only (the truly online step loop); "
                                f"backend {config.backend!r} runs {config.algorithm!r} as whole-sequence sweeps: drop "
                                f"--update-every or use --backend numpy")
-    kernels = cell_kernels(model.cell, config.backend)
+    kernels = cell_kernels(model.cell, config.backend, model.dtype)
 
     def grads(params, idx, opt_state):
         x, y, mask = batch_targets(task, model, task.train, idx)

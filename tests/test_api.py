@@ -224,3 +224,16 @@ def test_a_backend_is_used_never_ignored():
         _, g = refimpl.model_grads(model, params, x, y, loss="mse", algorithm="bptt", backend="numba")
         _, g_ref = refimpl.model_grads(model, params, x, y, loss="mse", algorithm="bptt")
         assert all(rel_error(g[k], g_ref[k]) <= 1e-10 for k in g_ref)
+
+
+def test_a_dtype_the_backend_cannot_run_is_refused_with_the_fix():
+    from refimpl.registry import load_backend
+    if not load_backend("mlx").available:
+        pytest.skip("mlx is not available here")
+    model, params = refimpl.make_model("lru", 3, 4, 2, r_min=0.9)               # float64: complex128 states
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    with pytest.raises(UnsupportedError, match="--dtype float32"):
+        refimpl.model_grads(model, params, x, np.zeros((5, 2, 2)), loss="mse", backend="mlx")
+    cell, cparams = refimpl.make_cell("lru", 3, 4, r_min=0.9)
+    with pytest.raises(UnsupportedError, match="complex128"):
+        refimpl.cell_grads(cell, cparams, x, np.zeros((5, 2, 4), complex), backend="mlx")
