@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from .run import _set_threads       # (bench.run imports no numpy at module level)
+
 SHAPE = dict(B=32, T=256, I=64, H=256)
-
-
-def _set_threads(n: int) -> None:
-    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
 
 
 def _interleaved(fns: dict, repeats: int) -> dict:

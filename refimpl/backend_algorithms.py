@@ -38,12 +38,10 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import UnsupportedError
+from .kernels import _STATE_ARG
+from .online import PER_LAYER_RULE          # the online rule a model-level algorithm applies in each layer
 from .registry import call
 
-#: The online rule a model-level algorithm applies in each layer.
-PER_LAYER_RULE = {"online": "rtrl", "snap1": "snap1", "truncated": "truncated", "spatial": "spatial", "cec": "cec"}
-
-_STATE_ARG = {"lstm": "state0"}
 
 
 def _state_kwarg(cell, state0) -> dict:
@@ -155,18 +153,14 @@ def model_grads(name: str, kernels, model, params, x, y, loss, mask, **options):
     elif name in PER_LAYER_RULE:
         rules = [PER_LAYER_RULE[name]] * L
     elif name == "fptt":
-        if options.get("carrier", "float64") != "float64":
-            raise UnsupportedError(f"carrier={options['carrier']!r}: the backend FPTT kernels carry their errors in "
-                                   f"float64; use backend 'numpy' for other carriers")
+        _check_carrier(options)
         passes = int(options.get("passes", L + 1))
         if passes < 1:
             raise UnsupportedError(f"passes must be ≥ 1, got {passes} (full FPTT of {L} layer(s) takes {L + 1})")
         n_fptt = min(L, passes - 1)
         rules = ["spatial-fptt"] * (L - n_fptt) + ["fptt"] * n_fptt
     elif name == "fptt1":
-        if options.get("carrier", "float64") != "float64":
-            raise UnsupportedError(f"carrier={options['carrier']!r}: the backend FPTT kernels carry their errors in "
-                                   f"float64; use backend 'numpy' for other carriers")
+        _check_carrier(options)
         rules = ["fptt1"] * L
     else:
         raise UnsupportedError(f"{name!r} has no backend sweep")
@@ -175,6 +169,12 @@ def model_grads(name: str, kernels, model, params, x, y, loss, mask, **options):
     if name != "fptt" and name != "fptt1" or not options.get("input_grad", True):
         grads.pop("x", None)                        # forward-mode rules give no input gradient (as the reference)
     return value, grads
+
+
+def _check_carrier(options: dict) -> None:
+    if options.get("carrier", "float64") != "float64":
+        raise UnsupportedError(f"carrier={options['carrier']!r}: the backend FPTT kernels carry their errors in "
+                               f"float64; use backend 'numpy' for other carriers")
 
 
 def _check_cec(name, cell_name):
@@ -187,9 +187,7 @@ def cell_grads(name: str, kernels, cell, params, x, dh, state0, **options) -> di
     """One cell's gradients by `name` from its instantaneous adjoints, as one kernel call on `kernels.backend`."""
     _check_cec(name, cell.name)
     if name in ("fptt", "fptt1"):
-        if options.get("carrier", "float64") != "float64":
-            raise UnsupportedError(f"carrier={options['carrier']!r}: the backend FPTT kernels carry their errors in "
-                                   f"float64; use backend 'numpy' for other carriers")
+        _check_carrier(options)
         grads = sweep(name, cell, params, x, dh, state0, kernels.backend)
         if name == "fptt":
             _, cache = call(f"{cell.name}.forward", kernels.backend, params, x, state0, **cell.step_options)

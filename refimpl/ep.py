@@ -277,6 +277,16 @@ def _step_backward(net: EPNet, params: dict, x: np.ndarray, cache: EPStepCache, 
 
 # ---------------------------------------------------------------------------------------------------- phases
 
+def _check_truncation(T, K):
+    """(T, K) for BPTT through the free phase: K=None means all T steps; K > T is refused."""
+    T = _check_T(T)
+    K = T if K is None else _check_T(K, "K")
+    if K > T:
+        raise UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase has; "
+                               "use K ≤ T")
+    return T, K
+
+
 def _check_T(T, name="T"):
     if int(T) != T or T < 1:
         raise UnsupportedError(f"{name} = {T} must be an integer ≥ 1 (the number of steps)")
@@ -345,43 +355,25 @@ def _loss(s_out: np.ndarray, y: np.ndarray):
     return 0.5 * np.sum((s_out - y) ** 2) / s_out.shape[0]                        # (7)
 
 
-def ep_grads(net: EPNet, params: dict, x, y, *, T: int, K: int, beta: float):
-    """Free phase (T steps), nudged phase (K steps), EP update. Returns (loss at s*, grads, free states)."""
+def ep_grads(net: EPNet, params: dict, x, y, *, T: int, K: int, beta: float, backend: str = "numpy"):
+    """Free phase (T steps), nudged phase (K steps), EP update. Returns (loss at s*, grads, free states).
+    backend: where the relaxation loops run (the registry's ep.free_phase / ep.nudged_phase kernels; the nudged
+    kernel relaxes its own free phase first, so there the free phase runs twice). The update (9) is array code here."""
     x, y = _inputs(net, params, x, y)
     T, K = _check_T(T), _check_T(K, "K")
     _check_beta(beta)
-    s_star = free_phase(net, params, x, T)
-    s_beta = nudged_phase(net, params, x, y, s_star, K, beta)
+    if backend != "numpy":
+        from .registry import call
+        s_star = call("ep.free_phase", backend, params, x, T, **_kernel_options(net))
+        s_beta = call("ep.nudged_phase", backend, params, x, T, y=y, K=K, beta=beta, **_kernel_options(net))
+    else:
+        s_star = free_phase(net, params, x, T)
+        s_beta = nudged_phase(net, params, x, y, s_star, K, beta)
     return float(_loss(s_star[-1], y)), ep_update(net, params, x, s_star, s_beta, beta), s_star
 
 
 def _kernel_options(net: EPNet) -> dict:
     return {"kind": net.kind, "activation": net.activation, "dt": net.dt}
-
-
-def ep_grads_on(backend: str, net: EPNet, params: dict, x, y, *, T: int, K: int, beta: float):
-    """ep_grads with the relaxation loops run by `backend`'s kernels ep.free_phase / ep.nudged_phase (the nudged
-    kernel relaxes its own free phase first: the free phase runs twice). The update (9) stays array code here."""
-    from .registry import call
-    x, y = _inputs(net, params, x, y)
-    T, K = _check_T(T), _check_T(K, "K")
-    _check_beta(beta)
-    s_star = call("ep.free_phase", backend, params, x, T, **_kernel_options(net))
-    s_beta = call("ep.nudged_phase", backend, params, x, T, y=y, K=K, beta=beta, **_kernel_options(net))
-    return float(_loss(s_star[-1], y)), ep_update(net, params, x, s_star, s_beta, beta), s_star
-
-
-def bptt_grads_on(backend: str, net: EPNet, params: dict, x, y, *, T: int, K: int | None = None):
-    """bptt_grads with the free phase and its truncated adjoint run by `backend`'s kernels (ep.free_phase, ep.bptt)."""
-    from .registry import call
-    x, y = _inputs(net, params, x, y)
-    T = _check_T(T)
-    K = T if K is None else _check_T(K, "K")
-    if K > T:
-        raise UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase has; "
-                               "use K ≤ T")
-    s = call("ep.free_phase", backend, params, x, T, **_kernel_options(net))
-    return float(_loss(s[-1], y)), call("ep.bptt", backend, params, x, T, y=y, K=K, **_kernel_options(net))
 
 
 def predict(net: EPNet, params: dict, x, T: int, backend: str = "numpy") -> np.ndarray:
@@ -417,17 +409,18 @@ def _bptt(net: EPNet, params: dict, x: np.ndarray, y: np.ndarray, T: int, K: int
     return loss, param_steps, state_steps
 
 
-def bptt_grads(net: EPNet, params: dict, x, y, *, T: int, K: int | None = None):
+def bptt_grads(net: EPNet, params: dict, x, y, *, T: int, K: int | None = None, backend: str = "numpy"):
     """Hand-derived BPTT of L (7) through the free phase from s = 0. K=None: all T steps; else the last K (13).
+    backend: where the free phase and its adjoint run (the registry's ep.free_phase and ep.bptt kernels).
 
     Returns (loss, {param: ∂L/∂param}).
     """
     x, y = _inputs(net, params, x, y)
-    T = _check_T(T)
-    K = T if K is None else _check_T(K, "K")
-    if K > T:
-        raise UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase has; "
-                               "use K ≤ T")
+    T, K = _check_truncation(T, K)
+    if backend != "numpy":
+        from .registry import call
+        s = call("ep.free_phase", backend, params, x, T, **_kernel_options(net))
+        return float(_loss(s[-1], y)), call("ep.bptt", backend, params, x, T, y=y, K=K, **_kernel_options(net))
     loss, steps, _ = _bptt(net, params, x, y, T, K)
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     for t in range(K):

@@ -361,25 +361,22 @@ def _static_problem(config: TrainConfig, task) -> _Problem:
         return y
 
     scale = _layer_lr_scale(config, params, o.get("lr_tab"))
+    # the relaxation loops on the backend's ep.* kernels (the conv net, refused on a backend above, takes no backend)
+    on_backend = {} if config.backend == "numpy" else {"backend": config.backend}
 
     def grads(params, idx, opt_state):
         x, y = as_input(task.train.x[idx].astype(net.dtype)), onehot(task.train.y[idx])
-        on_backend = config.backend != "numpy"            # the relaxation loops on the backend's ep.* kernels
         if config.algorithm == "ep":
-            loss, g, _ = (ep.ep_grads_on(config.backend, net, params, x, y, T=T, K=K, beta=beta) if on_backend else
-                          ep.ep_grads(net, params, x, y, T=T, K=K, beta=beta))
+            loss, g, _ = ep.ep_grads(net, params, x, y, T=T, K=K, beta=beta, **on_backend)
         else:
-            K_bptt = None if o.get("full") else K
-            loss, g = (ep.bptt_grads_on(config.backend, net, params, x, y, T=T, K=K_bptt) if on_backend else
-                       ep.bptt_grads(net, params, x, y, T=T, K=K_bptt))
+            loss, g = ep.bptt_grads(net, params, x, y, T=T, K=None if o.get("full") else K, **on_backend)
         return float(loss), {k: v * scale.get(k, 1.0) for k, v in g.items()}, opt_state, params
 
     def evaluate_static(params, split, batch_size=512):
         total, correct = 0.0, 0
         for start in range(0, split.n, batch_size):
             sl = slice(start, min(start + batch_size, split.n))
-            out = (ep.predict(net, params, as_input(split.x[sl].astype(net.dtype)), T, backend=config.backend)
-                   if config.backend != "numpy" else ep.predict(net, params, as_input(split.x[sl].astype(net.dtype)), T))
+            out = ep.predict(net, params, as_input(split.x[sl].astype(net.dtype)), T, **on_backend)
             y = onehot(split.y[sl])
             total += 0.5 * float(np.sum((out - y) ** 2))
             correct += int(np.sum(np.argmax(out, -1) == split.y[sl]))
