@@ -47,10 +47,8 @@ from . import rtrl
 from .bpfree import INITS, BpfreeWarning, lecun_normal, orthogonal
 from .cells.common import add_into
 from .errors import ShapeError, UnknownNameError, UnsupportedError
-from .layers import (FFN_BACKWARD, ffn_shapes, layer_norm_backward, linear_backward, linear_forward,
-                     lru_output_backward)
-from .losses import loss_forward
-from .online import check_supported, stack_step_forward
+from .layers import FFN_BACKWARD, ffn_shapes, layer_norm_backward, linear_backward, lru_output_backward
+from .online import check_supported, head_loss, stack_step_forward
 
 RULES = ("dfa", "drtp")
 #: temporal rule → the per-layer rule of refimpl/rtrl.py
@@ -113,26 +111,19 @@ def _check_feedback(model, feedback) -> list:
 # One step: the head (2)–(3) and one layer's local backward (5), (7)
 
 def _head(model, params, u, t, T, y, loss, mask, run_sum):
-    """(2): (run_sum, l_t, readout grads or None, e_t (B, O) or None, m_t/B weight or None) at step t."""
-    if model.pooling == "cumulative_mean":
-        run_sum = u if run_sum is None else run_sum + u
-        p = run_sum / (t + 1)
-    else:
-        p = u
-    if model.pooling == "last" and t < T - 1:
-        return run_sum, 0.0, None, None, None
-    out, head = linear_forward(p, params["readout.weight"], params["readout.bias"])
+    """(2): (run_sum, l_t, readout grads or None, e_t (B, O) or None, (y_t, m_t/B weight) or None) at step t —
+    refimpl.online.head_loss, plus the target and weights that drtp projects."""
+    run_sum, value, g_head, e, _ = head_loss(model, params, u, t, T, y, loss, mask, run_sum)
+    if e is None:
+        return run_sum, value, None, None, None
     B = u.shape[0]
     if model.per_step:
         m_t = None if mask is None else np.asarray(mask)[t:t + 1]
-        value, e = loss_forward(loss, out[None], y[t:t + 1], m_t)
-        e, y_t = e[0], y[t]
+        y_t = y[t]
         weight = (np.ones(B) if m_t is None else np.broadcast_to(m_t.reshape(-1), (B,))) / B
     else:
-        value, e = loss_forward(loss, out, y, None)
         y_t, weight = y, np.full(B, 1.0 / B)
-    g = linear_backward(e, head)
-    return run_sum, float(value), {"weight": g["weight"], "bias": g["bias"]}, e, (y_t, weight.astype(u.dtype))
+    return run_sum, value, g_head, e, (y_t, weight.astype(u.dtype))
 
 
 def _target_signal(loss: str, y_t, weight: np.ndarray, n_out: int, dtype) -> np.ndarray:

@@ -194,18 +194,18 @@ def add_into_new(total: dict, prefix: str, part: dict) -> None:
         total[key] = total[key] + v if key in total else v
 
 
-def head_step(model, params, u, t: int, T: int, y, loss: str, mask, run_sum):
+def head_loss(model, params, u, t: int, T: int, y, loss: str, mask, run_sum):
     """(2) at step t: pooling (the running mean is straight-through), readout, the loss at step t and its adjoint.
 
-    Returns (run_sum, loss value at t, readout gradients or None, du_top = the adjoint of u^L_t or None when step t
-    has no loss — pooling 'last' before the last step)."""
+    Returns (run_sum, loss value at t, readout gradients or None, ∂l_t/∂ŷ_t (B, O) or None, du_top = the adjoint of
+    u^L_t or None) — the Nones when step t has no loss (pooling 'last' before the last step)."""
     if model.pooling == "cumulative_mean":
         run_sum = u if run_sum is None else run_sum + u
         p = run_sum / (t + 1)
     else:
         p = u
     if model.pooling == "last" and t < T - 1:
-        return run_sum, 0.0, None, None
+        return run_sum, 0.0, None, None, None
     out, head = linear_forward(p, params["readout.weight"], params["readout.bias"])
     if model.per_step:
         m_t = None if mask is None else np.asarray(mask)[t:t + 1]
@@ -214,7 +214,13 @@ def head_step(model, params, u, t: int, T: int, y, loss: str, mask, run_sum):
     else:
         value, dout = loss_forward(loss, out, y, None)
     g = linear_backward(dout, head)
-    return run_sum, float(value), {"weight": g["weight"], "bias": g["bias"]}, g["x"]   # identity through the pooling
+    return run_sum, float(value), {"weight": g["weight"], "bias": g["bias"]}, dout, g["x"]   # identity through pooling
+
+
+def head_step(model, params, u, t: int, T: int, y, loss: str, mask, run_sum):
+    """head_loss without the loss adjoint: (run_sum, loss value at t, readout gradients or None, du_top or None)."""
+    run_sum, value, g_head, _, du_top = head_loss(model, params, u, t, T, y, loss, mask, run_sum)
+    return run_sum, value, g_head, du_top
 
 
 # ----------------------------------------------------------------------------------------------------------------
