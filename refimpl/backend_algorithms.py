@@ -1,4 +1,5 @@
 r"""The RTRL family and FPTT on a backend (numba, mlx, cupy): the same gradients, as whole-sequence kernel calls.
+Derivations: docs/derivations/rtrl.md §9b (eq. 9b.1) and docs/derivations/fptt.md §8b (eq. 8b.1).
 
 The NumPy reference runs these algorithms truly online (refimpl/online.py, refimpl/fptt.py: one step at a time, memory
 flat in T). A backend implements their hot loops as registry kernels that sweep a whole sequence,
@@ -88,7 +89,7 @@ def _last_step(cache):
 
 
 def check_fptt(cell, params, grads: dict, dh, cache, what: str) -> None:
-    """FPTT's check (5) through x̄_{T−1} (module doc): NumericalError when the sweep lost the error signal."""
+    """FPTT's check (5) through x̄_{T−1}, fptt.md (8b.1): NumericalError when the sweep lost the error signal."""
     from .cells.lstm import LSTMState
     from .errors import NumericalError
     from .fptt import RESIDUAL_TOL, _describe
