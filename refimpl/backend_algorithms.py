@@ -127,7 +127,7 @@ class LayerRules:
             if rule == "fptt":
                 check_fptt(cell, params, grads, dh, cache, f"layer {l}")
             return grads
-        g_imm, dx = immediate_backward(cell, params, dh, cache)
+        g_imm, dx = immediate_backward(cell, params, dh, cache)                  # rtrl.md (9b.1): x̄ without carry
         if rule == "spatial-fptt":                   # below the pass budget: immediate, recurrent term zero
             from .fptt import RECURRENT_TERM
             grads = {k: (np.zeros_like(v) if k in RECURRENT_TERM[cell.name] else g_imm[k].astype(v.dtype))
