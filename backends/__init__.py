@@ -9,7 +9,7 @@ reference, taking and returning its own array type, and exports:
     to_numpy(array) -> np.ndarray
 
 The NumPy reference is the ``numpy`` backend and lives in refimpl itself. Backends are imported by name through the
-registry, never by refimpl at import time. Parity tests (tests/test_parity.py) are generated from the registry, so a
+registry, never by refimpl at import time. Parity tests (tests/backends/test_parity.py) are generated from the registry, so a
 new backend is tested without new test code.
 
 Today no fast backend is written yet (see the README's table); the registry reports each as "not implemented yet".

@@ -14,10 +14,10 @@ import tracemalloc
 
 import numpy as np
 
-from refimpl import model as model_mod
-from refimpl.model import make_model
-from refimpl.fptt import fptt_model_grads
-from refimpl.online import online_grads
+from refimpl.nn import model as model_mod
+from refimpl.nn.model import make_model
+from refimpl.algorithms.fptt import fptt_model_grads
+from refimpl.algorithms.online import online_grads
 
 ALGORITHMS = ("bptt", "rtrl", "online", "snap1", "truncated", "spatial", "fptt")
 

@@ -27,7 +27,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SIZES = {"quick": dict(T=8, B=2, I=3, H=4), "small": dict(T=64, B=8, I=16, H=32),

@@ -124,8 +124,8 @@ def cell_grads(cell: Cell, params: dict, x: np.ndarray, dh: np.ndarray, h0=None,
 
 
 def make_model(cell: str, n_in: int, n_hidden: int, n_out: int, **options):
-    """A stack of recurrent layers with a linear head; see refimpl.model.make_model for every option."""
-    from . import model as model_mod
+    """A stack of recurrent layers with a linear head; see refimpl.nn.model.make_model for every option."""
+    from .nn import model as model_mod
     return model_mod.make_model(cell, n_in, n_hidden, n_out, **options)
 
 
@@ -137,13 +137,13 @@ def model_grads(model, params: dict, x: np.ndarray, y, *, loss: str, mask=None, 
         x: (T, B, n_in).  y: targets (mse/bce: shaped like the output; ce: integer labels).
         loss: 'mse' | 'ce' | 'bce'.  mask: (T, B) or (T,) per-step weights, or None.
         algorithm: a name of DESIGN.md §5 (or the `readout` baseline).  backend: where the cell kernels run (on a
-            backend the RTRL-family rules and FPTT run as whole-sequence sweeps: refimpl/backend_algorithms.py).
+            backend the RTRL-family rules and FPTT run as whole-sequence sweeps: refimpl/algorithms/on_backend.py).
         **options: the algorithm's options (fptt / fptt1: passes=L+1 (the pass budget), carrier='float64' | 'state').
     Returns:
         (loss_value, grads) with grads keyed by the dotted parameter names, plus "x" for `bptt` (forward-mode rules
         give no input gradient; `readout` leaves out the parameters it does not train).
     """
-    from . import model as model_mod
+    from .nn import model as model_mod
     algo = get_algorithm(algorithm, "model")
     model_mod.check_inputs(model, params, x, y, loss, mask)
     with np.errstate(all="ignore"):         # a blow-up is detected below and reported, not warned about

@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import DTypeError, NonFiniteError, ShapeError, UnknownNameError
+from .errors import DTypeError, NonFiniteError, ShapeError, UnknownNameError, UnsupportedError
 
 #: The real dtypes refimpl supports, by name. float64 is the default everywhere (DESIGN.md §2).
 REAL_DTYPES = {"float64": np.dtype(np.float64), "float32": np.dtype(np.float32)}
@@ -27,6 +27,13 @@ def resolve_dtype(dtype) -> np.dtype:
     if d is None or d not in COMPLEX_OF:
         raise UnknownNameError("dtype", dtype, REAL_DTYPES, "pass dtype='float64' (default) or dtype='float32'")
     return d
+
+
+def positive_int(label: str, value) -> int:
+    """A size or count as an int ≥ 1 (bools and non-integers refused, with the label in the message)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UnsupportedError(f"{label} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def complex_dtype(real: np.dtype) -> np.dtype:

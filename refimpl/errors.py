@@ -54,3 +54,7 @@ class UnsupportedError(RefimplError, ValueError):
 
 class NumericalError(RefimplError, ArithmeticError):
     """A computation produced non-finite values (a blow-up); never silently returned."""
+
+
+class BpfreeWarning(UserWarning):
+    """A combination that runs but is known to learn badly (e.g. DRTP with an unbounded activation)."""

@@ -4,10 +4,10 @@
     <cell>.backward  (params, dh (T,B,H), cache) -> grads                      BPTT from instantaneous adjoints
 
     <cell>.<rule>    (params, x (T,B,I), h0 | state0, dh (T,B,H)) -> grads      an RTRL-family sensitivity sweep
-                     (refimpl/rtrl.py): rule rtrl, snap1 (not lru: there it is rtrl), truncated, spatial, cec (lstm)
+                     (refimpl/algorithms/rtrl.py): rule rtrl, snap1 (not lru: there it is rtrl), truncated, spatial, cec (lstm)
     <cell>.fptt, <cell>.fptt1  (params, x, h0 | state0, dh) -> grads (+ "x", "h0"): FPTT's warm-up and error passes
-                     (refimpl/fptt.py; the raw sweep: the residual check is the API's); the inputs are well conditioned
-    ep.free_phase, ep.nudged_phase, ep.bptt   the relaxation loops of the static EP networks (refimpl/ep.py)
+                     (refimpl/algorithms/fptt.py; the raw sweep: the residual check is the API's); the inputs are well conditioned
+    ep.free_phase, ep.nudged_phase, ep.bptt   the relaxation loops of the static EP networks (refimpl/ep/networks.py)
 
 for cell in rnn, gru, lstm, lru. `state0` is h0 (B,H) — LSTMState(h0, c0) for lstm, complex (B,N) for lru — and `grads`
 holds every parameter plus "x" and the initial-state keys ("h0", and "c0" for lstm). Options that change the dynamics
@@ -74,7 +74,7 @@ _RTRL_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=13, B=1, I=2, H=3), dict(T=7, B=
 
 def _sweep(name, rule):
     from .cells import resolve_cell
-    from .rtrl import cell_grads_online
+    from .algorithms.rtrl import cell_grads_online
     state_arg = _STATE_ARG.get(name, "h0")
 
     def sweep(params, x, dh, **kwargs):
@@ -82,7 +82,7 @@ def _sweep(name, rule):
         cell = resolve_cell(name, x.shape[-1], dh.shape[-1], x.dtype.name, **kwargs)
         return cell_grads_online(rule, cell, params, x, dh, state0)
     sweep.__name__ = f"{name}_{rule}_sweep"
-    sweep.__doc__ = f"The {rule} sensitivity sweep of the {name} cell (refimpl.rtrl.cell_grads_online)."
+    sweep.__doc__ = f"The {rule} sensitivity sweep of the {name} cell (refimpl.algorithms.rtrl.cell_grads_online)."
     return sweep
 
 
@@ -104,7 +104,7 @@ _RULES = {"rnn": ("rtrl", "snap1", "truncated", "spatial"), "gru": ("rtrl", "sna
 
 for _name, _rules in _RULES.items():
     for _rule in _rules:
-        _dense = _name != "lru"          # dense cells form the immediate Jacobian densely (see refimpl/rtrl.py)
+        _dense = _name != "lru"          # dense cells form the immediate Jacobian densely (see refimpl/algorithms/rtrl.py)
         register_kernel(KernelSpec(
             name=f"{_name}.{_rule}",
             signature=f"(params, x (T,B,I), {_STATE.get(_name, 'h0 (B,H)')}, dh (T,B,H)) -> {{param: grad}}",
@@ -115,7 +115,7 @@ for _name, _rules in _RULES.items():
 # FPTT: the warm-up and error sweeps of one cell (diagonal for the lru, linear solves for the dense cells).
 def _fptt_sweep(name, two_passes):
     from .cells import resolve_cell
-    from .fptt import fptt_cell_grads
+    from .algorithms.fptt import fptt_cell_grads
     state_arg = _STATE_ARG.get(name, "h0")
 
     def sweep(params, x, dh, **kwargs):
@@ -130,7 +130,7 @@ def _fptt_inputs(name):
     base = _sweep_inputs(name)
 
     def make_inputs(rng, dtype, size, **variant):
-        from .fptt import well_conditioned
+        from .algorithms.fptt import well_conditioned
         inputs = base(rng, dtype, size, **variant)
         if name == "lru":           # |λ| ≥ 0.9: rebuild the eigenvalues from the ring r ∈ [0.9, 0.99]
             N = size["H"]
@@ -176,10 +176,10 @@ for _name in CELLS:
             sizes=None if _name == "lru" else _LSTM_FPTT_SIZES if _lstm_fptt else _RTRL_SIZES))
 
 
-# Equilibrium propagation (refimpl/ep.py): the relaxation loops of the static-input networks — the free phase, the
+# Equilibrium propagation (refimpl/ep/networks.py): the relaxation loops of the static-input networks — the free phase, the
 # nudged phase, and BPTT's adjoint through the free phase. The network is selected by keyword options (kind, …).
 def _ep_kernel(which):
-    from . import ep
+    from .ep import networks as ep
 
     def kernel(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
         sizes = (x.shape[1],) + tuple(params[f"W.{l}"].shape[0] for l in range(sum(k.startswith("W.") for k in params)))
@@ -195,7 +195,7 @@ def _ep_kernel(which):
 
 def _ep_inputs(which):
     def make_inputs(rng, dtype, size, kind, activation, dt):
-        from . import ep
+        from .ep import networks as ep
         sizes = (size["I"], size["H"], 4)
         _, params = ep.make_ep_net(kind, sizes, activation=activation, dt=dt, seed=int(rng.integers(1 << 30)),
                                    dtype=np.dtype(dtype).name)

@@ -13,7 +13,7 @@ def plot_runs(run_dirs, out_path, labels=None, title: str | None = None) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .train import read_metrics
+    from .training.loop import read_metrics
 
     runs = []
     for i, d in enumerate(run_dirs):

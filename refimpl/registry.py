@@ -9,7 +9,7 @@ as a pure function from arrays to arrays. Each is registered once, here, with:
     make_inputs   an input spec: make_inputs(rng, dtype, size) -> {argument: value} random but valid
     variants      static keyword arguments that select a code path (e.g. {"nonlinearity": "linear"})
 
-Parity tests (tests/test_parity.py), the `backends` command and the benchmarks iterate over this table, so adding a
+Parity tests (tests/backends/test_parity.py), the `backends` command and the benchmarks iterate over this table, so adding a
 kernel here adds its tests and its timing rows.
 
 A *backend* is a module ``backends.<name>`` that defines

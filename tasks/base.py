@@ -45,7 +45,7 @@ class Task:
         name: the registry name ('copy', 'digits-seq', …).
         kind: 'sequence' or 'static'.
         n_in: input width I.   n_out: output width O (classes, bits, or regression outputs).
-        loss: 'ce' | 'bce' | 'mse' (refimpl.losses names).
+        loss: 'ce' | 'bce' | 'mse' (refimpl.nn.losses names).
         target: one of TARGET_KINDS.
         train, val, test: the splits (hyperparameters are chosen on val, never on test).
         seed: the seed the task was generated / split with.

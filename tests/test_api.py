@@ -207,7 +207,7 @@ def test_cell_grads_accepts_every_rtrl_family_name(name, algorithm):
 
 
 def test_a_backend_is_used_never_ignored():
-    """A requested backend really runs the kernels (tests/test_backend_algorithms.py checks the results): an
+    """A requested backend really runs the kernels (tests/algorithms/test_on_backend.py checks the results): an
     unavailable or unknown backend is refused with the reason, never silently replaced by the reference."""
     from refimpl.errors import UnknownNameError
     from refimpl.registry import load_backend

@@ -62,7 +62,7 @@ def _check_nonlinearity(nonlinearity: str) -> None:
 
 def weight_grads(xp, params, x, h_prev, g_ih, g_hh, recurrent, dt) -> dict:
     """(c): weight_ih = ḡ_ihᵀ x, weight_hh = ḡ_hhᵀ h_prev, biases Σ ḡ over (t, b) (g_hh None: the same as g_ih);
-    recurrent=False gives zeros for weight_hh, bias_hh (held constant, refimpl/rtrl.py (14))."""
+    recurrent=False gives zeros for weight_hh, bias_hh (held constant, refimpl/algorithms/rtrl.py (14))."""
     T, B, GH = g_ih.shape
     gi2 = g_ih.reshape(T * B, GH)
     out = {"weight_ih": gi2.T @ _c(xp, x, dt).reshape(T * B, -1), "bias_ih": _bias_sum(xp, gi2)}
@@ -111,7 +111,7 @@ def rnn_forward(dev, params: dict, x, h0, nonlinearity: str = "tanh"):
 
 def rnn_backward(dev, params: dict, dh, cache: RNNCache, nonlinearity: str = "tanh", *, propagate: bool = True):
     """As refimpl.cells.rnn.backward: → {param: grad, "x" (T, B, I), "h0" (B, H)}. propagate=False drops the carried
-    adjoint (h_{t-1} held constant: the truncated gradient of refimpl/rtrl.py)."""
+    adjoint (h_{t-1} held constant: the truncated gradient of refimpl/algorithms/rtrl.py)."""
     _check_nonlinearity(nonlinearity)
     xp = dev.xp
     T, B, H = dh.shape

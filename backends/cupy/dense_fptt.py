@@ -1,7 +1,7 @@
 r"""The dense cells' FPTT sweeps (rnn, gru, lstm .fptt / .fptt1) on a CUDA device.
 
 Same signatures (after the device), output names, dtypes and shapes as the references (refimpl/kernels.py →
-refimpl/fptt.py fptt_cell_grads with check=False, float64 carriers). Equation numbers: "(f n)" refimpl/fptt.py, "(n)"
+refimpl/algorithms/fptt.py fptt_cell_grads with check=False, float64 carriers). Equation numbers: "(f n)" refimpl/algorithms/fptt.py, "(n)"
 the cell's module in refimpl/cells/. S is the state width: H, or 2H for the lstm's [h; c].
 
     (a) the fused forward kernels of cells.py run the states of the chunk (their cache holds every gate);

@@ -2,7 +2,7 @@ r"""The dense cells' RTRL-family sweeps (rnn, gru, lstm .rtrl / .snap1 / .trunca
 CUDA device.
 
 Same signatures (after the device), output names, dtypes and shapes as the references (refimpl/kernels.py →
-refimpl/rtrl.py cell_grads_online). Equation numbers: "(r n)" is refimpl/rtrl.py, "(n)" the cell's module in
+refimpl/algorithms/rtrl.py cell_grads_online). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py, "(n)" the cell's module in
 refimpl/cells/. S is the state width (H; 2H for the lstm's [h; c]), R the state rows per unit (1; 2 for the lstm),
 G the gate blocks (1, 3, 4), X a weight row's width (I for weight_ih, H for weight_hh, 1 for a bias).
 

@@ -1,9 +1,9 @@
 r"""The EP relaxation loops (ep.free_phase, ep.nudged_phase, ep.bptt) on a CUDA device, as CuPy array ops.
 
 Same signatures (after the device), output structure, dtypes and shapes as the NumPy references (refimpl/kernels.py →
-refimpl/ep.py): free/nudged return the list [s_1 … s_L] of (B, n_l) states, bptt the dict {param: ∂L/∂param} with
+refimpl/ep/networks.py): free/nudged return the list [s_1 … s_L] of (B, n_l) states, bptt the dict {param: ∂L/∂param} with
 every parameter. Every variant: kind prototypical (4), energy (2)–(3) with the clamp (6) and g_L = 1 on its output
-layer, toy (2) with the Wx skips; activations tanh, sigm, hardsigm. Equation numbers "(n)" are refimpl/ep.py's.
+layer, toy (2) with the Wx skips; activations tanh, sigm, hardsigm. Equation numbers "(n)" are refimpl/ep/networks.py's.
 
 A relaxation step is a few GEMMs per layer (cuBLAS) and elementwise updates over the whole (B, n_l) layer, so it is
 written with the device's array module (dev.xp) and needs no hand-written CUDA kernel: the loop over steps stays on
@@ -116,7 +116,7 @@ def _step_backward(xp, net, params, x, cache, ds_new):
 # ---------------------------------------------------------------------------------------------------- the kernels
 
 def _setup(xp, params, x, kind, activation, dt, y=None):
-    """The network (validated by refimpl.ep.make_ep_net) and the inputs in its dtype, checked like ep._inputs."""
+    """The network (validated by refimpl.ep.make_ep_net) and the inputs in its dtype, checked like ep.check_inputs."""
     n_layers = sum(k.startswith("W.") for k in params)
     if x.ndim != 2:
         raise UnsupportedError(f"x has shape {tuple(x.shape)}; expected (B, I)")
@@ -140,7 +140,7 @@ def ep_free_phase(dev, params, x, T, kind, activation, dt, y=None, K=None, beta=
     """ep.free_phase: T free steps from s = 0. Returns [s_1 … s_L], each (B, n_l)."""
     xp = dev.xp
     net, x, _ = _setup(xp, params, x, kind, activation, dt)
-    T = ep._check_T(T)
+    T = ep.check_T(T)
     s = [xp.zeros((x.shape[0], n), dtype=x.dtype) for n in net.sizes[1:]]
     return _relax(xp, net, params, x, s, T)
 
@@ -149,8 +149,8 @@ def ep_nudged_phase(dev, params, x, T, kind, activation, dt, y=None, K=None, bet
     """ep.nudged_phase: K nudged steps from the free fixed point (T free steps). Returns [s^β_1 … s^β_L]."""
     xp = dev.xp
     net, x, y = _setup(xp, params, x, kind, activation, dt, y)
-    T, K = ep._check_T(T), ep._check_T(K, "K")
-    ep._check_beta(beta)
+    T, K = ep.check_T(T), ep.check_T(K, "K")
+    ep.check_beta(beta)
     if y is None:
         raise UnsupportedError("ep.nudged_phase needs y (B, O), the target the output is nudged towards")
     s = [xp.zeros((x.shape[0], n), dtype=x.dtype) for n in net.sizes[1:]]
@@ -164,8 +164,8 @@ def ep_bptt(dev, params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     net, x, y = _setup(xp, params, x, kind, activation, dt, y)
     if y is None:
         raise UnsupportedError("ep.bptt needs y (B, O), the target of the loss (7)")
-    T = ep._check_T(T)
-    K = T if K is None else ep._check_T(K, "K")
+    T = ep.check_T(T)
+    K = T if K is None else ep.check_T(K, "K")
     if K > T:
         raise UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase "
                                "has; use K ≤ T")

@@ -1,8 +1,8 @@
 r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial, lru.fptt, lru.fptt1) on a CUDA device.
 
 Same signatures (after the device), output names, dtypes and shapes as the references (refimpl/kernels.py →
-refimpl/rtrl.py cell_grads_online and refimpl/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)"
-refimpl/rtrl.py, "(f n)" refimpl/fptt.py, "(n)" refimpl/cells/lru.py. The CUDA bodies are in sources.py.
+refimpl/algorithms/rtrl.py cell_grads_online and refimpl/algorithms/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)"
+refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py. The CUDA bodies are in sources.py.
 
 The input projection u_t = γ ⊙ (B x_t) of all T steps is one GEMM (cells.lru_setup); then the time loop runs inside
 one kernel, one thread per (b, k) pair marching over t. The traces (r 8) are carried in registers, by linearity in

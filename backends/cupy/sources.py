@@ -5,7 +5,7 @@ Each kernel is a per-thread body `<name>_thread<R>(long long idx, …)` template
 its __global__ wrapper, the instantiations and the argument checks are generated from the Kernel declarations below
 (launch.py). Complex numbers are (re, im) pairs of R, written out by hand: a complex64/complex128 array is exactly
 such a pair array in memory, so complex arrays are passed as they are. Equation numbers: "(n)" the cell's module in
-refimpl/cells/, "(r n)" refimpl/rtrl.py, "(f n)" refimpl/fptt.py.
+refimpl/cells/, "(r n)" refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py.
 
 CELLS — the per-step gate math of the dense cells, fused: one thread per (b, k) pair, reading the step's GEMM result
 (h_{t-1} W_hhᵀ or ḡ_t W_hh, done by cuBLAS outside the kernel) and writing every cache field of that step:

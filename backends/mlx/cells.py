@@ -14,7 +14,7 @@ docstring. The layout:
 `*_forward_graph` / `*_backward_graph` build the graph without evaluating it (the RTRL-family and FPTT modules reuse
 them); the registered kernels are the `@kernel` wrappers. MLX arrays are immutable, so no input can be mutated.
 NOTE: sums over (t, b) are single GEMMs or reductions instead of the reference's per-step sums: the same values up to
-the order of the additions (float32 parity ≤ 1e-4, float64 ≤ 1e-10; tests/test_parity.py).
+the order of the additions (float32 parity ≤ 1e-4, float64 ≤ 1e-10; tests/backends/test_parity.py).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def rnn_forward_graph(params, x, h0, nonlinearity="tanh"):
 
 
 def rnn_backward_graph(params, dh, cache, nonlinearity="tanh", propagate=True):
-    """propagate=False drops the carried adjoint (h_{t-1} held constant: the truncated gradient, refimpl/rtrl.py)."""
+    """propagate=False drops the carried adjoint (h_{t-1} held constant: the truncated gradient, refimpl/algorithms/rtrl.py)."""
     _check_nonlinearity(nonlinearity)
     T = dh.shape[0]
     carry, das = mx.zeros_like(dh[0]), [None] * T

@@ -1,7 +1,7 @@
 r"""The dense cells' FPTT sweeps (rnn, gru, lstm .fptt / .fptt1) with mlx.core.
 
-Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/fptt.py
-fptt_cell_grads with check=False, float64 carriers). Equation numbers: "(f n)" is refimpl/fptt.py, "(n)" the cell's
+Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/fptt.py
+fptt_cell_grads with check=False, float64 carriers). Equation numbers: "(f n)" is refimpl/algorithms/fptt.py, "(n)" the cell's
 module docstring. S is the state width: H, or 2H for the lstm's [h; c].
 
     (a) the states do not depend on the errors, so the cell's forward (cells.py: one input GEMM, one compiled step per

@@ -1,7 +1,7 @@
 r"""The dense cells' RTRL-family sweeps (rnn, gru, lstm .rtrl / .snap1 / .truncated / .spatial, lstm.cec) with mlx.core.
 
-Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/rtrl.py
-cell_grads_online, from zero traces). Equation numbers: "(r n)" is refimpl/rtrl.py, "(n)" the cell's module docstring.
+Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
+cell_grads_online, from zero traces). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py, "(n)" the cell's module docstring.
 S = R·H is the state width (R = 1 rows per unit; 2 for the lstm's (h_k, c_k)), G the gate blocks (rnn 1, gru 3,
 lstm 4), X the trailing width of a parameter row (I for weight_ih, H for weight_hh, 1 for a bias).
 

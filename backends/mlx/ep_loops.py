@@ -1,9 +1,9 @@
 r"""The EP relaxation loops (ep.free_phase, ep.nudged_phase, ep.bptt) with mlx.core.
 
-Same signatures and outputs as the references (refimpl/kernels.py → refimpl/ep.py): the phases return the list
+Same signatures and outputs as the references (refimpl/kernels.py → refimpl/ep/networks.py): the phases return the list
 [s_1 … s_L] of (B, n_l) states, bptt the dict {param: ∂L/∂param} with every parameter. Every variant is implemented:
 kind prototypical (4), energy (2)–(3) with the clamp (6) and g_L = 1 on its output layer, toy (2) with the Wx skips;
-activations tanh, sigm, hardsigm. Equation numbers "(n)" are refimpl/ep.py's.
+activations tanh, sigm, hardsigm. Equation numbers "(n)" are refimpl/ep/networks.py's.
 
 Layout: one synchronous step of all layers (5) is one mx.compile'd function per network configuration (kind,
 activation, dt, clamp); per layer the drive (2)/(4) is one to three GEMMs. The relaxation is a Python loop over that
@@ -172,7 +172,7 @@ def _zeros(net, B, dtype):
 @kernel
 def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.free_phase: T free steps from s = 0. Returns [s_1 … s_L], each (B, n_l)."""
-    T = ep._check_T(T)
+    T = ep.check_T(T)
     net, weights, r0 = _setup(params, x, kind, activation, dt)
     s, _ = _relax(net, weights, r0, _zeros(net, x.shape[0], x.dtype), T)
     return list(s)
@@ -181,8 +181,8 @@ def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None)
 @kernel
 def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.nudged_phase: K nudged steps from the free fixed point (T free steps). Returns [s^β_1 … s^β_L]."""
-    T, K = ep._check_T(T), ep._check_T(K, "K")
-    ep._check_beta(beta)
+    T, K = ep.check_T(T), ep.check_T(K, "K")
+    ep.check_beta(beta)
     if y is None:
         raise UnsupportedError("ep.nudged_phase needs y (B, O), the target the output is nudged towards")
     net, weights, r0 = _setup(params, x, kind, activation, dt, y)
@@ -196,8 +196,8 @@ def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.bptt: BPTT of (7) through the last K free steps (13). Returns {param: ∂L/∂param} (params' order, dtypes)."""
     if y is None:
         raise UnsupportedError("ep.bptt needs y (B, O), the target of the loss (7)")
-    T = ep._check_T(T)
-    K = T if K is None else ep._check_T(K, "K")
+    T = ep.check_T(T)
+    K = T if K is None else ep.check_T(K, "K")
     if K > T:
         raise UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase "
                                "has; use K ≤ T")

@@ -1,8 +1,8 @@
 r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial, lru.fptt, lru.fptt1) with mlx.core.
 
-Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/rtrl.py
-cell_grads_online and refimpl/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)" is refimpl/rtrl.py,
-"(f n)" refimpl/fptt.py, "(n)" refimpl/cells/lru.py. Complex64 states only (MLX has no complex128).
+Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
+cell_grads_online and refimpl/algorithms/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py,
+"(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py. Complex64 states only (MLX has no complex128).
 
 RTRL (r 8). By linearity the traces the reference carries reduce to three (as in the Numba backend):
 

@@ -360,7 +360,7 @@ def _rnn_forward_rows(pre, h0, W_hh, b_hh, use_tanh, h_prev, h, chunk, b0, b1):
 @njit(**_LOOP)
 def _rnn_backward_rows(dh, h, W_hhT, use_tanh, one, da, carry, propagate, chunk, b0, b1):
     """Writes the pre-activation adjoints da (T, B, H) on the rows [b0, b1); carry ends as h̄_{-1}. propagate=False
-    drops the carried adjoint (h_{t-1} held constant: the truncated gradient of refimpl/rtrl.py)."""
+    drops the carried adjoint (h_{t-1} held constant: the truncated gradient of refimpl/algorithms/rtrl.py)."""
     T, _, H = dh.shape
     recT = np.empty((H, b1 - b0), dh.dtype)
     rec = np.zeros((b1 - b0, H + _PAD), dh.dtype)                            # h̄_{t-1} from the step after

@@ -1,7 +1,7 @@
 r"""The dense cells' truncated and spatial sweeps (rnn, gru, lstm .truncated / .spatial) as Numba loops.
 
-Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/rtrl.py
-cell_grads_online). Equation numbers: "(r n)" is refimpl/rtrl.py, "(n)" the cell's module in refimpl/cells/.
+Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
+cell_grads_online). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py, "(n)" the cell's module in refimpl/cells/.
 
 Truncation (r 13) holds s_{t-1} constant, so S_t = P_t and the gradient Σ_t Σ_b Σ_k S_t[b, k, …] δ_t[b, k] (r 4) is
 the cell's step backward driven by the instantaneous adjoint δ_t = dh_t alone — the carried adjoint (h̄ and, for

@@ -1,7 +1,7 @@
 r"""The dense cells' sensitivity sweeps (rnn, gru .rtrl / .snap1; lstm .rtrl / .snap1 / .cec) as Numba loops.
 
-Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/rtrl.py
-cell_grads_online): {param: gradient} from zero traces. Equation numbers: "(r n)" is refimpl/rtrl.py and
+Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
+cell_grads_online): {param: gradient} from zero traces. Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py and
 docs/derivations/rtrl.md (same numbering), "(n)" the cell's module in refimpl/cells/. Shapes: B batch, T time, I input
 width, H hidden units, G gate blocks (rnn 1, gru 3, lstm 4), R state rows per unit (1; 2 for the lstm's (h_k, c_k)),
 S = R·H the state width (rows [h; c] for the lstm), C = I + H + 2.

@@ -1,9 +1,9 @@
 r"""The EP relaxation loops (ep.free_phase, ep.nudged_phase, ep.bptt) as Numba loops, with the references' outputs.
 
-Same signatures, output structure, dtypes and shapes as the NumPy references (refimpl/kernels.py → refimpl/ep.py):
+Same signatures, output structure, dtypes and shapes as the NumPy references (refimpl/kernels.py → refimpl/ep/networks.py):
 free/nudged return the list [s_1 … s_L] of (B, n_l) states, bptt the dict {param: ∂L/∂param} with every parameter.
 Every variant is implemented: kind prototypical (4), energy (2)–(3) with the clamp (6) and g_L = 1 on its output
-layer, toy (2) with the Wx skips; activations tanh, sigm, hardsigm. Equation numbers "(n)" are refimpl/ep.py's.
+layer, toy (2) with the Wx skips; activations tanh, sigm, hardsigm. Equation numbers "(n)" are refimpl/ep/networks.py's.
 
 Layout: the whole relaxation (T steps, all layers updated synchronously from the old state (5)) is ONE
 @njit(cache=True) call; per step and layer the drive (2)/(4) is one to three BLAS GEMMs into preallocated buffers
@@ -23,6 +23,7 @@ from numba import njit
 from numba.typed import List
 
 from refimpl import ep
+from refimpl.errors import UnsupportedError
 
 from .cells import _c
 
@@ -222,7 +223,7 @@ def _adjoint(ds, Sc, Uc, Pc, W, WT, act, kind, clamp, c, dU):
 def _setup(params, x, T, kind, activation, dt, y=None, beta=None):
     sizes = (x.shape[1],) + tuple(params[f"W.{l}"].shape[0] for l in range(sum(k.startswith("W.") for k in params)))
     net, _ = ep.make_ep_net(kind, sizes, activation=activation, dt=dt, dtype=x.dtype.name)   # validates kind, …
-    x, y = ep._inputs(net, params, x, y)
+    x, y = ep.check_inputs(net, params, x, y)
     dtype = x.dtype
     L = net.n_layers
     W, WT, b, WxT = List(), List(), List(), List()
@@ -264,16 +265,16 @@ def _run(net, x, wts, c, s, steps, y=None, K=0):
 def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.free_phase: T free steps from s = 0. Returns [s_1 … s_L], each (B, n_l)."""
     net, x, _, wts, c = _setup(params, x, T, kind, activation, dt)
-    T = ep._check_T(T)
+    T = ep.check_T(T)
     s, _ = _run(net, x, wts, c, _zeros(net, x.shape[0], x.dtype), T)
     return list(s)
 
 
 def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.nudged_phase: K nudged steps from the free fixed point (T free steps). Returns [s^β_1 … s^β_L]."""
-    T = ep._check_T(T)
-    K = ep._check_T(K, "K")
-    ep._check_beta(beta)
+    T = ep.check_T(T)
+    K = ep.check_T(K, "K")
+    ep.check_beta(beta)
     net, x, y, wts, c = _setup(params, x, T, kind, activation, dt, y, beta)
     s, _ = _run(net, x, wts, c, _zeros(net, x.shape[0], x.dtype), T)
     s, _ = _run(net, x, wts, c, s, K, y=y)
@@ -284,11 +285,11 @@ def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.bptt: BPTT of (7) through the last K free steps (13). Returns {param: ∂L/∂param} (params' order, dtypes)."""
     net, x, y, wts, c = _setup(params, x, T, kind, activation, dt, y)
     if y is None:
-        raise ep.UnsupportedError("ep.bptt needs y (B, O), the target of the loss (7)")
-    T = ep._check_T(T)
-    K = T if K is None else ep._check_T(K, "K")
+        raise UnsupportedError("ep.bptt needs y (B, O), the target of the loss (7)")
+    T = ep.check_T(T)
+    K = T if K is None else ep.check_T(K, "K")
     if K > T:
-        raise ep.UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase "
+        raise UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase "
                                   "has; use K ≤ T")
     dtype, B, L = x.dtype, x.shape[0], net.n_layers
     s, (Sc, Uc, Pc) = _run(net, x, wts, c, _zeros(net, B, dtype), T, K=K)
@@ -303,8 +304,8 @@ def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     _adjoint(ds, Sc, Uc, Pc, W, WT, _ACT[net.activation], _KIND[net.kind], net.clamp, c, dU)
 
     energy = net.kind != "prototypical"
-    r0 = ep._rho(x, net.activation) if energy else x
-    R = [None] + [(ep._rho(S, net.activation) if energy else S).reshape(K * B, -1) for S in Sc]   # ρ(s_l) per step
+    r0 = ep.rho(x, net.activation) if energy else x
+    R = [None] + [(ep.rho(S, net.activation) if energy else S).reshape(K * B, -1) for S in Sc]   # ρ(s_l) per step
     G = [g.reshape(K * B, -1) for g in dU]
     Gsum = [g.sum(axis=0) for g in dU]                                                 # Σ_t ū_l (B, n_l)
     grads = {}

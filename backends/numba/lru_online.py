@@ -1,8 +1,8 @@
 r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial, lru.fptt, lru.fptt1) as Numba loops.
 
-Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/rtrl.py
-cell_grads_online and refimpl/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)" is refimpl/rtrl.py,
-"(f n)" refimpl/fptt.py, "(n)" refimpl/cells/lru.py.
+Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
+cell_grads_online and refimpl/algorithms/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py,
+"(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py.
 
 Each kernel's time loop is ONE @njit(cache=True) function, t outermost, then batch b, then unit k (then input i); the
 input projection u_t = γ ⊙ (B x_t) is one small GEMM per step (x_t @ W2ᵀ, W2 as in cells.py), so nothing of size T is

@@ -27,7 +27,10 @@ from types import ModuleType
 
 import numpy as np
 
+from ..checks import positive_int, resolve_dtype
+from ..errors import UnknownNameError
 from . import gru, lru, lstm, rnn
+from .common import map_state
 
 #: name → cell module. The one place a cell name is looked up.
 CELLS: dict[str, ModuleType] = {"rnn": rnn, "gru": gru, "lstm": lstm, "lru": lru}
@@ -57,7 +60,61 @@ class Cell:
     @property
     def state_dtype(self) -> np.dtype:
         """dtype of h: complex for lru, the real dtype otherwise."""
-        return np.result_type(self.dtype, np.complex64) if self.name == "lru" else self.dtype
+        return np.result_type(self.dtype, np.complex64) if self.module.COMPLEX_STATE else self.dtype
+
+    # --- the state contract (module docstring), on the resolved cell
+
+    @property
+    def state_arg(self) -> str:
+        """'h0', or 'state0' for the lstm: the initial-state argument of forward and of the kernels."""
+        return self.module.STATE_ARG
+
+    @property
+    def state_size(self) -> int:
+        """S, the width of the flattened state: H, or 2H for the lstm."""
+        return self.module.STATE_ROWS * self.n_hidden
+
+    @property
+    def recurrent_params(self) -> tuple:
+        """The parameters that act on h_{t-1}."""
+        return self.module.RECURRENT_PARAMS
+
+    @property
+    def diagonal(self) -> bool:
+        """Whether state_jacobian is diagonal (B, N) (the lru) rather than dense (B, S, S)."""
+        return self.module.DIAGONAL
+
+    @property
+    def output_map(self) -> bool:
+        """Whether the model reads h through the LRU output map (and the layer outputs the input's width)."""
+        return self.module.OUTPUT_MAP
+
+    @property
+    def out_width(self) -> int:
+        """The width of the layer output: n_in through the LRU output map (eq. 49), n_hidden otherwise."""
+        return self.n_in if self.output_map else self.n_hidden
+
+    def zero_state(self, batch: int):
+        return self.module.zero_state(batch, self.n_hidden, self.dtype)
+
+    def random_state(self, rng: np.random.Generator, batch: int):
+        return self.module.random_state(rng, batch, self.n_hidden, self.dtype)
+
+    def state_h(self, state):
+        return self.module.state_h(state)
+
+    def flatten_state(self, state) -> np.ndarray:
+        return self.module.flatten_state(state)
+
+    def unflatten_state(self, flat: np.ndarray):
+        return self.module.unflatten_state(flat)
+
+    def add_to_h(self, dstate, dh: np.ndarray):
+        return self.module.add_to_h(dstate, dh)
+
+    def zeros_like_state(self, state):
+        """A zero state (adjoint) of the same type, shapes and dtypes as `state`."""
+        return map_state(np.zeros_like, state)
 
     @property
     def step_options(self) -> dict:
@@ -76,9 +133,6 @@ class Cell:
 
 def resolve_cell(name: str, n_in: int, n_hidden: int, dtype="float64", **options) -> Cell:
     """Validate a cell description and fill in option defaults. Raises refimpl.errors on bad input."""
-    from ..checks import resolve_dtype
-    from ..errors import UnknownNameError, UnsupportedError
-
     if name not in CELLS:
         raise UnknownNameError("cell", name, CELLS)
     module = CELLS[name]
@@ -86,10 +140,8 @@ def resolve_cell(name: str, n_in: int, n_hidden: int, dtype="float64", **options
         if key not in module.OPTIONS:
             raise UnknownNameError(f"option for cell {name!r}", key, module.OPTIONS or ["(none)"],
                                    f"{name} takes {'only ' + ', '.join(module.OPTIONS) if module.OPTIONS else 'no options'}")
-    for label, size in (("n_in", n_in), ("n_hidden", n_hidden)):
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise UnsupportedError(f"{label} must be a positive integer, got {size!r}")
+    n_in, n_hidden = positive_int("n_in", n_in), positive_int("n_hidden", n_hidden)
     opts = {**module.OPTIONS, **options}
-    if name == "rnn" and opts["nonlinearity"] not in module.NONLINEARITIES:
-        raise UnknownNameError("rnn nonlinearity", opts["nonlinearity"], module.NONLINEARITIES)
+    if "nonlinearity" in opts and opts["nonlinearity"] not in module.NONLINEARITIES:
+        raise UnknownNameError(f"{name} nonlinearity", opts["nonlinearity"], module.NONLINEARITIES)
     return Cell(name=name, n_in=int(n_in), n_hidden=int(n_hidden), dtype=resolve_dtype(dtype), options=opts)

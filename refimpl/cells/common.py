@@ -1,4 +1,5 @@
-"""Small helpers shared by the cell modules: stacking per-step caches and summing per-step gradients.
+"""Small helpers shared by the cell modules: stacking per-step caches, summing per-step gradients, and the state
+helpers of the cells whose state is the single array h.
 
 A cell's sequence-level cache is the per-step cache NamedTuple with every field stacked along a leading time axis,
 so `cache.h[t]` is the field at step t and `cache_at(cache, t)` gives back the per-step cache.
@@ -48,3 +49,38 @@ def add_into(total: dict, part: dict) -> None:
     """total[k] += part[k] for every key of part (total is a gradient accumulator owned by the caller)."""
     for k, v in part.items():
         total[k] += v
+
+
+def add_into_new(a: dict, b: dict) -> dict:
+    """A new dict with a[k] + b[k] over the union of keys (neither argument is changed)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out[k] + v if k in out else v
+    return out
+
+
+def map_state(fn, state):
+    """fn applied to every array of a state (or state adjoint): h itself, or each field of a NamedTuple state."""
+    return type(state)(*(fn(s) for s in state)) if isinstance(state, tuple) else fn(state)
+
+
+# The state contract of the cells whose state is h alone (rnn, gru, lru); the lstm defines its own for (h, c).
+
+def state_h(state: np.ndarray) -> np.ndarray:
+    """The part of the state the layer outputs: h."""
+    return state
+
+
+def flatten_state(state: np.ndarray) -> np.ndarray:
+    """The state (or its adjoint) as one (…, S) array; S = H here."""
+    return state
+
+
+def unflatten_state(flat: np.ndarray) -> np.ndarray:
+    """The inverse of flatten_state."""
+    return flat
+
+
+def add_to_h(dstate: np.ndarray, dh: np.ndarray) -> np.ndarray:
+    """A state adjoint with dh added to its h part."""
+    return dstate + dh

@@ -61,6 +61,14 @@ OPTIONS: dict = {}
 STEP_OPTIONS: tuple = ()                  # the LSTM has no options that change the dynamics
 GRAD_STATE_KEYS = ("h0", "c0")
 
+# The state contract (refimpl/cells/__init__.py):
+STATE_ARG = "state0"   # the initial-state argument of forward and of the kernels
+STATE_ROWS = 2          # rows of the flattened state per hidden unit: S = STATE_ROWS · H ([h; c])
+RECURRENT_PARAMS = ("weight_hh", "bias_hh")   # the parameters that act on h_(t-1)
+DIAGONAL = False       # state_jacobian is dense, (B, S, S)
+COMPLEX_STATE = False  # the state is real, in the parameters' dtype
+OUTPUT_MAP = False     # the model reads h directly
+
 
 class LSTMState(NamedTuple):
     """The LSTM state: hidden output h and cell c, each (B, H). Its adjoint uses the same type."""
@@ -244,3 +252,26 @@ def backward(params: dict, dh: np.ndarray, cache: LSTMCache) -> dict:
 def random_state(rng: np.random.Generator, batch: int, n_hidden: int, dtype) -> LSTMState:
     """A random initial state, for tests and kernel input specs."""
     return LSTMState(h=random_real_state(rng, batch, n_hidden, dtype), c=random_real_state(rng, batch, n_hidden, dtype))
+
+
+# The state contract for the pair (h, c): flattened as [h; c] (B, 2H), the order of the Jacobian (13).
+
+def state_h(state: LSTMState) -> np.ndarray:
+    """The part of the state the layer outputs: h."""
+    return state.h
+
+
+def flatten_state(state: LSTMState) -> np.ndarray:
+    """The state (or its adjoint) as one (…, 2H) array [h; c]."""
+    return np.concatenate([state.h, state.c], axis=-1)
+
+
+def unflatten_state(flat: np.ndarray) -> LSTMState:
+    """The inverse of flatten_state: (…, 2H) → LSTMState(h, c)."""
+    H = flat.shape[-1] // 2
+    return LSTMState(h=flat[..., :H], c=flat[..., H:])
+
+
+def add_to_h(dstate: LSTMState, dh: np.ndarray) -> LSTMState:
+    """A state adjoint with dh added to its h part (c̄ unchanged)."""
+    return LSTMState(h=dstate.h + dh, c=dstate.c)

@@ -33,11 +33,20 @@ from typing import NamedTuple
 import numpy as np
 
 from .common import add_into, cache_at, random_real_state, stack_caches, uniform_init, zeros_like_params
+from .common import add_to_h, flatten_state, state_h, unflatten_state  # noqa: F401 (the state contract: state = h)
 
 OPTIONS = {"nonlinearity": "tanh"}
 STEP_OPTIONS = ("nonlinearity",)          # the options the step/sequence functions take (the rest are init-only)
 NONLINEARITIES = ("tanh", "linear")
 GRAD_STATE_KEYS = ("h0",)
+
+# The state contract (refimpl/cells/__init__.py):
+STATE_ARG = "h0"       # the initial-state argument of forward and of the kernels
+STATE_ROWS = 1          # rows of the flattened state per hidden unit: S = STATE_ROWS · H
+RECURRENT_PARAMS = ("weight_hh", "bias_hh")   # the parameters that act on h_(t-1)
+DIAGONAL = False       # state_jacobian is dense, (B, S, S)
+COMPLEX_STATE = False  # the state is real, in the parameters' dtype
+OUTPUT_MAP = False     # the model reads h directly
 
 
 class RNNCache(NamedTuple):

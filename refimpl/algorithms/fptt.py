@@ -1,0 +1,339 @@
+r"""FPTT — forward propagation of errors through time (Zucchet, Pourcel & Ernoult 2026), truly online.
+
+Not the "Forward Propagation Through Time" regulariser of Kag & Saligrama. docs/derivations/fptt.md derives it; the
+indices here follow refimpl (h_t is the state after input t, t = 0 … T−1, h_{−1} = h0).
+
+BPTT runs the total error e_t = dL/dh_t backward:  e_{T−1} = dh_{T−1},  e_{t−1} = dh_{t−1} + J_tᴴ e_t,  and the
+gradient of h0 is e_{−1} = J_0ᴴ e_0 (J_t = ∂h_t/∂h_{t−1}; ᴴ is the transpose, conjugated for the complex lru,
+DESIGN.md §4). FPTT runs the same recursion *forward*:
+
+    (1)  e_t = J_t^{−H} (e_{t−1} − dh_{t−1}),        dh_{−1} = 0             (a solve; lru: a division by conj(λ_t))
+
+which needs the right starting value e_{−1}. Phase 1 (warm-up) runs (1) from e'_{−1} = 0 and accumulates
+
+    (2)  P = J_0ᴴ J_1ᴴ ⋯ J_{T−1}ᴴ             (P ← P J_tᴴ each step; lru: P ← P ⊙ conj(λ_t))
+
+and, since e − e' obeys the homogeneous recursion and the true error ends at e_{T−1} = dh_{T−1},
+
+    (3)  e_{−1} = −P (e'_{T−1} − dh_{T−1})       (the minus sign the published blog formula lacks)
+
+Phase 2 re-runs the states from the inputs, carries the exact e_t with (1), and accumulates step by step
+
+    (4)  ∂L/∂θ += (∂h_t/∂θ)ᴴ e_t,   x̄_t = (∂h_t/∂x_t)ᴴ e_t         (the cell's step backward with total adjoint e_t)
+
+(5) Check: at the end of phase 2, e_{T−1} must equal dh_{T−1}. The relative residual ρ = ‖e_{T−1} − dh_{T−1}‖ /
+‖dh_{T−1}‖ (and the size of e and P) is tracked; when the inversion loses the information — contractive dynamics
+|λ| < 1 make e grow like |λ|^{−T} while P shrinks like |λ|^{T} — FPTT stops with NumericalError instead of returning
+garbage gradients.
+
+Memory: the states, e, e′ and P — O(S²) per sequence for dense cells (O(N) for the lru), independent of T; phase 2
+recomputes the states from the inputs and stores nothing per step.
+
+Multi-layer (`fptt_model_grads`): L+1 passes over the sequence. In pass p = 1 … L the layer L−p warms up while every
+layer above it is in its error phase (their exact e_t give the exact instantaneous errors of the layer below within
+each step); the last pass runs every layer's error phase and accumulates all gradients. With a pass budget
+`passes` < L+1 only the top passes−1 layers get a warm-up; the layers below are `spatial` (their recurrent term held
+constant: no temporal credit, weight_hh / bias_hh — lru: nu_log / theta_log — get zero). `fptt1` is a single pass with
+e_{−1} = 0 in every layer (the paper's `forward` baseline; not exact).
+
+Precision: the carriers e, e′, P may run in float64 (complex128) while the states run in float32 (the paper's mixed
+setting): `carrier_dtype="float64"` (default) or `"state"`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..cells import CELLS
+from ..errors import NumericalError, UnsupportedError
+from .online import _sub, check_supported, head_step, stack_step_backward, stack_step_forward
+
+#: Relative residual ρ (5) above which FPTT refuses to return its gradients. Calibrated on the stability study's full
+#: grid (252 points: r_min 0.36 … 0.99, T 30 … 1000, three precisions, three seeds): every gradient it accepted was
+#: within 6.5e-4 (relative) of BPTT's, every one it refused was at least 5e-4 off (docs/derivations/fptt.md §8).
+RESIDUAL_TOL = 1e-2
+
+#: Parameters that act on h_{t−1} (held constant by `spatial` layers under a pass budget).
+RECURRENT_TERM = {"rnn": ("weight_hh", "bias_hh"), "gru": ("weight_hh", "bias_hh"), "lstm": ("weight_hh", "bias_hh"),
+                  "lru": ("nu_log", "theta_log")}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One layer's carriers
+
+def _flat(cell, dstate) -> np.ndarray:
+    """A state adjoint as one (B, S) array: h̄, or [h̄; c̄] for the lstm."""
+    return np.concatenate([dstate[0], dstate[1]], axis=-1) if cell.name == "lstm" else dstate
+
+
+def _unflat(cell, e: np.ndarray, dtype):
+    """(B, S) → the cell's state-adjoint object in the state dtype."""
+    if cell.name == "lstm":
+        H = cell.n_hidden
+        return CELLS["lstm"].LSTMState(e[:, :H].astype(dtype), e[:, H:].astype(dtype))
+    return e.astype(dtype)
+
+
+def _carrier_dtype(cell, carrier: str) -> np.dtype:
+    if carrier not in ("float64", "state"):
+        raise UnsupportedError(f"carrier dtype {carrier!r} is unknown; use 'float64' (default, the paper's mixed "
+                               f"setting) or 'state' (the same precision as the states)")
+    base = np.dtype(np.float64) if carrier == "float64" else cell.dtype
+    return np.result_type(base, np.complex64) if cell.name == "lru" else base
+
+
+def _jacobian_adjoint(cell, params, a_t, state_prev, dtype):
+    """J_tᴴ in the carrier dtype: (B, N) (diagonal conj(λ)) for the lru, (B, S, S) otherwise."""
+    J = cell.module.state_jacobian(params, a_t, state_prev, **cell.step_options)
+    if cell.name == "lru":
+        return np.conj(J).astype(dtype)
+    return np.conj(np.swapaxes(J, -1, -2)).astype(dtype)
+
+
+def _invert(cell, JH, v):
+    """J^{−H} v, eq. (1): a division for the diagonal lru, a batched linear solve otherwise (never an inverse)."""
+    if cell.name == "lru":
+        return v / JH
+    return np.linalg.solve(JH, v[..., None])[..., 0]
+
+
+def _accumulate_P(cell, P, JH):
+    """P ← P J_tᴴ, eq. (2)."""
+    return P * JH if cell.name == "lru" else P @ JH
+
+
+def _identity_P(cell, B, dtype):
+    S = cell.n_hidden * (2 if cell.name == "lstm" else 1)
+    return np.ones((B, S), dtype) if cell.name == "lru" else np.broadcast_to(np.eye(S, dtype=dtype), (B, S, S)).copy()
+
+
+def _start_error(cell, P, e_warm, dh_last):
+    """e_{−1} = −P (e'_{T−1} − dh_{T−1}), eq. (3)."""
+    r = e_warm - dh_last
+    return -(P * r) if cell.name == "lru" else -np.einsum("bij,bj->bi", P, r)
+
+
+def _describe(cell, params, T, dtype) -> str:
+    if cell.name == "lru":
+        lam = np.exp(-np.exp(params["nu_log"]))
+        with np.errstate(over="ignore"):
+            grow = np.power(np.float64(lam.min()), -T)
+        return (f"|λ| in [{lam.min():.3g}, {lam.max():.3g}], T={T}, {_precision(dtype)} carriers; |λ|^-T up to "
+                f"{grow:.3g}")
+    return f"T={T}, {_precision(dtype)} carriers"
+
+
+def _precision(dtype) -> str:
+    """'float32' for float32 and complex64 carriers, 'float64' for float64 and complex128."""
+    return np.finfo(np.dtype(dtype)).dtype.name
+
+
+def _check(cell, params, T, dtype, residual, e_norm, what):
+    if not np.isfinite(residual) or not np.isfinite(e_norm) or residual > RESIDUAL_TOL:
+        raise NumericalError(
+            f"FPTT lost the error signal ({what}: relative residual ‖e_T−1 − dh_T−1‖/‖dh_T−1‖ = {residual:.3g}, "
+            f"tolerance {RESIDUAL_TOL:g}; max |e| = {e_norm:.3g}) with {_describe(cell, params, T, dtype)}. "
+            f"Inverting contractive dynamics amplifies rounding like |λ|^-T: use float64 carriers, a shorter "
+            f"sequence, eigenvalues closer to 1 (e.g. lru -o r_min=0.95), or algorithm 'bptt' / 'online'")
+
+
+def _running_max(current: float, e: np.ndarray) -> float:
+    """max |e| so far; inf once anything was non-finite (a NaN must not hide behind max())."""
+    m = float(np.max(np.abs(e)))
+    return np.inf if not (np.isfinite(m) and np.isfinite(current)) else max(current, m)
+
+
+def _residual(e_last, dh_last) -> float:
+    return float(np.linalg.norm(e_last - dh_last) / max(float(np.linalg.norm(dh_last)), 1e-300))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One cell, instantaneous errors given
+
+def fptt_cell_grads(cell, params, x, dh, state0, *, two_passes: bool = True, carrier: str = "float64",
+                    check: bool = True) -> dict:
+    """FPTT for one cell from its instantaneous adjoints dh (T, B, H): {params…, "x", "h0" (, "c0")}.
+
+    two_passes=False is `fptt1` (e_{−1} = 0). dh is read one step late, as an online learner would receive it.
+    """
+    with np.errstate(all="ignore"):                 # a blow-up is detected by (5) and reported, not warned about
+        return _fptt_cell_grads(cell, params, x, dh, state0, two_passes, carrier, check)
+
+
+def _fptt_cell_grads(cell, params, x, dh, state0, two_passes, carrier, check):
+    T, B = x.shape[:2]
+    ct = _carrier_dtype(cell, carrier)
+    sdt = cell.state_dtype
+    S = cell.n_hidden * (2 if cell.name == "lstm" else 1)
+
+    def dh_flat(t):                       # dh_t as a (B, S) carrier (zero on the lstm's c part); dh_{−1} = 0
+        if t < 0:
+            return np.zeros((B, S), ct)
+        return np.concatenate([dh[t], np.zeros_like(dh[t])], axis=-1).astype(ct) if cell.name == "lstm" \
+            else dh[t].astype(ct)
+
+    e = np.zeros((B, S), ct)
+    if two_passes:                                                             # phase 1: warm-up
+        P, state = _identity_P(cell, B, ct), state0
+        for t in range(T):
+            JH = _jacobian_adjoint(cell, params, x[t], state, ct)
+            e = _invert(cell, JH, e - dh_flat(t - 1))                          # (1)
+            P = _accumulate_P(cell, P, JH)                                     # (2)
+            state, _ = cell.module.step_forward(params, x[t], state, **cell.step_options)
+        e = _start_error(cell, P, e, dh_flat(T - 1))                           # (3)
+    e_start = e
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    dx = np.zeros_like(x)
+    state, e_max = state0, 0.0
+    for t in range(T):                                                         # phase 2: errors and gradients
+        JH = _jacobian_adjoint(cell, params, x[t], state, ct)
+        e = _invert(cell, JH, e - dh_flat(t - 1))                              # (1)
+        e_max = _running_max(e_max, e)
+        state, cache = cell.module.step_forward(params, x[t], state, **cell.step_options)
+        g, dx[t], _ = cell.module.step_backward(params, _unflat(cell, e, sdt), cache, **cell.step_options)  # (4)
+        for k in grads:
+            grads[k] += g[k]
+    if two_passes and check:
+        _check(cell, params, T, ct, _residual(e, dh_flat(T - 1)), e_max, "one cell")                         # (5)
+    grads["x"] = dx
+    start = _unflat(cell, e_start, sdt)
+    if cell.name == "lstm":
+        grads["h0"], grads["c0"] = start.h, start.c
+    else:
+        grads["h0"] = start
+    return grads
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A model stack: the L+1-pass schedule
+
+def fptt_model_grads(model, params, x, y, loss, mask=None, *, passes: int | None = None, two_passes: bool = True,
+                     carrier: str = "float64", check: bool = True, input_grad: bool = True):
+    """Loss and gradients of a model by FPTT (see module doc). passes: the pass budget (default L+1, full FPTT);
+    two_passes=False gives `fptt1`. check=False returns the gradients even when (5) says they are lost (for the
+    stability study, which measures how bad they are). input_grad=False leaves out "x" — the one output that grows
+    with T (it is the size of x); without it the memory is flat in T. Returns (loss_value, {dotted name: grad, "x"})."""
+    check_supported(model, mask)
+    with np.errstate(all="ignore"):                 # a blow-up is detected by (5) and reported, not warned about
+        return _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carrier, check, input_grad)
+
+
+def _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carrier, check, input_grad):
+    L = model.layers
+    full = L + 1
+    passes = full if passes is None else int(passes)
+    if passes < 1:
+        raise UnsupportedError(f"passes must be ≥ 1, got {passes} (full FPTT of {L} layer(s) takes {full})")
+    n_fptt = 0 if not two_passes else min(L, passes - 1)          # layers with a warm-up: the top n_fptt
+    fptt_layers = list(range(L - n_fptt, L))
+    if not two_passes:
+        fptt_layers = list(range(L))                              # fptt1: every layer carries e from e_{−1} = 0
+    T, B, _ = x.shape
+    cells = model.cells
+    cts = [_carrier_dtype(c, carrier) for c in cells]
+    S = [c.n_hidden * (2 if c.name == "lstm" else 1) for c in cells]
+    starts = [np.zeros((B, S[l]), cts[l]) for l in range(L)]    # e^l_{−1}; found by the warm-ups
+    cell_params = [_sub(params, f"layers.{l}.cell", c.param_shapes) for l, c in enumerate(cells)]
+    warm_order = list(reversed(fptt_layers)) if two_passes else []  # top first
+
+    for warm in warm_order + [None]:                              # passes: one warm-up each, then the final pass
+        in_error = [l for l in fptt_layers if warm is None or l > warm]
+        value, grads, info = _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, cts, S,
+                                   input_grad)
+        if warm is not None:
+            P, e_warm, dh_last = info
+            starts[warm] = _start_error(cells[warm], P, e_warm, dh_last)                  # (3)
+    if two_passes and check:
+        for l in fptt_layers:
+            residual, e_max = info[l]
+            _check(cells[l], cell_params[l], T, cts[l], residual, e_max, f"layer {l}")   # (5)
+    for l in range(L):
+        if l not in fptt_layers:                                  # spatial layers: no temporal credit
+            for name in RECURRENT_TERM[cells[l].name]:
+                grads[f"layers.{l}.cell.{name}"] = np.zeros_like(params[f"layers.{l}.cell.{name}"])
+    return value, grads
+
+
+def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, cts, S, input_grad=True):
+    """One pass over the sequence. Layers in `in_error` carry their exact errors (1) from their start values; the
+    layer `warm` (or None in the final pass) runs its warm-up. The final pass accumulates every gradient (4)."""
+    T, B, _ = x.shape
+    cells = model.cells
+    L = model.layers
+    states = [c.module.zero_state(B, c.n_hidden, c.state_dtype) for c in cells]
+    e = {l: starts[l].copy() for l in in_error}
+    dh_prev = {l: np.zeros((B, S[l]), cts[l]) for l in range(L)}
+    e_max = {l: 0.0 for l in in_error}
+    final = warm is None
+    if not final:
+        e_w, P = np.zeros((B, S[warm]), cts[warm]), _identity_P(cells[warm], B, cts[warm])
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    dx = np.zeros_like(x) if final and input_grad else None
+    run_sum, total = None, 0.0
+    for t in range(T):
+        u, new_states, caches = stack_step_forward(model, params, x[t], states)
+        for l in e:                                                           # (1) for the layers in error phase
+            JH = _jacobian_adjoint(cells[l], cell_params[l], caches[1][l].a, states[l], cts[l])
+            e[l] = _invert(cells[l], JH, e[l] - dh_prev[l])
+            e_max[l] = _running_max(e_max[l], e[l])
+        if not final:                                                         # (1), (2) for the warming layer
+            JH = _jacobian_adjoint(cells[warm], cell_params[warm], caches[1][warm].a, states[warm], cts[warm])
+            e_w = _invert(cells[warm], JH, e_w - dh_prev[warm])
+            P = _accumulate_P(cells[warm], P, JH)
+        run_sum, value, g_head, du_top = head_step(model, params, u, t, T, y, loss, mask, run_sum)
+        total += value
+        if final and g_head is not None:
+            grads["readout.weight"] += g_head["weight"]
+            grads["readout.bias"] += g_head["bias"]
+        totals = [(_unflat(cells[l], e[l], cells[l].state_dtype) if l in e else None) for l in range(L)]
+        if du_top is None:
+            du_top = np.zeros_like(u)
+        step_grads, deltas, _ = stack_step_backward(model, params, caches, du_top, totals=totals, stop_at=warm)
+        for l in range(L):                                                    # dh^l_t: the within-step errors
+            if deltas[l] is not None:
+                dh_prev[l] = _flat(cells[l], deltas[l]).astype(cts[l])
+        if final:                                                             # (4)
+            for k, v in step_grads.items():
+                if k == "x":
+                    if dx is not None:
+                        dx[t] = v
+                else:
+                    grads[k] += v
+        states = new_states
+    if not final:
+        return total, grads, (P, e_w, dh_prev[warm])
+    if dx is not None:
+        grads["x"] = dx
+    return total, grads, {l: (_residual(e[l], dh_prev[l]), e_max[l]) for l in e}
+
+
+def well_conditioned(cell: str, params: dict, prefix: str = "", seed: int = 0) -> dict:
+    """A copy of dense-cell parameters whose state Jacobians are well conditioned, for FPTT's tests, kernels and
+    examples (the lru needs none: pick r_min ≥ 0.9 instead). `prefix` selects a layer's cell in a model's dict.
+
+    rnn: an orthogonal W_hh, no biases and a small input drive (tanh near its linear range); gru: update gates near 1
+    (b_hz = 3); lstm: forget gates near 1 (b_hf = 3), g ≈ 0.8 so that c grows and tanh(c') is large, and an output
+    gate that reads h (W_ho = 2·orthogonal) — even so the lstm's σ_min(J_t) stays near 0.2 (docs/derivations/fptt.md).
+    """
+    p = dict(params)
+    rng = np.random.default_rng(seed)
+    key = lambda n: f"{prefix}{n}"                                          # noqa: E731
+    if cell == "lru":
+        return p
+    H = p[key("weight_hh")].shape[1]
+    Q = np.linalg.qr(rng.standard_normal((H, H)))[0]
+    W, b = p[key("weight_hh")].copy(), p[key("bias_hh")].copy()
+    if cell == "rnn":
+        W[:] = Q                                                            # orthogonal recurrence
+        b[:] = 0.0
+        p[key("weight_ih")] = 0.3 * p[key("weight_ih")]                     # small drive: tanh stays near linear
+        p[key("bias_ih")] = 0.0 * p[key("bias_ih")]
+    elif cell == "gru":
+        b[H:2 * H] = 3.0                                                    # z ≈ 0.95: h' ≈ h
+    elif cell == "lstm":
+        b[H:2 * H] = 3.0                                                    # f ≈ 0.95
+        b[2 * H:3 * H] = 1.1                                                # g ≈ 0.8: c grows, tanh(c') is large
+        b[3 * H:] = 0.0
+        W[3 * H:] = 2.0 * Q                                                 # the output gate reads h (σ' not saturated)
+    p[key("weight_hh")], p[key("bias_hh")] = W.astype(W.dtype), b
+    return p

@@ -1,0 +1,607 @@
+"""Command line: ``python -m refimpl.run [COMMAND] …`` (``--help`` on every command).
+
+    (no command)  the default job: gradcheck of every cell with BPTT against finite differences, one table
+    gradcheck     compare an algorithm's gradients with BPTT, and BPTT with central finite differences
+    train         train a model on a task into a run directory (config.json, metrics.jsonl, checkpoints; --resume)
+    compare       train the same model from the same initial weights with several algorithms; table and plot
+    plot          learning curves of existing run directories
+    fptt-stability  FPTT's gradient quality vs forgetting (r_min) and sequence length (the paper's experiment)
+    ep-curves     the GDU property: per-step EP updates vs BPTT gradients, with the RMSE metric (JSON, PNG)
+    ep-recipe     EP/BPTT sign agreement over mini-batches, for tuning T, K and β
+    backends      list the backends, whether each runs on this machine, and which kernels each implements
+    bpfree        train a feed-forward network by bp, dfa, drtp, ll-ce or ll-mse (trackers, plot; --resume)
+    sweep         grid search over rule, activation, init, lr and architecture on a process pool; resumable
+
+User errors (unknown names, bad sizes, unsupported combinations) print one line on stderr and exit with status 2;
+a failed check exits with status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .algorithms import ALGORITHMS
+from .cells import CELLS
+from .errors import NumericalError, RefimplError
+from .nn.model import FFNS, NORMS, POOLINGS
+
+#: What the default job checks: every cell (both rnn nonlinearities), alone and inside a full 2-layer block stack.
+DEFAULT_CELLS = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "linear"}), ("gru", {}), ("lstm", {}),
+                 ("lru", {})]
+def _demo_runs():
+    """(config, algorithms) per cell of the learning demo. The LRU (|λ| ≥ 0.9, so that FPTT's inversion is well
+    conditioned) runs BPTT, its exact online twin `online` (diagonal RTRL traces, step by step), FPTT and the
+    readout-only floor; whole-stack `rtrl` (one backward pass per state unit per step) and the dense-cell sensitivity
+    rules are too slow in NumPy for a one-minute demo, and are shown by `gradcheck`."""
+    from .training.loop import TrainConfig
+    common = dict(task="digits-seq", task_options={"mode": "pixel"}, pooling="last", log_every=5)
+    return {"lru": (TrainConfig(cell="lru", hidden=32, encoder=True, d_model=32, lr=5e-3, epochs=5,
+                                cell_options={"r_min": 0.9}, **common), ("bptt", "online", "fptt", "readout")),
+            "gru": (TrainConfig(cell="gru", hidden=32, lr=1e-2, epochs=10, **common), ("bptt", "readout"))}
+
+
+DEFAULT_MODELS = [dict(layers=1),
+                  dict(layers=2, encoder=True, norm="layer", ffn="glu", residual=True),
+                  dict(layers=2, ffn="mlp", pooling="cumulative_mean")]
+
+
+def _parse_options(pairs, flag: str = "--cell-option", example: str = "-o nonlinearity=linear") -> dict:
+    """KEY=VALUE pairs → {key: int | float | str}."""
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE (e.g. {example})", param_hint=flag)
+        key, value = pair.split("=", 1)
+        for cast in (int, float):
+            try:
+                options[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            options[key] = value
+    return options
+
+
+class _OneLineErrors(click.Group):
+    """A Click group whose errors are one line on stderr: status 2 for user errors (bad options, unknown names,
+    unsupported combinations), 1 for numerical failures (a blow-up, a diverged run) — no traceback. Click's test
+    runner goes through here too."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                              **extra)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as e:       # usage errors: bad option values, missing options, unknown commands
+            click.echo(f"error: {' '.join(e.format_message().split())} (see --help)", err=True)
+            sys.exit(2)
+        except NumericalError as e:
+            click.echo(f"error: {' '.join(str(e).split())}", err=True)
+            sys.exit(1)
+        except RefimplError as e:
+            click.echo(f"error: {' '.join(str(e).split())}", err=True)
+            sys.exit(2)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+DEMO_RUNS = _demo_runs()
+
+
+@click.group(cls=_OneLineErrors, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def cli(ctx):
+    """refimpl: a readable NumPy reference for how recurrent networks learn.
+
+    Without a command, runs the default job: a gradient check of every cell (BPTT vs central finite differences).
+    """
+    if ctx.invoked_subcommand is None:
+        _demo()
+
+
+def _demo() -> None:
+    """The default job (`make run`): exactness first, then learning — about a minute on 2 cores."""
+    from .studies.gradcheck import format_summary, gradcheck
+    click.echo("refimpl demo — 1/2 exactness: hand-derived BPTT vs central finite differences, every cell in three "
+               "model stacks\n(hidden 4, T=5, B=2, mse loss, float64; every parameter array and x is compared)\n")
+    reports = [gradcheck(cell, "bptt", **cell_opts, **model_opts)
+               for cell, cell_opts in DEFAULT_CELLS for model_opts in DEFAULT_MODELS]
+    click.echo(format_summary(reports))
+    click.echo("\nrefimpl demo — 2/2 learning: sequential digits (scikit-learn's 8x8 digits, one pixel per step, "
+               "T=64), several algorithms from identical initial weights\n")
+    for cell, (config, algorithms) in DEMO_RUNS.items():
+        click.echo(f"{cell}: {config.layers} layer, hidden {config.hidden}"
+                   + (f", encoder {config.d_model}" if config.encoder else "") + f", pooling {config.pooling}, "
+                   f"{config.epochs} epochs, {config.optimizer} lr {config.lr}")
+        click.echo(run_compare(config, list(algorithms), f"runs/demo/{cell}") + "\n")
+    ok = all(r.ok for r in reports)
+    click.echo("More: python -m refimpl.run --help  (gradcheck, train, compare, plot, backends)")
+    sys.exit(0 if ok else 1)
+
+
+@cli.command()
+@click.option("--cell", required=True, type=click.Choice(sorted(CELLS)), help="Which cell.")
+@click.option("--algorithm", default="bptt", show_default=True, type=click.Choice(list(ALGORITHMS)),
+              help="Algorithm to check against BPTT (DESIGN.md §5 names).")
+@click.option("--layers", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--hidden", default=4, show_default=True, type=click.IntRange(min=1), help="Hidden units (lru: N).")
+@click.option("--seq-len", default=5, show_default=True, type=click.IntRange(min=1), help="T.")
+@click.option("--batch", default=2, show_default=True, type=click.IntRange(min=1), help="B.")
+@click.option("--n-in", default=3, show_default=True, type=click.IntRange(min=1), help="Input width.")
+@click.option("--dtype", default="float64", show_default=True, type=click.Choice(["float64", "float32"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--backend", default="numpy", show_default=True, help="Backend of the algorithm's kernels.")
+@click.option("--norm", type=click.Choice([n for n in NORMS if n]), default=None, help="Pre-norm in each layer.")
+@click.option("--ffn", type=click.Choice([f for f in FFNS if f]), default=None, help="Feed-forward block per layer.")
+@click.option("--residual/--no-residual", default=False, show_default=True)
+@click.option("--encoder/--no-encoder", default=False, show_default=True, help="Linear input encoder.")
+@click.option("--pooling", type=click.Choice(list(POOLINGS)), default="none", show_default=True)
+@click.option("-o", "--cell-option", "cell_options", multiple=True, metavar="KEY=VALUE",
+              help="Cell option, e.g. -o nonlinearity=linear (rnn) or -o r_min=0.9 (lru).")
+@click.option("-a", "--algorithm-option", "algorithm_options", multiple=True, metavar="KEY=VALUE",
+              help="Algorithm option, e.g. -a passes=2 or -a carrier=state (fptt, fptt1).")
+@click.option("--loss", default="mse", show_default=True, type=click.Choice(["mse", "ce", "bce"]),
+              help="Loss on random targets (ce: integer labels; drtp needs ce or bce).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def gradcheck(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, seed, backend, norm, ffn, residual,
+              encoder, pooling, cell_options, algorithm_options, loss, as_json):
+    """Compare ALGORITHM's gradients with BPTT, and BPTT with central finite differences.
+
+    Prints one row per parameter (relative error and cosine vs BPTT; BPTT vs FD) and exits with status 1 when BPTT
+    misses the FD tolerance or an exact algorithm misses its tolerance (DESIGN.md §7).
+    """
+    from .studies.gradcheck import format_reports, gradcheck as run_gradcheck
+    report = run_gradcheck(cell, algorithm, layers=layers, hidden=hidden, seq_len=seq_len, batch=batch, n_in=n_in,
+                           dtype=dtype, seed=seed, backend=backend, norm=norm, ffn=ffn, residual=residual,
+                           encoder=encoder, pooling=pooling, loss=loss,
+                           algorithm_options=_parse_options(algorithm_options, "--algorithm-option", "-a passes=2"),
+                           **_parse_options(cell_options))
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_reports([report]))
+    sys.exit(0 if report.ok else 1)
+
+
+def _run_options(f):
+    """The task / model / optimizer options shared by `train` and `compare` (defaults: refimpl.training.loop.TrainConfig)."""
+    from .training.loop import TrainConfig
+    d = TrainConfig()
+    options = [
+        click.option("--task", default=d.task, show_default=True, help="Task name (see tasks/), e.g. digits-seq, copy."),
+        click.option("--preset", default=None, help="A task preset (e.g. copy-small); sets --task and its options."),
+        click.option("-t", "--task-option", "task_options", multiple=True, metavar="KEY=VALUE",
+                     help="Task option, e.g. -t mode=row (digits-seq) or -t seq_len=8 (copy)."),
+        click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+                     help="Directory of the MNIST IDX files (or set REFIMPL_MNIST_DIR)."),
+        click.option("--cell", default=d.cell, show_default=True, type=click.Choice(sorted(CELLS))),
+        click.option("-o", "--cell-option", "cell_options", multiple=True, metavar="KEY=VALUE",
+                     help="Cell option, e.g. -o r_min=0.9 (lru) or -o nonlinearity=linear (rnn)."),
+        click.option("--backend", default=d.backend, show_default=True, help="Where the cell kernels run."),
+        click.option("--layers", default=d.layers, show_default=True, type=int),
+        click.option("--hidden", default=d.hidden, show_default=True, type=int, help="Hidden units (lru: N)."),
+        click.option("--d-model", default=None, type=int, help="Encoder width (with --encoder)."),
+        click.option("--encoder/--no-encoder", default=d.encoder, show_default=True),
+        click.option("--norm", type=click.Choice([n for n in NORMS if n]), default=None),
+        click.option("--ffn", type=click.Choice([n for n in FFNS if n]), default=None),
+        click.option("--residual/--no-residual", default=d.residual, show_default=True),
+        click.option("--pooling", type=click.Choice(list(POOLINGS)), default=d.pooling, show_default=True),
+        click.option("--dtype", default=d.dtype, show_default=True, type=click.Choice(["float64", "float32"])),
+        click.option("--seed", default=d.seed, show_default=True, type=int),
+        click.option("--epochs", default=d.epochs, show_default=True, type=int),
+        click.option("--steps", default=None, type=int, help="Total optimizer steps (overrides --epochs)."),
+        click.option("--batch-size", default=d.batch_size, show_default=True, type=int),
+        click.option("--optimizer", default=d.optimizer, show_default=True, type=click.Choice(["sgd", "adam", "adamw"])),
+        click.option("--lr", default=d.lr, show_default=True, type=float),
+        click.option("--weight-decay", default=d.weight_decay, show_default=True, type=float,
+                     help="Not applied to recurrent (cell) parameters."),
+        click.option("--rec-lr-factor", default=d.rec_lr_factor, show_default=True, type=float,
+                     help="Learning-rate factor of the recurrent (cell) parameters."),
+        click.option("--clip", "clip_norm", default=d.clip_norm, show_default=True, type=float,
+                     help="Clip the global gradient norm (0 = off)."),
+        click.option("--schedule", default=d.schedule, show_default=True, type=click.Choice(["cosine", "constant"])),
+        click.option("--warmup-steps", default=d.warmup_steps, show_default=True, type=int),
+        click.option("--log-every", default=d.log_every, show_default=True, type=int),
+        click.option("-a", "--algorithm-option", "algorithm_options", multiple=True, metavar="KEY=VALUE",
+                     help="Algorithm option, e.g. -a passes=2 or -a carrier=state (fptt, fptt1)."),
+        click.option("--net", default=d.net, show_default=True,
+                     type=click.Choice(["prototypical", "energy", "toy", "conv"]),
+                     help="Static tasks: the equilibrium-propagation network (refimpl/ep/networks.py, ep_conv.py)."),
+        click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
+                     help="EP network option, e.g. -n activation=tanh -n dt=0.5."),
+        click.option("--update-every", default=None, type=int,
+                     help="Truly online training (RTRL family): update the weights every K time steps."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _config_from_options(algorithm, kw):
+    """The TrainConfig that the shared run options describe (with --preset resolved)."""
+    from tasks import PRESETS
+    from .errors import UnknownNameError
+    from .training.loop import TrainConfig
+    task, task_options = kw.pop("task"), _parse_options(kw.pop("task_options"), "--task-option", "-t mode=row")
+    preset = kw.pop("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UnknownNameError("preset", preset, PRESETS)
+        task, preset_options = PRESETS[preset]
+        task_options = {**preset_options, **task_options}
+    kw["cell_options"] = _parse_options(kw.pop("cell_options"))
+    kw["algorithm_options"] = _parse_options(kw.pop("algorithm_options"), "--algorithm-option", "-a passes=2")
+    kw["net_options"] = _parse_options(kw.pop("net_options"), "--net-option", "-n activation=tanh")
+    kw["clip_norm"] = kw["clip_norm"] or None
+    return TrainConfig(task=task, task_options=task_options, algorithm=algorithm, **kw)
+
+
+@cli.command()
+@_run_options
+@click.option("--algorithm", default="bptt", show_default=True, type=click.Choice(list(ALGORITHMS)))
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Run directory (default runs/<task>-<cell>-<algorithm>-s<seed>).")
+@click.option("--resume", "resume_dir", default=None, type=click.Path(file_okay=False),
+              help="Continue the run in this directory from its last checkpoint (its config.json wins).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--benchmark", is_flag=True, help="Also train with bptt from the same initial weights and compare "
+              "(the EP paper's --benchmark; the same as `compare --algorithms ALGORITHM,bptt`).")
+def train(algorithm, out_dir, resume_dir, progress, benchmark, **kw):
+    """Train a model on a task into a run directory: config.json, metrics.jsonl (flushed), atomic checkpoints,
+    result.json. A killed run continues with --resume RUN_DIR and ends with the same numbers."""
+    from .training.loop import train as run_train
+    config = _config_from_options(algorithm, kw)
+    if benchmark:
+        if resume_dir:
+            raise click.UsageError("--benchmark starts new runs; it cannot be combined with --resume")
+        names = [algorithm] + (["bptt"] if algorithm != "bptt" else [])
+        click.echo(run_compare(config, names, out_dir or f"runs/benchmark-{config.task}-{algorithm}", progress))
+        return
+    run_dir = resume_dir or out_dir or f"runs/{config.task}-{config.cell}-{algorithm}-s{config.seed}"
+    result = run_train(config, run_dir, resume=resume_dir is not None, progress=progress)
+    acc = (f", val accuracy {result.val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}"
+           if result.val_accuracy is not None else "")
+    click.echo(f"{run_dir}: {result.steps} steps in {result.time_s:.1f} s; train loss {result.train_loss:.4f}, "
+               f"val loss {result.val_loss:.4f}, test loss {result.test_loss:.4f}{acc}")
+
+
+def run_compare(config, algorithms, out_dir, progress=False):
+    """Train `config` once per algorithm from the same initial weights into out_dir/<algorithm>; write compare.json
+    and compare.png; return the table as text."""
+    import dataclasses
+    import shutil
+    from pathlib import Path
+
+    from .algorithms import get_algorithm
+    from .plotting import plot_runs
+    from .training.loop import atomic_write_json, gradient_agreement, train as run_train
+    from tasks import make_task
+    static = make_task(config.task, seed=config.seed, data_dir=config.data_dir, **config.task_options).kind == "static"
+    for a in algorithms:
+        if not static:
+            get_algorithm(a, "model")                 # refuse unknown / unimplemented names before any work
+    agreement = gradient_agreement(config, algorithms)
+    out = Path(out_dir)
+    rows = []
+    for a in algorithms:
+        sub = out / a
+        if sub.exists():
+            shutil.rmtree(sub)                      # compare reruns its runs from scratch
+        options = (config.algorithm_options if static else
+                   {k: v for k, v in config.algorithm_options.items() if k in get_algorithm(a).options})
+        r = run_train(dataclasses.replace(config, algorithm=a, algorithm_options=options), sub, progress=progress,
+                      track_memory=True)
+        rows.append({"algorithm": a, **dataclasses.asdict(r), "grad_vs_bptt": agreement[a]})
+    atomic_write_json(out / "compare.json", {"config": dataclasses.asdict(config), "runs": rows})
+    png = plot_runs([out / a for a in algorithms], out / "compare.png", labels=list(algorithms),
+                    title=f"{config.task}: {config.layers}-layer {config.cell}, hidden {config.hidden}")
+    head = (f"{'algorithm':<10} {'cos vs bptt':>11} {'train loss':>10} {'val loss':>9} {'val acc':>8} "
+            f"{'test loss':>9} {'test acc':>8} {'time s':>7} {'peak MB':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        acc = lambda v: f"{v:>8.4f}" if v is not None else f"{'-':>8}"      # noqa: E731
+        lines.append(f"{r['algorithm']:<10} {r['grad_vs_bptt']['cosine']:>11.6f} {r['train_loss']:>10.4f} "
+                     f"{r['val_loss']:>9.4f} {acc(r['val_accuracy'])} {r['test_loss']:>9.4f} "
+                     f"{acc(r['test_accuracy'])} {r['time_s']:>7.1f} {r['peak_memory_bytes'] / 2**20:>8.1f}")
+    lines.append("cos vs bptt: cosine between the algorithm's gradient and BPTT's at the initial weights (first "
+                 "batch);")
+    lines.append(f"runs in {out}/<algorithm>; learning curves: {png}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@_run_options
+@click.option("--algorithms", default="bptt,readout", show_default=True,
+              help="Comma-separated algorithm names, trained from identical initial weights.")
+@click.option("--recipe", default=None, help="A published comparison (fptt-digits, fptt-mnist98, copy-lru, "
+              "ep-digits); options given explicitly override it.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Directory for the runs, compare.json and compare.png (default runs/compare-<task>-<cell>).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def compare(ctx, algorithms, recipe, out_dir, progress, **kw):
+    """Train the same model from the same initial weights with several algorithms; print final loss, accuracy,
+    time and peak memory, and draw the learning curves (compare.png)."""
+    import dataclasses
+
+    from .algorithms import ALGORITHMS as ALGOS
+    from .errors import UnsupportedError
+    from .training.recipes import get_recipe
+    names = [a.strip() for a in algorithms.split(",") if a.strip()]
+    config = _config_from_options(names[0] if names else "bptt", kw)
+    if recipe is not None:
+        r = get_recipe(recipe)
+        if r.needs:
+            raise UnsupportedError(f"recipe {recipe!r} needs {r.needs}; it is not implemented yet")
+        explicit = {p.name for p in ctx.command.params
+                    if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE}
+        given = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                 if f.name in explicit or (f.name == "task_options" and "task_options" in explicit)}
+        config = dataclasses.replace(config, **{**r.config, **given})
+        if "algorithms" not in explicit:
+            from tasks import make_task
+            static = make_task(config.task, seed=config.seed, data_dir=config.data_dir,
+                               **config.task_options).kind == "static"
+            names = [a for a in r.algorithms if (a in ("ep", "bptt") if static else
+                                                 a in ALGOS and ALGOS[a].implemented)]
+            missing = [a for a in r.algorithms if a not in names]
+            click.echo(f"recipe {recipe}: {r.about}"
+                       + (f"; not implemented yet, skipped: {', '.join(missing)}" if missing else ""))
+    click.echo(run_compare(config, names, out_dir or f"runs/compare-{recipe or config.task + '-' + config.cell}",
+                           progress))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_path", default="curves.png", show_default=True, type=click.Path(dir_okay=False),
+              help="PNG file to write.")
+def plot(run_dirs, out_path):
+    """Draw the learning curves (training loss, validation loss and accuracy) of existing run directories."""
+    from .plotting import plot_runs
+    click.echo(str(plot_runs(run_dirs, out_path)))
+
+
+@cli.command("fptt-stability")
+@click.option("--out", "out_dir", default="runs/fptt-stability", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for stability.json and stability.png.")
+@click.option("--full", is_flag=True, help="The paper's full grid: T up to 1000 and 3 seeds (several minutes).")
+@click.option("--seeds", default=None, type=click.IntRange(min=1), help="Seeds per point (default 2, full 3).")
+@click.option("--width", default=32, show_default=True, type=click.IntRange(min=1), help="Input = state = output width.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["f32/f32", "f32/f64", "f64/f64"]),
+              help="States/carriers precision (default: all three).")
+def fptt_stability(out_dir, full, seeds, width, precisions):
+    """FPTT's gradient quality vs forgetting and sequence length (the FPTT paper's experiment): one lru layer,
+    Gaussian inputs, MSE to zero targets; cosine of FPTT vs BPTT for parameters and inputs over r_min and T."""
+    from pathlib import Path
+
+    from .studies.fptt_stability import LENGTHS_FULL, LENGTHS_QUICK, PRECISIONS, format_table, plot_study, run_study, summarize
+    from .training.loop import atomic_write_json
+    n_seeds = seeds or (3 if full else 2)
+    config = {"lengths": list(LENGTHS_FULL if full else LENGTHS_QUICK), "seeds": list(range(n_seeds)),
+              "precisions": list(precisions or PRECISIONS), "width": width}
+    records = run_study(lengths=config["lengths"], seeds=config["seeds"], precisions=config["precisions"],
+                        width=width)
+    summary = summarize(records)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "stability.json", {"config": config, "records": records, "summary": summary})
+    png = plot_study(summary, out / "stability.png")
+    click.echo(format_table(summary))
+    click.echo(f"wrote {out / 'stability.json'} and {png}")
+
+
+def _ep_net_options(f):
+    """Options shared by ep-curves and ep-recipe."""
+    options = [
+        click.option("--net", "kind", default="toy", show_default=True,
+                     type=click.Choice(["toy", "energy", "prototypical"])),
+        click.option("--sizes", default=None, help="Layer sizes, input first, comma-separated (default: toy 5,50,10; "
+                     "the others 64,64,10 for the digits data)."),
+        click.option("--T", "T", default=None, type=int, help="Free-phase steps (default toy 5000, others 40)."),
+        click.option("--K", "K", default=None, type=int, help="Nudged steps (default toy 80, others 10)."),
+        click.option("--beta", default=None, type=float, help="Nudge strength (default toy 0.01, others 0.05)."),
+        click.option("--batch", default=20, show_default=True, type=click.IntRange(min=1)),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
+                     help="Network option, e.g. -n activation=tanh -n dt=0.08 -n clamp=0."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _ep_settings(kind, sizes, T, K, beta, net_options):
+    toy = kind == "toy"
+    sizes = tuple(int(v) for v in sizes.split(",")) if sizes else ((5, 50, 10) if toy else (64, 64, 10))
+    opts = _parse_options(net_options, "--net-option", "-n activation=tanh")
+    if "clamp" in opts:
+        opts["clamp"] = bool(opts["clamp"])
+    if toy:
+        opts = {"activation": "tanh", "dt": 0.08, **opts}
+    return sizes, (T or (5000 if toy else 40)), (K or (80 if toy else 10)), (beta or (0.01 if toy else 0.05)), opts
+
+
+@cli.command("ep-curves")
+@_ep_net_options
+@click.option("--out", "out_dir", default="runs/ep-curves", show_default=True, type=click.Path(file_okay=False))
+def ep_curves_cmd(kind, sizes, T, K, beta, batch, seed, net_options, out_dir):
+    """The GDU property made visible: per-step EP neuron updates vs BPTT neuron gradients and cumulative EP weight
+    updates vs cumulative BPTT gradients, with the RMSE metric (curves.json, curves.png)."""
+    from pathlib import Path
+
+    from .studies.ep_gdu import ep_curves, plot_curves
+    from .training.loop import atomic_write_json
+    sizes, T, K, beta, opts = _ep_settings(kind, sizes, T, K, beta, net_options)
+    report = ep_curves(kind, sizes, T=T, K=K, beta=beta, batch=batch, seed=seed, **opts)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "curves.json", report)
+    png = plot_curves(report, out / "curves.png")
+    for n in report["neurons"]:
+        click.echo(f"layer {n['layer']} neurons: RMSE {n['rmse'][0]:.3g} ± {n['rmse'][1]:.2g}")
+    for w in report["weights"]:
+        click.echo(f"{w['param']:<6} cumulative: RMSE {w['rmse'][0]:.3g} ± {w['rmse'][1]:.2g}")
+    click.echo(f"wrote {out / 'curves.json'} and {png}")
+
+
+@cli.command("ep-recipe")
+@_ep_net_options
+@click.option("--batches", default=20, show_default=True, type=click.IntRange(min=1))
+def ep_recipe_cmd(kind, sizes, T, K, beta, batch, seed, net_options, batches):
+    """The sign-agreement "recipe" for tuning T, K and β: per weight matrix, the % of entries where the EP update and
+    the truncated BPTT gradient agree in sign, mean ± std over random mini-batches."""
+    from .studies.ep_gdu import ep_recipe, format_recipe
+    sizes, T, K, beta, opts = _ep_settings(kind, sizes, T, K, beta, net_options)
+    click.echo(format_recipe(ep_recipe(kind, sizes, T=T, K=K, beta=beta, batches=batches, batch=batch, seed=seed,
+                                       **opts)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backprop-free learning in feed-forward networks (refimpl/bpfree/network.py): train one run, or sweep a grid
+
+def _bpfree_options(f):
+    """Options shared by `bpfree` and `sweep` (defaults: refimpl.training.feedforward.BpfreeConfig)."""
+    from .training.feedforward import BpfreeConfig
+    d = BpfreeConfig()
+    options = [
+        click.option("--task", default=d.task, show_default=True, help="A static task: digits or mnist-static."),
+        click.option("-t", "--task-option", "task_options", multiple=True, metavar="KEY=VALUE",
+                     help="Task option, e.g. -t n_train=5000 (mnist-static)."),
+        click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+                     help="Directory of the MNIST IDX files (or set REFIMPL_MNIST_DIR)."),
+        click.option("--problem", default=d.problem, show_default=True,
+                     help="classification (labels, softmax) or reconstruction (the input, sigmoid outputs)."),
+        click.option("--batch-norm/--no-batch-norm", default=d.batch_norm, show_default=True,
+                     help="Batch norm between each dense layer and its activation."),
+        click.option("--dropout", default=d.dropout, show_default=True, type=float, help="Drop probability."),
+        click.option("--dtype", default=d.dtype, show_default=True, type=click.Choice(["float64", "float32"])),
+        click.option("--seed", default=d.seed, show_default=True, type=int),
+        click.option("--epochs", default=d.epochs, show_default=True, type=int),
+        click.option("--batch-size", default=d.batch_size, show_default=True, type=int),
+        click.option("--optimizer", default=d.optimizer, show_default=True,
+                     type=click.Choice(["sgd", "adam", "adamw"])),
+        click.option("--weight-decay", default=d.weight_decay, show_default=True, type=float),
+        click.option("--clip", "clip_norm", default=0.0, show_default=True, type=float,
+                     help="Clip the global update norm (0 = off)."),
+        click.option("--schedule", default=d.schedule, show_default=True, type=click.Choice(["constant", "cosine"])),
+        click.option("--log-every", default=d.log_every, show_default=True, type=int),
+        click.option("--trackers/--no-trackers", default=d.trackers, show_default=True,
+                     help="Log bp-cosine, weight-alignment and gradient norms per layer after every epoch."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _bpfree_base(kw):
+    from .training.feedforward import BpfreeConfig
+    kw["task_options"] = _parse_options(kw.pop("task_options"), "--task-option", "-t n_train=5000")
+    kw["clip_norm"] = kw["clip_norm"] or None
+    return BpfreeConfig(**kw)
+
+
+def _echo_warnings(caught) -> None:
+    for w in caught:
+        click.echo(f"warning: {' '.join(str(w.message).split())}", err=True)
+
+
+@cli.command("bpfree")
+@_bpfree_options
+@click.option("--algorithm", default="bp", show_default=True, help="bp | dfa | drtp | ll-ce | ll-mse.")
+@click.option("--arch", default="128-128", show_default=True, help="Hidden widths, e.g. 256-256-256.")
+@click.option("--activation", default="tanh", show_default=True, help="tanh | relu | leaky-relu | swish.")
+@click.option("--init", default="orthogonal", show_default=True, help="Forward weights: orthogonal | lecun.")
+@click.option("--feedback-init", default="orthogonal", show_default=True,
+              help="The fixed feedback / projection matrices: orthogonal | lecun.")
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Run directory (default runs/bpfree-<task>-<algorithm>-s<seed>).")
+@click.option("--resume", "resume_dir", default=None, type=click.Path(file_okay=False),
+              help="Continue the run in this directory from its last checkpoint (its config.json wins).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def bpfree_cmd(out_dir, resume_dir, progress, **kw):
+    """Train a feed-forward network by backprop (bp) or a backprop-free rule (dfa, drtp, ll-ce, ll-mse) on a static
+    task: run directory with config.json, metrics.jsonl (losses, errors and per-layer trackers), atomic checkpoints,
+    result.json and trackers.png. A killed run continues with --resume RUN_DIR."""
+    import warnings
+
+    from .training.feedforward import train as run_bpfree
+    config = _bpfree_base(kw)
+    run_dir = resume_dir or out_dir or f"runs/bpfree-{config.task}-{config.algorithm}-s{config.seed}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_bpfree(config, run_dir, resume=resume_dir is not None, progress=progress)
+    _echo_warnings(caught)
+    err = (f", val error {result.val_error:.2f}%, test error {result.test_error:.2f}%"
+           if result.val_error is not None else "")
+    click.echo(f"{run_dir}: {result.steps} steps in {result.time_s:.1f} s; train loss {result.train_loss:.4f}, "
+               f"val loss {result.val_loss:.4f}, test loss {result.test_loss:.4f}{err}; trackers: "
+               f"{run_dir}/trackers.png")
+
+
+@cli.command("sweep")
+@_bpfree_options
+@click.option("--algorithms", default="bp,dfa,drtp,ll-ce,ll-mse", show_default=True,
+              help="Comma-separated rules to sweep.")
+@click.option("--activations", default="tanh", show_default=True, help="Comma-separated activations.")
+@click.option("--inits", default="orthogonal", show_default=True,
+              help="Comma-separated init schemes of the feedback / projection matrices.")
+@click.option("--forward-inits", default="orthogonal", show_default=True,
+              help="Comma-separated init schemes of the forward weights.")
+@click.option("--archs", default="128-128", show_default=True, help="Comma-separated architectures, e.g. 128,256-256.")
+@click.option("--lr-min", default=1e-4, show_default=True, type=float)
+@click.option("--lr-max", default=1e-2, show_default=True, type=float)
+@click.option("--lr-points", default=3, show_default=True, type=int, help="Learning rates on a log grid.")
+@click.option("--lrs", default=None, help="Comma-separated learning rates (instead of the log grid).")
+@click.option("--workers", default=2, show_default=True, type=int, help="Trials run in parallel (processes).")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Sweep directory (default runs/sweep-<task>-<problem>). Rerun the same command to resume.")
+def sweep_cmd(algorithms, activations, inits, forward_inits, archs, lr_min, lr_max, lr_points, lrs, workers,
+              out_dir, **kw):
+    """Grid search over rule, activation, init, learning rate and architecture: one run directory per trial on a
+    local process pool, selection on the validation split, the best configuration per rule with a table and a plot
+    (summary.json, summary.png). Rerunning the same command resumes it: finished trials are skipped."""
+    from .training.sweep import lr_grid, run_sweep
+
+    def split(s):
+        return [v.strip() for v in s.split(",") if v.strip()]
+    base = _bpfree_base(kw)
+    try:
+        lr_values = [float(v) for v in split(lrs)] if lrs else lr_grid(lr_min, lr_max, lr_points)
+    except ValueError:
+        raise click.BadParameter(f"{lrs!r} is not a comma-separated list of numbers", param_hint="--lrs") from None
+    grid = {"algorithm": split(algorithms), "activation": split(activations), "init": split(forward_inits),
+            "feedback_init": split(inits), "lr": lr_values, "arch": split(archs)}
+    summary = run_sweep(base, grid, out_dir or f"runs/sweep-{base.task}-{base.problem}", workers=workers,
+                        echo=lambda s: click.echo(s, err=s.startswith(("warning", "refused"))))
+    click.echo(summary.table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the coverage as JSON.")
+def backends(as_json):
+    """List backends, whether each runs on this machine (and why not), and the kernels each implements."""
+    from .registry import KERNELS, coverage
+    rows = coverage()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        status = "available" if r["available"] else f"unavailable: {r['reason']}"
+        click.echo(f"{r['backend']:<6} {r['description']:<40} {status}")
+        click.echo(f"       kernels: {len(r['kernels'])}/{len(KERNELS)}"
+                   + (f" — missing: {', '.join(r['missing'])}" if r["missing"] and r["kernels"] else ""))
+        for why, cases in r["unsupported"].items():
+            click.echo(f"       not run here: {', '.join(cases)} — {why}")
+
+
+def main(argv=None) -> None:
+    """Entry point (also `refimpl` when installed)."""
+    cli.main(args=argv, prog_name="python -m refimpl.run")
+
+
+if __name__ == "__main__":
+    main()

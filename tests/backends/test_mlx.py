@@ -1,0 +1,263 @@
+"""MLX-specific tests (marker `mlx`; skipped when mlx cannot be imported). The parity of every kernel with the NumPy
+reference is tests/backends/test_parity.py's grid; here: the boundary (dtype mapping, refusals), no mutation of mx.array inputs,
+the RTRL block carry of lru.rtrl, and the custom Metal kernels — built here, their source's arithmetic run through a
+C compiler on the CPU, and their parity checked on Apple hardware only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+
+from refimpl.cells import lru as lru_ref                      # noqa: E402
+from refimpl.errors import DTypeError, UnknownNameError, UnsupportedError   # noqa: E402
+from refimpl.registry import KERNELS, flatten_outputs, load_backend, map_arrays   # noqa: E402
+
+import backends.mlx as mlx_backend                            # noqa: E402
+from backends.mlx import cells, common, lru_online, metal     # noqa: E402
+
+from ..parity import assert_matches_reference, make_case_inputs   # noqa: E402
+
+pytestmark = pytest.mark.mlx
+
+TINY = dict(T=3, B=2, I=2, H=3)
+
+
+# ------------------------------------------------------------------------------------------------- the boundary
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64", "int32", "bool"])
+def test_round_trip_keeps_dtype_and_values(dtype, rng):
+    a = rng.standard_normal((3, 4))
+    if dtype == "complex64":
+        a = a + 1j * rng.standard_normal((3, 4))
+    a = a.astype(dtype)
+    b = mlx_backend.to_backend(a)
+    assert isinstance(b, mx.array)
+    back = mlx_backend.to_numpy(b)
+    assert back.dtype == a.dtype
+    np.testing.assert_array_equal(back, a)
+
+
+def test_float64_stays_float64(rng):
+    """mx.array(float64 ndarray) alone would give float32; the boundary keeps float64."""
+    assert mlx_backend.to_backend(rng.standard_normal(5)).dtype == mx.float64
+
+
+def test_complex128_is_refused_not_downcast(rng):
+    with pytest.raises(DTypeError, match="complex128"):
+        mlx_backend.to_backend(rng.standard_normal(4) + 1j * rng.standard_normal(4))
+
+
+def test_to_numpy_is_a_copy(rng):
+    a = mx.array(rng.standard_normal(4).astype(np.float32))
+    out = mlx_backend.to_numpy(a)
+    out[:] = 0.0
+    assert np.all(np.array(a) != 0.0)
+
+
+def test_unsupported_dtypes_say_why():
+    on_cpu = mx.default_device() == mx.cpu
+    for kernel in KERNELS:
+        why = mlx_backend.unsupported_dtype(kernel, "float64")
+        if kernel.startswith("lru."):
+            assert "complex128" in why
+        elif on_cpu:
+            assert why == ""
+        else:
+            assert "CPU" in why                      # a GPU default device: float64 is refused, with the way out
+        assert mlx_backend.unsupported_dtype(kernel, "float32") == ""
+
+
+def test_backend_covers_every_kernel():
+    b = load_backend("mlx")
+    assert b.available, b.reason
+    assert sorted(b.kernels) == sorted(KERNELS)
+
+
+@pytest.fixture
+def cpu_default():
+    """Run on the CPU (where MLX has float64), whatever the default device was; restore it afterwards."""
+    before = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(before)
+
+
+@pytest.fixture
+def gpu_default(monkeypatch):
+    """Pretend the default device is a GPU (as on Apple silicon), where MLX has no float64."""
+    monkeypatch.setattr(common.mx, "default_device", lambda: mx.Device(mx.gpu, 0))
+
+
+def test_float64_refused_on_a_gpu_default_device(gpu_default):
+    inputs = make_case_inputs("gru.forward", "float64", TINY, 0, {})
+    args = map_arrays(mlx_backend.to_backend, inputs)
+    with pytest.raises(UnsupportedError, match="float64.*CPU"):
+        mlx_backend.KERNELS["gru.forward"](**args)
+    assert "CPU" in mlx_backend.unsupported_dtype("gru.forward", "float64")
+
+
+@pytest.mark.parametrize("kernel", ["gru.fptt", "lru.fptt"])
+def test_fptt_float32_runs_on_a_gpu_default_device(kernel, gpu_default):
+    """FPTT keeps float64 carriers in every dtype (the reference's default): its float32 kernels run on the CPU
+    stream whatever the default device, and still match the reference."""
+    inputs = make_case_inputs(kernel, "float32", TINY, 0, {})
+    got = flatten_outputs(mlx_backend.KERNELS[kernel](**map_arrays(mlx_backend.to_backend, inputs)))
+    want = flatten_outputs(KERNELS[kernel].reference(**inputs))
+    for name, ref in want.items():
+        np.testing.assert_allclose(np.array(got[name]), ref, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_float32_runs_on_a_gpu_default_device(gpu_default):
+    args = map_arrays(mlx_backend.to_backend, make_case_inputs("gru.forward", "float32", TINY, 0, {}))
+    h, _ = mlx_backend.KERNELS["gru.forward"](**args)
+    assert h.dtype == mx.float32
+
+
+def test_float64_lru_is_refused_not_computed_in_complex64(cpu_default):
+    """Float64 lru parameters would need complex128 states: a clear error, never a silently complex64 result."""
+    inputs = make_case_inputs("lru.forward", "float64", TINY, 0, {})
+    args = {"params": map_arrays(mlx_backend.to_backend, inputs["params"]),
+            "x": mlx_backend.to_backend(inputs["x"]), "h0": mx.array(inputs["h0"].astype(np.complex64))}
+    with pytest.raises(UnsupportedError, match="complex128"):
+        mlx_backend.KERNELS["lru.forward"](**args)
+
+
+def test_bad_nonlinearity_is_a_clear_error():
+    args = map_arrays(mlx_backend.to_backend, make_case_inputs("rnn.forward", "float32", TINY, 0,
+                                                               {"nonlinearity": "tanh"}))
+    args["nonlinearity"] = "relu"
+    with pytest.raises(UnknownNameError, match="tanh"):
+        mlx_backend.KERNELS["rnn.forward"](**args)
+
+
+# ---------------------------------------------------------------------------------------------- kernels on mx.array
+
+def _variant(kernel):
+    return KERNELS[kernel].variants[0]
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_kernel_takes_and_returns_mx_arrays_and_mutates_nothing(kernel):
+    """Called directly with mx.array inputs (no conversion in between): the outputs are mx.arrays of the reference's
+    names, and every input still holds its values afterwards."""
+    inputs = make_case_inputs(kernel, "float32", TINY, 3, _variant(kernel))
+    args = map_arrays(mlx_backend.to_backend, inputs)
+    before = {k: np.array(v) for k, v in flatten_outputs(args).items() if isinstance(v, mx.array)}
+    out = mlx_backend.KERNELS[kernel](**args)
+    got, want = flatten_outputs(out), flatten_outputs(KERNELS[kernel].reference(**inputs))
+    assert sorted(got) == sorted(want)
+    assert all(isinstance(v, mx.array) for v in got.values())
+    after = flatten_outputs(args)
+    for name, value in before.items():
+        np.testing.assert_array_equal(np.array(after[name]), value, err_msg=f"{kernel} mutated {name}")
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5])
+def test_lru_rtrl_carries_its_traces_between_blocks(chunk, monkeypatch):
+    """The parity grid's T ≤ 64 fits one block of lru.rtrl; with short blocks the traces Q, Σ, Z are carried from
+    block to block (R3) — the result must still be the reference's exact RTRL."""
+    monkeypatch.setattr(lru_online, "CHUNK", chunk)
+    assert assert_matches_reference("lru.rtrl", "mlx", "float32", dict(T=13, B=3, I=5, H=7), 0, {}) <= 1e-4
+
+
+def test_reference_and_mlx_caches_interchange(cpu_default):
+    """A reference forward feeds the MLX backward and an MLX forward feeds the reference backward (same cache type)."""
+    inputs = make_case_inputs("lstm.forward", "float64", dict(T=5, B=2, I=3, H=4), 1, {})
+    h_ref, cache_ref = KERNELS["lstm.forward"].reference(**inputs)
+    dh = np.random.default_rng(0).standard_normal(h_ref.shape)
+    args = map_arrays(mlx_backend.to_backend, inputs)
+    h_mlx, cache_mlx = mlx_backend.KERNELS["lstm.forward"](**args)
+    assert type(cache_mlx) is type(cache_ref)
+    from_ref = mlx_backend.KERNELS["lstm.backward"](args["params"], mlx_backend.to_backend(dh),
+                                                    map_arrays(mlx_backend.to_backend, cache_ref))
+    from_mlx = KERNELS["lstm.backward"].reference(inputs["params"], dh, map_arrays(np.array, cache_mlx))
+    for k in from_mlx:
+        np.testing.assert_allclose(np.array(from_ref[k]), from_mlx[k], rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- Metal kernels
+
+def test_metal_kernels_build():
+    """Building an mx.fast.metal_kernel object needs no GPU: the source and its names are accepted."""
+    assert callable(metal.scan_kernel())
+    assert callable(metal.adjoint_kernel())
+
+
+def test_metal_path_is_off_without_metal():
+    if mx.metal.is_available():
+        assert mlx_backend.KERNELS["lru.forward"] is metal.lru_forward
+    else:
+        assert mlx_backend.KERNELS["lru.forward"] is cells.lru_forward
+        assert mlx_backend.KERNELS["lru.backward"] is cells.lru_backward
+
+
+def _c_kernel(tmp_path, name, source, inputs, outputs):
+    """The Metal body compiled as a C function name(gid, inputs…, input shapes…, outputs…): the same arithmetic,
+    one call per GPU thread."""
+    args = ([f"const float* {n}" for n in inputs] + [f"const int* {n}_shape" for n in inputs]
+            + [f"float* {n}" for n in outputs])
+    code = ("typedef unsigned int uint;\n"
+            f"void {name}(uint gid, {', '.join(args)}) {{\n"
+            "    struct { uint x; uint y; uint z; } thread_position_in_grid = {gid, 0, 0};\n"
+            f"{source}\n}}\n")
+    src, lib = tmp_path / f"{name}.c", tmp_path / f"{name}.so"
+    src.write_text(code)
+    subprocess.run([shutil.which("cc") or "cc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True,
+                   capture_output=True)
+    return getattr(ctypes.CDLL(str(lib)), name)
+
+
+def _run_threads(fn, threads, inputs, outputs):
+    ins = [np.ascontiguousarray(a, dtype=np.float32) for a in inputs]
+    shapes = [np.array(a.shape, dtype=np.int32) for a in ins]
+    ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)              # noqa: E731
+    for gid in range(threads):
+        fn(ctypes.c_uint(gid), *map(ptr, ins), *map(ptr, shapes), *map(ptr, outputs))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to run the Metal source's arithmetic on the CPU")
+def test_metal_source_arithmetic_matches_the_reference(tmp_path):
+    """LRU_SCAN and LRU_ADJOINT, compiled as C (the bodies are C-compatible), run one call per thread — including
+    threads past the last channel, which must return untouched — against the reference forward and BPTT."""
+    rng = np.random.default_rng(0)
+    T, B, N, I = 6, 3, 5, 2
+    params = lru_ref.init_params(I, N, rng, np.float32, r_min=0.5, r_max=0.95)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = lru_ref.random_state(rng, B, N, np.float32)
+    h_ref, cache = lru_ref.forward(params, x, h0)
+    lam, gamma = lru_ref.lambda_gamma(params)
+    u = (h_ref - lam * cache.h_prev).astype(np.complex64)          # (3): u_t = h_t − λ h_{t-1}
+
+    scan = _c_kernel(tmp_path, "lru_scan", metal.LRU_SCAN, metal.SCAN_INPUTS, metal.SCAN_OUTPUTS)
+    h_re, h_im = np.full((T, B, N), np.nan, np.float32), np.full((T, B, N), np.nan, np.float32)
+    _run_threads(scan, B * N + 7, [lam.real, lam.imag, h0.real, h0.imag, u.real, u.imag], [h_re, h_im])
+    np.testing.assert_allclose(h_re + 1j * h_im, h_ref, rtol=1e-5, atol=1e-6)
+
+    dh = (rng.standard_normal((T, B, N)) + 1j * rng.standard_normal((T, B, N))).astype(np.complex64)
+    grads = lru_ref.backward(params, dh, cache)
+    du_want = np.zeros_like(dh)                                    # (8), written out independently
+    carry = np.zeros_like(dh[0])
+    for t in reversed(range(T)):
+        du_want[t] = dh[t] + carry
+        carry = np.conj(lam) * du_want[t]
+    adj = _c_kernel(tmp_path, "lru_adjoint", metal.LRU_ADJOINT, metal.ADJOINT_INPUTS, metal.ADJOINT_OUTPUTS)
+    outs = [np.full((T, B, N), np.nan, np.float32) for _ in range(2)] + \
+           [np.full((B, N), np.nan, np.float32) for _ in range(2)]
+    _run_threads(adj, B * N + 7, [lam.real, lam.imag, dh.real, dh.imag], outs)
+    np.testing.assert_allclose(outs[0] + 1j * outs[1], du_want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outs[2] + 1j * outs[3], grads["h0"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not mx.metal.is_available(), reason="the Metal kernels run only where MLX has a Metal back-end "
+                                                        "(Apple silicon)")
+@pytest.mark.parametrize("kernel", ["lru.forward", "lru.backward"])
+def test_metal_kernels_match_the_reference(kernel):
+    for size in (dict(T=1, B=1, I=1, H=1), dict(T=13, B=1, I=2, H=3), dict(T=64, B=8, I=16, H=64)):
+        assert assert_matches_reference(kernel, "mlx", "float32", size, 0, {}) <= 1e-4
