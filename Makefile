@@ -1,6 +1,6 @@
 # The two commands of the README's quick start. Both create/update a local virtual environment first.
 #   make run    install, then run the default job (python -m refimpl.run)
-#   make test   install, then run the test suite (what CI runs, via .ci/run)
+#   make test   install, then check the architecture contracts (.importlinter) and run the test suite (what CI runs)
 #   make bench  the microbenchmark suite at the goal shapes; rewrites docs/bench/ and the README's "What it costs"
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +9,7 @@ EXTRAS ?= numba,mlx,dev
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: run test test-slow bench venv clean
+.PHONY: run test test-slow lint-imports bench venv clean
 
 venv: $(STAMP)
 
@@ -25,10 +25,14 @@ run: $(STAMP)
 	$(PY) -m refimpl.run
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) -m bench --size bench --threads 2 --readme
+
+lint-imports: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow"
