@@ -54,13 +54,10 @@ OPTIONS: dict = {}
 STEP_OPTIONS: tuple = ()                  # the GRU has no options that change the dynamics
 GRAD_STATE_KEYS = ("h0",)
 
-# The state contract (refimpl/cells/__init__.py):
-STATE_ARG = "h0"       # the initial-state argument of forward and of the kernels
-STATE_ROWS = 1          # rows of the flattened state per hidden unit: S = STATE_ROWS · H
-RECURRENT_PARAMS = ("weight_hh", "bias_hh")   # the parameters that act on h_(t-1)
-DIAGONAL = False       # state_jacobian is dense, (B, S, S)
-COMPLEX_STATE = False  # the state is real, in the parameters' dtype
-OUTPUT_MAP = False     # the model reads h directly
+# The state contract (refimpl/cells/__init__.py): h alone (S = H), real, read directly by the model
+STATE_ARG, STATE_ROWS = "h0", 1
+RECURRENT_PARAMS = ("weight_hh", "bias_hh")              # the parameters that act on h_(t-1)
+DIAGONAL = COMPLEX_STATE = OUTPUT_MAP = False            # dense Jacobian (B, S, S)
 
 
 class GRUCache(NamedTuple):

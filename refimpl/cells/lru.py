@@ -70,13 +70,11 @@ OPTIONS = {"r_min": 0.0, "r_max": 1.0, "max_phase": 2 * math.pi}   # all init-on
 STEP_OPTIONS = ()                   # no option changes the dynamics
 GRAD_STATE_KEYS = ("h0",)
 
-# The state contract (refimpl/cells/__init__.py):
-STATE_ARG = "h0"       # the initial-state argument of forward and of the kernels
-STATE_ROWS = 1          # rows of the flattened state per hidden unit: S = STATE_ROWS · H
-RECURRENT_PARAMS = ("nu_log", "theta_log")   # the parameters that act on h_(t-1)
-DIAGONAL = True       # state_jacobian is diagonal, (B, N)
-COMPLEX_STATE = True  # the state is complex (the dtype's complex partner)
-OUTPUT_MAP = True     # the model reads h through the LRU output map y = Re(C h) + D x (nn/layers.py)
+# The state contract (refimpl/cells/__init__.py): a complex h (S = N) with a diagonal Jacobian, read by the model
+# through the LRU output map y = Re(C h) + D x (refimpl/nn/layers.py)
+STATE_ARG, STATE_ROWS = "h0", 1
+RECURRENT_PARAMS = ("nu_log", "theta_log")               # the parameters that act on h_(t-1): λ
+DIAGONAL = COMPLEX_STATE = OUTPUT_MAP = True
 
 
 #: |λ|² ≤ 1 − LAMBDA_SQ_MARGIN at initialisation: keeps |λ| < 1 in float32 and γ = √(1 − |λ|²) ≥ 1e-3.

@@ -61,13 +61,10 @@ OPTIONS: dict = {}
 STEP_OPTIONS: tuple = ()                  # the LSTM has no options that change the dynamics
 GRAD_STATE_KEYS = ("h0", "c0")
 
-# The state contract (refimpl/cells/__init__.py):
-STATE_ARG = "state0"   # the initial-state argument of forward and of the kernels
-STATE_ROWS = 2          # rows of the flattened state per hidden unit: S = STATE_ROWS · H ([h; c])
-RECURRENT_PARAMS = ("weight_hh", "bias_hh")   # the parameters that act on h_(t-1)
-DIAGONAL = False       # state_jacobian is dense, (B, S, S)
-COMPLEX_STATE = False  # the state is real, in the parameters' dtype
-OUTPUT_MAP = False     # the model reads h directly
+# The state contract (refimpl/cells/__init__.py): the pair (h, c), flattened as [h; c] (S = 2H)
+STATE_ARG, STATE_ROWS = "state0", 2
+RECURRENT_PARAMS = ("weight_hh", "bias_hh")              # the parameters that act on h_(t-1)
+DIAGONAL = COMPLEX_STATE = OUTPUT_MAP = False            # dense Jacobian, real state, h read directly
 
 
 class LSTMState(NamedTuple):
