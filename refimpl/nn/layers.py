@@ -1,6 +1,6 @@
 r"""The feed-forward pieces of a model — linear, layer norm, batch norm, GELU, sigmoid and the other activations, the
-MLP and GLU blocks, the LRU layer's output map and pooling over time — each a cs231n-style pair ``X_forward(...) -> (out, cache)`` and
-``X_backward(dout, cache) -> grads``, derived by hand.
+MLP and GLU blocks, the LRU layer's output map and pooling over time — each a cs231n-style pair
+``X_forward(...) -> (out, cache)`` and ``X_backward(dout, cache) -> grads``, derived by hand.
 
 Shapes: T time, B batch, D / d feature width, N complex LRU state units, "..." any leading axes (the blocks act
 on the last axis only, so (T, B, d) and (B, d) inputs both work). The derivation, with the same numbering, is
