@@ -1,4 +1,4 @@
-"""Numerical comparison tools: central finite differences, relative error, cosine, sign agreement.
+"""Numerical comparison tools: central finite differences, relative error, cosine, the tolerance table.
 
 These are the oracles of promise 2 ("exactness you can check"); tests and the `gradcheck` command both use them.
 Complex arrays follow the adjoint convention of DESIGN.md §4: for z = a + i b the gradient is ∂L/∂a + i ∂L/∂b.
@@ -28,15 +28,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     if na == 0 or nb == 0:
         return 0.0
     return float(np.real(np.vdot(b, a)) / (na * nb))
-
-
-def sign_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Fraction of real entries (real and imaginary parts for complex) where sign(a) == sign(b)."""
-    a, b = np.asarray(a), np.asarray(b)
-    if np.iscomplexobj(a) or np.iscomplexobj(b):
-        a = np.concatenate([np.real(a).ravel(), np.imag(a).ravel()])
-        b = np.concatenate([np.real(b).ravel(), np.imag(b).ravel()])
-    return float(np.mean(np.sign(a) == np.sign(b)))
 
 
 #: Whether np.longdouble is wider than float64 here (80-bit x87 on x86-64 Linux; plain float64 on macOS arm64/MSVC).

@@ -47,7 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .common import add_into, cache_at, random_real_state, sigmoid, stack_caches, uniform_init, zeros_like_params
+from .common import random_real_state, sequence_backward, sequence_forward, sigmoid, uniform_init
 from .common import add_to_h, flatten_state, state_h, unflatten_state  # noqa: F401 (the state contract: state = h)
 
 OPTIONS: dict = {}
@@ -176,7 +176,7 @@ def param_jacobian(params: dict, x_t: np.ndarray, h_prev: np.ndarray) -> dict:
 
 
 def forward(params: dict, x: np.ndarray, h0: np.ndarray):
-    """Run the sequence.
+    """Run the sequence, (1)–(5) for t = 0 … T−1.
 
     Args:
         params: as in step_forward.
@@ -185,16 +185,12 @@ def forward(params: dict, x: np.ndarray, h0: np.ndarray):
     Returns:
         h (T, B, H), GRUCache whose fields have a leading T axis.
     """
-    h_t, caches = h0, []
-    for t in range(x.shape[0]):
-        h_t, cache_t = step_forward(params, x[t], h_t)
-        caches.append(cache_t)
-    cache = stack_caches(caches)
+    cache = sequence_forward(step_forward, params, x, h0)
     return cache.h, cache
 
 
 def backward(params: dict, dh: np.ndarray, cache: GRUCache) -> dict:
-    """BPTT, eq. (12).
+    """BPTT, eq. (12): (6)–(11) for t = T−1 … 0, the gradients (10) summed over t.
 
     Args:
         params: as in step_forward.
@@ -203,15 +199,9 @@ def backward(params: dict, dh: np.ndarray, cache: GRUCache) -> dict:
     Returns:
         {param: grad (param's shape), "x": (T, B, I), "h0": (B, H)}.
     """
-    T = dh.shape[0]
-    grads = zeros_like_params(params)
-    dx = np.zeros_like(cache.x)
-    dh_carry = np.zeros_like(dh[0])                                # h̄ flowing back from step t+1
-    for t in reversed(range(T)):
-        dparams_t, dx[t], dh_carry = step_backward(params, dh[t] + dh_carry, cache_at(cache, t))   # (12)
-        add_into(grads, dparams_t)                                 # (10) summed over t
-    grads["x"], grads["h0"] = dx, dh_carry
-    return grads
+    dh_T = np.zeros_like(dh[0])                       # (12) h̄_{T-1} = dh_{T-1}: nothing flows back from step T
+    grads, dx, dh0 = sequence_backward(step_backward, add_to_h, params, dh, cache, dh_T)
+    return {**grads, "x": dx, "h0": dh0}
 
 
 random_state = random_real_state      # a random initial state, for tests and kernel input specs

@@ -63,7 +63,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import ShapeError, UnknownNameError, UnsupportedError
-from .common import add_into, cache_at, stack_caches, zeros_like_params
+from .common import sequence_backward, sequence_forward
 from .common import add_to_h, flatten_state, state_h, unflatten_state  # noqa: F401 (the state contract: state = h)
 
 OPTIONS = {"r_min": 0.0, "r_max": 1.0, "max_phase": 2 * math.pi}   # all init-only
@@ -229,27 +229,18 @@ def param_jacobian(params: dict, x_t: np.ndarray, h_prev: np.ndarray) -> dict:
 
 
 def forward(params: dict, x: np.ndarray, h0: np.ndarray):
-    """Run the sequence. x r(T, B, I), h0 c(B, N) → h c(T, B, N), LRUCache with a leading T axis."""
-    h_t, caches = h0, []
-    for t in range(x.shape[0]):
-        h_t, cache_t = step_forward(params, x[t], h_t)
-        caches.append(cache_t)
-    cache = stack_caches(caches)
+    """Run the sequence, (1)–(3) for t = 0 … T−1. x r(T, B, I), h0 c(B, N) → h c(T, B, N), LRUCache with a leading T
+    axis."""
+    cache = sequence_forward(step_forward, params, x, h0)
     return cache.h, cache
 
 
 def backward(params: dict, dh: np.ndarray, cache: LRUCache) -> dict:
     """BPTT, eq. (8). dh c(T, B, N) instantaneous adjoints (convention (4))
     → {param: grad, "x": r(T, B, I), "h0": c(B, N)}."""
-    T = dh.shape[0]
-    grads = zeros_like_params(params)
-    dx = np.zeros_like(cache.x)
-    dh_carry = np.zeros(dh.shape[1:], dtype=cache.h.dtype)   # h̄ flowing back from step t+1, c(B, N)
-    for t in reversed(range(T)):
-        dparams_t, dx[t], dh_carry = step_backward(params, dh[t] + dh_carry, cache_at(cache, t))
-        add_into(grads, dparams_t)
-    grads["x"], grads["h0"] = dx, dh_carry
-    return grads
+    dh_T = np.zeros(dh.shape[1:], dtype=cache.h.dtype)      # (8) h̄_{T-1} = dh_{T-1}: nothing from step T  c(B, N)
+    grads, dx, dh0 = sequence_backward(step_backward, add_to_h, params, dh, cache, dh_T)
+    return {**grads, "x": dx, "h0": dh0}
 
 
 def random_state(rng: np.random.Generator, batch: int, n_hidden: int, dtype) -> np.ndarray:

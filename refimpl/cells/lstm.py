@@ -55,7 +55,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .common import add_into, cache_at, random_real_state, sigmoid, stack_caches, uniform_init, zeros_like_params
+from .common import random_real_state, sequence_backward, sequence_forward, sigmoid, uniform_init
 
 OPTIONS: dict = {}
 STEP_OPTIONS: tuple = ()                  # the LSTM has no options that change the dynamics
@@ -206,7 +206,7 @@ def param_jacobian(params: dict, x_t: np.ndarray, state: LSTMState) -> dict:
 
 
 def forward(params: dict, x: np.ndarray, state0: LSTMState):
-    """Run the sequence.
+    """Run the sequence, (1)–(4) for t = 0 … T−1.
 
     Args:
         params: as in step_forward.
@@ -215,16 +215,12 @@ def forward(params: dict, x: np.ndarray, state0: LSTMState):
     Returns:
         h (T, B, H), LSTMCache whose fields have a leading T axis (so cache.c is (T, B, H)).
     """
-    state, caches = state0, []
-    for t in range(x.shape[0]):
-        state, cache_t = step_forward(params, x[t], state)
-        caches.append(cache_t)
-    cache = stack_caches(caches)
+    cache = sequence_forward(step_forward, params, x, state0)
     return cache.h, cache
 
 
 def backward(params: dict, dh: np.ndarray, cache: LSTMCache) -> dict:
-    """BPTT, eq. (11).
+    """BPTT, eq. (11): (5)–(10) for t = T−1 … 0 on the total adjoints (h̄_t, c̄_t), the gradients (9) summed over t.
 
     Args:
         params: as in step_forward.
@@ -233,17 +229,9 @@ def backward(params: dict, dh: np.ndarray, cache: LSTMCache) -> dict:
     Returns:
         {param: grad (param's shape), "x": (T, B, I), "h0": (B, H), "c0": (B, H)}.
     """
-    T = dh.shape[0]
-    grads = zeros_like_params(params)
-    dx = np.zeros_like(cache.x)
-    dh_carry = np.zeros_like(dh[0])                                # h̄ flowing back from step t+1
-    dc_carry = np.zeros_like(dh[0])                                # c̄ flowing back from step t+1 (c̄_{T-1} = 0)
-    for t in reversed(range(T)):
-        dstate_next = LSTMState(h=dh[t] + dh_carry, c=dc_carry)                               # (11)
-        dparams_t, dx[t], (dh_carry, dc_carry) = step_backward(params, dstate_next, cache_at(cache, t))
-        add_into(grads, dparams_t)                                 # (9) summed over t
-    grads["x"], grads["h0"], grads["c0"] = dx, dh_carry, dc_carry
-    return grads
+    dstate_T = LSTMState(h=np.zeros_like(dh[0]), c=np.zeros_like(dh[0]))    # (11) h̄_{T-1} = dh_{T-1}, c̄_{T-1} = 0
+    grads, dx, dstate0 = sequence_backward(step_backward, add_to_h, params, dh, cache, dstate_T)
+    return {**grads, "x": dx, "h0": dstate0.h, "c0": dstate0.c}
 
 
 def random_state(rng: np.random.Generator, batch: int, n_hidden: int, dtype) -> LSTMState:

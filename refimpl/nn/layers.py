@@ -1,10 +1,12 @@
-r"""The feed-forward pieces of a model — linear, layer norm, GELU, sigmoid, the MLP and GLU blocks, the LRU layer's
-output map and pooling over time — each a cs231n-style pair ``X_forward(...) -> (out, cache)`` and
-``X_backward(dout, cache) -> grads``, derived by hand.
+r"""The feed-forward pieces of a model — linear, layer norm, batch norm, GELU, sigmoid and the other activations, the
+MLP and GLU blocks, the LRU layer's output map and pooling over time — each a cs231n-style pair
+``X_forward(...) -> (out, cache)`` and ``X_backward(dout, cache) -> grads``, derived by hand.
 
 Shapes: T time, B batch, D / d feature width, N complex LRU state units, "..." any leading axes (the blocks act
 on the last axis only, so (T, B, d) and (B, d) inputs both work). The derivation, with the same numbering, is
 docs/derivations/model.md; equations (38)–(45) are in refimpl/nn/losses.py and (46)–(62) in refimpl/nn/model.py.
+Batch norm and the activations relu, leaky-relu, swish serve the backprop-free networks (refimpl/bpfree/): their
+labels (BN1)–(BN6), (ACT1)–(ACT2) are their own, and their derivation is docs/derivations/bpfree.md §1–2.
 x̄ denotes ∂L/∂x (same shape as x); Σ_… sums over every leading axis (time and batch).
 
 Linear (weight W (out, in) in torch layout, bias b (out)):
@@ -23,6 +25,17 @@ Layer norm over the last axis (weight w, bias b, both (d); ε = 1e-5):
     (9)  x̄ = r (x̂̄ − mean_k x̂̄ − x̂ ⊙ mean_k(x̂̄ ⊙ x̂))
          (from ∂x̂_j/∂x_k = r (δ_jk − 1/d − x̂_j x̂_k / d): the mean and the variance each remove one direction)
 
+Batch norm over the batch axis (the backprop-free networks; labelled (BN·) here, derived in
+docs/derivations/bpfree.md as its eqs. (2), (3) and (11)). Input a (B, n), weight γ, bias β, both (n); ε = 1e-5,
+momentum m = 0.1:
+
+    (BN1) training:    μ = (1/B) Σ_b a_b        σ² = (1/B) Σ_b (a_b − μ)²        r = 1/√(σ² + ε)          (n)
+    (BN2) â = (a − μ) r        out = γ ⊙ â + β                                                            (B, n)
+    (BN3) evaluation:  out = γ ⊙ (a − μ̄)/√(σ̄² + ε) + β, the running averages μ̄, σ̄² in place of μ, σ²
+    (BN4) running averages (training):  μ̄ ← (1 − m) μ̄ + m μ        σ̄² ← (1 − m) σ̄² + m σ² B/(B − 1)
+    (BN5) γ̄ = Σ_b dout ⊙ â        β̄ = Σ_b dout        â̄ = dout ⊙ γ
+    (BN6) ā = r (â̄ − mean_b â̄ − â ⊙ mean_b(â̄ ⊙ â))        (9) with the mean over the batch instead of the features
+
 GELU, **the tanh approximation** (as torch's ``gelu(approximate="tanh")`` and ``jax.nn.gelu``'s default, which the
 online-LRU code uses), not the exact erf form; with c = √(2/π), κ = 0.044715:
 
@@ -33,6 +46,12 @@ Sigmoid (computed as 1/(1+e^{−x}) for x ≥ 0 and e^{x}/(1+e^{x}) for x < 0, s
 
     (12) s = σ(x) = 1/(1 + e^{−x})
     (13) x̄ = s̄ ⊙ s (1 − s)
+
+Elementwise activations of the backprop-free networks (labelled (ACT·) here; docs/derivations/bpfree.md (4), (10)),
+with α = 0.01 (PyTorch's leaky-relu default):
+
+    (ACT1) g = φ(z):       tanh z;        relu max(z, 0);    leaky-relu max(z, αz);    swish z σ(z)
+    (ACT2) z̄ = ḡ ⊙ φ'(z):  1 − g²;        [z > 0];           1 or α;                   σ(z)(1 + z(1 − σ(z)))
 
 MLP feed-forward block, width d → ffn_mult·d → d (params fc1.weight (md, d), fc1.bias, fc2.weight (d, md), fc2.bias):
 
@@ -99,6 +118,10 @@ from ..errors import UnknownNameError, UnsupportedError
 GELU_C = math.sqrt(2.0 / math.pi)   # c in (10)
 GELU_KAPPA = 0.044715               # κ in (10)
 LAYER_NORM_EPS = 1e-5
+BATCH_NORM_EPS = 1e-5
+BATCH_NORM_MOMENTUM = 0.1           # m in (BN4)
+ACTIVATIONS = ("tanh", "relu", "leaky-relu", "swish")   # φ of (ACT1)
+LEAKY_SLOPE = 0.01                  # α of leaky-relu (PyTorch's default)
 POOLINGS = ("none", "last", "mean", "cumulative_mean")
 #: the poolings whose output keeps the time axis (T, B, D); the others give (B, D)
 PER_STEP_POOLINGS = ("none", "cumulative_mean")
@@ -185,6 +208,52 @@ def layer_norm_backward(dout: np.ndarray, cache: LayerNormCache) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Batch norm, (BN1)–(BN6)
+
+class BatchNormCache(NamedTuple):
+    ahat: np.ndarray     # â, the normalised input          (B, n)
+    rstd: np.ndarray     # r = 1/√(σ² + ε)                  (n)
+    weight: np.ndarray   # γ                                (n)
+    mean: np.ndarray     # μ, the batch mean                (n)
+    var: np.ndarray      # σ², the (biased) batch variance  (n)
+
+
+def batch_norm_forward(a: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = BATCH_NORM_EPS):
+    """Training mode, batch statistics. a (B, n), weight γ (n), bias β (n) → out (B, n), BatchNormCache (whose
+    mean and var are the batch statistics μ, σ² that batch_norm_running folds into the running averages)."""
+    mu = a.mean(0)                                                          # (BN1)  (n)
+    var = ((a - mu) ** 2).mean(0)                                           # (BN1)  (n)
+    rstd = 1.0 / np.sqrt(var + eps)                                         # (BN1)  (n)
+    ahat = (a - mu) * rstd                                                  # (BN2)  (B, n)
+    out = weight * ahat + bias                                              # (BN2)
+    return out, BatchNormCache(ahat=ahat, rstd=rstd, weight=weight, mean=mu, var=var)
+
+
+def batch_norm_eval(a: np.ndarray, weight, bias, running_mean, running_var, eps: float = BATCH_NORM_EPS) -> np.ndarray:
+    """Evaluation mode: the running averages μ̄, σ̄² (n) in place of the batch statistics. a (B, n) → out (B, n)."""
+    return weight * (a - running_mean) / np.sqrt(running_var + eps) + bias   # (BN3)
+
+
+def batch_norm_running(running_mean: np.ndarray, running_var: np.ndarray, cache: BatchNormCache, batch: int,
+                       momentum: float = BATCH_NORM_MOMENTUM) -> tuple[np.ndarray, np.ndarray]:
+    """The running averages after one training batch of size `batch` ≥ 2: (new μ̄ (n), new σ̄² (n)); σ² enters
+    unbiased, × B/(B − 1)."""
+    m = momentum
+    new_mean = (1 - m) * running_mean + m * cache.mean                      # (BN4)
+    new_var = (1 - m) * running_var + m * cache.var * (batch / (batch - 1))  # (BN4)
+    return new_mean, new_var
+
+
+def batch_norm_backward(dout: np.ndarray, cache: BatchNormCache) -> dict:
+    """dout (B, n) → {"weight": γ̄ (n), "bias": β̄ (n), "x": ā (B, n)}."""
+    dweight = (dout * cache.ahat).sum(0)                                    # (BN5)
+    dbias = dout.sum(0)                                                     # (BN5)
+    dahat = dout * cache.weight                                             # (BN5)  (B, n)
+    da = cache.rstd * (dahat - dahat.mean(0) - cache.ahat * (dahat * cache.ahat).mean(0))   # (BN6)
+    return {"weight": dweight, "bias": dbias, "x": da}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # GELU (tanh approximation), (10)–(11); sigmoid, (12)–(13). Parameter-free: backward returns x̄ itself.
 
 class GELUCache(NamedTuple):
@@ -218,6 +287,45 @@ def sigmoid_forward(x: np.ndarray):
 def sigmoid_backward(dout: np.ndarray, cache: SigmoidCache) -> np.ndarray:
     """dout (...) → x̄ (...)."""
     return dout * cache.s * (1.0 - cache.s)                                 # (13)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The activations of the backprop-free networks, (ACT1)–(ACT2). Parameter-free: backward returns z̄ itself.
+
+class ActivationCache(NamedTuple):
+    z: np.ndarray        # the input    (...)
+    g: np.ndarray        # φ(z)         (...)
+    name: str            # one of ACTIVATIONS
+
+
+def activation_forward(z: np.ndarray, name: str):
+    """φ(z) for φ one of ACTIVATIONS. z (...) → g (...), ActivationCache."""
+    if name == "tanh":
+        g = np.tanh(z)                                                      # (ACT1)
+    elif name == "relu":
+        g = np.maximum(z, 0.0)                                              # (ACT1)
+    elif name == "leaky-relu":
+        g = np.where(z > 0, z, LEAKY_SLOPE * z)                             # (ACT1)
+    elif name == "swish":
+        g = z * sigmoid(z)                                                  # (ACT1)
+    else:
+        raise UnknownNameError("activation", name, ACTIVATIONS)
+    return g.astype(z.dtype, copy=False), ActivationCache(z=z, g=g, name=name)
+
+
+def activation_backward(dg: np.ndarray, cache: ActivationCache) -> np.ndarray:
+    """dg = ḡ (...) → z̄ = ḡ ⊙ φ'(z) (...)."""
+    z, g = cache.z, cache.g
+    if cache.name == "tanh":
+        d = 1.0 - g * g                                                     # (ACT2)
+    elif cache.name == "relu":
+        d = (z > 0).astype(z.dtype)                                         # (ACT2)
+    elif cache.name == "leaky-relu":
+        d = np.where(z > 0, 1.0, LEAKY_SLOPE).astype(z.dtype)               # (ACT2)
+    else:
+        s = sigmoid(z)
+        d = s * (1.0 + z * (1.0 - s))                                       # (ACT2) swish
+    return dg * d
 
 
 # ----------------------------------------------------------------------------------------------------------------

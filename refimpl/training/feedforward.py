@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bpfree import network as bpfree
+from .. import bpfree
 from .. import optim
 from ..errors import NumericalError, UnsupportedError
 from .loop import (MetricsLog, _Bar, _diverged, atomic_write_bytes, atomic_write_json, config_from_dict,

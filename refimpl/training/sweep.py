@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bpfree import network as bpfree
+from .. import bpfree
 from .. import optim
 from .feedforward import BpfreeConfig, check_config, parse_arch, train
 from ..errors import BpfreeWarning, NumericalError, UnknownNameError, UnsupportedError

@@ -1,7 +1,8 @@
-"""Backprop-free rules in feed-forward networks (refimpl/bpfree/network.py, refimpl/training/feedforward.py): bp against finite
-differences for every block, each rule's update against its defining formula computed here independently and
-against finite differences of its local loss, the trackers (the output-layer alignment compares same-shaped
-matrices), refused and warned combinations, training that learns, exact resume and the CLI."""
+"""Backprop-free rules in feed-forward networks (refimpl/bpfree/, refimpl/training/feedforward.py): bp against finite
+differences through every block (each block alone: tests/nn/test_batch_norm_activations.py), each rule's update
+against its defining formula computed here independently and against finite differences of its local loss, the
+trackers (the output-layer alignment compares same-shaped matrices), refused and warned combinations, training that
+learns, exact resume and the CLI."""
 
 import json
 import warnings
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from refimpl.bpfree import network as bf
+from refimpl import bpfree as bf
 from refimpl import optim
 from refimpl.errors import BpfreeWarning
 from refimpl.nn import init as nn_init
@@ -29,35 +30,7 @@ def _close(a, b, tol=FD_TOL):
     return rel_error(a, b) <= tol or (np.abs(a).max() < 1e-12 and np.abs(b).max() < 1e-12)
 
 
-def _vjp_fd(f, x, dout):
-    """Central differences of ⟨f(x), dout⟩ with respect to x, in extended precision."""
-    xe, de = extended(x), extended(dout)
-    return central_differences(lambda q: np.sum(f(q["x"]) * de), {"x": xe})["x"].astype(np.float64)
-
-
 # ------------------------------------------------------------------------------------------------ blocks vs FD
-
-@pytest.mark.parametrize("name", bf.ACTIVATIONS)
-def test_activation_backward_matches_finite_differences(name, rng):
-    z = rng.standard_normal((4, 5))
-    z[np.abs(z) < 1e-3] = 0.5                                # keep relu's kink out of the differences
-    dout = rng.standard_normal(z.shape)
-    g, cache = bf.activation_forward(z, name)
-    fd = _vjp_fd(lambda q: bf.activation_forward(q, name)[0], z, dout)
-    assert rel_error(bf.activation_backward(dout, cache), fd) <= FD_TOL
-
-
-def test_batch_norm_backward_matches_finite_differences(rng):
-    a, w, b = rng.standard_normal((6, 4)), rng.standard_normal(4), rng.standard_normal(4)
-    dout = rng.standard_normal(a.shape)
-    _, cache, _ = bf.batch_norm_forward(a, w, b)
-    g = bf.batch_norm_backward(dout, cache)
-    inputs = {"a": extended(a), "w": extended(w), "b": extended(b)}
-    fd = central_differences(lambda q: np.sum(bf.batch_norm_forward(q["a"], q["w"], q["b"])[0] * extended(dout)),
-                             inputs)
-    for ours, key in (("x", "a"), ("weight", "w"), ("bias", "b")):
-        assert rel_error(g[ours], fd[key].astype(np.float64)) <= FD_TOL, ours
-
 
 @pytest.mark.parametrize("problem", bf.PROBLEMS)
 def test_output_error_is_the_gradient_of_the_loss_at_the_logits(problem, rng):

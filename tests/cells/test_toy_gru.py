@@ -17,7 +17,7 @@ import pytest
 from refimpl.cells import gru
 from refimpl.numerics import rel_error
 
-from ..toy import check_pencil, sigma
+from ..toy import check_pencil, random_case, sigma, torch_layer, torch_layer_grads
 
 # Round parameters. Gate blocks in the order r, z, n (torch.nn.GRU layout).
 W_ir, W_iz, W_in = 0.5, -1.0, 1.0          # weight_ih (3, 1)
@@ -193,11 +193,7 @@ def _torch_case(name):
     """(params, x, h0, dh): the toy case, or a random one with B, H > 1 that exercises the gate layout."""
     if name == "toy":
         return _params(), np.array([X1, X2]).reshape(2, 1, 1), np.array([[H0]]), np.ones((2, 1, 1))
-    rng = np.random.default_rng(5)
-    T, B, I, H = 5, 2, 3, 4
-    params = gru.init_params(I, H, rng, np.float64)
-    return (params, rng.standard_normal((T, B, I)), gru.random_state(rng, B, H, np.float64),
-            rng.standard_normal((T, B, H)))
+    return random_case(gru, seed=5, T=5, B=2, I=3, H=4)
 
 
 @pytest.mark.parametrize("case", ["toy", "random"])
@@ -208,19 +204,14 @@ def test_matches_torch_gru(case):
     h, cache = gru.forward(params, x, h0)
     grads = gru.backward(params, dh, cache)
 
-    I, H = x.shape[2], h0.shape[1]
-    net = torch.nn.GRU(input_size=I, hidden_size=H, num_layers=1, bias=True, batch_first=False,
-                       dtype=torch.float64)
-    with torch.no_grad():
-        for name, value in params.items():               # weight_ih → weight_ih_l0, etc.
-            getattr(net, f"{name}_l0").copy_(torch.from_numpy(value))
+    net = torch_layer(torch, torch.nn.GRU, params)
     x_t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     h0_t = torch.tensor(h0[None], dtype=torch.float64, requires_grad=True)   # (num_layers=1, B, H)
     out, _ = net(x_t, h0_t)                                                   # (T, B, H)
     (out * torch.from_numpy(dh)).sum().backward()        # ∂loss/∂h_t = dh_t
 
     assert rel_error(h, out.detach().numpy()) <= 1e-12
-    for name in params:
-        assert rel_error(grads[name], getattr(net, f"{name}_l0").grad.numpy()) <= 1e-10, name
+    for name, theirs in torch_layer_grads(net, params).items():
+        assert rel_error(grads[name], theirs) <= 1e-10, name
     assert rel_error(grads["x"], x_t.grad.numpy()) <= 1e-10
     assert rel_error(grads["h0"], h0_t.grad.numpy()[0]) <= 1e-10

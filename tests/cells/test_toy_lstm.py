@@ -19,7 +19,7 @@ import pytest
 from refimpl.cells import lstm
 from refimpl.numerics import rel_error
 
-from ..toy import check_pencil, sigma
+from ..toy import check_pencil, random_case, sigma, torch_layer, torch_layer_grads
 
 # Round parameters. Gate blocks in the order i, f, g, o (torch.nn.LSTM layout).
 W_ii, W_if, W_ig, W_io = 1.0, 0.5, 1.0, -0.5        # weight_ih (4, 1)
@@ -244,11 +244,7 @@ def _torch_case(name):
     if name == "toy":
         return (_params(), np.array([X1, X2]).reshape(2, 1, 1),
                 lstm.LSTMState(np.array([[H0]]), np.array([[C0]])), np.ones((2, 1, 1)))
-    rng = np.random.default_rng(5)
-    T, B, I, H = 5, 2, 3, 4
-    params = lstm.init_params(I, H, rng, np.float64)
-    return (params, rng.standard_normal((T, B, I)), lstm.random_state(rng, B, H, np.float64),
-            rng.standard_normal((T, B, H)))
+    return random_case(lstm, seed=5, T=5, B=2, I=3, H=4)
 
 
 @pytest.mark.parametrize("case", ["toy", "random"])
@@ -259,12 +255,7 @@ def test_matches_torch_lstm(case):
     h, cache = lstm.forward(params, x, state0)
     grads = lstm.backward(params, dh, cache)
 
-    I, H = x.shape[2], state0.h.shape[1]
-    net = torch.nn.LSTM(input_size=I, hidden_size=H, num_layers=1, bias=True, batch_first=False,
-                        dtype=torch.float64)
-    with torch.no_grad():
-        for name, value in params.items():               # weight_ih → weight_ih_l0, etc.
-            getattr(net, f"{name}_l0").copy_(torch.from_numpy(value))
+    net = torch_layer(torch, torch.nn.LSTM, params)
     x_t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     h0_t = torch.tensor(state0.h[None], dtype=torch.float64, requires_grad=True)   # (num_layers=1, B, H)
     c0_t = torch.tensor(state0.c[None], dtype=torch.float64, requires_grad=True)
@@ -273,8 +264,8 @@ def test_matches_torch_lstm(case):
 
     assert rel_error(h, out.detach().numpy()) <= 1e-12
     assert rel_error(cache.c[-1], c_last.detach().numpy()[0]) <= 1e-12
-    for name in params:
-        assert rel_error(grads[name], getattr(net, f"{name}_l0").grad.numpy()) <= 1e-10, name
+    for name, theirs in torch_layer_grads(net, params).items():
+        assert rel_error(grads[name], theirs) <= 1e-10, name
     assert rel_error(grads["x"], x_t.grad.numpy()) <= 1e-10
     assert rel_error(grads["h0"], h0_t.grad.numpy()[0]) <= 1e-10
     assert rel_error(grads["c0"], c0_t.grad.numpy()[0]) <= 1e-10

@@ -12,6 +12,8 @@ import pytest
 
 from refimpl.cells import rnn
 
+from ..toy import random_case, torch_layer, torch_layer_grads
+
 ATOL = 1e-12
 
 TOY_PARAMS = {"weight_ih": np.array([[1.0]]), "weight_hh": np.array([[2.0]]),
@@ -118,13 +120,8 @@ def test_toy_linear_adds_instantaneous_adjoints():
 
 # ---- torch as an independent oracle (skips where torch is not installed) ----------------------------------------
 
-def _torch_case(seed=11, T=5, B=3, I=4, H=6):
-    rng = np.random.default_rng(seed)
-    params = rnn.init_params(I, H, rng, np.float64)
-    x = rng.standard_normal((T, B, I))
-    h0 = rnn.random_state(rng, B, H, np.float64)
-    dh = rng.standard_normal((T, B, H))
-    return params, x, h0, dh
+def _torch_case(seed=11):
+    return random_case(rnn, seed, T=5, B=3, I=4, H=6)
 
 
 def _assert_grads_match(ours, theirs, tol=1e-10):
@@ -137,12 +134,7 @@ def _assert_grads_match(ours, theirs, tol=1e-10):
 def test_tanh_matches_torch_rnn():
     torch = pytest.importorskip("torch")
     params, x, h0, dh = _torch_case()
-    T, B, I = x.shape
-    H = h0.shape[1]
-    net = torch.nn.RNN(I, H, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False).double()
-    with torch.no_grad():                        # same layout as torch.nn.RNN (DESIGN.md §3)
-        for name in params:
-            getattr(net, f"{name}_l0").copy_(torch.from_numpy(params[name]))
+    net = torch_layer(torch, torch.nn.RNN, params, nonlinearity="tanh")
     x_t = torch.from_numpy(x.copy()).requires_grad_(True)
     h0_t = torch.from_numpy(h0.copy()[None]).requires_grad_(True)          # (num_layers=1, B, H)
     out, _ = net(x_t, h0_t)
@@ -150,7 +142,7 @@ def test_tanh_matches_torch_rnn():
     h, cache = rnn.forward(params, x, h0, nonlinearity="tanh")
     grads = rnn.backward(params, dh, cache, nonlinearity="tanh")
     np.testing.assert_allclose(h, out.detach().numpy(), rtol=0, atol=1e-12)
-    theirs = {name: getattr(net, f"{name}_l0").grad.numpy() for name in params}
+    theirs = torch_layer_grads(net, params)
     theirs["x"], theirs["h0"] = x_t.grad.numpy(), h0_t.grad.numpy()[0]
     _assert_grads_match(grads, theirs)
 
