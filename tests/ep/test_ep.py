@@ -254,3 +254,5 @@ def test_injected_kernels_refuse_what_they_cannot_run(rng):
     net, params = ep.make_ep_net("energy", (4, 6, 3), seed=2)
     with pytest.raises(UnsupportedError, match=r"\.free_phase, \.nudged_phase and \.bptt"):
         ep.bptt_grads(net, params, x, y, T=5, K=2, kernels=object())
+    with pytest.raises(UnknownNameError, match="backend"):
+        ep_kernels("nosuch")
