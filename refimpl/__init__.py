@@ -23,6 +23,10 @@ from .api import cell_grads, make_cell, make_model, model_grads, run_cell
 from .errors import (DTypeError, NonFiniteError, NumericalError, RefimplError, ShapeError, UnknownNameError,
                      UnsupportedError)
 
+# The reference kernel table (refimpl/kernels.py) registers every kernel in the registry, once, here: whoever imports
+# refimpl or any of its modules (refimpl.registry included) sees the complete table.
+from . import kernels as _kernel_table  # noqa: F401
+
 __version__ = "0.1.0"
 
 __all__ = ["make_cell", "run_cell", "cell_grads", "make_model", "model_grads", "RefimplError", "UnknownNameError",

@@ -1,221 +1,346 @@
-"""The reference kernels: every cell's sequence forward and BPTT adjoint, registered with their input specs.
+"""The reference kernel TABLE: every kernel of the registry (refimpl/registry.py), its NumPy reference and input spec.
 
     <cell>.forward   (params, x (T,B,I), state0) -> (h (T,B,H), cache)        the recurrence, eq. (1)-(2) of each cell
     <cell>.backward  (params, dh (T,B,H), cache) -> grads                      BPTT from instantaneous adjoints
 
     <cell>.<rule>    (params, x (T,B,I), h0 | state0, dh (T,B,H)) -> grads      an RTRL-family sensitivity sweep
-                     (refimpl/algorithms/rtrl.py): rule rtrl, snap1 (not lru: there it is rtrl), truncated, spatial, cec (lstm)
+                     (refimpl/algorithms/rtrl.py): rule rtrl, snap1 (not lru: there it is rtrl), truncated, spatial,
+                     cec (lstm)
     <cell>.fptt, <cell>.fptt1  (params, x, h0 | state0, dh) -> grads (+ "x", "h0"): FPTT's warm-up and error passes
-                     (refimpl/algorithms/fptt.py; the raw sweep: the residual check is the API's); the inputs are well conditioned
+                     (refimpl/algorithms/fptt.py; the raw sweep: the residual check is the API's); the inputs are well
+                     conditioned
     ep.free_phase, ep.nudged_phase, ep.bptt   the relaxation loops of the static EP networks (refimpl/ep/networks.py)
 
-for cell in rnn, gru, lstm, lru. `state0` is h0 (B,H) — LSTMState(h0, c0) for lstm, complex (B,N) for lru — and `grads`
-holds every parameter plus "x" and the initial-state keys ("h0", and "c0" for lstm). Options that change the dynamics
-(rnn: nonlinearity) are keyword arguments and are registered as kernel variants.
-Later issues register their sweeps (RTRL traces, FPTT passes, EP relaxations) the same way.
+for cell in rnn, gru, lstm, lru. `state0` is the cell's STATE_ARG: h0 (B,H) — LSTMState(h0, c0) for lstm, complex (B,N)
+for lru — and `grads` holds every parameter plus "x" and the initial-state keys ("h0", and "c0" for lstm). Options
+that change the dynamics (rnn: nonlinearity) are keyword arguments and are registered as kernel variants.
+
+Kernel `<cell>.<op>` has the reference function `<cell>_<op>` (the cells' forward and backward are the cell modules'
+own), with the signature of the backends' function of the same name (backends/<backend>/*.py): grep one name to find
+and diff both. The tables at the end map the kernel names to them, as each backend's KERNELS does, and register them
+with their input specs. refimpl/__init__.py imports this module once, so the registry's table is always complete.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
-from .cells import CELLS
+from .algorithms.fptt import fptt_cell_grads, well_conditioned
+from .algorithms.rtrl import cell_grads_online
+from .cells import CELLS, gru, lru, lstm, resolve_cell, rnn
+from .ep import networks as ep
 from .registry import KernelSpec, register_kernel
 
-_STATE = {"lstm": "state0 LSTMState(h0 (B,H), c0 (B,H))", "lru": "h0 complex (B,N)"}
-_STATE_ARG = {"lstm": "state0"}          # the initial-state argument's name: h0, or state0 for the (h, c) pair
+#: The initial-state argument of each cell's kernels (its STATE_ARG). Kept for refimpl/algorithms/on_backend.py until it
+#: reads Cell.state_arg; nothing here uses it.
+_STATE_ARG = {name: module.STATE_ARG for name, module in CELLS.items()}
 
 
-def _forward_inputs(name):
-    module = CELLS[name]
+# ---------------------------------------------------------------------------------------------------- the sweeps
 
-    def make_inputs(rng, dtype, size, **variant):
-        params = module.init_params(size["I"], size["H"], rng, dtype, **{**module.OPTIONS, **variant})
-        x = rng.standard_normal((size["T"], size["B"], size["I"])).astype(dtype)
-        state0 = module.random_state(rng, size["B"], size["H"], dtype)
-        return {"params": params, "x": x, _STATE_ARG.get(name, "h0"): state0, **variant}
-    return make_inputs
+def _cell(name: str, x: np.ndarray, dh: np.ndarray, **options):
+    """The Cell a sweep runs: I from x (T,B,I), H from dh (T,B,H), the dtype of x, the kernel's options."""
+    return resolve_cell(name, x.shape[-1], dh.shape[-1], x.dtype.name, **options)
 
 
-def _backward_inputs(name):
-    module, forward_inputs = CELLS[name], _forward_inputs(name)
+# The RTRL family (refimpl/algorithms/rtrl.py): the sensitivity update and gradient accumulation over a sequence (or a
+# chunk of a stream) from zero traces, cell_grads_online(rule, cell, params, x, dh, state0) -> {param: grad}.
 
-    def make_inputs(rng, dtype, size, **variant):
-        inputs = forward_inputs(rng, dtype, size, **variant)
-        h, cache = module.forward(**inputs)
-        dh = rng.standard_normal(h.shape)
-        if np.iscomplexobj(h):
-            dh = dh + 1j * rng.standard_normal(h.shape)
-        return {"params": inputs["params"], "dh": dh.astype(h.dtype), "cache": cache, **variant}
-    return make_inputs
+def rnn_rtrl(params, x, h0, dh, nonlinearity="tanh"):
+    """rnn.rtrl: exact RTRL of the rnn."""
+    return cell_grads_online("rtrl", _cell("rnn", x, dh, nonlinearity=nonlinearity), params, x, dh, h0)
 
+
+def rnn_snap1(params, x, h0, dh, nonlinearity="tanh"):
+    """rnn.snap1: SnAp-1 (the diagonal of the influence matrix) of the rnn."""
+    return cell_grads_online("snap1", _cell("rnn", x, dh, nonlinearity=nonlinearity), params, x, dh, h0)
+
+
+def rnn_truncated(params, x, h0, dh, nonlinearity="tanh"):
+    """rnn.truncated: the one-step (truncated) sensitivity of the rnn."""
+    return cell_grads_online("truncated", _cell("rnn", x, dh, nonlinearity=nonlinearity), params, x, dh, h0)
+
+
+def rnn_spatial(params, x, h0, dh, nonlinearity="tanh"):
+    """rnn.spatial: the immediate gradient of the rnn (no recurrent term)."""
+    return cell_grads_online("spatial", _cell("rnn", x, dh, nonlinearity=nonlinearity), params, x, dh, h0)
+
+
+def gru_rtrl(params, x, h0, dh):
+    """gru.rtrl: exact RTRL of the gru."""
+    return cell_grads_online("rtrl", _cell("gru", x, dh), params, x, dh, h0)
+
+
+def gru_snap1(params, x, h0, dh):
+    """gru.snap1: SnAp-1 of the gru."""
+    return cell_grads_online("snap1", _cell("gru", x, dh), params, x, dh, h0)
+
+
+def gru_truncated(params, x, h0, dh):
+    """gru.truncated: the one-step sensitivity of the gru."""
+    return cell_grads_online("truncated", _cell("gru", x, dh), params, x, dh, h0)
+
+
+def gru_spatial(params, x, h0, dh):
+    """gru.spatial: the immediate gradient of the gru."""
+    return cell_grads_online("spatial", _cell("gru", x, dh), params, x, dh, h0)
+
+
+def lstm_rtrl(params, x, state0, dh):
+    """lstm.rtrl: exact RTRL of the lstm, over the state (h, c)."""
+    return cell_grads_online("rtrl", _cell("lstm", x, dh), params, x, dh, state0)
+
+
+def lstm_snap1(params, x, state0, dh):
+    """lstm.snap1: SnAp-1 of the lstm."""
+    return cell_grads_online("snap1", _cell("lstm", x, dh), params, x, dh, state0)
+
+
+def lstm_truncated(params, x, state0, dh):
+    """lstm.truncated: the one-step sensitivity of the lstm."""
+    return cell_grads_online("truncated", _cell("lstm", x, dh), params, x, dh, state0)
+
+
+def lstm_spatial(params, x, state0, dh):
+    """lstm.spatial: the immediate gradient of the lstm."""
+    return cell_grads_online("spatial", _cell("lstm", x, dh), params, x, dh, state0)
+
+
+def lstm_cec(params, x, state0, dh):
+    """lstm.cec: the constant error carousel's sensitivity through c only (the 1997 lstm's truncated RTRL)."""
+    return cell_grads_online("cec", _cell("lstm", x, dh), params, x, dh, state0)
+
+
+def lru_rtrl(params, x, h0, dh):
+    """lru.rtrl: exact RTRL of the lru (diagonal: also its SnAp-1)."""
+    return cell_grads_online("rtrl", _cell("lru", x, dh), params, x, dh, h0)
+
+
+def lru_truncated(params, x, h0, dh):
+    """lru.truncated: the one-step sensitivity of the lru."""
+    return cell_grads_online("truncated", _cell("lru", x, dh), params, x, dh, h0)
+
+
+def lru_spatial(params, x, h0, dh):
+    """lru.spatial: the immediate gradient of the lru."""
+    return cell_grads_online("spatial", _cell("lru", x, dh), params, x, dh, h0)
+
+
+# FPTT (refimpl/algorithms/fptt.py): the warm-up and error passes of one cell (diagonal for the lru, linear solves for
+# the dense cells), fptt_cell_grads(cell, params, x, dh, state0) -> {param: grad, "x", initial-state keys}; fptt1 is
+# the error pass alone. The raw sweep: the residual check is the API's.
+
+def rnn_fptt(params, x, h0, dh, nonlinearity="tanh"):
+    """rnn.fptt: both passes."""
+    return fptt_cell_grads(_cell("rnn", x, dh, nonlinearity=nonlinearity), params, x, dh, h0, check=False)
+
+
+def rnn_fptt1(params, x, h0, dh, nonlinearity="tanh"):
+    """rnn.fptt1: the error pass only."""
+    return fptt_cell_grads(_cell("rnn", x, dh, nonlinearity=nonlinearity), params, x, dh, h0, two_passes=False,
+                           check=False)
+
+
+def gru_fptt(params, x, h0, dh):
+    """gru.fptt: both passes."""
+    return fptt_cell_grads(_cell("gru", x, dh), params, x, dh, h0, check=False)
+
+
+def gru_fptt1(params, x, h0, dh):
+    """gru.fptt1: the error pass only."""
+    return fptt_cell_grads(_cell("gru", x, dh), params, x, dh, h0, two_passes=False, check=False)
+
+
+def lstm_fptt(params, x, state0, dh):
+    """lstm.fptt: both passes."""
+    return fptt_cell_grads(_cell("lstm", x, dh), params, x, dh, state0, check=False)
+
+
+def lstm_fptt1(params, x, state0, dh):
+    """lstm.fptt1: the error pass only."""
+    return fptt_cell_grads(_cell("lstm", x, dh), params, x, dh, state0, two_passes=False, check=False)
+
+
+def lru_fptt(params, x, h0, dh):
+    """lru.fptt: both passes."""
+    return fptt_cell_grads(_cell("lru", x, dh), params, x, dh, h0, check=False)
+
+
+def lru_fptt1(params, x, h0, dh):
+    """lru.fptt1: the error pass only."""
+    return fptt_cell_grads(_cell("lru", x, dh), params, x, dh, h0, two_passes=False, check=False)
+
+
+# Equilibrium propagation (refimpl/ep/networks.py): the relaxation loops of the static-input networks. The network is
+# given by its parameters and the keyword options kind, activation, dt (its clamp is the kind's default).
+
+def _ep_net(params, x, kind, activation, dt):
+    """The EPNet the kernel arguments describe: sizes (I, n_1, …, n_L) read from x (B, I) and the weights W.l."""
+    L = sum(k.startswith("W.") for k in params)
+    sizes = (x.shape[1],) + tuple(params[f"W.{l}"].shape[0] for l in range(L))
+    net, _ = ep.make_ep_net(kind, sizes, activation=activation, dt=dt, dtype=x.dtype.name)
+    return net
+
+
+def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+    """ep.free_phase: T free steps from s = 0 → [s_1 … s_L]."""
+    return ep.free_phase(_ep_net(params, x, kind, activation, dt), params, x, T)
+
+
+def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+    """ep.nudged_phase: K nudged steps from the free phase's state after T steps → [s^β_1 … s^β_L]."""
+    net = _ep_net(params, x, kind, activation, dt)
+    return ep.nudged_phase(net, params, x, y, ep.free_phase(net, params, x, T), K, beta)
+
+
+def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+    """ep.bptt: BPTT of the loss through the last K of T free steps → {param: grad}."""
+    return ep.bptt_grads(_ep_net(params, x, kind, activation, dt), params, x, y, T=T, K=K)[1]
+
+
+# ---------------------------------------------------------------------------------------------------- input specs
+# make_inputs(rng, dtype, size, **variant) -> {argument: value}: random but valid inputs of the sizes T, B, I, H.
+
+def forward_inputs(cell_name: str, rng, dtype, size, **variant) -> dict:
+    """<cell>.forward: the cell's parameters, x (T,B,I) ~ N(0, 1) and a random initial state (its STATE_ARG)."""
+    module = CELLS[cell_name]
+    params = module.init_params(size["I"], size["H"], rng, dtype, **{**module.OPTIONS, **variant})
+    x = rng.standard_normal((size["T"], size["B"], size["I"])).astype(dtype)
+    state0 = module.random_state(rng, size["B"], size["H"], dtype)
+    return {"params": params, "x": x, module.STATE_ARG: state0, **variant}
+
+
+def _with_adjoint(cell_name: str, rng, dtype, size, **variant):
+    """forward_inputs, the cache of the forward pass on them, and a random adjoint dh of its h (complex for a complex
+    h): (inputs, cache, dh)."""
+    inputs = forward_inputs(cell_name, rng, dtype, size, **variant)
+    h, cache = CELLS[cell_name].forward(**inputs)
+    dh = rng.standard_normal(h.shape)
+    if np.iscomplexobj(h):
+        dh = dh + 1j * rng.standard_normal(h.shape)
+    return inputs, cache, dh.astype(h.dtype)
+
+
+def backward_inputs(cell_name: str, rng, dtype, size, **variant) -> dict:
+    """<cell>.backward: the cache of a forward pass and a random dh (T,B,H)."""
+    inputs, cache, dh = _with_adjoint(cell_name, rng, dtype, size, **variant)
+    return {"params": inputs["params"], "dh": dh, "cache": cache, **variant}
+
+
+def sweep_inputs(cell_name: str, rng, dtype, size, **variant) -> dict:
+    """<cell>.<rule>: forward_inputs and a random dh (T,B,H)."""
+    inputs, _, dh = _with_adjoint(cell_name, rng, dtype, size, **variant)
+    return {**inputs, "dh": dh}
+
+
+def fptt_inputs(cell_name: str, rng, dtype, size, **variant) -> dict:
+    """<cell>.fptt, <cell>.fptt1: sweep_inputs with parameters whose state Jacobians FPTT inverts accurately — a
+    diagonal Jacobian diag(λ) (the lru) with |λ| on the ring [0.9, 0.99], rebuilt as ν = log(−log r); a dense one
+    from refimpl.algorithms.fptt.well_conditioned."""
+    inputs = sweep_inputs(cell_name, rng, dtype, size, **variant)
+    if CELLS[cell_name].DIAGONAL:
+        r = rng.uniform(0.9, 0.99, size["H"])
+        inputs["params"] = {**inputs["params"], "nu_log": np.log(-np.log(r)).astype(dtype)}
+    else:
+        inputs["params"] = {k: v.astype(dtype) for k, v in well_conditioned(cell_name, inputs["params"]).items()}
+    return inputs
+
+
+def lstm_fptt_inputs(rng, dtype, size, **variant) -> dict:
+    """lstm.fptt: fptt_inputs from c0 = 1 + |c0|, so that c_t stays away from 0 where J_t is near-singular, on a grid
+    with T ≤ 7 (LSTM_FPTT_SIZES; why and what was measured: docs/derivations/fptt.md §7, "The lstm.fptt kernel")."""
+    inputs = fptt_inputs("lstm", rng, dtype, size, **variant)
+    h0, c0 = inputs["state0"]
+    inputs["state0"] = type(inputs["state0"])(h0, (1.0 + np.abs(c0)).astype(dtype))   # c0 ≥ 1
+    return inputs
+
+
+def ep_inputs(phase: str, rng, dtype, size, kind, activation, dt) -> dict:
+    """ep.<phase>: a (I, H, 4) network of `kind`, x (B, I) ~ U[0, 1], T = size T; and for the nudged phase and BPTT
+    one-hot targets y (B, 4) and K = T // 2 (≥ 1), with β = 0.1 for the nudged phase."""
+    _, params = ep.make_ep_net(kind, (size["I"], size["H"], 4), activation=activation, dt=dt,
+                               seed=int(rng.integers(1 << 30)), dtype=np.dtype(dtype).name)
+    x = rng.uniform(0.0, 1.0, (size["B"], size["I"])).astype(dtype)
+    inputs = {"params": params, "x": x, "T": size["T"], "kind": kind, "activation": activation, "dt": dt}
+    if phase != "free_phase":
+        y = np.zeros((size["B"], 4), dtype)
+        y[np.arange(size["B"]), rng.integers(4, size=size["B"])] = 1.0
+        inputs.update(y=y, K=max(1, size["T"] // 2))
+        if phase == "nudged_phase":
+            inputs["beta"] = 0.1
+    return inputs
+
+
+# ---------------------------------------------------------------------------------------------------- the table
+
+#: <cell>.forward / <cell>.backward: the cell modules' own sequence functions.
+CELL_SEQUENCES = {"rnn.forward": rnn.forward, "rnn.backward": rnn.backward,
+                  "gru.forward": gru.forward, "gru.backward": gru.backward,
+                  "lstm.forward": lstm.forward, "lstm.backward": lstm.backward,
+                  "lru.forward": lru.forward, "lru.backward": lru.backward}
+
+RTRL_SWEEPS = {"rnn.rtrl": rnn_rtrl, "rnn.snap1": rnn_snap1, "rnn.truncated": rnn_truncated, "rnn.spatial": rnn_spatial,
+               "gru.rtrl": gru_rtrl, "gru.snap1": gru_snap1, "gru.truncated": gru_truncated, "gru.spatial": gru_spatial,
+               "lstm.rtrl": lstm_rtrl, "lstm.snap1": lstm_snap1, "lstm.truncated": lstm_truncated,
+               "lstm.spatial": lstm_spatial, "lstm.cec": lstm_cec,
+               "lru.rtrl": lru_rtrl, "lru.truncated": lru_truncated, "lru.spatial": lru_spatial}
+
+FPTT_SWEEPS = {"rnn.fptt": rnn_fptt, "rnn.fptt1": rnn_fptt1, "gru.fptt": gru_fptt, "gru.fptt1": gru_fptt1,
+               "lstm.fptt": lstm_fptt, "lstm.fptt1": lstm_fptt1, "lru.fptt": lru_fptt, "lru.fptt1": lru_fptt1}
+
+EP_RELAXATIONS = {"ep.free_phase": ep_free_phase, "ep.nudged_phase": ep_nudged_phase, "ep.bptt": ep_bptt}
 
 #: The code paths selected by step options; each is parity-tested separately.
-_VARIANTS = {"rnn": tuple({"nonlinearity": n} for n in CELLS["rnn"].NONLINEARITIES)}
+VARIANTS = {"rnn": tuple({"nonlinearity": n} for n in rnn.NONLINEARITIES)}
+EP_VARIANTS = ({"kind": "prototypical", "activation": "sigm", "dt": 1.0},
+               {"kind": "energy", "activation": "sigm", "dt": 0.2},
+               {"kind": "toy", "activation": "tanh", "dt": 0.08})
 
-for _name, _module in CELLS.items():
-    _variants = _VARIANTS.get(_name, ({},))
-    _state = _STATE.get(_name, "h0 (B,H)")
-    register_kernel(KernelSpec(
-        name=f"{_name}.forward",
-        signature=f"(params, x (T,B,I), {_state}) -> (h (T,B,H), {_name.upper()}Cache with leading T)",
-        reference=_module.forward, make_inputs=_forward_inputs(_name), variants=_variants))
-    register_kernel(KernelSpec(
-        name=f"{_name}.backward",
-        signature=f"(params, dh (T,B,H), cache) -> {{params…, 'x' (T,B,I), {', '.join(map(repr, _module.GRAD_STATE_KEYS))}}}",
-        reference=_module.backward, make_inputs=_backward_inputs(_name), variants=_variants))
+#: Parity-test sizes of the sweeps over a dense Jacobian, which is O(S·P) per step (exact RTRL O(S²·P)): smaller than
+#: the default grid. The diagonal lru's sweeps use the default grid.
+DENSE_SWEEP_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=13, B=1, I=2, H=3), dict(T=7, B=3, I=5, H=11))
+#: lstm.fptt keeps T ≤ 7 (still T = 1, a prime T, B = 1 and B > 1): docs/derivations/fptt.md §7.
+LSTM_FPTT_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=5, B=1, I=2, H=3), dict(T=7, B=3, I=5, H=11))
 
-
-# The RTRL-family sweeps: the sensitivity update and gradient accumulation over a sequence (or a chunk of a stream),
-# from zero traces. On dense cells each step forms an O(S·P) immediate Jacobian (and exact RTRL costs O(S²·P)), so
-# their parity grid uses smaller sizes.
-_RTRL_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=13, B=1, I=2, H=3), dict(T=7, B=3, I=5, H=11))
-
-
-def _sweep(name, rule):
-    from .cells import resolve_cell
-    from .algorithms.rtrl import cell_grads_online
-    state_arg = _STATE_ARG.get(name, "h0")
-
-    def sweep(params, x, dh, **kwargs):
-        state0 = kwargs.pop(state_arg)
-        cell = resolve_cell(name, x.shape[-1], dh.shape[-1], x.dtype.name, **kwargs)
-        return cell_grads_online(rule, cell, params, x, dh, state0)
-    sweep.__name__ = f"{name}_{rule}_sweep"
-    sweep.__doc__ = f"The {rule} sensitivity sweep of the {name} cell (refimpl.algorithms.rtrl.cell_grads_online)."
-    return sweep
+#: How each cell's initial state reads in the signatures.
+_STATE_DOC = {"rnn": "h0 (B,H)", "gru": "h0 (B,H)", "lstm": "state0 LSTMState(h0 (B,H), c0 (B,H))",
+              "lru": "h0 complex (B,N)"}
+_EP_SIGNATURES = {
+    "ep.free_phase": "(params, x (B,I), T) -> [s_l (B, n_l)]",
+    "ep.nudged_phase": "(params, x, T, y (B,O), K, beta) -> [s_l] after K nudged steps from the free fixed point",
+    "ep.bptt": "(params, x, T, y, K) -> {param: grad}  BPTT through the last K free steps"}
 
 
-def _sweep_inputs(name):
-    module, forward_inputs = CELLS[name], _forward_inputs(name)
-
-    def make_inputs(rng, dtype, size, **variant):
-        inputs = forward_inputs(rng, dtype, size, **variant)
-        h, _ = module.forward(**inputs)
-        dh = rng.standard_normal(h.shape)
-        if np.iscomplexobj(h):
-            dh = dh + 1j * rng.standard_normal(h.shape)
-        return {**inputs, "dh": dh.astype(h.dtype)}
-    return make_inputs
-
-
-_RULES = {"rnn": ("rtrl", "snap1", "truncated", "spatial"), "gru": ("rtrl", "snap1", "truncated", "spatial"),
-          "lstm": ("rtrl", "snap1", "truncated", "spatial", "cec"), "lru": ("rtrl", "truncated", "spatial")}
-
-for _name, _rules in _RULES.items():
-    for _rule in _rules:
-        _dense = _name != "lru"          # dense cells form the immediate Jacobian densely (see refimpl/algorithms/rtrl.py)
+def _register_table() -> None:
+    """Register every kernel of the tables above, in their order, with its signature, input spec, variants and
+    parity sizes."""
+    for name, module in CELLS.items():
+        state, grad_keys = _STATE_DOC[name], ", ".join(map(repr, module.GRAD_STATE_KEYS))
         register_kernel(KernelSpec(
-            name=f"{_name}.{_rule}",
-            signature=f"(params, x (T,B,I), {_STATE.get(_name, 'h0 (B,H)')}, dh (T,B,H)) -> {{param: grad}}",
-            reference=_sweep(_name, _rule), make_inputs=_sweep_inputs(_name),
-            variants=_VARIANTS.get(_name, ({},)), sizes=_RTRL_SIZES if _dense else None))
-
-
-# FPTT: the warm-up and error sweeps of one cell (diagonal for the lru, linear solves for the dense cells).
-def _fptt_sweep(name, two_passes):
-    from .cells import resolve_cell
-    from .algorithms.fptt import fptt_cell_grads
-    state_arg = _STATE_ARG.get(name, "h0")
-
-    def sweep(params, x, dh, **kwargs):
-        state0 = kwargs.pop(state_arg)
-        cell = resolve_cell(name, x.shape[-1], dh.shape[-1], x.dtype.name, **kwargs)
-        return fptt_cell_grads(cell, params, x, dh, state0, two_passes=two_passes, check=False)
-    sweep.__name__ = f"{name}_{'fptt' if two_passes else 'fptt1'}_sweep"
-    return sweep
-
-
-def _fptt_inputs(name):
-    base = _sweep_inputs(name)
-
-    def make_inputs(rng, dtype, size, **variant):
-        from .algorithms.fptt import well_conditioned
-        inputs = base(rng, dtype, size, **variant)
-        if name == "lru":           # |λ| ≥ 0.9: rebuild the eigenvalues from the ring r ∈ [0.9, 0.99]
-            N = size["H"]
-            r = rng.uniform(0.9, 0.99, N)
-            inputs["params"] = {**inputs["params"], "nu_log": np.log(-np.log(r)).astype(dtype)}
-        else:
-            inputs["params"] = {k: v.astype(dtype) for k, v in well_conditioned(name, inputs["params"]).items()}
-        return inputs
-    return make_inputs
-
-
-# lstm.fptt inverts J_t, whose h block is diag(tanh(c_t) ⊙ σ'(a_o)) W_ho (lstm.md (15)-(16)): a unit whose c_t passes
-# near 0 makes J_t near-singular, and the sweep amplifies rounding by about Π_t 1/σ_min(J_t). From the random c0 of the
-# other specs that product reaches 1e13 on the (T=13, H=3) case and 2e9 on (T=7, H=11) (σ_min(J_t) down to 1e-3), and
-# two correct float64 implementations of the sweep differ there by up to 2e-3. Exact FPTT on the lstm holds only for
-# short T with c_t away from 0 (DESIGN.md §7), so its inputs start from c0 = 1 + |c0| (with f ≈ 0.95 and g ≈ 0.8, c_t
-# stays positive) and its grid keeps T ≤ 7 (still T = 1, a prime T, B = 1 and B > 1). Measured on 50 seeds per size:
-# c_t ≥ 0.6, σ_min(J_t) ≥ 0.05, Π 1/σ_min ≤ 1e6, the reference within 3e-12 of BPTT. The reference is unchanged.
-_LSTM_FPTT_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=5, B=1, I=2, H=3), dict(T=7, B=3, I=5, H=11))
-
-
-def _lstm_fptt_inputs():
-    base = _fptt_inputs("lstm")
-
-    def make_inputs(rng, dtype, size, **variant):
-        inputs = base(rng, dtype, size, **variant)
-        h0, c0 = inputs["state0"]
-        inputs["state0"] = type(inputs["state0"])(h0, (1.0 + np.abs(c0)).astype(dtype))   # c0 ≥ 1
-        return inputs
-    return make_inputs
-
-
-for _name in CELLS:
-    for _two in (True, False):
-        _lstm_fptt = _name == "lstm" and _two
+            f"{name}.forward", f"(params, x (T,B,I), {state}) -> (h (T,B,H), {name.upper()}Cache with leading T)",
+            CELL_SEQUENCES[f"{name}.forward"], partial(forward_inputs, name), variants=VARIANTS.get(name, ({},))))
         register_kernel(KernelSpec(
-            name=f"{_name}.{'fptt' if _two else 'fptt1'}",
-            signature=f"(params, x (T,B,I), {_STATE.get(_name, 'h0 (B,H)')}, dh (T,B,H)) -> {{param: grad, 'x', "
-                      f"{', '.join(map(repr, CELLS[_name].GRAD_STATE_KEYS))}}}",
-            reference=_fptt_sweep(_name, _two),
-            make_inputs=_lstm_fptt_inputs() if _lstm_fptt else _fptt_inputs(_name),
-            variants=_VARIANTS.get(_name, ({},)),
-            sizes=None if _name == "lru" else _LSTM_FPTT_SIZES if _lstm_fptt else _RTRL_SIZES))
+            f"{name}.backward", f"(params, dh (T,B,H), cache) -> {{params…, 'x' (T,B,I), {grad_keys}}}",
+            CELL_SEQUENCES[f"{name}.backward"], partial(backward_inputs, name), variants=VARIANTS.get(name, ({},))))
+    for kernel, reference in RTRL_SWEEPS.items():
+        name = kernel.split(".")[0]
+        register_kernel(KernelSpec(
+            kernel, f"(params, x (T,B,I), {_STATE_DOC[name]}, dh (T,B,H)) -> {{param: grad}}", reference,
+            partial(sweep_inputs, name), variants=VARIANTS.get(name, ({},)),
+            sizes=None if CELLS[name].DIAGONAL else DENSE_SWEEP_SIZES))
+    for kernel, reference in FPTT_SWEEPS.items():
+        name = kernel.split(".")[0]
+        grad_keys = ", ".join(map(repr, CELLS[name].GRAD_STATE_KEYS))
+        make_inputs, sizes = ((lstm_fptt_inputs, LSTM_FPTT_SIZES) if kernel == "lstm.fptt" else
+                              (partial(fptt_inputs, name), None if CELLS[name].DIAGONAL else DENSE_SWEEP_SIZES))
+        register_kernel(KernelSpec(
+            kernel, f"(params, x (T,B,I), {_STATE_DOC[name]}, dh (T,B,H)) -> {{param: grad, 'x', {grad_keys}}}",
+            reference, make_inputs, variants=VARIANTS.get(name, ({},)), sizes=sizes))
+    for kernel, reference in EP_RELAXATIONS.items():
+        register_kernel(KernelSpec(kernel, _EP_SIGNATURES[kernel], reference,
+                                   partial(ep_inputs, kernel.split(".")[1]), variants=EP_VARIANTS))
 
 
-# Equilibrium propagation (refimpl/ep/networks.py): the relaxation loops of the static-input networks — the free phase, the
-# nudged phase, and BPTT's adjoint through the free phase. The network is selected by keyword options (kind, …).
-def _ep_kernel(which):
-    from .ep import networks as ep
-
-    def kernel(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
-        sizes = (x.shape[1],) + tuple(params[f"W.{l}"].shape[0] for l in range(sum(k.startswith("W.") for k in params)))
-        net, _ = ep.make_ep_net(kind, sizes, activation=activation, dt=dt, dtype=x.dtype.name)
-        if which == "free":
-            return ep.free_phase(net, params, x, T)
-        if which == "nudged":
-            return ep.nudged_phase(net, params, x, y, ep.free_phase(net, params, x, T), K, beta)
-        return ep.bptt_grads(net, params, x, y, T=T, K=K)[1]
-    kernel.__name__ = f"ep_{which}_phase" if which != "bptt" else "ep_bptt"
-    return kernel
-
-
-def _ep_inputs(which):
-    def make_inputs(rng, dtype, size, kind, activation, dt):
-        from .ep import networks as ep
-        sizes = (size["I"], size["H"], 4)
-        _, params = ep.make_ep_net(kind, sizes, activation=activation, dt=dt, seed=int(rng.integers(1 << 30)),
-                                   dtype=np.dtype(dtype).name)
-        x = rng.uniform(0.0, 1.0, (size["B"], size["I"])).astype(dtype)
-        inputs = {"params": params, "x": x, "T": size["T"], "kind": kind, "activation": activation, "dt": dt}
-        if which != "free":
-            y = np.zeros((size["B"], 4), dtype)
-            y[np.arange(size["B"]), rng.integers(4, size=size["B"])] = 1.0
-            inputs.update(y=y, K=max(1, size["T"] // 2))
-            if which == "nudged":
-                inputs["beta"] = 0.1
-        return inputs
-    return make_inputs
-
-
-_EP_VARIANTS = ({"kind": "prototypical", "activation": "sigm", "dt": 1.0},
-                {"kind": "energy", "activation": "sigm", "dt": 0.2},
-                {"kind": "toy", "activation": "tanh", "dt": 0.08})
-for _which, _doc in (("free", "(params, x (B,I), T) -> [s_l (B, n_l)]"),
-                     ("nudged", "(params, x, T, y (B,O), K, beta) -> [s_l] after K nudged steps from the free fixed point"),
-                     ("bptt", "(params, x, T, y, K) -> {param: grad}  BPTT through the last K free steps")):
-    register_kernel(KernelSpec(name=f"ep.{_which}" + ("_phase" if _which != "bptt" else ""), signature=_doc,
-                               reference=_ep_kernel(_which), make_inputs=_ep_inputs(_which), variants=_EP_VARIANTS))
+_register_table()

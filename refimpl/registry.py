@@ -1,7 +1,9 @@
 """The kernel registry (DESIGN.md §6): one table of hot sequential loops, their NumPy references, and the backends.
 
-A *kernel* is one hot sequential loop (a recurrence, its adjoint, later an RTRL/FPTT sweep or an EP relaxation) written
-as a pure function from arrays to arrays. Each is registered once, here, with:
+A *kernel* is one hot sequential loop (a recurrence, its adjoint, an RTRL-family or FPTT sweep, an EP relaxation)
+written as a pure function from arrays to arrays. This module is the mechanism only: it knows no kernel. The table of
+reference kernels is refimpl/kernels.py, which registers each one once (imported by `import refimpl`, so the table is
+complete for anyone who imports refimpl or any module of it), with:
 
     name          "<cell>.<op>", e.g. "gru.forward", "gru.backward"
     signature     a documented call signature with shapes and dtypes
@@ -9,8 +11,8 @@ as a pure function from arrays to arrays. Each is registered once, here, with:
     make_inputs   an input spec: make_inputs(rng, dtype, size) -> {argument: value} random but valid
     variants      static keyword arguments that select a code path (e.g. {"nonlinearity": "linear"})
 
-Parity tests (tests/backends/test_parity.py), the `backends` command and the benchmarks iterate over this table, so adding a
-kernel here adds its tests and its timing rows.
+Parity tests (tests/backends/test_parity.py), the `backends` command and the benchmarks iterate over the table, so
+registering a kernel adds its tests and its timing rows.
 
 A *backend* is a module ``backends.<name>`` that defines
     KERNELS: {kernel name: callable}     same names and signatures as the references, its own array type
@@ -25,20 +27,22 @@ and optionally
                                                         their clock after it
 Backends are imported only when asked for by name (refimpl never imports one at import time). A backend that lacks a
 kernel says so; a kernel is never silently replaced by another.
+
+`call` runs one kernel with NumPy in and out; `cell_kernels` and `ep_kernels` bundle the kernels a model (its cells'
+forward/backward) or an EP network (its relaxation loops) takes as an argument, so that the reference code never
+reaches for a backend itself.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
 from .errors import UnknownNameError, UnsupportedError
-
-#: The sizes every kernel's input spec understands: T time, B batch, I input width, H hidden units.
-SIZE_KEYS = ("T", "B", "I", "H")
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class KernelSpec:
     name: str
     signature: str
     reference: Callable
-    make_inputs: Callable[[np.random.Generator, np.dtype, Mapping[str, int]], dict]
+    make_inputs: Callable[[np.random.Generator, np.dtype, Mapping[str, int]], dict]   # size: T, B, I, H
     variants: tuple = ({},)
     dtypes: tuple = ("float64", "float32")
     sizes: tuple | None = None      # parity-test sizes when the default grid would be too costly (dense RTRL)
@@ -57,16 +61,15 @@ class BackendSpec:
     name: str
     module: str | None          # import path of the backend module; None for the numpy reference
     description: str
-    planned_in: str = ""        # where an unwritten backend is planned (shown by `backends`)
 
 
 KERNELS: dict[str, KernelSpec] = {}
 
 BACKENDS: dict[str, BackendSpec] = {
     "numpy": BackendSpec("numpy", None, "the NumPy reference (refimpl itself)"),
-    "numba": BackendSpec("numba", "backends.numba", "Numba CPU JIT", "the Numba backend issue"),
-    "mlx": BackendSpec("mlx", "backends.mlx", "MLX (Metal on macOS, CPU on Linux)", "the MLX backend issue"),
-    "cupy": BackendSpec("cupy", "backends.cupy", "CuPy (CUDA)", "the CuPy backend issue"),
+    "numba": BackendSpec("numba", "backends.numba", "Numba CPU JIT"),
+    "mlx": BackendSpec("mlx", "backends.mlx", "MLX (Metal on macOS, CPU on Linux)"),
+    "cupy": BackendSpec("cupy", "backends.cupy", "CuPy (CUDA)"),
 }
 
 
@@ -112,7 +115,8 @@ def load_backend(name: str) -> Backend:
             module = importlib.import_module(spec.module)
         except ModuleNotFoundError as e:
             if e.name is not None and spec.module.startswith(e.name):
-                reason = f"not implemented yet (planned in {spec.planned_in})"
+                reason = (f"cannot import {spec.module!r}: the backends/ package of the repository is not on the path "
+                          f"(run from the repository root)")
             else:
                 reason = f"cannot import {e.name!r}: install it (e.g. pip install -e '.[{name}]')"
             backend = Backend(name, False, reason)
@@ -183,6 +187,36 @@ def cell_kernels(cell_name: str, backend: str = "numpy", dtype: str | None = Non
                        backend)
 
 
+class EPKernels(NamedTuple):
+    """The relaxation loops of the static EP networks on one backend, with NumPy in and out (what refimpl.ep.networks
+    calls when given kernels), each with the signature of its kernel:
+
+        free_phase(params, x, T, kind, activation, dt) -> [s_l]
+        nudged_phase(params, x, T, kind, activation, dt, y=, K=, beta=) -> [s^β_l]
+        bptt(params, x, T, kind, activation, dt, y=, K=) -> {param: grad}
+    """
+    free_phase: Callable
+    nudged_phase: Callable
+    bptt: Callable
+    backend: str = "numpy"
+
+
+#: The kernels of EPKernels, in its field order.
+EP_KERNEL_NAMES = ("ep.free_phase", "ep.nudged_phase", "ep.bptt")
+
+
+def ep_kernels(backend: str = "numpy", dtype: str | None = None) -> EPKernels:
+    """The EP relaxation kernels on a backend. With `dtype`, a backend that cannot run them in that dtype (MLX's float64
+    away from its CPU stream) is refused here, with the fix."""
+    for name in EP_KERNEL_NAMES:
+        get_kernel(name, backend)                            # fail early, with the reason, if missing
+        why = load_backend(backend).unsupported_dtype(name, str(dtype)) if dtype is not None else ""
+        if why:
+            raise UnsupportedError(f"backend {backend!r} cannot run the EP relaxation ({name}) in {dtype}: {why}; "
+                                   f"use dtype float32 (--dtype float32) or another backend")
+    return EPKernels(*(partial(call, name, backend) for name in EP_KERNEL_NAMES), backend)
+
+
 def flatten_outputs(tree, prefix: str = "") -> dict:
     """Name every array in a kernel's output tree ('h', 'cache.r', 'grads.weight_hh' …) for field-by-field checks."""
     out = {}
@@ -218,7 +252,3 @@ def coverage() -> list[dict]:
                      "missing": sorted(k for k in KERNELS if k not in b.kernels), "unsupported": unsupported})
     return rows
 
-
-# The reference kernels register themselves on import; importing them here makes the table complete for anyone who
-# imports the registry (placed last: refimpl.kernels needs the definitions above).
-from . import kernels as _reference_kernels  # noqa: E402,F401

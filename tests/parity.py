@@ -1,10 +1,10 @@
 """The one parity helper: a backend's kernel against the NumPy reference, field by field, by name.
 
-`assert_matches_reference(kernel, backend, case)` draws one seeded input set from the kernel's registered input spec,
-runs the reference and the backend (through registry.call: explicit conversion at the boundary), and compares every
-output, every cache field and every gradient by name: same names, dtype, shape, and relative error within
-TOLERANCES["backend_vs_reference"][dtype] (DESIGN.md §7). Before asserting it prints the worst error, with the field
-name and index. It also asserts that neither call mutated its inputs.
+`assert_matches_reference(kernel, backend, dtype, size, seed, variant)` draws one seeded input set from the kernel's
+registered input spec (refimpl/kernels.py), runs the reference and the backend (through registry.call: explicit
+conversion at the boundary), and compares every output, every cache field and every gradient by name: same names,
+dtype, shape, and relative error within TOLERANCES["backend_vs_reference"][dtype] (DESIGN.md §7). Before asserting it
+prints the worst error, with the field name and index. It also asserts that neither call mutated its inputs.
 """
 
 from __future__ import annotations

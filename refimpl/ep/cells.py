@@ -17,7 +17,7 @@ the complex h c(B, N) for the lru. f(s, x; θ) is the cell's step_forward with t
     (6)  ∂L/∂θ = (∂f/∂θ|*)ᵀ λ,   ∂L/∂x = (∂f/∂x|*)ᵀ λ      = step_backward(params, λ, cache at s*)
          W̄_o = (ŷ − y)ᵀ φ(s*) / B,   b̄_o = Σ_b (ŷ − y) / B
     (7)  BPTT through (1): adjoint g at s_T, s̄_{t} = J_{t+1}ᵀ s̄_{t+1}, θ̄ = Σ_t (∂f/∂θ|_t)ᵀ s̄_t, x̄ = Σ_t x̄_t
-         (the cells' own forward/backward on the tiled input).  As T → ∞, (7) → (5)–(6).
+         (the cells' own step_forward/step_backward, T times).  As T → ∞, (7) → (5)–(6).
     (8)  nudged phase (vector-field EP, Scellier et al. 2018): from s^β_0 = s*,
              s^β_{k+1} = f(s^β_k, x) − β ∂L/∂s(s^β_k),   k = 0 … K−1,         s^β ≈ s^β_K
     (9)  g_VF(θ) = −(∂f/∂θ|*)ᵀ (s^β − s*)/β,   g_VF(x) likewise   = step_backward(params, −(s^β − s*)/β, cache at s*)
@@ -36,12 +36,14 @@ import math
 
 import numpy as np
 
-from ..cells import Cell, resolve_cell
+from ..cells import CELLS, Cell, resolve_cell
 from ..checks import check_array, check_params
 from ..errors import NumericalError, ShapeError, UnsupportedError
 from ..numerics import cosine, rel_error
+from .relaxation import backward_through_steps, relax_keeping_caches, sum_steps
 
-CELLS_EP = ("rnn", "gru", "lstm", "lru")
+#: The cells with fixed-point learning: every cell, since it needs only the cell contract (refimpl/cells/__init__.py).
+CELLS_EP = tuple(CELLS)
 
 #: the default convergence tolerance on the residual (2), by real dtype
 DEFAULT_TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-4}
@@ -51,30 +53,23 @@ DEFAULT_TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-4}
 # state ↔ one array, readout, input checks
 # ----------------------------------------------------------------------------------------------------------------
 
-def _to_vec(cell: Cell, state) -> np.ndarray:
-    """The state as one array: h (B, H), [h; c] (B, 2H) for lstm, complex h c(B, N) for lru."""
-    if cell.name == "lstm":
-        return np.concatenate([state.h, state.c], axis=-1)
-    return state
+# The state s travels as one array v = cell.flatten_state(s): h (B, H), [h; c] (B, 2H) for lstm, complex h c(B, N)
+# for lru; cell.unflatten_state(v) gives it back.
 
-
-def _from_vec(cell: Cell, v: np.ndarray):
-    if cell.name == "lstm":
-        H = cell.n_hidden
-        return cell.module.LSTMState(h=v[:, :H], c=v[:, H:])
-    return v
+def _complex(cell: Cell) -> bool:
+    """Whether the state is complex (the lru): the readout then sees [Re h, Im h]."""
+    return cell.module.COMPLEX_STATE
 
 
 def readout_width(cell: Cell) -> int:
-    """S, the real width of φ(s) in eq. (3): 2N for the lru, H otherwise."""
-    return 2 * cell.n_hidden if cell.name == "lru" else cell.n_hidden
+    """S, the real width of φ(s) in eq. (3): 2N for a complex state (the lru), H otherwise."""
+    return 2 * cell.n_hidden if _complex(cell) else cell.n_hidden
 
 
 def _features(cell: Cell, v: np.ndarray) -> np.ndarray:
     """φ(s) of eq. (3), (B, S)."""
-    if cell.name == "lru":
-        return np.concatenate([v.real, v.imag], axis=-1)                       # (3)  r(B, 2N)
-    return v[:, :cell.n_hidden]                                                # (3)  h  (B, H)
+    h = cell.state_h(cell.unflatten_state(v))                                  # (3)  the readout sees h, not c
+    return np.concatenate([h.real, h.imag], axis=-1) if _complex(cell) else h  # (3)  r(B, 2N) | h (B, H)
 
 
 def _loss_and_adjoint(cell: Cell, readout: dict, v: np.ndarray, y: np.ndarray):
@@ -84,13 +79,10 @@ def _loss_and_adjoint(cell: Cell, readout: dict, v: np.ndarray, y: np.ndarray):
     err = phi @ readout["weight"].T + readout["bias"] - y                      # (3)  ŷ − y  (B, O)
     loss = 0.5 * float(np.sum(err * err)) / B                                  # (3)
     dphi = err @ readout["weight"] / B                                         # (4)  ∂L/∂φ  (B, S)
-    if cell.name == "lru":
+    if _complex(cell):
         N = cell.n_hidden
-        g = dphi[:, :N] + 1j * dphi[:, N:]                                     # (4)  ∂L/∂Re h + i ∂L/∂Im h
-    elif cell.name == "lstm":
-        g = np.concatenate([dphi, np.zeros_like(dphi)], axis=-1)               # (4)  c-part 0  (B, 2H)
-    else:
-        g = dphi                                                               # (4)  (B, H)
+        dphi = dphi[:, :N] + 1j * dphi[:, N:]                                  # (4)  ∂L/∂Re h + i ∂L/∂Im h
+    g = cell.flatten_state(cell.add_to_h(cell.zero_state(B), dphi))            # (4)  on h (lstm: c-part 0)
     dreadout = {"readout.weight": err.T @ phi / B, "readout.bias": err.sum(0) / B}   # (6)
     return loss, g, dreadout
 
@@ -112,8 +104,6 @@ def static_input(x: np.ndarray) -> np.ndarray:
 
 
 def _check(cell: Cell, params: dict, x, readout=None, y=None) -> np.ndarray:
-    if cell.name not in CELLS_EP:
-        raise UnsupportedError(f"cell {cell.name!r} has no fixed-point learning here; use one of {CELLS_EP}")
     check_params(cell.name, params, cell.param_shapes, cell.dtype)
     x = static_input(x)
     check_array("x", x, (("B", None), ("I", cell.n_in)), cell.dtype,
@@ -123,7 +113,7 @@ def _check(cell: Cell, params: dict, x, readout=None, y=None) -> np.ndarray:
         if not isinstance(readout, dict) or set(readout) != {"weight", "bias"}:
             raise ShapeError("readout must be {'weight': (O, S), 'bias': (O,)}")
         W = check_array("readout['weight']", readout["weight"], (("O", None), ("S", S)), cell.dtype,
-                        hint=f"S = {S} ({'[Re h; Im h]' if cell.name == 'lru' else 'h'})")
+                        hint=f"S = {S} ({'[Re h; Im h]' if _complex(cell) else 'h'})")
         check_array("readout['bias']", readout["bias"], (("O", W.shape[0]),), cell.dtype)
         check_array("y", y, (("B", x.shape[0]), ("O", W.shape[0])), cell.dtype)
     return x
@@ -140,8 +130,8 @@ def _relax(cell: Cell, params: dict, x: np.ndarray, v0: np.ndarray, steps: int, 
     for t in range(steps):
         v_prev = v
         with np.errstate(over="ignore", invalid="ignore"):       # a blow-up is reported just below, by name
-            nxt, _ = cell.module.step_forward(params, x, _from_vec(cell, v), **opts)  # (1)
-            v = _to_vec(cell, nxt)
+            nxt, _ = cell.module.step_forward(params, x, cell.unflatten_state(v), **opts)  # (1)
+            v = cell.flatten_state(nxt)
             if nudge is not None:
                 beta, readout, y = nudge
                 _, g, _ = _loss_and_adjoint(cell, readout, v_prev, y)
@@ -165,15 +155,15 @@ def fixed_point(cell: Cell, params: dict, x: np.ndarray, *, T: int, h0=None):
     x = _check(cell, params, x)
     if not isinstance(T, (int, np.integer)) or T < 1:
         raise UnsupportedError(f"T must be a positive integer (number of free-phase steps), got {T!r}")
-    s0 = cell.module.zero_state(x.shape[0], cell.n_hidden, cell.dtype) if h0 is None else h0
-    v, residual = _relax(cell, params, x, _to_vec(cell, s0), int(T))
-    return _from_vec(cell, v), residual
+    s0 = cell.zero_state(x.shape[0]) if h0 is None else h0
+    v, residual = _relax(cell, params, x, cell.flatten_state(s0), int(T))
+    return cell.unflatten_state(v), residual
 
 
 def _converged(cell: Cell, params, x, T, tol, what):
     state, residual = fixed_point(cell, params, x, T=T)
     tol = DEFAULT_TOL[np.dtype(cell.dtype)] if tol is None else tol
-    v = _to_vec(cell, state)
+    v = cell.flatten_state(state)
     if not residual <= tol * max(1.0, float(np.linalg.norm(v))):
         raise NumericalError(
             f"{what}: the free phase of the {cell.name} cell did not converge — residual ‖s_T − s_(T−1)‖ = "
@@ -188,8 +178,8 @@ def _converged(cell: Cell, params, x, T, tol, what):
 
 def _solve_adjoint(cell: Cell, params: dict, x: np.ndarray, v: np.ndarray, g: np.ndarray, transpose: bool):
     """Solve (I − J*ᵀ) λ = g (transpose=True, eq. 5) or (I − J*) μ = g (eq. 10), batch element by batch element."""
-    J = cell.module.state_jacobian(params, x, _from_vec(cell, v), **cell.step_options)
-    if cell.name == "lru":                                     # J = diag(λ_lru), compact c(B, N); ᵀ → ᴴ (§4)
+    J = cell.module.state_jacobian(params, x, cell.unflatten_state(v), **cell.step_options)
+    if cell.diagonal:                                          # J = diag(λ_lru), compact c(B, N); ᵀ → ᴴ (§4)
         return g / (1.0 - (np.conj(J) if transpose else J))                          # (5) / (10)
     A = np.eye(J.shape[-1], dtype=J.dtype) - (np.swapaxes(J, 1, 2) if transpose else J)   # (B, S, S)
     return np.linalg.solve(A, g[:, :, None])[:, :, 0]                                # (5) / (10)  (B, S)
@@ -197,8 +187,8 @@ def _solve_adjoint(cell: Cell, params: dict, x: np.ndarray, v: np.ndarray, g: np
 
 def _pull_back(cell: Cell, params: dict, x: np.ndarray, v: np.ndarray, adjoint: np.ndarray) -> dict:
     """(∂f/∂θ|*)ᵀ adjoint and (∂f/∂x|*)ᵀ adjoint, eq. (6)/(9): one step_backward at the fixed point."""
-    _, cache = cell.module.step_forward(params, x, _from_vec(cell, v), **cell.step_options)
-    dparams, dx, _ = cell.module.step_backward(params, _from_vec(cell, adjoint), cache, **cell.step_options)
+    _, cache = cell.module.step_forward(params, x, cell.unflatten_state(v), **cell.step_options)
+    dparams, dx, _ = cell.module.step_backward(params, cell.unflatten_state(adjoint), cache, **cell.step_options)
     return {**dparams, "x": dx}
 
 
@@ -234,26 +224,27 @@ def vf_limit_grads(cell: Cell, params: dict, readout: dict, x: np.ndarray, y: np
 def bptt_fixed_point_grads(cell: Cell, params: dict, readout: dict, x: np.ndarray, y: np.ndarray, *, T: int):
     """BPTT through T free-phase steps from zero with the loss on s_T, eq. (7) — the reference for RBP.
 
+    The cell's own step and step adjoint, through the loop shared with the other EP networks (relaxation.py).
     Returns (L(s_T), grads) with the same keys as rbp_grads; the input gradient is summed over the T steps.
     """
     x = _check(cell, params, x, readout, y)
     if not isinstance(T, (int, np.integer)) or T < 1:
         raise UnsupportedError(f"T must be a positive integer, got {T!r}")
     mod, opts = cell.module, cell.step_options
-    x_seq = np.broadcast_to(x, (int(T),) + x.shape).copy()                            # the static input, T times
-    s0 = mod.zero_state(x.shape[0], cell.n_hidden, cell.dtype)
-    _, cache = mod.forward(params, x_seq, s0, **opts)
-    last = mod.LSTMState(h=cache.h[-1], c=cache.c[-1]) if cell.name == "lstm" else cache.h[-1]
-    v = _to_vec(cell, last)
+
+    def step_backward(cache, dstate_next):                  # (7) one step back: θ̄_t and x̄_t, s̄_t = J_{t+1}ᵀ s̄_{t+1}
+        dparams, dx, dstate = mod.step_backward(params, dstate_next, cache, **opts)
+        return {**dparams, "x": dx}, dstate
+
+    s, caches = relax_keeping_caches(lambda s: mod.step_forward(params, x, s, **opts), cell.zero_state(x.shape[0]),
+                                     int(T), int(T))                                  # (1), every step kept
+    v = cell.flatten_state(s)
     if not np.all(np.isfinite(v)):
         raise NumericalError(f"the {cell.name} state became non-finite in the free phase: the dynamics diverge")
-    loss, g, dreadout = _loss_and_adjoint(cell, readout, v, y)
-    dh = np.zeros_like(cache.h)                                                       # instantaneous adjoints
-    dh[-1] = g[:, :cell.n_hidden]                                                     # the loss sees only s_T (h)
-    grads = mod.backward(params, dh, cache, **opts)                                   # (7)
-    out = {k: grads[k] for k in params}
-    out["x"] = grads["x"].sum(0)                                                      # (7) Σ_t x̄_t
-    return loss, {**out, **dreadout}
+    loss, g, dreadout = _loss_and_adjoint(cell, readout, v, y)                        # (3)–(4) on s_T
+    steps, _ = backward_through_steps(step_backward, caches, cell.unflatten_state(g))  # (7)
+    grads = sum_steps(steps)                                                          # (7) Σ_t, x̄ = Σ_t x̄_t
+    return loss, {**{k: grads[k] for k in params}, "x": grads["x"], **dreadout}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -284,6 +275,32 @@ def ep_cell_grads(cell: Cell, params: dict, readout: dict, x: np.ndarray, y: np.
 # contractive test problems and the alignment table
 # ----------------------------------------------------------------------------------------------------------------
 
+def _contractive_rnn(cell: Cell, rng: np.random.Generator, symmetric) -> dict:
+    """W_hh (its symmetric part ½(W + Wᵀ) if `symmetric`) scaled to spectral norm 0.5, so ‖J‖ ≤ 0.5."""
+    params = cell.module.init_params(cell.n_in, cell.n_hidden, rng, cell.dtype)
+    W = params["weight_hh"]
+    W = 0.5 * (W + W.T) if symmetric else W                 # symmetric part (True or "tanh")
+    params["weight_hh"] = 0.5 * W / np.linalg.norm(W, 2)
+    return params
+
+
+def _contractive_gated(cell: Cell, rng: np.random.Generator, symmetric) -> dict:
+    """The PyTorch init with W_hh halved."""
+    params = cell.module.init_params(cell.n_in, cell.n_hidden, rng, cell.dtype)
+    params["weight_hh"] = 0.5 * params["weight_hh"]
+    return params
+
+
+def _contractive_lru(cell: Cell, rng: np.random.Generator, symmetric) -> dict:
+    """|λ| ∈ [0.5, 0.9], any phase."""
+    return cell.module.init_params(cell.n_in, cell.n_hidden, rng, cell.dtype, r_min=0.5, r_max=0.9)
+
+
+#: cell name → (cell, rng, symmetric) -> parameters whose free phase contracts (contractive_problem).
+CONTRACTIVE_PARAMS = {"rnn": _contractive_rnn, "gru": _contractive_gated, "lstm": _contractive_gated,
+                      "lru": _contractive_lru}
+
+
 def contractive_problem(cell_name: str, seed: int, *, H: int = 8, I: int = 4, O: int = 3, B: int = 4,
                         symmetric=False, dtype="float64"):
     """A seeded problem whose free phase converges: (cell, params, readout, x, y).
@@ -292,7 +309,7 @@ def contractive_problem(cell_name: str, seed: int, *, H: int = 8, I: int = 4, O:
     W_hh of spectral norm 0.5 — energy-derived, f = ∂Φ/∂h with Φ = ½hᵀW_hh h + hᵀ(W_ih x + b) (doc eq. 11).
     symmetric="tanh" (rnn only): the tanh rnn with that symmetric W_hh — NOT energy-derived in h (J* = diag(1 − h*²) W_hh
     is not symmetric; doc eq. 12).
-    gru, lstm: PyTorch init with W_hh halved.  lru: |λ| ∈ [0.5, 0.9], any phase.
+    gru, lstm: PyTorch init with W_hh halved.  lru: |λ| ∈ [0.5, 0.9], any phase.  (CONTRACTIVE_PARAMS)
     """
     rng = np.random.default_rng(seed)
     if symmetric and cell_name != "rnn":
@@ -301,16 +318,7 @@ def contractive_problem(cell_name: str, seed: int, *, H: int = 8, I: int = 4, O:
         raise UnsupportedError(f"symmetric must be False, True (linear rnn) or 'tanh', got {symmetric!r}")
     linear = symmetric is True
     cell = resolve_cell(cell_name, I, H, dtype, **({"nonlinearity": "linear"} if linear else {}))
-    if cell_name == "lru":
-        params = cell.module.init_params(I, H, rng, cell.dtype, r_min=0.5, r_max=0.9)
-    else:
-        params = cell.module.init_params(I, H, rng, cell.dtype)
-    if cell_name == "rnn":
-        W = params["weight_hh"]
-        W = 0.5 * (W + W.T) if symmetric else W                 # symmetric part (True or "tanh")
-        params["weight_hh"] = 0.5 * W / np.linalg.norm(W, 2)
-    elif cell_name in ("gru", "lstm"):
-        params["weight_hh"] = 0.5 * params["weight_hh"]
+    params = CONTRACTIVE_PARAMS[cell_name](cell, rng, symmetric)
     S = readout_width(cell)
     readout = {"weight": rng.uniform(-1, 1, (O, S)).astype(cell.dtype) / math.sqrt(S),
                "bias": rng.uniform(-0.1, 0.1, O).astype(cell.dtype)}

@@ -79,9 +79,8 @@ import numpy as np
 
 from ..errors import ShapeError, UnknownNameError, UnsupportedError
 from .activations import ACTIVATIONS, drho, rho
-from .networks import DTYPES, check_beta, check_T
-
-PARAM_NAMES = ("K1", "c1", "K0", "c0", "W", "b")
+from .networks import DTYPES, check_beta, check_T, check_truncation, output_adjoint, output_loss
+from .relaxation import backward_through_steps, relax_keeping_caches, sum_steps
 
 
 @dataclass(frozen=True)
@@ -402,11 +401,6 @@ def ep_update(net: ConvEPNet, params: dict, x, free_states: list, nudged_states:
     return {k: (g_beta[k] - g_star[k]) / beta for k in params}                   # (9)
 
 
-def _loss(s_out: np.ndarray, y: np.ndarray):
-    """(7), a NumPy scalar in the states' dtype (so that an extended-precision FD oracle keeps its digits)."""
-    return 0.5 * np.sum((s_out - y) ** 2) / s_out.shape[0]                        # (7)
-
-
 def ep_grads(net: ConvEPNet, params: dict, x, y, *, T: int, K: int, beta: float):
     """Free phase (T steps), nudged phase (K steps), EP update (9). Returns (loss at s*, grads, free states)."""
     x, y = _inputs(net, x, y)
@@ -414,7 +408,7 @@ def ep_grads(net: ConvEPNet, params: dict, x, y, *, T: int, K: int, beta: float)
     check_beta(beta)
     s_star = free_phase(net, params, x, T)
     s_beta = nudged_phase(net, params, x, y, s_star, K, beta)
-    return float(_loss(s_star[-1], y)), ep_update(net, params, x, s_star, s_beta, beta), s_star
+    return float(output_loss(s_star[-1], y)), ep_update(net, params, x, s_star, s_beta, beta), s_star   # (7)
 
 
 def predict(net: ConvEPNet, params: dict, x, T: int) -> np.ndarray:
@@ -430,23 +424,9 @@ def bptt_grads(net: ConvEPNet, params: dict, x, y, *, T: int, K: int | None = No
     Returns (loss, {param: ∂L/∂param}).
     """
     x, y = _inputs(net, x, y)
-    T = check_T(T)
-    K = T if K is None else check_T(K, "K")
-    if K > T:
-        raise UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase has; "
-                               "use K ≤ T")
-    s = _zeros(net, x.shape[0], x.dtype)
-    caches = []
-    for t in range(T):
-        s, cache = _step(net, params, x, s)                                       # (5)–(6)
-        if t >= T - K:
-            caches.append(cache)
-    loss = float(_loss(s[-1], y))
-    ds = [np.zeros_like(v) for v in s]
-    ds[-1] = (s[-1] - y) / x.shape[0]                                             # (7)
-    grads = {k: np.zeros_like(v) for k, v in params.items()}
-    for t in range(K):                        # t counts back from the end: the step s_{T−t−1} → s_{T−t}
-        dparams, ds = _step_backward(net, params, x, caches[K - 1 - t], ds)       # (10)–(12)
-        for k in grads:
-            grads[k] += dparams[k]                                                # (13)
-    return loss, grads
+    T, K = check_truncation(T, K)
+    s0 = _zeros(net, x.shape[0], x.dtype)
+    s, caches = relax_keeping_caches(lambda s: _step(net, params, x, s), s0, T, K)                # (5)–(6)
+    steps, _ = backward_through_steps(lambda cache, ds: _step_backward(net, params, x, cache, ds), caches,
+                                      output_adjoint(s, y))                       # (7), (10)–(12)
+    return float(output_loss(s[-1], y)), sum_steps(steps)                         # (13)

@@ -68,6 +68,10 @@ Diagnostics (notes A.8–A.10):
     (14) RMSE_k = sqrt( Σ_t (n_k(t) − d_k(t))² / max(Σ_t n_k(t)², Σ_t d_k(t)²) ), 0 when both series are zero;
          reported as mean ± std over the elements k.
     (15) %same = 100·#{sign NT = sign DT ≠ 0}/size,  %zero = 100·#{NT = DT = 0}/size,  total = %same + %zero.
+
+Backends: ep_grads, bptt_grads and predict take `kernels`, as the model takes its cell kernels — None runs the loops
+of this module; an EPKernels bundle (refimpl.registry.ep_kernels(backend)) runs the relaxation loops as the kernels
+ep.free_phase, ep.nudged_phase and ep.bptt of a backend, whose references are these functions (refimpl/kernels.py).
 """
 
 from __future__ import annotations
@@ -79,12 +83,17 @@ import numpy as np
 
 from ..errors import UnknownNameError, UnsupportedError
 from .activations import ACTIVATIONS, d2rho, drho, rho
+from .relaxation import backward_through_steps, relax_keeping_caches, sum_steps
 
 NETWORKS = ("energy", "prototypical", "toy")
 DTYPES = ("float64", "float32")
 
-#: Per-kind defaults: (activation, dt, clamp).
-_DEFAULTS = {"energy": ("sigm", 0.2, True), "prototypical": ("sigm", 1.0, False), "toy": ("tanh", 0.08, False)}
+#: Per-kind defaults of make_ep_net (the one table of them): the activation ρ, the Euler step dt of (5), and whether
+#: the states are clamped to [0, 1] (6).
+DEFAULTS = {"energy": {"activation": "sigm", "dt": 0.2, "clamp": True},
+            "prototypical": {"activation": "sigm", "dt": 1.0, "clamp": False},
+            "toy": {"activation": "tanh", "dt": 0.08, "clamp": False}}
+#: The toy network's default sizes (input first): 5 inputs, 50 hidden units, 10 outputs.
 TOY_SIZES = (5, 50, 10)
 
 
@@ -121,7 +130,7 @@ def make_ep_net(kind: str, sizes=None, *, activation: str | None = None, dt: flo
     """
     if kind not in NETWORKS:
         raise UnknownNameError("EP network", kind, NETWORKS)
-    d_act, d_dt, d_clamp = _DEFAULTS[kind]
+    d_act, d_dt, d_clamp = (DEFAULTS[kind][k] for k in ("activation", "dt", "clamp"))
     activation = d_act if activation is None else activation
     if activation not in ACTIVATIONS:
         raise UnknownNameError("activation", activation, ACTIVATIONS)
@@ -248,7 +257,7 @@ def _step_backward(net: EPNet, params: dict, x: np.ndarray, cache: EPStepCache, 
 
 # ---------------------------------------------------------------------------------------------------- phases
 
-def _check_truncation(T, K):
+def check_truncation(T, K):
     """(T, K) for BPTT through the free phase: K=None means all T steps; K > T is refused."""
     T = check_T(T)
     K = T if K is None else check_T(K, "K")
@@ -323,83 +332,87 @@ def ep_update(net: EPNet, params: dict, x, free_states: list, nudged_states: lis
     return {k: (g_beta[k] - g_star[k]) / beta for k in params}                   # (10)
 
 
-def _loss(s_out: np.ndarray, y: np.ndarray):
+def output_loss(s_out: np.ndarray, y: np.ndarray):
     """(7), in the dtype of the states (a NumPy scalar, so that an extended-precision FD oracle keeps its digits)."""
     return 0.5 * np.sum((s_out - y) ** 2) / s_out.shape[0]                        # (7)
 
 
-def ep_grads(net: EPNet, params: dict, x, y, *, T: int, K: int, beta: float, backend: str = "numpy"):
+def output_adjoint(s: list, y: np.ndarray) -> list:
+    """∂L/∂s of (7) for the states [s_1 … s_L]: (s_L − y)/B on the output layer, zero on the others."""
+    ds = [np.zeros_like(v) for v in s]
+    ds[-1] = (s[-1] - y) / s[-1].shape[0]                                         # (7)
+    return ds
+
+
+def ep_grads(net: EPNet, params: dict, x, y, *, T: int, K: int, beta: float, kernels=None):
     """Free phase (T steps), nudged phase (K steps), EP update. Returns (loss at s*, grads, free states).
-    backend: where the relaxation loops run (the registry's ep.free_phase / ep.nudged_phase kernels; the nudged
-    kernel relaxes its own free phase first, so there the free phase runs twice). The update (9) is array code here."""
+
+    kernels: None (the relaxation loops of this module) or an EPKernels bundle (refimpl.registry.ep_kernels): its
+    free_phase and nudged_phase run the loops (the nudged kernel relaxes its own free phase first, so there the free
+    phase runs twice). The update (10) is array code here either way.
+    """
     x, y = check_inputs(net, params, x, y)
     T, K = check_T(T), check_T(K, "K")
     check_beta(beta)
-    if backend != "numpy":
-        from ..registry import call
-        s_star = call("ep.free_phase", backend, params, x, T, **_kernel_options(net))
-        s_beta = call("ep.nudged_phase", backend, params, x, T, y=y, K=K, beta=beta, **_kernel_options(net))
-    else:
+    if kernels is None:
         s_star = free_phase(net, params, x, T)
         s_beta = nudged_phase(net, params, x, y, s_star, K, beta)
-    return float(_loss(s_star[-1], y)), ep_update(net, params, x, s_star, s_beta, beta), s_star
+    else:
+        options = _kernel_options(net, kernels)
+        s_star = kernels.free_phase(params, x, T, **options)
+        s_beta = kernels.nudged_phase(params, x, T, y=y, K=K, beta=beta, **options)
+    return float(output_loss(s_star[-1], y)), ep_update(net, params, x, s_star, s_beta, beta), s_star
 
 
-def _kernel_options(net: EPNet) -> dict:
+def _kernel_options(net: EPNet, kernels) -> dict:
+    """The network as the ep.* kernels take it (kind, activation, dt), after checking that `kernels` is a bundle of
+    them and that they can run this net: they take no clamp, and run the kind's default one."""
+    if not all(callable(getattr(kernels, f, None)) for f in ("free_phase", "nudged_phase", "bptt")):
+        raise UnsupportedError(f"kernels must have callables .free_phase, .nudged_phase and .bptt with the ep.* "
+                               f"kernel signatures (refimpl.registry.ep_kernels), got {type(kernels).__name__}")
+    if net.clamp != DEFAULTS[net.kind]["clamp"]:
+        raise UnsupportedError(f"the ep.* kernels run the {net.kind} network with its default clamp="
+                               f"{DEFAULTS[net.kind]['clamp']}, and this net has clamp={net.clamp}; run it on the NumPy "
+                               f"reference (kernels=None, --backend numpy) or keep the default clamp")
     return {"kind": net.kind, "activation": net.activation, "dt": net.dt}
 
 
-def predict(net: EPNet, params: dict, x, T: int, backend: str = "numpy") -> np.ndarray:
-    """The output layer after T free steps, (B, O) (the free phase on `backend`'s ep.free_phase kernel if given)."""
-    if backend != "numpy":
-        from ..registry import call
-        x, _ = check_inputs(net, params, x)
-        return call("ep.free_phase", backend, params, x, check_T(T), **_kernel_options(net))[-1]
-    return free_phase(net, params, x, T)[-1]
+def predict(net: EPNet, params: dict, x, T: int, kernels=None) -> np.ndarray:
+    """The output layer after T free steps, (B, O). kernels: as for ep_grads (its free_phase runs the loop)."""
+    if kernels is None:
+        return free_phase(net, params, x, T)[-1]
+    x, _ = check_inputs(net, params, x)
+    return kernels.free_phase(params, x, check_T(T), **_kernel_options(net, kernels))[-1]
 
 
 # ---------------------------------------------------------------------------------------------------- BPTT
 
 def _bptt(net: EPNet, params: dict, x: np.ndarray, y: np.ndarray, T: int, K: int):
-    """Free phase with caches, then the adjoint through the last K steps.
+    """Free phase with caches, then the adjoint through the last K steps (relaxation.py).
 
-    Returns (loss, per-step param grads [∇BPTT_θ(t)]_{t<K}, per-step state adjoints [∇BPTT_s(t)]_{t<K}).
+    Returns (loss, per-step param grads [∇BPTT_θ(t)]_{t<K}, per-step state adjoints [∇BPTT_s(t)]_{t<K}) (13).
     """
-    s = [np.zeros((x.shape[0], n), dtype=x.dtype) for n in net.sizes[1:]]
-    caches = []
-    for t in range(T):
-        s, cache = _step(net, params, x, s)                                       # (5)–(6)
-        if t >= T - K:
-            caches.append(cache)
-    loss = float(_loss(s[-1], y))
-    ds = [np.zeros_like(v) for v in s]
-    ds[-1] = (s[-1] - y) / x.shape[0]                                             # (7)
-    param_steps, state_steps = [], []
-    for t in range(K):                        # t counts back from the end: the step s_{T−t−1} → s_{T−t}
-        state_steps.append(ds)                                                    # (13) ∂L/∂s_{T−t}
-        dparams, ds = _step_backward(net, params, x, caches[K - 1 - t], ds)       # (11)/(12)
-        param_steps.append(dparams)                                               # (13) ∂L/∂θ_{T−t}
-    return loss, param_steps, state_steps
+    s0 = [np.zeros((x.shape[0], n), dtype=x.dtype) for n in net.sizes[1:]]
+    s, caches = relax_keeping_caches(lambda s: _step(net, params, x, s), s0, T, K)            # (5)–(6)
+    param_steps, state_steps = backward_through_steps(
+        lambda cache, ds: _step_backward(net, params, x, cache, ds), caches, output_adjoint(s, y))   # (11)/(12)
+    return float(output_loss(s[-1], y)), param_steps, state_steps
 
 
-def bptt_grads(net: EPNet, params: dict, x, y, *, T: int, K: int | None = None, backend: str = "numpy"):
+def bptt_grads(net: EPNet, params: dict, x, y, *, T: int, K: int | None = None, kernels=None):
     """Hand-derived BPTT of L (7) through the free phase from s = 0. K=None: all T steps; else the last K (13).
-    backend: where the free phase and its adjoint run (the registry's ep.free_phase and ep.bptt kernels).
+    kernels: None (this module) or an EPKernels bundle: its free_phase (for the loss) and bptt run the loops.
 
     Returns (loss, {param: ∂L/∂param}).
     """
     x, y = check_inputs(net, params, x, y)
-    T, K = _check_truncation(T, K)
-    if backend != "numpy":
-        from ..registry import call
-        s = call("ep.free_phase", backend, params, x, T, **_kernel_options(net))
-        return float(_loss(s[-1], y)), call("ep.bptt", backend, params, x, T, y=y, K=K, **_kernel_options(net))
-    loss, steps, _ = _bptt(net, params, x, y, T, K)
-    grads = {k: np.zeros_like(v) for k, v in params.items()}
-    for t in range(K):
-        for k in grads:
-            grads[k] += steps[t][k]                                               # (13)
-    return loss, grads
+    T, K = check_truncation(T, K)
+    if kernels is None:
+        loss, steps, _ = _bptt(net, params, x, y, T, K)
+        return loss, sum_steps(steps)                                             # (13)
+    options = _kernel_options(net, kernels)
+    s = kernels.free_phase(params, x, T, **options)
+    return float(output_loss(s[-1], y)), kernels.bptt(params, x, T, y=y, K=K, **options)
 
 
 # ---------------------------------------------------------------------------------------------------- GDU diagnostics

@@ -53,7 +53,7 @@ from ..api import make_model, model_grads
 from ..errors import NumericalError, UnsupportedError
 from ..nn.losses import loss_forward
 from ..nn.model import forward
-from ..registry import cell_kernels
+from ..registry import cell_kernels, ep_kernels
 
 
 class TrainingDiverged(NumericalError):
@@ -361,8 +361,8 @@ def _static_problem(config: TrainConfig, task) -> _Problem:
         return y
 
     scale = _layer_lr_scale(config, params, o.get("lr_tab"))
-    # the relaxation loops on the backend's ep.* kernels (the conv net, refused on a backend above, takes no backend)
-    on_backend = {} if config.backend == "numpy" else {"backend": config.backend}
+    # the relaxation loops on the backend's ep.* kernels (the conv net, refused on a backend above, takes none)
+    on_backend = {} if config.backend == "numpy" else {"kernels": ep_kernels(config.backend, config.dtype)}
 
     def grads(params, idx, opt_state):
         x, y = as_input(task.train.x[idx].astype(net.dtype)), onehot(task.train.y[idx])

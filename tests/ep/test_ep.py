@@ -25,6 +25,11 @@ def _data(net, rng, B=2):
     return x, y
 
 
+def _loss(s_out, y):
+    """L = (1/2B) Σ_b ‖s_out − y‖², eq. (7), written here for the finite-difference oracle (in its precision)."""
+    return 0.5 * np.sum((s_out - y) ** 2) / s_out.shape[0]
+
+
 def _oracle_net(net):
     """The same network evaluated in extended precision (the FD oracle, numerics.extended)."""
     return dataclasses.replace(net, dtype=str(extended(np.zeros(1)).dtype))
@@ -44,11 +49,11 @@ def test_bptt_matches_finite_differences(kind, sizes, opts, K, rng):
     pe = {k: extended(v) for k, v in params.items()}
     if K is None:
         def f(q):                                                                 # L after T free steps from 0
-            return ep._loss(ep.free_phase(onet, q, xe, T)[-1], ye)
+            return _loss(ep.free_phase(onet, q, xe, T)[-1], ye)
     else:
         s0 = ep.free_phase(onet, pe, xe, T - K)                                   # the truncated graph: s_{T−K} fixed
         def f(q):
-            return ep._loss(ep.free_phase(onet, q, xe, K, init=s0)[-1], ye)
+            return _loss(ep.free_phase(onet, q, xe, K, init=s0)[-1], ye)
     assert loss == pytest.approx(float(f(pe)), rel=1e-12)
     fd = central_differences(f, pe)
     for k in params:
@@ -191,3 +196,63 @@ def test_float32_agrees_with_float64(kind, rng):
         assert g32[k].dtype == np.float32 and b32[k].dtype == np.float32
         assert rel_error(b32[k], b64[k]) <= 1e-4, k
         assert rel_error(g32[k], g64[k]) <= 1e-3, k                               # EP divides an O(β) difference by β
+
+
+# ---------------------------------------------------------------------------------------------------- injected kernels
+
+class _Recording:
+    """An EPKernels bundle that runs the registry's NumPy kernels and records which loops were called."""
+
+    def __init__(self):
+        from refimpl.registry import ep_kernels
+        self.inner, self.calls = ep_kernels("numpy"), []
+
+    def __getattr__(self, name):
+        if name not in ("free_phase", "nudged_phase", "bptt"):
+            raise AttributeError(name)
+
+        def run(*args, **kwargs):
+            self.calls.append(name)
+            return getattr(self.inner, name)(*args, **kwargs)
+        return run
+
+
+@pytest.mark.parametrize("kind", ep.NETWORKS)
+def test_injected_kernels_run_the_loops_and_match_the_reference(kind, rng):
+    """ep_grads / bptt_grads / predict with kernels (registry.ep_kernels) call exactly those loops, and the registry's
+    NumPy kernels give this module's own results bit for bit."""
+    net, params = ep.make_ep_net(kind, (4, 6, 3), seed=2)
+    x, y = _data(net, rng, B=3)
+    T, K, beta = 12, 4, 0.2
+    rec = _Recording()
+    loss_k, g_k, s_k = ep.ep_grads(net, params, x, y, T=T, K=K, beta=beta, kernels=rec)
+    loss, g, s = ep.ep_grads(net, params, x, y, T=T, K=K, beta=beta)
+    assert rec.calls == ["free_phase", "nudged_phase"]
+    assert loss_k == loss and all(np.array_equal(a, b) for a, b in zip(s_k, s))
+    assert all(np.array_equal(g_k[k], g[k]) for k in params)
+    rec.calls.clear()
+    loss_k, b_k = ep.bptt_grads(net, params, x, y, T=T, K=K, kernels=rec)
+    loss, b = ep.bptt_grads(net, params, x, y, T=T, K=K)
+    assert rec.calls == ["free_phase", "bptt"]
+    assert loss_k == loss and list(b_k) == list(b) and all(np.array_equal(b_k[k], b[k]) for k in params)
+    rec.calls.clear()
+    np.testing.assert_array_equal(ep.predict(net, params, x, T, kernels=rec), ep.predict(net, params, x, T))
+    assert rec.calls == ["free_phase"]
+
+
+def test_injected_kernels_refuse_what_they_cannot_run(rng):
+    """The ep.* kernels take no clamp (they run the kind's default): a net with another clamp is refused, not run
+    silently with the default; and a kernels object without the three loops is refused by name."""
+    from refimpl.registry import ep_kernels
+    net, params = ep.make_ep_net("energy", (4, 6, 3), clamp=False, seed=2)
+    assert net.clamp != ep.DEFAULTS["energy"]["clamp"]
+    x, y = _data(net, rng)
+    with pytest.raises(UnsupportedError, match="clamp"):
+        ep.ep_grads(net, params, x, y, T=5, K=2, beta=0.1, kernels=ep_kernels("numpy"))
+    with pytest.raises(UnsupportedError, match="clamp"):
+        ep.predict(net, params, x, 5, kernels=ep_kernels("numpy"))
+    net, params = ep.make_ep_net("energy", (4, 6, 3), seed=2)
+    with pytest.raises(UnsupportedError, match=r"\.free_phase, \.nudged_phase and \.bptt"):
+        ep.bptt_grads(net, params, x, y, T=5, K=2, kernels=object())
+    with pytest.raises(UnknownNameError, match="backend"):
+        ep_kernels("nosuch")
