@@ -1,6 +1,10 @@
 """Command line: ``python -m refimpl.run [COMMAND] …`` (``--help`` on every command).
 
-    (no command)  the default job: gradcheck of every cell with BPTT against finite differences, one table
+Each command is wiring: it turns its options into a call of refimpl/training/ or refimpl/studies/ and prints the
+result.
+
+    (no command)  the default job: BPTT of every cell against finite differences (one table), then the learning demo
+                  (refimpl/training/recipes.py DEMO)
     gradcheck     compare an algorithm's gradients with BPTT, and BPTT with central finite differences
     train         train a model on a task into a run directory (config.json, metrics.jsonl, checkpoints; --resume)
     compare       train the same model from the same initial weights with several algorithms; table and plot

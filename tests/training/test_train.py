@@ -168,11 +168,11 @@ def test_cli_train_compare_plot(tmp_path):
     assert r.exit_code == 0 and (tmp_path / "c.png").stat().st_size > 0
 
 
-def test_recipe_runs_what_has_landed_and_lists_the_rest(tmp_path):
+def test_recipe_runs_its_comparison_and_explicit_options_override_it(tmp_path):
     r = CliRunner().invoke(cli, ["compare", "--recipe", "fptt-digits", "--steps", "1", "--no-progress",
                                  "--out", str(tmp_path / "cmp")])
     assert r.exit_code == 0, r.output
-    assert "skipped" not in r.output                                        # every algorithm of it has landed
+    assert r.output.startswith("recipe fptt-digits: FPTT paper comparison")
     report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [run["algorithm"] for run in report["runs"]] == ["bptt", "fptt", "spatial"]
     fptt = next(run for run in report["runs"] if run["algorithm"] == "fptt")
