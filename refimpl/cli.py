@@ -1,6 +1,10 @@
 """Command line: ``python -m refimpl.run [COMMAND] …`` (``--help`` on every command).
 
-    (no command)  the default job: gradcheck of every cell with BPTT against finite differences, one table
+Each command is wiring: it turns its options into a call of refimpl/training/ or refimpl/studies/ and prints the
+result.
+
+    (no command)  the default job: BPTT of every cell against finite differences (one table), then the learning demo
+                  (refimpl/training/recipes.py DEMO)
     gradcheck     compare an algorithm's gradients with BPTT, and BPTT with central finite differences
     train         train a model on a task into a run directory (config.json, metrics.jsonl, checkpoints; --resume)
     compare       train the same model from the same initial weights with several algorithms; table and plot
@@ -20,32 +24,27 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
+from pathlib import Path
 
 import click
 
+from tasks import PRESETS
+
 from .algorithms import ALGORITHMS
 from .cells import CELLS
-from .errors import NumericalError, RefimplError
+from .errors import NumericalError, RefimplError, UnknownNameError
 from .nn.model import FFNS, NORMS, POOLINGS
-
-#: What the default job checks: every cell (both rnn nonlinearities), alone and inside a full 2-layer block stack.
-DEFAULT_CELLS = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "linear"}), ("gru", {}), ("lstm", {}),
-                 ("lru", {})]
-def _demo_runs():
-    """(config, algorithms) per cell of the learning demo. The LRU (|λ| ≥ 0.9, so that FPTT's inversion is well
-    conditioned) runs BPTT, its exact online twin `online` (diagonal RTRL traces, step by step), FPTT and the
-    readout-only floor; whole-stack `rtrl` (one backward pass per state unit per step) and the dense-cell sensitivity
-    rules are too slow in NumPy for a one-minute demo, and are shown by `gradcheck`."""
-    from .training.loop import TrainConfig
-    common = dict(task="digits-seq", task_options={"mode": "pixel"}, pooling="last", log_every=5)
-    return {"lru": (TrainConfig(cell="lru", hidden=32, encoder=True, d_model=32, lr=5e-3, epochs=5,
-                                cell_options={"r_min": 0.9}, **common), ("bptt", "online", "fptt", "readout")),
-            "gru": (TrainConfig(cell="gru", hidden=32, lr=1e-2, epochs=10, **common), ("bptt", "readout"))}
-
-
-DEFAULT_MODELS = [dict(layers=1),
-                  dict(layers=2, encoder=True, norm="layer", ffn="glu", residual=True),
-                  dict(layers=2, ffn="mlp", pooling="cumulative_mean")]
+from .plotting import plot_runs
+from .registry import KERNELS, coverage
+from .runs import atomic_write_json
+from .studies import ep_gdu, fptt_stability as stability
+from .studies.gradcheck import check_every_cell, format_reports, format_summary, gradcheck as check_gradients
+from .training import feedforward, sweep
+from .training.compare import compare as compare_algorithms, format_comparison
+from .training.config import EP_SETTINGS, TrainConfig
+from .training.loop import train as train_run
+from .training.recipes import DEMO, apply_recipe
 
 
 def _parse_options(pairs, flag: str = "--cell-option", example: str = "-o nonlinearity=linear") -> dict:
@@ -90,9 +89,6 @@ class _OneLineErrors(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-DEMO_RUNS = _demo_runs()
-
-
 @click.group(cls=_OneLineErrors, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
@@ -107,25 +103,25 @@ def cli(ctx):
 
 def _demo() -> None:
     """The default job (`make run`): exactness first, then learning — about a minute on 2 cores."""
-    from .studies.gradcheck import format_summary, gradcheck
     click.echo("refimpl demo — 1/2 exactness: hand-derived BPTT vs central finite differences, every cell in three "
                "model stacks\n(hidden 4, T=5, B=2, mse loss, float64; every parameter array and x is compared)\n")
-    reports = [gradcheck(cell, "bptt", **cell_opts, **model_opts)
-               for cell, cell_opts in DEFAULT_CELLS for model_opts in DEFAULT_MODELS]
+    reports = check_every_cell()
     click.echo(format_summary(reports))
     click.echo("\nrefimpl demo — 2/2 learning: sequential digits (scikit-learn's 8x8 digits, one pixel per step, "
                "T=64), several algorithms from identical initial weights\n")
-    for cell, (config, algorithms) in DEMO_RUNS.items():
+    for cell, recipe in DEMO.items():
+        config = TrainConfig(**recipe.config)
         click.echo(f"{cell}: {config.layers} layer, hidden {config.hidden}"
                    + (f", encoder {config.d_model}" if config.encoder else "") + f", pooling {config.pooling}, "
                    f"{config.epochs} epochs, {config.optimizer} lr {config.lr}")
-        click.echo(run_compare(config, list(algorithms), f"runs/demo/{cell}") + "\n")
+        click.echo(format_comparison(compare_algorithms(config, list(recipe.algorithms), f"runs/demo/{cell}"))
+                   + "\n")
     ok = all(r.ok for r in reports)
     click.echo("More: python -m refimpl.run --help  (gradcheck, train, compare, plot, backends)")
     sys.exit(0 if ok else 1)
 
 
-@cli.command()
+@cli.command("gradcheck")
 @click.option("--cell", required=True, type=click.Choice(sorted(CELLS)), help="Which cell.")
 @click.option("--algorithm", default="bptt", show_default=True, type=click.Choice(list(ALGORITHMS)),
               help="Algorithm to check against BPTT (DESIGN.md §5 names).")
@@ -137,8 +133,8 @@ def _demo() -> None:
 @click.option("--dtype", default="float64", show_default=True, type=click.Choice(["float64", "float32"]))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--backend", default="numpy", show_default=True, help="Backend of the algorithm's kernels.")
-@click.option("--norm", type=click.Choice([n for n in NORMS if n]), default=None, help="Pre-norm in each layer.")
-@click.option("--ffn", type=click.Choice([f for f in FFNS if f]), default=None, help="Feed-forward block per layer.")
+@click.option("--norm", type=click.Choice(list(NORMS)), default=None, help="Pre-norm in each layer.")
+@click.option("--ffn", type=click.Choice(list(FFNS)), default=None, help="Feed-forward block per layer.")
 @click.option("--residual/--no-residual", default=False, show_default=True)
 @click.option("--encoder/--no-encoder", default=False, show_default=True, help="Linear input encoder.")
 @click.option("--pooling", type=click.Choice(list(POOLINGS)), default="none", show_default=True)
@@ -149,15 +145,14 @@ def _demo() -> None:
 @click.option("--loss", default="mse", show_default=True, type=click.Choice(["mse", "ce", "bce"]),
               help="Loss on random targets (ce: integer labels; drtp needs ce or bce).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def gradcheck(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, seed, backend, norm, ffn, residual,
+def gradcheck_cmd(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, seed, backend, norm, ffn, residual,
               encoder, pooling, cell_options, algorithm_options, loss, as_json):
     """Compare ALGORITHM's gradients with BPTT, and BPTT with central finite differences.
 
     Prints one row per parameter (relative error and cosine vs BPTT; BPTT vs FD) and exits with status 1 when BPTT
     misses the FD tolerance or an exact algorithm misses its tolerance (DESIGN.md §7).
     """
-    from .studies.gradcheck import format_reports, gradcheck as run_gradcheck
-    report = run_gradcheck(cell, algorithm, layers=layers, hidden=hidden, seq_len=seq_len, batch=batch, n_in=n_in,
+    report = check_gradients(cell, algorithm, layers=layers, hidden=hidden, seq_len=seq_len, batch=batch, n_in=n_in,
                            dtype=dtype, seed=seed, backend=backend, norm=norm, ffn=ffn, residual=residual,
                            encoder=encoder, pooling=pooling, loss=loss,
                            algorithm_options=_parse_options(algorithm_options, "--algorithm-option", "-a passes=2"),
@@ -167,8 +162,7 @@ def gradcheck(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, seed
 
 
 def _run_options(f):
-    """The task / model / optimizer options shared by `train` and `compare` (defaults: refimpl.training.loop.TrainConfig)."""
-    from .training.loop import TrainConfig
+    """The task / model / optimizer options shared by `train` and `compare` (defaults: training.config.TrainConfig)."""
     d = TrainConfig()
     options = [
         click.option("--task", default=d.task, show_default=True, help="Task name (see tasks/), e.g. digits-seq, copy."),
@@ -185,8 +179,8 @@ def _run_options(f):
         click.option("--hidden", default=d.hidden, show_default=True, type=int, help="Hidden units (lru: N)."),
         click.option("--d-model", default=None, type=int, help="Encoder width (with --encoder)."),
         click.option("--encoder/--no-encoder", default=d.encoder, show_default=True),
-        click.option("--norm", type=click.Choice([n for n in NORMS if n]), default=None),
-        click.option("--ffn", type=click.Choice([n for n in FFNS if n]), default=None),
+        click.option("--norm", type=click.Choice(list(NORMS)), default=None),
+        click.option("--ffn", type=click.Choice(list(FFNS)), default=None),
         click.option("--residual/--no-residual", default=d.residual, show_default=True),
         click.option("--pooling", type=click.Choice(list(POOLINGS)), default=d.pooling, show_default=True),
         click.option("--dtype", default=d.dtype, show_default=True, type=click.Choice(["float64", "float32"])),
@@ -209,7 +203,7 @@ def _run_options(f):
                      help="Algorithm option, e.g. -a passes=2 or -a carrier=state (fptt, fptt1)."),
         click.option("--net", default=d.net, show_default=True,
                      type=click.Choice(["prototypical", "energy", "toy", "conv"]),
-                     help="Static tasks: the equilibrium-propagation network (refimpl/ep/networks.py, ep_conv.py)."),
+                     help="Static tasks: the equilibrium-propagation network (refimpl/ep/networks.py, conv.py)."),
         click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
                      help="EP network option, e.g. -n activation=tanh -n dt=0.5."),
         click.option("--update-every", default=None, type=int,
@@ -222,9 +216,6 @@ def _run_options(f):
 
 def _config_from_options(algorithm, kw):
     """The TrainConfig that the shared run options describe (with --preset resolved)."""
-    from tasks import PRESETS
-    from .errors import UnknownNameError
-    from .training.loop import TrainConfig
     task, task_options = kw.pop("task"), _parse_options(kw.pop("task_options"), "--task-option", "-t mode=row")
     preset = kw.pop("preset")
     if preset is not None:
@@ -239,7 +230,7 @@ def _config_from_options(algorithm, kw):
     return TrainConfig(task=task, task_options=task_options, algorithm=algorithm, **kw)
 
 
-@cli.command()
+@cli.command("train")
 @_run_options
 @click.option("--algorithm", default="bptt", show_default=True, type=click.Choice(list(ALGORITHMS)))
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
@@ -249,70 +240,26 @@ def _config_from_options(algorithm, kw):
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--benchmark", is_flag=True, help="Also train with bptt from the same initial weights and compare "
               "(the EP paper's --benchmark; the same as `compare --algorithms ALGORITHM,bptt`).")
-def train(algorithm, out_dir, resume_dir, progress, benchmark, **kw):
+def train_cmd(algorithm, out_dir, resume_dir, progress, benchmark, **kw):
     """Train a model on a task into a run directory: config.json, metrics.jsonl (flushed), atomic checkpoints,
     result.json. A killed run continues with --resume RUN_DIR and ends with the same numbers."""
-    from .training.loop import train as run_train
     config = _config_from_options(algorithm, kw)
     if benchmark:
         if resume_dir:
             raise click.UsageError("--benchmark starts new runs; it cannot be combined with --resume")
         names = [algorithm] + (["bptt"] if algorithm != "bptt" else [])
-        click.echo(run_compare(config, names, out_dir or f"runs/benchmark-{config.task}-{algorithm}", progress))
+        out = out_dir or f"runs/benchmark-{config.task}-{algorithm}"
+        click.echo(format_comparison(compare_algorithms(config, names, out, progress=progress)))
         return
     run_dir = resume_dir or out_dir or f"runs/{config.task}-{config.cell}-{algorithm}-s{config.seed}"
-    result = run_train(config, run_dir, resume=resume_dir is not None, progress=progress)
+    result = train_run(config, run_dir, resume=resume_dir is not None, progress=progress)
     acc = (f", val accuracy {result.val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}"
            if result.val_accuracy is not None else "")
     click.echo(f"{run_dir}: {result.steps} steps in {result.time_s:.1f} s; train loss {result.train_loss:.4f}, "
                f"val loss {result.val_loss:.4f}, test loss {result.test_loss:.4f}{acc}")
 
 
-def run_compare(config, algorithms, out_dir, progress=False):
-    """Train `config` once per algorithm from the same initial weights into out_dir/<algorithm>; write compare.json
-    and compare.png; return the table as text."""
-    import dataclasses
-    import shutil
-    from pathlib import Path
-
-    from .algorithms import get_algorithm
-    from .plotting import plot_runs
-    from .training.loop import atomic_write_json, gradient_agreement, train as run_train
-    from tasks import make_task
-    static = make_task(config.task, seed=config.seed, data_dir=config.data_dir, **config.task_options).kind == "static"
-    for a in algorithms:
-        if not static:
-            get_algorithm(a, "model")                 # refuse unknown / unimplemented names before any work
-    agreement = gradient_agreement(config, algorithms)
-    out = Path(out_dir)
-    rows = []
-    for a in algorithms:
-        sub = out / a
-        if sub.exists():
-            shutil.rmtree(sub)                      # compare reruns its runs from scratch
-        options = (config.algorithm_options if static else
-                   {k: v for k, v in config.algorithm_options.items() if k in get_algorithm(a).options})
-        r = run_train(dataclasses.replace(config, algorithm=a, algorithm_options=options), sub, progress=progress,
-                      track_memory=True)
-        rows.append({"algorithm": a, **dataclasses.asdict(r), "grad_vs_bptt": agreement[a]})
-    atomic_write_json(out / "compare.json", {"config": dataclasses.asdict(config), "runs": rows})
-    png = plot_runs([out / a for a in algorithms], out / "compare.png", labels=list(algorithms),
-                    title=f"{config.task}: {config.layers}-layer {config.cell}, hidden {config.hidden}")
-    head = (f"{'algorithm':<10} {'cos vs bptt':>11} {'train loss':>10} {'val loss':>9} {'val acc':>8} "
-            f"{'test loss':>9} {'test acc':>8} {'time s':>7} {'peak MB':>8}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        acc = lambda v: f"{v:>8.4f}" if v is not None else f"{'-':>8}"      # noqa: E731
-        lines.append(f"{r['algorithm']:<10} {r['grad_vs_bptt']['cosine']:>11.6f} {r['train_loss']:>10.4f} "
-                     f"{r['val_loss']:>9.4f} {acc(r['val_accuracy'])} {r['test_loss']:>9.4f} "
-                     f"{acc(r['test_accuracy'])} {r['time_s']:>7.1f} {r['peak_memory_bytes'] / 2**20:>8.1f}")
-    lines.append("cos vs bptt: cosine between the algorithm's gradient and BPTT's at the initial weights (first "
-                 "batch);")
-    lines.append(f"runs in {out}/<algorithm>; learning curves: {png}")
-    return "\n".join(lines)
-
-
-@cli.command()
+@cli.command("compare")
 @_run_options
 @click.option("--algorithms", default="bptt,readout", show_default=True,
               help="Comma-separated algorithm names, trained from identical initial weights.")
@@ -322,45 +269,28 @@ def run_compare(config, algorithms, out_dir, progress=False):
               help="Directory for the runs, compare.json and compare.png (default runs/compare-<task>-<cell>).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
-def compare(ctx, algorithms, recipe, out_dir, progress, **kw):
+def compare_cmd(ctx, algorithms, recipe, out_dir, progress, **kw):
     """Train the same model from the same initial weights with several algorithms; print final loss, accuracy,
     time and peak memory, and draw the learning curves (compare.png)."""
-    import dataclasses
-
-    from .algorithms import ALGORITHMS as ALGOS
-    from .errors import UnsupportedError
-    from .training.recipes import get_recipe
     names = [a.strip() for a in algorithms.split(",") if a.strip()]
     config = _config_from_options(names[0] if names else "bptt", kw)
     if recipe is not None:
-        r = get_recipe(recipe)
-        if r.needs:
-            raise UnsupportedError(f"recipe {recipe!r} needs {r.needs}; it is not implemented yet")
         explicit = {p.name for p in ctx.command.params
                     if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE}
-        given = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                 if f.name in explicit or (f.name == "task_options" and "task_options" in explicit)}
-        config = dataclasses.replace(config, **{**r.config, **given})
+        config, r = apply_recipe(recipe, config, explicit)
         if "algorithms" not in explicit:
-            from tasks import make_task
-            static = make_task(config.task, seed=config.seed, data_dir=config.data_dir,
-                               **config.task_options).kind == "static"
-            names = [a for a in r.algorithms if (a in ("ep", "bptt") if static else
-                                                 a in ALGOS and ALGOS[a].implemented)]
-            missing = [a for a in r.algorithms if a not in names]
-            click.echo(f"recipe {recipe}: {r.about}"
-                       + (f"; not implemented yet, skipped: {', '.join(missing)}" if missing else ""))
-    click.echo(run_compare(config, names, out_dir or f"runs/compare-{recipe or config.task + '-' + config.cell}",
-                           progress))
+            names = list(r.algorithms)
+            click.echo(f"recipe {recipe}: {r.about}")
+    out = out_dir or f"runs/compare-{recipe or config.task + '-' + config.cell}"
+    click.echo(format_comparison(compare_algorithms(config, names, out, progress=progress)))
 
 
-@cli.command()
+@cli.command("plot")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_path", default="curves.png", show_default=True, type=click.Path(dir_okay=False),
               help="PNG file to write.")
-def plot(run_dirs, out_path):
+def plot_cmd(run_dirs, out_path):
     """Draw the learning curves (training loss, validation loss and accuracy) of existing run directories."""
-    from .plotting import plot_runs
     click.echo(str(plot_runs(run_dirs, out_path)))
 
 
@@ -372,37 +302,33 @@ def plot(run_dirs, out_path):
 @click.option("--width", default=32, show_default=True, type=click.IntRange(min=1), help="Input = state = output width.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["f32/f32", "f32/f64", "f64/f64"]),
               help="States/carriers precision (default: all three).")
-def fptt_stability(out_dir, full, seeds, width, precisions):
+def fptt_stability_cmd(out_dir, full, seeds, width, precisions):
     """FPTT's gradient quality vs forgetting and sequence length (the FPTT paper's experiment): one lru layer,
     Gaussian inputs, MSE to zero targets; cosine of FPTT vs BPTT for parameters and inputs over r_min and T."""
-    from pathlib import Path
+    summary, json_path, png = stability.write_study(out_dir, full=full, seeds=seeds, width=width,
+                                                    precisions=precisions)
+    click.echo(stability.format_table(summary))
+    click.echo(f"wrote {json_path} and {png}")
 
-    from .studies.fptt_stability import LENGTHS_FULL, LENGTHS_QUICK, PRECISIONS, format_table, plot_study, run_study, summarize
-    from .training.loop import atomic_write_json
-    n_seeds = seeds or (3 if full else 2)
-    config = {"lengths": list(LENGTHS_FULL if full else LENGTHS_QUICK), "seeds": list(range(n_seeds)),
-              "precisions": list(precisions or PRECISIONS), "width": width}
-    records = run_study(lengths=config["lengths"], seeds=config["seeds"], precisions=config["precisions"],
-                        width=width)
-    summary = summarize(records)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "stability.json", {"config": config, "records": records, "summary": summary})
-    png = plot_study(summary, out / "stability.png")
-    click.echo(format_table(summary))
-    click.echo(f"wrote {out / 'stability.json'} and {png}")
+
+def _sizes_text(sizes) -> str:
+    return ",".join(map(str, sizes))
 
 
 def _ep_net_options(f):
-    """Options shared by ep-curves and ep-recipe."""
+    """Options shared by ep-curves and ep-recipe (defaults: refimpl.training.config.EP_SETTINGS)."""
+    toy, digits = EP_SETTINGS["toy"], EP_SETTINGS["digits"]
     options = [
         click.option("--net", "kind", default="toy", show_default=True,
                      type=click.Choice(["toy", "energy", "prototypical"])),
-        click.option("--sizes", default=None, help="Layer sizes, input first, comma-separated (default: toy 5,50,10; "
-                     "the others 64,64,10 for the digits data)."),
-        click.option("--T", "T", default=None, type=int, help="Free-phase steps (default toy 5000, others 40)."),
-        click.option("--K", "K", default=None, type=int, help="Nudged steps (default toy 80, others 10)."),
-        click.option("--beta", default=None, type=float, help="Nudge strength (default toy 0.01, others 0.05)."),
+        click.option("--sizes", default=None, help=f"Layer sizes, input first, comma-separated (default: toy "
+                     f"{_sizes_text(toy['sizes'])}; the others {_sizes_text(digits['sizes'])} for the digits data)."),
+        click.option("--T", "T", default=None, type=int,
+                     help=f"Free-phase steps (default toy {toy['T']}, others {digits['T']})."),
+        click.option("--K", "K", default=None, type=int,
+                     help=f"Nudged steps (default toy {toy['K']}, others {digits['K']})."),
+        click.option("--beta", default=None, type=float,
+                     help=f"Nudge strength (default toy {toy['beta']}, others {digits['beta']})."),
         click.option("--batch", default=20, show_default=True, type=click.IntRange(min=1)),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
@@ -414,14 +340,14 @@ def _ep_net_options(f):
 
 
 def _ep_settings(kind, sizes, T, K, beta, net_options):
-    toy = kind == "toy"
-    sizes = tuple(int(v) for v in sizes.split(",")) if sizes else ((5, 50, 10) if toy else (64, 64, 10))
+    """(sizes, T, K, beta, network options) from the options, EP_SETTINGS filling what was not given (the network's
+    own defaults — activation, dt, clamp — are refimpl.ep's)."""
+    d = EP_SETTINGS["toy" if kind == "toy" else "digits"]
+    sizes = tuple(int(v) for v in sizes.split(",")) if sizes else d["sizes"]
     opts = _parse_options(net_options, "--net-option", "-n activation=tanh")
     if "clamp" in opts:
         opts["clamp"] = bool(opts["clamp"])
-    if toy:
-        opts = {"activation": "tanh", "dt": 0.08, **opts}
-    return sizes, (T or (5000 if toy else 40)), (K or (80 if toy else 10)), (beta or (0.01 if toy else 0.05)), opts
+    return sizes, (T or d["T"]), (K or d["K"]), (beta or d["beta"]), opts
 
 
 @cli.command("ep-curves")
@@ -430,16 +356,12 @@ def _ep_settings(kind, sizes, T, K, beta, net_options):
 def ep_curves_cmd(kind, sizes, T, K, beta, batch, seed, net_options, out_dir):
     """The GDU property made visible: per-step EP neuron updates vs BPTT neuron gradients and cumulative EP weight
     updates vs cumulative BPTT gradients, with the RMSE metric (curves.json, curves.png)."""
-    from pathlib import Path
-
-    from .studies.ep_gdu import ep_curves, plot_curves
-    from .training.loop import atomic_write_json
     sizes, T, K, beta, opts = _ep_settings(kind, sizes, T, K, beta, net_options)
-    report = ep_curves(kind, sizes, T=T, K=K, beta=beta, batch=batch, seed=seed, **opts)
+    report = ep_gdu.ep_curves(kind, sizes, T=T, K=K, beta=beta, batch=batch, seed=seed, **opts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "curves.json", report)
-    png = plot_curves(report, out / "curves.png")
+    png = ep_gdu.plot_curves(report, out / "curves.png")
     for n in report["neurons"]:
         click.echo(f"layer {n['layer']} neurons: RMSE {n['rmse'][0]:.3g} ± {n['rmse'][1]:.2g}")
     for w in report["weights"]:
@@ -453,10 +375,9 @@ def ep_curves_cmd(kind, sizes, T, K, beta, batch, seed, net_options, out_dir):
 def ep_recipe_cmd(kind, sizes, T, K, beta, batch, seed, net_options, batches):
     """The sign-agreement "recipe" for tuning T, K and β: per weight matrix, the % of entries where the EP update and
     the truncated BPTT gradient agree in sign, mean ± std over random mini-batches."""
-    from .studies.ep_gdu import ep_recipe, format_recipe
     sizes, T, K, beta, opts = _ep_settings(kind, sizes, T, K, beta, net_options)
-    click.echo(format_recipe(ep_recipe(kind, sizes, T=T, K=K, beta=beta, batches=batches, batch=batch, seed=seed,
-                                       **opts)))
+    click.echo(ep_gdu.format_recipe(ep_gdu.ep_recipe(kind, sizes, T=T, K=K, beta=beta, batches=batches, batch=batch,
+                                                     seed=seed, **opts)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -464,8 +385,7 @@ def ep_recipe_cmd(kind, sizes, T, K, beta, batch, seed, net_options, batches):
 
 def _bpfree_options(f):
     """Options shared by `bpfree` and `sweep` (defaults: refimpl.training.feedforward.BpfreeConfig)."""
-    from .training.feedforward import BpfreeConfig
-    d = BpfreeConfig()
+    d = feedforward.BpfreeConfig()
     options = [
         click.option("--task", default=d.task, show_default=True, help="A static task: digits or mnist-static."),
         click.option("-t", "--task-option", "task_options", multiple=True, metavar="KEY=VALUE",
@@ -497,10 +417,9 @@ def _bpfree_options(f):
 
 
 def _bpfree_base(kw):
-    from .training.feedforward import BpfreeConfig
     kw["task_options"] = _parse_options(kw.pop("task_options"), "--task-option", "-t n_train=5000")
     kw["clip_norm"] = kw["clip_norm"] or None
-    return BpfreeConfig(**kw)
+    return feedforward.BpfreeConfig(**kw)
 
 
 def _echo_warnings(caught) -> None:
@@ -526,14 +445,11 @@ def bpfree_cmd(out_dir, resume_dir, progress, **kw):
     """Train a feed-forward network by backprop (bp) or a backprop-free rule (dfa, drtp, ll-ce, ll-mse) on a static
     task: run directory with config.json, metrics.jsonl (losses, errors and per-layer trackers), atomic checkpoints,
     result.json and trackers.png. A killed run continues with --resume RUN_DIR."""
-    import warnings
-
-    from .training.feedforward import train as run_bpfree
     config = _bpfree_base(kw)
     run_dir = resume_dir or out_dir or f"runs/bpfree-{config.task}-{config.algorithm}-s{config.seed}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = run_bpfree(config, run_dir, resume=resume_dir is not None, progress=progress)
+        result = feedforward.train(config, run_dir, resume=resume_dir is not None, progress=progress)
     _echo_warnings(caught)
     err = (f", val error {result.val_error:.2f}%, test error {result.test_error:.2f}%"
            if result.val_error is not None else "")
@@ -564,27 +480,24 @@ def sweep_cmd(algorithms, activations, inits, forward_inits, archs, lr_min, lr_m
     """Grid search over rule, activation, init, learning rate and architecture: one run directory per trial on a
     local process pool, selection on the validation split, the best configuration per rule with a table and a plot
     (summary.json, summary.png). Rerunning the same command resumes it: finished trials are skipped."""
-    from .training.sweep import lr_grid, run_sweep
-
     def split(s):
         return [v.strip() for v in s.split(",") if v.strip()]
     base = _bpfree_base(kw)
     try:
-        lr_values = [float(v) for v in split(lrs)] if lrs else lr_grid(lr_min, lr_max, lr_points)
+        lr_values = [float(v) for v in split(lrs)] if lrs else sweep.lr_grid(lr_min, lr_max, lr_points)
     except ValueError:
         raise click.BadParameter(f"{lrs!r} is not a comma-separated list of numbers", param_hint="--lrs") from None
     grid = {"algorithm": split(algorithms), "activation": split(activations), "init": split(forward_inits),
             "feedback_init": split(inits), "lr": lr_values, "arch": split(archs)}
-    summary = run_sweep(base, grid, out_dir or f"runs/sweep-{base.task}-{base.problem}", workers=workers,
+    summary = sweep.run_sweep(base, grid, out_dir or f"runs/sweep-{base.task}-{base.problem}", workers=workers,
                         echo=lambda s: click.echo(s, err=s.startswith(("warning", "refused"))))
     click.echo(summary.table)
 
 
-@cli.command()
+@cli.command("backends")
 @click.option("--json", "as_json", is_flag=True, help="Print the coverage as JSON.")
-def backends(as_json):
+def backends_cmd(as_json):
     """List backends, whether each runs on this machine (and why not), and the kernels each implements."""
-    from .registry import KERNELS, coverage
     rows = coverage()
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -1,10 +1,12 @@
-"""Learning-curve plots of run directories (matplotlib, drawn off-screen with the Agg backend)."""
+"""Learning-curve plots of run directories (matplotlib, drawn off-screen with the Agg backend; the run files are read
+through refimpl/runs.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .errors import UnsupportedError
+from .runs import read_metrics
 
 
 def plot_runs(run_dirs, out_path, labels=None, title: str | None = None) -> Path:
@@ -12,8 +14,6 @@ def plot_runs(run_dirs, out_path, labels=None, title: str | None = None) -> Path
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .training.loop import read_metrics
 
     runs = []
     for i, d in enumerate(run_dirs):

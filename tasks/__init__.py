@@ -98,6 +98,9 @@ _SPECS: dict[str, tuple[Callable[..., Task], dict[str, _Rule]]] = {
     "mnist-static": (mnist.build_mnist_static, _MNIST),
 }
 _COMMON = {"dtype": ("float64", _choice(*DTYPES))}       # options every task takes: (default, rule)
+#: Each task's kind (tasks/base.py), known without building it: "sequence" or "static".
+_KINDS = {"copy": "sequence", "adding": "sequence", "digits-seq": "sequence", "digits": "static",
+          "mnist": "sequence", "mnist98": "sequence", "mnist-static": "static"}
 
 TASKS: dict[str, Callable[..., Task]] = {name: builder for name, (builder, _) in _SPECS.items()}
 
@@ -125,6 +128,15 @@ def task_options(name: str) -> dict:
     params = inspect.signature(_SPECS[name][0]).parameters.values()
     defaults = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
     return {**defaults, **{k: d for k, (d, _) in _COMMON.items()}, **base}
+
+
+def task_kind(name: str) -> str:
+    """The kind of a task (or preset), "sequence" or "static", without loading its data."""
+    if name in PRESETS:
+        name = PRESETS[name][0]
+    if name not in _SPECS:
+        raise UnknownNameError("task", name, [*TASKS, *PRESETS], "tasks.TASKS and tasks.PRESETS list them")
+    return _KINDS[name]
 
 
 def _check_option(task: str, option: str, value, rule: _Rule) -> None:
@@ -188,6 +200,7 @@ for _name, (_builder, _rules) in _SPECS.items():
     _params = {p.name for p in inspect.signature(_builder).parameters.values()
                if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert _params == set(_rules), f"tasks: {_name} builder options {_params} != rules {set(_rules)}"
+assert set(_KINDS) == set(_SPECS), f"tasks: kinds {set(_KINDS)} != tasks {set(_SPECS)}"
 
-__all__ = ["TASKS", "PRESETS", "DTYPES", "make_task", "task_options", "Task", "Split", "TARGET_KINDS",
+__all__ = ["TASKS", "PRESETS", "DTYPES", "make_task", "task_kind", "task_options", "Task", "Split", "TARGET_KINDS",
            "split_indices"]

@@ -9,6 +9,10 @@ finite at all counts as cosine 0 ("lost").
 
 Precisions "states/carriers": f32/f32 (everything float32), f32/f64 (the paper's mixed setting: float64 carriers e, P)
 and f64/f64.
+
+    measure(r_min, T, seed, precision) -> one record;  run_study(…) -> records;  summarize(records) -> summary
+    write_study(out_dir, …) -> (summary, stability.json, stability.png)   the `fptt-stability` command (format_table
+                                                                           prints the summary)
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import numpy as np
 from ..algorithms.fptt import fptt_model_grads
 from ..nn.model import bptt, make_model
 from ..numerics import cosine
+from ..plotting import save_figure
+from ..runs import atomic_write_json
 
 R_MINS = (0.36, 0.68, 0.84, 0.92, 0.96, 0.98, 0.99)
 LENGTHS_FULL = (30, 100, 300, 1000)
@@ -68,6 +74,23 @@ def run_study(r_mins=R_MINS, lengths=LENGTHS_QUICK, seeds=(0, 1), precisions=tup
                     if progress:
                         progress(records[-1])
     return records
+
+
+def write_study(out_dir, *, full: bool = False, seeds: int | None = None, width: int = 32,
+                precisions=()) -> tuple[list[dict], Path, Path]:
+    """Run the study (the quick grid with 2 seeds, or with full=True the paper's: T up to 1000 and 3 seeds) and write
+    out_dir/stability.json ({"config", "records", "summary"}) and out_dir/stability.png.
+    Returns (summary, the JSON's path, the PNG's path)."""
+    n_seeds = seeds or (3 if full else 2)
+    config = {"lengths": list(LENGTHS_FULL if full else LENGTHS_QUICK), "seeds": list(range(n_seeds)),
+              "precisions": list(precisions or PRECISIONS), "width": width}
+    records = run_study(lengths=config["lengths"], seeds=config["seeds"], precisions=config["precisions"],
+                        width=width)
+    summary = summarize(records)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "stability.json", {"config": config, "records": records, "summary": summary})
+    return summary, out / "stability.json", plot_study(summary, out / "stability.png")
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -120,5 +143,4 @@ def plot_study(summary: list[dict], out_path) -> Path:
     axes[0][-1].legend(fontsize=8)
     fig.suptitle("FPTT gradient quality: one lru layer, width 32, MSE to zero targets", fontsize=10)
     fig.tight_layout()
-    from ..plotting import save_figure
     return save_figure(fig, out_path, dpi=110)

@@ -1,6 +1,7 @@
 """Gradient checks: an algorithm against BPTT, and BPTT against central finite differences (DESIGN.md §7).
 
     gradcheck(cell, algorithm, …) -> GradcheckReport      one model, one table row per parameter (and x)
+    check_every_cell() -> [GradcheckReport]              BPTT of every cell in three model stacks (the default job)
 
 How it works: build a model (seeded), draw inputs and mse targets, and compute
     (a) the algorithm's gradients, in the requested dtype and on the requested backend;
@@ -110,6 +111,20 @@ def gradcheck(cell: str, algorithm: str = "bptt", *, layers: int = 1, hidden: in
     return report
 
 
+#: What the default job checks: every cell (both rnn nonlinearities), alone and inside a full 2-layer block stack.
+DEMO_CELLS = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "linear"}), ("gru", {}), ("lstm", {}),
+              ("lru", {})]
+DEMO_MODELS = [dict(layers=1),
+               dict(layers=2, encoder=True, norm="layer", ffn="glu", residual=True),
+               dict(layers=2, ffn="mlp", pooling="cumulative_mean")]
+
+
+def check_every_cell() -> list[GradcheckReport]:
+    """BPTT against finite differences for every cell of DEMO_CELLS in every stack of DEMO_MODELS."""
+    return [gradcheck(cell, "bptt", **cell_options, **model_options)
+            for cell, cell_options in DEMO_CELLS for model_options in DEMO_MODELS]
+
+
 def _group_of(name: str) -> str:
     """'layers.1.cell.nu_log' → 'layers.1'; 'readout.weight' → 'readout'."""
     parts = name.split(".")
@@ -146,8 +161,7 @@ def format_reports(reports: list[GradcheckReport]) -> str:
 
 def _targets(loss: str, rng, shape):
     """Random targets for `loss` on an output of `shape`: mse floats, ce integer labels, bce bits (as floats)."""
-    from ..nn.losses import resolve_loss
-    resolve_loss(loss)
+    losses.resolve_loss(loss)
     if loss == "ce":
         return rng.integers(shape[-1], size=shape[:-1])
     if loss == "bce":

@@ -16,7 +16,7 @@ also the test split.
 Tasks: the static ones (kind "static": `digits`, `mnist-static`); problem "classification" (labels) or
 "reconstruction" (the target is the input, outputs σ(z) ∈ (0, 1), the pixels are in [0, 1]).
 
-The run directory (the same contract as refimpl/training/loop.py):
+The run directory (refimpl/runs.py, as for refimpl/training/loop.py):
     config.json       the BpfreeConfig
     metrics.jsonl     one JSON object per line, flushed: {"split": "train"|"val"|"tracker"|"test", "step", "epoch",
                       …}; val/test records carry "loss" and "error" (% misclassified; None for reconstruction);
@@ -32,7 +32,6 @@ with exactly the metrics of an uninterrupted one.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -41,12 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import bpfree
-from .. import optim
+from tasks import make_task
+
+from .. import bpfree, optim
+from ..checks import positive_int
 from ..errors import NumericalError, UnsupportedError
-from .loop import (MetricsLog, _Bar, _diverged, atomic_write_bytes, atomic_write_json, config_from_dict,
-                    open_run_dir,
-                    read_metrics)
+from ..plotting import save_figure
+from ..runs import (MetricsLog, ProgressBar, TrainingDiverged, atomic_write_json, config_from_dict, load_checkpoint,
+                    open_run_dir, read_metrics, save_checkpoint)
 
 #: Trackers are measured on this many training examples (a seeded subset, the same at every epoch).
 TRACKER_EXAMPLES = 256
@@ -113,16 +114,13 @@ def parse_arch(arch) -> tuple:
 
 def check_config(config: BpfreeConfig) -> None:
     for name in ("epochs", "batch_size", "log_every"):
-        v = getattr(config, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise UnsupportedError(f"{name} must be a positive integer, got {v!r}")
+        positive_int(name, getattr(config, name))
     parse_arch(config.arch)
 
 
 def build(config: BpfreeConfig, *, warn: bool = True):
     """(task, net, params, buffers, feedback, optimizer config, steps per epoch, total steps) for a config; refuses
     bad combinations with the reason, and warns (BpfreeWarning) about poor ones when warn=True."""
-    from tasks import make_task
     check_config(config)
     task = make_task(config.task, seed=config.seed, data_dir=config.data_dir,
                      **{**config.task_options, "dtype": config.dtype})
@@ -152,42 +150,28 @@ def _labels(net, split, idx=None):
     return split.y if idx is None else split.y[idx]
 
 
-def save_checkpoint(path: Path, step: int, params: dict, buffers: dict, feedback: dict, opt_state: dict) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, step=np.int64(step), **{f"param/{k}": v for k, v in params.items()},
-             **{f"buffer/{k}": v for k, v in buffers.items()}, **{f"fixed/{k}": v for k, v in feedback.items()},
-             **{f"opt/{k}": v for k, v in opt_state.items()})
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: Path) -> tuple[int, dict, dict, dict, dict]:
-    """(step, params, buffers, feedback, optimizer state)."""
-    with np.load(path) as z:
-        part = {p: {k[len(p) + 1:]: z[k] for k in z.files if k.startswith(p + "/")}
-                for p in ("param", "buffer", "fixed", "opt")}
-        return int(z["step"]), part["param"], part["buffer"], part["fixed"], part["opt"]
-
-
 def train(config: BpfreeConfig, run_dir, *, resume: bool = False, progress: bool = False,
           plot: bool = True) -> BpfreeResult:
     """Train `config` into `run_dir` (created), or continue it with resume=True. See the module doc."""
-    run_dir, cfg_path, ckpt_path, saved = open_run_dir(run_dir, resume)
-    if saved is not None:
-        config = BpfreeConfig.from_dict(saved)
+    run = open_run_dir(run_dir, resume)
+    if run.saved_config is not None:
+        config = BpfreeConfig.from_dict(run.saved_config)
+    run_dir, ckpt_path = run.path, run.checkpoint
     task, net, params, buffers, feedback, opt, steps_per_epoch, total = build(config, warn=not resume)
     opt_state = optim.init_state(params, opt)
     start = 0
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume and ckpt_path.exists():
-        start, params, buffers, feedback, opt_state = load_checkpoint(ckpt_path)
+        start, params, opt_state, groups = load_checkpoint(ckpt_path)
+        buffers, feedback = groups.get("buffer", {}), groups.get("fixed", {})
     elif not resume:
-        atomic_write_json(cfg_path, asdict(config))
+        atomic_write_json(run.config, asdict(config))
     log = MetricsLog(run_dir / "metrics.jsonl", keep_until_step=start if resume else None)
     tracked = np.sort(np.random.default_rng([config.seed, 3]).permutation(task.train.n)[:TRACKER_EXAMPLES])
     x_track, y_track = task.train.x[tracked], _labels(net, task.train, tracked)
 
     t0 = time.perf_counter()
-    bar = _Bar(total, start) if progress else None
+    bar = ProgressBar(total, start) if progress else None
     last = {}
     try:
         for k in range(start, total):
@@ -201,12 +185,12 @@ def train(config: BpfreeConfig, run_dir, *, resume: bool = False, progress: bool
                 try:
                     new, opt_state, info = optim.step(params, st.grads, opt_state, opt)          # (3)
                 except NumericalError as e:
-                    raise _diverged(k + 1, str(e), ckpt_path) from None
+                    raise TrainingDiverged.at(k + 1, str(e), ckpt_path) from None
             if not math.isfinite(st.loss):
-                raise _diverged(k + 1, f"the loss is {st.loss}", ckpt_path)
+                raise TrainingDiverged.at(k + 1, f"the loss is {st.loss}", ckpt_path)
             bad = [n for n, v in new.items() if not np.all(np.isfinite(v))]
             if bad:
-                raise _diverged(k + 1, f"the update made {bad[0]!r} non-finite", ckpt_path)
+                raise TrainingDiverged.at(k + 1, f"the update made {bad[0]!r} non-finite", ckpt_path)
             params, buffers = new, st.buffers
             step = k + 1
             last = {"loss": st.loss}
@@ -222,7 +206,7 @@ def train(config: BpfreeConfig, run_dir, *, resume: bool = False, progress: bool
                     with np.errstate(all="ignore"):
                         tr = bpfree.trackers(net, params, feedback, x_track, y_track, config.algorithm)
                     log.write({"split": "tracker", "step": step, "epoch": epoch, **tr})
-                save_checkpoint(ckpt_path, step, params, buffers, feedback, opt_state)
+                save_checkpoint(ckpt_path, step, params, opt_state, buffer=buffers, fixed=feedback)
             if bar is not None:
                 bar.update(1, last)
         test_loss, test_err = bpfree.evaluate(net, params, task.test.x, _labels(net, task.test), buffers)
@@ -249,7 +233,6 @@ def plot_run(run_dir, out_path, title: str | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..plotting import save_figure
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
     if not records:

@@ -20,9 +20,9 @@ The sweep directory:
     summary.png         validation error against the learning rate per algorithm, and the best trials' curves
 
 Resume. Running the same sweep again (after a crash, a kill, or on purpose) skips every trial whose result.json
-exists, continues a trial that has a run directory but no result from its last checkpoint (bpfree_train's exact
-resume), and starts the others. Trial names are derived from the config (a readable part and a hash of the whole
-config), so a trial is recognised whatever order the pool ran it in. Pool workers end themselves when the sweep
+exists, continues a trial that has a run directory but no result from its last checkpoint (the feed-forward trainer's
+exact resume), and starts the others. Trial names are derived from the config (a readable part and a hash of the
+whole config), so a trial is recognised whatever order the pool ran it in. Pool workers end themselves when the sweep
 process dies, so a killed sweep leaves no orphan finishing its queued trials behind the resumed one.
 
 Selection is on the validation split only: per algorithm, the trial with the lowest validation error
@@ -36,19 +36,22 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
+import threading
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .. import bpfree
-from .. import optim
-from .feedforward import BpfreeConfig, check_config, parse_arch, train
+from .. import bpfree, optim
 from ..errors import BpfreeWarning, NumericalError, UnknownNameError, UnsupportedError
-from .loop import atomic_write_json, read_metrics
+from ..plotting import save_figure
+from ..runs import atomic_write_json, read_metrics
+from .feedforward import BpfreeConfig, check_config, parse_arch, train
 
 GRID_FIELDS = ("algorithm", "activation", "init", "feedback_init", "lr", "arch", "batch_norm", "dropout")
 #: The readable part of a trial's name: these fields, in this order, when the grid varies them (or always: algorithm).
@@ -268,8 +271,6 @@ def run_sweep(base: BpfreeConfig, grid: dict, out_dir, *, workers: int = 1, echo
 def _exit_with_parent(parent: int) -> None:
     """Worker initializer: end this worker as soon as the sweep process is gone (killed, crashed), instead of
     finishing the trials already queued to it as an orphan, racing the sweep that resumes them."""
-    import threading
-
     def watch():
         while os.getppid() == parent:
             time.sleep(0.2)
@@ -279,8 +280,6 @@ def _exit_with_parent(parent: int) -> None:
 
 def _run_pool(pending: list, dirs: dict, workers: int, finished) -> None:
     """The trials on a local process pool (spawned workers, one BLAS thread each: the trials are the parallelism)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update({k: "1" for k in saved})            # inherited by the spawned workers
     try:
@@ -385,7 +384,6 @@ def plot_summary(summary: SweepSummary, out_path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..plotting import save_figure
     records = [r for r in summary.trials if r["status"] == "ok"]
     classify = any(r.get("val_error") is not None for r in records)
     key = "val_error" if classify else "val_loss"

@@ -223,7 +223,8 @@ def _entry(name):
 
 def test_algorithm_entries_plug_into_model_grads_gradcheck_and_train(tmp_path, monkeypatch, rng):
     from refimpl.studies.gradcheck import gradcheck
-    from refimpl.training.loop import TrainConfig, train
+    from refimpl.training.config import TrainConfig
+    from refimpl.training.loop import train
     for name in br.RULES:
         monkeypatch.setitem(algorithms.ALGORITHMS, name, _entry(name))
     model, params = make_model("lstm", 3, 4, 2, seed=0)

@@ -16,11 +16,11 @@ from refimpl import bpfree as bf
 from refimpl import optim
 from refimpl.errors import BpfreeWarning
 from refimpl.nn import init as nn_init
-from refimpl.training.feedforward import BpfreeConfig, build, load_checkpoint, train
+from refimpl.training.feedforward import BpfreeConfig, build, train
 from refimpl.errors import ShapeError, UnknownNameError, UnsupportedError
 from refimpl.numerics import central_differences, cosine, extended, rel_error
 from refimpl.cli import cli
-from refimpl.training.loop import read_metrics
+from refimpl.runs import load_checkpoint, read_metrics
 
 FD_TOL = 1e-6          # DESIGN.md §7: bp vs central differences, float64
 
@@ -287,7 +287,7 @@ def test_reconstruction_and_batch_norm_train(tmp_path):
     untrained, _ = bf.evaluate(net, params, task.test.x, None, buffers)
     r = train(cfg, tmp_path / "rec", plot=False)
     assert r.val_error is None and r.test_loss < 0.8 * untrained
-    _, _, buffers, _, _ = load_checkpoint(tmp_path / "rec" / "checkpoint.npz")
+    buffers = load_checkpoint(tmp_path / "rec" / "checkpoint.npz").groups["buffer"]
     assert not np.allclose(buffers["layers.0.norm.running_mean"], 0.0)     # running averages were updated
 
 

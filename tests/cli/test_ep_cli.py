@@ -58,8 +58,8 @@ def test_per_layer_learning_rates_scale_each_layer(tmp_path):
     r = CliRunner().invoke(cli, base + ["-a", "lr_tab=0,0.1", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     from refimpl.ep.networks import make_ep_net
-    from refimpl.training.loop import load_checkpoint
-    _, params, _ = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    from refimpl.runs import load_checkpoint
+    params = load_checkpoint(tmp_path / "run" / "checkpoint.npz").params
     _, init = make_ep_net("prototypical", (64, 16, 10), seed=0)
     assert np.array_equal(params["W.0"], init["W.0"]) and np.array_equal(params["b.1"], init["b.1"])
     assert not np.array_equal(params["W.1"], init["W.1"])

@@ -18,7 +18,7 @@ from refimpl.training import sweep
 from refimpl.training.feedforward import BpfreeConfig
 from refimpl.errors import UnknownNameError, UnsupportedError
 from refimpl.cli import cli
-from refimpl.training.loop import read_metrics
+from refimpl.runs import read_metrics
 
 BASE = BpfreeConfig(arch="16", epochs=1, batch_size=256, log_every=1)
 GRID = {"algorithm": ["bp", "dfa"], "lr": [3e-3, 1e-2]}

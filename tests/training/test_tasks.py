@@ -12,7 +12,7 @@ import pytest
 
 from refimpl.errors import RefimplError, UnknownNameError, UnsupportedError
 from refimpl.nn.losses import LOSSES, check_mask, check_target
-from tasks import PRESETS, TARGET_KINDS, TASKS, make_task, split_indices, task_options
+from tasks import PRESETS, TARGET_KINDS, TASKS, make_task, split_indices, task_kind, task_options
 from tasks.idx import DTYPE_CODES, read_idx, write_idx
 from tasks.mnist import ENV_VAR, FILES
 
@@ -60,6 +60,7 @@ def test_every_task_shapes_dtypes_ranges(name, tmp_path):
     task = build(name, tmp_path)
     assert task.name == name and task.target in TARGET_KINDS and task.loss in LOSSES
     assert task.kind in ("sequence", "static") and 0 < task.chance < 1
+    assert task_kind(name) == task.kind                       # the kind, known without building the task
     for split in (task.train, task.val, task.test):
         x, y = split.x, split.y
         assert x.dtype == np.float64 and np.all(np.isfinite(x))
@@ -376,6 +377,8 @@ def test_unknown_task_suggests_the_name():
         make_task("mnist-98")
     with pytest.raises(UnknownNameError, match="copy-small"):
         make_task("nope")
+    with pytest.raises(UnknownNameError, match="did you mean 'mnist98'"):
+        task_kind("mnist-98")
 
 
 @pytest.mark.parametrize("name, options, error, pattern", [
@@ -405,6 +408,7 @@ def test_bad_seed(seed):
 def test_presets_and_options_are_consistent():
     for preset, (name, options) in PRESETS.items():
         assert name in TASKS and set(options) <= set(task_options(name)), preset
+        assert task_kind(preset) == task_kind(name), preset
         assert task_options(preset) == {**task_options(name), **options}
     assert task_options("copy") == {"seq_len": 4, "bit_width": 1, "waiting_time": 16, "n_train": 10000,
                                     "n_val": 1000, "n_test": 1000, "dtype": "float64"}

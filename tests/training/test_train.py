@@ -13,9 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from refimpl import optim
+from refimpl.api import make_model
 from refimpl.errors import UnknownNameError, UnsupportedError
 from refimpl.cli import cli
-from refimpl.training.loop import TrainConfig, TrainingDiverged, read_metrics, train
+from refimpl.runs import TrainingDiverged, load_checkpoint, read_metrics
+from refimpl.training.config import TrainConfig
+from refimpl.training.loop import TRAIN_EVAL_SIZE, _subset, train
 
 TINY = dict(task="digits-seq", task_options={"mode": "row"}, cell="lru", hidden=8, batch_size=64, steps=12,
             log_every=1, lr=1e-2)
@@ -41,6 +44,10 @@ def test_run_directory_contents(tmp_path):
     assert {"config.json", "metrics.jsonl", "checkpoint.npz", "result.json"} <= files
     assert not any(name.endswith(".tmp") for name in files)
     assert TrainConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())) == TrainConfig(**TINY)
+    _, params = make_model("lru", 8, 8, 10, seed=0)           # the checkpoint keys are part of the format
+    with np.load(tmp_path / "run" / "checkpoint.npz") as z:
+        assert {k for k in z.files if k.startswith("param/")} == {f"param/{k}" for k in params}
+        assert "step" in z.files and all(k == "step" or k.startswith(("param/", "opt/")) for k in z.files)
     splits = {r["split"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")}
     assert splits == {"train", "val", "test"}
     with pytest.raises(UnsupportedError, match="already holds a run"):
@@ -116,9 +123,7 @@ def test_incompatible_or_bad_configs_are_refused(tmp_path, changes, err, phrase)
 
 def test_readout_baseline_trains_only_the_head(tmp_path):
     train(TrainConfig(**{**TINY, "algorithm": "readout"}), tmp_path / "run")
-    from refimpl.training.loop import load_checkpoint
-    from refimpl.api import make_model
-    _, params, _ = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    params = load_checkpoint(tmp_path / "run" / "checkpoint.npz").params
     _, init = make_model("lru", 8, 8, 10, seed=0)
     for k in init:
         assert np.array_equal(params[k], init[k]) == (not k.startswith("readout.")), k
@@ -163,11 +168,11 @@ def test_cli_train_compare_plot(tmp_path):
     assert r.exit_code == 0 and (tmp_path / "c.png").stat().st_size > 0
 
 
-def test_recipe_runs_what_has_landed_and_lists_the_rest(tmp_path):
+def test_recipe_runs_its_comparison_and_explicit_options_override_it(tmp_path):
     r = CliRunner().invoke(cli, ["compare", "--recipe", "fptt-digits", "--steps", "1", "--no-progress",
                                  "--out", str(tmp_path / "cmp")])
     assert r.exit_code == 0, r.output
-    assert "skipped" not in r.output                                        # every algorithm of it has landed
+    assert r.output.startswith("recipe fptt-digits: FPTT paper comparison")
     report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [run["algorithm"] for run in report["runs"]] == ["bptt", "fptt", "spatial"]
     fptt = next(run for run in report["runs"] if run["algorithm"] == "fptt")
@@ -184,7 +189,6 @@ def test_recipe_runs_what_has_landed_and_lists_the_rest(tmp_path):
 
 
 def test_final_train_loss_uses_a_seeded_subset_of_large_training_sets():
-    from refimpl.training.loop import TRAIN_EVAL_SIZE, _subset
     from tasks import make_task
     task = make_task("copy", seq_len=2, waiting_time=1, n_train=TRAIN_EVAL_SIZE + 50, n_val=4, n_test=4)
     a, b = _subset(task.train, TRAIN_EVAL_SIZE, 0), _subset(task.train, TRAIN_EVAL_SIZE, 0)

@@ -1,0 +1,90 @@
+"""What defines a training run (TrainConfig, stored as its config.json) and what it reports (RunResult, result.json).
+
+The field names are part of the run-directory format (refimpl/runs.py): a run directory written by this version must
+resume under the next, so fields are added with defaults and never renamed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..checks import positive_int
+from ..ep import TOY_SIZES
+from ..runs import config_from_dict
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run. Stored as config.json; `TrainConfig.from_dict(json.load(...))` restores it."""
+    task: str = "digits-seq"
+    task_options: dict = field(default_factory=dict)
+    data_dir: str | None = None
+    cell: str = "lru"
+    cell_options: dict = field(default_factory=dict)
+    algorithm: str = "bptt"
+    algorithm_options: dict = field(default_factory=dict)   # e.g. fptt: {"passes": 2, "carrier": "state"}
+    backend: str = "numpy"
+    layers: int = 1
+    hidden: int = 32
+    d_model: int | None = None
+    encoder: bool = False
+    norm: str | None = None
+    ffn: str | None = None
+    residual: bool = False
+    pooling: str = "none"
+    dtype: str = "float64"
+    seed: int = 0
+    epochs: int = 10
+    steps: int | None = None            # total optimizer steps; overrides epochs when given
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    rec_lr_factor: float = 1.0
+    clip_norm: float | None = 1.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    log_every: int = 10
+    checkpoint_every: int | None = None  # steps; None = at the end of every epoch
+    update_every: int | None = None      # RTRL family only: update the weights every k time steps within a sequence
+    net: str = "prototypical"            # static tasks only: the EP network: prototypical | energy | toy | conv
+    net_options: dict = field(default_factory=dict)   # its options: activation, dt, clamp
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return config_from_dict(cls, d)
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    steps: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float | None
+    test_loss: float
+    test_accuracy: float | None
+    time_s: float
+    peak_memory_bytes: int | None = None
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse counts and sizes that are not positive integers (the task, model and algorithm check their own)."""
+    for name in ("layers", "hidden", "epochs", "batch_size", "log_every"):
+        positive_int(name, getattr(config, name))
+    for name in ("steps", "checkpoint_every", "update_every"):
+        if getattr(config, name) is not None:
+            positive_int(name, getattr(config, name))
+
+
+#: Equilibrium propagation where the caller does not say: free-phase steps T, nudged steps K, nudge strength β, and
+#: the layer sizes (input first) of the ep-curves / ep-recipe studies. The networks' own defaults (activation, dt,
+#: clamp, the toy network's sizes) are refimpl.ep's.
+#:   train    training on a static task (`train --algorithm ep|bptt`; -a T=… -a K=… -a beta=…)
+#:   toy      the studies on the toy network (the GDU paper's toy runs: a long free phase and a small β)
+#:   digits   the studies on the energy or prototypical network, fed the 8×8 digits (64 inputs, 10 classes)
+EP_SETTINGS = {
+    "train": {"T": 30, "K": 10, "beta": 0.5},
+    "toy": {"T": 5000, "K": 80, "beta": 0.01, "sizes": TOY_SIZES},
+    "digits": {"T": 40, "K": 10, "beta": 0.05, "sizes": (64, 64, 10)},
+}

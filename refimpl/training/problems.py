@@ -1,0 +1,282 @@
+"""What the training loop trains: a task with a network, as a gradient on a batch and an evaluation of a split.
+
+    prepare(config) -> Prepared(problem, opt, steps_per_epoch, total)
+    Problem(task, params, grads, evaluate)
+        grads(params, idx, opt_state) -> (loss, grads, opt_state, params)   on the training examples idx
+        evaluate(params, split) -> (mean loss per example, accuracy or None)
+
+Two kinds of problem, by the task's kind (tasks/base.py):
+    sequence   a recurrent model (refimpl.nn.model) trained by any algorithm of refimpl.algorithms
+               (refimpl.model_grads on the config's backend), or truly online (--update-every: weight updates inside
+               the sequence, so the optimizer state and parameters come back from `grads`)
+    static     an equilibrium-propagation network (refimpl/ep/networks.py, or the convolutional one of
+               refimpl/ep/conv.py) trained by `ep` or by `bptt` through the same dynamics
+
+How a sequence task's targets become a loss (tasks/base.py, "target kinds"), with the mask used as *weights* so that
+the loss is a mean over the steps that count (DESIGN.md §4: L = (1/B) Σ_b Σ_t m_t l_t):
+    label     per-step model: the label at every step, m_t = 1/T; scored on the last step's output.
+              pooled model (last / mean): one label per sequence.
+    per_step  per-step model only: m_t = task mask / (number of recall steps).
+    final     per-step model: the target at t = T−1 only (m = 1 there); pooled model: one target per sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from tasks import make_task
+
+from .. import optim
+from ..algorithms import get_algorithm
+from ..algorithms.online import online_grads
+from ..api import make_model, model_grads
+from ..ep import conv as ep_conv, networks as ep_networks
+from ..errors import NumericalError, UnsupportedError
+from ..nn.losses import loss_forward
+from ..nn.model import check_inputs, forward
+from ..registry import cell_kernels, ep_kernels
+from .config import EP_SETTINGS, TrainConfig
+
+#: The algorithms that train a static task's EP network.
+STATIC_ALGORITHMS = ("ep", "bptt")
+
+
+class Problem(NamedTuple):
+    """What the loop needs, whatever the network (see module doc)."""
+    task: object
+    params: dict
+    grads: Callable
+    evaluate: Callable
+
+
+class Prepared(NamedTuple):
+    problem: Problem
+    opt: optim.OptimConfig
+    steps_per_epoch: int
+    total: int                          # optimizer steps of the whole run
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """The task (built from the config), its problem, the optimizer settings and the run's length in steps."""
+    task = make_task(config.task, seed=config.seed, data_dir=config.data_dir, **config.task_options)
+    steps_per_epoch = math.ceil(task.train.n / config.batch_size)
+    total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
+    per_sequence = (math.ceil(task.seq_len / config.update_every)
+                    if config.update_every and task.kind == "sequence" else 1)
+    opt = optim.OptimConfig(name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                            rec_lr_factor=config.rec_lr_factor, clip_norm=config.clip_norm,
+                            schedule=config.schedule, warmup_steps=config.warmup_steps,
+                            total_steps=max(total * per_sequence, 1))
+    if task.kind == "static":
+        problem = static_problem(config, task)
+    else:
+        problem = sequence_problem(config, task, opt)
+    return Prepared(problem, opt, steps_per_epoch, total)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sequence tasks: batches with targets and mask weights for the model at hand
+
+def check_compatible(task, model, algorithm: str) -> None:
+    """Refuse task × model × algorithm combinations that cannot train, with the reason."""
+    get_algorithm(algorithm, "model")
+    if task.kind != "sequence":
+        raise UnsupportedError(f"task {task.name!r} has static inputs (it trains equilibrium-propagation networks, "
+                               f"--algorithm {' or '.join(STATIC_ALGORITHMS)}); recurrent cells need a sequence task, "
+                               f"e.g. {task.name + '-seq' if task.name == 'digits' else 'digits-seq'}")
+    if task.target == "per_step" and not model.per_step:
+        raise UnsupportedError(f"task {task.name!r} has a target at every step, but pooling={model.pooling!r} "
+                               f"gives one output per sequence; use --pooling none (or cumulative_mean)")
+
+
+def batch_targets(task, model, split, idx: np.ndarray):
+    """(x (T,b,I), y, mask) for the examples `idx` of `split`, shaped for `model`'s output (see module doc)."""
+    x = split.x[:, idx].astype(model.dtype)
+    T, b = x.shape[0], len(idx)
+    if task.target == "per_step":
+        m = split.mask[:, idx].astype(model.dtype)
+        return x, split.y[:, idx].astype(model.dtype), m / np.maximum(m.sum(0, keepdims=True), 1)
+    y = split.y[idx]
+    if not model.per_step:
+        return x, (y if task.target == "label" else y.astype(model.dtype)), None
+    if task.target == "label":
+        return x, np.broadcast_to(y, (T, b)).copy(), np.full((T, b), 1.0 / T, dtype=model.dtype)
+    y_t = np.zeros((T, b) + y.shape[1:], dtype=model.dtype)          # "final": the target at the last step only
+    y_t[-1] = y
+    mask = np.zeros((T, b), dtype=model.dtype)
+    mask[-1] = 1.0
+    return x, y_t, mask
+
+
+def _accuracy_counts(task, model, out: np.ndarray, y: np.ndarray, mask) -> tuple[float, float]:
+    """(correct, total) for one batch; regression tasks count nothing."""
+    if task.target == "label":
+        pred = out[-1] if model.per_step else out                    # a per-step model is scored on its last step
+        label = y[-1] if model.per_step else y
+        return float(np.sum(np.argmax(pred, -1) == label)), float(len(label))
+    if task.target == "per_step":                                     # bits, over the steps that count
+        hit = ((out > 0) == (y > 0.5)) * (mask > 0)[..., None]
+        return float(hit.sum()), float((mask > 0).sum() * y.shape[-1])
+    return 0.0, 0.0
+
+
+def evaluate(task, model, params, split, kernels, batch_size: int = 256) -> tuple[float, float | None]:
+    """(mean loss per example, accuracy or None) over a whole split, forward only."""
+    total_loss, correct, count = 0.0, 0.0, 0.0
+    for start in range(0, split.n, batch_size):
+        idx = np.arange(start, min(start + batch_size, split.n))
+        x, y, mask = batch_targets(task, model, split, idx)
+        with np.errstate(all="ignore"):
+            out, _ = forward(model, params, x, kernels, mask=None if model.per_step else mask)
+            value, _ = loss_forward(task.loss, out, y, mask if model.per_step else None)
+        total_loss += float(value) * len(idx)
+        c, n = _accuracy_counts(task, model, out, y, mask)
+        correct, count = correct + c, count + n
+    return total_loss / split.n, (correct / count if count else None)
+
+
+def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Problem:
+    """A sequence task: a recurrent model trained by config.algorithm on config.backend (see module doc)."""
+    model, params = make_model(config.cell, task.n_in, config.hidden, task.n_out, layers=config.layers,
+                               d_model=config.d_model, encoder=config.encoder, norm=config.norm, ffn=config.ffn,
+                               residual=config.residual, pooling=config.pooling, seed=config.seed,
+                               dtype=config.dtype, **config.cell_options)
+    check_compatible(task, model, config.algorithm)
+    if config.update_every is not None and get_algorithm(config.algorithm, "model").input_grads:
+        raise UnsupportedError(f"--update-every needs an online algorithm (rtrl, online, snap1, truncated, spatial, "
+                               f"cec); {config.algorithm!r} needs the whole sequence before it can update")
+    if config.update_every is not None and config.backend != "numpy":
+        raise UnsupportedError(f"--update-every runs on the NumPy reference only (the truly online step loop); "
+                               f"backend {config.backend!r} runs {config.algorithm!r} as whole-sequence sweeps: drop "
+                               f"--update-every or use --backend numpy")
+    kernels = cell_kernels(model.cell, config.backend, model.dtype)
+
+    def grads(params, idx, opt_state):
+        x, y, mask = batch_targets(task, model, task.train, idx)
+        if config.update_every:
+            return truly_online(model, params, x, y, task.loss, mask, config, opt, opt_state)
+        loss, g = model_grads(model, params, x, y, loss=task.loss, mask=mask, algorithm=config.algorithm,
+                              backend=config.backend, **config.algorithm_options)
+        return loss, g, opt_state, params
+    return Problem(task, params, grads, lambda params, split: evaluate(task, model, params, split, kernels))
+
+
+def truly_online(model, params, x, y, loss, mask, config: TrainConfig, opt: optim.OptimConfig, opt_state):
+    """One sequence with weight updates every config.update_every steps inside it; the last update is left to the
+    caller. Returns (loss, the gradient since the last update, optimizer state, parameters after the updates)."""
+    check_inputs(model, params, x, y, loss, mask)
+    current = {"params": dict(params), "opt": opt_state}
+
+    def on_update(grads):
+        bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
+        if bad:
+            raise NumericalError(f"the gradient of {bad[0]!r} is not finite")
+        with np.errstate(all="ignore"):
+            new, current["opt"], _ = optim.step(current["params"], grads, current["opt"], opt)
+        current["params"] = {**current["params"], **new}
+        return current["params"]
+
+    with np.errstate(all="ignore"):
+        value, grads = online_grads(model, params, x, y, loss, mask, algorithm=config.algorithm,
+                                    update_every=config.update_every, on_update=on_update)
+    if not np.isfinite(value):
+        raise NumericalError(f"the loss became non-finite ({value})")
+    return value, grads, current["opt"], current["params"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Static tasks: an equilibrium-propagation network
+
+def static_problem(config: TrainConfig, task) -> Problem:
+    """A static task: an EP network (refimpl/ep/networks.py) trained by `ep` or by `bptt` through the same dynamics
+    (truncated to the last K steps, the paper's baseline; -a K=0 … or full with -a full=1)."""
+    if config.algorithm not in STATIC_ALGORITHMS:
+        raise UnsupportedError(f"task {task.name!r} has static inputs: it trains equilibrium-propagation networks "
+                               f"with --algorithm ep or bptt, not {config.algorithm!r}")
+    allowed = {"T", "K", "beta", "full", "lr_tab"}
+    unknown = sorted(set(config.algorithm_options) - allowed)
+    if unknown:
+        raise UnsupportedError(f"unknown option(s) {unknown} for {config.algorithm} on a static task; allowed: "
+                               f"{sorted(allowed)} (e.g. -a T=30 -a K=10 -a beta=0.5)")
+    o = {**EP_SETTINGS["train"], **config.algorithm_options}
+    T, K, beta = int(o["T"]), int(o["K"]), float(o["beta"])
+    if T < 1 or K < 1:
+        raise UnsupportedError(f"T and K must be ≥ 1 (free and nudged steps), got T={T}, K={K}")
+    if K > T:
+        raise UnsupportedError(f"K = {K} > T = {T}: the nudged phase (and BPTT's truncation) cannot be longer than "
+                               f"the free phase; use -a K=… ≤ -a T=…")
+    if config.algorithm == "ep" and not beta > 0:
+        raise UnsupportedError(f"beta must be > 0 (the nudge strength; EP estimates the gradient as β → 0), got "
+                               f"{beta}; e.g. -a beta=0.5")
+    if config.net == "conv":                      # the prototypical convolutional network (refimpl/ep/conv.py)
+        if config.backend != "numpy":
+            raise UnsupportedError(f"--net conv runs on the NumPy reference only (the registry has no convolutional "
+                                   f"EP kernels); drop --backend {config.backend} or use --net prototypical|energy")
+        ep = ep_conv
+        side = int(round(np.sqrt(task.n_in)))
+        if side * side != task.n_in:
+            raise UnsupportedError(f"--net conv needs square single-channel images; task {task.name!r} has "
+                                   f"{task.n_in} inputs")
+        shape = {"kernel": 3, "pool": (2, 1)} if side == 8 else {"kernel": 5, "pool": 2}   # digits 8×8 / MNIST 28×28
+        net, params = ep.make_conv_net((1, side, side), (config.hidden, config.hidden), task.n_out, seed=config.seed,
+                                       dtype=config.dtype, **{"activation": "sigm", **shape, **config.net_options})
+        as_input = lambda x: x.reshape(len(x), 1, side, side)                    # noqa: E731
+    else:
+        ep = ep_networks
+        net, params = ep.make_ep_net(config.net, (task.n_in,) + (config.hidden,) * config.layers + (task.n_out,),
+                                     seed=config.seed, dtype=config.dtype, **config.net_options)
+        as_input = lambda x: x                                                   # noqa: E731
+
+    def onehot(labels):
+        y = np.zeros((len(labels), task.n_out), dtype=net.dtype)
+        y[np.arange(len(labels)), labels] = 1.0
+        return y
+
+    scale = _layer_lr_scale(config, params, o.get("lr_tab"))
+    # the relaxation loops on the backend's ep.* kernels (the conv net, refused on a backend above, takes none)
+    on_backend = {} if config.backend == "numpy" else {"kernels": ep_kernels(config.backend, config.dtype)}
+
+    def grads(params, idx, opt_state):
+        x, y = as_input(task.train.x[idx].astype(net.dtype)), onehot(task.train.y[idx])
+        if config.algorithm == "ep":
+            loss, g, _ = ep.ep_grads(net, params, x, y, T=T, K=K, beta=beta, **on_backend)
+        else:
+            loss, g = ep.bptt_grads(net, params, x, y, T=T, K=None if o.get("full") else K, **on_backend)
+        return float(loss), {k: v * scale.get(k, 1.0) for k, v in g.items()}, opt_state, params
+
+    def evaluate_static(params, split, batch_size=512):
+        total, correct = 0.0, 0
+        for start in range(0, split.n, batch_size):
+            sl = slice(start, min(start + batch_size, split.n))
+            out = ep.predict(net, params, as_input(split.x[sl].astype(net.dtype)), T, **on_backend)
+            y = onehot(split.y[sl])
+            total += 0.5 * float(np.sum((out - y) ** 2))
+            correct += int(np.sum(np.argmax(out, -1) == split.y[sl]))
+        return total / split.n, correct / split.n
+    return Problem(task, params, grads, evaluate_static)
+
+
+def _layer_lr_scale(config: TrainConfig, params: dict, lr_tab) -> dict:
+    """Per-layer learning rates (the EP paper's lr_tab) as gradient scales lr_l / lr — the same thing for plain SGD,
+    which is why they are refused with other optimizers. lr_tab lists one rate per weight layer, input side first
+    ("W.0 W.1 …" of refimpl/ep/networks.py; conv: K1, K0, W), comma-separated; the biases of the layer a weight feeds
+    share its rate."""
+    if lr_tab is None:
+        return {}
+    if config.optimizer != "sgd":
+        raise UnsupportedError(f"-a lr_tab needs --optimizer sgd (per-layer rates are gradient scales only for plain "
+                               f"SGD), got {config.optimizer!r}")
+    rates = [float(v) for v in str(lr_tab).split(",") if v.strip()]
+    weights = [k for k in params if k.startswith("W.")] or [k for k in ("K1", "K0", "W") if k in params]
+    biases = [k for k in params if k.startswith("b.")] or [k for k in ("c1", "c0", "b") if k in params]
+    if len(rates) != len(weights):
+        raise UnsupportedError(f"-a lr_tab has {len(rates)} rate(s) but the network has {len(weights)} weight layers "
+                               f"({', '.join(weights)}), input side first; e.g. -a lr_tab={','.join(['0.1'] * len(weights))}")
+    scale = {w: r / config.lr for w, r in zip(weights, rates)}
+    scale.update({b: r / config.lr for b, r in zip(biases, rates)})
+    # the toy network's input → layer l skips (Wx.l) take the rate of layer l's incoming weights W.{l−1}
+    scale.update({k: scale[f"W.{int(k.split('.', 1)[1]) - 1}"] for k in params if k.startswith("Wx.")})
+    return scale
