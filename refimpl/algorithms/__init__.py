@@ -5,7 +5,7 @@ only), which gives the "no learning in the recurrence" floor. The API (`cell_gra
 and comparison all resolve names through `get_algorithm`, so a new algorithm plugs in by adding its entry.
 
 Each entry provides
-    cell_grads(kernels, cell, params, x, dh, state0, **options) -> grads       one cell, instantaneous adjoints dh (T,B,H)
+    cell_grads(kernels, cell, params, x, dh, state0, **options) -> grads     one cell, instantaneous adjoints dh (T,B,H)
     model_grads(kernels, model, params, x, y, loss, mask, **options) -> (loss_value, grads)
 where `kernels` is the cell's `registry.CellKernels` on the chosen backend. An algorithm that does not train a
 parameter leaves it out of `grads` (the optimizer then leaves it alone: no update, no weight decay).

@@ -94,7 +94,7 @@ class Head(NamedTuple):
     loss: float                      # l_t (0 where step t has no loss)
     readout: dict | None             # {"weight", "bias"}: the readout's gradient at step t; None where no loss
     dout: np.ndarray | None          # ∂L/∂ŷ_t (B, O); None where no loss
-    du: np.ndarray | None            # the adjoint of u^L_t (B, d_L) (the pooling is identity backward); None where no loss
+    du: np.ndarray | None            # the adjoint of u^L_t (B, d_L) (pooling: identity backward); None where no loss
 
 
 def head_step(model, params, u, t: int, T: int, y, loss: str, mask, run_sum) -> Head:

@@ -95,7 +95,7 @@ class Traces(NamedTuple):
 
 
 def check_rule(rule: str, cell) -> None:
-    """Refuse an unknown rule, and cec on a cell whose state is h alone (the one refusal of cec, used on every backend)."""
+    """Refuse an unknown rule, and cec on a cell whose state is h alone (the one refusal of cec, on every backend)."""
     if rule not in RULES:
         raise UnknownNameError("RTRL-family rule", rule, RULES,
                                "rtrl is exact; snap1, truncated, spatial approximate it; cec is the lstm's truncation")

@@ -117,7 +117,8 @@ class Cell:
         return map_state(np.zeros_like, state)
 
     def adjoint_from_h(self, dh: np.ndarray):
-        """The state adjoint that carries dh (…, H) on h and zero on the rest of the state: dh, or the lstm's (dh, 0)."""
+        """The state adjoint that carries dh (…, H) on h and zero on the rest of the state: dh, or the lstm's (dh, 0)
+        (a new name of the state contract, for the algorithms that form an adjoint from h̄ alone)."""
         return self.add_to_h(self.unflatten_state(np.zeros(dh.shape[:-1] + (self.state_size,), dh.dtype)), dh)
 
     @property
