@@ -19,6 +19,7 @@ from .algorithms import get_algorithm
 from .cells import CELLS, Cell, resolve_cell
 from .checks import check_array, check_params
 from .errors import DTypeError, NumericalError, ShapeError
+from .nn import model as nn_model
 from .registry import call, cell_kernels
 
 
@@ -48,18 +49,20 @@ def _check_cell(cell, params) -> None:
 
 
 def _initial_state(cell: Cell, h0, batch: int):
-    """Check h0 (B,H) — or (h0, c0) for lstm — and return the cell's state object (zeros when None)."""
-    H, module = cell.n_hidden, cell.module
+    """Check h0 (B,H) — or (h0, c0) for lstm, whose state has a part beside h — and return the cell's state object
+    (zeros when None)."""
     if h0 is None:
-        return module.zero_state(batch, H, cell.state_dtype)
-    spec = [("B", batch), ("H", H)]
-    if cell.name == "lstm":
-        if isinstance(h0, np.ndarray):
-            h0 = (h0, np.zeros_like(h0))        # c0 = 0 when only h0 is given
-        if not (isinstance(h0, tuple) and len(h0) == 2):
-            raise ShapeError("lstm h0 must be an array h0 (B,H) or a pair (h0, c0) of (B,H) arrays")
-        return module.LSTMState(check_array("h0", h0[0], spec, cell.dtype), check_array("c0", h0[1], spec, cell.dtype))
-    return check_array("h0", h0, spec, cell.state_dtype)
+        return cell.zero_state(batch)
+    spec = [("B", batch), ("H", cell.n_hidden)]
+    parts = cell.grad_state_keys                    # the state's parts: ('h0',), or ('h0', 'c0')
+    if len(parts) == 1:
+        return check_array("h0", h0, spec, cell.state_dtype)
+    if isinstance(h0, np.ndarray):
+        h0 = (h0,) + tuple(np.zeros_like(h0) for _ in parts[1:])        # c0 = 0 when only h0 is given
+    if not (isinstance(h0, tuple) and len(h0) == len(parts)):
+        raise ShapeError(f"{cell.name} h0 must be an array h0 (B,H) or a pair ({', '.join(parts)}) of (B,H) arrays")
+    checked = [check_array(name, a, spec, cell.state_dtype) for name, a in zip(parts, h0)]
+    return cell.unflatten_state(np.concatenate(checked, axis=-1))
 
 
 def _check_x(cell: Cell, x) -> np.ndarray:
@@ -125,8 +128,7 @@ def cell_grads(cell: Cell, params: dict, x: np.ndarray, dh: np.ndarray, h0=None,
 
 def make_model(cell: str, n_in: int, n_hidden: int, n_out: int, **options):
     """A stack of recurrent layers with a linear head; see refimpl.nn.model.make_model for every option."""
-    from .nn import model as model_mod
-    return model_mod.make_model(cell, n_in, n_hidden, n_out, **options)
+    return nn_model.make_model(cell, n_in, n_hidden, n_out, **options)
 
 
 def model_grads(model, params: dict, x: np.ndarray, y, *, loss: str, mask=None, algorithm: str = "bptt",
@@ -143,9 +145,8 @@ def model_grads(model, params: dict, x: np.ndarray, y, *, loss: str, mask=None, 
         (loss_value, grads) with grads keyed by the dotted parameter names, plus "x" for `bptt` (forward-mode rules
         give no input gradient; `readout` leaves out the parameters it does not train).
     """
-    from .nn import model as model_mod
     algo = get_algorithm(algorithm, "model")
-    model_mod.check_inputs(model, params, x, y, loss, mask)
+    nn_model.check_inputs(model, params, x, y, loss, mask)
     with np.errstate(all="ignore"):         # a blow-up is detected below and reported, not warned about
         kernels = cell_kernels(model.cell, backend, model.dtype)
         loss_value, grads = algo.model_grads(kernels, model, params, x, y, loss, mask,

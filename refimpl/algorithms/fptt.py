@@ -44,78 +44,71 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cells import CELLS
 from ..errors import NumericalError, UnsupportedError
-from .online import _sub, check_supported, head_step, stack_step_backward, stack_step_forward
+from ..nn.stack import stack_backward, sub
+from .online import check_supported, head_step, stack_step_forward
 
 #: Relative residual ρ (5) above which FPTT refuses to return its gradients. Calibrated on the stability study's full
 #: grid (252 points: r_min 0.36 … 0.99, T 30 … 1000, three precisions, three seeds): every gradient it accepted was
 #: within 6.5e-4 (relative) of BPTT's, every one it refused was at least 5e-4 off (docs/derivations/fptt.md §8).
 RESIDUAL_TOL = 1e-2
 
-#: Parameters that act on h_{t−1} (held constant by `spatial` layers under a pass budget).
-RECURRENT_TERM = {"rnn": ("weight_hh", "bias_hh"), "gru": ("weight_hh", "bias_hh"), "lstm": ("weight_hh", "bias_hh"),
-                  "lru": ("nu_log", "theta_log")}
+CARRIERS = ("float64", "state")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# One layer's carriers
+# One layer's carriers (J_t is diagonal, (B, N), for the lru — cell.diagonal — and dense (B, S, S) otherwise)
 
-def _flat(cell, dstate) -> np.ndarray:
-    """A state adjoint as one (B, S) array: h̄, or [h̄; c̄] for the lstm."""
-    return np.concatenate([dstate[0], dstate[1]], axis=-1) if cell.name == "lstm" else dstate
-
-
-def _unflat(cell, e: np.ndarray, dtype):
-    """(B, S) → the cell's state-adjoint object in the state dtype."""
-    if cell.name == "lstm":
-        H = cell.n_hidden
-        return CELLS["lstm"].LSTMState(e[:, :H].astype(dtype), e[:, H:].astype(dtype))
-    return e.astype(dtype)
-
-
-def _carrier_dtype(cell, carrier: str) -> np.dtype:
-    if carrier not in ("float64", "state"):
+def carrier_dtype(cell, carrier: str) -> np.dtype:
+    """The dtype of e, e′ and P: float64 (the paper's mixed setting) or the states' precision; complex for a complex
+    state."""
+    if carrier not in CARRIERS:
         raise UnsupportedError(f"carrier dtype {carrier!r} is unknown; use 'float64' (default, the paper's mixed "
                                f"setting) or 'state' (the same precision as the states)")
     base = np.dtype(np.float64) if carrier == "float64" else cell.dtype
-    return np.result_type(base, np.complex64) if cell.name == "lru" else base
+    return np.result_type(base, cell.state_dtype)
 
 
 def _jacobian_adjoint(cell, params, a_t, state_prev, dtype):
-    """J_tᴴ in the carrier dtype: (B, N) (diagonal conj(λ)) for the lru, (B, S, S) otherwise."""
+    """J_tᴴ in the carrier dtype: (B, N) (diagonal conj(λ)) for a diagonal cell, (B, S, S) otherwise."""
     J = cell.module.state_jacobian(params, a_t, state_prev, **cell.step_options)
-    if cell.name == "lru":
+    if cell.diagonal:
         return np.conj(J).astype(dtype)
     return np.conj(np.swapaxes(J, -1, -2)).astype(dtype)
 
 
 def _invert(cell, JH, v):
-    """J^{−H} v, eq. (1): a division for the diagonal lru, a batched linear solve otherwise (never an inverse)."""
-    if cell.name == "lru":
+    """J^{−H} v, eq. (1): a division for a diagonal J, a batched linear solve otherwise (never an inverse)."""
+    if cell.diagonal:
         return v / JH
     return np.linalg.solve(JH, v[..., None])[..., 0]
 
 
 def _accumulate_P(cell, P, JH):
     """P ← P J_tᴴ, eq. (2)."""
-    return P * JH if cell.name == "lru" else P @ JH
+    return P * JH if cell.diagonal else P @ JH
 
 
 def _identity_P(cell, B, dtype):
-    S = cell.n_hidden * (2 if cell.name == "lstm" else 1)
-    return np.ones((B, S), dtype) if cell.name == "lru" else np.broadcast_to(np.eye(S, dtype=dtype), (B, S, S)).copy()
+    S = cell.state_size
+    return np.ones((B, S), dtype) if cell.diagonal else np.broadcast_to(np.eye(S, dtype=dtype), (B, S, S)).copy()
 
 
 def _start_error(cell, P, e_warm, dh_last):
     """e_{−1} = −P (e'_{T−1} − dh_{T−1}), eq. (3)."""
     r = e_warm - dh_last
-    return -(P * r) if cell.name == "lru" else -np.einsum("bij,bj->bi", P, r)
+    return -(P * r) if cell.diagonal else -np.einsum("bij,bj->bi", P, r)
+
+
+def _flat_error(cell, dh, dtype):
+    """An instantaneous error of h (B, H) as a (B, S) carrier: zero on the rest of the state (the lstm's c)."""
+    return cell.flatten_state(cell.adjoint_from_h(dh)).astype(dtype)
 
 
 def _describe(cell, params, T, dtype) -> str:
-    if cell.name == "lru":
-        lam = np.exp(-np.exp(params["nu_log"]))
+    if cell.diagonal:                       # |λ|: the moduli of the diagonal Jacobian (independent of x and h)
+        lam = np.abs(cell.module.state_jacobian(params, np.zeros((1, cell.n_in), cell.dtype), cell.zero_state(1),
+                                                **cell.step_options))
         with np.errstate(over="ignore"):
             grow = np.power(np.float64(lam.min()), -T)
         return (f"|λ| in [{lam.min():.3g}, {lam.max():.3g}], T={T}, {_precision(dtype)} carriers; |λ|^-T up to "
@@ -128,13 +121,30 @@ def _precision(dtype) -> str:
     return np.finfo(np.dtype(dtype)).dtype.name
 
 
-def _check(cell, params, T, dtype, residual, e_norm, what):
-    if not np.isfinite(residual) or not np.isfinite(e_norm) or residual > RESIDUAL_TOL:
+def check_residual(cell, params, T: int, dtype, residual: float, what: str, *,
+                   measured: str = "‖e_T−1 − dh_T−1‖/‖dh_T−1‖", e_max: float | None = None) -> None:
+    """(5): NumericalError, with the reason and the fixes, when the relative residual is not finite or over
+    RESIDUAL_TOL (the reference measures e_T−1 against dh_T−1; a backend sweep its x̄_T−1, on_backend.py)."""
+    if not np.isfinite(residual) or (e_max is not None and not np.isfinite(e_max)) or residual > RESIDUAL_TOL:
+        size = "" if e_max is None else f"; max |e| = {e_max:.3g}"
         raise NumericalError(
-            f"FPTT lost the error signal ({what}: relative residual ‖e_T−1 − dh_T−1‖/‖dh_T−1‖ = {residual:.3g}, "
-            f"tolerance {RESIDUAL_TOL:g}; max |e| = {e_norm:.3g}) with {_describe(cell, params, T, dtype)}. "
-            f"Inverting contractive dynamics amplifies rounding like |λ|^-T: use float64 carriers, a shorter "
-            f"sequence, eigenvalues closer to 1 (e.g. lru -o r_min=0.95), or algorithm 'bptt' / 'online'")
+            f"FPTT lost the error signal ({what}: relative residual {measured} = {residual:.3g}, tolerance "
+            f"{RESIDUAL_TOL:g}{size}) with {_describe(cell, params, T, dtype)}. Inverting contractive dynamics "
+            f"amplifies rounding like |λ|^-T: use float64 carriers, a shorter sequence, eigenvalues closer to 1 "
+            f"(e.g. lru -o r_min=0.95), or algorithm 'bptt' / 'online'")
+
+
+def error_layers(L: int, passes: int | None = None, two_passes: bool = True) -> list[int]:
+    """The layers that carry FPTT errors: with a warm-up, the top min(L, passes − 1) for a pass budget `passes`
+    (default L + 1: every layer); for fptt1 (two_passes=False) every layer, from e_{−1} = 0. The others are `spatial`:
+    their recurrent term held constant (cell.recurrent_params get zero)."""
+    full = L + 1
+    passes = full if passes is None else int(passes)
+    if passes < 1:
+        raise UnsupportedError(f"passes must be ≥ 1, got {passes} (full FPTT of {L} layer(s) takes {full})")
+    if not two_passes:
+        return list(range(L))
+    return list(range(L - min(L, passes - 1), L))
 
 
 def _running_max(current: float, e: np.ndarray) -> float:
@@ -162,17 +172,12 @@ def fptt_cell_grads(cell, params, x, dh, state0, *, two_passes: bool = True, car
 
 def _fptt_cell_grads(cell, params, x, dh, state0, two_passes, carrier, check):
     T, B = x.shape[:2]
-    ct = _carrier_dtype(cell, carrier)
-    sdt = cell.state_dtype
-    S = cell.n_hidden * (2 if cell.name == "lstm" else 1)
+    ct = carrier_dtype(cell, carrier)
 
-    def dh_flat(t):                       # dh_t as a (B, S) carrier (zero on the lstm's c part); dh_{−1} = 0
-        if t < 0:
-            return np.zeros((B, S), ct)
-        return np.concatenate([dh[t], np.zeros_like(dh[t])], axis=-1).astype(ct) if cell.name == "lstm" \
-            else dh[t].astype(ct)
+    def dh_flat(t):                       # dh_t as a (B, S) carrier; dh_{−1} = 0
+        return np.zeros((B, cell.state_size), ct) if t < 0 else _flat_error(cell, dh[t], ct)
 
-    e = np.zeros((B, S), ct)
+    e = np.zeros((B, cell.state_size), ct)
     if two_passes:                                                             # phase 1: warm-up
         P, state = _identity_P(cell, B, ct), state0
         for t in range(T):
@@ -190,17 +195,16 @@ def _fptt_cell_grads(cell, params, x, dh, state0, two_passes, carrier, check):
         e = _invert(cell, JH, e - dh_flat(t - 1))                              # (1)
         e_max = _running_max(e_max, e)
         state, cache = cell.module.step_forward(params, x[t], state, **cell.step_options)
-        g, dx[t], _ = cell.module.step_backward(params, _unflat(cell, e, sdt), cache, **cell.step_options)  # (4)
+        total = cell.unflatten_state(e.astype(cell.state_dtype))
+        g, dx[t], _ = cell.module.step_backward(params, total, cache, **cell.step_options)            # (4)
         for k in grads:
             grads[k] += g[k]
     if two_passes and check:
-        _check(cell, params, T, ct, _residual(e, dh_flat(T - 1)), e_max, "one cell")                         # (5)
+        check_residual(cell, params, T, ct, _residual(e, dh_flat(T - 1)), "one cell", e_max=e_max)   # (5)
     grads["x"] = dx
-    start = _unflat(cell, e_start, sdt)
-    if cell.name == "lstm":
-        grads["h0"], grads["c0"] = start.h, start.c
-    else:
-        grads["h0"] = start
+    # e_{−1}: the gradient of the initial state, h0 (and c0), in the order of the flattened state
+    starts = np.split(e_start.astype(cell.state_dtype), len(cell.grad_state_keys), axis=-1)
+    grads.update(zip(cell.grad_state_keys, starts))
     return grads
 
 
@@ -220,25 +224,17 @@ def fptt_model_grads(model, params, x, y, loss, mask=None, *, passes: int | None
 
 def _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carrier, check, input_grad):
     L = model.layers
-    full = L + 1
-    passes = full if passes is None else int(passes)
-    if passes < 1:
-        raise UnsupportedError(f"passes must be ≥ 1, got {passes} (full FPTT of {L} layer(s) takes {full})")
-    n_fptt = 0 if not two_passes else min(L, passes - 1)          # layers with a warm-up: the top n_fptt
-    fptt_layers = list(range(L - n_fptt, L))
-    if not two_passes:
-        fptt_layers = list(range(L))                              # fptt1: every layer carries e from e_{−1} = 0
+    fptt_layers = error_layers(L, passes, two_passes)             # with a warm-up: the top ones; fptt1: all
     T, B, _ = x.shape
     cells = model.cells
-    cts = [_carrier_dtype(c, carrier) for c in cells]
-    S = [c.n_hidden * (2 if c.name == "lstm" else 1) for c in cells]
-    starts = [np.zeros((B, S[l]), cts[l]) for l in range(L)]    # e^l_{−1}; found by the warm-ups
-    cell_params = [_sub(params, f"layers.{l}.cell", c.param_shapes) for l, c in enumerate(cells)]
+    cts = [carrier_dtype(c, carrier) for c in cells]
+    starts = [np.zeros((B, c.state_size), cts[l]) for l, c in enumerate(cells)]   # e^l_{−1}; found by the warm-ups
+    cell_params = [sub(params, f"layers.{l}.cell", c.param_shapes) for l, c in enumerate(cells)]
     warm_order = list(reversed(fptt_layers)) if two_passes else []  # top first
 
     for warm in warm_order + [None]:                              # passes: one warm-up each, then the final pass
         in_error = [l for l in fptt_layers if warm is None or l > warm]
-        value, grads, info = _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, cts, S,
+        value, grads, info = _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, cts,
                                    input_grad)
         if warm is not None:
             P, e_warm, dh_last = info
@@ -246,59 +242,63 @@ def _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carri
     if two_passes and check:
         for l in fptt_layers:
             residual, e_max = info[l]
-            _check(cells[l], cell_params[l], T, cts[l], residual, e_max, f"layer {l}")   # (5)
+            check_residual(cells[l], cell_params[l], T, cts[l], residual, f"layer {l}", e_max=e_max)   # (5)
     for l in range(L):
         if l not in fptt_layers:                                  # spatial layers: no temporal credit
-            for name in RECURRENT_TERM[cells[l].name]:
+            for name in cells[l].recurrent_params:
                 grads[f"layers.{l}.cell.{name}"] = np.zeros_like(params[f"layers.{l}.cell.{name}"])
     return value, grads
 
 
-def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, cts, S, input_grad=True):
+def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, cts, input_grad=True):
     """One pass over the sequence. Layers in `in_error` carry their exact errors (1) from their start values; the
     layer `warm` (or None in the final pass) runs its warm-up. The final pass accumulates every gradient (4)."""
     T, B, _ = x.shape
     cells = model.cells
     L = model.layers
-    states = [c.module.zero_state(B, c.n_hidden, c.state_dtype) for c in cells]
+    states = [c.zero_state(B) for c in cells]
     e = {l: starts[l].copy() for l in in_error}
-    dh_prev = {l: np.zeros((B, S[l]), cts[l]) for l in range(L)}
+    dh_prev = {l: np.zeros((B, c.state_size), cts[l]) for l, c in enumerate(cells)}
     e_max = {l: 0.0 for l in in_error}
     final = warm is None
     if not final:
-        e_w, P = np.zeros((B, S[warm]), cts[warm]), _identity_P(cells[warm], B, cts[warm])
+        e_w, P = np.zeros((B, cells[warm].state_size), cts[warm]), _identity_P(cells[warm], B, cts[warm])
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     dx = np.zeros_like(x) if final and input_grad else None
     run_sum, total = None, 0.0
+
+    def cell_adjoint(l, cell_params_l, dh, cell_cache):
+        """(4): the step backward from the total error e^l_t where layer l carries it, else from the within-step
+        error (spatial); the within-step error dh^l_t is kept for (1) at the next step."""
+        c = cells[l]
+        dh_prev[l] = _flat_error(c, dh, cts[l])
+        total_error = c.unflatten_state(e[l].astype(c.state_dtype)) if l in e else c.adjoint_from_h(dh)
+        g, dx_l, _ = c.module.step_backward(cell_params_l, total_error, cell_cache, **c.step_options)
+        return {**g, "x": dx_l}
+
     for t in range(T):
-        u, new_states, caches = stack_step_forward(model, params, x[t], states)
+        u, new_states, cache = stack_step_forward(model, params, x[t], states)
         for l in e:                                                           # (1) for the layers in error phase
-            JH = _jacobian_adjoint(cells[l], cell_params[l], caches[1][l].a, states[l], cts[l])
+            JH = _jacobian_adjoint(cells[l], cell_params[l], cache.layers[l].a, states[l], cts[l])
             e[l] = _invert(cells[l], JH, e[l] - dh_prev[l])
             e_max[l] = _running_max(e_max[l], e[l])
         if not final:                                                         # (1), (2) for the warming layer
-            JH = _jacobian_adjoint(cells[warm], cell_params[warm], caches[1][warm].a, states[warm], cts[warm])
+            JH = _jacobian_adjoint(cells[warm], cell_params[warm], cache.layers[warm].a, states[warm], cts[warm])
             e_w = _invert(cells[warm], JH, e_w - dh_prev[warm])
             P = _accumulate_P(cells[warm], P, JH)
-        run_sum, value, g_head, du_top = head_step(model, params, u, t, T, y, loss, mask, run_sum)
-        total += value
-        if final and g_head is not None:
-            grads["readout.weight"] += g_head["weight"]
-            grads["readout.bias"] += g_head["bias"]
-        totals = [(_unflat(cells[l], e[l], cells[l].state_dtype) if l in e else None) for l in range(L)]
-        if du_top is None:
-            du_top = np.zeros_like(u)
-        step_grads, deltas, _ = stack_step_backward(model, params, caches, du_top, totals=totals, stop_at=warm)
-        for l in range(L):                                                    # dh^l_t: the within-step errors
-            if deltas[l] is not None:
-                dh_prev[l] = _flat(cells[l], deltas[l]).astype(cts[l])
+        head = head_step(model, params, u, t, T, y, loss, mask, run_sum)
+        run_sum, total = head.run_sum, total + head.loss
+        du_top = head.du if head.du is not None else np.zeros_like(u)
+        step_grads, dx_t = stack_backward(model, params, du_top, cache, cell_adjoint,
+                                          lowest=0 if final else warm)      # the warm-up needs errors down to `warm`
         if final:                                                             # (4)
+            if head.readout is not None:
+                grads["readout.weight"] += head.readout["weight"]
+                grads["readout.bias"] += head.readout["bias"]
             for k, v in step_grads.items():
-                if k == "x":
-                    if dx is not None:
-                        dx[t] = v
-                else:
-                    grads[k] += v
+                grads[k] += v
+            if dx is not None:
+                dx[t] = dx_t
         states = new_states
     if not final:
         return total, grads, (P, e_w, dh_prev[warm])
@@ -307,33 +307,49 @@ def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, 
     return total, grads, {l: (_residual(e[l], dh_prev[l]), e_max[l]) for l in e}
 
 
-def well_conditioned(cell: str, params: dict, prefix: str = "", seed: int = 0) -> dict:
-    """A copy of dense-cell parameters whose state Jacobians are well conditioned, for FPTT's tests, kernels and
-    examples (the lru needs none: pick r_min ≥ 0.9 instead). `prefix` selects a layer's cell in a model's dict.
+# ----------------------------------------------------------------------------------------------------------------
+# Well-conditioned parameters, per cell (for FPTT's tests, kernel input specs and examples)
 
-    rnn: an orthogonal W_hh, no biases and a small input drive (tanh near its linear range); gru: update gates near 1
-    (b_hz = 3); lstm: forget gates near 1 (b_hf = 3), g ≈ 0.8 so that c grows and tanh(c') is large, and an output
-    gate that reads h (W_ho = 2·orthogonal) — even so the lstm's σ_min(J_t) stays near 0.2 (docs/derivations/fptt.md).
-    """
-    p = dict(params)
-    rng = np.random.default_rng(seed)
-    key = lambda n: f"{prefix}{n}"                                          # noqa: E731
-    if cell == "lru":
-        return p
-    H = p[key("weight_hh")].shape[1]
-    Q = np.linalg.qr(rng.standard_normal((H, H)))[0]
+def _rnn_well_conditioned(p: dict, key, Q: np.ndarray) -> None:
+    """An orthogonal W_hh, no biases and a small input drive (tanh near its linear range)."""
+    p[key("weight_hh")] = Q.astype(p[key("weight_hh")].dtype)                    # orthogonal recurrence
+    p[key("bias_hh")] = np.zeros_like(p[key("bias_hh")])
+    p[key("weight_ih")] = 0.3 * p[key("weight_ih")]                               # small drive: tanh stays near linear
+    p[key("bias_ih")] = 0.0 * p[key("bias_ih")]
+
+
+def _gru_well_conditioned(p: dict, key, Q: np.ndarray) -> None:
+    """Update gates near 1 (b_hz = 3): h' ≈ h."""
+    H = Q.shape[0]
+    b = p[key("bias_hh")].copy()
+    b[H:2 * H] = 3.0                                                               # z ≈ 0.95
+    p[key("bias_hh")] = b
+
+
+def _lstm_well_conditioned(p: dict, key, Q: np.ndarray) -> None:
+    """Forget gates near 1 (b_hf = 3), g ≈ 0.8 so that c grows and tanh(c') is large, and an output gate that reads h
+    (W_ho = 2·orthogonal) — even so the lstm's σ_min(J_t) stays near 0.2 (docs/derivations/fptt.md)."""
+    H = Q.shape[0]
     W, b = p[key("weight_hh")].copy(), p[key("bias_hh")].copy()
-    if cell == "rnn":
-        W[:] = Q                                                            # orthogonal recurrence
-        b[:] = 0.0
-        p[key("weight_ih")] = 0.3 * p[key("weight_ih")]                     # small drive: tanh stays near linear
-        p[key("bias_ih")] = 0.0 * p[key("bias_ih")]
-    elif cell == "gru":
-        b[H:2 * H] = 3.0                                                    # z ≈ 0.95: h' ≈ h
-    elif cell == "lstm":
-        b[H:2 * H] = 3.0                                                    # f ≈ 0.95
-        b[2 * H:3 * H] = 1.1                                                # g ≈ 0.8: c grows, tanh(c') is large
-        b[3 * H:] = 0.0
-        W[3 * H:] = 2.0 * Q                                                 # the output gate reads h (σ' not saturated)
-    p[key("weight_hh")], p[key("bias_hh")] = W.astype(W.dtype), b
+    b[H:2 * H] = 3.0                                                               # f ≈ 0.95
+    b[2 * H:3 * H] = 1.1                                                           # g ≈ 0.8: c grows, tanh(c') is large
+    b[3 * H:] = 0.0
+    W[3 * H:] = 2.0 * Q                                                            # the output gate reads h
+    p[key("weight_hh")], p[key("bias_hh")] = W, b
+
+
+#: cell name → the builder of its well-conditioned parameters; the lru needs none (pick r_min ≥ 0.9 instead).
+WELL_CONDITIONED = {"rnn": _rnn_well_conditioned, "gru": _gru_well_conditioned, "lstm": _lstm_well_conditioned}
+
+
+def well_conditioned(cell: str, params: dict, prefix: str = "", seed: int = 0) -> dict:
+    """A copy of the parameters whose state Jacobians are well conditioned (WELL_CONDITIONED; unchanged for a cell
+    without a builder). `prefix` selects a layer's cell in a model's dict (e.g. 'layers.0.cell.'); `seed` draws the
+    orthogonal matrix."""
+    p = dict(params)
+    if cell not in WELL_CONDITIONED:
+        return p
+    H = p[f"{prefix}weight_hh"].shape[1]
+    Q = np.linalg.qr(np.random.default_rng(seed).standard_normal((H, H)))[0]
+    WELL_CONDITIONED[cell](p, lambda n: f"{prefix}{n}", Q)
     return p

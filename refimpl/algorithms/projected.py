@@ -17,9 +17,11 @@ Per step t — online: nothing is kept from earlier steps but the states, the tr
     (3) the signal at the output:   dfa   ε_t = e_t
                                     drtp  ε_t = (m_t/B) y*_t,  y* = onehot(label) (ce) or the target bits (bce)
     (4) projected onto layer l's output:   f̄^l_t = ε_t B_lᵀ,   B_l (w_l, O) fixed (orthogonal or lecun)
-    (5) within layer l and step t only: FFN backward, LRU output-map backward (h̄ = ȳ conj(C), C̄, D̄) → δ^l_t, the
-        instantaneous error of the cell state (of h; complex for the lru), and the FFN / output-map gradients
-    (6) the cell's parameters, by the layer's temporal rule (refimpl/algorithms/rtrl.py, per layer):
+    (5) within layer l and step t only (refimpl/nn/stack.py's block_backward from f̄^l_t): FFN backward, LRU
+        output-map backward (h̄ = ȳ conj(C), C̄, D̄) → δ^l_t, the instantaneous error of the cell state (of h; complex
+        for the lru), and the FFN / output-map gradients
+    (6) the cell's parameters, by the layer's temporal rule (refimpl/algorithms/rtrl.py, per layer; the cell adjoint
+        online.rule_adjoint, as for the online algorithms of the same names):
             S^l_t = rule(S^l_{t−1}, s^l_{t−1}, a^l_t),   W̄^l += Σ_b Re(conj(S^l_t) δ^l_t)
             temporal = online (exact per-layer RTRL: == BPTT of the cell driven by the instantaneous δ^l),
                        snap1 (SnAp-1), truncated (1-step)
@@ -44,16 +46,16 @@ import warnings
 import numpy as np
 
 from . import rtrl
-from ..errors import BpfreeWarning
-from ..nn.init import INITS, lecun_normal, orthogonal
 from ..cells.common import add_into
-from ..errors import ShapeError, UnknownNameError, UnsupportedError
-from ..nn.layers import FFN_BACKWARD, layer_norm_backward, linear_backward, lru_output_backward
-from .online import check_supported, head_loss, stack_step_forward
+from ..errors import BpfreeWarning, ShapeError, UnknownNameError, UnsupportedError
+from ..nn.init import INITS, lecun_normal, orthogonal
+from ..nn.layers import linear_backward
+from ..nn.stack import block_backward, sub
+from .online import check_supported, head_step, rule_adjoint, stack_step_forward
 
 RULES = ("dfa", "drtp")
-#: temporal rule → the per-layer rule of refimpl/algorithms/rtrl.py
-TEMPORAL = {"online": "rtrl", "snap1": "snap1", "truncated": "truncated"}
+#: the temporal rules: the per-layer online algorithms of the same names (their rule: rtrl.LAYER_RULE)
+TEMPORAL = ("online", "snap1", "truncated")
 #: the keyword options of the algorithms (for their refimpl.algorithms entries)
 OPTIONS = ("temporal", "feedback_init", "feedback_seed")
 
@@ -63,7 +65,7 @@ OPTIONS = ("temporal", "feedback_init", "feedback_seed")
 
 def layer_output_widths(model) -> list[int]:
     """w_l: the width of each layer's output f^l (H for rnn/gru/lstm, the layer width d for the lru)."""
-    return [c.n_hidden if c.name != "lru" else c.n_in for c in model.cells]
+    return [c.out_width for c in model.cells]
 
 
 def make_feedback(model, init: str = "orthogonal", seed: int | None = None) -> list[np.ndarray]:
@@ -75,6 +77,11 @@ def make_feedback(model, init: str = "orthogonal", seed: int | None = None) -> l
     if init == "orthogonal":
         return [orthogonal((w, model.n_out), rng, model.dtype) for w in layer_output_widths(model)]
     return [lecun_normal((w, model.n_out), w, rng, model.dtype) for w in layer_output_widths(model)]
+
+
+def _unbounded(c) -> bool:
+    """A state that nothing saturates: a linear recurrence (the diagonal one of the lru, or rnn 'linear')."""
+    return c.diagonal or c.options.get("nonlinearity") == "linear"
 
 
 def check_rule(model, rule: str, loss: str, temporal: str) -> None:
@@ -89,8 +96,7 @@ def check_rule(model, rule: str, loss: str, temporal: str) -> None:
                                "bit targets (loss 'ce' or 'bce'); with a real-valued regression target (loss 'mse') "
                                "it carries no information about the error — use dfa, which projects the error itself")
     if rule == "drtp":
-        unbounded = [c.name for c in model.cells
-                     if c.name == "lru" or (c.name == "rnn" and c.options.get("nonlinearity") == "linear")]
+        unbounded = [c.name for c in model.cells if _unbounded(c)]
         if unbounded:
             warnings.warn(f"drtp with the unbounded {unbounded[0]} state: the projected target does not shrink as "
                           f"the network learns and nothing saturates to stop the updates; prefer a gru, lstm or "
@@ -109,22 +115,17 @@ def _check_feedback(model, feedback) -> list:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# One step: the head (2)–(3) and one layer's local backward (5), (7)
+# The signal at the output, (2)–(3)
 
-def _head(model, params, u, t, T, y, loss, mask, run_sum):
-    """(2): (run_sum, l_t, readout grads or None, e_t (B, O) or None, (y_t, m_t/B weight) or None) at step t —
-    refimpl.algorithms.online.head_loss, plus the target and weights that drtp projects."""
-    run_sum, value, g_head, e, _ = head_loss(model, params, u, t, T, y, loss, mask, run_sum)
-    if e is None:
-        return run_sum, value, None, None, None
-    B = u.shape[0]
+def _target(model, y, t: int, mask, B: int, dtype):
+    """(y_t, its weight m_t/B (B,)) at step t: what drtp projects."""
     if model.per_step:
         m_t = None if mask is None else np.asarray(mask)[t:t + 1]
         y_t = y[t]
         weight = (np.ones(B) if m_t is None else np.broadcast_to(m_t.reshape(-1), (B,))) / B
     else:
         y_t, weight = y, np.full(B, 1.0 / B)
-    return run_sum, value, g_head, e, (y_t, weight.astype(u.dtype))
+    return y_t, weight.astype(dtype)
 
 
 def _target_signal(loss: str, y_t, weight: np.ndarray, n_out: int, dtype) -> np.ndarray:
@@ -135,54 +136,6 @@ def _target_signal(loss: str, y_t, weight: np.ndarray, n_out: int, dtype) -> np.
     else:
         ystar = np.asarray(y_t, dtype=dtype)
     return weight[:, None] * ystar
-
-
-def _sub(params: dict, prefix: str, names) -> dict:
-    return {k: params[f"{prefix}.{k}"] for k in names}
-
-
-def _state_adjoint(state, dh):
-    """A state adjoint carrying dh on h only: dh itself, or the lstm's (dh, 0)."""
-    if isinstance(state, tuple):
-        return type(state)(dh, *(np.zeros_like(s) for s in state[1:]))
-    return dh
-
-
-def layer_local_backward(model, params, l: int, step, encoder_cache, df: np.ndarray):
-    """(5), (7): the adjoint df (B, w_l) of layer l's output f^l at one step, through that layer only.
-
-    Args:
-        step: online.LayerStep of layer l at this step.  encoder_cache: the encoder's LinearCache (layer 0) or None.
-    Returns:
-        ({dotted name: grad} of the layer's ffn / output map / norm (and the encoder for l = 0), δ^l: h̄ (B, H),
-        complex for the lru).
-    """
-    c, pre = model.cells[l], f"layers.{l}"
-    grads = {}
-    dy = df
-    if model.ffn is not None:
-        g = FFN_BACKWARD[model.ffn](df, step.ffn)                                            # (5)
-        dy = g.pop("x")
-        grads.update({f"{pre}.ffn.{k}": v for k, v in g.items()})
-    delta, da = dy, None
-    if c.name == "lru":
-        g = lru_output_backward(dy, step.out_map)                                            # (5)
-        delta, da = g.pop("h"), g.pop("x")
-        grads.update({f"{pre}.{k}": v for k, v in g.items()})
-    below = model.norm == "layer" or (l == 0 and model.encoder)
-    if below:                                                                                # (7)
-        cell_params = _sub(params, f"{pre}.cell", c.param_shapes)
-        _, dx, _ = c.module.step_backward(cell_params, _state_adjoint(step.state_prev, delta), step.cell,
-                                          **c.step_options)
-        da = dx if da is None else da + dx
-        if model.norm == "layer":
-            g = layer_norm_backward(da, step.norm)
-            da = g.pop("x")
-            grads.update({f"{pre}.norm.{k}": v for k, v in g.items()})
-        if l == 0 and model.encoder:
-            g = linear_backward(da, encoder_cache)
-            grads.update({"encoder.weight": g["weight"], "encoder.bias": g["bias"]})
-    return grads, delta
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -204,31 +157,34 @@ def projected_grads(model, params, x, y, loss, mask=None, *, rule: str = "dfa", 
     check_rule(model, rule, loss, temporal)
     Bs = _check_feedback(model, feedback) if feedback is not None else make_feedback(model, feedback_init,
                                                                                       feedback_seed)
+    layer_rule = rtrl.LAYER_RULE[temporal]
     T, B, _ = x.shape
     cells = model.cells
-    states = [c.module.zero_state(B, c.n_hidden, c.state_dtype) for c in cells]
-    cell_params = [_sub(params, f"layers.{l}.cell", c.param_shapes) for l, c in enumerate(cells)]
-    traces = [rtrl.init_traces(TEMPORAL[temporal], c, cell_params[l], B) for l, c in enumerate(cells)]
+    states = [c.zero_state(B) for c in cells]
+    cell_params = [sub(params, f"layers.{l}.cell", c.param_shapes) for l, c in enumerate(cells)]
+    traces = [rtrl.init_traces(layer_rule, c, cell_params[l], B) for l, c in enumerate(cells)]
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     total, run_sum = 0.0, None
     for t in range(T):
-        u, new_states, (enc, layer_steps) = stack_step_forward(model, params, x[t], states)      # (1)
-        run_sum, value, g_head, e, target = _head(model, params, u, t, T, y, loss, mask, run_sum)   # (2)
-        total += value
-        if g_head is not None:
-            grads["readout.weight"] += g_head["weight"]
-            grads["readout.bias"] += g_head["bias"]
-            eps = e if rule == "dfa" else _target_signal(loss, *target, model.n_out, model.dtype)    # (3)
-        for l, c in enumerate(cells):
-            traces[l] = rtrl.update_traces(TEMPORAL[temporal], c, cell_params[l], traces[l],
-                                           layer_steps[l].a, states[l])                           # (6)
-            if g_head is None:
-                continue                                                  # no loss at this step: no signal
-            g_local, delta = layer_local_backward(model, params, l, layer_steps[l], enc, eps @ Bs[l].T)  # (4), (5)
-            add_into(grads, g_local)                                                              # (5), (7)
-            g_cell = rtrl.trace_grads(TEMPORAL[temporal], c, cell_params[l], traces[l], delta)     # (6)
-            add_into(grads, {f"layers.{l}.cell.{k}": v for k, v in g_cell.items()})
+        u, new_states, cache = stack_step_forward(model, params, x[t], states)                      # (1)
+        head = head_step(model, params, u, t, T, y, loss, mask, run_sum)                            # (2)
+        run_sum, total = head.run_sum, total + head.loss
+        traces = [rtrl.update_traces(layer_rule, c, cell_params[l], traces[l], cache.layers[l].a, states[l])
+                  for l, c in enumerate(cells)]                                                      # (6)
         states = new_states
+        if head.du is None:
+            continue                                                      # no loss at this step: no signal
+        grads["readout.weight"] += head.readout["weight"]
+        grads["readout.bias"] += head.readout["bias"]
+        eps = head.dout if rule == "dfa" else _target_signal(loss, *_target(model, y, t, mask, B, u.dtype),
+                                                             model.n_out, model.dtype)              # (3)
+        cell_adjoint = rule_adjoint(model, layer_rule, traces)                                      # (6), (7)
+        for l in range(model.layers):
+            da, g_layer = block_backward(model, l, params, eps @ Bs[l].T, cache.layers[l], cell_adjoint)   # (4)–(7)
+            add_into(grads, g_layer)
+            if l == 0 and model.encoder:                                                            # (7)
+                g = linear_backward(da, cache.encoder)
+                add_into(grads, {"encoder.weight": g["weight"], "encoder.bias": g["bias"]})
     return total, grads
 
 
@@ -250,23 +206,3 @@ def drtp_model_grads(kernels, model, params, x, y, loss, mask, **options):
     """The `drtp` entry of refimpl.algorithms (options as dfa_model_grads; loss 'ce' or 'bce')."""
     _reference_only("drtp", kernels)
     return projected_grads(model, params, x, y, loss, mask, rule="drtp", **options)
-
-
-def alignment_vs_bptt(model, params, x, y, loss, mask=None, *, rule: str = "dfa", **options) -> dict:
-    """How the rule's updates compare with BPTT's gradient on one batch: per group (layers.l, encoder, readout) and
-    over all parameters, {"cosine", "rel_error"} (numerics.cosine / rel_error, BPTT the reference)."""
-    from ..nn.model import bptt
-    from ..numerics import cosine, rel_error
-    _, g = projected_grads(model, params, x, y, loss, mask, rule=rule, **options)
-    _, ref = bptt(model, params, x, y, loss=loss, mask=mask)
-    groups = {}
-    for k in params:
-        parts = k.split(".")
-        groups.setdefault(".".join(parts[:2]) if parts[0] == "layers" else parts[0], []).append(k)
-    groups["all"] = list(params)
-    out = {}
-    for name, keys in groups.items():
-        a = np.concatenate([np.ravel(g[k]) for k in keys])
-        b = np.concatenate([np.ravel(ref[k]) for k in keys])
-        out[name] = {"cosine": cosine(a, b), "rel_error": rel_error(a, b)}
-    return out

@@ -54,16 +54,32 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..cells import CELLS
 from ..cells.common import add_into
 from ..errors import ShapeError, UnknownNameError, UnsupportedError
 
 RULES = ("rtrl", "snap1", "truncated", "spatial", "cec")
 
-#: State rows per unit (R): the lstm's unit state is the pair (h_k, c_k).
-_ROWS_PER_UNIT = {"rnn": 1, "gru": 1, "lstm": 2}
-#: What `spatial` holds constant (it gets a zero gradient), eq. (14).
-_RECURRENT_PARAMS = {"rnn": ("weight_hh", "bias_hh"), "gru": ("weight_hh", "bias_hh"),
-                     "lstm": ("weight_hh", "bias_hh"), "lru": ("nu_log", "theta_log")}
+#: The RTRL-family algorithms (refimpl/algorithms/__init__.py) → the rule each layer runs — the one such table. `online`
+#: is exact RTRL in every layer; on a model, `rtrl` is the whole-stack sensitivity where that differs (online.py).
+LAYER_RULE = {"rtrl": "rtrl", "online": "rtrl", "snap1": "snap1", "truncated": "truncated", "spatial": "spatial",
+              "cec": "cec"}
+
+
+def _defined(rule: str, module) -> bool:
+    """Whether `rule` is a distinct sweep of a cell (module): cec needs a cell state beside h (STATE_ROWS > 1), and
+    snap1 is rtrl itself where the state Jacobian is diagonal."""
+    return not (rule == "cec" and module.STATE_ROWS == 1) and not (rule == "snap1" and module.DIAGONAL)
+
+
+#: cell name → the distinct sweeps of the RTRL family on that cell: the `<cell>.<rule>` kernels (refimpl/kernels.py).
+SWEEPS = {name: tuple(rule for rule in RULES if _defined(rule, module)) for name, module in CELLS.items()}
+
+
+def sweep_rule(rule: str, cell) -> str:
+    """The sweep that runs `rule` on `cell`: `rule` itself, but rtrl for snap1 on a diagonal cell (the lru: SnAp-1's
+    pattern is the whole diagonal Jacobian there, so it is exact RTRL)."""
+    return "rtrl" if rule == "snap1" and cell.diagonal else rule
 
 
 class Traces(NamedTuple):
@@ -78,29 +94,35 @@ class Traces(NamedTuple):
 # Validation and layouts
 
 
-def _check_rule(rule: str, cell) -> None:
+def check_rule(rule: str, cell) -> None:
+    """Refuse an unknown rule, and cec on a cell whose state is h alone (the one refusal of cec, on every backend)."""
     if rule not in RULES:
         raise UnknownNameError("RTRL-family rule", rule, RULES,
                                "rtrl is exact; snap1, truncated, spatial approximate it; cec is the lstm's truncation")
-    if rule == "cec" and cell.name != "lstm":
-        better = "rtrl (exact and cheap for the diagonal lru)" if cell.name == "lru" else "snap1 or truncated"
+    if rule == "cec" and cell.state_size == cell.n_hidden:
+        better = "rtrl (exact and cheap for the diagonal lru)" if cell.diagonal else "snap1 or truncated"
         raise UnsupportedError(
             f"rule 'cec' is only defined for the lstm: it truncates the gradient where h_{{t-1}} enters the gates but "
-            f"keeps the cell state's self-connection c_t = f ⊙ c_{{t-1}} + i ⊙ g, and the {cell.name} cell has no "
-            f"separate cell state c; use {better} instead")
+            f"keeps the self-connection c_t = f ⊙ c_{{t-1}} + i ⊙ g of a cell state that the lstm only has; the "
+            f"{cell.name} cell has no separate cell state c, so use {better} instead")
 
 
 def _layout(rule: str, cell) -> str:
-    if cell.name == "lru":
+    if cell.diagonal:
         return "diag"                          # (8) every rule; snap1 is rtrl here (J is diagonal)
     return "dense" if rule == "rtrl" else "unit"
 
 
+def _rows(cell) -> int:
+    """R, the state rows per unit: 1, or 2 for the lstm's (h_k, c_k)."""
+    return cell.state_size // cell.n_hidden
+
+
 def _trace_shapes(rule: str, cell, batch: int) -> dict:
     """{param name: (shape, dtype)} of the carried traces (module docstring, 'Trace layouts')."""
-    _check_rule(rule, cell)
+    check_rule(rule, cell)
     layout, H = _layout(rule, cell), cell.n_hidden
-    held = _RECURRENT_PARAMS[cell.name] if rule == "spatial" else ()
+    held = cell.recurrent_params if rule == "spatial" else ()
     shapes = {}
     for name, shape in cell.param_shapes.items():
         if name in held:
@@ -108,10 +130,9 @@ def _trace_shapes(rule: str, cell, batch: int) -> dict:
         if layout == "diag":
             shapes[name] = ((batch,) + tuple(shape), cell.state_dtype)      # (8)  c(B, N) or c(B, N, I)
         elif layout == "dense":
-            S = _ROWS_PER_UNIT[cell.name] * H
-            shapes[name] = ((batch, S) + tuple(shape), cell.dtype)          # (3)  (B, S, *shape)
+            shapes[name] = ((batch, cell.state_size) + tuple(shape), cell.dtype)          # (3)  (B, S, *shape)
         else:
-            rows = _ROWS_PER_UNIT[cell.name] if rule in ("snap1", "cec") else 1
+            rows = _rows(cell) if rule in ("snap1", "cec") else 1
             G = shape[0] // H
             shapes[name] = ((batch, rows, H, G) + tuple(shape[1:]), cell.dtype)   # (9)  (B, R', H, G, *X)
     return shapes
@@ -170,7 +191,7 @@ def update_traces(rule: str, cell, params: dict, traces: Traces, x_t: np.ndarray
     Returns:
         Traces holding S_t.
     """
-    _check_rule(rule, cell)
+    check_rule(rule, cell)
     _check_traces(rule, cell, traces)
     mod, opts, H = cell.module, cell.step_options, cell.n_hidden
     P = mod.param_jacobian(params, x_t, state_prev, **opts)               # (2)  immediate ∂s_t/∂θ
@@ -193,7 +214,7 @@ def update_traces(rule: str, cell, params: dict, traces: Traces, x_t: np.ndarray
             new[name] = JS + P[name]                                       # (3)
 
     else:                                                                  # "unit": snap1, cec, truncated, spatial
-        R = _ROWS_PER_UNIT[cell.name]
+        R = _rows(cell)
         if rule in ("snap1", "cec"):
             D = _unit_blocks(mod.state_jacobian(params, x_t, state_prev, **opts), R, H)     # (11) (B, H, R, R)
             if rule == "cec":
@@ -225,12 +246,12 @@ def trace_grads(rule: str, cell, params: dict, traces: Traces, delta_t: np.ndarr
     Returns:
         {param name: array of the param's shape and dtype}; exact zeros for what `spatial` holds constant.
     """
-    _check_rule(rule, cell)
+    check_rule(rule, cell)
     _check_traces(rule, cell, traces)
     H = cell.n_hidden
     if delta_t.ndim != 2 or delta_t.shape[1] != H:
         raise ShapeError(f"delta_t has shape {delta_t.shape}; expected (B, {H}): the instantaneous error of the "
-                         f"{cell.name} cell's {'h (not c)' if cell.name == 'lstm' else 'state'} at one step")
+                         f"{cell.name} cell's h (not the rest of its state) at one step")
     grads = {}
     for name, p in params.items():
         if name not in traces.sens:

@@ -116,6 +116,11 @@ class Cell:
         """A zero state (adjoint) of the same type, shapes and dtypes as `state`."""
         return map_state(np.zeros_like, state)
 
+    def adjoint_from_h(self, dh: np.ndarray):
+        """The state adjoint that carries dh (…, H) on h and zero on the rest of the state: dh, or the lstm's (dh, 0)
+        (a new name of the state contract, for the algorithms that form an adjoint from h̄ alone)."""
+        return self.add_to_h(self.unflatten_state(np.zeros(dh.shape[:-1] + (self.state_size,), dh.dtype)), dh)
+
     @property
     def step_options(self) -> dict:
         """The options the step/sequence functions take (e.g. nonlinearity); init-only options are left out."""

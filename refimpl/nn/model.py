@@ -47,9 +47,11 @@ Backward (BPTT), from dout = ∂L/∂ŷ (eq. 39), in reverse:
     (62) bptt: L and dout from the loss (eqs. 38–45), then (54)–(61); the initial-state gradients the cell returns
          (h0, c0) are dropped, since initial states are fixed zeros.
 
-Everything here is batched over (T, B); the loop over layers is the only loop, and the loops over time stay inside
-the cells. `forward` / `backward` take an optional `kernels` object with attributes `forward` and `backward` of
-exactly the cell module's sequence signatures, so that a backend's compiled kernels replace the reference ones.
+Everything here is batched over (T, B); the layers (46)–(51), (56)–(61) are the one stack walk of refimpl/nn/stack.py,
+and the loops over time stay inside the cells. `forward` / `backward` take an optional `kernels` object with attributes
+`forward` and `backward` of exactly the cell module's sequence signatures, so that a backend's compiled kernels replace
+the reference ones; `backward` also takes a `cell_adjoint` (stack.py) that replaces the cell's BPTT adjoint (59) by
+another rule per layer (refimpl/algorithms/on_backend.py).
 """
 
 from __future__ import annotations
@@ -59,15 +61,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cells import CELLS, Cell, resolve_cell
-from ..checks import check_array, check_params, resolve_dtype
+from ..cells import CELLS, resolve_cell
+from ..checks import check_array, check_params, positive_int, resolve_dtype
 from ..errors import NumericalError, UnknownNameError, UnsupportedError
-from .layers import (FFN_BACKWARD, FFN_FORWARD, FFNS, PER_STEP_POOLINGS, POOLINGS, LayerNormCache, LinearCache,
-                     LRUOutputCache, PoolCache, ffn_init, ffn_shapes, layer_norm_backward, layer_norm_forward,
-                     layer_norm_init, layer_norm_shapes, linear_backward, linear_forward, linear_init, linear_shapes,
-                     lru_output_backward, lru_output_forward, lru_output_init, lru_output_shapes, pool_backward,
-                     pool_forward)
+from .layers import (FFNS, PER_STEP_POOLINGS, POOLINGS, LinearCache, PoolCache, ffn_init, ffn_shapes, layer_norm_init,
+                     layer_norm_shapes, linear_backward, linear_forward, linear_init, linear_shapes, lru_output_init,
+                     lru_output_shapes, pool_backward, pool_forward)
 from .losses import check_mask, check_target, loss_forward, resolve_loss
+from .stack import StackCache, prefixed, stack_backward, stack_forward
 
 NORMS = ("layer",)
 
@@ -107,7 +108,7 @@ class Model:
     @property
     def widths(self) -> tuple:
         """((d_in, d_out) per layer): the input and output width of each layer."""
-        return tuple((c.n_in, _layer_out_width(c)) for c in self.cells)
+        return tuple((c.n_in, c.out_width) for c in self.cells)
 
     @property
     def per_step(self) -> bool:
@@ -121,38 +122,18 @@ class Model:
         """{dotted name: shape}, in the order the parameters are drawn."""
         shapes = {}
         if self.encoder:
-            shapes.update(_prefixed("encoder", linear_shapes(self.n_in, self.d_model)))
+            shapes.update(prefixed("encoder", linear_shapes(self.n_in, self.d_model)))
         for l, c in enumerate(self.cells):
-            d, w = c.n_in, _layer_out_width(c)
+            d, w = c.n_in, c.out_width
             if self.norm == "layer":
-                shapes.update(_prefixed(f"layers.{l}.norm", layer_norm_shapes(d)))
-            shapes.update(_prefixed(f"layers.{l}.cell", c.param_shapes))
-            if c.name == "lru":
-                shapes.update(_prefixed(f"layers.{l}", lru_output_shapes(d, c.n_hidden)))
+                shapes.update(prefixed(f"layers.{l}.norm", layer_norm_shapes(d)))
+            shapes.update(prefixed(f"layers.{l}.cell", c.param_shapes))
+            if c.output_map:
+                shapes.update(prefixed(f"layers.{l}", lru_output_shapes(d, c.n_hidden)))
             if self.ffn is not None:
-                shapes.update(_prefixed(f"layers.{l}.ffn", ffn_shapes(self.ffn, w, self.ffn_mult)))
-        shapes.update(_prefixed("readout", linear_shapes(self.widths[-1][1], self.n_out)))
+                shapes.update(prefixed(f"layers.{l}.ffn", ffn_shapes(self.ffn, w, self.ffn_mult)))
+        shapes.update(prefixed("readout", linear_shapes(self.widths[-1][1], self.n_out)))
         return shapes
-
-
-def _prefixed(prefix: str, d: dict) -> dict:
-    return {f"{prefix}.{k}": v for k, v in d.items()}
-
-
-def _sub(params: dict, prefix: str, names) -> dict:
-    """The local parameters {name: params[prefix.name]} of one block."""
-    return {k: params[f"{prefix}.{k}"] for k in names}
-
-
-def _layer_out_width(c: Cell) -> int:
-    """The width of a layer's output: n_hidden for rnn/gru/lstm, the input width for lru (eq. 49)."""
-    return c.n_in if c.name == "lru" else c.n_hidden
-
-
-def _positive_int(label: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UnsupportedError(f"{label} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _flag(label: str, value) -> bool:
@@ -197,11 +178,11 @@ def make_model(cell: str, n_in: int, n_hidden: int, n_out: int, *, layers: int =
     """
     if cell not in CELLS:
         raise UnknownNameError("cell", cell, CELLS)
-    n_in = _positive_int("n_in", n_in)
-    n_hidden = _positive_int("n_hidden", n_hidden)
-    n_out = _positive_int("n_out", n_out)
-    layers = _positive_int("layers", layers)
-    ffn_mult = _positive_int("ffn_mult", ffn_mult)
+    n_in = positive_int("n_in", n_in)
+    n_hidden = positive_int("n_hidden", n_hidden)
+    n_out = positive_int("n_out", n_out)
+    layers = positive_int("layers", layers)
+    ffn_mult = positive_int("ffn_mult", ffn_mult)
     encoder = _flag("encoder", encoder)
     residual = _flag("residual", residual)
     norm = _optional_name("norm", norm, NORMS)
@@ -214,22 +195,22 @@ def make_model(cell: str, n_in: int, n_hidden: int, n_out: int, *, layers: int =
     if d_model is not None and not encoder:
         raise UnsupportedError(f"d_model={d_model!r} was given but encoder=False; d_model is the encoder's output "
                                f"width, so pass encoder=True too (or leave d_model out)")
-    d_model = (_positive_int("d_model", d_model) if d_model is not None else n_hidden) if encoder else None
+    d_model = (positive_int("d_model", d_model) if d_model is not None else n_hidden) if encoder else None
 
     cells, d = [], (d_model if encoder else n_in)
     for _ in range(layers):
         c = resolve_cell(cell, d, n_hidden, dtype, **cell_options)
         cells.append(c)
-        d = _layer_out_width(c)
+        d = c.out_width
     if residual:
         for l, c in enumerate(cells):
-            if _layer_out_width(c) != c.n_in:
+            if c.out_width != c.n_in:
                 src = "d_model" if (l == 0 and encoder) else ("n_in" if l == 0 else f"layer {l - 1}'s output")
                 fix = (f"pass encoder=True with d_model={n_hidden} (the default d_model is n_hidden), or n_in == "
                        f"n_hidden" if l == 0 and not encoder else f"pass d_model={n_hidden}")
                 raise UnsupportedError(
                     f"residual=True needs every layer to keep its width, but layer {l} maps width {c.n_in} "
-                    f"({src}) to {_layer_out_width(c)} (n_hidden, the {cell} cell's output); fix: {fix}, or "
+                    f"({src}) to {c.out_width} (n_hidden, the {cell} cell's output); fix: {fix}, or "
                     f"residual=False (an lru layer always keeps its width)")
 
     model = Model(cell=cell, n_in=n_in, n_hidden=n_hidden, n_out=n_out, layers=layers, d_model=d_model,
@@ -243,17 +224,17 @@ def init_params(model: Model) -> dict:
     rng = np.random.default_rng(model.seed)
     params = {}
     if model.encoder:
-        params.update(_prefixed("encoder", linear_init(model.n_in, model.d_model, rng, model.dtype)))
+        params.update(prefixed("encoder", linear_init(model.n_in, model.d_model, rng, model.dtype)))
     for l, c in enumerate(model.cells):
-        d, w = c.n_in, _layer_out_width(c)
+        d, w = c.n_in, c.out_width
         if model.norm == "layer":
-            params.update(_prefixed(f"layers.{l}.norm", layer_norm_init(d, model.dtype)))
-        params.update(_prefixed(f"layers.{l}.cell", c.module.init_params(d, c.n_hidden, rng, model.dtype, **c.options)))
-        if c.name == "lru":
-            params.update(_prefixed(f"layers.{l}", lru_output_init(d, c.n_hidden, rng, model.dtype)))
+            params.update(prefixed(f"layers.{l}.norm", layer_norm_init(d, model.dtype)))
+        params.update(prefixed(f"layers.{l}.cell", c.module.init_params(d, c.n_hidden, rng, model.dtype, **c.options)))
+        if c.output_map:
+            params.update(prefixed(f"layers.{l}", lru_output_init(d, c.n_hidden, rng, model.dtype)))
         if model.ffn is not None:
-            params.update(_prefixed(f"layers.{l}.ffn", ffn_init(model.ffn, w, model.ffn_mult, rng, model.dtype)))
-    params.update(_prefixed("readout", linear_init(model.widths[-1][1], model.n_out, rng, model.dtype)))
+            params.update(prefixed(f"layers.{l}.ffn", ffn_init(model.ffn, w, model.ffn_mult, rng, model.dtype)))
+    params.update(prefixed("readout", linear_init(model.widths[-1][1], model.n_out, rng, model.dtype)))
     assert list(params) == list(model.param_shapes()), "init_params and param_shapes disagree"
     return params
 
@@ -261,17 +242,9 @@ def init_params(model: Model) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Forward and backward
 
-class LayerCache(NamedTuple):
-    """What one layer's backward needs (arrays (T, B, ·))."""
-    norm: LayerNormCache | None      # eq. (47), None without norm
-    cell: NamedTuple                 # the cell's sequence cache, eq. (48)
-    out_map: LRUOutputCache | None   # eq. (49), lru only
-    ffn: NamedTuple | None           # MLPCache / GLUCache, eq. (50)
-
-
 class ModelCache(NamedTuple):
     encoder: LinearCache | None      # eq. (46)
-    layers: tuple                    # one LayerCache per layer
+    layers: tuple                    # one stack.LayerCache per layer, eqs. (47)–(51)
     features: np.ndarray             # u^L, the stack's output before pooling (T, B, d_L)
     pool: PoolCache                  # eq. (52)
     readout: LinearCache             # eq. (53)
@@ -287,24 +260,6 @@ def _kernels(model: Model, kernels):
     return kernels
 
 
-def _layer_forward(model: Model, l: int, c: Cell, params: dict, u: np.ndarray, kern):
-    pre = f"layers.{l}"
-    a, norm = u, None
-    if model.norm == "layer":
-        a, norm = layer_norm_forward(u, params[f"{pre}.norm.weight"], params[f"{pre}.norm.bias"])     # (47)
-    state0 = c.module.zero_state(u.shape[1], c.n_hidden, c.dtype)                                    # h₋₁ = 0
-    h, cell_cache = kern.forward(_sub(params, f"{pre}.cell", c.param_shapes), a, state0, **c.step_options)  # (48)
-    y, out_map = h, None                                                                             # (49)
-    if c.name == "lru":
-        y, out_map = lru_output_forward(_sub(params, pre, ("C_re", "C_im", "D")), h, a)               # (49)
-    f, ffn = y, None                                                                                 # (50)
-    if model.ffn is not None:
-        local = ffn_shapes(model.ffn, y.shape[-1], model.ffn_mult)
-        f, ffn = FFN_FORWARD[model.ffn](_sub(params, f"{pre}.ffn", local), y)                         # (50)
-    u_next = u + f if model.residual else f                                                          # (51)
-    return u_next, LayerCache(norm=norm, cell=cell_cache, out_map=out_map, ffn=ffn)
-
-
 def forward(model: Model, params: dict, x: np.ndarray, kernels=None, *, mask: np.ndarray | None = None):
     """Run the model. Inputs are assumed valid (see check_inputs; bptt checks them).
 
@@ -317,71 +272,47 @@ def forward(model: Model, params: dict, x: np.ndarray, kernels=None, *, mask: np
         (out: (T, B, O) for pooling none / cumulative_mean, (B, O) for last / mean;  cache: ModelCache).
     """
     kern = _kernels(model, kernels)
-    u, encoder = x, None                                                                             # (46)
-    if model.encoder:
-        u, encoder = linear_forward(x, params["encoder.weight"], params["encoder.bias"])              # (46)
-    layer_caches = []
-    for l, c in enumerate(model.cells):
-        u, layer_cache = _layer_forward(model, l, c, params, u, kern)                                # (47)–(51)
-        layer_caches.append(layer_cache)
+
+    def run_cell(l, cell_params, a):                   # (48): the cell's sequence forward from h₋₁ = 0
+        c = model.cells[l]
+        return kern.forward(cell_params, a, c.zero_state(a.shape[1]), **c.step_options)
+
+    u, stack = stack_forward(model, params, x, run_cell)                                             # (46)–(51)
     p, pool = pool_forward(model.pooling, u, mask)                                                   # (52)
     out, readout = linear_forward(p, params["readout.weight"], params["readout.bias"])               # (53)
-    return out, ModelCache(encoder=encoder, layers=tuple(layer_caches), features=u, pool=pool, readout=readout)
+    return out, ModelCache(encoder=stack.encoder, layers=stack.layers, features=u, pool=pool, readout=readout)
 
 
-def _layer_backward(model: Model, l: int, c: Cell, params: dict, du_next: np.ndarray, cache: LayerCache, kern):
-    """ū^{l+1} (T, B, w) → (ū^l (T, B, d), {dotted name: grad} of this layer)."""
-    pre = f"layers.{l}"
-    grads = {}
-    dy = du_next                                                                                     # (56), (57)
-    if model.ffn is not None:
-        g = FFN_BACKWARD[model.ffn](du_next, cache.ffn)                                              # (57)
-        dy = g.pop("x")
-        grads.update(_prefixed(f"{pre}.ffn", g))
-    dh, da_direct = dy, 0.0                                                                          # (58)
-    if c.name == "lru":
-        g = lru_output_backward(dy, cache.out_map)                                                   # (58)
-        dh, da_direct = g.pop("h"), g.pop("x")                                                       # (58)
-        grads.update(_prefixed(pre, g))
-    if hasattr(kern, "layer_backward"):          # a per-layer learning rule in place of BPTT's cell adjoint
-        g = kern.layer_backward(l, _sub(params, f"{pre}.cell", c.param_shapes), dh, cache.cell, **c.step_options)
-    else:
-        g = kern.backward(_sub(params, f"{pre}.cell", c.param_shapes), dh, cache.cell, **c.step_options)  # (59)
-    da = g["x"] + da_direct                                                                          # (60)
-    grads.update(_prefixed(f"{pre}.cell", {k: g[k] for k in c.param_shapes}))   # (62) h0 / c0 grads dropped
-    du = da                                                                                          # (60)
-    if model.norm == "layer":
-        g = layer_norm_backward(da, cache.norm)                                                      # (60)
-        du = g.pop("x")
-        grads.update(_prefixed(f"{pre}.norm", g))
-    if model.residual:
-        du = du + du_next                                                                            # (56), (60)
-    return du, grads
-
-
-def backward(model: Model, params: dict, dout: np.ndarray, cache: ModelCache, kernels=None) -> dict:
-    """BPTT through the whole model.
+def backward(model: Model, params: dict, dout: np.ndarray, cache: ModelCache, kernels=None,
+             cell_adjoint=None) -> dict:
+    """BPTT through the whole model — or, with `cell_adjoint`, the same walk with another rule in place of the
+    cell's BPTT adjoint (59).
 
     Args:
         dout: ∂L/∂ŷ, the shape of forward's output.
         cache: forward's ModelCache.
+        kernels: see forward; its .backward is the cell's BPTT adjoint.
+        cell_adjoint: None (BPTT), or cell_adjoint(l, cell_params, dh, cell_cache) -> {cell parameter: gradient,
+            "x": ā} (refimpl/nn/stack.py) — a learning rule per layer.
     Returns:
-        {dotted name: gradient} for every parameter (the order of model.param_shapes()), and "x" (T, B, I).
+        {dotted name: gradient} for every parameter the cell adjoints train (the order of model.param_shapes()), and
+        "x" (T, B, I).
     """
-    kern = _kernels(model, kernels)
+    if cell_adjoint is None:
+        kern = _kernels(model, kernels)
+
+        def cell_adjoint(l, cell_params, dh, cell_cache):       # (59): the cell's BPTT from instantaneous adjoints
+            return kern.backward(cell_params, dh, cell_cache, **model.cells[l].step_options)
+
     grads = {}
     g = linear_backward(dout, cache.readout)                                                         # (54)
     grads.update({"readout.weight": g["weight"], "readout.bias": g["bias"]})
     du = pool_backward(g["x"], cache.pool)                                                           # (55)
-    for l in reversed(range(model.layers)):
-        du, layer_grads = _layer_backward(model, l, model.cells[l], params, du, cache.layers[l], kern)  # (56)–(60)
-        grads.update(layer_grads)
-    if model.encoder:
-        g = linear_backward(du, cache.encoder)                                                       # (61)
-        grads.update({"encoder.weight": g["weight"], "encoder.bias": g["bias"]})
-        du = g["x"]
-    ordered = {k: grads[k] for k in model.param_shapes()}
-    ordered["x"] = du                                                                                # (61)
+    stack_grads, dx = stack_backward(model, params, du, StackCache(cache.encoder, cache.layers),
+                                     cell_adjoint)                                                   # (56)–(61)
+    grads.update(stack_grads)
+    ordered = {k: grads[k] for k in model.param_shapes() if k in grads}
+    ordered["x"] = dx                                                                                # (61)
     return ordered
 
 
@@ -403,7 +334,7 @@ def check_inputs(model: Model, params: dict, x, y, loss: str, mask=None) -> None
 
 
 def bptt(model: Model, params: dict, x: np.ndarray, y: np.ndarray, *, loss: str, mask: np.ndarray | None = None,
-         kernels=None) -> tuple[float, dict]:
+         kernels=None, cell_adjoint=None) -> tuple[float, dict]:
     """Loss and its exact gradient by backpropagation through time, eq. (62).
 
     Args:
@@ -411,7 +342,7 @@ def bptt(model: Model, params: dict, x: np.ndarray, y: np.ndarray, *, loss: str,
         loss: 'mse' | 'ce' | 'bce'.
         mask: (T, B) or (T,) step weights — for a per-step output it weights the loss (38), for pooling 'last' /
               'mean' it selects the valid steps (33), (34).
-        kernels: see forward.
+        kernels: see forward.  cell_adjoint: see backward (None: BPTT).
     Returns:
         (loss value, {dotted name: gradient, "x": (T, B, I)}). For pooling 'cumulative_mean' the gradient is that
         of the straight-through surrogate (36), by design.
@@ -426,7 +357,7 @@ def bptt(model: Model, params: dict, x: np.ndarray, y: np.ndarray, *, loss: str,
         raise NumericalError(f"the {loss} loss is {value} (the model output has {int(np.sum(~np.isfinite(out)))} "
                              f"non-finite entries): the forward pass blew up; lower the learning rate, check the "
                              f"inputs' scale, or use float64")
-    grads = backward(model, params, dout, cache, kernels)                                            # (54)–(61)
+    grads = backward(model, params, dout, cache, kernels, cell_adjoint)                              # (54)–(61)
     for k, g in grads.items():
         if not np.all(np.isfinite(g)):
             raise NumericalError(f"the gradient of {k!r} is not finite ({int(np.sum(~np.isfinite(g)))} entries); "

@@ -387,3 +387,11 @@ def test_lru_snap1_is_an_alias_of_rtrl():
     cell, params, x, dh, state0 = _case("lru", {"r_min": 0.9, "r_max": 0.999}, (7, 2, 3, 4))
     a, b = _run_traces("snap1", cell, params, x, state0), _run_traces("rtrl", cell, params, x, state0)
     assert a.sens.keys() == b.sens.keys() and all(np.array_equal(a.sens[k], b.sens[k]) for k in a.sens)
+
+
+def test_sweeps_are_the_registered_rule_kernels():
+    """rtrl.SWEEPS (the distinct sweeps per cell, from the cell contract) names exactly the `<cell>.<rule>` kernels."""
+    from refimpl.registry import KERNELS
+    registered = {k for k in KERNELS if k.split(".")[0] in rtrl.SWEEPS and k.split(".")[1] in rtrl.RULES}
+    assert registered == {f"{cell}.{rule}" for cell, rules in rtrl.SWEEPS.items() for rule in rules}
+    assert rtrl.SWEEPS["lstm"][-1] == "cec" and "snap1" not in rtrl.SWEEPS["lru"]

@@ -447,6 +447,23 @@ def test_kernels_can_be_swapped_in():
         forward(model, params, x, kernels=object())
 
 
+
+def test_a_cell_adjoint_replaces_the_cells_bptt_layer_by_layer():
+    model, params, x, y = _setup("lstm", layers=2, ffn="glu")
+    mod, calls = CELLS["lstm"], []
+
+    def cell_adjoint(l, cell_params, dh, cell_cache):           # BPTT's own adjoint, recording the layer order
+        calls.append(l)
+        g = mod.backward(cell_params, dh, cell_cache)
+        return {k: (np.zeros_like(v) if l == 0 and k != "x" else v) for k, v in g.items()}   # layer 0: no training
+
+    ref_value, ref = bptt(model, params, x, y, loss="mse")
+    value, grads = bptt(model, params, x, y, loss="mse", cell_adjoint=cell_adjoint)
+    assert calls == [1, 0] and value == ref_value
+    assert all(np.array_equal(grads[k], ref[k]) for k in ref if not k.startswith("layers.0."))
+    assert all(not np.any(grads[k]) for k in ref if k.startswith("layers.0.cell."))
+    assert any(np.any(ref[k]) for k in ref if k.startswith("layers.0.cell."))
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_float32_agrees_with_float64(cell):
     kw = dict(layers=2, encoder=True, norm="layer", ffn="glu", residual=True, pooling="cumulative_mean")
