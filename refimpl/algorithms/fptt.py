@@ -255,7 +255,6 @@ def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, 
     layer `warm` (or None in the final pass) runs its warm-up. The final pass accumulates every gradient (4)."""
     T, B, _ = x.shape
     cells = model.cells
-    L = model.layers
     states = [c.zero_state(B) for c in cells]
     e = {l: starts[l].copy() for l in in_error}
     dh_prev = {l: np.zeros((B, c.state_size), cts[l]) for l, c in enumerate(cells)}
