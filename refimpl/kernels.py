@@ -33,11 +33,6 @@ from .cells import CELLS, gru, lru, lstm, resolve_cell, rnn
 from .ep import networks as ep
 from .registry import KernelSpec, register_kernel
 
-#: The initial-state argument of each cell's kernels (its STATE_ARG). Kept for refimpl/algorithms/on_backend.py until it
-#: reads Cell.state_arg; nothing here uses it.
-_STATE_ARG = {name: module.STATE_ARG for name, module in CELLS.items()}
-
-
 # ---------------------------------------------------------------------------------------------------- the sweeps
 
 def _cell(name: str, x: np.ndarray, dh: np.ndarray, **options):
