@@ -1,8 +1,9 @@
 """Parity of every backend's kernels with the NumPy reference, generated from the kernel registry (DESIGN.md §6).
 
 Nothing here is maintained by hand: the grid is kernels × variants × backends × dtypes × sizes × seeds. A backend that
-cannot run here, or lacks a kernel, is skipped with its reason — never silently dropped. Today only `numpy` runs, and
-the test checks the backend path itself (lookup, conversion at the boundary, no mutation, named outputs).
+cannot run here, or lacks a kernel, is skipped with its reason — never silently dropped. Each case also checks the
+backend path itself (lookup, conversion at the boundary, no mutation, named outputs). Backend-specific checks are in
+test_numba.py, test_mlx.py and test_cupy.py.
 """
 
 import pytest
@@ -46,17 +47,3 @@ def test_every_cell_has_forward_and_backward_kernels():
     from refimpl.cells import CELLS
     for cell in CELLS:
         assert f"{cell}.forward" in KERNELS and f"{cell}.backward" in KERNELS
-
-
-@pytest.mark.parametrize("kernel", [f"{c}.{op}" for c in ("rnn", "gru", "lstm") for op in ("forward", "backward")])
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_numba_threaded_blocks_match_reference(kernel, dtype):
-    """A size large enough for the Numba cell loops to cut the batch into blocks of rows on several threads
-    (T·H² ≥ 2^20, ≥ 16 rows per block): the threaded path against the reference."""
-    b = load_backend("numba")
-    if not b.available:
-        pytest.skip(f"backend numba: {b.reason}")
-    import numba
-    if numba.get_num_threads() < 2:
-        pytest.skip("one Numba thread: no blocks to check")
-    assert_matches_reference(kernel, "numba", dtype, dict(T=16, B=32, I=16, H=256), 0, {})
