@@ -71,7 +71,7 @@ def _scan_only(backend: str):
     if backend != "numba":
         return None
     import numpy as np
-    from backends.numba.cells import _lru_forward_loop
+    from backends.numba.cells import lru_scan
     T, B, N = SHAPE["T"], SHAPE["B"], SHAPE["H"]
     rng = np.random.default_rng(0)
     lam = (0.5 * np.exp(1j * rng.uniform(0, 0.3, N))).astype(np.complex64)
@@ -79,7 +79,7 @@ def _scan_only(backend: str):
     h, h_prev, h0 = u.copy(), np.empty_like(u), np.zeros((B, N), np.complex64)
 
     def run():                              # in place: h holds u on entry (|λ| = 0.5 keeps repeats bounded)
-        _lru_forward_loop(lam, h0, h_prev, h)
+        lru_scan(lam, h0, h_prev, h)
     return run
 
 

@@ -304,7 +304,7 @@ def readme_section(report: dict, plots: list) -> str:
     keep = [r for r in report["rows"] if "peer" in r or (r.get("kernel", "").split(".")[1] in ("forward", "backward")
                                                          and "skipped" not in r)]
     peers = sorted({r["peer"].split()[0].split(".")[0] for r in report["rows"] if "peer" in r and "skipped" not in r})
-    lines = [f"Measured by `make bench` (`python -m bench --size bench --threads 2 --readme`"
+    lines = ["Measured by `make bench` (`python -m bench --size bench --threads 2 --readme`"
              + (f"; peers installed separately: {', '.join(peers)}" if peers else "")
              + f") on {m['processor']}, {m['cpus']} CPUs, threads {m['threads'] or 'default'}; "
              f"copy bandwidth {host['copy_bytes_per_s'] / 1e9:.1f} GB/s, GEMM "

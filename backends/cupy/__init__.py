@@ -3,16 +3,18 @@ r"""The CuPy backend: refimpl's kernels on a CUDA device (cupy.ndarray in and ou
 Kernels (same names, signatures and output structure as the NumPy references, refimpl/kernels.py):
     cells.py          rnn, gru, lstm, lru .forward / .backward — cuBLAS GEMMs for the dense parts, one fused CUDA
                       kernel per step for the gate math; the lru's recurrence and adjoint as a linear scan kernel
-    lru_online.py     lru .rtrl, .truncated, .spatial, .fptt, .fptt1 — fused trace / carrier kernels, one thread per
+    online_dense.py   rnn, gru, lstm .rtrl, .snap1, .truncated, .spatial, lstm.cec — the fused forward kernels for the
+                      states, the fused backward kernels (seeded with one state row) for every step's immediate
+                      derivatives, the sensitivity sweeps as CuPy array ops (batched cuBLAS GEMMs)
+    online_lru.py     lru .rtrl, .truncated, .spatial, .fptt, .fptt1 — fused trace / carrier kernels, one thread per
                       (b, k) (and per (b, k, i) for the input trace)
-    dense_online.py   rnn, gru, lstm .rtrl, .snap1, .truncated, .spatial, lstm.cec — the fused forward kernels for the
-                      states, the sensitivity sweeps as CuPy array ops (batched cuBLAS GEMMs)
-    dense_fptt.py     rnn, gru, lstm .fptt, .fptt1 — batched solves (cuSOLVER) for the carriers, the fused backward
+    fptt_dense.py     rnn, gru, lstm .fptt, .fptt1 — batched solves (cuSOLVER) for the carriers, the fused backward
                       kernel for the gate adjoints of all steps at once
-    ep_loops.py       ep.free_phase, ep.nudged_phase, ep.bptt — CuPy array ops (cuBLAS GEMMs per layer and step)
-The CUDA C++ sources are sources.py (plain strings, no CuPy header); launch.py holds the host-side logic (launch
-configuration, dtype dispatch, argument checks, the device probe) and imports without CuPy; device.py runs the
-kernels on a CUDA device or, for tests without a GPU, in a CPU emulation of the same sources.
+    ep.py             ep.free_phase, ep.nudged_phase, ep.bptt — CuPy array ops (cuBLAS GEMMs per layer and step)
+The CUDA C++ sources are sources.py (plain strings, no CuPy header; every cell's gate math and adjoint is written
+there once); runtime.py holds the host-side logic (launch configuration, dtype dispatch, argument checks, the device
+probe), which imports without CuPy, and the devices: the kernels run on a CUDA device or, for tests without a GPU, in a
+CPU emulation of the same sources.
 
 Importing this package never touches a device (KERNELS is complete without CuPy, so `backends` lists coverage);
 available() probes the device: cupy must import, cupy.cuda.runtime.getDeviceCount() must answer, and the driver must
@@ -27,7 +29,7 @@ import inspect
 
 import numpy as np
 
-from .launch import INSTALL_HINT, classify_probe
+from .runtime import INSTALL_HINT, classify_probe
 
 try:
     import cupy as _cupy
@@ -37,11 +39,11 @@ except ImportError:          # the backend exists but cannot run here; KERNELS s
 except Exception as e:       # installed but broken (e.g. a CUDA library it loads at import is missing)
     _cupy, _IMPORT_FAILURE = None, f"cannot import 'cupy' ({type(e).__name__}: {e}); {INSTALL_HINT}"
 
-from . import cells, dense_fptt, dense_online, ep_loops, lru_online  # noqa: E402  (import no cupy, touch no device)
+from . import cells, ep, fptt_dense, online_dense, online_lru  # noqa: E402  (import no cupy, touch no device)
 
 #: {kernel name: implementation taking the device first}: every module of the package contributes its kernels.
 IMPLEMENTATIONS: dict = {}
-for _module in (cells, lru_online, dense_online, dense_fptt, ep_loops):
+for _module in (cells, online_lru, online_dense, fptt_dense, ep):
     IMPLEMENTATIONS.update(_module.IMPLEMENTATIONS)
 
 _DEVICE = None
@@ -51,7 +53,7 @@ def cuda_device():
     """The CUDA device the registered kernels run on (created on first use: compiling and launching happen there)."""
     global _DEVICE
     if _DEVICE is None:
-        from .device import CudaDevice
+        from .runtime import CudaDevice
         _DEVICE = CudaDevice()
     return _DEVICE
 

@@ -1,6 +1,6 @@
 r"""The cell kernels (rnn, gru, lstm, lru forward and backward) on a CUDA device, with the references' outputs.
 
-Each function takes the device first (device.py) and then exactly the arguments of its NumPy reference in
+Each function takes the device first (runtime.py) and then exactly the arguments of its NumPy reference in
 refimpl/cells/<cell>.py, and returns the same structure — forward: (h, <Cell>Cache with every field (T, B, ·)),
 backward: {param…, "x", "h0"[, "c0"]} — so a reference forward can feed a CuPy backward and vice versa. Equation
 numbers "(n)" are those of the cell's module docstring; the CUDA bodies are in sources.py.
@@ -26,103 +26,76 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl.cells.gru import GRUCache
-from refimpl.cells.lru import LRUCache
+from refimpl.cells.lru import LRUCache, lambda_gamma
 from refimpl.cells.lstm import LSTMCache
 from refimpl.cells.rnn import RNNCache
-from refimpl.errors import UnknownNameError
 
-from .launch import chunk_length, complex_dtype, real_dtype, scan_chunks
+from ..common import check_nonlinearity, lru_param_grads, lru_w2, param_grads, previous_states
+from .runtime import chunk_length, complex_dtype, real_dtype, scan_chunks
+from .runtime import contiguous
 from .sources import CELLS, LRU
 
 
-def _c(xp, a, dtype):
-    """A C-contiguous array of `dtype` (no copy when `a` already is one; kernels never write to it)."""
-    return xp.ascontiguousarray(a, dtype=dtype)
-
-
-def _param_grads(params: dict, computed: dict) -> dict:
-    """The gradients in the parameters' order and dtypes (as zeros_like_params + add_into in the references)."""
-    return {k: computed[k].astype(v.dtype, copy=False) for k, v in params.items()}
-
-
-def _bias_sum(xp, g2):
-    """Σ over the T·B rows, accumulated in float64."""
-    return g2.sum(axis=0, dtype=np.float64)
-
-
-def _previous(xp, first, seq):
-    """[first, seq[0], …, seq[T-2]]: the h_{t-1} (or c_{t-1}) cache field from the states."""
-    return xp.concatenate([first[None], seq[:-1]], axis=0)
-
-
-def _check_nonlinearity(nonlinearity: str) -> None:
-    if nonlinearity not in ("tanh", "linear"):
-        raise UnknownNameError("rnn nonlinearity", nonlinearity, ("tanh", "linear"))
-
-
-def weight_grads(xp, params, x, h_prev, g_ih, g_hh, recurrent, dt) -> dict:
-    """(c): weight_ih = ḡ_ihᵀ x, weight_hh = ḡ_hhᵀ h_prev, biases Σ ḡ over (t, b) (g_hh None: the same as g_ih);
-    recurrent=False gives zeros for weight_hh, bias_hh (held constant, refimpl/algorithms/rtrl.py (14))."""
+def weight_grads(xp, params, x, h_prev, g_ih, g_hh, dt) -> dict:
+    """(c): weight_ih = ḡ_ihᵀ x, weight_hh = ḡ_hhᵀ h_prev, biases Σ ḡ over (t, b), accumulated in float64 (g_hh
+    None: the same as g_ih)."""
     T, B, GH = g_ih.shape
     gi2 = g_ih.reshape(T * B, GH)
-    out = {"weight_ih": gi2.T @ _c(xp, x, dt).reshape(T * B, -1), "bias_ih": _bias_sum(xp, gi2)}
-    if recurrent:
-        gh2 = gi2 if g_hh is None else g_hh.reshape(T * B, GH)
-        out["weight_hh"] = gh2.T @ _c(xp, h_prev, dt).reshape(T * B, -1)
-        out["bias_hh"] = out["bias_ih"] if g_hh is None else _bias_sum(xp, gh2)
-    else:
-        out["weight_hh"] = xp.zeros_like(params["weight_hh"])
-        out["bias_hh"] = xp.zeros_like(params["bias_hh"])
-    return _param_grads(params, out)
+    gh2 = gi2 if g_hh is None else g_hh.reshape(T * B, GH)
+    out = {"weight_ih": gi2.T @ contiguous(xp, x, dt).reshape(T * B, -1), "bias_ih": gi2.sum(axis=0, dtype=np.float64),
+           "weight_hh": gh2.T @ contiguous(xp, h_prev, dt).reshape(T * B, -1)}
+    out["bias_hh"] = out["bias_ih"] if g_hh is None else gh2.sum(axis=0, dtype=np.float64)
+    return param_grads(params, out)
 
 
 def input_grad(xp, params, g_ih, x, dt):
     """x̄_t = ḡ_ih,t W_ih for all t: one GEMM, in x's dtype."""
     T, B, GH = g_ih.shape
-    return (g_ih.reshape(T * B, GH) @ _c(xp, params["weight_ih"], dt)).reshape(x.shape).astype(x.dtype)
+    return (g_ih.reshape(T * B, GH) @ contiguous(xp, params["weight_ih"], dt)).reshape(x.shape).astype(x.dtype)
 
 
 def projection(xp, params, x, dt):
     """x W_ihᵀ + b_ih for all T steps, (T, B, G·H): one GEMM (a)."""
     T, B, I = x.shape
-    W_ih = _c(xp, params["weight_ih"], dt)
-    return (_c(xp, x, dt).reshape(T * B, I) @ W_ih.T + params["bias_ih"].astype(dt)).reshape(T, B, W_ih.shape[0])
+    W_ih = contiguous(xp, params["weight_ih"], dt)
+    out = contiguous(xp, x, dt).reshape(T * B, I) @ W_ih.T + params["bias_ih"].astype(dt)
+    return out.reshape(T, B, W_ih.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------- rnn
 
 def rnn_forward(dev, params: dict, x, h0, nonlinearity: str = "tanh"):
     """As refimpl.cells.rnn.forward: x (T, B, I), h0 (B, H) → h (T, B, H), RNNCache (T, ·)."""
-    _check_nonlinearity(nonlinearity)
+    check_nonlinearity(nonlinearity)
     xp = dev.xp
     T, B, _ = x.shape
     dt = np.result_type(x.dtype, params["weight_ih"].dtype, h0.dtype)
     H = params["weight_hh"].shape[0]
     pre = projection(xp, params, x, dt)                                       # (1) x W_ihᵀ + b_ih, all t
-    W_hhT, b_hh = _c(xp, params["weight_hh"].T, dt), _c(xp, params["bias_hh"], dt)
-    h0 = _c(xp, h0, dt)
+    W_hhT, b_hh = contiguous(xp, params["weight_hh"].T, dt), contiguous(xp, params["bias_hh"], dt)
+    h0 = contiguous(xp, h0, dt)
     h = xp.empty((T, B, H), dt)
     for t in range(T):
         h_prev_t = h0 if t == 0 else h[t - 1]
         rec = h_prev_t @ W_hhT                                                # (1) W_hh h_{t-1}
         dev.launch(CELLS, "rnn_fwd_step", dt, B * H, pre[t], rec, b_hh, h[t], H, int(nonlinearity == "tanh"))
-    return h, RNNCache(x=x.copy(), h_prev=_previous(xp, h0, h), h=h)
+    return h, RNNCache(x=x.copy(), h_prev=previous_states(xp, h0, h), h=h)
 
 
 def rnn_backward(dev, params: dict, dh, cache: RNNCache, nonlinearity: str = "tanh", *, propagate: bool = True):
     """As refimpl.cells.rnn.backward: → {param: grad, "x" (T, B, I), "h0" (B, H)}. propagate=False drops the carried
     adjoint (h_{t-1} held constant: the truncated gradient of refimpl/algorithms/rtrl.py)."""
-    _check_nonlinearity(nonlinearity)
+    check_nonlinearity(nonlinearity)
     xp = dev.xp
     T, B, H = dh.shape
     dt = dh.dtype
-    dh, h, W_hh = _c(xp, dh, dt), _c(xp, cache.h, dt), _c(xp, params["weight_hh"], dt)
+    dh, h, W_hh = contiguous(xp, dh, dt), contiguous(xp, cache.h, dt), contiguous(xp, params["weight_hh"], dt)
     da, carry = xp.empty((T, B, H), dt), xp.zeros((B, H), dt)
     for t in range(T - 1, -1, -1):
         dev.launch(CELLS, "rnn_bwd_step", dt, B * H, dh[t], carry, h[t], da[t], int(nonlinearity == "tanh"))  # (3)
         if propagate:
             carry = da[t] @ W_hh                                              # (5) h̄_{t-1} contribution
-    grads = weight_grads(xp, params, cache.x, cache.h_prev, da, None, True, dt)                           # (4)
+    grads = weight_grads(xp, params, cache.x, cache.h_prev, da, None, dt)                           # (4)
     grads["x"] = input_grad(xp, params, da, cache.x, dt)                                                  # (5)
     grads["h0"] = carry
     return grads
@@ -137,14 +110,14 @@ def gru_forward(dev, params: dict, x, h0):
     dt = np.result_type(x.dtype, params["weight_ih"].dtype, h0.dtype)
     H = params["weight_hh"].shape[1]
     gi = projection(xp, params, x, dt)                                        # (1)(2)(4) input parts, all t
-    W_hhT, b_hh = _c(xp, params["weight_hh"].T, dt), _c(xp, params["bias_hh"], dt)
-    h0 = _c(xp, h0, dt)
+    W_hhT, b_hh = contiguous(xp, params["weight_hh"].T, dt), contiguous(xp, params["bias_hh"], dt)
+    h0 = contiguous(xp, h0, dt)
     r, z, n, hn, h = (xp.empty((T, B, H), dt) for _ in range(5))
     for t in range(T):
         h_prev_t = h0 if t == 0 else h[t - 1]
         gh = h_prev_t @ W_hhT                                                 # (1)(2)(3) W_hh h_{t-1}
         dev.launch(CELLS, "gru_fwd_step", dt, B * H, gi[t], gh, b_hh, h_prev_t, r[t], z[t], n[t], hn[t], h[t], H)
-    return h, GRUCache(x=x.copy(), h_prev=_previous(xp, h0, h), r=r, z=z, n=n, hn=hn, h=h)
+    return h, GRUCache(x=x.copy(), h_prev=previous_states(xp, h0, h), r=r, z=z, n=n, hn=hn, h=h)
 
 
 def gru_gate_adjoints(dev, dh, cache: GRUCache, W_hh, propagate: bool):
@@ -153,7 +126,7 @@ def gru_gate_adjoints(dev, dh, cache: GRUCache, W_hh, propagate: bool):
     T, B, H = dh.shape
     dt = dh.dtype
     c = cache
-    dh, h_prev, r, z, n, hn = (_c(xp, a, dt) for a in (dh, c.h_prev, c.r, c.z, c.n, c.hn))
+    dh, h_prev, r, z, n, hn = (contiguous(xp, a, dt) for a in (dh, c.h_prev, c.r, c.z, c.n, c.hn))
     dg_ih, dg_hh = xp.empty((T, B, 3 * H), dt), xp.empty((T, B, 3 * H), dt)
     direct, rec = xp.zeros((B, H), dt), xp.zeros((B, H), dt)                  # h̄_{t+1} ⊙ z_{t+1}, ḡ_hh,t+1 W_hh
     for t in range(T - 1, -1, -1):
@@ -168,8 +141,8 @@ def gru_backward(dev, params: dict, dh, cache: GRUCache, *, propagate: bool = Tr
     """As refimpl.cells.gru.backward: → {param: grad, "x" (T, B, I), "h0" (B, H)}. propagate=False: truncated."""
     xp = dev.xp
     dt = dh.dtype
-    dg_ih, dg_hh, dh0 = gru_gate_adjoints(dev, dh, cache, _c(xp, params["weight_hh"], dt), propagate)
-    grads = weight_grads(xp, params, cache.x, cache.h_prev, dg_ih, dg_hh, True, dt)                       # (10)
+    dg_ih, dg_hh, dh0 = gru_gate_adjoints(dev, dh, cache, contiguous(xp, params["weight_hh"], dt), propagate)
+    grads = weight_grads(xp, params, cache.x, cache.h_prev, dg_ih, dg_hh, dt)                       # (10)
     grads["x"] = input_grad(xp, params, dg_ih, cache.x, dt)                                               # (11)
     grads["h0"] = dh0
     return grads
@@ -185,16 +158,16 @@ def lstm_forward(dev, params: dict, x, state0):
     dt = np.result_type(x.dtype, params["weight_ih"].dtype, h0.dtype, c0.dtype)
     H = params["weight_hh"].shape[1]
     pre = projection(xp, params, x, dt)                                       # (1) input part, all t
-    W_hhT, b_hh = _c(xp, params["weight_hh"].T, dt), _c(xp, params["bias_hh"], dt)
-    h0, c0 = _c(xp, h0, dt), _c(xp, c0, dt)
+    W_hhT, b_hh = contiguous(xp, params["weight_hh"].T, dt), contiguous(xp, params["bias_hh"], dt)
+    h0, c0 = contiguous(xp, h0, dt), contiguous(xp, c0, dt)
     i, f, g, o, c, tanh_c, h = (xp.empty((T, B, H), dt) for _ in range(7))
     for t in range(T):
         h_prev_t, c_prev_t = (h0, c0) if t == 0 else (h[t - 1], c[t - 1])
         rec = h_prev_t @ W_hhT                                                # (1) W_hh h_{t-1}
         dev.launch(CELLS, "lstm_fwd_step", dt, B * H, pre[t], rec, b_hh, c_prev_t, i[t], f[t], g[t], o[t], c[t],
                    tanh_c[t], h[t], H)                                        # (1)-(4)
-    return h, LSTMCache(x=x.copy(), h_prev=_previous(xp, h0, h), c_prev=_previous(xp, c0, c), i=i, f=f, g=g, o=o,
-                        c=c, tanh_c=tanh_c, h=h)
+    return h, LSTMCache(x=x.copy(), h_prev=previous_states(xp, h0, h), c_prev=previous_states(xp, c0, c), i=i, f=f,
+                        g=g, o=o, c=c, tanh_c=tanh_c, h=h)
 
 
 def lstm_gate_adjoints(dev, dh, cache: LSTMCache, W_hh, propagate: bool):
@@ -202,8 +175,8 @@ def lstm_gate_adjoints(dev, dh, cache: LSTMCache, W_hh, propagate: bool):
     xp = dev.xp
     T, B, H = dh.shape
     dt = dh.dtype
-    k = cache
-    dh, c_prev, i, f, g, o, tanh_c = (_c(xp, a, dt) for a in (dh, k.c_prev, k.i, k.f, k.g, k.o, k.tanh_c))
+    c = cache
+    dh, c_prev, i, f, g, o, tanh_c = (contiguous(xp, a, dt) for a in (dh, c.c_prev, c.i, c.f, c.g, c.o, c.tanh_c))
     da = xp.empty((T, B, 4 * H), dt)
     carry_h, carry_c = xp.zeros((B, H), dt), xp.zeros((B, H), dt)
     for t in range(T - 1, -1, -1):
@@ -219,8 +192,8 @@ def lstm_backward(dev, params: dict, dh, cache: LSTMCache, *, propagate: bool = 
     truncated (both h_{t-1} and c_{t-1} held constant)."""
     xp = dev.xp
     dt = dh.dtype
-    da, dh0, dc0 = lstm_gate_adjoints(dev, dh, cache, _c(xp, params["weight_hh"], dt), propagate)
-    grads = weight_grads(xp, params, cache.x, cache.h_prev, da, None, True, dt)                           # (9)
+    da, dh0, dc0 = lstm_gate_adjoints(dev, dh, cache, contiguous(xp, params["weight_hh"], dt), propagate)
+    grads = weight_grads(xp, params, cache.x, cache.h_prev, da, None, dt)                           # (9)
     grads["x"] = input_grad(xp, params, da, cache.x, dt)                                                  # (10)
     grads["h0"], grads["c0"] = dh0, dc0
     return grads
@@ -228,31 +201,15 @@ def lstm_backward(dev, params: dict, dh, cache: LSTMCache, *, propagate: bool = 
 
 # ---------------------------------------------------------------------------------------------------------------- lru
 
-def lambda_gamma(xp, params: dict):
-    """λ c(N), γ r(N) of eq. (1), as refimpl.cells.lru.lambda_gamma."""
-    lam = xp.exp(-xp.exp(params["nu_log"]) + 1j * xp.exp(params["theta_log"]))          # (1)
-    return lam, xp.exp(params["gamma_log"])                                              # (1)
-
-
-def lru_w2(xp, params: dict, gamma, rdt):
-    """W2 (2N, I): rows γ_k B_re[k] and γ_k B_im[k] interleaved, so that x @ W2ᵀ is u = γ ⊙ (B x) as (re, im) pairs
-    (2) and ū_pairs @ W2 is x̄ = Re((γ ⊙ ū) conj(B)) (6)."""
-    N, I = params["B_re"].shape
-    W2 = xp.empty((2 * N, I), rdt)
-    W2[0::2] = gamma[:, None] * params["B_re"]
-    W2[1::2] = gamma[:, None] * params["B_im"]
-    return W2
-
-
 def lru_setup(xp, params: dict, x, h0):
     """λ (state dtype, contiguous), γ, the real and complex dtypes, W2 and u (T, B, 2N) pairs for all t (d)."""
     T, B, I = x.shape
     cdt = complex_dtype(np.result_type(params["nu_log"].dtype, h0.dtype, np.complex64))
     rdt = real_dtype(cdt)
-    lam, gamma = lambda_gamma(xp, params)
-    lam, gamma = _c(xp, lam, cdt), gamma.astype(rdt)
+    lam, gamma = lambda_gamma(params)                                                    # (1)
+    lam, gamma = contiguous(xp, lam, cdt), gamma.astype(rdt)
     W2 = lru_w2(xp, params, gamma, rdt)
-    u = (_c(xp, x, rdt).reshape(T * B, I) @ W2.T).reshape(T, B, 2 * lam.shape[0])        # (2) u_t pairs, all t
+    u = (contiguous(xp, x, rdt).reshape(T * B, I) @ W2.T).reshape(T, B, 2 * lam.shape[0])        # (2) u_t pairs, all t
     return lam, gamma, rdt, cdt, W2, u
 
 
@@ -276,10 +233,10 @@ def lru_forward(dev, params: dict, x, h0, *, chunks: int | None = None):
     T, B, _ = x.shape
     lam, _, _, cdt, _, u = lru_setup(xp, params, x, h0)
     N = lam.shape[0]
-    h0 = _c(xp, h0, cdt)
+    h0 = contiguous(xp, h0, cdt)
     h = xp.empty((T, B, N), cdt)
     lru_scan(dev, u, lam, h0, h, T, B, N, reverse=False, chunks=chunks)                  # (3)
-    return h, LRUCache(x=x.copy(), h_prev=_previous(xp, h0, h), h=h)
+    return h, LRUCache(x=x.copy(), h_prev=previous_states(xp, h0, h), h=h)
 
 
 def lru_backward(dev, params: dict, dh, cache: LRUCache, *, chunks: int | None = None):
@@ -289,25 +246,19 @@ def lru_backward(dev, params: dict, dh, cache: LRUCache, *, chunks: int | None =
     x = cache.x
     cdt = complex_dtype(np.result_type(dh.dtype, cache.h.dtype))
     rdt = real_dtype(cdt)
-    lam, gamma = lambda_gamma(xp, params)
-    conj_lam, gamma = _c(xp, xp.conj(lam), cdt), gamma.astype(rdt)
+    lam, gamma = lambda_gamma(params)                                        # (1)
+    conj_lam, gamma = contiguous(xp, xp.conj(lam), cdt), gamma.astype(rdt)
     hbar = xp.empty((T, B, 2 * N), rdt)                                      # h̄_t = ū_t (5), as (re, im) pairs
-    lru_scan(dev, _c(xp, dh, cdt), conj_lam, xp.zeros((B, N), cdt), hbar, T, B, N, reverse=True,
+    lru_scan(dev, contiguous(xp, dh, cdt), conj_lam, xp.zeros((B, N), cdt), hbar, T, B, N, reverse=True,
              chunks=chunks)                                                  # (8) h̄_t = dh_t + conj(λ) h̄_{t+1}
     part = xp.empty((B, N, 2), np.float64)
-    dev.launch(LRU, "lru_dlam", cdt, B * N, _c(xp, cache.h_prev, cdt), hbar, part, T, B * N)               # (5)
+    dev.launch(LRU, "lru_dlam", cdt, B * N, contiguous(xp, cache.h_prev, cdt), hbar, part, T, B * N)               # (5)
     dlam = part.sum(axis=0)                                                                                # (N, 2)
     du2 = hbar.reshape(T * B, 2 * N)
-    M = du2.T @ _c(xp, x, rdt).reshape(T * B, -1)                            # (6) Σ ū_tᵀ x_t, rows re/im (2N, I)
-    M_re, M_im = M[0::2], M[1::2]
-    dgamma = xp.sum(params["B_re"] * M_re + params["B_im"] * M_im, axis=1)  # (6) γ̄
-    conj_lam_dlam = conj_lam.astype(np.complex128) * (dlam[:, 0] + 1j * dlam[:, 1])                      # (7)
-    grads = _param_grads(params, {
-        "nu_log": -xp.exp(params["nu_log"].astype(np.float64)) * conj_lam_dlam.real,                      # (7)
-        "theta_log": xp.exp(params["theta_log"].astype(np.float64)) * conj_lam_dlam.imag,                 # (7)
-        "gamma_log": gamma * dgamma,                                                                      # (7)
-        "B_re": gamma[:, None] * M_re, "B_im": gamma[:, None] * M_im})                                    # (6)
-    grads["x"] = (du2 @ lru_w2(xp, params, gamma, rdt)).reshape(x.shape).astype(x.dtype)                   # (6)
+    M = du2.T @ contiguous(xp, x, rdt).reshape(T * B, -1)                    # (6) Σ ū_tᵀ x_t, rows re/im (2N, I)
+    q = conj_lam.astype(np.complex128) * (dlam[:, 0] + 1j * dlam[:, 1])                                   # (7)
+    grads = lru_param_grads(xp, params, q.real, q.imag, M[0::2], M[1::2], gamma)                          # (6), (7)
+    grads["x"] = (du2 @ lru_w2(xp, params, gamma, rdt)).reshape(x.shape).astype(x.dtype)                  # (6)
     hbar0 = hbar[0]                                                                                        # (B, 2N)
     grads["h0"] = (conj_lam * (hbar0[:, 0::2] + 1j * hbar0[:, 1::2])).astype(cdt)                        # (5)
     return grads

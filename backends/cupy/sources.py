@@ -3,7 +3,7 @@ NVRTC through cupy.RawModule, standalone with nvcc, and as plain C++ for the CPU
 
 Each kernel is a per-thread body `<name>_thread<R>(long long idx, …)` templated over the real type R (float, double);
 its __global__ wrapper, the instantiations and the argument checks are generated from the Kernel declarations below
-(launch.py). Complex numbers are (re, im) pairs of R, written out by hand: a complex64/complex128 array is exactly
+(runtime.py). Complex numbers are (re, im) pairs of R, written out by hand: a complex64/complex128 array is exactly
 such a pair array in memory, so complex arrays are passed as they are. Equation numbers: "(n)" the cell's module in
 refimpl/cells/, "(r n)" refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py.
 
@@ -28,7 +28,7 @@ LRU — the diagonal recurrence (3), its adjoint (5)(8) and the RTRL traces (r 8
                     Y_c = y_end(c) + a^L ⊙ Y_{c-1}
     lru_scan_fix    one thread per (c ≥ 1, b, k): y_t += a^(s - cL + 1) ⊙ Y_{c-1} for the steps s of chunk c
                     With one chunk (C = 1) lru_scan_chunk alone is the sequential scan, one thread per (b, k)
-                    marching over t; launch.scan_chunks picks C (a parallel scan over T only where B·N leaves the
+                    marching over t; runtime.scan_chunks picks C (a parallel scan over T only where B·N leaves the
                     device under-filled).
     lru_dlam        one thread per (b, k): Σ_t conj(h_{t-1}) h̄_t (float64), the λ̄ of (5) before Σ_b
     lru_sens_state  one thread per (b, k): the state h and the traces Q, S^γ of (r 8) (carry = 1: rtrl) or the
@@ -44,7 +44,7 @@ Every thread writes only its own entries (no shared memory, no atomics); partial
 
 from __future__ import annotations
 
-from .launch import CudaSource, In, InOut, Int, Kernel, Out
+from .runtime import CudaSource, In, InOut, Int, Kernel, Out
 
 # ------------------------------------------------------------------------------------------------------------ CELLS
 

@@ -1,13 +1,15 @@
 """The MLX backend: every registered kernel written with mlx.core, taking and returning mx.array.
 
 Kernels (same names, signatures and output structure as the NumPy references, refimpl/kernels.py), by module:
-    cells        rnn, gru, lstm, lru .forward / .backward
-    dense_online rnn, gru, lstm .rtrl / .snap1 / .truncated / .spatial, lstm.cec
-    lru_online   lru .rtrl / .truncated / .spatial / .fptt / .fptt1
-    dense_fptt   rnn, gru, lstm .fptt / .fptt1
-    ep_loops     ep .free_phase / .nudged_phase / .bptt
-    metal        custom Metal kernels for the LRU's diagonal scan and its adjoint (mx.fast.metal_kernel); they replace
-                 lru.forward / lru.backward only where mx.metal.is_available() (Apple silicon), and never elsewhere
+    cells         rnn, gru, lstm, lru .forward / .backward; the compiled step and the gate adjoints of every cell
+    online_dense  rnn, gru, lstm .rtrl / .snap1 / .truncated / .spatial, lstm.cec
+    online_lru    lru .rtrl / .truncated / .spatial / .fptt / .fptt1
+    fptt_dense    rnn, gru, lstm .fptt / .fptt1
+    ep            ep .free_phase / .nudged_phase / .bptt
+and the plumbing they share:
+    runtime       the float64 policy and `@kernel` (evaluation at the boundary), the GEMM helpers, and the custom Metal
+                  kernels for the LRU's diagonal scan and its adjoint (mx.fast.metal_kernel): cells.METAL_KERNELS
+                  replace lru.forward / lru.backward only where mx.metal.is_available() (Apple silicon), never elsewhere
 
 Dtypes. MLX has float32 and complex64 everywhere, float64 on its CPU stream only, and no complex128:
     - float32 (complex64 LRU states): every kernel;
@@ -18,15 +20,11 @@ Dtypes. MLX has float32 and complex64 everywhere, float64 on its CPU stream only
 The conversion at the boundary is explicit: to_backend maps float64 → mx.float64 and refuses complex128 (instead of
 MLX's silent cast to complex64); to_numpy evaluates and copies back.
 
-Performance (mlx 0.32 CPU wheel on Linux x86-64). The wheel links the *reference* BLAS (netlib libblas): a GEMM runs
-at 1–2.5 GFLOP/s, about 15× slower than the OpenBLAS behind NumPy and Numba on one thread (the input projection of
-B=32, T=256, I=64, 3H=768: 142 ms vs 9.4 ms). At B=32, T=256, I=64, H=256 the GEMMs are two thirds of gru.forward and
-nine tenths of gru.backward, and every cell kernel runs 11–18× slower than Numba's; the rest is MLX's per-operation
-cost (about 1 ms per time step at that size), which a fused Numba loop does not pay. What the kernels do about it:
-one GEMM for all input projections and weight gradients; row-contiguous transposed weights (NN GEMMs, 2× faster than
-the transposed views); mx.compile'd steps (3× faster than op-by-op at small B·H, even with it at B·H = 32·256);
-lru.rtrl as blocked GEMMs instead of a per-step (B, N, I) trace update (about 14× faster). On Apple silicon MLX uses
-Accelerate on the CPU and Metal on the GPU instead of the reference BLAS.
+Performance. The Linux CPU wheel links the reference BLAS, so every GEMM is slow there and MLX's per-operation cost
+adds to each time step (the measurements are in docs/backends.md). What the kernels do about it: one GEMM for all
+input projections and weight gradients; row-contiguous transposed weights (plain NN GEMMs); mx.compile'd steps;
+lru.rtrl as blocked GEMMs instead of a per-step (B, N, I) trace update. On Apple silicon MLX uses Accelerate on the
+CPU and Metal on the GPU instead.
 """
 
 from __future__ import annotations
@@ -40,14 +38,14 @@ except ImportError as e:                     # mlx missing: the backend exists b
     KERNELS: dict = {}
 else:
     _REASON = ""
-    from . import cells, dense_fptt, dense_online, ep_loops, lru_online, metal
-    from .common import float64_reason
+    from . import cells, ep, fptt_dense, online_dense, online_lru
+    from .runtime import float64_reason, metal_enabled
     # every module of the package contributes its kernels: {name: callable}
     KERNELS = {}
-    for _module in (cells, dense_online, lru_online, dense_fptt, ep_loops):
+    for _module in (cells, online_dense, online_lru, fptt_dense, ep):
         KERNELS.update(_module.KERNELS)
-    if metal.enabled():                      # Apple silicon only: the custom Metal scans replace the lru cells
-        KERNELS.update(metal.KERNELS)
+    if metal_enabled():                      # Apple silicon only: the custom Metal scans replace the lru cells
+        KERNELS.update(cells.METAL_KERNELS)
 
 #: Kernels whose "float64" case means complex128 states, which MLX does not have.
 _COMPLEX_KERNELS = ("lru.",)

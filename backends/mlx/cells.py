@@ -12,7 +12,10 @@ docstring. The layout:
         ḡᵀ (G·H, T·B) @ [x | h_prev] (T·B, ·), and x̄ = ḡ @ W_ih is one more.
 
 `*_forward_graph` / `*_backward_graph` build the graph without evaluating it (the RTRL-family and FPTT modules reuse
-them); the registered kernels are the `@kernel` wrappers. MLX arrays are immutable, so no input can be mutated.
+them); the registered kernels are the `@kernel` wrappers. The compiled steps (rnn_step, gru_step, lstm_step), the rnn's
+slope and the gate adjoints (gru_gate_adjoints, lstm_gate_adjoints) are the only place a cell's gate math is written in
+this backend: online_dense.py and fptt_dense.py step the cells through them. MLX arrays are immutable, so no input can
+be mutated.
 NOTE: sums over (t, b) are single GEMMs or reductions instead of the reference's per-step sums: the same values up to
 the order of the additions (float32 parity ≤ 1e-4, float64 ≤ 1e-10; tests/backends/test_parity.py).
 """
@@ -25,17 +28,13 @@ from refimpl.cells.gru import GRUCache
 from refimpl.cells.lru import LRUCache
 from refimpl.cells.lstm import LSTMCache, LSTMState
 from refimpl.cells.rnn import RNNCache
-from refimpl.errors import UnknownNameError, UnsupportedError
+from refimpl.errors import UnsupportedError
 
-from .common import complex_from, kernel, param_grads, project, rows, shifted, sigmoid, transposed
-
-
-def _check_nonlinearity(nonlinearity: str) -> None:
-    if nonlinearity not in ("tanh", "linear"):
-        raise UnknownNameError("rnn nonlinearity", nonlinearity, ("tanh", "linear"))
+from ..common import check_nonlinearity, lru_param_grads, param_grads, previous_states
+from .runtime import complex_from, kernel, lru_adjoint_metal, lru_scan_metal, project, rows, sigmoid, transposed
 
 
-def _weight_grads(x, h_prev, g_ih, g_hh=None) -> dict:
+def weight_grads(x, h_prev, g_ih, g_hh=None) -> dict:
     """(c): W̄_ih = ḡ_ihᵀ x, W̄_hh = ḡ_hhᵀ h_prev, b̄ = Σ_{t,b} ḡ — one GEMM or reduction each, over all (t, b).
     g_hh=None: the same adjoints feed both weights (rnn, lstm)."""
     gi2 = rows(g_ih)
@@ -44,7 +43,7 @@ def _weight_grads(x, h_prev, g_ih, g_hh=None) -> dict:
             "weight_hh": gh2.T @ rows(h_prev), "bias_hh": gh2.sum(axis=0)}
 
 
-def _input_grad(params: dict, x, g_ih):
+def input_grad(params: dict, x, g_ih):
     """x̄ = ḡ_ih @ W_ih for all (t, b): one GEMM, eq. (5)/(11)/(10) of the cells."""
     return (rows(g_ih) @ params["weight_ih"]).reshape(x.shape).astype(x.dtype)
 
@@ -52,41 +51,48 @@ def _input_grad(params: dict, x, g_ih):
 # ---------------------------------------------------------------------------------------------------------------- rnn
 
 @mx.compile
-def _rnn_step(pre_t, h_prev, W_hhT, b_hh, use_tanh):
+def rnn_step(pre_t, h_prev, W_hhT, b_hh, use_tanh):
+    """One step (1)–(2) from the input part pre_t = W_ih x_t + b_ih (B, H) → h_t."""
     a = pre_t + h_prev @ W_hhT + b_hh                                        # (1)
     return mx.tanh(a) if use_tanh else a                                     # (2)
+
+
+def rnn_slope(h, use_tanh):
+    """φ'(a_t) from h_t = φ(a_t), eq. (3): 1 − h² for tanh, 1 for the identity."""
+    return 1.0 - h * h if use_tanh else mx.ones_like(h)
 
 
 @mx.compile
 def _rnn_step_back(g, h_t, W_hh, use_tanh, propagate):
     """h̄_t → (ā_t, h̄_{t-1} contribution)."""
-    da = g * (1.0 - h_t * h_t) if use_tanh else g                            # (3)
+    da = g * rnn_slope(h_t, use_tanh)                                        # (3)
     return da, (da @ W_hh if propagate else mx.zeros_like(g))                 # (5)
 
 
 def rnn_forward_graph(params, x, h0, nonlinearity="tanh"):
-    _check_nonlinearity(nonlinearity)
+    check_nonlinearity(nonlinearity)
     pre = project(x, params["weight_ih"], params["bias_ih"])                 # (1) input part, all t
     W_hhT = transposed(params["weight_hh"])
     h_t, hs = h0, []
     for t in range(x.shape[0]):
-        h_t = _rnn_step(pre[t], h_t, W_hhT, params["bias_hh"], nonlinearity == "tanh")
+        h_t = rnn_step(pre[t], h_t, W_hhT, params["bias_hh"], nonlinearity == "tanh")
         hs.append(h_t)
     h = mx.stack(hs)
-    return h, RNNCache(x=x, h_prev=shifted(h0, h), h=h)
+    return h, RNNCache(x=x, h_prev=previous_states(mx, h0, h), h=h)
 
 
 def rnn_backward_graph(params, dh, cache, nonlinearity="tanh", propagate=True):
-    """propagate=False drops the carried adjoint (h_{t-1} held constant: the truncated gradient, refimpl/algorithms/rtrl.py)."""
-    _check_nonlinearity(nonlinearity)
+    """propagate=False drops the carried adjoint (h_{t-1} held constant: the truncated gradient,
+    refimpl/algorithms/rtrl.py)."""
+    check_nonlinearity(nonlinearity)
     T = dh.shape[0]
     carry, das = mx.zeros_like(dh[0]), [None] * T
     for t in reversed(range(T)):
         das[t], carry = _rnn_step_back(dh[t] + carry, cache.h[t], params["weight_hh"],
                                        nonlinearity == "tanh", propagate)       # (6) h̄_t = dh_t + carried part
     da = mx.stack(das)
-    grads = param_grads(params, _weight_grads(cache.x, cache.h_prev, da))   # (4)
-    grads["x"], grads["h0"] = _input_grad(params, cache.x, da), carry              # (5)
+    grads = param_grads(params, weight_grads(cache.x, cache.h_prev, da))    # (4)
+    grads["x"], grads["h0"] = input_grad(params, cache.x, da), carry               # (5)
     return grads
 
 
@@ -105,7 +111,7 @@ def rnn_backward(params: dict, dh: mx.array, cache: RNNCache, nonlinearity: str 
 # ---------------------------------------------------------------------------------------------------------------- gru
 
 @mx.compile
-def _gru_step(gi_t, h_prev, W_hhT, b_hh):
+def gru_step(gi_t, h_prev, W_hhT, b_hh):
     """One step (1)–(5) from the input part gi_t = W_ih x_t + b_ih (B, 3H) → h_t, r, z, n, m."""
     H = h_prev.shape[-1]
     gh = h_prev @ W_hhT + b_hh                                               # recurrent parts of (1), (2), (3)
@@ -135,11 +141,11 @@ def gru_forward_graph(params, x, h0):
     W_hhT = transposed(params["weight_hh"])
     h_t, steps = h0, []
     for t in range(x.shape[0]):
-        step = _gru_step(gi[t], h_t, W_hhT, params["bias_hh"])
+        step = gru_step(gi[t], h_t, W_hhT, params["bias_hh"])
         h_t = step[0]
         steps.append(step)
     h, r, z, n, m = (mx.stack(f) for f in zip(*steps))
-    return h, GRUCache(x=x, h_prev=shifted(h0, h), r=r, z=z, n=n, hn=m, h=h)
+    return h, GRUCache(x=x, h_prev=previous_states(mx, h0, h), r=r, z=z, n=n, hn=m, h=h)
 
 
 def gru_backward_graph(params, dh, cache, propagate=True):
@@ -150,8 +156,8 @@ def gru_backward_graph(params, dh, cache, propagate=True):
         g_ih[t], g_hh[t] = gru_gate_adjoints(g, c.h_prev[t], c.r[t], c.z[t], c.n[t], c.hn[t])
         carry = g * c.z[t] + g_hh[t] @ params["weight_hh"] if propagate else mx.zeros_like(g)   # (11)
     g_ih, g_hh = mx.stack(g_ih), mx.stack(g_hh)
-    grads = param_grads(params, _weight_grads(c.x, c.h_prev, g_ih, g_hh))   # (10)
-    grads["x"], grads["h0"] = _input_grad(params, c.x, g_ih), carry                 # (11)
+    grads = param_grads(params, weight_grads(c.x, c.h_prev, g_ih, g_hh))    # (10)
+    grads["x"], grads["h0"] = input_grad(params, c.x, g_ih), carry                  # (11)
     return grads
 
 
@@ -170,7 +176,7 @@ def gru_backward(params: dict, dh: mx.array, cache: GRUCache) -> dict:
 # --------------------------------------------------------------------------------------------------------------- lstm
 
 @mx.compile
-def _lstm_step(pre_t, h_prev, c_prev, W_hhT, b_hh):
+def lstm_step(pre_t, h_prev, c_prev, W_hhT, b_hh):
     """One step (1)–(4) from the input part pre_t = W_ih x_t + b_ih (B, 4H) → h, c, i, f, g, o, tanh(c)."""
     H = h_prev.shape[-1]
     a = pre_t + h_prev @ W_hhT + b_hh                                        # (1)
@@ -199,26 +205,26 @@ def lstm_forward_graph(params, x, state0):
     W_hhT = transposed(params["weight_hh"])
     h_t, c_t, steps = h0, c0, []
     for t in range(x.shape[0]):
-        step = _lstm_step(pre[t], h_t, c_t, W_hhT, params["bias_hh"])
+        step = lstm_step(pre[t], h_t, c_t, W_hhT, params["bias_hh"])
         h_t, c_t = step[0], step[1]
         steps.append(step)
     h, c, i, f, g, o, tanh_c = (mx.stack(v) for v in zip(*steps))
-    return h, LSTMCache(x=x, h_prev=shifted(h0, h), c_prev=shifted(c0, c), i=i, f=f, g=g, o=o, c=c,
-                        tanh_c=tanh_c, h=h)
+    return h, LSTMCache(x=x, h_prev=previous_states(mx, h0, h), c_prev=previous_states(mx, c0, c), i=i, f=f, g=g,
+                        o=o, c=c, tanh_c=tanh_c, h=h)
 
 
 def lstm_backward_graph(params, dh, cache, propagate=True):
     """propagate=False drops both carried adjoints (h_{t-1} and c_{t-1} held constant: the truncated gradient)."""
-    k, T = cache, dh.shape[0]
+    c, T = cache, dh.shape[0]
     carry_h, carry_c, das = mx.zeros_like(dh[0]), mx.zeros_like(dh[0]), [None] * T
     for t in reversed(range(T)):
-        das[t], dc_prev = lstm_gate_adjoints(dh[t] + carry_h, carry_c, k.c_prev[t], k.i[t], k.f[t], k.g[t],
-                                             k.o[t], k.tanh_c[t])                   # (11) h̄_t = dh_t + carried
+        das[t], dc_prev = lstm_gate_adjoints(dh[t] + carry_h, carry_c, c.c_prev[t], c.i[t], c.f[t], c.g[t],
+                                             c.o[t], c.tanh_c[t])                   # (11) h̄_t = dh_t + carried
         if propagate:
             carry_h, carry_c = das[t] @ params["weight_hh"], dc_prev                # (10), (7)
     da = mx.stack(das)
-    grads = param_grads(params, _weight_grads(k.x, k.h_prev, da))          # (9)
-    grads["x"] = _input_grad(params, k.x, da)                                       # (10)
+    grads = param_grads(params, weight_grads(c.x, c.h_prev, da))           # (9)
+    grads["x"] = input_grad(params, c.x, da)                                        # (10)
     grads["h0"], grads["c0"] = carry_h, carry_c
     return grads
 
@@ -289,19 +295,14 @@ def lru_adjoint_scan(lam, dh):
     return mx.stack(du), carry
 
 
-def lru_param_grads(params, lam, gamma, x, h_prev, du):
+def lru_grads(params, lam, gamma, x, h_prev, du):
     """Every parameter's gradient and x̄ from the step adjoints ū_t c(T, B, N), eqs. (5)–(7), summed over (t, b)."""
     du_re, du_im = mx.real(du), mx.imag(du)
     x2 = rows(x)
     M_re, M_im = rows(du_re).T @ x2, rows(du_im).T @ x2                       # (6) M = Σ ūᵀ x  (N, I) ×2
+    q = mx.conj(lam) * mx.sum(rows(mx.conj(h_prev) * du), axis=0)            # (5), (7) conj(λ) λ̄
+    grads = lru_param_grads(mx, params, mx.real(q), mx.imag(q), M_re, M_im, gamma, wide=False)      # (6), (7)
     g = gamma[:, None]
-    out = {"gamma_log": gamma * mx.sum(params["B_re"] * M_re + params["B_im"] * M_im, axis=1),   # (6)(7)
-           "B_re": g * M_re, "B_im": g * M_im}                                                    # (6) Re G, Im G
-    dlam = mx.sum(rows(mx.conj(h_prev) * du), axis=0)                        # (5) λ̄ = Σ conj(h_{t-1}) ū
-    conj_lam_dlam = mx.conj(lam) * dlam                                      # (7)
-    out["nu_log"] = -mx.exp(params["nu_log"]) * mx.real(conj_lam_dlam)       # (7)
-    out["theta_log"] = mx.exp(params["theta_log"]) * mx.imag(conj_lam_dlam)  # (7)
-    grads = param_grads(params, out)
     dx = rows(du_re) @ (g * params["B_re"]) + rows(du_im) @ (g * params["B_im"])   # (6) x̄
     grads["x"] = dx.reshape(x.shape).astype(x.dtype)
     return grads
@@ -310,7 +311,7 @@ def lru_param_grads(params, lam, gamma, x, h_prev, du):
 def lru_forward_graph(params, x, h0):
     lam, gamma = lambda_gamma(params)                                        # (1)
     h = lru_scan(lam, h0, lru_input(params, x, gamma))                       # (2), (3)
-    return h, LRUCache(x=x, h_prev=shifted(h0, h), h=h)
+    return h, LRUCache(x=x, h_prev=previous_states(mx, h0, h), h=h)
 
 
 @kernel
@@ -324,7 +325,25 @@ def lru_backward(params: dict, dh: mx.array, cache: LRUCache) -> dict:
     """As refimpl.cells.lru.backward: dh c(T, B, N) → {param: grad, "x" r(T, B, I), "h0" c(B, N)}."""
     lam, gamma = lambda_gamma(params)
     du, dh0 = lru_adjoint_scan(lam, dh)                                      # (5), (8)
-    grads = lru_param_grads(params, lam, gamma, cache.x, cache.h_prev, du)   # (5)–(7)
+    grads = lru_grads(params, lam, gamma, cache.x, cache.h_prev, du)         # (5)–(7)
+    grads["h0"] = dh0
+    return grads
+
+
+@kernel
+def lru_forward_metal(params: dict, x: mx.array, h0: mx.array):
+    """As lru_forward, with the scan (3) as one Metal kernel (runtime.LRU_SCAN)."""
+    lam, gamma = lambda_gamma(params)                                        # (1)
+    h = lru_scan_metal(lam, h0, lru_input(params, x, gamma))                 # (2), (3)
+    return h, LRUCache(x=x, h_prev=previous_states(mx, h0, h), h=h)
+
+
+@kernel
+def lru_backward_metal(params: dict, dh: mx.array, cache: LRUCache) -> dict:
+    """As lru_backward, with the adjoint scan (8) as one Metal kernel (runtime.LRU_ADJOINT)."""
+    lam, gamma = lambda_gamma(params)
+    du, dh0 = lru_adjoint_metal(lam, dh)                                     # (5), (8)
+    grads = lru_grads(params, lam, gamma, cache.x, cache.h_prev, du)         # (5)–(7)
     grads["h0"] = dh0
     return grads
 
@@ -335,3 +354,6 @@ KERNELS = {
     "lstm.forward": lstm_forward, "lstm.backward": lstm_backward,
     "lru.forward": lru_forward, "lru.backward": lru_backward,
 }
+
+#: The lru cells with the Metal scans: registered in place of lru_forward / lru_backward where Metal runs.
+METAL_KERNELS = {"lru.forward": lru_forward_metal, "lru.backward": lru_backward_metal}

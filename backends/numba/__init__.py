@@ -1,17 +1,22 @@
 """The Numba backend: every kernel of the registry as JIT-compiled CPU loops (numpy arrays in and out).
 
 Kernels (same names, signatures and output structure as the NumPy references, refimpl/kernels.py), by module:
-    cells.py         <cell>.forward, <cell>.backward for rnn (tanh | linear), gru, lstm, lru
-    lru_online.py    lru.rtrl, lru.truncated, lru.spatial (diagonal traces), lru.fptt, lru.fptt1
-    dense_rtrl.py    rnn/gru/lstm .rtrl (blocked BLAS sensitivity update), .snap1 (compact traces), lstm.cec
-    dense_online.py  rnn/gru/lstm .truncated, .spatial (the cell backward without its carry)
-    dense_fptt.py    rnn/gru/lstm .fptt, .fptt1 (Jacobian solves forward in time)
-    ep_loops.py      ep.free_phase, ep.nudged_phase, ep.bptt (the EP relaxation loops)
+    cells.py         <cell>.forward, <cell>.backward for rnn (tanh | linear), gru, lstm, lru; the gate functions of
+                     every cell (its step and its adjoint, written once and inlined into every loop below)
+    online_dense.py  rnn/gru/lstm .rtrl (blocked BLAS sensitivity update), .snap1 (compact traces), lstm.cec,
+                     .truncated, .spatial (the cell backward without its carry)
+    online_lru.py    lru.rtrl, lru.truncated, lru.spatial (diagonal traces), lru.fptt, lru.fptt1
+    fptt_dense.py    rnn/gru/lstm .fptt, .fptt1 (Jacobian solves forward in time)
+    ep.py            ep.free_phase, ep.nudged_phase, ep.bptt (the EP relaxation loops)
+and the plumbing they share:
+    runtime.py       dtypes and scalars, BLAS and thread control, blocks of rows, the input-projection and
+                     weight-gradient GEMMs around the loops (the layout rules (a)–(e))
+    fastmath.py      tanh and σ as plain arithmetic, so that the loops around them vectorise
 
-Design (backends/numba/cells.py): the input projection of all T steps is one GEMM outside the time loop, the time
-loop is an @njit(cache=True) function with the gate arithmetic fused per step, and the weight gradients are one GEMM
-over all (t, b) from the per-step gate adjoints stored by the backward loop. Compiled code is cached on disk
-(__pycache__ next to the modules, or NUMBA_CACHE_DIR), so only the first call on a machine pays the compile time.
+Design (runtime.py): the input projection of all T steps is one GEMM outside the time loop, the time loop is an
+@njit(cache=True) function with the gate arithmetic fused per step, and the weight gradients are one GEMM over all
+(t, b) from the per-step gate adjoints stored by the backward loop. Compiled code is cached on disk (__pycache__ next
+to the modules, or NUMBA_CACHE_DIR), so only the first call on a machine pays the compile time.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ except ImportError as e:                 # numba or scipy missing: the backend e
     KERNELS: dict = {}
 else:
     _REASON = ""
-    from . import cells, dense_fptt, dense_online, dense_rtrl, ep_loops, lru_online
+    from . import cells, ep, fptt_dense, online_dense, online_lru
     # every module of the package contributes its kernels: {name: callable}
     KERNELS = {}
-    for _module in (cells, lru_online, ep_loops, dense_online, dense_fptt, dense_rtrl):
+    for _module in (cells, online_dense, online_lru, fptt_dense, ep):
         KERNELS.update(_module.KERNELS)
 
 

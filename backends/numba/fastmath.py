@@ -3,10 +3,10 @@ r"""tanh and the logistic σ from float arithmetic only, so that the cell loops 
 Numba lowers np.tanh on a scalar to a call into libm, one element at a time: a loop that calls it cannot be turned
 into SIMD code, and the transcendental functions then cost more than the matrix products of a step. The functions
 here use only +, ×, ÷, a rounding, a select and an integer bit pattern, which LLVM vectorises like any arithmetic
-(with error_model="numpy" in the caller: Numba's default zero-division check also stops vectorisation). They run
-at the speed of NumPy's SIMD np.tanh, 30–40 times faster than the libm loop. Accuracy: tanh within 2.5 ulp in float32
-and 2.7 ulp in float64 (np.tanh: 1.4 and 1.2) over a dense sweep of [−25, 25] and of magnitudes down to 1e−30,
-against a long-double tanh; NaN, ±inf and ±0 behave as np.tanh. σ has an absolute error below one ulp of 1, like
+(with error_model="numpy" in the caller: Numba's default zero-division check also stops vectorisation); they run at
+the speed of NumPy's SIMD np.tanh (docs/backends.md). Accuracy: tanh within 2.5 ulp in float32 and 2.7 ulp in float64
+over a dense sweep of [−25, 25] and of magnitudes down to 1e−30, against a long-double tanh; NaN, ±inf and ±0 behave
+as np.tanh (tests/backends/test_numba.py). σ has an absolute error below one ulp of 1, like
 the references' own ½(1 + tanh(a/2)) in the same dtype.
 
     tanh(x) = sign(x) · (−m) / (2 + m),    m = expm1(−2|x|) ∈ (−1, 0]                                      (F1)
@@ -30,8 +30,9 @@ field; s − 1 is exact for every k that matters, and for k = 0 (|y| < ½ ln 2) 
 The functions are overloads: inside @njit code `tanh(x)` / `sigmoid(a)` compile to the arithmetic above, specialised
 to x's dtype (the constants are cast to it, so float32 stays float32 and the SIMD width is not halved); called from
 plain Python they fall back to NumPy. Only FMA contraction is allowed (fastmath={"contract"}): no reassociation,
-which would undo the exact splitting in (F3). Numba's on-disk cache of a caller (cells.py) is keyed to the caller's
-file only: after editing this module, clear backends/numba/__pycache__ (or touch the callers) to recompile them.
+which would undo the exact splitting in (F3). These are the backend's only tanh and σ: every cell loop calls them
+through the gate functions of cells.py. Numba's on-disk cache of a caller is keyed to the caller's file only: after
+editing this module, clear backends/numba/__pycache__ (or touch the callers) to recompile them.
 """
 
 from __future__ import annotations

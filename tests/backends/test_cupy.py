@@ -5,7 +5,7 @@
     broken sources fail the same check (so it can fail).
 (b) Host-side logic on the CPU: dtype dispatch, launch configuration, scan chunking, argument checks, the device
     probe's reasons, the generated wrappers against the thread bodies, the CUDA launch path with a stand-in for CuPy.
-(c) The CPU emulation (backends/cupy/device.py EmulatedDevice): the CUDA thread bodies compiled for the host and run
+(c) The CPU emulation (backends/cupy/runtime.py EmulatedDevice): the CUDA thread bodies compiled for the host and run
     thread by thread, inside NaN-guarded copies of their arrays (write-only outputs start as NaN), behind every kernel
     implementation of the backend — compared with the NumPy reference over the registry's parity grid, and with
     itself in the reverse thread order (threads must be independent). Skipped with the reason when there is no C++
@@ -28,9 +28,8 @@ import numpy as np
 import pytest
 
 import backends.cupy as cupy_backend
-from backends.cupy import launch
-from backends.cupy.device import CudaDevice, EmulatedDevice, find_compiler
-from backends.cupy.launch import CudaSource, In, Int, Kernel, Out, Real
+from backends.cupy import runtime
+from backends.cupy.runtime import CudaDevice, CudaSource, EmulatedDevice, In, Int, Kernel, Out, Real, find_compiler
 from backends.cupy.sources import SOURCES
 from refimpl.errors import DTypeError, ShapeError, UnsupportedError
 from refimpl.numerics import TOLERANCES, rel_error
@@ -87,7 +86,7 @@ def test_the_compile_check_sees_every_cuda_source():
     assert defined and all(any(v is s for s in SOURCES) for v in defined)
     assert not [p.name for p in package.iterdir() if p.suffix in (".cu", ".cuh")]
     for module in package.glob("*.py"):
-        assert "CudaSource(" not in module.read_text(encoding="utf-8") or module.name in ("sources.py", "launch.py")
+        assert "CudaSource(" not in module.read_text(encoding="utf-8") or module.name in ("sources.py", "runtime.py")
 
 
 @needs_nvcc
@@ -122,49 +121,49 @@ def test_a_broken_source_fails_the_emulation_build(source, tmp_path):
 # ------------------------------------------------------------------------------------------ (b) host-side logic
 
 def test_dtype_dispatch():
-    assert launch.real_ctype(np.float32) == launch.real_ctype(np.complex64) == "float"
-    assert launch.real_ctype("float64") == launch.real_ctype(np.complex128) == "double"
-    assert launch.complex_dtype(np.float32) == np.complex64 and launch.real_dtype(np.complex128) == np.float64
-    assert launch.instantiation("gru_fwd_step", np.float32) == "gru_fwd_step<float>"
+    assert runtime.real_ctype(np.float32) == runtime.real_ctype(np.complex64) == "float"
+    assert runtime.real_ctype("float64") == runtime.real_ctype(np.complex128) == "double"
+    assert runtime.complex_dtype(np.float32) == np.complex64 and runtime.real_dtype(np.complex128) == np.float64
+    assert runtime.instantiation("gru_fwd_step", np.float32) == "gru_fwd_step<float>"
     for bad in (np.int32, np.float16, np.bool_):
         with pytest.raises(DTypeError, match="allowed: float32, float64"):
-            launch.real_ctype(bad)
+            runtime.real_ctype(bad)
 
 
 @pytest.mark.parametrize("n", [0, 1, 31, 255, 256, 257, 1000, 10 ** 7 + 3])
 def test_launch_config_covers_every_thread_once(n):
-    grid, block = launch.launch_config(n)
-    assert block == launch.BLOCK
+    grid, block = runtime.launch_config(n)
+    assert block == runtime.BLOCK
     assert grid * block >= n and (grid == 0 or (grid - 1) * block < n)
     assert (grid == 0) == (n == 0)
 
 
 def test_launch_config_rejects_bad_input():
     with pytest.raises(ShapeError):
-        launch.launch_config(-1)
+        runtime.launch_config(-1)
     with pytest.raises(UnsupportedError, match="multiple of 32"):
-        launch.launch_config(10, block=100)
-    assert launch.launch_config(300, block=128) == (3, 128)
+        runtime.launch_config(10, block=100)
+    assert runtime.launch_config(300, block=128) == (3, 128)
 
 
 @pytest.mark.parametrize("T", [1, 2, 13, 16, 31, 32, 64, 1000, 4097])
 @pytest.mark.parametrize("BN", [1, 3, 8 * 64, 32 * 1024, 1 << 16])
 def test_scan_chunks_partition_time(T, BN):
-    C = launch.scan_chunks(T, 1, BN)
-    L = launch.chunk_length(T, C)
+    C = runtime.scan_chunks(T, 1, BN)
+    L = runtime.chunk_length(T, C)
     assert 1 <= C <= T
     assert (C - 1) * L < T <= C * L                           # every chunk non-empty, every step in one chunk
     if C > 1:
-        assert L >= launch.SCAN_MIN_CHUNK                      # chunks long enough to pay for the second pass
-        assert BN < launch.SCAN_THREADS                        # only where B·N under-fills the device
-    if BN >= launch.SCAN_THREADS or T < 2 * launch.SCAN_MIN_CHUNK:
+        assert L >= runtime.SCAN_MIN_CHUNK                      # chunks long enough to pay for the second pass
+        assert BN < runtime.SCAN_THREADS                        # only where B·N under-fills the device
+    if BN >= runtime.SCAN_THREADS or T < 2 * runtime.SCAN_MIN_CHUNK:
         assert C == 1                                          # the sequential scan
 
 
 def test_chunk_length_rejects_an_empty_chunk():
     with pytest.raises(ShapeError, match="empty chunk"):
-        launch.chunk_length(10, 4)                             # L = 3: chunks of 3, 3, 3, 1 — fine
-        launch.chunk_length(9, 4)                              # L = 3: the 4th chunk would be empty
+        runtime.chunk_length(10, 4)                             # L = 3: chunks of 3, 3, 3, 1 — fine
+        runtime.chunk_length(9, 4)                              # L = 3: the 4th chunk would be empty
 
 
 _DEMO = Kernel("demo", (In("x", "R", "n"), In("z", "C", "2*H"), Out("y", "D", "n"), Int("H"), Real("s")), n="n")
@@ -172,13 +171,13 @@ _DEMO = Kernel("demo", (In("x", "R", "n"), In("z", "C", "2*H"), Out("y", "D", "n
 
 def test_check_args_converts_scalars_and_accepts_arrays():
     x, z, y = np.zeros(6, np.float32), np.zeros(4, np.complex64), np.zeros(6)
-    out = launch.check_args(_DEMO, np.float32, 6, (x, z, y, 2, 0.5))
+    out = runtime.check_args(_DEMO, np.float32, 6, (x, z, y, 2, 0.5))
     kinds = [k for k, _ in out]
     assert kinds == ["R", "C", "D", "int", "real"]
     assert out[0][1] is x and out[2][1] is y
     assert type(out[3][1]) is np.int32 and type(out[4][1]) is np.float32
     pairs = np.zeros(8, np.float32)                            # complex as an R array of (re, im) pairs
-    launch.check_args(_DEMO, np.float32, 6, (x, pairs, y, 2, 0.5))
+    runtime.check_args(_DEMO, np.float32, 6, (x, pairs, y, 2, 0.5))
 
 
 @pytest.mark.parametrize("case, error, match", [
@@ -196,15 +195,15 @@ def test_check_args_converts_scalars_and_accepts_arrays():
 def test_check_args_refuses_mismatches(case, error, match):
     x, z, y = np.zeros(6, np.float32), np.zeros(4, np.complex64), np.zeros(6)
     with pytest.raises(error, match=match):
-        launch.check_args(_DEMO, np.float32, 6, case(x, z, y))
+        runtime.check_args(_DEMO, np.float32, 6, case(x, z, y))
 
 
 def test_check_args_refuses_an_output_that_aliases_an_input():
     k = Kernel("k", (In("a", "R", "n"), In("b", "R", "n"), Out("c", "R", "n")), n="n")
     buf = np.zeros(8)
-    launch.check_args(k, np.float64, 4, (buf[:4], buf[:4], buf[4:]))        # two inputs may share memory
+    runtime.check_args(k, np.float64, 4, (buf[:4], buf[:4], buf[4:]))        # two inputs may share memory
     with pytest.raises(ShapeError, match="overlap"):
-        launch.check_args(k, np.float64, 4, (buf[:4], buf[2:6], buf[3:7]))
+        runtime.check_args(k, np.float64, 4, (buf[:4], buf[2:6], buf[3:7]))
 
 
 _THREAD = re.compile(r"RI_FN void (\w+)_thread\((.*?)\)\s*\{", re.S)
@@ -231,13 +230,13 @@ def test_declarations_match_the_thread_bodies(source):
 
 
 def test_probe_reasons():
-    assert launch.classify_probe(1, None, 12080, 12090) == (True, "")
-    ok, why = launch.classify_probe(None, RuntimeError("cudaErrorInsufficientDriver"), 0, 12090)
+    assert runtime.classify_probe(1, None, 12080, 12090) == (True, "")
+    ok, why = runtime.classify_probe(None, RuntimeError("cudaErrorInsufficientDriver"), 0, 12090)
     assert not ok and why.startswith("no CUDA device answers: RuntimeError: cudaErrorInsufficientDriver")
     assert "no NVIDIA driver" in why
-    ok, why = launch.classify_probe(None, RuntimeError("cudaErrorInsufficientDriver"), 11040, 12090)
+    ok, why = runtime.classify_probe(None, RuntimeError("cudaErrorInsufficientDriver"), 11040, 12090)
     assert not ok and why.startswith("driver too old: the NVIDIA driver supports CUDA 11.4") and "12.9" in why
-    ok, why = launch.classify_probe(0, None, 12090, 12090)
+    ok, why = runtime.classify_probe(0, None, 12090, 12090)
     assert not ok and why.startswith("no CUDA device answers")
 
 

@@ -1,7 +1,7 @@
 """MLX-specific tests (marker `mlx`; skipped when mlx cannot be imported). The parity of every kernel with the NumPy
-reference is tests/backends/test_parity.py's grid; here: the boundary (dtype mapping, refusals), no mutation of mx.array inputs,
-the RTRL block carry of lru.rtrl, and the custom Metal kernels — built here, their source's arithmetic run through a
-C compiler on the CPU, and their parity checked on Apple hardware only.
+reference is tests/backends/test_parity.py's grid; here: the boundary (dtype mapping, refusals), no mutation of mx.array
+inputs, the RTRL block carry of lru.rtrl, and the custom Metal kernels — built here, their source's arithmetic run
+through a C compiler on the CPU, and their parity checked on Apple hardware only.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from refimpl.errors import DTypeError, UnknownNameError, UnsupportedError   # no
 from refimpl.registry import KERNELS, flatten_outputs, load_backend, map_arrays   # noqa: E402
 
 import backends.mlx as mlx_backend                            # noqa: E402
-from backends.mlx import cells, common, lru_online, metal     # noqa: E402
+from backends.mlx import cells, online_lru, runtime           # noqa: E402
 
 from ..parity import assert_matches_reference, make_case_inputs   # noqa: E402
 
@@ -92,7 +92,7 @@ def cpu_default():
 @pytest.fixture
 def gpu_default(monkeypatch):
     """Pretend the default device is a GPU (as on Apple silicon), where MLX has no float64."""
-    monkeypatch.setattr(common.mx, "default_device", lambda: mx.Device(mx.gpu, 0))
+    monkeypatch.setattr(runtime.mx, "default_device", lambda: mx.Device(mx.gpu, 0))
 
 
 def test_float64_refused_on_a_gpu_default_device(gpu_default):
@@ -163,7 +163,7 @@ def test_kernel_takes_and_returns_mx_arrays_and_mutates_nothing(kernel):
 def test_lru_rtrl_carries_its_traces_between_blocks(chunk, monkeypatch):
     """The parity grid's T ≤ 64 fits one block of lru.rtrl; with short blocks the traces Q, Σ, Z are carried from
     block to block (R3) — the result must still be the reference's exact RTRL."""
-    monkeypatch.setattr(lru_online, "CHUNK", chunk)
+    monkeypatch.setattr(online_lru, "CHUNK", chunk)
     assert assert_matches_reference("lru.rtrl", "mlx", "float32", dict(T=13, B=3, I=5, H=7), 0, {}) <= 1e-4
 
 
@@ -186,13 +186,14 @@ def test_reference_and_mlx_caches_interchange(cpu_default):
 
 def test_metal_kernels_build():
     """Building an mx.fast.metal_kernel object needs no GPU: the source and its names are accepted."""
-    assert callable(metal.scan_kernel())
-    assert callable(metal.adjoint_kernel())
+    assert callable(runtime.scan_kernel())
+    assert callable(runtime.adjoint_kernel())
 
 
 def test_metal_path_is_off_without_metal():
     if mx.metal.is_available():
-        assert mlx_backend.KERNELS["lru.forward"] is metal.lru_forward
+        assert mlx_backend.KERNELS["lru.forward"] is cells.lru_forward_metal
+        assert mlx_backend.KERNELS["lru.backward"] is cells.lru_backward_metal
     else:
         assert mlx_backend.KERNELS["lru.forward"] is cells.lru_forward
         assert mlx_backend.KERNELS["lru.backward"] is cells.lru_backward
@@ -235,7 +236,7 @@ def test_metal_source_arithmetic_matches_the_reference(tmp_path):
     lam, gamma = lru_ref.lambda_gamma(params)
     u = (h_ref - lam * cache.h_prev).astype(np.complex64)          # (3): u_t = h_t − λ h_{t-1}
 
-    scan = _c_kernel(tmp_path, "lru_scan", metal.LRU_SCAN, metal.SCAN_INPUTS, metal.SCAN_OUTPUTS)
+    scan = _c_kernel(tmp_path, "lru_scan", runtime.LRU_SCAN, runtime.SCAN_INPUTS, runtime.SCAN_OUTPUTS)
     h_re, h_im = np.full((T, B, N), np.nan, np.float32), np.full((T, B, N), np.nan, np.float32)
     _run_threads(scan, B * N + 7, [lam.real, lam.imag, h0.real, h0.imag, u.real, u.imag], [h_re, h_im])
     np.testing.assert_allclose(h_re + 1j * h_im, h_ref, rtol=1e-5, atol=1e-6)
@@ -247,7 +248,7 @@ def test_metal_source_arithmetic_matches_the_reference(tmp_path):
     for t in reversed(range(T)):
         du_want[t] = dh[t] + carry
         carry = np.conj(lam) * du_want[t]
-    adj = _c_kernel(tmp_path, "lru_adjoint", metal.LRU_ADJOINT, metal.ADJOINT_INPUTS, metal.ADJOINT_OUTPUTS)
+    adj = _c_kernel(tmp_path, "lru_adjoint", runtime.LRU_ADJOINT, runtime.ADJOINT_INPUTS, runtime.ADJOINT_OUTPUTS)
     outs = [np.full((T, B, N), np.nan, np.float32) for _ in range(2)] + \
            [np.full((B, N), np.nan, np.float32) for _ in range(2)]
     _run_threads(adj, B * N + 7, [lam.real, lam.imag, dh.real, dh.imag], outs)

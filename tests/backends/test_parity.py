@@ -2,8 +2,8 @@
 
 Nothing here is maintained by hand: the grid is kernels × variants × backends × dtypes × sizes × seeds, read from the
 registry's table (refimpl/kernels.py). A backend that cannot run here, lacks a kernel, or cannot run it in a dtype is
-skipped with its reason — never silently dropped. The `numpy` rows check the backend path itself (lookup, conversion at
-the boundary, no mutation, named outputs).
+skipped with its reason — never silently dropped. Each case also checks the backend path itself (lookup, conversion at
+the boundary, no mutation, named outputs). Backend-specific checks are in test_numba.py, test_mlx.py and test_cupy.py.
 """
 
 import pytest
@@ -73,17 +73,3 @@ def test_the_table_is_complete_for_whoever_imports_the_registry():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["35", "35"]
-
-
-@pytest.mark.parametrize("kernel", [f"{c}.{op}" for c in ("rnn", "gru", "lstm") for op in ("forward", "backward")])
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_numba_threaded_blocks_match_reference(kernel, dtype):
-    """A size large enough for the Numba cell loops to cut the batch into blocks of rows on several threads
-    (T·H² ≥ 2^20, ≥ 16 rows per block): the threaded path against the reference."""
-    b = load_backend("numba")
-    if not b.available:
-        pytest.skip(f"backend numba: {b.reason}")
-    import numba
-    if numba.get_num_threads() < 2:
-        pytest.skip("one Numba thread: no blocks to check")
-    assert_matches_reference(kernel, "numba", dtype, dict(T=16, B=32, I=16, H=256), 0, {})

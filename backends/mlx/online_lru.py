@@ -1,8 +1,9 @@
 r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial, lru.fptt, lru.fptt1) with mlx.core.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
-cell_grads_online and refimpl/algorithms/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py,
-"(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py. Complex64 states only (MLX has no complex128).
+cell_grads_online and refimpl/algorithms/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)" is
+refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py. Complex64 states only (MLX
+has no complex128).
 
 RTRL (r 8). By linearity the traces the reference carries reduce to three (as in the Numba backend):
 
@@ -36,8 +37,9 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .cells import lambda_gamma, lru_input, lru_param_grads, lru_scan
-from .common import complex_from, kernel, param_grads, rows, shifted
+from ..common import lru_param_grads, previous_states
+from .cells import lambda_gamma, lru_grads, lru_input, lru_scan
+from .runtime import complex_from, kernel, rows
 
 #: Time steps per block of the RTRL sweep (the traces are carried between blocks). A block's memory is O(C·B·N); the
 #: carry (R3) costs as much as a block's (R2) GEMMs, so the blocks are as long as that memory allows comfortably.
@@ -96,15 +98,10 @@ def _rtrl_block(log_lam, lam, x, u, h_prev, delta, traces, carry=True):
 
 
 def _lru_grads(params, gamma, gQ, gS, G, recurrent=True):
-    """The parameter gradients from gQ = Σ conj(Q) δ, gΣ = Σ conj(Σ) δ, G = Σ conj(Z) δ (module docstring)."""
-    g = gamma[:, None]
-    out = {"gamma_log": mx.real(gS), "B_re": g * mx.real(G), "B_im": g * mx.imag(G)}
-    if recurrent:
-        out["nu_log"] = -mx.exp(params["nu_log"]) * mx.real(gQ)              # S_ν = −e^ν Q
-        out["theta_log"] = mx.exp(params["theta_log"]) * mx.imag(gQ)         # S_θ = i e^θ Q: Re(−i conj(Q) δ)
-    else:                                                                    # (r 14) held constant
-        out["nu_log"], out["theta_log"] = mx.zeros_like(params["nu_log"]), mx.zeros_like(params["theta_log"])
-    return param_grads(params, out)
+    """The parameter gradients from gQ = Σ conj(Q) δ, gΣ = Σ conj(Σ) δ, G = Σ conj(Z) δ (module docstring):
+    S_ν = −e^ν Q, S_θ = i e^θ Q, S_γ = Σ, S_B = γ Z (backends.common.lru_param_grads)."""
+    return lru_param_grads(mx, params, mx.real(gQ), mx.imag(gQ), mx.real(G), mx.imag(G), gamma,
+                           gamma_log=mx.real(gS), recurrent=recurrent, wide=False)
 
 
 @kernel
@@ -122,7 +119,7 @@ def lru_rtrl(params: dict, x: mx.array, h0: mx.array, dh: mx.array) -> dict:
         blk = slice(t0, min(t0 + CHUNK, T))
         u = lru_input(params, x[blk], gamma)                                 # (2) u_t of the block
         h = lru_scan(lam, h_last, u)                                         # (3) the block's states
-        dQ, dS, dG, traces = _rtrl_block(log_lam, lam, x[blk], u, shifted(h_last, h), dh[blk], traces,
+        dQ, dS, dG, traces = _rtrl_block(log_lam, lam, x[blk], u, previous_states(mx, h_last, h), dh[blk], traces,
                                          carry=blk.stop < T)
         gQ, gS, G, h_last = gQ + dQ, gS + dS, G + dG, h[-1]
     return _lru_grads(params, gamma, gQ, gS, G)
@@ -133,7 +130,7 @@ def lru_rtrl(params: dict, x: mx.array, h0: mx.array, dh: mx.array) -> dict:
 def _lru_truncated(params, x, h0, dh, recurrent):
     lam, gamma = lambda_gamma(params)
     u = lru_input(params, x, gamma)                                          # (2)
-    h_prev = shifted(h0, lru_scan(lam, h0, u))                               # (3) h_{t-1}
+    h_prev = previous_states(mx, h0, lru_scan(lam, h0, u))                               # (3) h_{t-1}
     x2 = rows(x)
     gQ = mx.sum(rows(mx.conj(lam * h_prev) * dh), axis=0)                    # (lru 10) P_ν, P_θ ∝ λ h_{t-1}
     gS = mx.sum(rows(mx.conj(u) * dh), axis=0)                               # (lru 10) P_γ = u_t
@@ -182,8 +179,8 @@ def _lru_fptt(params, x, h0, dh, two_passes):
         vr, vi = (er - dr[t - 1], ei - di[t - 1]) if t > 0 else (er, ei)
         er, ei = _divide_by_conj_lambda(vr, vi, lr, li)                      # (f 1)
         du.append(complex_from(er.astype(mx.float32), ei.astype(mx.float32)))   # e_t in the state dtype: ū_t (f 4)
-    h_prev = shifted(h0, lru_scan(lam, h0, lru_input(params, x, gamma)))     # (2), (3): the states, re-run
-    grads = lru_param_grads(params, lam, gamma, x, h_prev, mx.stack(du))     # (f 4): (5)–(7) summed over t
+    h_prev = previous_states(mx, h0, lru_scan(lam, h0, lru_input(params, x, gamma)))   # (2), (3): the states
+    grads = lru_grads(params, lam, gamma, x, h_prev, mx.stack(du))           # (f 4): (5)–(7) summed over t
     grads["h0"] = e_start.astype(h0.dtype)                                   # e_{-1}
     return grads
 

@@ -1,17 +1,18 @@
 r"""The EP relaxation loops (ep.free_phase, ep.nudged_phase, ep.bptt) as Numba loops, with the references' outputs.
 
-Same signatures, output structure, dtypes and shapes as the NumPy references (refimpl/kernels.py → refimpl/ep/networks.py):
-free/nudged return the list [s_1 … s_L] of (B, n_l) states, bptt the dict {param: ∂L/∂param} with every parameter.
-Every variant is implemented: kind prototypical (4), energy (2)–(3) with the clamp (6) and g_L = 1 on its output
-layer, toy (2) with the Wx skips; activations tanh, sigm, hardsigm. Equation numbers "(n)" are refimpl/ep/networks.py's.
+Same signatures, output structure, dtypes and shapes as the NumPy references (refimpl/kernels.py →
+refimpl/ep/networks.py): free/nudged return the list [s_1 … s_L] of (B, n_l) states, bptt the dict
+{param: ∂L/∂param} with every parameter. Every variant is implemented: kind prototypical (4), energy (2)–(3) with
+the clamp (6) and g_L = 1 on its output layer, toy (2) with the Wx skips; activations tanh, sigm, hardsigm. Equation
+numbers "(n)" are refimpl/ep/networks.py's.
 
 Layout: the whole relaxation (T steps, all layers updated synchronously from the old state (5)) is ONE
 @njit(cache=True) call; per step and layer the drive (2)/(4) is one to three BLAS GEMMs into preallocated buffers
 (np.dot(…, out=…): no allocation per step), then one fused pass over (b, k) for (3)–(6). The per-layer arrays travel
 as numba.typed.List (any number of layers). The BPTT adjoint (11)/(12) is a second loop that stores the drive
 adjoints ū_l of the K steps; the parameter gradients are then one GEMM each over all (t, b) rows, outside the loop.
-ρ = sigm is evaluated as 1/(1+e^{−4(s−½)}) (one scalar exp: half the cost of the reference's ½(1+tanh(2(s−½)))
-in a scalar loop, ≤ 1 ulp apart; NumPy's tanh is SIMD-vectorised, a scalar libm call in @njit is not).
+ρ = sigm is evaluated as 1/(1+e^{−4(s−½)}), one scalar exp, instead of the reference's ½(1+tanh(2(s−½))) (≤ 1 ulp
+apart): in a scalar loop a libm call is the cost, and NumPy's SIMD tanh is not available there.
 Scalars inside the loops come from a constant array of the states' dtype (`c`), so float32 kernels stay in float32.
 Sequential and in a fixed order: bit-reproducible run to run. Inputs are never written to.
 """
@@ -22,10 +23,11 @@ import numpy as np
 from numba import njit
 from numba.typed import List
 
-from refimpl import ep
+from refimpl.ep import check_beta, check_inputs, check_T, check_truncation, rho
 from refimpl.errors import UnsupportedError
 
-from .cells import _c
+from ..common import ep_network, param_grads
+from .runtime import contiguous
 
 _ACT = {"tanh": 0, "sigm": 1, "hardsigm": 2}
 _KIND = {"prototypical": 0, "energy": 1, "toy": 2}
@@ -220,20 +222,21 @@ def _adjoint(ds, Sc, Uc, Pc, W, WT, act, kind, clamp, c, dU):
 
 # ---------------------------------------------------------------------------------------------------- the kernels
 
-def _setup(params, x, T, kind, activation, dt, y=None, beta=None):
-    sizes = (x.shape[1],) + tuple(params[f"W.{l}"].shape[0] for l in range(sum(k.startswith("W.") for k in params)))
-    net, _ = ep.make_ep_net(kind, sizes, activation=activation, dt=dt, dtype=x.dtype.name)   # validates kind, …
-    x, y = ep.check_inputs(net, params, x, y)
+def _setup(params, x, kind, activation, dt, y=None, beta=None):
+    """The network (validated by refimpl.ep), x and y in its dtype, the weights as typed lists, the constants c."""
+    net = ep_network(params, x, kind, activation, dt, x.dtype.name, y)
+    x, y = check_inputs(net, params, x, y)
     dtype = x.dtype
     L = net.n_layers
     W, WT, b, WxT = List(), List(), List(), List()
     for i in range(L):
-        W.append(_c(params[f"W.{i}"], dtype))
-        WT.append(_c(params[f"W.{i}"].T, dtype))
-        b.append(_c(params[f"b.{i + 1}"], dtype))
-        WxT.append(_c(params[f"Wx.{i + 1}"].T, dtype) if (kind == "toy" and i >= 1) else np.zeros((1, 1), dtype))
+        W.append(contiguous(params[f"W.{i}"], dtype))
+        WT.append(contiguous(params[f"W.{i}"].T, dtype))
+        b.append(contiguous(params[f"b.{i + 1}"], dtype))
+        WxT.append(contiguous(params[f"Wx.{i + 1}"].T, dtype) if (kind == "toy" and i >= 1)
+                   else np.zeros((1, 1), dtype))
     c = np.array([0.5, 1.0, 2.0, 4.0, 16.0, 0.0, net.dt, 0.0 if beta is None else beta], dtype)
-    return net, _c(x, dtype), y, (W, WT, b, WxT), c
+    return net, contiguous(x, dtype), y, (W, WT, b, WxT), c
 
 
 def _zeros(net, B, dtype):
@@ -256,7 +259,7 @@ def _run(net, x, wts, c, s, steps, y=None, K=0):
     else:
         Sc = Uc = Pc = List([np.empty((0, 1, 1), dtype) for _ in net.sizes[1:]])   # K = 0: nothing stored
     nudge = y is not None
-    y_arr = _c(y, dtype) if nudge else np.zeros((1, 1), dtype)
+    y_arr = contiguous(y, dtype) if nudge else np.zeros((1, 1), dtype)
     out = _relax(x, s, W, WT, b, WxT, _ACT[net.activation], _KIND[net.kind], net.clamp, c, y_arr, nudge, steps,
                  Sc, Uc, Pc)
     return out, ((Sc, Uc, Pc) if K else None)
@@ -264,18 +267,18 @@ def _run(net, x, wts, c, s, steps, y=None, K=0):
 
 def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.free_phase: T free steps from s = 0. Returns [s_1 … s_L], each (B, n_l)."""
-    net, x, _, wts, c = _setup(params, x, T, kind, activation, dt)
-    T = ep.check_T(T)
+    net, x, _, wts, c = _setup(params, x, kind, activation, dt)
+    T = check_T(T)
     s, _ = _run(net, x, wts, c, _zeros(net, x.shape[0], x.dtype), T)
     return list(s)
 
 
 def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.nudged_phase: K nudged steps from the free fixed point (T free steps). Returns [s^β_1 … s^β_L]."""
-    T = ep.check_T(T)
-    K = ep.check_T(K, "K")
-    ep.check_beta(beta)
-    net, x, y, wts, c = _setup(params, x, T, kind, activation, dt, y, beta)
+    T = check_T(T)
+    K = check_T(K, "K")
+    check_beta(beta)
+    net, x, y, wts, c = _setup(params, x, kind, activation, dt, y, beta)
     s, _ = _run(net, x, wts, c, _zeros(net, x.shape[0], x.dtype), T)
     s, _ = _run(net, x, wts, c, s, K, y=y)
     return list(s)
@@ -283,14 +286,10 @@ def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=Non
 
 def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.bptt: BPTT of (7) through the last K free steps (13). Returns {param: ∂L/∂param} (params' order, dtypes)."""
-    net, x, y, wts, c = _setup(params, x, T, kind, activation, dt, y)
+    net, x, y, wts, c = _setup(params, x, kind, activation, dt, y)
     if y is None:
         raise UnsupportedError("ep.bptt needs y (B, O), the target of the loss (7)")
-    T = ep.check_T(T)
-    K = T if K is None else ep.check_T(K, "K")
-    if K > T:
-        raise UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase "
-                                  "has; use K ≤ T")
+    T, K = check_truncation(T, K)
     dtype, B, L = x.dtype, x.shape[0], net.n_layers
     s, (Sc, Uc, Pc) = _run(net, x, wts, c, _zeros(net, B, dtype), T, K=K)
     ds = List()
@@ -304,8 +303,8 @@ def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     _adjoint(ds, Sc, Uc, Pc, W, WT, _ACT[net.activation], _KIND[net.kind], net.clamp, c, dU)
 
     energy = net.kind != "prototypical"
-    r0 = ep.rho(x, net.activation) if energy else x
-    R = [None] + [(ep.rho(S, net.activation) if energy else S).reshape(K * B, -1) for S in Sc]   # ρ(s_l) per step
+    r0 = rho(x, net.activation) if energy else x
+    R = [None] + [(rho(S, net.activation) if energy else S).reshape(K * B, -1) for S in Sc]      # ρ(s_l) per step
     G = [g.reshape(K * B, -1) for g in dU]
     Gsum = [g.sum(axis=0) for g in dU]                                                 # Σ_t ū_l (B, n_l)
     grads = {}
@@ -317,7 +316,7 @@ def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
         grads[f"b.{i + 1}"] = G[i].sum(axis=0, dtype=np.float64)                       # (11)/(12)
         if net.kind == "toy" and i >= 1:
             grads[f"Wx.{i + 1}"] = Gsum[i].T @ r0                                      # (11)
-    return {k: np.asarray(grads[k]).astype(v.dtype, copy=False) for k, v in params.items()}
+    return param_grads(params, grads)
 
 
 KERNELS = {"ep.free_phase": ep_free_phase, "ep.nudged_phase": ep_nudged_phase, "ep.bptt": ep_bptt}

@@ -1,7 +1,8 @@
 r"""The dense cells' RTRL-family sweeps (rnn, gru, lstm .rtrl / .snap1 / .truncated / .spatial, lstm.cec) with mlx.core.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
-cell_grads_online, from zero traces). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py, "(n)" the cell's module docstring.
+cell_grads_online, from zero traces). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py, "(n)" the cell's module
+docstring.
 S = R·H is the state width (R = 1 rows per unit; 2 for the lstm's (h_k, c_k)), G the gate blocks (rnn 1, gru 3,
 lstm 4), X the trailing width of a parameter row (I for weight_ih, H for weight_hh, 1 for a bias).
 
@@ -14,6 +15,8 @@ Every immediate derivative of a step is built from per-unit factors, computed on
                                                                           + δ_kj E[b,r,q,k]
     rnn: F = φ'(a), E = 0;  gru: F_ih = [s_r, s_z, s_n], F_hh = [s_r, s_z, s_m], E = z;
     lstm: F_ih = F_hh = [S_h; S_c], E = [[0, κ f], [0, f]].
+The factors of gru and lstm are the cells' gate adjoints (cells.py) seeded with one state row: no derivative is
+written twice.
 
 Rules (traces start at zero, as the kernels' references):
     rtrl      S_t = J_t S_{t-1} + P_t (r 3): J_t (B, S, S) and the dense P_t (B, S, G·H·X) from the factors; one
@@ -31,80 +34,77 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from refimpl.cells import CELLS
 from refimpl.cells.lstm import LSTMState
 
-from .cells import (_check_nonlinearity, _gru_step, _lstm_step, _rnn_step, gru_backward_graph, gru_forward_graph,
-                    lstm_backward_graph, lstm_forward_graph, rnn_backward_graph, rnn_forward_graph)
-from .common import kernel, param_grads, project, transposed
+from ..common import check_nonlinearity, param_grads
+from .cells import (gru_backward_graph, gru_forward_graph, gru_gate_adjoints, gru_step, lstm_backward_graph,
+                    lstm_forward_graph, lstm_gate_adjoints, lstm_step, rnn_backward_graph, rnn_forward_graph, rnn_slope,
+                    rnn_step)
+from .runtime import kernel, project, transposed
 
 # ------------------------------------------------------------------------------------------- per-unit factors
 
 def rnn_factors(h, use_tanh):
     """rnn: F = φ'(a_t) (B, 1, 1, H) for both weights, E = 0 (rnn eqs. (7), (8)), from h_t = φ(a_t)."""
-    d = 1.0 - h * h if use_tanh else mx.ones_like(h)                              # φ'(a_t)
-    F = d[:, None, None, :]
+    F = rnn_slope(h, use_tanh)[:, None, None, :]                                  # φ'(a_t)
     return F, F, mx.zeros_like(F)
 
 
 @mx.compile
 def gru_factors(h_prev, r, z, n, m):
-    """gru: F_ih = [s_r, s_z, s_n], F_hh = [s_r, s_z, s_m] (B, 1, 3, H) and E = z (B, 1, 1, H), eqs. (13)–(15)."""
-    s_n = (1.0 - z) * (1.0 - n * n)                                              # (13)
-    s_r = s_n * m * r * (1.0 - r)                                                # (13)
-    s_z = (h_prev - n) * z * (1.0 - z)                                           # (13)
-    s_m = s_n * r                                                                # (13)
-    F_ih = mx.stack([s_r, s_z, s_n], axis=1)[:, None]
-    F_hh = mx.stack([s_r, s_z, s_m], axis=1)[:, None]
-    return F_ih, F_hh, z[:, None, None, :]                                       # (14) + diag(z)
+    """gru: F_ih = [s_r, s_z, s_n], F_hh = [s_r, s_z, s_m] (B, 1, 3, H) — the gate adjoints (6)–(10) of h̄_t = 1, which
+    are the sensitivities (13) — and E = z (B, 1, 1, H), the diag(z) of (14)."""
+    B, H = z.shape
+    F_ih, F_hh = gru_gate_adjoints(mx.ones_like(z), h_prev, r, z, n, m)          # (13)
+    return F_ih.reshape(B, 1, 3, H), F_hh.reshape(B, 1, 3, H), z[:, None, None, :]
 
 
 @mx.compile
 def lstm_factors(c_prev, i, f, g, o, tanh_c):
-    """lstm: F = [S_h; S_c] (B, 2, 4, H) for both weights, E = [[0, κ f], [0, f]] (B, 2, 2, H), eqs. (12)–(14)."""
-    kappa = o * (1.0 - tanh_c * tanh_c)                                          # (12) κ = ∂h_t/∂c_t
-    s_i = g * i * (1.0 - i)                                                      # (12)
-    s_f = c_prev * f * (1.0 - f)                                                 # (12)
-    s_g = i * (1.0 - g * g)                                                      # (12)
-    s_o = tanh_c * o * (1.0 - o)                                                 # (12) h only
-    zero = mx.zeros_like(s_o)
-    F = mx.stack([mx.stack([kappa * s_i, kappa * s_f, kappa * s_g, s_o], axis=1),    # (12) S_h
-                  mx.stack([s_i, s_f, s_g, zero], axis=1)], axis=1)                  # (12) S_c
-    E = mx.stack([mx.stack([zero, kappa * f], axis=1),                               # (13) h rows: [0, diag(κ f)]
-                  mx.stack([zero, f], axis=1)], axis=1)                              # (13) c rows: [0, diag(f)]
+    """lstm: F = [S_h; S_c] (B, 2, 4, H) for both weights and E = [[0, κ f], [0, f]] (B, 2, 2, H), eqs. (12)–(13):
+    the gate adjoints (5)–(8) of (h̄_t, c̄_t) = (1, 0), resp. (0, 1), and the c̄_{t-1} they carry."""
+    B, H = f.shape
+    one, zero = mx.ones_like(f), mx.zeros_like(f)
+    S_h, kappa_f = lstm_gate_adjoints(one, zero, c_prev, i, f, g, o, tanh_c)     # (12) S_h, (13) κ f
+    S_c, _ = lstm_gate_adjoints(zero, one, c_prev, i, f, g, o, tanh_c)           # (12) S_c (it carries f)
+    F = mx.stack([S_h.reshape(B, 4, H), S_c.reshape(B, 4, H)], axis=1)
+    E = mx.stack([mx.stack([zero, kappa_f], axis=1),                             # (13) h rows: [0, diag(κ f)]
+                  mx.stack([zero, f], axis=1)], axis=1)                          # (13) c rows: [0, diag(f)]
     return F, F, E
 
 
 @mx.compile
 def _rnn_step_factors(pre_t, h_prev, W_hhT, b_hh, use_tanh):
-    h = _rnn_step(pre_t, h_prev, W_hhT, b_hh, use_tanh)                          # (1), (2)
+    h = rnn_step(pre_t, h_prev, W_hhT, b_hh, use_tanh)                           # (1), (2)
     return (h,) + rnn_factors(h, use_tanh)
 
 
 @mx.compile
 def _gru_step_factors(gi_t, h_prev, W_hhT, b_hh):
-    h, r, z, n, m = _gru_step(gi_t, h_prev, W_hhT, b_hh)                          # (1)–(5)
+    h, r, z, n, m = gru_step(gi_t, h_prev, W_hhT, b_hh)                           # (1)–(5)
     return (h,) + gru_factors(h_prev, r, z, n, m)
 
 
 @mx.compile
 def _lstm_step_factors(pre_t, h_prev, c_prev, W_hhT, b_hh):
-    h, c, i, f, g, o, tanh_c = _lstm_step(pre_t, h_prev, c_prev, W_hhT, b_hh)      # (1)–(4)
+    h, c, i, f, g, o, tanh_c = lstm_step(pre_t, h_prev, c_prev, W_hhT, b_hh)       # (1)–(4)
     return (h, c) + lstm_factors(c_prev, i, f, g, o, tanh_c)
 
 
 class _Cell:
-    """What a sweep needs of a cell: rows per unit R, its factor step, and how its state is held."""
+    """What a sweep needs of a cell: rows per unit R, its factor step, and its state (as the reference holds it)."""
 
     def __init__(self, name, params, x, state0, nonlinearity=None):
-        self.name, self.params = name, params
+        self.name, self.params, self.module = name, params, CELLS[name]
         self.pre = project(x, params["weight_ih"], params["bias_ih"])           # input parts of (1), all t
         self.W_hhT = transposed(params["weight_hh"])
-        self.R = 2 if name == "lstm" else 1
+        self.R = self.module.STATE_ROWS
         self.state = state0
         self.use_tanh = nonlinearity == "tanh"
 
     def h_prev(self):
-        return self.state[0] if self.name == "lstm" else self.state
+        return self.module.state_h(self.state)
 
     def step(self, t):
         """Advance the state to s_t; return the factors (F_ih, F_hh, E) of the step t."""
@@ -117,7 +117,7 @@ class _Cell:
         else:
             h, c, F_ih, F_hh, E = _lstm_step_factors(self.pre[t], self.state[0], self.state[1], self.W_hhT,
                                                      p["bias_hh"])
-            self.state = (h, c)
+            self.state = LSTMState(h, c)
         return F_ih, F_hh, E
 
 
@@ -212,13 +212,14 @@ def _snap1(cell: _Cell, x, dh, drop_h_column=False):
 
 # ---------------------------------------------------------------------------------------- truncated, spatial (r 13-14)
 
-def _truncated(forward_graph, backward_graph, params, x, state0, dh, recurrent, **options):
+def _truncated(cell, forward_graph, backward_graph, params, x, state0, dh, recurrent, **options):
     """(r 13): the cell's forward, then its backward without the carry; (r 14) zeroes the recurrent term."""
     _, cache = forward_graph(params, x, state0, **options)
     grads = backward_graph(params, dh, cache, propagate=False, **options)
     out = {k: grads[k] for k in params}
     if not recurrent:
-        out["weight_hh"], out["bias_hh"] = mx.zeros_like(params["weight_hh"]), mx.zeros_like(params["bias_hh"])
+        for k in CELLS[cell].RECURRENT_PARAMS:                                   # (r 14) held constant
+            out[k] = mx.zeros_like(params[k])
     return out
 
 
@@ -232,10 +233,10 @@ def _sweep(rule, name, params, x, state0, dh, **options):
     """The `rule` sweep of cell `name` → {param: grad} (module docstring)."""
     if rule in ("truncated", "spatial"):
         fwd, bwd = _GRAPHS[name]
-        return _truncated(fwd, bwd, params, x, state0, dh, rule == "truncated", **options)
-    if name == "rnn":
-        _check_nonlinearity(options["nonlinearity"])
-    cell = _Cell(name, params, x, tuple(state0) if name == "lstm" else state0, options.get("nonlinearity"))
+        return _truncated(name, fwd, bwd, params, x, state0, dh, rule == "truncated", **options)
+    if "nonlinearity" in options:
+        check_nonlinearity(options["nonlinearity"])
+    cell = _Cell(name, params, x, state0, options.get("nonlinearity"))
     grads = _rtrl(cell, x, dh) if rule == "rtrl" else _snap1(cell, x, dh, drop_h_column=rule == "cec")
     return param_grads(params, grads)
 
@@ -252,7 +253,7 @@ def _kernel(name, rule):
         def sweep(params, x, state0, dh):
             return _sweep(rule, "lstm", params, x, LSTMState(*state0), dh)
     sweep.__name__ = f"{name}_{rule}"
-    sweep.__doc__ = (f"As kernel {name}.{rule}: (params, x (T,B,I), {'state0' if name == 'lstm' else 'h0'}, "
+    sweep.__doc__ = (f"As kernel {name}.{rule}: (params, x (T,B,I), {CELLS[name].STATE_ARG}, "
                      f"dh (T,B,H)) → {{param: grad}}: the {rule} sweep from zero traces (module docstring).")
     return kernel(sweep)
 

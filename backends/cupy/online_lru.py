@@ -1,8 +1,9 @@
 r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial, lru.fptt, lru.fptt1) on a CUDA device.
 
 Same signatures (after the device), output names, dtypes and shapes as the references (refimpl/kernels.py →
-refimpl/algorithms/rtrl.py cell_grads_online and refimpl/algorithms/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)"
-refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py. The CUDA bodies are in sources.py.
+refimpl/algorithms/rtrl.py cell_grads_online and refimpl/algorithms/fptt.py fptt_cell_grads with check=False). Equation
+numbers: "(r n)" refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py. The CUDA
+bodies are in sources.py.
 
 The input projection u_t = γ ⊙ (B x_t) of all T steps is one GEMM (cells.lru_setup); then the time loop runs inside
 one kernel, one thread per (b, k) pair marching over t. The traces (r 8) are carried in registers, by linearity in
@@ -26,17 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cells import _c, _param_grads, lru_setup
+from ..common import lru_param_grads
+from .cells import lru_setup
+from .runtime import contiguous
 from .sources import LRU
-
-
-def _grads(xp, params, gq, gg, dB_re, dB_im, recurrent=True):
-    """{param: grad} from Σ conj(Q)δ (N, 2), Re Σ conj(S^γ)δ (N) and B̄ (r 8, 14)."""
-    nu, th = params["nu_log"].astype(np.float64), params["theta_log"].astype(np.float64)
-    return _param_grads(params, {
-        "nu_log": -xp.exp(nu) * gq[:, 0] if recurrent else xp.zeros_like(nu),          # (r 8), (r 14)
-        "theta_log": xp.exp(th) * gq[:, 1] if recurrent else xp.zeros_like(th),
-        "gamma_log": gg, "B_re": dB_re, "B_im": dB_im})
 
 
 def _state_sweep(dev, lam, u, h0, dh, cdt, carry: bool, recurrent: bool):
@@ -54,12 +48,12 @@ def lru_rtrl(dev, params: dict, x, h0, dh) -> dict:
     T, B, I = x.shape
     lam, gamma, rdt, cdt, _, u = lru_setup(xp, params, x, h0)
     N = lam.shape[0]
-    h0, dh = _c(xp, h0, cdt), _c(xp, dh, cdt)
+    h0, dh = contiguous(xp, h0, cdt), contiguous(xp, dh, cdt)
     gq, gg = _state_sweep(dev, lam, u, h0, dh, cdt, carry=True, recurrent=True)                # (r 8) Q, S^γ
     G = xp.empty((B, N, I, 2), np.float64)
-    dev.launch(LRU, "lru_sens_input", cdt, B * N * I, _c(xp, x, rdt), dh, lam, G, T, B, N, I)  # (r 8) Z
+    dev.launch(LRU, "lru_sens_input", cdt, B * N * I, contiguous(xp, x, rdt), dh, lam, G, T, B, N, I)  # (r 8) Z
     G = G.sum(axis=0)                                                                         # (N, I, 2)
-    return _grads(xp, params, gq, gg, gamma[:, None] * G[..., 0], gamma[:, None] * G[..., 1])
+    return lru_param_grads(xp, params, gq[:, 0], gq[:, 1], G[..., 0], G[..., 1], gamma, gamma_log=gg)   # (r 8)
 
 
 def _lru_truncated_like(dev, params, x, h0, dh, recurrent):
@@ -67,12 +61,13 @@ def _lru_truncated_like(dev, params, x, h0, dh, recurrent):
     T, B, I = x.shape
     lam, gamma, rdt, cdt, _, u = lru_setup(xp, params, x, h0)
     N = lam.shape[0]
-    dh = _c(xp, dh, cdt)
-    gq, gg = _state_sweep(dev, lam, u, _c(xp, h0, cdt), dh, cdt, carry=False, recurrent=recurrent)     # (r 13)
-    x2 = _c(xp, x, rdt).reshape(T * B, I)
-    G_re = _c(xp, dh.real, rdt).reshape(T * B, N).T @ x2             # (lru 10) P_Bre = γ x, P_Bim = i γ x: Σ x δ
-    G_im = _c(xp, dh.imag, rdt).reshape(T * B, N).T @ x2
-    return _grads(xp, params, gq, gg, gamma[:, None] * G_re, gamma[:, None] * G_im, recurrent)
+    dh = contiguous(xp, dh, cdt)
+    gq, gg = _state_sweep(dev, lam, u, contiguous(xp, h0, cdt), dh, cdt, carry=False, recurrent=recurrent)     # (r 13)
+    x2 = contiguous(xp, x, rdt).reshape(T * B, I)
+    G_re = contiguous(xp, dh.real, rdt).reshape(T * B, N).T @ x2     # (lru 10) P_Bre = γ x, P_Bim = i γ x: Σ x δ
+    G_im = contiguous(xp, dh.imag, rdt).reshape(T * B, N).T @ x2
+    return lru_param_grads(xp, params, gq[:, 0], gq[:, 1], G_re, G_im, gamma, gamma_log=gg,
+                           recurrent=recurrent)                                                  # (r 13), (r 14)
 
 
 def lru_truncated(dev, params: dict, x, h0, dh) -> dict:
@@ -93,16 +88,13 @@ def _lru_fptt(dev, params, x, h0, dh, two_passes):
     e_start = xp.empty((B, N), np.complex128)
     es = xp.empty((T, B, 2 * N), rdt)                                         # e_t = ū_t in the state dtype (f 4)
     dlam, gg = xp.empty((B, N, 2), np.float64), xp.empty((B, N), np.float64)
-    dev.launch(LRU, "lru_fptt", cdt, B * N, u, _c(xp, h0, cdt), _c(xp, dh, cdt), lam, e_start, es, dlam, gg,
-               T, B * N, N, int(two_passes))                                  # (f 1)-(f 4)
+    dev.launch(LRU, "lru_fptt", cdt, B * N, u, contiguous(xp, h0, cdt), contiguous(xp, dh, cdt), lam, e_start, es,
+               dlam, gg, T, B * N, N, int(two_passes))                                  # (f 1)-(f 4)
     dlam, gg = dlam.sum(axis=0), gg.sum(axis=0)
     es2 = es.reshape(T * B, 2 * N)
-    M = es2.T @ _c(xp, x, rdt).reshape(T * B, I)                              # (6) Σ ū xᵀ, rows re/im
-    cl = xp.conj(lam).astype(np.complex128) * (dlam[:, 0] + 1j * dlam[:, 1])                   # (7) conj(λ) λ̄
-    grads = _param_grads(params, {
-        "nu_log": -xp.exp(params["nu_log"].astype(np.float64)) * cl.real,                       # (7)
-        "theta_log": xp.exp(params["theta_log"].astype(np.float64)) * cl.imag,                  # (7)
-        "gamma_log": gg, "B_re": gamma[:, None] * M[0::2], "B_im": gamma[:, None] * M[1::2]})   # (6), (7)
+    M = es2.T @ contiguous(xp, x, rdt).reshape(T * B, I)                              # (6) Σ ū xᵀ, rows re/im
+    q = xp.conj(lam).astype(np.complex128) * (dlam[:, 0] + 1j * dlam[:, 1])                    # (7) conj(λ) λ̄
+    grads = lru_param_grads(xp, params, q.real, q.imag, M[0::2], M[1::2], gamma, gamma_log=gg)   # (6), (7)
     grads["x"] = (es2 @ W2).reshape(x.shape).astype(x.dtype)                 # (6) x̄_t = Re((γ ⊙ ū) conj(B))
     grads["h0"] = e_start.astype(cdt)                                         # e_{-1}
     return grads

@@ -1,12 +1,12 @@
 r"""The dense cells' FPTT sweeps (rnn, gru, lstm .fptt / .fptt1) with mlx.core.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/fptt.py
-fptt_cell_grads with check=False, float64 carriers). Equation numbers: "(f n)" is refimpl/algorithms/fptt.py, "(n)" the cell's
-module docstring. S is the state width: H, or 2H for the lstm's [h; c].
+fptt_cell_grads with check=False, float64 carriers). Equation numbers: "(f n)" is refimpl/algorithms/fptt.py, "(n)" the
+cell's module docstring. S is the state width: H, or 2H for the lstm's [h; c].
 
     (a) the states do not depend on the errors, so the cell's forward (cells.py: one input GEMM, one compiled step per
         t) runs once and its cache serves both phases (the reference re-runs the states in each phase);
-    (b) per step, J_t (B, S, S) is assembled from the cell's per-unit factors (dense_online.py) in the state dtype and
+    (b) per step, J_t (B, S, S) is assembled from the cell's per-unit factors (online_dense.py) in the state dtype and
         cast to float64, as the reference's state_jacobian(…).astype(float64); (f 1) is a batched linear solve
         J_tᵀ e_t = e_{t-1} − dh_{t-1} (mx.linalg.solve, never an inverse); the warm-up also keeps P ← P J_tᵀ (f 2) and
         ends with e_{-1} = −P (e'_{T-1} − dh_{T-1}) (f 3);
@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from refimpl.cells import CELLS
 from refimpl.cells.lstm import LSTMState
 
-from .cells import (_check_nonlinearity, _input_grad, _weight_grads, gru_forward_graph, gru_gate_adjoints,
-                    lstm_forward_graph, lstm_gate_adjoints, rnn_forward_graph)
-from .common import kernel, param_grads
-from .dense_online import dense_jacobian, gru_factors, lstm_factors, rnn_factors
+from ..common import check_nonlinearity, param_grads
+from .cells import (gru_forward_graph, gru_gate_adjoints, input_grad, lstm_forward_graph, lstm_gate_adjoints,
+                    rnn_forward_graph, rnn_slope, weight_grads)
+from .online_dense import dense_jacobian, gru_factors, lstm_factors, rnn_factors
+from .runtime import kernel
 
 
 def _carriers(name, dh):
     """dh (T, B, H) as float64 carriers (T, B, S), zero on the lstm's c part."""
     d = dh.astype(mx.float64)
-    return mx.concatenate([d, mx.zeros_like(d)], axis=-1) if name == "lstm" else d
+    return mx.concatenate([d] + [mx.zeros_like(d)] * (CELLS[name].STATE_ROWS - 1), axis=-1)
 
 
 def _jacobians_T(name, params, cache, use_tanh):
@@ -73,7 +75,7 @@ def _errors(JT, d, two_passes):
 def _fptt(name, params, x, state0, dh, two_passes, nonlinearity=None):
     use_tanh = nonlinearity == "tanh"
     if name == "rnn":
-        _check_nonlinearity(nonlinearity)
+        check_nonlinearity(nonlinearity)
         _, cache = rnn_forward_graph(params, x, state0, nonlinearity)
     elif name == "gru":
         _, cache = gru_forward_graph(params, x, state0)
@@ -85,7 +87,7 @@ def _fptt(name, params, x, state0, dh, two_passes, nonlinearity=None):
     for t, e in enumerate(es):                                               # (f 4): step backward with h̄_t = e_t
         e = e.astype(sdt)
         if name == "rnn":
-            g_ih.append(e * (1.0 - c.h[t] * c.h[t]) if use_tanh else e)      # (3) ā_t
+            g_ih.append(e * rnn_slope(c.h[t], use_tanh))                      # (3) ā_t
         elif name == "gru":
             gi, gh = gru_gate_adjoints(e, c.h_prev[t], c.r[t], c.z[t], c.n[t], c.hn[t])   # (6)–(10)
             g_ih.append(gi)
@@ -94,12 +96,10 @@ def _fptt(name, params, x, state0, dh, two_passes, nonlinearity=None):
             da, _ = lstm_gate_adjoints(e[:, :H], e[:, H:], c.c_prev[t], c.i[t], c.f[t], c.g[t], c.o[t], c.tanh_c[t])
             g_ih.append(da)                                                  # (5)–(8)
     g_ih = mx.stack(g_ih)
-    grads = param_grads(params, _weight_grads(x, c.h_prev, g_ih, mx.stack(g_hh) if g_hh else None))
-    grads["x"] = _input_grad(params, x, g_ih)
-    if name == "lstm":
-        grads["h0"], grads["c0"] = e_start[:, :H].astype(sdt), e_start[:, H:].astype(sdt)
-    else:
-        grads["h0"] = e_start.astype(sdt)
+    grads = param_grads(params, weight_grads(x, c.h_prev, g_ih, mx.stack(g_hh) if g_hh else None))
+    grads["x"] = input_grad(params, x, g_ih)
+    for r, key in enumerate(CELLS[name].GRAD_STATE_KEYS):                    # e_{-1}: h̄_{-1}[, c̄_{-1}]
+        grads[key] = e_start[:, r * H:(r + 1) * H].astype(sdt)
     return grads
 
 

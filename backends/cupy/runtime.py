@@ -1,6 +1,6 @@
-r"""Host-side logic of the CuPy backend, importable and testable WITHOUT CuPy or a GPU.
+r"""The CuPy backend's runtime: everything a kernel launch needs around the CUDA sources, and where the kernels run.
 
-What lives here (everything a kernel launch needs before it reaches the device):
+Host-side logic, importable and testable WITHOUT CuPy or a GPU:
 
     dtype dispatch      real_ctype(dtype) → "float" | "double", the template argument of every CUDA kernel;
                         float32/complex64 → float, float64/complex128 → double; anything else is a DTypeError.
@@ -10,9 +10,26 @@ What lives here (everything a kernel launch needs before it reaches the device):
     kernel declarations Kernel / Arg: each CUDA kernel's parameter list, declared once in Python. From it come the
                         __global__ wrapper's C signature (sources.py holds only the per-thread bodies), the explicit
                         template instantiations of a standalone nvcc compile, the extern "C" loops of the CPU
-                        emulation (emulate.py), and check_args, which refuses a launch whose arrays do not match the
-                        declaration (dtype, C-contiguity, number of elements) before anything reaches the device.
+                        emulation, and check_args, which refuses a launch whose arrays do not match the declaration
+                        (dtype, C-contiguity, number of elements) before anything reaches the device.
     device probe        classify_probe(…) → (ok, reason): "no CUDA device answers" / "driver too old".
+
+The devices. Every kernel implementation of this package (cells.py, online_dense.py, online_lru.py, fptt_dense.py,
+ep.py) takes a device first and uses only
+
+    dev.xp                                  the array module: cupy (CudaDevice) or numpy (EmulatedDevice)
+    dev.launch(source, kernel, dtype, n, *args)
+                                            run n threads of a CUDA kernel of sources.py, instantiated for the real
+                                            type of `dtype`, on arrays of dev.xp (arguments checked by check_args
+                                            before anything runs)
+
+so one implementation serves both. The registered kernels (__init__.KERNELS) run on CudaDevice. EmulatedDevice exists
+for testing without a GPU: it compiles each source's thread bodies as plain C++ (CudaSource.emulation) with the host
+C++ compiler and runs the n threads one after the other (order 0: ascending, 1: descending — the kernels' threads
+are independent, so both orders must give the same result); GEMMs are NumPy's. It checks everything but the device
+itself: the kernels' arithmetic and indexing, the host wrappers, argument order and types, and the dtype dispatch.
+What it cannot check: NVRTC compilation (the nvcc compile check stands in), the grid/block launch, CuPy's own array
+functions, and device arithmetic (FMA contraction, CUDA's tanh/exp, cuBLAS summation order).
 
 Launch model (every kernel of this backend): a 1-D grid of n threads; thread idx runs `<name>_thread<R>(idx, …)`,
 which owns the output entries it writes (no two threads write one location, no shared memory, no atomics). So the
@@ -22,7 +39,13 @@ device computes (up to floating-point contraction: nvcc/NVRTC fuse a*b+c into FM
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +80,12 @@ def real_dtype(dtype) -> np.dtype:
 def complex_dtype(dtype) -> np.dtype:
     """complex64 for float32/complex64, complex128 for float64/complex128."""
     return np.result_type(real_dtype(dtype), np.complex64)
+
+
+def contiguous(xp, a, dtype):
+    """A C-contiguous array of `dtype` in the array module xp (no copy when `a` already is one; kernels never write
+    to it)."""
+    return xp.ascontiguousarray(a, dtype=dtype)
 
 
 def instantiation(kernel: str, dtype) -> str:
@@ -257,7 +286,7 @@ class CudaSource:
         return self.nvrtc() + "\n" + "".join(k.explicit_instantiations() for k in self.kernels)
 
     def emulation(self) -> str:
-        """The bodies as plain C++ with extern "C" loops over the threads (emulate.py builds it with a C++
+        """The bodies as plain C++ with extern "C" loops over the threads (EmulatedDevice builds it with a C++
         compiler)."""
         return PRELUDE + self.body + "\n" + "".join(k.emulation_loops() for k in self.kernels)
 
@@ -383,3 +412,125 @@ def classify_probe(device_count: int | None, error: BaseException | None, driver
         return False, "no CUDA device answers: getDeviceCount() = 0"
     return True, ""
 
+
+# ------------------------------------------------------------------------------------------------------------ devices
+
+class CudaDevice:
+    """Kernels on the current CUDA device: cupy arrays, cupy.RawModule (NVRTC) compiled once per source.
+
+    xp: the cupy module (default: import it); a stand-in with the same RawModule interface lets the launch path be
+    tested without a GPU.
+    """
+
+    name = "cuda"
+
+    def __init__(self, xp=None):
+        if xp is None:
+            import cupy as xp                                  # the device is touched only when a kernel runs
+        self.xp = xp
+        self._modules: dict[str, object] = {}
+        self._functions: dict[tuple, object] = {}
+
+    def _function(self, source: CudaSource, kernel: str, dtype):
+        key = (source.name, instantiation(kernel, dtype))
+        if key not in self._functions:
+            if source.name not in self._modules:
+                self._modules[source.name] = self.xp.RawModule(code=source.nvrtc(), options=("-std=c++17",),
+                                                               name_expressions=source.name_expressions())
+            self._functions[key] = self._modules[source.name].get_function(key[1])
+        return self._functions[key]
+
+    def launch(self, source: CudaSource, kernel: str, dtype, n: int, *args) -> None:
+        checked = check_args(source.kernel(kernel), dtype, n, args)
+        grid, block = launch_config(n)
+        if grid == 0:
+            return
+        self._function(source, kernel, dtype)((grid,), (block,), (np.int64(n),) + tuple(v for _, v in checked))
+
+
+def find_compiler() -> str | None:
+    """The host C++ compiler for the emulation: $CXX, else c++, g++ or clang++ on PATH; None if there is none."""
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+class EmulatedDevice:
+    """The CUDA kernels' thread bodies compiled for the CPU and run thread by thread, on NumPy arrays (see the module
+    docstring for what this does and does not check). order: 0 runs the threads ascending, 1 descending.
+
+    guard (default on): every array argument is handed to the kernel inside a copy padded with GUARD NaNs on each
+    side; a kernel that writes outside its array changes the padding (→ RuntimeError naming kernel and argument), one
+    that reads outside it reads NaN, which surfaces in the parity checks. Write-only outputs (launch.Out) start as NaN,
+    as uninitialised device memory would hold garbage: an entry the kernel fails to write stays NaN.
+    """
+
+    name = "emulation"
+    xp = np
+    GUARD = 64
+
+    def __init__(self, build_dir: str | None = None, order: int = 0, compiler: str | None = None,
+                 guard: bool = True):
+        self.guard = bool(guard)
+        self.compiler = compiler or find_compiler()
+        if self.compiler is None:
+            raise UnsupportedError("the CPU emulation of the CUDA kernels needs a C++ compiler (c++, g++ or clang++ "
+                                   "on PATH, or $CXX); install one, e.g. apt-get install g++")
+        self.build_dir = build_dir or tempfile.mkdtemp(prefix="refimpl-cuda-emulation-")
+        self.order = int(order)
+        self._libs: dict[str, ctypes.CDLL] = {}
+
+    def build(self, source: CudaSource) -> str:
+        """Compile `source`'s emulation into a shared library (once per source text); returns its path."""
+        text = source.emulation()
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        lib = os.path.join(self.build_dir, f"{source.name}-{digest}.so")
+        if not os.path.exists(lib):
+            src = os.path.join(self.build_dir, f"{source.name}-{digest}.cpp")
+            with open(src, "w", encoding="utf-8") as f:
+                f.write(text)
+            cmd = [self.compiler, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Werror", src, "-o", lib + ".tmp"]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"emulation build of {source.name} failed:\n{done.stderr}")
+            os.replace(lib + ".tmp", lib)
+        return lib
+
+    def _lib(self, source: CudaSource) -> ctypes.CDLL:
+        if source.name not in self._libs:
+            self._libs[source.name] = ctypes.CDLL(self.build(source))
+        return self._libs[source.name]
+
+    def launch(self, source: CudaSource, kernel: str, dtype, n: int, *args) -> None:
+        decl = source.kernel(kernel)
+        checked = check_args(decl, dtype, n, args)
+        fn = getattr(self._lib(source), f"ri_emulate_{kernel}_{real_ctype(dtype)}")
+        real = ctypes.c_float if real_ctype(dtype) == "float" else ctypes.c_double
+        c_args = [ctypes.c_int(self.order), ctypes.c_longlong(int(n))]
+        padded = []                                      # (argument, original array, padded copy)
+        for a, (kind, v) in zip(decl.args, checked):
+            if kind == "int":
+                c_args.append(ctypes.c_int(int(v)))
+            elif kind == "real":
+                c_args.append(real(float(v)))
+            else:
+                if not isinstance(v, np.ndarray):
+                    raise UnsupportedError(f"the emulated kernel {kernel} takes NumPy arrays, got {type(v).__name__}")
+                if self.guard:
+                    g = self.GUARD
+                    buf = np.full(v.size + 2 * g, np.nan, dtype=v.dtype)
+                    if a.reads:
+                        buf[g:g + v.size] = v.reshape(-1)
+                    padded.append((a, v, buf))
+                    v = buf[g:]
+                c_args.append(ctypes.c_void_p(v.ctypes.data))
+        fn.restype = None
+        fn(*c_args)
+        for a, v, buf in padded:
+            g = self.GUARD
+            if not (np.isnan(buf[:g]).all() and np.isnan(buf[g + v.size:]).all()):
+                raise RuntimeError(f"emulated kernel {kernel}<{real_ctype(dtype)}> wrote outside its argument "
+                                   f"{a.name} ({v.size} elements)")
+            if a.out:
+                v.reshape(-1)[...] = buf[g:g + v.size]

@@ -18,10 +18,11 @@ import functools
 
 import mlx.core as mx
 
-from refimpl import ep
+from refimpl.ep import check_beta, check_T, check_truncation
 from refimpl.errors import UnsupportedError
 
-from .common import kernel, param_grads, transposed
+from ..common import ep_network, param_grads
+from .runtime import kernel, transposed
 
 
 # ---------------------------------------------------------------------------------------------------- activations
@@ -131,16 +132,10 @@ _DTYPE_NAMES = {mx.float32: "float32", mx.float64: "float64"}
 
 def _setup(params, x, kind, activation, dt, y=None):
     """Validate like refimpl.ep (kind, activation, dt, shapes) → (net, (W, WT, b, WxT), r0)."""
-    L = sum(k.startswith("W.") for k in params)
-    if x.ndim != 2:
-        raise UnsupportedError(f"x has shape {tuple(x.shape)}; expected (B, I): EP takes one static input")
-    sizes = (x.shape[1],) + tuple(params[f"W.{l}"].shape[0] for l in range(L))
     if x.dtype not in _DTYPE_NAMES:
         raise UnsupportedError(f"x has dtype {x.dtype}; EP runs in float32 or float64")
-    net, _ = ep.make_ep_net(kind, sizes, activation=activation, dt=dt,
-                            dtype=_DTYPE_NAMES[x.dtype])                 # validates kind, activation, dt; clamp
-    if y is not None and tuple(y.shape) != (x.shape[0], sizes[-1]):
-        raise UnsupportedError(f"y has shape {tuple(y.shape)}; expected ({x.shape[0]}, {sizes[-1]})")
+    net = ep_network(params, x, kind, activation, dt, _DTYPE_NAMES[x.dtype], y)   # kind, activation, dt, shapes
+    L = net.n_layers
     W = [params[f"W.{l}"] for l in range(L)]
     b = [params[f"b.{l + 1}"] for l in range(L)]
     WxT = [transposed(params[f"Wx.{l}"]) for l in range(2, L + 1)] if net.kind == "toy" else []
@@ -172,7 +167,7 @@ def _zeros(net, B, dtype):
 @kernel
 def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.free_phase: T free steps from s = 0. Returns [s_1 … s_L], each (B, n_l)."""
-    T = ep.check_T(T)
+    T = check_T(T)
     net, weights, r0 = _setup(params, x, kind, activation, dt)
     s, _ = _relax(net, weights, r0, _zeros(net, x.shape[0], x.dtype), T)
     return list(s)
@@ -181,8 +176,8 @@ def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None)
 @kernel
 def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.nudged_phase: K nudged steps from the free fixed point (T free steps). Returns [s^β_1 … s^β_L]."""
-    T, K = ep.check_T(T), ep.check_T(K, "K")
-    ep.check_beta(beta)
+    T, K = check_T(T), check_T(K, "K")
+    check_beta(beta)
     if y is None:
         raise UnsupportedError("ep.nudged_phase needs y (B, O), the target the output is nudged towards")
     net, weights, r0 = _setup(params, x, kind, activation, dt, y)
@@ -196,11 +191,7 @@ def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     """ep.bptt: BPTT of (7) through the last K free steps (13). Returns {param: ∂L/∂param} (params' order, dtypes)."""
     if y is None:
         raise UnsupportedError("ep.bptt needs y (B, O), the target of the loss (7)")
-    T = ep.check_T(T)
-    K = T if K is None else ep.check_T(K, "K")
-    if K > T:
-        raise UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase "
-                               "has; use K ≤ T")
+    T, K = check_truncation(T, K)
     net, weights, r0 = _setup(params, x, kind, activation, dt, y)
     B, L = x.shape[0], net.n_layers
     s, kept = _relax(net, weights, r0, _zeros(net, B, x.dtype), T, keep=K)

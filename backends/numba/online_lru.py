@@ -1,13 +1,14 @@
 r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial, lru.fptt, lru.fptt1) as Numba loops.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
-cell_grads_online and refimpl/algorithms/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py,
-"(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py.
+cell_grads_online and refimpl/algorithms/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)" is
+refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py.
 
 Each kernel's time loop is ONE @njit(cache=True) function, t outermost, then batch b, then unit k (then input i); the
-input projection u_t = γ ⊙ (B x_t) is one small GEMM per step (x_t @ W2ᵀ, W2 as in cells.py), so nothing of size T is
-stored except fptt's x̄ output. Complex numbers are carried as real pairs (re, im) in the state's real dtype, which
-lets the inner i-loops vectorise. The LRU's traces (r 8) need less than the reference carries, by linearity:
+input projection u_t = γ ⊙ (B x_t) is one small GEMM per step (x_t @ W2ᵀ, W2 of backends.common.lru_w2), so nothing of
+size T is stored except fptt's x̄ output. Complex numbers are carried as real pairs (re, im) in the state's real
+dtype, which lets the inner i-loops vectorise. The LRU's traces (r 8) need less than the reference carries, by
+linearity:
 
     Q_t = λ ⊙ Q_{t-1} + λ ⊙ h_{t-1}          S_ν = −e^ν ⊙ Q,  S_θ = i e^θ ⊙ Q            (lru 10)        c(B, N)
     Z_t = λ ⊙ Z_{t-1} + x_t (over k)         S_Bre = γ ⊙ Z,   S_Bim = i γ ⊙ Z            (lru 10)        c(B, N, I)
@@ -28,7 +29,8 @@ from numba import njit, prange
 
 from refimpl.cells.lru import lambda_gamma
 
-from .cells import _c, _lru_w2, _param_grads
+from ..common import lru_param_grads, lru_w2
+from .runtime import contiguous
 
 
 #: Time steps per chunk: each trace row is advanced through a chunk while it is in L1 cache.
@@ -40,14 +42,14 @@ def _setup(params, x):
     lam, gamma = lambda_gamma(params)                                                 # (1)
     rdt = np.dtype(x.dtype) if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
     cdt = np.result_type(rdt, np.complex64)
-    W2 = _lru_w2(params, gamma.astype(rdt), rdt)                                     # (2) (2N, I)
-    lam_pairs = _c(lam.astype(cdt).view(rdt).reshape(-1, 2), rdt)                    # (N, 2)
+    W2 = lru_w2(np, params, gamma.astype(rdt), rdt)                                  # (2) (2N, I)
+    lam_pairs = contiguous(lam.astype(cdt).view(rdt).reshape(-1, 2), rdt)            # (N, 2)
     return lam, gamma.astype(rdt), rdt, cdt, W2, lam_pairs
 
 
 def _pairs(z, cdt, rdt):
     """A complex (…, N) array as C-contiguous real pairs (…, 2N) (a view when it already is one)."""
-    return _c(z, cdt).view(rdt)
+    return contiguous(z, cdt).view(rdt)
 
 
 # ------------------------------------------------------------------------------------------------------ rtrl (r 8)
@@ -132,17 +134,9 @@ def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dic
     gq, gg = np.zeros((N, 2)), np.zeros(N)
     Zre, Zim = np.zeros((B, N, I), rdt), np.zeros((B, N, I), rdt)                 # the O(B·N·I) trace
     Gre, Gim = np.zeros((N, I), rdt), np.zeros((N, I), rdt)
-    _rtrl_loop(_c(x, rdt), _pairs(h0, cdt, rdt).copy(), _pairs(dh, cdt, rdt), _c(W2.T, rdt), lam_p,
+    _rtrl_loop(contiguous(x, rdt), _pairs(h0, cdt, rdt).copy(), _pairs(dh, cdt, rdt), contiguous(W2.T, rdt), lam_p,
                CHUNK, min(B, RTRL_BLOCKS), gq, gg, Zre, Zim, Gre, Gim)
-    return _grads(params, gq, gg, gamma[:, None] * Gre, gamma[:, None] * Gim)
-
-
-def _grads(params, gq, gg, dB_re, dB_im, recurrent=True):
-    nu, th = params["nu_log"].astype(np.float64), params["theta_log"].astype(np.float64)
-    return _param_grads(params, {
-        "nu_log": -np.exp(nu) * gq[:, 0] if recurrent else np.zeros_like(nu),        # (r 8, 14)
-        "theta_log": np.exp(th) * gq[:, 1] if recurrent else np.zeros_like(th),
-        "gamma_log": gg, "B_re": dB_re, "B_im": dB_im})
+    return lru_param_grads(np, params, gq[:, 0], gq[:, 1], Gre, Gim, gamma, gamma_log=gg)      # (r 8)
 
 
 # ------------------------------------------------------------------------------------- truncated, spatial (r 13, 14)
@@ -181,9 +175,10 @@ def _lru_truncated_like(params, x, h0, dh, recurrent):
     N = lam.shape[0]
     gq, gg = np.zeros((N, 2)), np.zeros(N)
     Gre, Gim = np.zeros((N, I), rdt), np.zeros((N, I), rdt)
-    _truncated_loop(_c(x, rdt), _pairs(h0, cdt, rdt).copy(), _pairs(dh, cdt, rdt), _c(W2.T, rdt), lam_p, recurrent,
-                    gq, gg, Gre, Gim)
-    return _grads(params, gq, gg, gamma[:, None] * Gre, gamma[:, None] * Gim, recurrent)
+    _truncated_loop(contiguous(x, rdt), _pairs(h0, cdt, rdt).copy(), _pairs(dh, cdt, rdt), contiguous(W2.T, rdt),
+                    lam_p, recurrent, gq, gg, Gre, Gim)
+    return lru_param_grads(np, params, gq[:, 0], gq[:, 1], Gre, Gim, gamma, gamma_log=gg,
+                           recurrent=recurrent)                                                 # (r 13, 14)
 
 
 def lru_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
@@ -260,18 +255,15 @@ def _lru_fptt(params, x, h0, dh, two_passes):
     T, B, I = x.shape
     lam, gamma, rdt, cdt, W2, lam_p = _setup(params, x)
     N = lam.shape[0]
-    lam_c = _c(lam.astype(cdt).astype(np.complex128).view(np.float64).reshape(N, 2), np.float64)   # carrier λ
+    lam_c = contiguous(lam.astype(cdt).astype(np.complex128).view(np.float64).reshape(N, 2), np.float64)  # carrier λ
     e_start = np.empty((B, 2 * N))
     dlam, gg = np.zeros((N, 2)), np.zeros(N)
     Mre, Mim = np.zeros((N, I), rdt), np.zeros((N, I), rdt)
     dx = np.empty((T, B, I), rdt)
-    _fptt_loop(_c(x, rdt), _pairs(h0, cdt, rdt).copy(), _pairs(dh, np.complex128, np.float64), _c(W2.T, rdt),
-               W2, lam_p, lam_c, two_passes, e_start, dlam, gg, Mre, Mim, dx)
-    cl = np.conj(lam.astype(cdt)).astype(np.complex128) * (dlam[:, 0] + 1j * dlam[:, 1])   # (7) conj(λ) λ̄
-    grads = _param_grads(params, {
-        "nu_log": -np.exp(params["nu_log"].astype(np.float64)) * cl.real,                  # (7)
-        "theta_log": np.exp(params["theta_log"].astype(np.float64)) * cl.imag,             # (7)
-        "gamma_log": gg, "B_re": gamma[:, None] * Mre, "B_im": gamma[:, None] * Mim})      # (6), (7)
+    _fptt_loop(contiguous(x, rdt), _pairs(h0, cdt, rdt).copy(), _pairs(dh, np.complex128, np.float64),
+               contiguous(W2.T, rdt), W2, lam_p, lam_c, two_passes, e_start, dlam, gg, Mre, Mim, dx)
+    q = np.conj(lam.astype(cdt)).astype(np.complex128) * (dlam[:, 0] + 1j * dlam[:, 1])    # (7) conj(λ) λ̄
+    grads = lru_param_grads(np, params, q.real, q.imag, Mre, Mim, gamma, gamma_log=gg)     # (6), (7)
     grads["x"] = dx.astype(x.dtype, copy=False)
     grads["h0"] = e_start.view(np.complex128).astype(cdt)                                   # e_{-1}
     return grads

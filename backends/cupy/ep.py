@@ -1,50 +1,24 @@
 r"""The EP relaxation loops (ep.free_phase, ep.nudged_phase, ep.bptt) on a CUDA device, as CuPy array ops.
 
-Same signatures (after the device), output structure, dtypes and shapes as the NumPy references (refimpl/kernels.py →
-refimpl/ep/networks.py): free/nudged return the list [s_1 … s_L] of (B, n_l) states, bptt the dict {param: ∂L/∂param} with
-every parameter. Every variant: kind prototypical (4), energy (2)–(3) with the clamp (6) and g_L = 1 on its output
-layer, toy (2) with the Wx skips; activations tanh, sigm, hardsigm. Equation numbers "(n)" are refimpl/ep/networks.py's.
+Same signatures (after the device), output structure, dtypes and shapes as the NumPy references (refimpl/kernels.py
+→ refimpl/ep/networks.py): free/nudged return the list [s_1 … s_L] of (B, n_l) states, bptt the dict
+{param: ∂L/∂param} with every parameter. Every variant: kind prototypical (4), energy (2)–(3) with the clamp (6) and
+g_L = 1 on its output layer, toy (2) with the Wx skips; activations tanh, sigm, hardsigm. Equation numbers "(n)" are
+refimpl/ep/networks.py's.
 
 A relaxation step is a few GEMMs per layer (cuBLAS) and elementwise updates over the whole (B, n_l) layer, so it is
 written with the device's array module (dev.xp) and needs no hand-written CUDA kernel: the loop over steps stays on
-the host, the arrays stay on the device (no transfer inside the loop). The adjoint (11)/(12) of the last K free steps
-keeps their states, drives and pre-clamp values (as the reference's EPStepCache).
+the host, the arrays stay on the device (no transfer inside the loop). The activations ρ, ρ′, ρ″ are the reference's
+own (refimpl.ep.rho, drho, d2rho: NumPy ufunc code, which CuPy arrays dispatch to CuPy). The adjoint (11)/(12) of the
+last K free steps keeps their states, drives and pre-clamp values (as the reference's EPStepCache).
 """
 
 from __future__ import annotations
 
-from refimpl import ep
+from refimpl.ep import check_beta, check_T, check_truncation, d2rho, drho, rho
 from refimpl.errors import UnsupportedError
 
-
-# ---------------------------------------------------------------------------------------------------- activations
-
-def _rho(xp, s, act):
-    if act == "tanh":
-        return xp.tanh(s)
-    if act == "sigm":
-        return 0.5 * (1.0 + xp.tanh(2.0 * (s - 0.5)))                    # 1/(1+e^{−4(s−½)}) without overflow
-    return xp.clip(s, 0.0, 1.0)
-
-
-def _drho(xp, s, act):
-    if act == "tanh":
-        r = xp.tanh(s)
-        return 1.0 - r * r
-    if act == "sigm":
-        r = _rho(xp, s, act)
-        return 4.0 * r * (1.0 - r)
-    return ((s >= 0.0) & (s <= 1.0)).astype(s.dtype)
-
-
-def _d2rho(xp, s, act):
-    if act == "tanh":
-        r = xp.tanh(s)
-        return -2.0 * r * (1.0 - r * r)
-    if act == "sigm":
-        r = _rho(xp, s, act)
-        return 16.0 * r * (1.0 - r) * (1.0 - 2.0 * r)
-    return xp.zeros_like(s)
+from ..common import ep_network
 
 
 # ---------------------------------------------------------------------------------------------------- one step
@@ -54,7 +28,7 @@ def _step(xp, net, params, x, s, beta=0.0, y=None):
     L, act, dt = net.n_layers, net.activation, net.dt
     energy = net.kind != "prototypical"
     full = [x] + list(s)
-    r = [_rho(xp, v, act) for v in full] if energy else full                     # ρ(s_l) (energy) / s_l (proto)
+    r = [rho(v, act) for v in full] if energy else full                     # ρ(s_l) (energy) / s_l (proto)
     us, pres, new = [], [], []
     for l in range(1, L + 1):
         u = r[l - 1] @ params[f"W.{l - 1}"].T + params[f"b.{l}"]                # (2)/(4)  (B, n_l)
@@ -64,9 +38,9 @@ def _step(xp, net, params, x, s, beta=0.0, y=None):
             u = u + r[0] @ params[f"Wx.{l}"].T                                   # (2)
         if energy:
             g_is_drho = not (net.kind == "energy" and l == L)                    # energy output layer: g_L = 1
-            d = -full[l] + (_drho(xp, full[l], act) * u if g_is_drho else u)     # (3)
+            d = -full[l] + (drho(full[l], act) * u if g_is_drho else u)     # (3)
         else:
-            d = -full[l] + _rho(xp, u, act)                                      # (4)
+            d = -full[l] + rho(u, act)                                      # (4)
         if l == L and beta != 0.0:
             d = d + beta * (y - full[l])                                         # (5) nudge
         pre = full[l] + dt * d                                                   # (5)
@@ -82,7 +56,7 @@ def _step_backward(xp, net, params, x, cache, ds_new):
     energy = net.kind != "prototypical"
     s, us, pres = cache
     full = [x] + list(s)
-    r = [_rho(xp, v, act) for v in full] if energy else full
+    r = [rho(v, act) for v in full] if energy else full
     dparams = {k: xp.zeros_like(v) for k, v in params.items()}
     dr = [xp.zeros_like(v) for v in full]
     ds = [xp.zeros_like(v) for v in full]
@@ -94,12 +68,12 @@ def _step_backward(xp, net, params, x, cache, ds_new):
         ds[l] += (1.0 - dt) * delta                                              # (11)/(12)
         if energy:
             if not (net.kind == "energy" and l == L):
-                du = dt * delta * _drho(xp, full[l], act)                        # (11)
-                ds[l] += dt * delta * us[l - 1] * _d2rho(xp, full[l], act)       # (11) through g_l = ρ'(s_l)
+                du = dt * delta * drho(full[l], act)                        # (11)
+                ds[l] += dt * delta * us[l - 1] * d2rho(full[l], act)       # (11) through g_l = ρ'(s_l)
             else:
                 du = dt * delta                                                  # (11) energy output: g_L = 1
         else:
-            du = dt * delta * _drho(xp, us[l - 1], act)                          # (12)
+            du = dt * delta * drho(us[l - 1], act)                          # (12)
         dparams[f"W.{l - 1}"] += du.T @ r[l - 1]                                 # (11)/(12)
         dparams[f"b.{l}"] += du.sum(0)                                           # (11)/(12)
         dr[l - 1] += du @ params[f"W.{l - 1}"]                                   # (11)/(12)
@@ -109,7 +83,7 @@ def _step_backward(xp, net, params, x, cache, ds_new):
         if net.kind == "toy" and l >= 2:
             dparams[f"Wx.{l}"] += du.T @ r[0]                                    # (11)
     for l in range(1, L + 1):
-        ds[l] += dr[l] * _drho(xp, full[l], act) if energy else dr[l]            # (11)/(12) through ρ(s_l)
+        ds[l] += dr[l] * drho(full[l], act) if energy else dr[l]            # (11)/(12) through ρ(s_l)
     return dparams, ds[1:]
 
 
@@ -117,15 +91,9 @@ def _step_backward(xp, net, params, x, cache, ds_new):
 
 def _setup(xp, params, x, kind, activation, dt, y=None):
     """The network (validated by refimpl.ep.make_ep_net) and the inputs in its dtype, checked like ep.check_inputs."""
-    n_layers = sum(k.startswith("W.") for k in params)
-    if x.ndim != 2:
-        raise UnsupportedError(f"x has shape {tuple(x.shape)}; expected (B, I)")
-    sizes = (x.shape[1],) + tuple(params[f"W.{l}"].shape[0] for l in range(n_layers))
-    net, _ = ep.make_ep_net(kind, sizes, activation=activation, dt=dt, dtype=x.dtype.name)
+    net = ep_network(params, x, kind, activation, dt, x.dtype.name, y)
     x = xp.ascontiguousarray(x, dtype=net.dtype)
     if y is not None:
-        if tuple(y.shape) != (x.shape[0], net.sizes[-1]):
-            raise UnsupportedError(f"y has shape {tuple(y.shape)}; expected ({x.shape[0]}, {net.sizes[-1]})")
         y = xp.ascontiguousarray(y, dtype=net.dtype)
     return net, x, y
 
@@ -140,7 +108,7 @@ def ep_free_phase(dev, params, x, T, kind, activation, dt, y=None, K=None, beta=
     """ep.free_phase: T free steps from s = 0. Returns [s_1 … s_L], each (B, n_l)."""
     xp = dev.xp
     net, x, _ = _setup(xp, params, x, kind, activation, dt)
-    T = ep.check_T(T)
+    T = check_T(T)
     s = [xp.zeros((x.shape[0], n), dtype=x.dtype) for n in net.sizes[1:]]
     return _relax(xp, net, params, x, s, T)
 
@@ -149,8 +117,8 @@ def ep_nudged_phase(dev, params, x, T, kind, activation, dt, y=None, K=None, bet
     """ep.nudged_phase: K nudged steps from the free fixed point (T free steps). Returns [s^β_1 … s^β_L]."""
     xp = dev.xp
     net, x, y = _setup(xp, params, x, kind, activation, dt, y)
-    T, K = ep.check_T(T), ep.check_T(K, "K")
-    ep.check_beta(beta)
+    T, K = check_T(T), check_T(K, "K")
+    check_beta(beta)
     if y is None:
         raise UnsupportedError("ep.nudged_phase needs y (B, O), the target the output is nudged towards")
     s = [xp.zeros((x.shape[0], n), dtype=x.dtype) for n in net.sizes[1:]]
@@ -164,11 +132,7 @@ def ep_bptt(dev, params, x, T, kind, activation, dt, y=None, K=None, beta=None):
     net, x, y = _setup(xp, params, x, kind, activation, dt, y)
     if y is None:
         raise UnsupportedError("ep.bptt needs y (B, O), the target of the loss (7)")
-    T = ep.check_T(T)
-    K = T if K is None else ep.check_T(K, "K")
-    if K > T:
-        raise UnsupportedError(f"K = {K} > T = {T}: BPTT cannot be truncated to more steps than the free phase "
-                               "has; use K ≤ T")
+    T, K = check_truncation(T, K)
     s = [xp.zeros((x.shape[0], n), dtype=x.dtype) for n in net.sizes[1:]]
     caches = []
     for t in range(T):

@@ -1,15 +1,20 @@
-r"""The dense cells' sensitivity sweeps (rnn, gru .rtrl / .snap1; lstm .rtrl / .snap1 / .cec) as Numba loops.
+r"""The dense cells' RTRL family (rnn, gru, lstm .rtrl / .snap1 / .truncated / .spatial; lstm.cec) as Numba loops.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
 cell_grads_online): {param: gradient} from zero traces. Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py and
 docs/derivations/rtrl.md (same numbering), "(n)" the cell's module in refimpl/cells/. Shapes: B batch, T time, I input
-width, H hidden units, G gate blocks (rnn 1, gru 3, lstm 4), R state rows per unit (1; 2 for the lstm's (h_k, c_k)),
-S = R·H the state width (rows [h; c] for the lstm), C = I + H + 2.
+width, H hidden units, G gate blocks (rnn 1, gru 3, lstm 4), R state rows per unit (the cell's STATE_ROWS: 1; 2 for
+the lstm's (h_k, c_k)), S = R·H the state width (rows [h; c] for the lstm), C = I + H + 2.
 
-One parameter axis for all four parameters. Row gH+i of weight_ih, bias_ih, weight_hh and bias_hh all feed the same
-pre-activation a_{gH+i}, so they are read as the columns of ONE augmented row [W_ih | b_ih | W_hh | b_hh] (G·H, C)
-acting on z_t = [x_t, 1, h_{t-1}, 1]; parameter column p = (gH+i)·C + c. The immediate derivative (r 2) of state row
-rH+k is then an outer product (rnn (8), gru (15), lstm (14)):
+truncated, spatial. Truncation (r 13) holds s_{t-1} constant, so S_t = P_t and the gradient Σ_t Σ_b Σ_k S_t[b, k, …]
+δ_t[b, k] (r 4) is the cell's step backward driven by the instantaneous adjoint δ_t = dh_t alone: the sweep IS the BPTT
+kernel of cells.py without its carry (propagate=False). Spatial (r 14) is the same with the recurrent parameters held
+constant (exact zeros); the states still run through the full recurrence.
+
+rtrl, snap1, cec. One parameter axis for all four parameters: row gH+i of weight_ih, bias_ih, weight_hh and bias_hh all
+feed the same pre-activation a_{gH+i}, so they are read as the columns of ONE augmented row [W_ih | b_ih | W_hh | b_hh]
+(G·H, C) acting on z_t = [x_t, 1, h_{t-1}, 1]; parameter column p = (gH+i)·C + c. The immediate derivative (r 2) of
+state row rH+k is then an outer product (rnn (8), gru (15), lstm (14)):
 
     (r 2)  P_t[b, rH+k, (gH+i)·C + c] = [i = k] F_t[b, r, g, k] z_t[b, c]
            F = F_ih on the ih columns c < I+1, F = F_hh on the hh columns: rnn F_ih = F_hh = φ'(a_t) (rnn (8));
@@ -18,18 +23,22 @@ rH+k is then an outer product (rnn (8), gru (15), lstm (14)):
            E_t[b, r, k] = ∂s_t[rH+k]/∂s_{t-1}[(R−1)H+k] beyond W_hh: rnn 0 (rnn (7)), gru z (the diag(z) of gru (14)),
            lstm (κ f, f) on the c_{t-1} column (lstm (13))
 
+  F and E are read off the cell's step adjoint (cells.py) seeded with one state row: F[b, r] are the gate adjoints and
+  E[b, r] the adjoint carried to s_{t-1}'s last row, for the seed s̄_t = e_{rH+k} (step_factors). FPTT (fptt_dense.py)
+  steps the cells through the same step_factors.
+
 rtrl (the full sensitivity S_t (B, S, G·H·C), O(S·P) memory):
 
     (r 3)  S_t = Jh_t S_{t-1}[:H] + P_t + E_t ⊙ S_{t-1}[(R−1)H:]          BLAS GEMM (S, H) @ (H, ·) per b and step
     (r 4)  ∂L/∂θ = Σ_t Σ_b δ_t[b] S_t[b, :H]                              (h rows only)
 
   The GEMM is the O(S·H·P) hot part: for the lstm, whose c_{t-1} columns of J_t are diagonal, it multiplies only the
-  h_{t-1} half of S_{t-1} (half the flops of the dense (2H, 2H) product); P_t is added on its pattern in O(R·P).
-  The parameter axis is cut into column blocks of whole augmented rows (about BLOCK entries of S per block, the
-  last one zero-padded), stored contiguously (B, n_blocks, S, rows·C): per block the GEMM writes a block-sized buffer,
-  P_t is added to it, and one fused pass adds E_t ⊙ S_{t-1}, writes S_t back in place and accumulates (r 4) — all
-  while the block sits in cache, and with one copy of S instead of two. NOTE: this only regroups the columns; every
-  entry of S_t is the same sum over H as without blocks.
+  h_{t-1} half of S_{t-1}; P_t is added on its pattern in O(R·P). The parameter axis is cut into column blocks of
+  whole augmented rows (about BLOCK entries of S per block, the last one zero-padded), stored contiguously
+  (B, n_blocks, S, rows·C): per block the GEMM writes a block-sized buffer, P_t is added to it, and one fused pass adds
+  E_t ⊙ S_{t-1}, writes S_t back in place and accumulates (r 4) — all while the block sits in cache, and with one copy
+  of S instead of two. NOTE: this only regroups the columns; every entry of S_t is the same sum over H as without
+  blocks.
 
 snap1 and cec (the compact trace T_t[b, k, r, g, c] = S_t[b, rH+k, (gH+k)·C + c], (r 9): O(R·P) memory and work):
 
@@ -39,102 +48,126 @@ snap1 and cec (the compact trace T_t[b, k, r, g, c] = S_t[b, rH+k, (gH+k)·C + c
     (r 15) cec: the h_{t-1} column of D is dropped, D = [[0, κ f], [0, f]] (then (r 11) is (r 16))
     (r 12) ∂L/∂θ[gH+k, c] = Σ_t Σ_b δ_t[b, k] T_t[b, k, 0, g, c]          (fused into the update loop)
 
-Layout: the input projection of all T steps is ONE GEMM outside the time loop (as cells.py); each sweep is ONE
-@njit(cache=True) loop that advances the states per step (one BLAS GEMM h_{t-1} W_hhᵀ into a buffer), forms F, E
-(and Jh) in the state dtype, and updates the traces in place; every buffer is allocated once, before the loop.
-The three cells share the loops through one gate step per cell with a common signature, chosen by `kind`. Float32
-kernels stay in float32 (the references run in the parameters' dtype too). Everything is sequential and in a fixed
-order (no prange reductions): results are bit-reproducible run to run. Inputs are never written to; every output is
-a fresh array.
+Layout: the input projection of all T steps is ONE GEMM outside the time loop (runtime.input_projection); each sweep is
+ONE @njit(cache=True) loop that advances the states per step (one BLAS GEMM h_{t-1} W_hhᵀ into a buffer), forms F, E
+in the state dtype, and updates the traces in place; every buffer is allocated once, before the loop. Float32 kernels
+stay in float32 (the references run in the parameters' dtype too). Everything is sequential and in a fixed order (no
+prange reductions): results are bit-reproducible run to run. Inputs are never written to; every output is a fresh array.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
-from .cells import _c, _check_nonlinearity, _consts, _param_grads
-from .dense_online import _dtype, _projection, gru_point
+from refimpl.cells import CELLS
+
+from ..common import check_nonlinearity, param_grads
+from .cells import (gru_adjoint, gru_backward, gru_forward, gru_gates, lstm_adjoint, lstm_backward, lstm_forward,
+                    lstm_gates, rnn_backward, rnn_forward, rnn_gate, rnn_slope)
+from .runtime import contiguous, input_projection, plan, scalars
+
+
+class DenseCell(NamedTuple):
+    """What the sweeps need to know of a dense cell beyond its reference module (refimpl.cells.CELLS)."""
+    kind: int        # which step of step_factors
+    gates: int       # G, the gate blocks of its pre-activation (rows of weight_ih: G·H)
+    tied: bool       # weight_ih and weight_hh see the same gate adjoints (F_ih = F_hh); not the gru (s_m, not s_n)
+
 
 _RNN, _GRU, _LSTM = 0, 1, 2
-#: (kind, G gate blocks, R state rows per unit) of each cell
-_CELL = {"rnn": (_RNN, 1, 1), "gru": (_GRU, 3, 1), "lstm": (_LSTM, 4, 2)}
+DENSE = {"rnn": DenseCell(_RNN, 1, True), "gru": DenseCell(_GRU, 3, False), "lstm": DenseCell(_LSTM, 4, True)}
 #: rtrl's column block, in trace entries per batch element: S × (rows·C) ≈ BLOCK (at least one augmented row), so that
-#: a block of S_{t-1} and its product with Jh_t (2 × 32 KiB in float64) stay in cache through the step's passes over
-#: it. Blocks of 2k … 32k entries timed alike (H = 32 … 128); this size also makes the registered parity sizes run
-#: several blocks with a zero-padded last one, so the blocking itself is parity-tested.
+#: a block of S_{t-1} and its product with Jh_t stay in cache through the step's passes over it (docs/backends.md).
+#: This size also makes the registered parity sizes run several blocks with a zero-padded last one, so the blocking
+#: itself is parity-tested.
 BLOCK = 4096
 
 
-# ------------------------------------------------------------------------------- one gate step per cell (r 2)
+# ------------------------------------------------------------------------------- one step and its factors (r 2)
 # Common signature: s (B, S) holds s_{t-1} on entry and s_t on exit; hp ← h_{t-1}; rec is the (B, G·H) buffer of
-# h_{t-1} W_hhᵀ; F_ih, F_hh (B, R, G, H) and E (B, R, H) as in the module docstring.
+# h_{t-1} W_hhᵀ; F_ih, F_hh (B, R, G, H) and E (B, R, H) as in the module docstring (E starts as zeros).
 
 @njit(cache=True)
-def _rnn_gates(pre_t, s, W_hhT, b_hh, one, half, use_tanh, rec, hp, F_ih, F_hh, E):
+def _rnn_step(pre_t, s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E):
     """(1)(2) h_t = φ(a_t); F = φ'(a_t) (3)(8); E = 0 (J_t = diag(φ') W_hh, (7))."""
     B, H = hp.shape
     hp[:] = s
     np.dot(hp, W_hhT, rec)                                               # (1) W_hh h_{t-1}
     for b in range(B):
         for k in range(H):
-            a = pre_t[b, k] + rec[b, k] + b_hh[k]                        # (1)
-            hk = np.tanh(a) if use_tanh else a                           # (2)
+            hk = rnn_gate(pre_t[b, k] + rec[b, k] + b_hh[k], use_tanh)   # (1), (2)
             s[b, k] = hk
-            d = one - hk * hk if use_tanh else one                       # (3) φ'(a_t)
+            d = rnn_slope(hk, use_tanh, one)                             # (3) φ'(a_t)
             F_ih[b, 0, 0, k] = d                                         # (8)
             F_hh[b, 0, 0, k] = d
 
 
 @njit(cache=True)
-def _gru_gates(gi_t, s, W_hhT, b_hh, one, half, use_tanh, gh, hp, F_ih, F_hh, E):
-    """(1)-(5) h_t; F_ih = [s_r, s_z, s_n], F_hh = [s_r, s_z, s_m] (13); E = z (the diag(z) of (14))."""
+def _gru_step(gi_t, s, W_hhT, b_hh, one, use_tanh, gh, hp, F_ih, F_hh, E):
+    """(1)-(5) h_t; F_ih = [s_r, s_z, s_n], F_hh = [s_r, s_z, s_m] (13): the adjoint (6)-(9) of h̄_t = 1, m̄ = ā_n r;
+    E = z (the diag(z) of (14))."""
     B, H = hp.shape
     hp[:] = s
     np.dot(hp, W_hhT, gh)
     for b in range(B):
         for k in range(H):
-            rr, zz, mm, nn, s[b, k], s_r, s_z, s_n = gru_point(gi_t, gh, b_hh, hp[b, k], b, k, H, one, half)
+            m = gh[b, 2 * H + k] + b_hh[2 * H + k]                                               # (3)
+            rr, zz, nn, s[b, k] = gru_gates(gi_t[b, k] + (gh[b, k] + b_hh[k]),
+                                            gi_t[b, H + k] + (gh[b, H + k] + b_hh[H + k]), gi_t[b, 2 * H + k], m,
+                                            hp[b, k], one)                                       # (1)-(5)
+            s_r, s_z, s_n = gru_adjoint(one, hp[b, k], rr, zz, nn, m, one)                       # (13)
             F_ih[b, 0, 0, k], F_ih[b, 0, 1, k], F_ih[b, 0, 2, k] = s_r, s_z, s_n                 # (13) S_ih
             F_hh[b, 0, 0, k], F_hh[b, 0, 1, k], F_hh[b, 0, 2, k] = s_r, s_z, s_n * rr            # (13) S_hh, s_m
             E[b, 0, k] = zz                                                                      # (14) diag(z)
 
 
 @njit(cache=True)
-def _lstm_gates(pre_t, s, W_hhT, b_hh, one, half, use_tanh, rec, hp, F_ih, F_hh, E):
-    """s = [h | c]: (1)-(4) the step; F_ih = F_hh = [S_h; S_c] (12); E = (κ f, f), the c_{t-1} column of (13)."""
+def _lstm_step(pre_t, s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E):
+    """s = [h | c]: (1)-(4) the step; F_ih = F_hh = [S_h; S_c] (12) and E = (κ f, f), the c_{t-1} column of (13): the
+    adjoint (5)-(8) of (h̄_t, c̄_t) = (1, 0), resp. (0, 1)."""
     B, H = hp.shape
+    zero = one - one
     hp[:] = s[:, :H]
     np.dot(hp, W_hhT, rec)                                               # (1) W_hh h_{t-1}
     for b in range(B):
         for k in range(H):
-            ii = half * (one + np.tanh(half * (pre_t[b, k] + rec[b, k] + b_hh[k])))                       # (1)(2)
-            ff = half * (one + np.tanh(half * (pre_t[b, H + k] + rec[b, H + k] + b_hh[H + k])))           # (1)(2)
-            gg = np.tanh(pre_t[b, 2 * H + k] + rec[b, 2 * H + k] + b_hh[2 * H + k])                       # (1)(2)
-            oo = half * (one + np.tanh(half * (pre_t[b, 3 * H + k] + rec[b, 3 * H + k] + b_hh[3 * H + k])))
             cp = s[b, H + k]
-            cc = ff * cp + ii * gg                                                                        # (3)
-            tt = np.tanh(cc)                                                                              # (4)
-            s[b, k], s[b, H + k] = oo * tt, cc                                                            # (4)
-            kappa = oo * (one - tt * tt)                                                                  # (12) κ
-            s_i = gg * ii * (one - ii)                                                                    # (12)
-            s_f = cp * ff * (one - ff)                                                                    # (12)
-            s_g = ii * (one - gg * gg)                                                                    # (12)
-            s_o = tt * oo * (one - oo)                                                                    # (12)
-            for F in (F_ih, F_hh):
-                F[b, 0, 0, k], F[b, 0, 1, k], F[b, 0, 2, k], F[b, 0, 3, k] = kappa * s_i, kappa * s_f, kappa * s_g, s_o
-                F[b, 1, 0, k], F[b, 1, 1, k], F[b, 1, 2, k], F[b, 1, 3, k] = s_i, s_f, s_g, 0.0     # (12) S_c
-            E[b, 0, k], E[b, 1, k] = kappa * ff, ff                                                       # (13)
+            ii, ff, gg, oo, cc, tc, s[b, k] = lstm_gates(
+                pre_t[b, k] + rec[b, k] + b_hh[k], pre_t[b, H + k] + rec[b, H + k] + b_hh[H + k],
+                pre_t[b, 2 * H + k] + rec[b, 2 * H + k] + b_hh[2 * H + k],
+                pre_t[b, 3 * H + k] + rec[b, 3 * H + k] + b_hh[3 * H + k], cp)                   # (1)-(4)
+            s[b, H + k] = cc
+            for r in range(2):                                                                   # rows h, c
+                a_i, a_f, a_g, a_o, e = lstm_adjoint(one if r == 0 else zero, zero if r == 0 else one, cp, ii, ff,
+                                                     gg, oo, tc, one)                            # (12), (13)
+                F_ih[b, r, 0, k], F_ih[b, r, 1, k], F_ih[b, r, 2, k], F_ih[b, r, 3, k] = a_i, a_f, a_g, a_o
+                F_hh[b, r, 0, k], F_hh[b, r, 1, k], F_hh[b, r, 2, k], F_hh[b, r, 3, k] = a_i, a_f, a_g, a_o
+                E[b, r, k] = e
 
 
 @njit(cache=True)
-def _gates(kind, pre_t, s, W_hhT, b_hh, one, half, use_tanh, rec, hp, F_ih, F_hh, E):
+def step_factors(kind, pre_t, s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E):
+    """Advance s from s_{t-1} to s_t and form the step's factors F_ih, F_hh, E (module docstring) for cell `kind`."""
     if kind == _RNN:
-        _rnn_gates(pre_t, s, W_hhT, b_hh, one, half, use_tanh, rec, hp, F_ih, F_hh, E)
+        _rnn_step(pre_t, s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
     elif kind == _GRU:
-        _gru_gates(pre_t, s, W_hhT, b_hh, one, half, use_tanh, rec, hp, F_ih, F_hh, E)
+        _gru_step(pre_t, s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
     else:
-        _lstm_gates(pre_t, s, W_hhT, b_hh, one, half, use_tanh, rec, hp, F_ih, F_hh, E)
+        _lstm_step(pre_t, s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
+
+
+def sweep_inputs(cell: str, params: dict, x: np.ndarray, state0):
+    """The arguments every dense sweep starts from: (dtype, s0 = the flattened state (B, S), x W_ihᵀ + b_ih for all
+    T steps (T, B, G·H), W_hhᵀ, W_hh, b_hh), in the dtype of x, the parameters and the state."""
+    flat = CELLS[cell].flatten_state(state0)                             # [h | c] (B, 2H) for the lstm
+    dt = np.result_type(x, params["weight_ih"], flat)
+    T, B, _ = x.shape
+    W_hh = contiguous(params["weight_hh"], dt)
+    pre = input_projection(x, contiguous(params["weight_ih"], dt), params["bias_ih"], dt, plan(T, B, W_hh.shape[1]))
+    return dt, contiguous(flat, dt), pre, contiguous(W_hh.T, dt), W_hh, contiguous(params["bias_hh"], dt)
 
 
 @njit(cache=True)
@@ -150,7 +183,7 @@ def _fill_z(z, x_tb, hp_b, one):
 # ------------------------------------------------------------------------------------------------- rtrl (r 3, 4)
 
 @njit(cache=True)
-def _rtrl_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, half, use_tanh, R, rows, grad):
+def _rtrl_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, use_tanh, R, rows, grad):
     """pre (T, B, G·H) = x W_ihᵀ + b_ih, s0 (B, S), dh (T, B, H). The parameter axis runs in blocks of `rows`
     augmented rows (rows·C columns; the last block zero-padded); accumulates grad (n_blocks, rows·C) in the state
     dtype (r 4)."""
@@ -167,7 +200,7 @@ def _rtrl_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, half, use_tanh, R, 
     Jh, new = np.empty((B, S, H), dt), np.empty((S, Pc), dt)
     sens = np.zeros((B, n_blocks, S, Pc), dt)                                # S_{-1} = 0 (r 3), blocked columns
     for t in range(T):
-        _gates(kind, pre[t], s, W_hhT, b_hh, one, half, use_tanh, rec, hp, F_ih, F_hh, E)
+        step_factors(kind, pre[t], s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
         for b in range(B):
             for r in range(R):                                              # (r 2) Jh: the h_{t-1} columns of J_t
                 for k in range(H):
@@ -212,7 +245,7 @@ def _rtrl_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, half, use_tanh, R, 
 # --------------------------------------------------------------------------------------- snap1, cec (r 9-12, 15-16)
 
 @njit(cache=True)
-def _snap1_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, half, use_tanh, R, cec, acc):
+def _snap1_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, use_tanh, R, cec, acc):
     """As _rtrl_loop on the compact trace (B, H, R, G, C); accumulates acc (G, H, C) = the gradient (r 12).
     cec (lstm only): the h_{t-1} column of D_t dropped (r 15)."""
     T, B, GH = pre.shape
@@ -227,7 +260,7 @@ def _snap1_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, half, use_tanh, R,
     trace = np.zeros((B, H, R, G, C), dt)                                    # T_{-1} = 0 (r 9)
     zero = one - one
     for t in range(T):
-        _gates(kind, pre[t], s, W_hhT, b_hh, one, half, use_tanh, rec, hp, F_ih, F_hh, E)
+        step_factors(kind, pre[t], s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
         for b in range(B):
             _fill_z(z, x[t, b], hp[b], one)
             for k in range(H):
@@ -275,26 +308,20 @@ def _split(params, g_rows):
     """The augmented (G·H, C) gradient → {weight_ih, bias_ih, weight_hh, bias_hh} in the params' order and dtypes."""
     I = params["weight_ih"].shape[1]
     H = params["weight_hh"].shape[1]
-    return _param_grads(params, {"weight_ih": g_rows[:, :I].copy(), "bias_ih": g_rows[:, I].copy(),
-                                 "weight_hh": g_rows[:, I + 1:I + 1 + H].copy(),
-                                 "bias_hh": g_rows[:, I + 1 + H].copy()})
+    return param_grads(params, {"weight_ih": g_rows[:, :I].copy(), "bias_ih": g_rows[:, I].copy(),
+                                "weight_hh": g_rows[:, I + 1:I + 1 + H].copy(),
+                                "bias_hh": g_rows[:, I + 1 + H].copy()})
 
 
 def _sweep(cell, rule, params, x, state0, dh, nonlinearity="tanh"):
-    kind, G, R = _CELL[cell]
-    if cell == "lstm":
-        h0, c0 = state0
-        dt = _dtype(params, x, h0, c0)
-        s0 = np.concatenate([_c(h0, dt), _c(c0, dt)], axis=1)                # [h | c] (B, 2H)
-    else:
-        dt = _dtype(params, x, state0)
-        s0 = _c(state0, dt)
-    one, half = _consts(dt)
+    """rtrl, snap1 or cec of a dense cell (module docstring) → {param: grad}."""
+    kind, G, R = DENSE[cell].kind, DENSE[cell].gates, CELLS[cell].STATE_ROWS
+    dt, s0, pre, W_hhT, W_hh, b_hh = sweep_inputs(cell, params, x, state0)
+    one, _ = scalars(dt)
     T, B, I = x.shape
-    H = params["weight_hh"].shape[1]
+    H = W_hh.shape[1]
     C = I + H + 2
-    args = (kind, _projection(params, x, dt), s0, _c(x, dt), _c(dh, dt), _c(params["weight_hh"].T, dt),
-            _c(params["weight_hh"], dt), _c(params["bias_hh"], dt), one, half, nonlinearity == "tanh", R)
+    args = (kind, pre, s0, contiguous(x, dt), contiguous(dh, dt), W_hhT, W_hh, b_hh, one, nonlinearity == "tanh", R)
     if rule == "rtrl":
         n_blocks = -(-G * H // max(1, min(G * H, BLOCK // (R * H * C))))     # column blocks of ≈ BLOCK entries
         rows = -(-G * H // n_blocks)                                         # augmented rows per block (least padding)
@@ -307,16 +334,42 @@ def _sweep(cell, rule, params, x, state0, dh, nonlinearity="tanh"):
     return _split(params, grad.reshape(G * H, C))
 
 
+_CELL_KERNELS = {"rnn": (rnn_forward, rnn_backward), "gru": (gru_forward, gru_backward),
+                 "lstm": (lstm_forward, lstm_backward)}
+
+
+def _truncated(cell, params, x, state0, dh, recurrent, **options):
+    """(r 13): the cell's forward, then its backward without the carry; (r 14) zeroes the recurrent parameters'."""
+    forward, backward = _CELL_KERNELS[cell]
+    _, cache = forward(params, x, state0, **options)
+    grads = backward(params, dh, cache, propagate=False, **options)
+    out = {k: grads[k] for k in params}
+    if not recurrent:
+        for k in CELLS[cell].RECURRENT_PARAMS:                             # (r 14) held constant
+            out[k] = np.zeros_like(params[k])
+    return out
+
+
 def rnn_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, nonlinearity: str = "tanh") -> dict:
     """As kernel rnn.rtrl: exact RTRL (r 3, 4) → {param: grad}."""
-    _check_nonlinearity(nonlinearity)
+    check_nonlinearity(nonlinearity)
     return _sweep("rnn", "rtrl", params, x, h0, dh, nonlinearity)
 
 
 def rnn_snap1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, nonlinearity: str = "tanh") -> dict:
     """As kernel rnn.snap1: SnAp-1 on the compact trace (r 9-12) → {param: grad}."""
-    _check_nonlinearity(nonlinearity)
+    check_nonlinearity(nonlinearity)
     return _sweep("rnn", "snap1", params, x, h0, dh, nonlinearity)
+
+
+def rnn_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, nonlinearity: str = "tanh") -> dict:
+    """As kernel rnn.truncated: S_t = P_t (r 13)."""
+    return _truncated("rnn", params, x, h0, dh, True, nonlinearity=nonlinearity)
+
+
+def rnn_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, nonlinearity: str = "tanh") -> dict:
+    """As kernel rnn.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14)."""
+    return _truncated("rnn", params, x, h0, dh, False, nonlinearity=nonlinearity)
 
 
 def gru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
@@ -327,6 +380,16 @@ def gru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dic
 def gru_snap1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
     """As kernel gru.snap1: SnAp-1 on the compact trace (r 9-12) → {param: grad}."""
     return _sweep("gru", "snap1", params, x, h0, dh)
+
+
+def gru_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
+    """As kernel gru.truncated: S_t = P_t (r 13)."""
+    return _truncated("gru", params, x, h0, dh, True)
+
+
+def gru_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
+    """As kernel gru.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14)."""
+    return _truncated("gru", params, x, h0, dh, False)
 
 
 def lstm_rtrl(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
@@ -344,5 +407,17 @@ def lstm_cec(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
     return _sweep("lstm", "cec", params, x, state0, dh)
 
 
-KERNELS = {"rnn.rtrl": rnn_rtrl, "rnn.snap1": rnn_snap1, "gru.rtrl": gru_rtrl, "gru.snap1": gru_snap1,
-           "lstm.rtrl": lstm_rtrl, "lstm.snap1": lstm_snap1, "lstm.cec": lstm_cec}
+def lstm_truncated(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
+    """As kernel lstm.truncated: S_t = P_t (r 13): both h_{t-1} and c_{t-1} held constant."""
+    return _truncated("lstm", params, x, state0, dh, True)
+
+
+def lstm_spatial(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
+    """As kernel lstm.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14)."""
+    return _truncated("lstm", params, x, state0, dh, False)
+
+
+KERNELS = {"rnn.rtrl": rnn_rtrl, "rnn.snap1": rnn_snap1, "rnn.truncated": rnn_truncated, "rnn.spatial": rnn_spatial,
+           "gru.rtrl": gru_rtrl, "gru.snap1": gru_snap1, "gru.truncated": gru_truncated, "gru.spatial": gru_spatial,
+           "lstm.rtrl": lstm_rtrl, "lstm.snap1": lstm_snap1, "lstm.cec": lstm_cec,
+           "lstm.truncated": lstm_truncated, "lstm.spatial": lstm_spatial}
