@@ -381,7 +381,7 @@ def ep_recipe_cmd(kind, sizes, T, K, beta, batch, seed, net_options, batches):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Backprop-free learning in feed-forward networks (refimpl/bpfree/network.py): train one run, or sweep a grid
+# Backprop-free learning in feed-forward networks (refimpl/bpfree/): train one run, or sweep a grid
 
 def _bpfree_options(f):
     """Options shared by `bpfree` and `sweep` (defaults: refimpl.training.feedforward.BpfreeConfig)."""

@@ -1,7 +1,7 @@
 r"""DFA and DRTP for recurrent models: the output error (dfa) or the target (drtp), projected by a fixed random matrix
 onto each layer's output at every step, carried through time by the layer's own online temporal rule.
 
-The derivation is docs/derivations/bpfree.md §6 (same numbering); the feed-forward rules are refimpl/bpfree/network.py, the
+The derivation is docs/derivations/bpfree.md §6 (same numbering); the feed-forward rules are refimpl/bpfree/rules.py, the
 temporal rules refimpl/algorithms/rtrl.py, the step-by-step stack refimpl/algorithms/online.py.
 
 Shapes: T time, B batch, O = n_out, w_l the output width of layer l (H for rnn/gru/lstm, whose output is h; the

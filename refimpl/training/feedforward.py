@@ -1,4 +1,4 @@
-"""Training a feed-forward network by bp, dfa, drtp, ll-ce or ll-mse (refimpl/bpfree/network.py) on a static task.
+"""Training a feed-forward network by bp, dfa, drtp, ll-ce or ll-mse (refimpl/bpfree/) on a static task.
 
     train(config, run_dir, resume=False) -> BpfreeResult
 
