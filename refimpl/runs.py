@@ -12,6 +12,9 @@ feed-forward rules) and the sweep write the same kind of directory:
                       averages "buffer/<name>" and fixed feedback matrices "fixed/<name>"); written atomically
     result.json       the final numbers, written atomically at the end
 
+The data order is a function of (seed, step) alone (batch_at), so a resumed run draws exactly the batches the killed
+run would have drawn.
+
 Writes that replace a file go through atomic_write_bytes (temp file in the same directory, fsync, rename), so a reader
 — or a resumed run — never sees a half-written file. A run that becomes non-finite stops with TrainingDiverged.
 """
@@ -77,6 +80,14 @@ def config_from_dict(cls, d: dict):
         raise UnsupportedError(f"config has unknown fields {unknown}; it was written by another version of "
                                f"refimpl — start a new run directory")
     return cls(**d)
+
+
+def batch_at(seed: int, step: int, steps_per_epoch: int, n: int, batch_size: int) -> tuple[int, np.ndarray]:
+    """(epoch, sorted example indices) of optimizer step `step`: epoch e = step // S, position i = step mod S; the
+    epoch's order is the permutation seeded by [seed, e], and the batch its i-th slice of batch_size examples."""
+    epoch, i = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return epoch, np.sort(order[i * batch_size:(i + 1) * batch_size])
 
 
 class RunDir(NamedTuple):

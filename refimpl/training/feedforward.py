@@ -46,8 +46,8 @@ from .. import bpfree, optim
 from ..checks import positive_int
 from ..errors import NumericalError, UnsupportedError
 from ..plotting import save_figure
-from ..runs import (MetricsLog, ProgressBar, TrainingDiverged, atomic_write_json, config_from_dict, load_checkpoint,
-                    open_run_dir, read_metrics, save_checkpoint)
+from ..runs import (MetricsLog, ProgressBar, TrainingDiverged, atomic_write_json, batch_at, config_from_dict,
+                    load_checkpoint, open_run_dir, read_metrics, save_checkpoint)
 
 #: Trackers are measured on this many training examples (a seeded subset, the same at every epoch).
 TRACKER_EXAMPLES = 256
@@ -175,9 +175,7 @@ def train(config: BpfreeConfig, run_dir, *, resume: bool = False, progress: bool
     last = {}
     try:
         for k in range(start, total):
-            epoch, i = divmod(k, steps_per_epoch)
-            order = np.random.default_rng([config.seed, epoch]).permutation(task.train.n)     # (1)
-            idx = np.sort(order[i * config.batch_size:(i + 1) * config.batch_size])
+            epoch, idx = batch_at(config.seed, k, steps_per_epoch, task.train.n, config.batch_size)   # (1)
             x = task.train.x[idx]
             with np.errstate(all="ignore"):          # a blow-up is detected just below and reported
                 st = bpfree.rule_grads(net, params, feedback, x, _labels(net, task.train, idx), config.algorithm,
@@ -197,7 +195,7 @@ def train(config: BpfreeConfig, run_dir, *, resume: bool = False, progress: bool
             if step % config.log_every == 0 or step == total:
                 log.write({"split": "train", "step": step, "epoch": epoch, "loss": st.loss, "lr": info["lr"],
                            "grad_norm": info["grad_norm"], "time_s": time.perf_counter() - t0})
-            if i == steps_per_epoch - 1 or step == total:                                   # end of an epoch
+            if step % steps_per_epoch == 0 or step == total:                                 # end of an epoch
                 val_loss, val_err = bpfree.evaluate(net, params, task.val.x, _labels(net, task.val), buffers)
                 last.update(val_loss=val_loss, val_acc=None if val_err is None else 1 - val_err / 100)
                 log.write({"split": "val", "step": step, "epoch": epoch, "loss": val_loss, "error": val_err,

@@ -36,8 +36,8 @@ import numpy as np
 
 from .. import optim
 from ..errors import NumericalError
-from ..runs import (MetricsLog, ProgressBar, TrainingDiverged, atomic_write_json, load_checkpoint, open_run_dir,
-                    save_checkpoint)
+from ..runs import (MetricsLog, ProgressBar, TrainingDiverged, atomic_write_json, batch_at, load_checkpoint,
+                    open_run_dir, save_checkpoint)
 from .config import RunResult, TrainConfig, check_config
 from .problems import prepare
 
@@ -71,9 +71,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
     last = {}
     try:
         for k in range(start, total):
-            epoch, i = divmod(k, steps_per_epoch)
-            order = np.random.default_rng([config.seed, epoch]).permutation(task.train.n)        # (1)
-            idx = np.sort(order[i * config.batch_size:(i + 1) * config.batch_size])
+            epoch, idx = batch_at(config.seed, k, steps_per_epoch, task.train.n, config.batch_size)   # (1)
             try:
                 loss, grads, opt_state, params = problem.grads(params, idx, opt_state)          # (2)
                 trained = {n: params[n] for n in params if n in grads}   # untrained parameters are left alone
@@ -90,7 +88,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
             if step % config.log_every == 0 or step == total:
                 log.write({"split": "train", "step": step, "epoch": epoch, "loss": loss, "lr": info["lr"],
                            "grad_norm": info["grad_norm"], "time_s": time.perf_counter() - t0})
-            end_of_epoch = (i == steps_per_epoch - 1) or step == total
+            end_of_epoch = step % steps_per_epoch == 0 or step == total
             if end_of_epoch:
                 val_loss, val_acc = problem.evaluate(params, task.val)
                 last.update(val_loss=val_loss, val_acc=val_acc)

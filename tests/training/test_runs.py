@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from refimpl.errors import UnsupportedError
-from refimpl.runs import (MetricsLog, TrainingDiverged, config_from_dict, load_checkpoint, open_run_dir,
+from refimpl.runs import (MetricsLog, TrainingDiverged, batch_at, config_from_dict, load_checkpoint, open_run_dir,
                           read_metrics, save_checkpoint)
 
 
@@ -53,3 +53,21 @@ def test_unknown_config_fields_are_refused_and_divergence_says_what_was_kept(tmp
     with pytest.raises(UnsupportedError, match=r"unknown fields \['lrr'\]"):
         config_from_dict(Config, {"lrr": 0.5})
     assert "no checkpoint had been written yet" in str(TrainingDiverged.at(3, "why", tmp_path / "checkpoint.npz"))
+
+
+def test_batch_at_covers_each_epoch_once_and_depends_on_seed_and_step_only():
+    """The data order of both trainers: an epoch's batches partition the training set (the last one shorter), each
+    batch is sorted, and the same (seed, step) gives the same batch however the run got there (exact resume)."""
+    n, batch_size = 23, 5
+    S = -(-n // batch_size)
+    for epoch in range(3):
+        batches = [batch_at(7, epoch * S + i, S, n, batch_size) for i in range(S)]
+        assert {e for e, _ in batches} == {epoch}
+        seen = np.concatenate([idx for _, idx in batches])
+        assert sorted(seen.tolist()) == list(range(n))
+        assert all(np.all(np.diff(idx) > 0) for _, idx in batches)
+    e1, first = batch_at(7, 4, S, n, batch_size)
+    e2, again = batch_at(7, 4, S, n, batch_size)
+    assert e1 == e2 and np.array_equal(first, again)
+    assert not all(np.array_equal(batch_at(7, k, S, n, batch_size)[1], batch_at(8, k, S, n, batch_size)[1])
+                   for k in range(S))
