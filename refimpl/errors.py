@@ -49,7 +49,7 @@ class NonFiniteError(RefimplError, ValueError):
 
 
 class UnsupportedError(RefimplError, ValueError):
-    """A known name used in a combination that is not supported (or not implemented yet)."""
+    """A known name used in a combination that is not supported; the message says why and what to use instead."""
 
 
 class NumericalError(RefimplError, ArithmeticError):
