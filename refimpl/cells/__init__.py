@@ -15,9 +15,26 @@ Every cell module (``rnn``, ``gru``, ``lstm``, ``lru``) defines, in this order:
     param_jacobian(params, x_t, state, **options)   immediate ∂state_next/∂θ with the state held fixed
     forward(params, x, state0, **options) -> (h, cache)          the sequence; cache fields have a leading T axis
     backward(params, dh, cache, **options) -> grads              BPTT from the instantaneous adjoints dh (T,B,H)
+    random_state(rng, batch, n_hidden, dtype)  a random valid initial state, for tests and kernel input specs
 
-``state`` is h (B, H) for rnn/gru/lru and the pair LSTMState(h, c) for lstm. Gradients are returned, never
-accumulated into globals, and no function mutates its arguments.
+and the state contract — what an algorithm needs to know about a state without asking which cell it is:
+
+    STATE_ARG          the initial-state argument of forward and of the kernels: 'h0', or 'state0' (lstm)
+    STATE_ROWS         rows per hidden unit of the flattened state: S = STATE_ROWS · H (2 for the lstm's [h; c])
+    RECURRENT_PARAMS   the parameters that act on h_{t-1} (what `spatial` holds constant)
+    DIAGONAL           state_jacobian is diagonal (B, N) (lru) rather than dense (B, S, S)
+    COMPLEX_STATE      the state is complex (lru): the complex partner of the parameters' dtype
+    OUTPUT_MAP         the model reads h through the LRU output map y = Re(C h) + D x (refimpl/nn/layers.py)
+    state_h(state)             the part of the state the layer outputs: h
+    flatten_state(state)       a state or state adjoint as one (…, S) array ([h; c] for the lstm)
+    unflatten_state(flat)      its inverse
+    add_to_h(dstate, dh)       a state adjoint with dh added to its h part
+
+``state`` is h (B, H) for rnn/gru/lru and the pair LSTMState(h, c) for lstm; a state adjoint has the state's type.
+The sequence functions only loop over time: forward / backward run the step functions through common.sequence_forward
+and common.sequence_backward. Gradients are returned, never accumulated into globals, and no function mutates its
+arguments. `Cell` below exposes the contract on a resolved cell (cell.state_size, cell.diagonal,
+cell.flatten_state(…), cell.adjoint_from_h(dh) …), so that no algorithm dispatches on a cell's name.
 """
 
 from __future__ import annotations
@@ -118,7 +135,7 @@ class Cell:
 
     def adjoint_from_h(self, dh: np.ndarray):
         """The state adjoint that carries dh (…, H) on h and zero on the rest of the state: dh, or the lstm's (dh, 0)
-        (a new name of the state contract, for the algorithms that form an adjoint from h̄ alone)."""
+        (for the algorithms that form an adjoint from h̄ alone)."""
         return self.add_to_h(self.unflatten_state(np.zeros(dh.shape[:-1] + (self.state_size,), dh.dtype)), dh)
 
     @property
