@@ -38,7 +38,7 @@ from .nn.model import FFNS, NORMS, POOLINGS
 from .plotting import plot_runs
 from .registry import KERNELS, coverage
 from .runs import atomic_write_json
-from .studies import ep_gdu, fptt_stability as stability
+from .studies import ep_gdu, fptt_stability
 from .studies.gradcheck import check_every_cell, format_reports, format_summary, gradcheck as check_gradients
 from .training import feedforward, sweep
 from .training.compare import compare as compare_algorithms, format_comparison
@@ -146,17 +146,17 @@ def _demo() -> None:
               help="Loss on random targets (ce: integer labels; drtp needs ce or bce).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def gradcheck_cmd(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, seed, backend, norm, ffn, residual,
-              encoder, pooling, cell_options, algorithm_options, loss, as_json):
+                  encoder, pooling, cell_options, algorithm_options, loss, as_json):
     """Compare ALGORITHM's gradients with BPTT, and BPTT with central finite differences.
 
     Prints one row per parameter (relative error and cosine vs BPTT; BPTT vs FD) and exits with status 1 when BPTT
     misses the FD tolerance or an exact algorithm misses its tolerance (DESIGN.md §7).
     """
     report = check_gradients(cell, algorithm, layers=layers, hidden=hidden, seq_len=seq_len, batch=batch, n_in=n_in,
-                           dtype=dtype, seed=seed, backend=backend, norm=norm, ffn=ffn, residual=residual,
-                           encoder=encoder, pooling=pooling, loss=loss,
-                           algorithm_options=_parse_options(algorithm_options, "--algorithm-option", "-a passes=2"),
-                           **_parse_options(cell_options))
+                             dtype=dtype, seed=seed, backend=backend, norm=norm, ffn=ffn, residual=residual,
+                             encoder=encoder, pooling=pooling, loss=loss,
+                             algorithm_options=_parse_options(algorithm_options, "--algorithm-option", "-a passes=2"),
+                             **_parse_options(cell_options))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_reports([report]))
     sys.exit(0 if report.ok else 1)
 
@@ -305,9 +305,9 @@ def plot_cmd(run_dirs, out_path):
 def fptt_stability_cmd(out_dir, full, seeds, width, precisions):
     """FPTT's gradient quality vs forgetting and sequence length (the FPTT paper's experiment): one lru layer,
     Gaussian inputs, MSE to zero targets; cosine of FPTT vs BPTT for parameters and inputs over r_min and T."""
-    summary, json_path, png = stability.write_study(out_dir, full=full, seeds=seeds, width=width,
-                                                    precisions=precisions)
-    click.echo(stability.format_table(summary))
+    summary, json_path, png = fptt_stability.write_study(out_dir, full=full, seeds=seeds, width=width,
+                                                         precisions=precisions)
+    click.echo(fptt_stability.format_table(summary))
     click.echo(f"wrote {json_path} and {png}")
 
 
@@ -490,7 +490,7 @@ def sweep_cmd(algorithms, activations, inits, forward_inits, archs, lr_min, lr_m
     grid = {"algorithm": split(algorithms), "activation": split(activations), "init": split(forward_inits),
             "feedback_init": split(inits), "lr": lr_values, "arch": split(archs)}
     summary = sweep.run_sweep(base, grid, out_dir or f"runs/sweep-{base.task}-{base.problem}", workers=workers,
-                        echo=lambda s: click.echo(s, err=s.startswith(("warning", "refused"))))
+                              echo=lambda s: click.echo(s, err=s.startswith(("warning", "refused"))))
     click.echo(summary.table)
 
 

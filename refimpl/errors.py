@@ -10,6 +10,8 @@ The CLI turns any `RefimplError` into one line on stderr and exit status 2.
     ├── NonFiniteError           an input holds NaN or inf                                   (ValueError)
     ├── UnsupportedError         a known but unsupported combination, with the reason       (ValueError)
     └── NumericalError           a computation blew up (non-finite state, loss or gradient)  (ArithmeticError)
+
+    BpfreeWarning                (a UserWarning) a backprop-free combination that runs but is known to learn badly
 """
 
 from __future__ import annotations

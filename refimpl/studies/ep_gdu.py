@@ -17,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ep import networks as ep
+from tasks import make_task
+
+from .. import ep
 from ..errors import UnsupportedError
+from ..plotting import save_figure
 
 
 def _batch(net, n_out: int, batch: int, rng: np.random.Generator):
@@ -27,7 +30,6 @@ def _batch(net, n_out: int, batch: int, rng: np.random.Generator):
         y = np.zeros((batch, n_out))
         y[:, rng.integers(n_out)] = 1.0                      # one class for the whole batch, as the paper's toy runs
         return x.astype(net.dtype), y.astype(net.dtype)
-    from tasks import make_task
     task = make_task("digits", seed=0)
     if task.n_in != net.sizes[0] or task.n_out != n_out:
         raise UnsupportedError(f"the {net.kind} network needs sizes starting with {task.n_in} inputs and ending with "
@@ -43,8 +45,8 @@ def ep_curves(kind: str, sizes, *, T: int, K: int, beta: float, batch: int = 20,
     net, params = ep.make_ep_net(kind, sizes, seed=seed, **net_options)
     x, y = _batch(net, net.sizes[-1], batch, np.random.default_rng(seed + 1))
     c = ep.gdu_curves(net, params, x, y, T=T, K=K, beta=beta)
-    layers = [{"layer": l + 1, "rmse": ep.rmse(n, d)} for l, (n, d) in enumerate(zip(c["bptt_neurons"],
-                                                                                      c["ep_neurons"]))]
+    layers = [{"layer": l + 1, "rmse": ep.rmse(n, d)}
+              for l, (n, d) in enumerate(zip(c["bptt_neurons"], c["ep_neurons"]))]
     weights = [{"param": k, "rmse": ep.rmse(c["bptt_params_cumulative"][k], c["ep_params_cumulative"][k])}
                for k in params]
     return {"config": {"kind": kind, "sizes": list(net.sizes), "T": T, "K": K, "beta": beta, "batch": batch,
@@ -92,7 +94,6 @@ def plot_curves(report: dict, out_path) -> Path:
     fig.suptitle(f"GDU: BPTT (solid) vs EP (dashed) — {cfg['kind']} {cfg['sizes']}, T={cfg['T']}, K={cfg['K']}, "
                  f"β={cfg['beta']}", fontsize=10)
     fig.tight_layout()
-    from ..plotting import save_figure
     return save_figure(fig, out_path, dpi=100)
 
 

@@ -26,7 +26,7 @@ from tasks import task_kind
 from ..algorithms import get_algorithm
 from ..numerics import cosine, rel_error
 from ..plotting import plot_runs
-from ..runs import atomic_write_json
+from ..runs import atomic_write_json, batch_at
 from .config import TrainConfig, check_config
 from .loop import train
 from .problems import prepare
@@ -53,8 +53,7 @@ def gradient_agreement(config: TrainConfig, algorithms) -> dict:
     check_config(config)
     problem = prepare(config).problem
     params = problem.params
-    order = np.random.default_rng([config.seed, 0]).permutation(problem.task.train.n)
-    idx = np.sort(order[:config.batch_size])
+    _, idx = batch_at(config.seed, 0, 1, problem.task.train.n, config.batch_size)     # the run's first batch
 
     def flat(algorithm):
         p = prepare(dataclasses.replace(config, algorithm=algorithm, algorithm_options=options_for(config, algorithm),

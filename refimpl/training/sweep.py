@@ -14,8 +14,9 @@ The sweep directory:
     .lock               held by the running sweep process (a second sweep on the same directory is refused)
     sweep.jsonl         one event per line, flushed: {"event": "start" | "resume" | "done" | "diverged" | "skip",
                         "trial": name}
-    trials/<name>/      one run directory per trial (refimpl/training/feedforward.py: config.json, metrics.jsonl, checkpoint,
-                        result.json); a diverged trial's result.json says {"status": "diverged", "message": …}
+    trials/<name>/      one run directory per trial (refimpl/training/feedforward.py: config.json,
+                        metrics.jsonl, checkpoint, result.json); a diverged trial's result.json says
+                        {"status": "diverged", "message": …}
     summary.json        every trial's numbers and the best trial per algorithm
     summary.png         validation error against the learning rate per algorithm, and the best trials' curves
 
