@@ -99,14 +99,6 @@ def add_into(total: dict, part: dict) -> None:
         total[k] += v
 
 
-def add_into_new(a: dict, b: dict) -> dict:
-    """A new dict with a[k] + b[k] over the union of keys (neither argument is changed)."""
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = out[k] + v if k in out else v
-    return out
-
-
 def map_state(fn, state):
     """fn applied to every array of a state (or state adjoint): h itself, or each field of a NamedTuple state."""
     return type(state)(*(fn(s) for s in state)) if isinstance(state, tuple) else fn(state)
