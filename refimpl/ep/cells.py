@@ -82,7 +82,7 @@ def _loss_and_adjoint(cell: Cell, readout: dict, v: np.ndarray, y: np.ndarray):
     if _complex(cell):
         N = cell.n_hidden
         dphi = dphi[:, :N] + 1j * dphi[:, N:]                                  # (4)  ∂L/∂Re h + i ∂L/∂Im h
-    g = cell.flatten_state(cell.add_to_h(cell.zero_state(B), dphi))            # (4)  on h (lstm: c-part 0)
+    g = cell.flatten_state(cell.adjoint_from_h(dphi))                          # (4)  on h (lstm: c-part 0)
     dreadout = {"readout.weight": err.T @ phi / B, "readout.bias": err.sum(0) / B}   # (6)
     return loss, g, dreadout
 
