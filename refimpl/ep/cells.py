@@ -307,8 +307,8 @@ def contractive_problem(cell_name: str, seed: int, *, H: int = 8, I: int = 4, O:
 
     rnn: W_hh scaled to spectral norm 0.5 (‖J‖ ≤ 0.5).  symmetric=True (rnn only): the LINEAR rnn with a symmetric
     W_hh of spectral norm 0.5 — energy-derived, f = ∂Φ/∂h with Φ = ½hᵀW_hh h + hᵀ(W_ih x + b) (doc eq. 11).
-    symmetric="tanh" (rnn only): the tanh rnn with that symmetric W_hh — NOT energy-derived in h (J* = diag(1 − h*²) W_hh
-    is not symmetric; doc eq. 12).
+    symmetric="tanh" (rnn only): the tanh rnn with that symmetric W_hh — NOT energy-derived in h
+    (J* = diag(1 − h*²) W_hh is not symmetric; doc eq. 12).
     gru, lstm: PyTorch init with W_hh halved.  lru: |λ| ∈ [0.5, 0.9], any phase.  (CONTRACTIVE_PARAMS)
     """
     rng = np.random.default_rng(seed)
