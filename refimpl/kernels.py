@@ -169,30 +169,23 @@ def lru_fptt1(params, x, h0, dh):
 
 
 # Equilibrium propagation (refimpl/ep/networks.py): the relaxation loops of the static-input networks. The network is
-# given by its parameters and the keyword options kind, activation, dt (its clamp is the kind's default).
+# given by its parameters and the keyword options kind, activation, dt (its clamp is the kind's default), read back by
+# ep.net_from_kernel_args as the backends read it.
 
-def _ep_net(params, x, kind, activation, dt):
-    """The EPNet the kernel arguments describe: sizes (I, n_1, …, n_L) read from x (B, I) and the weights W.l."""
-    L = sum(k.startswith("W.") for k in params)
-    sizes = (x.shape[1],) + tuple(params[f"W.{l}"].shape[0] for l in range(L))
-    net, _ = ep.make_ep_net(kind, sizes, activation=activation, dt=dt, dtype=x.dtype.name)
-    return net
-
-
-def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_free_phase(params, x, T, kind, activation, dt):
     """ep.free_phase: T free steps from s = 0 → [s_1 … s_L]."""
-    return ep.free_phase(_ep_net(params, x, kind, activation, dt), params, x, T)
+    return ep.free_phase(ep.net_from_kernel_args(params, x, kind, activation, dt), params, x, T)
 
 
-def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_nudged_phase(params, x, T, kind, activation, dt, y, K, beta):
     """ep.nudged_phase: K nudged steps from the free phase's state after T steps → [s^β_1 … s^β_L]."""
-    net = _ep_net(params, x, kind, activation, dt)
+    net = ep.net_from_kernel_args(params, x, kind, activation, dt, y=y)
     return ep.nudged_phase(net, params, x, y, ep.free_phase(net, params, x, T), K, beta)
 
 
-def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_bptt(params, x, T, kind, activation, dt, y, K):
     """ep.bptt: BPTT of the loss through the last K of T free steps → {param: grad}."""
-    return ep.bptt_grads(_ep_net(params, x, kind, activation, dt), params, x, y, T=T, K=K)[1]
+    return ep.bptt_grads(ep.net_from_kernel_args(params, x, kind, activation, dt, y=y), params, x, y, T=T, K=K)[1]
 
 
 # ---------------------------------------------------------------------------------------------------- input specs
@@ -303,9 +296,10 @@ LSTM_FPTT_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=5, B=1, I=2, H=3), dict(T=7,
 _STATE_DOC = {"rnn": "h0 (B,H)", "gru": "h0 (B,H)", "lstm": "state0 LSTMState(h0 (B,H), c0 (B,H))",
               "lru": "h0 complex (B,N)"}
 _EP_SIGNATURES = {
-    "ep.free_phase": "(params, x (B,I), T) -> [s_l (B, n_l)]",
-    "ep.nudged_phase": "(params, x, T, y (B,O), K, beta) -> [s_l] after K nudged steps from the free fixed point",
-    "ep.bptt": "(params, x, T, y, K) -> {param: grad}  BPTT through the last K free steps"}
+    "ep.free_phase": "(params, x (B,I), T, kind, activation, dt) -> [s_l (B, n_l)]",
+    "ep.nudged_phase": "(params, x, T, kind, activation, dt, y (B,O), K, beta) -> [s_l] after K nudged steps from the "
+                       "free fixed point",
+    "ep.bptt": "(params, x, T, kind, activation, dt, y, K) -> {param: grad}  BPTT through the last K free steps"}
 
 
 def _register_table() -> None:
