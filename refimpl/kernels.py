@@ -29,7 +29,7 @@ import numpy as np
 
 from .algorithms.fptt import fptt_cell_grads, well_conditioned
 from .algorithms.rtrl import cell_grads_online
-from .cells import CELLS, gru, lru, lstm, resolve_cell, rnn
+from .cells import CELLS, resolve_cell, rnn
 from .ep import networks as ep
 from .registry import KernelSpec, register_kernel
 
@@ -263,12 +263,6 @@ def ep_inputs(phase: str, rng, dtype, size, kind, activation, dt) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- the table
 
-#: <cell>.forward / <cell>.backward: the cell modules' own sequence functions.
-CELL_SEQUENCES = {"rnn.forward": rnn.forward, "rnn.backward": rnn.backward,
-                  "gru.forward": gru.forward, "gru.backward": gru.backward,
-                  "lstm.forward": lstm.forward, "lstm.backward": lstm.backward,
-                  "lru.forward": lru.forward, "lru.backward": lru.backward}
-
 RTRL_SWEEPS = {"rnn.rtrl": rnn_rtrl, "rnn.snap1": rnn_snap1, "rnn.truncated": rnn_truncated, "rnn.spatial": rnn_spatial,
                "gru.rtrl": gru_rtrl, "gru.snap1": gru_snap1, "gru.truncated": gru_truncated, "gru.spatial": gru_spatial,
                "lstm.rtrl": lstm_rtrl, "lstm.snap1": lstm_snap1, "lstm.truncated": lstm_truncated,
@@ -292,9 +286,6 @@ DENSE_SWEEP_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=13, B=1, I=2, H=3), dict(T
 #: lstm.fptt keeps T ≤ 7 (still T = 1, a prime T, B = 1 and B > 1): docs/derivations/fptt.md §7.
 LSTM_FPTT_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=5, B=1, I=2, H=3), dict(T=7, B=3, I=5, H=11))
 
-#: How each cell's initial state reads in the signatures.
-_STATE_DOC = {"rnn": "h0 (B,H)", "gru": "h0 (B,H)", "lstm": "state0 LSTMState(h0 (B,H), c0 (B,H))",
-              "lru": "h0 complex (B,N)"}
 _EP_SIGNATURES = {
     "ep.free_phase": "(params, x (B,I), T, kind, activation, dt) -> [s_l (B, n_l)]",
     "ep.nudged_phase": "(params, x, T, kind, activation, dt, y (B,O), K, beta) -> [s_l] after K nudged steps from the "
@@ -303,20 +294,22 @@ _EP_SIGNATURES = {
 
 
 def _register_table() -> None:
-    """Register every kernel of the tables above, in their order, with its signature, input spec, variants and
-    parity sizes."""
+    """Register every kernel, in the order of the tables above — first each cell's forward and backward, the cell
+    module's own sequence functions — with its signature (the cell's initial state as its STATE_DOC writes it), input
+    spec, variants and parity sizes."""
     for name, module in CELLS.items():
-        state, grad_keys = _STATE_DOC[name], ", ".join(map(repr, module.GRAD_STATE_KEYS))
+        grad_keys = ", ".join(map(repr, module.GRAD_STATE_KEYS))
         register_kernel(KernelSpec(
-            f"{name}.forward", f"(params, x (T,B,I), {state}) -> (h (T,B,H), {name.upper()}Cache with leading T)",
-            CELL_SEQUENCES[f"{name}.forward"], partial(forward_inputs, name), variants=VARIANTS.get(name, ({},))))
+            f"{name}.forward",
+            f"(params, x (T,B,I), {module.STATE_DOC}) -> (h (T,B,H), {name.upper()}Cache with leading T)",
+            module.forward, partial(forward_inputs, name), variants=VARIANTS.get(name, ({},))))
         register_kernel(KernelSpec(
             f"{name}.backward", f"(params, dh (T,B,H), cache) -> {{params…, 'x' (T,B,I), {grad_keys}}}",
-            CELL_SEQUENCES[f"{name}.backward"], partial(backward_inputs, name), variants=VARIANTS.get(name, ({},))))
+            module.backward, partial(backward_inputs, name), variants=VARIANTS.get(name, ({},))))
     for kernel, reference in RTRL_SWEEPS.items():
         name = kernel.split(".")[0]
         register_kernel(KernelSpec(
-            kernel, f"(params, x (T,B,I), {_STATE_DOC[name]}, dh (T,B,H)) -> {{param: grad}}", reference,
+            kernel, f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H)) -> {{param: grad}}", reference,
             partial(sweep_inputs, name), variants=VARIANTS.get(name, ({},)),
             sizes=None if CELLS[name].DIAGONAL else DENSE_SWEEP_SIZES))
     for kernel, reference in FPTT_SWEEPS.items():
@@ -325,7 +318,7 @@ def _register_table() -> None:
         make_inputs, sizes = ((lstm_fptt_inputs, LSTM_FPTT_SIZES) if kernel == "lstm.fptt" else
                               (partial(fptt_inputs, name), None if CELLS[name].DIAGONAL else DENSE_SWEEP_SIZES))
         register_kernel(KernelSpec(
-            kernel, f"(params, x (T,B,I), {_STATE_DOC[name]}, dh (T,B,H)) -> {{param: grad, 'x', {grad_keys}}}",
+            kernel, f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H)) -> {{param: grad, 'x', {grad_keys}}}",
             reference, make_inputs, variants=VARIANTS.get(name, ({},)), sizes=sizes))
     for kernel, reference in EP_RELAXATIONS.items():
         register_kernel(KernelSpec(kernel, _EP_SIGNATURES[kernel], reference,
