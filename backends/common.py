@@ -3,17 +3,20 @@ r"""What every backend needs and none of them owns: checks and gradient assembly
 Every function here is backend-neutral: it takes the array module `xp` (numpy for Numba and for the CuPy emulation,
 cupy, mlx.core) where it creates or transforms arrays, and uses only what those three share. The backend packages
 may import this module; they never import each other. Equation numbers: "(lru n)" refimpl/cells/lru.py, "(r n)"
-refimpl/algorithms/rtrl.py, "(n)" refimpl/ep/networks.py in the EP section.
+refimpl/algorithms/rtrl.py.
 
     check_nonlinearity       the rnn's nonlinearity against refimpl.cells.rnn.NONLINEARITIES
     param_grads              {param: gradient} in the parameters' order and dtypes (every kernel returns through it)
     previous_states          h_prev (T, B, ·) = [h0, h_0, …, h_{T-2}] from the initial state and the states
     lru_w2                   the LRU's input matrix as one real (2N, I) matrix of interleaved (re, im) rows
     lru_param_grads          the LRU's complex-parameter tail (lru 6)-(7), shared by its BPTT, RTRL and FPTT kernels
-    ep_network               refimpl.ep.make_ep_net from an EP kernel's arguments, shapes checked (any array type)
 
-The EP activations ρ, ρ′, ρ″ are the reference's own (refimpl.ep.rho, drho, d2rho): they are NumPy ufunc code, which
-CuPy arrays dispatch to CuPy (NEP 13/18), so only MLX, whose arrays do not, writes them again.
+The EP network of a kernel call is refimpl.ep.net_from_kernel_args (it reads only shapes, so it takes any backend's
+arrays). The EP activations ρ, ρ′, ρ″ are the reference's own (refimpl.ep.rho, drho, d2rho) where a backend runs them
+as array code: they are NumPy ufunc code, which CuPy arrays dispatch to CuPy (NEP 13/18). MLX, whose arrays do not
+dispatch, writes them again with mlx.core. Numba writes them again too, as @njit scalar functions (backends/numba/ep.py
+_rho, _drho, _d2rho): its relaxation is one compiled loop over the elements, and compiled code cannot call the
+reference's NumPy functions (outside that loop, for the parameter gradients, it uses refimpl.ep.rho).
 """
 
 from __future__ import annotations
@@ -21,8 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl.cells.rnn import NONLINEARITIES
-from refimpl.ep import make_ep_net
-from refimpl.errors import UnknownNameError, UnsupportedError
+from refimpl.errors import UnknownNameError
 
 
 def check_nonlinearity(nonlinearity: str) -> None:
@@ -80,21 +82,3 @@ def lru_param_grads(xp, params: dict, q_re, q_im, M_re, M_im, gamma, gamma_log=N
         "theta_log": xp.exp(theta) * q_im if recurrent else xp.zeros_like(theta),                 # (lru 7)
         "gamma_log": gamma_log,                                                                   # (lru 7)
         "B_re": g * M_re, "B_im": g * M_im})                                                      # (lru 6)
-
-
-# ------------------------------------------------------------------------------------------------------------- ep
-
-def ep_network(params: dict, x, kind: str, activation: str, dt: float, dtype: str, y=None):
-    """The EP network of a kernel call, validated by refimpl.ep.make_ep_net (kind, activation, dt, dtype), with the
-    shapes of x (B, I) and y (B, O) checked as refimpl.ep.check_inputs checks them — for arrays of any backend.
-    The sizes are read off x and the parameters W.0 … W.{L-1}."""
-    if x.ndim != 2:
-        raise UnsupportedError(f"x has shape {tuple(x.shape)}; expected (B, I): EP takes one static input")
-    layers = sum(k.startswith("W.") for k in params)
-    sizes = (x.shape[1],) + tuple(params[f"W.{l}"].shape[0] for l in range(layers))
-    net, _ = make_ep_net(kind, sizes, activation=activation, dt=dt, dtype=dtype)
-    if y is not None and tuple(y.shape) != (x.shape[0], sizes[-1]):
-        raise UnsupportedError(f"y has shape {tuple(y.shape)}; expected ({x.shape[0]}, {sizes[-1]})")
-    return net
-
-

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .run import _set_threads       # (bench.run imports no numpy at module level)
+from .run import set_threads        # (bench.run imports no numpy at module level)
 
 SHAPE = dict(B=32, T=256, I=64, H=256)
 
@@ -174,7 +174,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if "numpy" in sys.modules and args.threads:
         print("note: numpy was imported before the thread count was set", file=sys.stderr)
-    _set_threads(args.threads)
+    set_threads(args.threads)
     try:
         import torch
         torch.set_num_threads(args.threads)

@@ -223,7 +223,9 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _set_threads(n: int) -> None:
+def set_threads(n: int) -> None:
+    """n threads for Numba, OpenMP and the BLAS libraries, through their environment variables: it takes effect only
+    for what is imported (numpy, numba, torch …) after the call."""
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
 
@@ -258,7 +260,7 @@ def main(argv=None):
     if args.threads:
         if "numpy" in sys.modules and argv is None:
             print("note: numpy was imported before --threads could take effect", file=sys.stderr)
-        _set_threads(args.threads)
+        set_threads(args.threads)
     from . import machine, scaling
     size = "quick" if args.quick else args.size
     repeats = 2 if args.quick else args.repeats

@@ -29,7 +29,7 @@ import numpy as np
 
 from .algorithms.fptt import fptt_cell_grads, well_conditioned
 from .algorithms.rtrl import cell_grads_online
-from .cells import CELLS, gru, lru, lstm, resolve_cell, rnn
+from .cells import CELLS, resolve_cell, rnn
 from .ep import networks as ep
 from .registry import KernelSpec, register_kernel
 
@@ -169,30 +169,23 @@ def lru_fptt1(params, x, h0, dh):
 
 
 # Equilibrium propagation (refimpl/ep/networks.py): the relaxation loops of the static-input networks. The network is
-# given by its parameters and the keyword options kind, activation, dt (its clamp is the kind's default).
+# given by its parameters and the keyword options kind, activation, dt (its clamp is the kind's default), read back by
+# ep.net_from_kernel_args as the backends read it.
 
-def _ep_net(params, x, kind, activation, dt):
-    """The EPNet the kernel arguments describe: sizes (I, n_1, …, n_L) read from x (B, I) and the weights W.l."""
-    L = sum(k.startswith("W.") for k in params)
-    sizes = (x.shape[1],) + tuple(params[f"W.{l}"].shape[0] for l in range(L))
-    net, _ = ep.make_ep_net(kind, sizes, activation=activation, dt=dt, dtype=x.dtype.name)
-    return net
-
-
-def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_free_phase(params, x, T, kind, activation, dt):
     """ep.free_phase: T free steps from s = 0 → [s_1 … s_L]."""
-    return ep.free_phase(_ep_net(params, x, kind, activation, dt), params, x, T)
+    return ep.free_phase(ep.net_from_kernel_args(params, x, kind, activation, dt), params, x, T)
 
 
-def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_nudged_phase(params, x, T, kind, activation, dt, y, K, beta):
     """ep.nudged_phase: K nudged steps from the free phase's state after T steps → [s^β_1 … s^β_L]."""
-    net = _ep_net(params, x, kind, activation, dt)
+    net = ep.net_from_kernel_args(params, x, kind, activation, dt, y=y)
     return ep.nudged_phase(net, params, x, y, ep.free_phase(net, params, x, T), K, beta)
 
 
-def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_bptt(params, x, T, kind, activation, dt, y, K):
     """ep.bptt: BPTT of the loss through the last K of T free steps → {param: grad}."""
-    return ep.bptt_grads(_ep_net(params, x, kind, activation, dt), params, x, y, T=T, K=K)[1]
+    return ep.bptt_grads(ep.net_from_kernel_args(params, x, kind, activation, dt, y=y), params, x, y, T=T, K=K)[1]
 
 
 # ---------------------------------------------------------------------------------------------------- input specs
@@ -270,12 +263,6 @@ def ep_inputs(phase: str, rng, dtype, size, kind, activation, dt) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- the table
 
-#: <cell>.forward / <cell>.backward: the cell modules' own sequence functions.
-CELL_SEQUENCES = {"rnn.forward": rnn.forward, "rnn.backward": rnn.backward,
-                  "gru.forward": gru.forward, "gru.backward": gru.backward,
-                  "lstm.forward": lstm.forward, "lstm.backward": lstm.backward,
-                  "lru.forward": lru.forward, "lru.backward": lru.backward}
-
 RTRL_SWEEPS = {"rnn.rtrl": rnn_rtrl, "rnn.snap1": rnn_snap1, "rnn.truncated": rnn_truncated, "rnn.spatial": rnn_spatial,
                "gru.rtrl": gru_rtrl, "gru.snap1": gru_snap1, "gru.truncated": gru_truncated, "gru.spatial": gru_spatial,
                "lstm.rtrl": lstm_rtrl, "lstm.snap1": lstm_snap1, "lstm.truncated": lstm_truncated,
@@ -299,30 +286,30 @@ DENSE_SWEEP_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=13, B=1, I=2, H=3), dict(T
 #: lstm.fptt keeps T ≤ 7 (still T = 1, a prime T, B = 1 and B > 1): docs/derivations/fptt.md §7.
 LSTM_FPTT_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=5, B=1, I=2, H=3), dict(T=7, B=3, I=5, H=11))
 
-#: How each cell's initial state reads in the signatures.
-_STATE_DOC = {"rnn": "h0 (B,H)", "gru": "h0 (B,H)", "lstm": "state0 LSTMState(h0 (B,H), c0 (B,H))",
-              "lru": "h0 complex (B,N)"}
 _EP_SIGNATURES = {
-    "ep.free_phase": "(params, x (B,I), T) -> [s_l (B, n_l)]",
-    "ep.nudged_phase": "(params, x, T, y (B,O), K, beta) -> [s_l] after K nudged steps from the free fixed point",
-    "ep.bptt": "(params, x, T, y, K) -> {param: grad}  BPTT through the last K free steps"}
+    "ep.free_phase": "(params, x (B,I), T, kind, activation, dt) -> [s_l (B, n_l)]",
+    "ep.nudged_phase": "(params, x, T, kind, activation, dt, y (B,O), K, beta) -> [s_l] after K nudged steps from the "
+                       "free fixed point",
+    "ep.bptt": "(params, x, T, kind, activation, dt, y, K) -> {param: grad}  BPTT through the last K free steps"}
 
 
 def _register_table() -> None:
-    """Register every kernel of the tables above, in their order, with its signature, input spec, variants and
-    parity sizes."""
+    """Register every kernel, in the order of the tables above — first each cell's forward and backward, the cell
+    module's own sequence functions — with its signature (the cell's initial state as its STATE_DOC writes it), input
+    spec, variants and parity sizes."""
     for name, module in CELLS.items():
-        state, grad_keys = _STATE_DOC[name], ", ".join(map(repr, module.GRAD_STATE_KEYS))
+        grad_keys = ", ".join(map(repr, module.GRAD_STATE_KEYS))
         register_kernel(KernelSpec(
-            f"{name}.forward", f"(params, x (T,B,I), {state}) -> (h (T,B,H), {name.upper()}Cache with leading T)",
-            CELL_SEQUENCES[f"{name}.forward"], partial(forward_inputs, name), variants=VARIANTS.get(name, ({},))))
+            f"{name}.forward",
+            f"(params, x (T,B,I), {module.STATE_DOC}) -> (h (T,B,H), {name.upper()}Cache with leading T)",
+            module.forward, partial(forward_inputs, name), variants=VARIANTS.get(name, ({},))))
         register_kernel(KernelSpec(
             f"{name}.backward", f"(params, dh (T,B,H), cache) -> {{params…, 'x' (T,B,I), {grad_keys}}}",
-            CELL_SEQUENCES[f"{name}.backward"], partial(backward_inputs, name), variants=VARIANTS.get(name, ({},))))
+            module.backward, partial(backward_inputs, name), variants=VARIANTS.get(name, ({},))))
     for kernel, reference in RTRL_SWEEPS.items():
         name = kernel.split(".")[0]
         register_kernel(KernelSpec(
-            kernel, f"(params, x (T,B,I), {_STATE_DOC[name]}, dh (T,B,H)) -> {{param: grad}}", reference,
+            kernel, f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H)) -> {{param: grad}}", reference,
             partial(sweep_inputs, name), variants=VARIANTS.get(name, ({},)),
             sizes=None if CELLS[name].DIAGONAL else DENSE_SWEEP_SIZES))
     for kernel, reference in FPTT_SWEEPS.items():
@@ -331,7 +318,7 @@ def _register_table() -> None:
         make_inputs, sizes = ((lstm_fptt_inputs, LSTM_FPTT_SIZES) if kernel == "lstm.fptt" else
                               (partial(fptt_inputs, name), None if CELLS[name].DIAGONAL else DENSE_SWEEP_SIZES))
         register_kernel(KernelSpec(
-            kernel, f"(params, x (T,B,I), {_STATE_DOC[name]}, dh (T,B,H)) -> {{param: grad, 'x', {grad_keys}}}",
+            kernel, f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H)) -> {{param: grad, 'x', {grad_keys}}}",
             reference, make_inputs, variants=VARIANTS.get(name, ({},)), sizes=sizes))
     for kernel, reference in EP_RELAXATIONS.items():
         register_kernel(KernelSpec(kernel, _EP_SIGNATURES[kernel], reference,

@@ -86,23 +86,27 @@ _SIZES = {"n_train": _int_at_least(1), "n_val": _int_at_least(1), "n_test": _int
 _MNIST = {"val_fraction": _FRACTION, "n_train": _none_or_int_at_least(1), "n_val": _none_or_int_at_least(1),
           "n_test": _none_or_int_at_least(1)}
 
-# name: (builder, the rules of its options). The defaults live in the builders' signatures only.
-_SPECS: dict[str, tuple[Callable[..., Task], dict[str, _Rule]]] = {
-    "copy": (copy.build, {"seq_len": _int_at_least(1), "bit_width": _int_at_least(1),
-                          "waiting_time": _int_at_least(0), **_SIZES}),
-    "adding": (adding.build, {"seq_len": _int_at_least(2), **_SIZES}),
-    "digits-seq": (digits.build_seq, {"mode": _choice(*digits.MODES)}),
-    "digits": (digits.build_static, {}),
-    "mnist": (mnist.build_mnist, _MNIST),
-    "mnist98": (mnist.build_mnist98, _MNIST),
-    "mnist-static": (mnist.build_mnist_static, _MNIST),
+class _Spec(NamedTuple):
+    """A task: its builder, its kind (tasks/base.py: "sequence" or "static", known without building it) and the rules
+    of its options. The defaults live in the builders' signatures only."""
+    builder: Callable[..., Task]
+    kind: str
+    rules: dict[str, _Rule]
+
+
+_SPECS: dict[str, _Spec] = {
+    "copy": _Spec(copy.build, "sequence", {"seq_len": _int_at_least(1), "bit_width": _int_at_least(1),
+                                           "waiting_time": _int_at_least(0), **_SIZES}),
+    "adding": _Spec(adding.build, "sequence", {"seq_len": _int_at_least(2), **_SIZES}),
+    "digits-seq": _Spec(digits.build_seq, "sequence", {"mode": _choice(*digits.MODES)}),
+    "digits": _Spec(digits.build_static, "static", {}),
+    "mnist": _Spec(mnist.build_mnist, "sequence", _MNIST),
+    "mnist98": _Spec(mnist.build_mnist98, "sequence", _MNIST),
+    "mnist-static": _Spec(mnist.build_mnist_static, "static", _MNIST),
 }
 _COMMON = {"dtype": ("float64", _choice(*DTYPES))}       # options every task takes: (default, rule)
-#: Each task's kind (tasks/base.py), known without building it: "sequence" or "static".
-_KINDS = {"copy": "sequence", "adding": "sequence", "digits-seq": "sequence", "digits": "static",
-          "mnist": "sequence", "mnist98": "sequence", "mnist-static": "static"}
 
-TASKS: dict[str, Callable[..., Task]] = {name: builder for name, (builder, _) in _SPECS.items()}
+TASKS: dict[str, Callable[..., Task]] = {name: spec.builder for name, spec in _SPECS.items()}
 
 PRESETS: dict[str, tuple[str, dict]] = {
     "copy-small": ("copy", {"seq_len": 4, "bit_width": 1, "waiting_time": 4, "n_train": 64, "n_val": 32,
@@ -125,7 +129,7 @@ def task_options(name: str) -> dict:
         name, base = PRESETS[name]
     if name not in _SPECS:
         raise UnknownNameError("task", name, [*TASKS, *PRESETS])
-    params = inspect.signature(_SPECS[name][0]).parameters.values()
+    params = inspect.signature(_SPECS[name].builder).parameters.values()
     defaults = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
     return {**defaults, **{k: d for k, (d, _) in _COMMON.items()}, **base}
 
@@ -136,7 +140,7 @@ def task_kind(name: str) -> str:
         name = PRESETS[name][0]
     if name not in _SPECS:
         raise UnknownNameError("task", name, [*TASKS, *PRESETS], "tasks.TASKS and tasks.PRESETS list them")
-    return _KINDS[name]
+    return _SPECS[name].kind
 
 
 def _check_option(task: str, option: str, value, rule: _Rule) -> None:
@@ -177,8 +181,7 @@ def make_task(name: str, *, seed: int = 0, data_dir=None, **options) -> Task:
         raise UnknownNameError("task", name, [*TASKS, *PRESETS], "tasks.TASKS and tasks.PRESETS list them")
     if not _is_int(seed) or seed < 0:
         raise UnsupportedError(f"{name}: seed must be a nonnegative integer, got {seed!r}; e.g. seed=0")
-    builder, rules = _SPECS[name]
-    rules = {**rules, **{k: rule for k, (_, rule) in _COMMON.items()}}
+    builder, rules = _SPECS[name].builder, {**_SPECS[name].rules, **{k: rule for k, (_, rule) in _COMMON.items()}}
     for option, value in options.items():
         if option not in rules:
             raise UnknownNameError(f"{name} option", option, rules,
@@ -196,11 +199,10 @@ def make_task(name: str, *, seed: int = 0, data_dir=None, **options) -> Task:
 
 
 # The rules and the builders' signatures must name the same options (a mismatch is a bug here, not a user error).
-for _name, (_builder, _rules) in _SPECS.items():
-    _params = {p.name for p in inspect.signature(_builder).parameters.values()
+for _name, _spec in _SPECS.items():
+    _params = {p.name for p in inspect.signature(_spec.builder).parameters.values()
                if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    assert _params == set(_rules), f"tasks: {_name} builder options {_params} != rules {set(_rules)}"
-assert set(_KINDS) == set(_SPECS), f"tasks: kinds {set(_KINDS)} != tasks {set(_SPECS)}"
+    assert _params == set(_spec.rules), f"tasks: {_name} builder options {_params} != rules {set(_spec.rules)}"
 
 __all__ = ["TASKS", "PRESETS", "DTYPES", "make_task", "task_kind", "task_options", "Task", "Split", "TARGET_KINDS",
            "split_indices"]

@@ -15,10 +15,8 @@ last K free steps keeps their states, drives and pre-clamp values (as the refere
 
 from __future__ import annotations
 
-from refimpl.ep import check_beta, check_T, check_truncation, d2rho, drho, rho
+from refimpl.ep import check_beta, check_T, check_truncation, d2rho, drho, net_from_kernel_args, rho
 from refimpl.errors import UnsupportedError
-
-from ..common import ep_network
 
 
 # ---------------------------------------------------------------------------------------------------- one step
@@ -91,7 +89,7 @@ def _step_backward(xp, net, params, x, cache, ds_new):
 
 def _setup(xp, params, x, kind, activation, dt, y=None):
     """The network (validated by refimpl.ep.make_ep_net) and the inputs in its dtype, checked like ep.check_inputs."""
-    net = ep_network(params, x, kind, activation, dt, x.dtype.name, y)
+    net = net_from_kernel_args(params, x, kind, activation, dt, y=y)
     x = xp.ascontiguousarray(x, dtype=net.dtype)
     if y is not None:
         y = xp.ascontiguousarray(y, dtype=net.dtype)
@@ -104,7 +102,7 @@ def _relax(xp, net, params, x, s, steps, beta=0.0, y=None):
     return s
 
 
-def ep_free_phase(dev, params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_free_phase(dev, params, x, T, kind, activation, dt):
     """ep.free_phase: T free steps from s = 0. Returns [s_1 … s_L], each (B, n_l)."""
     xp = dev.xp
     net, x, _ = _setup(xp, params, x, kind, activation, dt)
@@ -113,7 +111,7 @@ def ep_free_phase(dev, params, x, T, kind, activation, dt, y=None, K=None, beta=
     return _relax(xp, net, params, x, s, T)
 
 
-def ep_nudged_phase(dev, params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_nudged_phase(dev, params, x, T, kind, activation, dt, y, K, beta):
     """ep.nudged_phase: K nudged steps from the free fixed point (T free steps). Returns [s^β_1 … s^β_L]."""
     xp = dev.xp
     net, x, y = _setup(xp, params, x, kind, activation, dt, y)
@@ -126,7 +124,7 @@ def ep_nudged_phase(dev, params, x, T, kind, activation, dt, y=None, K=None, bet
     return _relax(xp, net, params, x, s, K, beta, y)
 
 
-def ep_bptt(dev, params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_bptt(dev, params, x, T, kind, activation, dt, y, K):
     """ep.bptt: BPTT of (7) through the last K free steps (13). Returns {param: ∂L/∂param} (params' order, dtypes)."""
     xp = dev.xp
     net, x, y = _setup(xp, params, x, kind, activation, dt, y)

@@ -18,10 +18,10 @@ import functools
 
 import mlx.core as mx
 
-from refimpl.ep import check_beta, check_T, check_truncation
+from refimpl.ep import check_beta, check_T, check_truncation, net_from_kernel_args
 from refimpl.errors import UnsupportedError
 
-from ..common import ep_network, param_grads
+from ..common import param_grads
 from .runtime import kernel, transposed
 
 
@@ -134,7 +134,7 @@ def _setup(params, x, kind, activation, dt, y=None):
     """Validate like refimpl.ep (kind, activation, dt, shapes) → (net, (W, WT, b, WxT), r0)."""
     if x.dtype not in _DTYPE_NAMES:
         raise UnsupportedError(f"x has dtype {x.dtype}; EP runs in float32 or float64")
-    net = ep_network(params, x, kind, activation, dt, _DTYPE_NAMES[x.dtype], y)   # kind, activation, dt, shapes
+    net = net_from_kernel_args(params, x, kind, activation, dt, _DTYPE_NAMES[x.dtype], y)  # checks options, shapes
     L = net.n_layers
     W = [params[f"W.{l}"] for l in range(L)]
     b = [params[f"b.{l + 1}"] for l in range(L)]
@@ -165,7 +165,7 @@ def _zeros(net, B, dtype):
 # ---------------------------------------------------------------------------------------------------- kernels
 
 @kernel
-def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_free_phase(params, x, T, kind, activation, dt):
     """ep.free_phase: T free steps from s = 0. Returns [s_1 … s_L], each (B, n_l)."""
     T = check_T(T)
     net, weights, r0 = _setup(params, x, kind, activation, dt)
@@ -174,7 +174,7 @@ def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None)
 
 
 @kernel
-def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_nudged_phase(params, x, T, kind, activation, dt, y, K, beta):
     """ep.nudged_phase: K nudged steps from the free fixed point (T free steps). Returns [s^β_1 … s^β_L]."""
     T, K = check_T(T), check_T(K, "K")
     check_beta(beta)
@@ -187,7 +187,7 @@ def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=Non
 
 
 @kernel
-def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_bptt(params, x, T, kind, activation, dt, y, K):
     """ep.bptt: BPTT of (7) through the last K free steps (13). Returns {param: ∂L/∂param} (params' order, dtypes)."""
     if y is None:
         raise UnsupportedError("ep.bptt needs y (B, O), the target of the loss (7)")

@@ -23,10 +23,10 @@ import numpy as np
 from numba import njit
 from numba.typed import List
 
-from refimpl.ep import check_beta, check_inputs, check_T, check_truncation, rho
+from refimpl.ep import check_beta, check_inputs, check_T, check_truncation, net_from_kernel_args, rho
 from refimpl.errors import UnsupportedError
 
-from ..common import ep_network, param_grads
+from ..common import param_grads
 from .runtime import contiguous
 
 _ACT = {"tanh": 0, "sigm": 1, "hardsigm": 2}
@@ -224,7 +224,7 @@ def _adjoint(ds, Sc, Uc, Pc, W, WT, act, kind, clamp, c, dU):
 
 def _setup(params, x, kind, activation, dt, y=None, beta=None):
     """The network (validated by refimpl.ep), x and y in its dtype, the weights as typed lists, the constants c."""
-    net = ep_network(params, x, kind, activation, dt, x.dtype.name, y)
+    net = net_from_kernel_args(params, x, kind, activation, dt, y=y)
     x, y = check_inputs(net, params, x, y)
     dtype = x.dtype
     L = net.n_layers
@@ -265,7 +265,7 @@ def _run(net, x, wts, c, s, steps, y=None, K=0):
     return out, ((Sc, Uc, Pc) if K else None)
 
 
-def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_free_phase(params, x, T, kind, activation, dt):
     """ep.free_phase: T free steps from s = 0. Returns [s_1 … s_L], each (B, n_l)."""
     net, x, _, wts, c = _setup(params, x, kind, activation, dt)
     T = check_T(T)
@@ -273,7 +273,7 @@ def ep_free_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None)
     return list(s)
 
 
-def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_nudged_phase(params, x, T, kind, activation, dt, y, K, beta):
     """ep.nudged_phase: K nudged steps from the free fixed point (T free steps). Returns [s^β_1 … s^β_L]."""
     T = check_T(T)
     K = check_T(K, "K")
@@ -284,7 +284,7 @@ def ep_nudged_phase(params, x, T, kind, activation, dt, y=None, K=None, beta=Non
     return list(s)
 
 
-def ep_bptt(params, x, T, kind, activation, dt, y=None, K=None, beta=None):
+def ep_bptt(params, x, T, kind, activation, dt, y, K):
     """ep.bptt: BPTT of (7) through the last K free steps (13). Returns {param: ∂L/∂param} (params' order, dtypes)."""
     net, x, y, wts, c = _setup(params, x, kind, activation, dt, y)
     if y is None:

@@ -12,9 +12,9 @@ lstm's [h; c].
         W_hh[gH+k, j] on the h_{t-1} columns, + E[r, k] on column (R−1)H+k (r 2) — in the state dtype, stored in
         float64 (as the reference's state_jacobian(…).astype(float64)), and per batch element solves
         A_t e_t = e_{t-1} − dh_{t-1} (f 1, never an inverse). The warm-up (two_passes) also keeps P ← P A_t (f 2)
-        and ends with e_{-1} = −P (e'_{T-1} − dh_{T-1}) (f 3). The error pass casts e_t to the state dtype and forms the step's gate
-        adjoints from it, ḡ[gH+k] = Σ_r e_t[rH+k] F[r, g, k] (the step backward with total adjoint e_t, f 4: F is
-        that adjoint for the unit seeds, and the adjoint is linear in its seed);
+        and ends with e_{-1} = −P (e'_{T-1} − dh_{T-1}) (f 3). The error pass casts e_t to the state dtype and
+        forms the step's gate adjoints from it, ḡ[gH+k] = Σ_r e_t[rH+k] F[r, g, k] (the step backward with total
+        adjoint e_t, f 4: F is that adjoint for the unit seeds, and the adjoint is linear in its seed);
     (c) the weight gradients are then ONE GEMM each over all (t, b): ḡᵀ (G·H, T·B) @ [x | h_prev], and x̄ = ḡ W_ih
         (runtime.weight_grads, as the BPTT kernels).
 

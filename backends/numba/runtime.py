@@ -23,7 +23,8 @@ how it is run. The dense cell kernels follow five layout rules (research/landsca
         of the rows [r0, r1), on a small thread pool). The threads meet once per phase, not once per step (a
         per-step multi-threaded GEMM has a barrier every step, and on shared cores one descheduled thread stalls
         the others at every one of them). Every BLAS call inside a block is single-threaded, so no BLAS thread pool
-        runs, or spins, beside the blocks                                                  plan, Plan, in_blocks
+        runs, or spins, beside the blocks. Without the BLAS libraries' thread counts (controls_blas_threads() is
+        False) every call runs as one block                           plan, Plan, in_blocks, controls_blas_threads
 
 Reproducibility: each output row of the loops is written by exactly one block; the weight gradients are sums of the
 blocks' shares, added in block order (no atomics, no prange reductions). Results are therefore identical run to run
@@ -139,6 +140,12 @@ _BLAS_LOCK = threading.Lock()
 _BLAS_USERS = [0, []]             # [phases inside blas_single_threaded, the thread counts to restore]
 _POOL: list = []                  # one single-worker executor per extra block, created on first use
 _POOL_PID = [os.getpid()]         # a forked child inherits the executors but not their threads: it makes its own
+
+
+def controls_blas_threads() -> bool:
+    """Whether the thread counts of both BLAS libraries were found, so that calls may be cut into blocks of rows (rule
+    (e)); False: plan() gives every call one block, with the BLAS threads as they are."""
+    return bool(_BLAS_THREADS)
 
 
 @contextlib.contextmanager

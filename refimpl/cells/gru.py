@@ -56,6 +56,7 @@ GRAD_STATE_KEYS = ("h0",)
 
 # The state contract (refimpl/cells/__init__.py): h alone (S = H), real, read directly by the model
 STATE_ARG, STATE_ROWS = "h0", 1
+STATE_DOC = "h0 (B,H)"                                   # the initial state as the kernel signatures write it
 RECURRENT_PARAMS = ("weight_hh", "bias_hh")              # the parameters that act on h_(t-1)
 DIAGONAL = COMPLEX_STATE = OUTPUT_MAP = False            # dense Jacobian (B, S, S)
 

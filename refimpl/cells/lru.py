@@ -73,6 +73,7 @@ GRAD_STATE_KEYS = ("h0",)
 # The state contract (refimpl/cells/__init__.py): a complex h (S = N) with a diagonal Jacobian, read by the model
 # through the LRU output map y = Re(C h) + D x (refimpl/nn/layers.py)
 STATE_ARG, STATE_ROWS = "h0", 1
+STATE_DOC = "h0 complex (B,N)"                           # the initial state as the kernel signatures write it
 RECURRENT_PARAMS = ("nu_log", "theta_log")               # the parameters that act on h_(t-1): λ
 DIAGONAL = COMPLEX_STATE = OUTPUT_MAP = True
 

@@ -63,6 +63,7 @@ GRAD_STATE_KEYS = ("h0", "c0")
 
 # The state contract (refimpl/cells/__init__.py): the pair (h, c), flattened as [h; c] (S = 2H)
 STATE_ARG, STATE_ROWS = "state0", 2
+STATE_DOC = "state0 LSTMState(h0 (B,H), c0 (B,H))"       # the initial state as the kernel signatures write it
 RECURRENT_PARAMS = ("weight_hh", "bias_hh")              # the parameters that act on h_(t-1)
 DIAGONAL = COMPLEX_STATE = OUTPUT_MAP = False            # dense Jacobian, real state, h read directly
 

@@ -9,9 +9,10 @@ recurrent cells as a fixed-point problem (cells.py).
 from .activations import ACTIVATIONS, d2rho, drho, rho
 from .networks import (DEFAULTS, DTYPES, NETWORKS, TOY_SIZES, EPNet, EPStepCache, bptt_grads, check_beta,
                        check_inputs, check_T, check_truncation, ep_grads, ep_update, free_phase, gdu_curves,
-                       make_ep_net, nudged_phase, output_loss, predict, rmse, sign_agreement)
+                       make_ep_net, net_from_kernel_args, nudged_phase, output_loss, predict, rmse,
+                       sign_agreement)
 
 __all__ = ["ACTIVATIONS", "DEFAULTS", "DTYPES", "NETWORKS", "TOY_SIZES", "EPNet", "EPStepCache", "bptt_grads",
            "check_beta", "check_inputs", "check_T", "check_truncation", "d2rho", "drho", "ep_grads", "ep_update",
-           "free_phase", "gdu_curves", "make_ep_net", "nudged_phase", "output_loss", "predict", "rho", "rmse",
-           "sign_agreement"]
+           "free_phase", "gdu_curves", "make_ep_net", "net_from_kernel_args", "nudged_phase", "output_loss", "predict",
+           "rho", "rmse", "sign_agreement"]

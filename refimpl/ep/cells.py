@@ -82,7 +82,7 @@ def _loss_and_adjoint(cell: Cell, readout: dict, v: np.ndarray, y: np.ndarray):
     if _complex(cell):
         N = cell.n_hidden
         dphi = dphi[:, :N] + 1j * dphi[:, N:]                                  # (4)  ∂L/∂Re h + i ∂L/∂Im h
-    g = cell.flatten_state(cell.add_to_h(cell.zero_state(B), dphi))            # (4)  on h (lstm: c-part 0)
+    g = cell.flatten_state(cell.adjoint_from_h(dphi))                          # (4)  on h (lstm: c-part 0)
     dreadout = {"readout.weight": err.T @ phi / B, "readout.bias": err.sum(0) / B}   # (6)
     return loss, g, dreadout
 
@@ -307,8 +307,8 @@ def contractive_problem(cell_name: str, seed: int, *, H: int = 8, I: int = 4, O:
 
     rnn: W_hh scaled to spectral norm 0.5 (‖J‖ ≤ 0.5).  symmetric=True (rnn only): the LINEAR rnn with a symmetric
     W_hh of spectral norm 0.5 — energy-derived, f = ∂Φ/∂h with Φ = ½hᵀW_hh h + hᵀ(W_ih x + b) (doc eq. 11).
-    symmetric="tanh" (rnn only): the tanh rnn with that symmetric W_hh — NOT energy-derived in h (J* = diag(1 − h*²) W_hh
-    is not symmetric; doc eq. 12).
+    symmetric="tanh" (rnn only): the tanh rnn with that symmetric W_hh — NOT energy-derived in h
+    (J* = diag(1 − h*²) W_hh is not symmetric; doc eq. 12).
     gru, lstm: PyTorch init with W_hh halved.  lru: |λ| ∈ [0.5, 0.9], any phase.  (CONTRACTIVE_PARAMS)
     """
     rng = np.random.default_rng(seed)

@@ -166,6 +166,24 @@ def make_ep_net(kind: str, sizes=None, *, activation: str | None = None, dt: flo
     return net, params
 
 
+def net_from_kernel_args(params: dict, x, kind: str, activation: str, dt: float, dtype: str | None = None,
+                         y=None) -> EPNet:
+    """The EPNet an ep.* kernel call describes, validated by make_ep_net (kind, activation, dt, dtype): the sizes
+    (I, n_1, …, n_L) are read off x (B, I) and the weights W.0 … W.{L−1}, and the shapes of x and y (B, O) are checked
+    as check_inputs checks them. Only shapes are read, so x, y and the parameters may be arrays of any backend.
+
+    dtype: the network's dtype name; None → x.dtype's (pass it for arrays whose dtype NumPy does not name, e.g. MLX's).
+    """
+    if x.ndim != 2:
+        raise UnsupportedError(f"x has shape {tuple(x.shape)}; expected (B, I): EP takes one static input")
+    L = sum(k.startswith("W.") for k in params)
+    sizes = (x.shape[1],) + tuple(params[f"W.{l}"].shape[0] for l in range(L))
+    net, _ = make_ep_net(kind, sizes, activation=activation, dt=dt, dtype=x.dtype.name if dtype is None else dtype)
+    if y is not None and tuple(y.shape) != (x.shape[0], sizes[-1]):
+        raise UnsupportedError(f"y has shape {tuple(y.shape)}; expected ({x.shape[0]}, {sizes[-1]})")
+    return net
+
+
 # ---------------------------------------------------------------------------------------------------- one step
 
 class EPStepCache(NamedTuple):
@@ -372,8 +390,8 @@ def _kernel_options(net: EPNet, kernels) -> dict:
                                f"kernel signatures (refimpl.registry.ep_kernels), got {type(kernels).__name__}")
     if net.clamp != DEFAULTS[net.kind]["clamp"]:
         raise UnsupportedError(f"the ep.* kernels run the {net.kind} network with its default clamp="
-                               f"{DEFAULTS[net.kind]['clamp']}, and this net has clamp={net.clamp}; run it on the NumPy "
-                               f"reference (kernels=None, --backend numpy) or keep the default clamp")
+                               f"{DEFAULTS[net.kind]['clamp']}, and this net has clamp={net.clamp}; run it on the "
+                               f"NumPy reference (kernels=None, --backend numpy) or keep the default clamp")
     return {"kind": net.kind, "activation": net.activation, "dt": net.dt}
 
 

@@ -73,3 +73,43 @@ def test_the_table_is_complete_for_whoever_imports_the_registry():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["35", "35"]
+
+
+def _signature_arguments(signature: str) -> list:
+    """The argument names of a registered signature string, '(params, x (T,B,I), h0 (B,H)) -> …' → [params, x, h0]:
+    the first word of each argument at the top level of the outer parentheses."""
+    args, depth, current = [], 0, ""
+    for ch in signature[1:]:
+        if depth == 0 and ch in ",)":
+            args.append(current.split()[0])
+            current = ""
+            if ch == ")":
+                return args
+            continue
+        depth += (ch in "([") - (ch in ")]")
+        current += ch
+    raise AssertionError(f"unbalanced signature {signature!r}")
+
+
+def test_the_signatures_name_the_references_arguments():
+    """Each kernel's registered signature lists its reference's required arguments, in order (the keyword options
+    with a default are its variants)."""
+    import inspect
+    for name, spec in KERNELS.items():
+        required = [p.name for p in inspect.signature(spec.reference).parameters.values() if p.default is p.empty]
+        assert _signature_arguments(spec.signature) == required, name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_kernels_take_the_references_arguments(backend):
+    """Each backend kernel takes its reference's arguments, by the same names in the same order; what it takes beyond
+    them has a default (a backend's own tuning option, never an argument the caller must pass)."""
+    import inspect
+    b = load_backend(backend)
+    for name, spec in KERNELS.items():
+        if name not in b.kernels:
+            continue
+        want = list(inspect.signature(spec.reference).parameters.values())
+        got = list(inspect.signature(b.kernels[name]).parameters.values())
+        assert [p.name for p in got[:len(want)]] == [p.name for p in want], (backend, name)
+        assert all(p.default is not p.empty for p in got[len(want):]), (backend, name)

@@ -1,4 +1,5 @@
-"""Equilibrium propagation (refimpl/ep/networks.py): BPTT vs finite differences, the GDU property, metrics, errors, dtypes."""
+"""Equilibrium propagation (refimpl/ep/networks.py): BPTT vs finite differences, the GDU property, metrics, errors,
+dtypes."""
 
 import dataclasses
 
@@ -256,3 +257,21 @@ def test_injected_kernels_refuse_what_they_cannot_run(rng):
         ep.bptt_grads(net, params, x, y, T=5, K=2, kernels=object())
     with pytest.raises(UnknownNameError, match="backend"):
         ep_kernels("nosuch")
+
+
+@pytest.mark.parametrize("kind", ep.NETWORKS)
+def test_net_from_kernel_args_reads_the_net_back_from_its_parameters(kind, rng):
+    """The ep.* kernels' network (refimpl.kernels and every backend): kind, activation, dt and dtype as given, the sizes
+    read off x and the weights, shapes of x and y checked."""
+    opts = {"activation": "hardsigm", "dt": 0.3}
+    net, params = ep.make_ep_net(kind, (4, 6, 5, 3), seed=1, dtype="float32", **opts)
+    x, y = _data(net, rng, B=2)
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    assert ep.net_from_kernel_args(params, x, kind, y=y, **opts) == net       # dtype from x: float32
+    assert ep.net_from_kernel_args(params, x, kind, dtype="float64", **opts).dtype == "float64"
+    with pytest.raises(UnsupportedError, match=r"expected \(B, I\)"):
+        ep.net_from_kernel_args(params, x[None], kind, **opts)
+    with pytest.raises(UnsupportedError, match=r"y has shape \(2, 2\); expected \(2, 3\)"):
+        ep.net_from_kernel_args(params, x, kind, y=y[:, :2], **opts)
+    with pytest.raises(UnknownNameError, match="activation"):
+        ep.net_from_kernel_args(params, x, kind, "relu", 0.3)
