@@ -20,6 +20,7 @@ Every cell module (``rnn``, ``gru``, ``lstm``, ``lru``) defines, in this order:
 and the state contract — what an algorithm needs to know about a state without asking which cell it is:
 
     STATE_ARG          the initial-state argument of forward and of the kernels: 'h0', or 'state0' (lstm)
+    STATE_DOC          how that argument reads in the kernel signatures, e.g. 'h0 (B,H)'
     STATE_ROWS         rows per hidden unit of the flattened state: S = STATE_ROWS · H (2 for the lstm's [h; c])
     RECURRENT_PARAMS   the parameters that act on h_{t-1} (what `spatial` holds constant)
     DIAGONAL           state_jacobian is diagonal (B, N) (lru) rather than dense (B, S, S)
