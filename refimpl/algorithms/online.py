@@ -213,19 +213,15 @@ def _state_influencing(model, params) -> list[str]:
             and not (k.startswith(top) and k[len(top):].startswith(above_top))]
 
 
-def _is_complex(c) -> bool:
-    return np.issubdtype(c.state_dtype, np.complexfloating)
-
-
 def _n_real(c) -> int:
     """The real state units of one layer: the S entries of its flattened state, Re and Im of each for a complex one."""
-    return c.state_size * (2 if _is_complex(c) else 1)
+    return c.state_size * (2 if c.complex_state else 1)
 
 
 def _real(c, dstate) -> np.ndarray:
     """A state adjoint as one real number per real unit (B, S_real): the flattened state, [Re; Im] of it if complex."""
     flat = c.flatten_state(dstate)
-    return np.concatenate([np.real(flat), np.imag(flat)], axis=-1) if _is_complex(c) else flat
+    return np.concatenate([np.real(flat), np.imag(flat)], axis=-1) if c.complex_state else flat
 
 
 def _unit_adjoint(c, k: int):
