@@ -258,8 +258,8 @@ def _whole_stack(model, params, x, y, loss, mask):
             deltas = [None] * model.layers
 
             def stop_at_cell(l, cell_params, dh, cell_cache):     # (3) stops at the cells: δ^l_t, nothing through
-                deltas[l] = cells[l].adjoint_from_h(dh)
-                return {"x": np.zeros_like(cache.layers[l].a)}
+                deltas[l] = cells[l].adjoint_from_h(dh)             # (the cells' gradients come from R_t, (4))
+                return {**{k: np.zeros_like(v) for k, v in cell_params.items()}, "x": np.zeros_like(cache.layers[l].a)}
 
             step_grads, _ = stack_backward(model, params, head.du, cache, stop_at_cell)     # the states held fixed
             add_into(grads, step_grads)
@@ -293,5 +293,5 @@ def _update_whole_stack(model, params, u, cache, states_prev, sens) -> None:
             rows_P.append(g)
     J = np.stack(rows_J)                                               # (S, S): ∂s_t[k]/∂s_{t−1}[j], real
     for name in sens:
-        P = np.stack([g.get(name, np.zeros(sens[name].shape[1:], sens[name].dtype)) for g in rows_P])
+        P = np.stack([g[name] for g in rows_P])
         sens[name][...] = np.tensordot(J, sens[name], axes=1) + P

@@ -23,7 +23,7 @@ Backward, in reverse, from ūˡ⁺¹:
 The two strategies are plain functions of the layer index l:
 
     run_cell(l, cell_params, a) -> (h, cell_cache)
-    cell_adjoint(l, cell_params, dh, cell_cache) -> {cell parameter: gradient (those it trains), "x": ā_cell}
+    cell_adjoint(l, cell_params, dh, cell_cache) -> {cell parameter: gradient (every one), "x": ā_cell}
 
 BPTT runs the cell's sequence forward and passes the cell's BPTT backward (model.py, or a backend's kernels); the online
 rules, FPTT and recurrent DFA/DRTP run one step (refimpl/algorithms/online.py) and pass their rule; the backend
@@ -106,7 +106,7 @@ def block_backward(model, l: int, params: dict, df: np.ndarray, cache: LayerCach
         grads.update(prefixed(pre, g))
     g = cell_adjoint(l, _cell_params(model, l, params), dh, cache.cell)                             # (59)
     da = g["x"] if da_direct is None else g["x"] + da_direct                                         # (60)
-    grads.update(prefixed(f"{pre}.cell", {k: v for k, v in g.items() if k in c.param_shapes}))   # h0 / c0 dropped
+    grads.update(prefixed(f"{pre}.cell", {k: g[k] for k in c.param_shapes}))     # every one (h0 / c0 dropped)
     du = da                                                                                          # (60)
     if model.norm == "layer":
         g = layer_norm_backward(da, cache.norm)                                                      # (60)
