@@ -185,7 +185,8 @@ def resolve_cell(name: str, n_in: int, n_hidden: int, dtype="float64", **options
     for key in options:
         if key not in module.OPTIONS:
             takes = f"only {', '.join(module.OPTIONS)}" if module.OPTIONS else "no options"
-            raise UnknownNameError(f"option for cell {name!r}", key, module.OPTIONS or ["(none)"], f"{name} takes {takes}")
+            raise UnknownNameError(f"option for cell {name!r}", key, module.OPTIONS or ["(none)"],
+                                   f"{name} takes {takes}")
     n_in, n_hidden = positive_int("n_in", n_in), positive_int("n_hidden", n_hidden)
     opts = {**module.OPTIONS, **options}
     if "nonlinearity" in opts and opts["nonlinearity"] not in module.NONLINEARITIES:

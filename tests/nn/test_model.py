@@ -1,4 +1,5 @@
-"""The model stack — refimpl/nn/layers.py, losses.py, model.py — against finite differences and independent computations.
+"""The model stack — refimpl/nn/layers.py, losses.py, model.py — against finite differences and independent
+computations.
 
 The oracle is central differences (refimpl.numerics.central_differences, eps = 1e-6) of the loss at a float64 test
 point, with the DESIGN.md §7 bound: relative error ≤ 1e-6 for every parameter array and for x.
