@@ -54,15 +54,14 @@ def _initial_state(cell: Cell, h0, batch: int):
     if h0 is None:
         return cell.zero_state(batch)
     spec = [("B", batch), ("H", cell.n_hidden)]
-    parts = cell.grad_state_keys                    # the state's parts: ('h0',), or ('h0', 'c0')
+    parts = cell.grad_state_keys                    # the names of the state's parts: ('h0',), or ('h0', 'c0')
     if len(parts) == 1:
-        return check_array("h0", h0, spec, cell.state_dtype)
+        return cell.state_from_parts(check_array("h0", h0, spec, cell.state_dtype))
     if isinstance(h0, np.ndarray):
         h0 = (h0,) + tuple(np.zeros_like(h0) for _ in parts[1:])        # c0 = 0 when only h0 is given
     if not (isinstance(h0, tuple) and len(h0) == len(parts)):
         raise ShapeError(f"{cell.name} h0 must be an array h0 (B,H) or a pair ({', '.join(parts)}) of (B,H) arrays")
-    checked = [check_array(name, a, spec, cell.state_dtype) for name, a in zip(parts, h0)]
-    return cell.unflatten_state(np.concatenate(checked, axis=-1))
+    return cell.state_from_parts(*(check_array(name, a, spec, cell.state_dtype) for name, a in zip(parts, h0)))
 
 
 def _check_x(cell: Cell, x) -> np.ndarray:
