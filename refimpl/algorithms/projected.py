@@ -48,10 +48,11 @@ import numpy as np
 from . import rtrl
 from ..cells.common import add_into
 from ..errors import BpfreeWarning, ShapeError, UnknownNameError, UnsupportedError
+from ..nn import stack
 from ..nn.init import init_matrix
 from ..nn.layers import linear_backward
-from ..nn.stack import block_backward, sub
-from .online import check_supported, head_step, rule_adjoint, stack_step_forward
+from ..nn.stack import block_backward
+from .online import add_head, check_supported, head_step, rule_adjoint, stack_step_forward
 
 RULES = ("dfa", "drtp")
 #: the temporal rules: the per-layer online algorithms of the same names (their rule: rtrl.LAYER_RULE)
@@ -152,7 +153,7 @@ def projected_grads(model, params, x, y, loss, mask=None, *, rule: str = "dfa", 
     T, B, _ = x.shape
     cells = model.cells
     states = [c.zero_state(B) for c in cells]
-    cell_params = [sub(params, f"layers.{l}.cell", c.param_shapes) for l, c in enumerate(cells)]
+    cell_params = [stack.cell_params(model, l, params) for l in range(model.layers)]
     traces = [rtrl.init_traces(layer_rule, c, cell_params[l], B) for l, c in enumerate(cells)]
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     total, run_sum = 0.0, None
@@ -163,10 +164,9 @@ def projected_grads(model, params, x, y, loss, mask=None, *, rule: str = "dfa", 
         traces = [rtrl.update_traces(layer_rule, c, cell_params[l], traces[l], cache.layers[l].a, states[l])
                   for l, c in enumerate(cells)]                                                      # (6)
         states = new_states
-        if head.du is None:
+        add_head(grads, head)                                                                       # (2)
+        if not head.has_loss:
             continue                                                      # no loss at this step: no signal
-        grads["readout.weight"] += head.readout["weight"]
-        grads["readout.bias"] += head.readout["bias"]
         eps = head.dout if rule == "dfa" else _target_signal(loss, *_target(model, y, t, mask, B, u.dtype),
                                                              model.n_out, model.dtype)              # (3)
         cell_adjoint = rule_adjoint(model, layer_rule, traces)                                      # (6), (7)
