@@ -104,9 +104,10 @@ def cell_grads(cell: Cell, params: dict, x: np.ndarray, dh: np.ndarray, h0=None,
     Args:
         dh: (T, B, H) the part of ∂L/∂h_t that does not go through later states; complex for lru, with the
             convention z̄ = ∂L/∂Re z + i ∂L/∂Im z.
-        **options: the algorithm's options (fptt / fptt1: carrier='float64' | 'state').
-        algorithm: a name of DESIGN.md §5: `bptt`, `fptt`, `fptt1`, or an RTRL-family rule (`rtrl`, `online` (= `rtrl` for one cell),
-            `snap1`, `truncated`, `spatial`, and `cec` for the lstm), run online with memory independent of T.
+        **options: the algorithm's options for one cell (fptt / fptt1: carrier='float64' | 'state').
+        algorithm: a name of DESIGN.md §5: `bptt`, `fptt`, `fptt1`, or an RTRL-family rule (`rtrl`, `online` (= `rtrl`
+            for one cell), `snap1`, `truncated`, `spatial`, and `cec` for the lstm), run online with memory
+            independent of T.
     Returns:
         {param: grad, "x": (T,B,I), "h0": (B,H)} (plus "c0" for lstm); every gradient has its array's shape and dtype.
         The RTRL-family rules are forward-mode: they return the parameter gradients only (no "x", "h0").
@@ -120,7 +121,7 @@ def cell_grads(cell: Cell, params: dict, x: np.ndarray, dh: np.ndarray, h0=None,
                      hint="dh is the instantaneous adjoint of h, shaped like h")
     with np.errstate(all="ignore"):         # a blow-up is detected below and reported, not warned about
         grads = algo.cell_grads(cell_kernels(cell.name, backend, cell.dtype), cell, params, x, dh, state0,
-                                **algo.check_options(options))
+                                **algo.check_options(options, "cell"))
     _check_finite_output("gradient", grads)
     return grads
 
