@@ -37,7 +37,7 @@ constant: no temporal credit, weight_hh / bias_hh — lru: nu_log / theta_log �
 e_{−1} = 0 in every layer (the paper's `forward` baseline; not exact).
 
 Precision: the carriers e, e′, P may run in float64 (complex128) while the states run in float32 (the paper's mixed
-setting): `carrier_dtype="float64"` (default) or `"state"`.
+setting): `carrier="float64"` (default) or `carrier="state"` (carrier_dtype gives the dtype either means).
 """
 
 from __future__ import annotations

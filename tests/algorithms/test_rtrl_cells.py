@@ -1,4 +1,5 @@
-"""The cell-level RTRL family (refimpl/algorithms/rtrl.py; docs/derivations/rtrl.md), each rule against an independent oracle.
+"""The cell-level RTRL family (refimpl/algorithms/rtrl.py; docs/derivations/rtrl.md), each rule against an independent
+oracle.
 
     rtrl       == the cell's BPTT (cell.module.forward + backward), every parameter, ≤ 1e-10 (DESIGN.md §7)
     snap1      == dense RTRL written here, with every state Jacobian masked to its diagonal (lstm: per-unit 2×2 blocks)
