@@ -54,15 +54,14 @@ def _initial_state(cell: Cell, h0, batch: int):
     if h0 is None:
         return cell.zero_state(batch)
     spec = [("B", batch), ("H", cell.n_hidden)]
-    parts = cell.grad_state_keys                    # the state's parts: ('h0',), or ('h0', 'c0')
+    parts = cell.grad_state_keys                    # the names of the state's parts: ('h0',), or ('h0', 'c0')
     if len(parts) == 1:
-        return check_array("h0", h0, spec, cell.state_dtype)
+        return cell.state_from_parts(check_array("h0", h0, spec, cell.state_dtype))
     if isinstance(h0, np.ndarray):
         h0 = (h0,) + tuple(np.zeros_like(h0) for _ in parts[1:])        # c0 = 0 when only h0 is given
     if not (isinstance(h0, tuple) and len(h0) == len(parts)):
         raise ShapeError(f"{cell.name} h0 must be an array h0 (B,H) or a pair ({', '.join(parts)}) of (B,H) arrays")
-    checked = [check_array(name, a, spec, cell.state_dtype) for name, a in zip(parts, h0)]
-    return cell.unflatten_state(np.concatenate(checked, axis=-1))
+    return cell.state_from_parts(*(check_array(name, a, spec, cell.state_dtype) for name, a in zip(parts, h0)))
 
 
 def _check_x(cell: Cell, x) -> np.ndarray:
@@ -105,9 +104,10 @@ def cell_grads(cell: Cell, params: dict, x: np.ndarray, dh: np.ndarray, h0=None,
     Args:
         dh: (T, B, H) the part of ∂L/∂h_t that does not go through later states; complex for lru, with the
             convention z̄ = ∂L/∂Re z + i ∂L/∂Im z.
-        **options: the algorithm's options (fptt / fptt1: carrier='float64' | 'state').
-        algorithm: a name of DESIGN.md §5: `bptt`, `fptt`, `fptt1`, or an RTRL-family rule (`rtrl`, `online` (= `rtrl` for one cell),
-            `snap1`, `truncated`, `spatial`, and `cec` for the lstm), run online with memory independent of T.
+        **options: the algorithm's options for one cell (fptt / fptt1: carrier='float64' | 'state').
+        algorithm: a name of DESIGN.md §5: `bptt`, `fptt`, `fptt1`, or an RTRL-family rule (`rtrl`, `online` (= `rtrl`
+            for one cell), `snap1`, `truncated`, `spatial`, and `cec` for the lstm), run online with memory
+            independent of T.
     Returns:
         {param: grad, "x": (T,B,I), "h0": (B,H)} (plus "c0" for lstm); every gradient has its array's shape and dtype.
         The RTRL-family rules are forward-mode: they return the parameter gradients only (no "x", "h0").
@@ -121,7 +121,7 @@ def cell_grads(cell: Cell, params: dict, x: np.ndarray, dh: np.ndarray, h0=None,
                      hint="dh is the instantaneous adjoint of h, shaped like h")
     with np.errstate(all="ignore"):         # a blow-up is detected below and reported, not warned about
         grads = algo.cell_grads(cell_kernels(cell.name, backend, cell.dtype), cell, params, x, dh, state0,
-                                **algo.check_options(options))
+                                **algo.check_options(options, "cell"))
     _check_finite_output("gradient", grads)
     return grads
 

@@ -45,6 +45,7 @@ class Algorithm:
     lives_in: str = ""            # for a name with no sequence-model gradient here: where it lives instead
     input_grads: bool = True      # False for forward-mode (online) rules: they give no gradient for the input x
     options: tuple = ()           # names of the keyword options the algorithm takes (e.g. fptt: passes, carrier)
+    cell_options: tuple | None = None   # the options its cell_grads takes, where fewer (None: all of `options`)
     tolerance: str = "exact_vs_bptt"   # its row of numerics.TOLERANCES when exact
     exact_when: Callable | None = None  # (model, options) -> bool, for algorithms exact only with some options
 
@@ -52,11 +53,15 @@ class Algorithm:
         """Whether the gradients must equal BPTT's for this model with these options."""
         return self.is_exact and (self.exact_when is None or self.exact_when(model, options))
 
-    def check_options(self, options: dict) -> dict:
+    def check_options(self, options: dict, level: str = "model") -> dict:
+        """`options` unchanged if the algorithm takes every one of them at `level` ('cell' or 'model')."""
+        allowed = self.options if level == "model" or self.cell_options is None else self.cell_options
         for k in options:
-            if k not in self.options:
-                raise UnknownNameError(f"option of algorithm {self.name!r}", k, self.options or ["(none)"],
-                                       f"{self.name} takes {'only ' + ', '.join(self.options) if self.options else 'no options'}")
+            if k not in allowed:
+                takes = f"only {', '.join(allowed)}" if allowed else "no options"
+                hint = (f"{self.name} takes {takes} on one cell; {k} is an option of a model" if k in self.options
+                        else f"{self.name} takes {takes}")
+                raise UnknownNameError(f"option of algorithm {self.name!r}", k, allowed or ["(none)"], hint)
         return options
 
     @property
@@ -107,16 +112,17 @@ def _rtrl_family(name: str) -> dict:
 
 
 def _fptt(two_passes: bool) -> dict:
-    """FPTT (fptt.py); options passes (a model's pass budget), carrier ('float64' | 'state'), input_grad."""
-    def cell_grads(kernels, cell, params, x, dh, state0, carrier="float64", passes=None, input_grad=True):
-        run = _on(kernels, fptt.fptt_cell_grads, on_backend.fptt_cell_grads)   # one cell is one layer: no budget
+    """FPTT (fptt.py); options carrier ('float64' | 'state'), and for a model passes (the pass budget) and
+    input_grad. One cell is one layer with its input given: it has no pass budget, and always returns x̄."""
+    def cell_grads(kernels, cell, params, x, dh, state0, carrier="float64"):
+        run = _on(kernels, fptt.fptt_cell_grads, on_backend.fptt_cell_grads)
         return run(cell, params, x, dh, state0, two_passes=two_passes, carrier=carrier)
 
     def model_grads(kernels, model, params, x, y, loss, mask, **options):
         run = _on(kernels, fptt.fptt_model_grads, on_backend.fptt_model_grads)
         return run(model, params, x, y, loss, mask, two_passes=two_passes, **options)
     return dict(cell_grads=cell_grads, model_grads=model_grads, options=("passes", "carrier", "input_grad"),
-                tolerance="fptt_vs_bptt",
+                cell_options=("carrier",), tolerance="fptt_vs_bptt",
                 exact_when=lambda model, options: int(options.get("passes", model.layers + 1)) > model.layers)
 
 

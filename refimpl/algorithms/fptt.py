@@ -37,7 +37,7 @@ constant: no temporal credit, weight_hh / bias_hh — lru: nu_log / theta_log �
 e_{−1} = 0 in every layer (the paper's `forward` baseline; not exact).
 
 Precision: the carriers e, e′, P may run in float64 (complex128) while the states run in float32 (the paper's mixed
-setting): `carrier_dtype="float64"` (default) or `"state"`.
+setting): `carrier="float64"` (default) or `carrier="state"` (carrier_dtype gives the dtype either means).
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import NumericalError, UnsupportedError
-from ..nn.stack import stack_backward, sub
-from .online import check_supported, head_step, stack_step_forward
+from ..nn import stack
+from ..nn.stack import stack_backward
+from .online import add_head, check_supported, head_step, stack_step_forward
 
 #: Relative residual ρ (5) above which FPTT refuses to return its gradients. Calibrated on the stability study's full
 #: grid (252 points: r_min 0.36 … 0.99, T 30 … 1000, three precisions, three seeds): every gradient it accepted was
@@ -229,7 +230,7 @@ def _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carri
     cells = model.cells
     cts = [carrier_dtype(c, carrier) for c in cells]
     starts = [np.zeros((B, c.state_size), cts[l]) for l, c in enumerate(cells)]   # e^l_{−1}; found by the warm-ups
-    cell_params = [sub(params, f"layers.{l}.cell", c.param_shapes) for l, c in enumerate(cells)]
+    cell_params = [stack.cell_params(model, l, params) for l in range(model.layers)]
     warm_order = list(reversed(fptt_layers)) if two_passes else []  # top first
 
     for warm in warm_order + [None]:                              # passes: one warm-up each, then the final pass
@@ -287,13 +288,11 @@ def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, 
             P = _accumulate_P(cells[warm], P, JH)
         head = head_step(model, params, u, t, T, y, loss, mask, run_sum)
         run_sum, total = head.run_sum, total + head.loss
-        du_top = head.du if head.du is not None else np.zeros_like(u)
+        du_top = head.du if head.has_loss else np.zeros_like(u)
         step_grads, dx_t = stack_backward(model, params, du_top, cache, cell_adjoint,
                                           lowest=0 if final else warm)      # the warm-up needs errors down to `warm`
         if final:                                                             # (4)
-            if head.readout is not None:
-                grads["readout.weight"] += head.readout["weight"]
-                grads["readout.bias"] += head.readout["bias"]
+            add_head(grads, head)
             for k, v in step_grads.items():
                 grads[k] += v
             if dx is not None:

@@ -1,10 +1,10 @@
 r"""The RTRL family and FPTT on a backend (numba, mlx, cupy): the same gradients, as whole-sequence kernel calls.
 Derivations: docs/derivations/rtrl.md §9b (eq. 9b.1) and docs/derivations/fptt.md §8b (eq. 8b.1).
 
-The NumPy reference runs these algorithms truly online (refimpl/algorithms/online.py, refimpl/algorithms/fptt.py: one step at a time, memory
-flat in T). A backend implements their hot loops as registry kernels that sweep a whole sequence,
-`<cell>.<rule>(params, x, state0, dh)`, so on a backend they run as the chunked design of DESIGN.md §5 with one chunk
-of C = T steps:
+The NumPy reference runs these algorithms truly online (refimpl/algorithms/online.py, refimpl/algorithms/fptt.py: one
+step at a time, memory flat in T). A backend implements their hot loops as registry kernels that sweep a whole
+sequence, `<cell>.<rule>(params, x, state0, dh)`, so on a backend they run as the chunked design of DESIGN.md §5 with
+one chunk of C = T steps:
 
   one cell (cell_grads)    grads = <cell>.<rule>(params, x, state0, dh)                     one kernel call
   a model  (online_grads,   (1) the stack's forward pass with the backend's <cell>.forward (as BPTT does), then
@@ -16,17 +16,18 @@ of C = T steps:
         cell-parameter gradient  = the rule's sweep driven by the layer's instantaneous errors δ^l (T, B, H);
         error sent to the input  = the immediate one, x̄_t = (∂h_t/∂x_t)ᴴ δ_t (the cell's step backward without its
         carry through time, batched over all (t, b) at once: no recurrence, plain array code).
-        Since no cell carries an adjoint through time, δ^l_t is exactly the within-step error of refimpl/algorithms/online.py (3).
+        Since no cell carries an adjoint through time, δ^l_t is exactly the within-step error of
+        refimpl/algorithms/online.py (3).
     fptt:  the top `passes` − 1 layers run <cell>.fptt; FPTT is exact, so its x̄ is the total error and the layer below
-        receives what BPTT would give it. Layers below the pass budget are `spatial` as in refimpl/algorithms/fptt.py: the
-        immediate step backward, with the recurrent term (cell.recurrent_params) given zero.
+        receives what BPTT would give it. Layers below the pass budget are `spatial` as in refimpl/algorithms/fptt.py:
+        the immediate step backward, with the recurrent term (cell.recurrent_params) given zero.
     fptt1: every layer runs <cell>.fptt1 (its x̄ carries its own, approximate, e_t — as in the reference's one pass).
     rtrl:  the whole-stack sensitivity has no kernel; it runs here only where it equals the per-layer rule (one layer,
         no encoder, no norm), and is refused otherwise.
 
-FPTT's check (refimpl/algorithms/fptt.py (5)) on a backend: the sweep's last error e_{T−1} must equal dh_{T−1}; a kernel does not
-return e_{T−1}, but it returns x̄_{T−1} = (∂h_{T−1}/∂x_{T−1})ᴴ e_{T−1}, which must then equal the same product with
-dh_{T−1} — one immediate step backward here. The relative residual of that pair is held to the reference's
+FPTT's check (refimpl/algorithms/fptt.py (5)) on a backend: the sweep's last error e_{T−1} must equal dh_{T−1}; a
+kernel does not return e_{T−1}, but it returns x̄_{T−1} = (∂h_{T−1}/∂x_{T−1})ᴴ e_{T−1}, which must then equal the same
+product with dh_{T−1} — one immediate step backward here. The relative residual of that pair is held to the reference's
 RESIDUAL_TOL: an error signal lost to the inversion's rounding (a component outside the null space of the input map,
 i.e. any generic one) is refused with the reference's message instead of returned.
 

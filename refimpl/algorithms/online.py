@@ -47,9 +47,10 @@ import numpy as np
 from . import rtrl
 from ..cells.common import add_into
 from ..errors import UnsupportedError
+from ..nn import stack
 from ..nn.layers import linear_backward, linear_forward
 from ..nn.losses import loss_forward
-from ..nn.stack import stack_backward, stack_forward, sub
+from ..nn.stack import stack_backward, stack_forward
 
 #: Refuse a whole-stack RTRL whose sensitivity would take more than this many bytes (override with max_bytes=).
 RTRL_MAX_BYTES = 2 * 2**30
@@ -96,6 +97,11 @@ class Head(NamedTuple):
     dout: np.ndarray | None          # ∂L/∂ŷ_t (B, O); None where no loss
     du: np.ndarray | None            # the adjoint of u^L_t (B, d_L) (pooling: identity backward); None where no loss
 
+    @property
+    def has_loss(self) -> bool:
+        """Whether step t has a loss (with pooling 'last', only the last step has one)."""
+        return self.du is not None
+
 
 def head_step(model, params, u, t: int, T: int, y, loss: str, mask, run_sum) -> Head:
     """(2) at step t: pooling (the running mean is straight-through), readout, the loss at step t and its adjoints.
@@ -116,6 +122,14 @@ def head_step(model, params, u, t: int, T: int, y, loss: str, mask, run_sum) -> 
         value, dout = loss_forward(loss, out, y, None)
     g = linear_backward(dout, head)
     return Head(run_sum, float(value), {"weight": g["weight"], "bias": g["bias"]}, dout, g["x"])
+
+
+def add_head(grads: dict, head: Head) -> None:
+    """The readout's gradient at step t, (2), into the driver's accumulator `grads` (nothing where step t has no
+    loss)."""
+    if head.has_loss:
+        grads["readout.weight"] += head.readout["weight"]
+        grads["readout.bias"] += head.readout["bias"]
 
 
 def rule_adjoint(model, rule: str, traces: list):
@@ -180,7 +194,7 @@ def _per_layer(model, params, x, y, loss, mask, rule: str, update_every=None, on
     cells = model.cells
     states = [c.zero_state(B) for c in cells]
     grads = {k: np.zeros_like(v) for k, v in params.items()}
-    cell_params = [sub(params, f"layers.{l}.cell", c.param_shapes) for l, c in enumerate(cells)]
+    cell_params = [stack.cell_params(model, l, params) for l in range(model.layers)]
     traces = [rtrl.init_traces(rule, c, cell_params[l], B) for l, c in enumerate(cells)]
     run_sum, total = None, 0.0
     for t in range(T):
@@ -189,15 +203,14 @@ def _per_layer(model, params, x, y, loss, mask, rule: str, update_every=None, on
         run_sum, total = head.run_sum, total + head.loss
         traces = [rtrl.update_traces(rule, c, cell_params[l], traces[l], cache.layers[l].a, states[l])
                   for l, c in enumerate(cells)]                                                      # (4) S^l_t
-        if head.du is not None:
-            grads["readout.weight"] += head.readout["weight"]
-            grads["readout.bias"] += head.readout["bias"]
+        add_head(grads, head)                                                                       # (2)
+        if head.has_loss:
             step_grads, _ = stack_backward(model, params, head.du, cache, rule_adjoint(model, rule, traces))  # (3), (4)
             add_into(grads, step_grads)
         states = new_states
         if update_every is not None and (t + 1) % update_every == 0 and t + 1 < T:        # truly online update
             params = on_update(grads)
-            cell_params = [sub(params, f"layers.{l}.cell", c.param_shapes) for l, c in enumerate(cells)]
+            cell_params = [stack.cell_params(model, l, params) for l in range(model.layers)]
             grads = {k: np.zeros_like(v) for k, v in params.items()}
     return total, grads
 
@@ -213,19 +226,15 @@ def _state_influencing(model, params) -> list[str]:
             and not (k.startswith(top) and k[len(top):].startswith(above_top))]
 
 
-def _is_complex(c) -> bool:
-    return np.issubdtype(c.state_dtype, np.complexfloating)
-
-
 def _n_real(c) -> int:
     """The real state units of one layer: the S entries of its flattened state, Re and Im of each for a complex one."""
-    return c.state_size * (2 if _is_complex(c) else 1)
+    return c.state_size * (2 if c.complex_state else 1)
 
 
 def _real(c, dstate) -> np.ndarray:
     """A state adjoint as one real number per real unit (B, S_real): the flattened state, [Re; Im] of it if complex."""
     flat = c.flatten_state(dstate)
-    return np.concatenate([np.real(flat), np.imag(flat)], axis=-1) if _is_complex(c) else flat
+    return np.concatenate([np.real(flat), np.imag(flat)], axis=-1) if c.complex_state else flat
 
 
 def _unit_adjoint(c, k: int):
@@ -256,14 +265,13 @@ def _whole_stack(model, params, x, y, loss, mask):
         head = head_step(model, params, u, t, T, y, loss, mask, run_sum)                            # (2)
         run_sum, total = head.run_sum, total + head.loss
         _update_whole_stack(model, params, u, cache, states, sens)                                  # R_t
-        if head.du is not None:
-            grads["readout.weight"] += head.readout["weight"]
-            grads["readout.bias"] += head.readout["bias"]
+        add_head(grads, head)                                                                       # (2)
+        if head.has_loss:
             deltas = [None] * model.layers
 
             def stop_at_cell(l, cell_params, dh, cell_cache):     # (3) stops at the cells: δ^l_t, nothing through
-                deltas[l] = cells[l].adjoint_from_h(dh)
-                return {"x": np.zeros_like(cache.layers[l].a)}
+                deltas[l] = cells[l].adjoint_from_h(dh)             # (the cells' gradients come from R_t, (4))
+                return {**{k: np.zeros_like(v) for k, v in cell_params.items()}, "x": np.zeros_like(cache.layers[l].a)}
 
             step_grads, _ = stack_backward(model, params, head.du, cache, stop_at_cell)     # the states held fixed
             add_into(grads, step_grads)
@@ -297,5 +305,5 @@ def _update_whole_stack(model, params, u, cache, states_prev, sens) -> None:
             rows_P.append(g)
     J = np.stack(rows_J)                                               # (S, S): ∂s_t[k]/∂s_{t−1}[j], real
     for name in sens:
-        P = np.stack([g.get(name, np.zeros(sens[name].shape[1:], sens[name].dtype)) for g in rows_P])
+        P = np.stack([g[name] for g in rows_P])
         sens[name][...] = np.tensordot(J, sens[name], axes=1) + P

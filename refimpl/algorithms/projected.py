@@ -1,8 +1,8 @@
 r"""DFA and DRTP for recurrent models: the output error (dfa) or the target (drtp), projected by a fixed random matrix
 onto each layer's output at every step, carried through time by the layer's own online temporal rule.
 
-The derivation is docs/derivations/bpfree.md §6 (same numbering); the feed-forward rules are refimpl/bpfree/rules.py, the
-temporal rules refimpl/algorithms/rtrl.py, the step-by-step stack refimpl/algorithms/online.py.
+The derivation is docs/derivations/bpfree.md §6 (same numbering); the feed-forward rules are refimpl/bpfree/rules.py,
+the temporal rules refimpl/algorithms/rtrl.py, the step-by-step stack refimpl/algorithms/online.py.
 
 Shapes: T time, B batch, O = n_out, w_l the output width of layer l (H for rnn/gru/lstm, whose output is h; the
 layer width d for the lru, whose output map y = Re(C h) + D ⊙ a belongs to the layer), S the cell state.
@@ -35,7 +35,7 @@ exactly: dfa is BPTT with the transported weights W_rᵀ replaced by a fixed ran
 
 NOTE (drtp): the target carries the sign of the error only for class or bit targets (e = ŷ − y* has the sign of
 −y* up to a constant for one-hot or binary y*); for a real-valued regression target (mse) it does not, and drtp is
-refused. Cells whose state is unbounded (the lru; rnn with nonlinearity='linear') get a BpfreeWarning: the projected
+refused. Cells whose state is unbounded (cell.bounded_state: the lru; rnn 'linear') get a BpfreeWarning: the projected
 target does not shrink as the network learns, and nothing saturates to stop the updates.
 """
 
@@ -48,10 +48,11 @@ import numpy as np
 from . import rtrl
 from ..cells.common import add_into
 from ..errors import BpfreeWarning, ShapeError, UnknownNameError, UnsupportedError
-from ..nn.init import INITS, lecun_normal, orthogonal
+from ..nn import stack
+from ..nn.init import init_matrix
 from ..nn.layers import linear_backward
-from ..nn.stack import block_backward, sub
-from .online import check_supported, head_step, rule_adjoint, stack_step_forward
+from ..nn.stack import block_backward
+from .online import add_head, check_supported, head_step, rule_adjoint, stack_step_forward
 
 RULES = ("dfa", "drtp")
 #: the temporal rules: the per-layer online algorithms of the same names (their rule: rtrl.LAYER_RULE)
@@ -71,17 +72,8 @@ def layer_output_widths(model) -> list[int]:
 def make_feedback(model, init: str = "orthogonal", seed: int | None = None) -> list[np.ndarray]:
     """The fixed B_l (w_l, O), one per layer, drawn in layer order from default_rng([seed, 1]) (seed None: the
     model's seed). The same seed gives the same matrices at every step and in every call."""
-    if init not in INITS:
-        raise UnknownNameError("feedback init scheme", init, INITS)
     rng = np.random.default_rng([model.seed if seed is None else int(seed), 1])
-    if init == "orthogonal":
-        return [orthogonal((w, model.n_out), rng, model.dtype) for w in layer_output_widths(model)]
-    return [lecun_normal((w, model.n_out), w, rng, model.dtype) for w in layer_output_widths(model)]
-
-
-def _unbounded(c) -> bool:
-    """A state that nothing saturates: a linear recurrence (the diagonal one of the lru, or rnn 'linear')."""
-    return c.diagonal or c.options.get("nonlinearity") == "linear"
+    return [init_matrix(init, (w, model.n_out), w, rng, model.dtype, "feedback") for w in layer_output_widths(model)]
 
 
 def check_rule(model, rule: str, loss: str, temporal: str) -> None:
@@ -96,7 +88,7 @@ def check_rule(model, rule: str, loss: str, temporal: str) -> None:
                                "bit targets (loss 'ce' or 'bce'); with a real-valued regression target (loss 'mse') "
                                "it carries no information about the error — use dfa, which projects the error itself")
     if rule == "drtp":
-        unbounded = [c.name for c in model.cells if _unbounded(c)]
+        unbounded = [c.name for c in model.cells if not c.bounded_state]
         if unbounded:
             warnings.warn(f"drtp with the unbounded {unbounded[0]} state: the projected target does not shrink as "
                           f"the network learns and nothing saturates to stop the updates; prefer a gru, lstm or "
@@ -161,7 +153,7 @@ def projected_grads(model, params, x, y, loss, mask=None, *, rule: str = "dfa", 
     T, B, _ = x.shape
     cells = model.cells
     states = [c.zero_state(B) for c in cells]
-    cell_params = [sub(params, f"layers.{l}.cell", c.param_shapes) for l, c in enumerate(cells)]
+    cell_params = [stack.cell_params(model, l, params) for l in range(model.layers)]
     traces = [rtrl.init_traces(layer_rule, c, cell_params[l], B) for l, c in enumerate(cells)]
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     total, run_sum = 0.0, None
@@ -172,10 +164,9 @@ def projected_grads(model, params, x, y, loss, mask=None, *, rule: str = "dfa", 
         traces = [rtrl.update_traces(layer_rule, c, cell_params[l], traces[l], cache.layers[l].a, states[l])
                   for l, c in enumerate(cells)]                                                      # (6)
         states = new_states
-        if head.du is None:
+        add_head(grads, head)                                                                       # (2)
+        if not head.has_loss:
             continue                                                      # no loss at this step: no signal
-        grads["readout.weight"] += head.readout["weight"]
-        grads["readout.bias"] += head.readout["bias"]
         eps = head.dout if rule == "dfa" else _target_signal(loss, *_target(model, y, t, mask, B, u.dtype),
                                                              model.n_out, model.dtype)              # (3)
         cell_adjoint = rule_adjoint(model, layer_rule, traces)                                      # (6), (7)

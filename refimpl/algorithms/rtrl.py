@@ -54,7 +54,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cells import CELLS
 from ..cells.common import add_into
 from ..errors import ShapeError, UnknownNameError, UnsupportedError
 
@@ -64,16 +63,6 @@ RULES = ("rtrl", "snap1", "truncated", "spatial", "cec")
 #: is exact RTRL in every layer; on a model, `rtrl` is the whole-stack sensitivity where that differs (online.py).
 LAYER_RULE = {"rtrl": "rtrl", "online": "rtrl", "snap1": "snap1", "truncated": "truncated", "spatial": "spatial",
               "cec": "cec"}
-
-
-def _defined(rule: str, module) -> bool:
-    """Whether `rule` is a distinct sweep of a cell (module): cec needs a cell state beside h (STATE_ROWS > 1), and
-    snap1 is rtrl itself where the state Jacobian is diagonal."""
-    return not (rule == "cec" and module.STATE_ROWS == 1) and not (rule == "snap1" and module.DIAGONAL)
-
-
-#: cell name → the distinct sweeps of the RTRL family on that cell: the `<cell>.<rule>` kernels (refimpl/kernels.py).
-SWEEPS = {name: tuple(rule for rule in RULES if _defined(rule, module)) for name, module in CELLS.items()}
 
 
 def sweep_rule(rule: str, cell) -> str:
@@ -99,7 +88,7 @@ def check_rule(rule: str, cell) -> None:
     if rule not in RULES:
         raise UnknownNameError("RTRL-family rule", rule, RULES,
                                "rtrl is exact; snap1, truncated, spatial approximate it; cec is the lstm's truncation")
-    if rule == "cec" and cell.state_size == cell.n_hidden:
+    if rule == "cec" and cell.state_rows == 1:
         better = "rtrl (exact and cheap for the diagonal lru)" if cell.diagonal else "snap1 or truncated"
         raise UnsupportedError(
             f"rule 'cec' is only defined for the lstm: it truncates the gradient where h_{{t-1}} enters the gates but "
@@ -111,11 +100,6 @@ def _layout(rule: str, cell) -> str:
     if cell.diagonal:
         return "diag"                          # (8) every rule; snap1 is rtrl here (J is diagonal)
     return "dense" if rule == "rtrl" else "unit"
-
-
-def _rows(cell) -> int:
-    """R, the state rows per unit: 1, or 2 for the lstm's (h_k, c_k)."""
-    return cell.state_size // cell.n_hidden
 
 
 def _trace_shapes(rule: str, cell, batch: int) -> dict:
@@ -132,7 +116,7 @@ def _trace_shapes(rule: str, cell, batch: int) -> dict:
         elif layout == "dense":
             shapes[name] = ((batch, cell.state_size) + tuple(shape), cell.dtype)          # (3)  (B, S, *shape)
         else:
-            rows = _rows(cell) if rule in ("snap1", "cec") else 1
+            rows = cell.state_rows if rule in ("snap1", "cec") else 1
             G = shape[0] // H
             shapes[name] = ((batch, rows, H, G) + tuple(shape[1:]), cell.dtype)   # (9)  (B, R', H, G, *X)
     return shapes
@@ -214,7 +198,7 @@ def update_traces(rule: str, cell, params: dict, traces: Traces, x_t: np.ndarray
             new[name] = JS + P[name]                                       # (3)
 
     else:                                                                  # "unit": snap1, cec, truncated, spatial
-        R = _rows(cell)
+        R = cell.state_rows
         if rule in ("snap1", "cec"):
             D = _unit_blocks(mod.state_jacobian(params, x_t, state_prev, **opts), R, H)     # (11) (B, H, R, R)
             if rule == "cec":

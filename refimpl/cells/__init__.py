@@ -5,6 +5,7 @@ Every cell module (``rnn``, ``gru``, ``lstm``, ``lru``) defines, in this order:
     OPTIONS                                   {option: default} accepted by make_cell
     STEP_OPTIONS                              the options that change the dynamics; the functions below take them
     GRAD_STATE_KEYS                           names of the initial-state gradients: ('h0',), or ('h0', 'c0') for lstm
+                                              (also the names of the state's parts, in state_from_parts order)
     <Name>Cache                               NamedTuple of what the backward step needs (no positional tuples)
     param_shapes(n_in, n_hidden)              {name: shape} in the layout of DESIGN.md §3
     init_params(n_in, n_hidden, rng, dtype, **options) -> params
@@ -16,6 +17,8 @@ Every cell module (``rnn``, ``gru``, ``lstm``, ``lru``) defines, in this order:
     forward(params, x, state0, **options) -> (h, cache)          the sequence; cache fields have a leading T axis
     backward(params, dh, cache, **options) -> grads              BPTT from the instantaneous adjoints dh (T,B,H)
     random_state(rng, batch, n_hidden, dtype)  a random valid initial state, for tests and kernel input specs
+    bounded_state(**step_options) -> bool      whether something saturates the state (tanh, gates): False for a
+                                              linear recurrence (rnn 'linear', the lru)
 
 and the state contract — what an algorithm needs to know about a state without asking which cell it is:
 
@@ -30,12 +33,14 @@ and the state contract — what an algorithm needs to know about a state without
     flatten_state(state)       a state or state adjoint as one (…, S) array ([h; c] for the lstm)
     unflatten_state(flat)      its inverse
     add_to_h(dstate, dh)       a state adjoint with dh added to its h part
+    state_from_parts(*parts)   the state from its parts, in the order of GRAD_STATE_KEYS: h, or the lstm's (h, c)
 
 ``state`` is h (B, H) for rnn/gru/lru and the pair LSTMState(h, c) for lstm; a state adjoint has the state's type.
 The sequence functions only loop over time: forward / backward run the step functions through common.sequence_forward
 and common.sequence_backward. Gradients are returned, never accumulated into globals, and no function mutates its
-arguments. `Cell` below exposes the contract on a resolved cell (cell.state_size, cell.diagonal,
-cell.flatten_state(…), cell.adjoint_from_h(dh) …), so that no algorithm dispatches on a cell's name.
+arguments. `Cell` below exposes the contract on a resolved cell (cell.state_size, cell.state_rows, cell.diagonal,
+cell.complex_state, cell.bounded_state, cell.flatten_state(…), cell.adjoint_from_h(dh) …), so that no algorithm
+dispatches on a cell's name.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ class Cell:
     @property
     def state_dtype(self) -> np.dtype:
         """dtype of h: complex for lru, the real dtype otherwise."""
-        return np.result_type(self.dtype, np.complex64) if self.module.COMPLEX_STATE else self.dtype
+        return np.result_type(self.dtype, np.complex64) if self.complex_state else self.dtype
 
     # --- the state contract (module docstring), on the resolved cell
 
@@ -88,9 +93,14 @@ class Cell:
         return self.module.STATE_ARG
 
     @property
+    def state_rows(self) -> int:
+        """R, the rows per hidden unit of the flattened state: 1, or 2 for the lstm's (h_k, c_k)."""
+        return self.module.STATE_ROWS
+
+    @property
     def state_size(self) -> int:
-        """S, the width of the flattened state: H, or 2H for the lstm."""
-        return self.module.STATE_ROWS * self.n_hidden
+        """S = R·H, the width of the flattened state: H, or 2H for the lstm."""
+        return self.state_rows * self.n_hidden
 
     @property
     def recurrent_params(self) -> tuple:
@@ -101,6 +111,16 @@ class Cell:
     def diagonal(self) -> bool:
         """Whether state_jacobian is diagonal (B, N) (the lru) rather than dense (B, S, S)."""
         return self.module.DIAGONAL
+
+    @property
+    def complex_state(self) -> bool:
+        """Whether the state is complex (the lru), of dtype state_dtype."""
+        return self.module.COMPLEX_STATE
+
+    @property
+    def bounded_state(self) -> bool:
+        """Whether something saturates the state (tanh, gates); False for a linear recurrence (rnn 'linear', lru)."""
+        return self.module.bounded_state(**self.step_options)
 
     @property
     def output_map(self) -> bool:
@@ -129,6 +149,10 @@ class Cell:
 
     def add_to_h(self, dstate, dh: np.ndarray):
         return self.module.add_to_h(dstate, dh)
+
+    def state_from_parts(self, *parts):
+        """The state from its parts, in the order of grad_state_keys: h, or the lstm's (h, c)."""
+        return self.module.state_from_parts(*parts)
 
     def zeros_like_state(self, state):
         """A zero state (adjoint) of the same type, shapes and dtypes as `state`."""
@@ -161,8 +185,9 @@ def resolve_cell(name: str, n_in: int, n_hidden: int, dtype="float64", **options
     module = CELLS[name]
     for key in options:
         if key not in module.OPTIONS:
+            takes = f"only {', '.join(module.OPTIONS)}" if module.OPTIONS else "no options"
             raise UnknownNameError(f"option for cell {name!r}", key, module.OPTIONS or ["(none)"],
-                                   f"{name} takes {'only ' + ', '.join(module.OPTIONS) if module.OPTIONS else 'no options'}")
+                                   f"{name} takes {takes}")
     n_in, n_hidden = positive_int("n_in", n_in), positive_int("n_hidden", n_hidden)
     opts = {**module.OPTIONS, **options}
     if "nonlinearity" in opts and opts["nonlinearity"] not in module.NONLINEARITIES:

@@ -124,3 +124,8 @@ def unflatten_state(flat: np.ndarray) -> np.ndarray:
 def add_to_h(dstate: np.ndarray, dh: np.ndarray) -> np.ndarray:
     """A state adjoint with dh added to its h part."""
     return dstate + dh
+
+
+def state_from_parts(h: np.ndarray) -> np.ndarray:
+    """The state from its parts, in the order of GRAD_STATE_KEYS: h alone."""
+    return h

@@ -49,6 +49,7 @@ import numpy as np
 
 from .common import random_real_state, sequence_backward, sequence_forward, sigmoid, uniform_init
 from .common import add_to_h, flatten_state, state_h, unflatten_state  # noqa: F401 (the state contract: state = h)
+from .common import state_from_parts  # noqa: F401 (the state contract: state = h)
 
 OPTIONS: dict = {}
 STEP_OPTIONS: tuple = ()                  # the GRU has no options that change the dynamics
@@ -206,3 +207,8 @@ def backward(params: dict, dh: np.ndarray, cache: GRUCache) -> dict:
 
 
 random_state = random_real_state      # a random initial state, for tests and kernel input specs
+
+
+def bounded_state() -> bool:
+    """Whether something saturates the state: yes, h_t is a convex combination (5) of h_{t-1} and n ∈ (−1, 1)."""
+    return True

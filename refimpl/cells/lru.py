@@ -65,6 +65,7 @@ import numpy as np
 from ..errors import ShapeError, UnknownNameError, UnsupportedError
 from .common import sequence_backward, sequence_forward
 from .common import add_to_h, flatten_state, state_h, unflatten_state  # noqa: F401 (the state contract: state = h)
+from .common import state_from_parts  # noqa: F401 (the state contract: state = h)
 
 OPTIONS = {"r_min": 0.0, "r_max": 1.0, "max_phase": 2 * math.pi}   # all init-only
 STEP_OPTIONS = ()                   # no option changes the dynamics
@@ -250,3 +251,8 @@ def random_state(rng: np.random.Generator, batch: int, n_hidden: int, dtype) -> 
     re = rng.standard_normal((batch, n_hidden))
     im = rng.standard_normal((batch, n_hidden))
     return (scale * (re + 1j * im)).astype(complex_dtype(dtype))
+
+
+def bounded_state() -> bool:
+    """Whether something saturates the state: no, the recurrence (3) is linear."""
+    return False

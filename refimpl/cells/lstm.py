@@ -261,3 +261,14 @@ def unflatten_state(flat: np.ndarray) -> LSTMState:
 def add_to_h(dstate: LSTMState, dh: np.ndarray) -> LSTMState:
     """A state adjoint with dh added to its h part (c̄ unchanged)."""
     return LSTMState(h=dstate.h + dh, c=dstate.c)
+
+
+def state_from_parts(h: np.ndarray, c: np.ndarray) -> LSTMState:
+    """The state from its parts, in the order of GRAD_STATE_KEYS: (h, c)."""
+    return LSTMState(h=h, c=c)
+
+
+def bounded_state() -> bool:
+    """Whether something saturates the state: yes, the gates (2) saturate and h = o ⊙ tanh(c) (4) stays in (−1, 1)
+    (c itself grows by at most 1 per step, (3))."""
+    return True

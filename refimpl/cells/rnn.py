@@ -34,6 +34,7 @@ import numpy as np
 
 from .common import random_real_state, sequence_backward, sequence_forward, uniform_init
 from .common import add_to_h, flatten_state, state_h, unflatten_state  # noqa: F401 (the state contract: state = h)
+from .common import state_from_parts  # noqa: F401 (the state contract: state = h)
 
 OPTIONS = {"nonlinearity": "tanh"}
 STEP_OPTIONS = ("nonlinearity",)          # the options the step/sequence functions take (the rest are init-only)
@@ -123,3 +124,8 @@ def backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: str = 
 
 
 random_state = random_real_state      # a random initial state, for tests and kernel input specs
+
+
+def bounded_state(nonlinearity: str = "tanh") -> bool:
+    """Whether something saturates the state: tanh keeps h in (−1, 1); the linear recurrence does not."""
+    return nonlinearity == "tanh"

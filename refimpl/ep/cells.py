@@ -56,20 +56,15 @@ DEFAULT_TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-4}
 # The state s travels as one array v = cell.flatten_state(s): h (B, H), [h; c] (B, 2H) for lstm, complex h c(B, N)
 # for lru; cell.unflatten_state(v) gives it back.
 
-def _complex(cell: Cell) -> bool:
-    """Whether the state is complex (the lru): the readout then sees [Re h, Im h]."""
-    return cell.module.COMPLEX_STATE
-
-
 def readout_width(cell: Cell) -> int:
     """S, the real width of φ(s) in eq. (3): 2N for a complex state (the lru), H otherwise."""
-    return 2 * cell.n_hidden if _complex(cell) else cell.n_hidden
+    return 2 * cell.n_hidden if cell.complex_state else cell.n_hidden
 
 
 def _features(cell: Cell, v: np.ndarray) -> np.ndarray:
     """φ(s) of eq. (3), (B, S)."""
     h = cell.state_h(cell.unflatten_state(v))                                  # (3)  the readout sees h, not c
-    return np.concatenate([h.real, h.imag], axis=-1) if _complex(cell) else h  # (3)  r(B, 2N) | h (B, H)
+    return np.concatenate([h.real, h.imag], axis=-1) if cell.complex_state else h  # (3)  r(B, 2N) | h (B, H)
 
 
 def _loss_and_adjoint(cell: Cell, readout: dict, v: np.ndarray, y: np.ndarray):
@@ -79,7 +74,7 @@ def _loss_and_adjoint(cell: Cell, readout: dict, v: np.ndarray, y: np.ndarray):
     err = phi @ readout["weight"].T + readout["bias"] - y                      # (3)  ŷ − y  (B, O)
     loss = 0.5 * float(np.sum(err * err)) / B                                  # (3)
     dphi = err @ readout["weight"] / B                                         # (4)  ∂L/∂φ  (B, S)
-    if _complex(cell):
+    if cell.complex_state:
         N = cell.n_hidden
         dphi = dphi[:, :N] + 1j * dphi[:, N:]                                  # (4)  ∂L/∂Re h + i ∂L/∂Im h
     g = cell.flatten_state(cell.adjoint_from_h(dphi))                          # (4)  on h (lstm: c-part 0)
@@ -113,7 +108,7 @@ def _check(cell: Cell, params: dict, x, readout=None, y=None) -> np.ndarray:
         if not isinstance(readout, dict) or set(readout) != {"weight", "bias"}:
             raise ShapeError("readout must be {'weight': (O, S), 'bias': (O,)}")
         W = check_array("readout['weight']", readout["weight"], (("O", None), ("S", S)), cell.dtype,
-                        hint=f"S = {S} ({'[Re h; Im h]' if _complex(cell) else 'h'})")
+                        hint=f"S = {S} ({'[Re h; Im h]' if cell.complex_state else 'h'})")
         check_array("readout['bias']", readout["bias"], (("O", W.shape[0]),), cell.dtype)
         check_array("y", y, (("B", x.shape[0]), ("O", W.shape[0])), cell.dtype)
     return x

@@ -293,10 +293,9 @@ def backward(model: Model, params: dict, dout: np.ndarray, cache: ModelCache, ke
         cache: forward's ModelCache.
         kernels: see forward; its .backward is the cell's BPTT adjoint.
         cell_adjoint: None (BPTT), or cell_adjoint(l, cell_params, dh, cell_cache) -> {cell parameter: gradient,
-            "x": ā} (refimpl/nn/stack.py) — a learning rule per layer.
+            "x": ā} (refimpl/nn/stack.py) — a learning rule per layer; it returns a gradient for every cell parameter.
     Returns:
-        {dotted name: gradient} for every parameter the cell adjoints train (the order of model.param_shapes()), and
-        "x" (T, B, I).
+        {dotted name: gradient} for every parameter (the order of model.param_shapes()), and "x" (T, B, I).
     """
     if cell_adjoint is None:
         kern = _kernels(model, kernels)
@@ -311,7 +310,7 @@ def backward(model: Model, params: dict, dout: np.ndarray, cache: ModelCache, ke
     stack_grads, dx = stack_backward(model, params, du, StackCache(cache.encoder, cache.layers),
                                      cell_adjoint)                                                   # (56)–(61)
     grads.update(stack_grads)
-    ordered = {k: grads[k] for k in model.param_shapes() if k in grads}
+    ordered = {k: grads[k] for k in model.param_shapes()}
     ordered["x"] = dx                                                                                # (61)
     return ordered
 

@@ -23,7 +23,7 @@ Backward, in reverse, from ūˡ⁺¹:
 The two strategies are plain functions of the layer index l:
 
     run_cell(l, cell_params, a) -> (h, cell_cache)
-    cell_adjoint(l, cell_params, dh, cell_cache) -> {cell parameter: gradient (those it trains), "x": ā_cell}
+    cell_adjoint(l, cell_params, dh, cell_cache) -> {cell parameter: gradient (every one), "x": ā_cell}
 
 BPTT runs the cell's sequence forward and passes the cell's BPTT backward (model.py, or a backend's kernels); the online
 rules, FPTT and recurrent DFA/DRTP run one step (refimpl/algorithms/online.py) and pass their rule; the backend
@@ -66,7 +66,8 @@ class StackCache(NamedTuple):
     layers: tuple                    # one LayerCache per layer
 
 
-def _cell_params(model, l: int, params: dict) -> dict:
+def cell_params(model, l: int, params: dict) -> dict:
+    """The parameters of layer l's cell by their local names ('weight_hh' for 'layers.{l}.cell.weight_hh')."""
     return sub(params, f"layers.{l}.cell", model.cells[l].param_shapes)
 
 
@@ -76,7 +77,7 @@ def layer_forward(model, l: int, params: dict, u: np.ndarray, run_cell: Callable
     a, norm = u, None                                                                                # (47)
     if model.norm == "layer":
         a, norm = layer_norm_forward(u, params[f"{pre}.norm.weight"], params[f"{pre}.norm.bias"])     # (47)
-    h, cell_cache = run_cell(l, _cell_params(model, l, params), a)                                  # (48)
+    h, cell_cache = run_cell(l, cell_params(model, l, params), a)                                   # (48)
     y, out_map = h, None                                                                             # (49)
     if c.output_map:
         y, out_map = lru_output_forward(sub(params, pre, lru_output_shapes(c.n_in, c.n_hidden)), h, a)   # (49)
@@ -104,9 +105,9 @@ def block_backward(model, l: int, params: dict, df: np.ndarray, cache: LayerCach
         g = lru_output_backward(dy, cache.out_map)                                                   # (58)
         dh, da_direct = g.pop("h"), g.pop("x")                                                       # (58)
         grads.update(prefixed(pre, g))
-    g = cell_adjoint(l, _cell_params(model, l, params), dh, cache.cell)                             # (59)
+    g = cell_adjoint(l, cell_params(model, l, params), dh, cache.cell)                              # (59)
     da = g["x"] if da_direct is None else g["x"] + da_direct                                         # (60)
-    grads.update(prefixed(f"{pre}.cell", {k: v for k, v in g.items() if k in c.param_shapes}))   # h0 / c0 dropped
+    grads.update(prefixed(f"{pre}.cell", {k: g[k] for k in c.param_shapes}))     # every one (h0 / c0 dropped)
     du = da                                                                                          # (60)
     if model.norm == "layer":
         g = layer_norm_backward(da, cache.norm)                                                      # (60)

@@ -14,7 +14,7 @@ import pytest
 
 from refimpl import api
 from refimpl.nn import model as model_mod
-from refimpl.errors import NumericalError, UnsupportedError
+from refimpl.errors import NumericalError, UnknownNameError, UnsupportedError
 from refimpl.algorithms.fptt import fptt_cell_grads, fptt_model_grads, well_conditioned
 from refimpl.nn.model import make_model
 from refimpl.numerics import cosine, rel_error
@@ -60,6 +60,18 @@ def test_cell_fptt_equals_bptt_with_nonzero_h0(cell, opts):
     # through the public API too
     api_grads = api.cell_grads(c, params, x, dh, h0=(h0, -h0) if cell == "lstm" else h0, algorithm="fptt")
     assert all(rel_error(api_grads[k], want[k]) <= TOL for k in want)
+
+
+@pytest.mark.parametrize("option", [{"passes": 1}, {"input_grad": False}])
+def test_cell_fptt_refuses_the_model_options(option):
+    """One cell has no pass budget and always returns x̄: the model's options are refused, not ignored."""
+    c, params = api.make_cell("rnn", 3, 4, seed=3)
+    params = well_conditioned("rnn", params)
+    rng = np.random.default_rng(2)
+    x, dh = 0.5 * rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 4))
+    with pytest.raises(UnknownNameError, match=f"fptt takes only carrier on one cell; {next(iter(option))} is an"):
+        api.cell_grads(c, params, x, dh, algorithm="fptt", **option)
+    assert "x" in api.cell_grads(c, params, x, dh, algorithm="fptt", carrier="state")
 
 
 @pytest.mark.parametrize("cell,opts", CELLS, ids=IDS)

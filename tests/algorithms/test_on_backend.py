@@ -1,9 +1,9 @@
 """The RTRL family and FPTT on a backend (refimpl/algorithms/on_backend.py) give the reference's gradients.
 
 Two independent computations: the reference runs the algorithm online, step by step (refimpl/algorithms/online.py,
-refimpl/algorithms/fptt.py); a backend runs it as whole-sequence sweeps (the backend's <cell>.<rule> kernels inside BPTT's walk
-down the stack). Every backend that runs here and implements the kernels is checked, in float64, on one- and
-multi-layer models with the pieces that route errors between layers (encoder, LayerNorm, FFN, residual).
+refimpl/algorithms/fptt.py); a backend runs it as whole-sequence sweeps (the backend's <cell>.<rule> kernels inside
+BPTT's walk down the stack). Every backend that runs here and implements the kernels is checked, in float64, on one-
+and multi-layer models with the pieces that route errors between layers (encoder, LayerNorm, FFN, residual).
 """
 
 import numpy as np

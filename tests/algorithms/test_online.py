@@ -4,8 +4,8 @@
   and every loss — the whole-stack sensitivity is exact.
 - `online` == `bptt` for one-layer models and for the top layer's cell parameters (and everything above them) of
   two-layer models; lower layers are only reported.
-- Every per-layer rule in a one-layer model == the cell-level rule (refimpl.algorithms.rtrl) fed with the instantaneous errors
-  that BPTT's model backward hands to the cell (captured here): the driver's errors and plumbing are right.
+- Every per-layer rule in a one-layer model == the cell-level rule (refimpl.algorithms.rtrl) fed with the instantaneous
+  errors that BPTT's model backward hands to the cell (captured here): the driver's errors and plumbing are right.
 - Memory does not grow with T (tracemalloc), while BPTT's does.
 """
 

@@ -1,5 +1,5 @@
-"""Recurrent DFA and DRTP (refimpl/algorithms/projected.py): each temporal rule against its defining formula computed here
-independently (BPTT of the cell driven by the projected signal; the sum of immediate step gradients; the SnAp-1
+"""Recurrent DFA and DRTP (refimpl/algorithms/projected.py): each temporal rule against its defining formula computed
+here independently (BPTT of the cell driven by the projected signal; the sum of immediate step gradients; the SnAp-1
 trace written out for the rnn), the exact special case dfa(B = W_rᵀ) == BPTT, the absence of cross-layer credit,
 refused and warned combinations, and the algorithm entries plugging into model_grads / gradcheck / train."""
 
@@ -8,12 +8,10 @@ import warnings
 import numpy as np
 import pytest
 
-from refimpl import algorithms
-from refimpl.algorithms import projected as br
+from refimpl.algorithms import projected
 from refimpl.api import make_model, model_grads
-from refimpl.errors import BpfreeWarning
 from refimpl.cells.common import cache_at
-from refimpl.errors import ShapeError, UnknownNameError, UnsupportedError
+from refimpl.errors import BpfreeWarning, ShapeError, UnknownNameError, UnsupportedError
 from refimpl.nn.layers import lru_output_backward
 from refimpl.nn.losses import loss_forward
 from refimpl.nn.model import bptt, forward
@@ -54,7 +52,7 @@ def test_dfa_with_transported_feedback_is_bptt(cell, opts, rng):
     for loss in ("ce", "mse", "bce"):
         x, y = _data(model, rng, loss=loss)
         mask = rng.uniform(0.2, 1.0, (5, 3)) if model.per_step else None
-        value, g = br.projected_grads(model, params, x, y, loss, mask, rule="dfa",
+        value, g = projected.projected_grads(model, params, x, y, loss, mask, rule="dfa",
                                       feedback=[params["readout.weight"].T.copy()])
         ref_value, ref = bptt(model, params, x, y, loss=loss, mask=mask)
         assert value == pytest.approx(ref_value, rel=1e-12)
@@ -73,7 +71,7 @@ def _signal(rule, model, out, y, loss, mask):
     return (m / B)[..., None] * ystar
 
 
-@pytest.mark.parametrize("rule", br.RULES)
+@pytest.mark.parametrize("rule", projected.RULES)
 @pytest.mark.parametrize("cell", CELLS)
 def test_online_is_the_cells_bptt_driven_by_the_projected_signal(cell, rule, rng):
     """temporal=online (exact per-layer RTRL): the cell's update is the cell's own BPTT with instantaneous adjoints
@@ -81,8 +79,8 @@ def test_online_is_the_cells_bptt_driven_by_the_projected_signal(cell, rule, rng
     model, params = make_model(cell, 3, 4, 2, seed=2)
     x, y = _data(model, rng, loss="ce")
     mask = rng.uniform(0.2, 1.0, (5, 3))
-    fb = br.make_feedback(model, "lecun", seed=7)
-    _, g = _quiet(br.projected_grads, model, params, x, y, "ce", mask, rule=rule, feedback=fb)
+    fb = projected.make_feedback(model, "lecun", seed=7)
+    _, g = _quiet(projected.projected_grads, model, params, x, y, "ce", mask, rule=rule, feedback=fb)
     out, cache = forward(model, params, x)
     df = _signal(rule, model, out, y, "ce", mask) @ fb[0].T                   # (T, B, w)
     layer = cache.layers[0]
@@ -102,14 +100,14 @@ def test_online_is_the_cells_bptt_driven_by_the_projected_signal(cell, rule, rng
         assert rel_error(g[k], true[k]) <= TOL, k
 
 
-@pytest.mark.parametrize("rule", br.RULES)
+@pytest.mark.parametrize("rule", projected.RULES)
 @pytest.mark.parametrize("cell", ["gru", "lstm", "lru"])
 def test_truncated_is_the_sum_of_immediate_step_gradients(cell, rule, rng):
     """temporal=truncated, two layers: each layer's cell update is Σ_t of its step backward from δ^l_t alone."""
     model, params = make_model(cell, 3, 4, 2, layers=2, seed=3)
     x, y = _data(model, rng, loss="ce")
-    fb = br.make_feedback(model, "orthogonal", seed=1)
-    _, g = _quiet(br.projected_grads, model, params, x, y, "ce", None, rule=rule, temporal="truncated",
+    fb = projected.make_feedback(model, "orthogonal", seed=1)
+    _, g = _quiet(projected.projected_grads, model, params, x, y, "ce", None, rule=rule, temporal="truncated",
                   feedback=fb)
     out, cache = forward(model, params, x)
     eps = _signal(rule, model, out, y, "ce", None)
@@ -137,8 +135,8 @@ def test_snap1_rnn_is_the_written_out_trace(rng):
     (weight_ih), h_{t−1} (weight_hh), 1 (biases); update Σ_t Σ_b δ_t[b, k] T_t[b, k, j]."""
     model, params = make_model("rnn", 3, 4, 2, seed=4)
     x, y = _data(model, rng, loss="ce")
-    fb = br.make_feedback(model, seed=5)
-    _, g = br.projected_grads(model, params, x, y, "ce", None, rule="dfa", temporal="snap1", feedback=fb)
+    fb = projected.make_feedback(model, seed=5)
+    _, g = projected.projected_grads(model, params, x, y, "ce", None, rule="dfa", temporal="snap1", feedback=fb)
     out, cache = forward(model, params, x)
     delta = _signal("dfa", model, out, y, "ce", None) @ fb[0].T               # (T, B, H)
     h = cache.layers[0].cell.h                                                # (T, B, H)
@@ -162,8 +160,8 @@ def test_no_credit_crosses_between_layers(rng):
     x, y = _data(model, rng, loss="ce")
     changed = {**params, "layers.1.cell.weight_hh": 2.0 * params["layers.1.cell.weight_hh"],
                "readout.weight": -params["readout.weight"]}
-    _, a = br.projected_grads(model, params, x, y, "ce", rule="drtp", temporal="snap1")
-    _, b = br.projected_grads(model, changed, x, y, "ce", rule="drtp", temporal="snap1")
+    _, a = projected.projected_grads(model, params, x, y, "ce", rule="drtp", temporal="snap1")
+    _, b = projected.projected_grads(model, changed, x, y, "ce", rule="drtp", temporal="snap1")
     for k in params:
         if k.startswith("layers.0."):
             assert np.array_equal(a[k], b[k]), k
@@ -177,7 +175,7 @@ def test_encoder_and_norm_get_the_layers_local_update(rng):
     x, y = _data(model, rng, loss="ce")
     fb = [params["readout.weight"].T.copy()]
     memoryless = {**params, "layers.0.cell.weight_hh": np.zeros_like(params["layers.0.cell.weight_hh"])}
-    _, g = br.projected_grads(model, memoryless, x, y, "ce", rule="dfa", temporal="truncated", feedback=fb)
+    _, g = projected.projected_grads(model, memoryless, x, y, "ce", rule="dfa", temporal="truncated", feedback=fb)
     _, ref = bptt(model, memoryless, x, y, loss="ce")
     for k in ("encoder.weight", "encoder.bias", "layers.0.norm.weight", "layers.0.norm.bias",
               "layers.0.cell.weight_ih", "layers.0.cell.bias_ih"):
@@ -188,49 +186,46 @@ def test_bad_combinations(rng):
     model, params = make_model("gru", 3, 4, 2, seed=0)
     x, y = _data(model, rng, loss="mse")
     with pytest.raises(UnsupportedError, match="drtp projects the \\*target\\*.*regression"):
-        br.projected_grads(model, params, x, y, "mse", rule="drtp")
+        projected.projected_grads(model, params, x, y, "mse", rule="drtp")
     with pytest.raises(UnknownNameError, match="temporal rule 'rtrl'"):
-        br.projected_grads(model, params, x, y, "mse", rule="dfa", temporal="rtrl")
+        projected.projected_grads(model, params, x, y, "mse", rule="dfa", temporal="rtrl")
     with pytest.raises(UnknownNameError, match="feedback init scheme"):
-        br.projected_grads(model, params, x, y, "mse", rule="dfa", feedback_init="uniform")
+        projected.projected_grads(model, params, x, y, "mse", rule="dfa", feedback_init="uniform")
     with pytest.raises(ShapeError, match="feedback\\[0\\] has shape"):
-        br.projected_grads(model, params, x, y, "mse", rule="dfa", feedback=[np.zeros((2, 4))])
+        projected.projected_grads(model, params, x, y, "mse", rule="dfa", feedback=[np.zeros((2, 4))])
     with pytest.raises(UnsupportedError, match="NumPy reference only"):
-        br.dfa_model_grads(cell_kernels("gru")._replace(backend="numba"), model, params, x, y, "mse", None)
+        projected.dfa_model_grads(cell_kernels("gru")._replace(backend="numba"), model, params, x, y, "mse", None)
     pooled, pparams = make_model("gru", 3, 4, 2, seed=0, pooling="mean")
     with pytest.raises(UnsupportedError, match="not memoryless"):
-        br.projected_grads(pooled, pparams, x, y[-1], "mse", rule="dfa")
+        projected.projected_grads(pooled, pparams, x, y[-1], "mse", rule="dfa")
     lru, lparams = make_model("lru", 3, 4, 2, seed=0)
     x, y = _data(lru, rng, loss="ce")
     with pytest.warns(BpfreeWarning, match="unbounded lru state"):
-        br.projected_grads(lru, lparams, x, y, "ce", rule="drtp")
+        projected.projected_grads(lru, lparams, x, y, "ce", rule="drtp")
+
+
+@pytest.mark.parametrize("cell,options,warns", [("rnn", {"nonlinearity": "linear"}, True), ("lru", {}, True),
+                                                ("rnn", {}, False), ("gru", {}, False), ("lstm", {}, False)])
+def test_drtp_warns_about_a_state_that_nothing_saturates(cell, options, warns):
+    """drtp warns (BpfreeWarning) for a linear recurrence (rnn 'linear', the lru), not where tanh or gates saturate."""
+    model, _ = make_model(cell, 3, 4, 2, seed=0, **options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        projected.check_rule(model, "drtp", "ce", "online")
+    assert any(issubclass(w.category, BpfreeWarning) for w in caught) == warns
 
 
 # ---------------------------------------------------------------------------------------------- as algorithms
 
-def _entry(name):
-    """The refimpl.algorithms entry for `name` — the registered one, or the proposed one until it is registered."""
-    if name in algorithms.ALGORITHMS:
-        return algorithms.ALGORITHMS[name]
-
-    def model_grads(kernels, model, params, x, y, loss, mask, **options):
-        from refimpl.algorithms.projected import dfa_model_grads, drtp_model_grads
-        return (dfa_model_grads if name == "dfa" else drtp_model_grads)(kernels, model, params, x, y, loss, mask,
-                                                                         **options)
-    return algorithms.Algorithm(name, "no", f"recurrent {name}", model_grads=model_grads, input_grads=False,
-                                options=br.OPTIONS)
-
-
-def test_algorithm_entries_plug_into_model_grads_gradcheck_and_train(tmp_path, monkeypatch, rng):
+def test_algorithm_entries_plug_into_model_grads_gradcheck_and_train(tmp_path, rng):
     from refimpl.studies.gradcheck import gradcheck
     from refimpl.training.config import TrainConfig
     from refimpl.training.loop import train
-    for name in br.RULES:
-        monkeypatch.setitem(algorithms.ALGORITHMS, name, _entry(name))
     model, params = make_model("lstm", 3, 4, 2, seed=0)
     x, y = _data(model, rng, loss="ce")
     value, g = model_grads(model, params, x, y, loss="ce", algorithm="drtp", temporal="snap1", feedback_seed=3)
-    ref_value, ref = br.projected_grads(model, params, x, y, "ce", rule="drtp", temporal="snap1", feedback_seed=3)
+    ref_value, ref = projected.projected_grads(model, params, x, y, "ce", rule="drtp", temporal="snap1",
+                                               feedback_seed=3)
     assert value == ref_value and all(np.array_equal(g[k], ref[k]) for k in ref)
     with pytest.raises(UnknownNameError, match="option of algorithm 'dfa'"):
         model_grads(model, params, x, y, loss="ce", algorithm="dfa", passes=2)

@@ -1,4 +1,5 @@
-"""The cell-level RTRL family (refimpl/algorithms/rtrl.py; docs/derivations/rtrl.md), each rule against an independent oracle.
+"""The cell-level RTRL family (refimpl/algorithms/rtrl.py; docs/derivations/rtrl.md), each rule against an independent
+oracle.
 
     rtrl       == the cell's BPTT (cell.module.forward + backward), every parameter, ≤ 1e-10 (DESIGN.md §7)
     snap1      == dense RTRL written here, with every state Jacobian masked to its diagonal (lstm: per-unit 2×2 blocks)
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from refimpl.algorithms import rtrl
-from refimpl.cells import resolve_cell
+from refimpl.cells import CELLS, resolve_cell
 from refimpl.cells.common import cache_at
 from refimpl.cells.lstm import LSTMState
 from refimpl.errors import ShapeError, UnknownNameError, UnsupportedError
@@ -389,9 +390,21 @@ def test_lru_snap1_is_an_alias_of_rtrl():
     assert a.sens.keys() == b.sens.keys() and all(np.array_equal(a.sens[k], b.sens[k]) for k in a.sens)
 
 
-def test_sweeps_are_the_registered_rule_kernels():
-    """rtrl.SWEEPS (the distinct sweeps per cell, from the cell contract) names exactly the `<cell>.<rule>` kernels."""
+def test_kernel_table_holds_the_sweeps_that_rtrl_runs():
+    """kernels.RTRL_SWEEPS (and the registry) hold exactly the `<cell>.<rule>` sweeps that the RTRL family runs: for
+    every cell and every rule that rtrl.check_rule accepts, the kernel of rtrl.sweep_rule (snap1 on the lru runs
+    lru.rtrl), and no other."""
+    from refimpl.kernels import RTRL_SWEEPS
     from refimpl.registry import KERNELS
-    registered = {k for k in KERNELS if k.split(".")[0] in rtrl.SWEEPS and k.split(".")[1] in rtrl.RULES}
-    assert registered == {f"{cell}.{rule}" for cell, rules in rtrl.SWEEPS.items() for rule in rules}
-    assert rtrl.SWEEPS["lstm"][-1] == "cec" and "snap1" not in rtrl.SWEEPS["lru"]
+    runs = set()
+    for name in CELLS:
+        cell = resolve_cell(name, 2, 3)
+        for rule in rtrl.RULES:
+            try:
+                rtrl.check_rule(rule, cell)
+            except UnsupportedError:
+                continue
+            runs.add(f"{name}.{rtrl.sweep_rule(rule, cell)}")
+    assert set(RTRL_SWEEPS) == runs
+    assert {k for k in KERNELS if k.split(".")[0] in CELLS and k.split(".")[1] in rtrl.RULES} == runs
+    assert "lstm.cec" in runs and not {"rnn.cec", "gru.cec", "lru.cec", "lru.snap1"} & runs

@@ -2,14 +2,14 @@
 
 For each cell: the BPTT gradients of every parameter, x and the initial state; the state Jacobian (7-style
 equations of each module); the immediate parameter derivatives; step/sequence consistency; float32 vs float64;
-and that nothing mutates its inputs.
+that nothing mutates its inputs; and the state contract of refimpl/cells/__init__.py.
 """
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from refimpl.cells import CELLS
+from refimpl.cells import CELLS, resolve_cell
 from refimpl.numerics import central_differences, extended, rel_error
 
 CELL_CASES = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "linear"}),
@@ -193,6 +193,36 @@ def test_jacobians_rebuild_bptt(name, options, rng):
     for k in params:
         assert rel_error(got[k], want[k]) <= 1e-12, f"{name} d{k}: Jacobian recursion vs backward"
     assert rel_error(s_bar[:, :dh.shape[-1]], want["h0"]) <= 1e-12
+
+
+@pytest.mark.parametrize("name,options", CELL_CASES, ids=IDS)
+def test_state_contract(name, options, rng):
+    """The state contract on a resolved Cell: a state from its parts and back, the flattened state [h; c] with
+    S = R·H columns, its dtype (complex for a complex state), and h as the part the layer outputs."""
+    cell = resolve_cell(name, 3, 4, **options)
+    state = cell.random_state(rng, 2)
+    parts = tuple(state) if isinstance(state, tuple) else (state,)
+    assert len(parts) == len(cell.grad_state_keys) == cell.state_rows
+    rebuilt = cell.state_from_parts(*parts)
+    assert type(rebuilt) is type(state)
+    assert all(a is b for a, b in zip(tuple(rebuilt) if isinstance(rebuilt, tuple) else (rebuilt,), parts))
+    flat = cell.flatten_state(state)
+    assert flat.shape == (2, cell.state_size) and cell.state_size == cell.state_rows * 4
+    assert np.array_equal(flat, np.concatenate(parts, axis=-1))                  # [h; c] in the order of the parts
+    assert np.array_equal(_flat(cell.unflatten_state(flat)), flat)
+    assert flat.dtype == cell.state_dtype and np.iscomplexobj(flat) == cell.complex_state
+    assert cell.state_h(state) is parts[0]
+
+
+@pytest.mark.parametrize("name,options", CELL_CASES, ids=IDS)
+def test_bounded_state_says_whether_a_driven_state_saturates(name, options, rng):
+    """bounded_state: under a huge input drive the state stays in [−1, 1] where something saturates it (tanh, the
+    gates), and leaves it where the recurrence is linear (rnn 'linear', the lru)."""
+    cell = resolve_cell(name, 3, 4, **options)
+    params = cell.module.init_params(3, 4, rng, cell.dtype, **cell.options)
+    x = 1e3 * rng.standard_normal((20, 2, 3))
+    h, _ = cell.module.forward(params, x, cell.zero_state(2), **cell.step_options)
+    assert bool(np.max(np.abs(h)) <= 1.0) == cell.bounded_state
 
 
 @settings(max_examples=25, deadline=None)

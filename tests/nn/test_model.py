@@ -1,4 +1,5 @@
-"""The model stack — refimpl/nn/layers.py, losses.py, model.py — against finite differences and independent computations.
+"""The model stack — refimpl/nn/layers.py, losses.py, model.py — against finite differences and independent
+computations.
 
 The oracle is central differences (refimpl.numerics.central_differences, eps = 1e-6) of the loss at a float64 test
 point, with the DESIGN.md §7 bound: relative error ≤ 1e-6 for every parameter array and for x.
@@ -463,6 +464,20 @@ def test_a_cell_adjoint_replaces_the_cells_bptt_layer_by_layer():
     assert all(np.array_equal(grads[k], ref[k]) for k in ref if not k.startswith("layers.0."))
     assert all(not np.any(grads[k]) for k in ref if k.startswith("layers.0.cell."))
     assert any(np.any(ref[k]) for k in ref if k.startswith("layers.0.cell."))
+
+
+def test_a_cell_adjoint_that_leaves_out_a_parameter_raises():
+    """A cell adjoint (a backend's kernel, a rule) that omits a cell parameter is an error, not a frozen parameter."""
+    model, params, x, y = _setup("gru", layers=2)
+    mod = CELLS["gru"]
+
+    def cell_adjoint(l, cell_params, dh, cell_cache):
+        g = mod.backward(cell_params, dh, cell_cache)
+        return {k: v for k, v in g.items() if not (l == 0 and k == "bias_hh")}
+
+    with pytest.raises(KeyError, match="bias_hh"):
+        bptt(model, params, x, y, loss="mse", cell_adjoint=cell_adjoint)
+
 
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_float32_agrees_with_float64(cell):
