@@ -10,6 +10,8 @@ from refimpl.ep import networks as ep
 from refimpl.errors import UnknownNameError, UnsupportedError
 from refimpl.numerics import central_differences, cosine, extended, rel_error
 
+from .precision import check_float32_agrees
+
 # (kind, sizes, options): every network kind, clamped and not, both dt regimes of the prototypical model
 FD_CASES = [
     ("energy", (3, 4, 5, 2), {}),                                             # sigm, dt 0.2, clamp (the defaults)
@@ -185,18 +187,8 @@ def test_float32_agrees_with_float64(kind, rng):
     sizes = (4, 6, 3)
     net64, p64 = ep.make_ep_net(kind, sizes, seed=3)
     net32, p32 = ep.make_ep_net(kind, sizes, seed=3, dtype="float32")
-    assert all(p32[k].dtype == np.float32 and np.allclose(p32[k], p64[k], atol=1e-7) for k in p64)
     x, y = _data(net64, rng, B=3)
-    T, K, beta = 30, 5, 0.1
-    l64, g64, s64 = ep.ep_grads(net64, p64, x, y, T=T, K=K, beta=beta)
-    l32, g32, s32 = ep.ep_grads(net32, p32, x, y, T=T, K=K, beta=beta)
-    _, b64 = ep.bptt_grads(net64, p64, x, y, T=T, K=K)
-    _, b32 = ep.bptt_grads(net32, p32, x, y, T=T, K=K)
-    assert l32 == pytest.approx(l64, rel=1e-5)
-    for k in p64:
-        assert g32[k].dtype == np.float32 and b32[k].dtype == np.float32
-        assert rel_error(b32[k], b64[k]) <= 1e-4, k
-        assert rel_error(g32[k], g64[k]) <= 1e-3, k                               # EP divides an O(β) difference by β
+    check_float32_agrees(ep, net64, p64, net32, p32, x, y)
 
 
 # ---------------------------------------------------------------------------------------------------- injected kernels

@@ -10,6 +10,8 @@ from refimpl.ep import conv as ec
 from refimpl.errors import ShapeError, UnknownNameError, UnsupportedError
 from refimpl.numerics import central_differences, cosine, extended, rel_error
 
+from .precision import check_float32_agrees
+
 # (input_shape, channels, kernel, pool): a 2×2-pooled s_1, a 1×1 s_1, the digits shape with pool (2, 1)
 SMALL = [((1, 14, 14), (2, 3), 3, 2), ((2, 10, 10), (2, 2), 3, 2), ((1, 8, 8), (2, 3), 3, (2, 1))]
 
@@ -212,15 +214,5 @@ def test_float32_agrees_with_float64(rng):
     kw = dict(kernel=3, pool=(2, 1), activation="sigm", seed=3)
     net64, p64 = ec.make_conv_net((1, 8, 8), (3, 4), 4, **kw)
     net32, p32 = ec.make_conv_net((1, 8, 8), (3, 4), 4, dtype="float32", **kw)
-    assert all(p32[k].dtype == np.float32 and np.allclose(p32[k], p64[k], atol=1e-7) for k in p64)
     x, y = _data(net64, rng, B=3)
-    T, K, beta = 30, 5, 0.1
-    l64, g64, _ = ec.ep_grads(net64, p64, x, y, T=T, K=K, beta=beta)
-    l32, g32, _ = ec.ep_grads(net32, p32, x, y, T=T, K=K, beta=beta)
-    _, b64 = ec.bptt_grads(net64, p64, x, y, T=T, K=K)
-    _, b32 = ec.bptt_grads(net32, p32, x, y, T=T, K=K)
-    assert l32 == pytest.approx(l64, rel=1e-5)
-    for k in p64:
-        assert g32[k].dtype == np.float32 and b32[k].dtype == np.float32
-        assert rel_error(b32[k], b64[k]) <= 1e-4, k
-        assert rel_error(g32[k], g64[k]) <= 1e-3, k
+    check_float32_agrees(ec, net64, p64, net32, p32, x, y)
