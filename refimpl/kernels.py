@@ -30,7 +30,7 @@ import numpy as np
 from .algorithms.fptt import fptt_cell_grads, well_conditioned
 from .algorithms.rtrl import cell_grads_online
 from .cells import CELLS, resolve_cell, rnn
-from .ep import networks as ep
+from . import ep
 from .registry import KernelSpec, register_kernel
 
 # ---------------------------------------------------------------------------------------------------- the sweeps
