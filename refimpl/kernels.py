@@ -3,12 +3,19 @@
     <cell>.forward   (params, x (T,B,I), state0) -> (h (T,B,H), cache)        the recurrence, eq. (1)-(2) of each cell
     <cell>.backward  (params, dh (T,B,H), cache) -> grads                      BPTT from instantaneous adjoints
 
-    <cell>.<rule>    (params, x (T,B,I), h0 | state0, dh (T,B,H)) -> grads      an RTRL-family sensitivity sweep
-                     (refimpl/algorithms/rtrl.py): rule rtrl, snap1 (not lru: there it is rtrl), truncated, spatial,
-                     cec (lstm)
-    <cell>.fptt, <cell>.fptt1  (params, x, h0 | state0, dh) -> grads (+ "x", "h0"): FPTT's warm-up and error passes
-                     (refimpl/algorithms/fptt.py; the raw sweep: the residual check is the API's); the inputs are well
-                     conditioned
+    <cell>.<rule>    (params, x (T,B,I), h0 | state0, dh (T,B,H), carry=None) -> {grads, "state", "carry"}
+                     an RTRL-family sensitivity sweep over one chunk of a stream (refimpl/algorithms/rtrl.py `sweep`):
+                     rule rtrl, snap1 (not lru: there it is rtrl), truncated, spatial, cec (lstm); the carry is the
+                     rule's traces (rtrl.py, "Trace layouts"), {} for truncated and spatial
+    <cell>.fptt      (params, x, h0 | state0, dh) -> grads (+ "x", "h0"): FPTT's two phases over a whole sequence
+    <cell>.fptt_warmup, <cell>.fptt1  (params, x, h0 | state0, dh, carry=None) -> {…, "state", "carry"}: FPTT's
+                     warm-up and error phases over one chunk (refimpl/algorithms/fptt.py; the raw sweeps: the residual
+                     check is the API's); the inputs are well conditioned
+
+A carried kernel takes the state before its chunk (its state argument) and the carry before it, and returns the state
+and the carry after it, so a stream cut into chunks of any size gives the results of one uncut sweep (DESIGN.md §5).
+Its input spec carries what a reference sweep over a random prefix hands on, so the parity tests check the carry in
+and out on every backend.
     ep.free_phase, ep.nudged_phase, ep.bptt   the relaxation loops of the static EP networks (refimpl/ep/networks.py)
 
 for cell in rnn, gru, lstm, lru. `state0` is the cell's STATE_ARG: h0 (B,H) — LSTMState(h0, c0) for lstm, complex (B,N)
@@ -27,8 +34,8 @@ from functools import partial
 
 import numpy as np
 
-from .algorithms.fptt import fptt_cell_grads, well_conditioned
-from .algorithms.rtrl import cell_grads_online
+from .algorithms.fptt import fptt_cell_grads, fptt_errors, fptt_warmup, well_conditioned
+from .algorithms.rtrl import sweep
 from .cells import CELLS, resolve_cell, rnn
 from . import ep
 from .registry import KernelSpec, register_kernel
@@ -40,132 +47,169 @@ def _cell(name: str, x: np.ndarray, dh: np.ndarray, **options):
     return resolve_cell(name, x.shape[-1], dh.shape[-1], x.dtype.name, **options)
 
 
-# The RTRL family (refimpl/algorithms/rtrl.py): the sensitivity update and gradient accumulation over a sequence (or a
-# chunk of a stream) from zero traces, cell_grads_online(rule, cell, params, x, dh, state0) -> {param: grad}.
+# The RTRL family (refimpl/algorithms/rtrl.py): the sensitivity update and gradient accumulation over one chunk of a
+# stream (or a whole sequence) with its carry: rtrl.sweep(rule, cell, params, x, dh, state0, carry) ->
+# {param: grad, "state": the state after the chunk, "carry": the traces after it ({} for truncated, spatial)}.
 
-def rnn_rtrl(params, x, h0, dh, nonlinearity="tanh"):
+def _rtrl_sweep(rule: str, cell_name: str, params, x, state0, dh, carry, **options) -> dict:
+    grads, state, carry = sweep(rule, _cell(cell_name, x, dh, **options), params, x, dh, state0, carry)
+    return {**grads, "state": state, "carry": carry}
+
+
+def rnn_rtrl(params, x, h0, dh, carry=None, nonlinearity="tanh"):
     """rnn.rtrl: exact RTRL of the rnn."""
-    return cell_grads_online("rtrl", _cell("rnn", x, dh, nonlinearity=nonlinearity), params, x, dh, h0)
+    return _rtrl_sweep("rtrl", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
 
 
-def rnn_snap1(params, x, h0, dh, nonlinearity="tanh"):
-    """rnn.snap1: SnAp-1 (the diagonal of the influence matrix) of the rnn."""
-    return cell_grads_online("snap1", _cell("rnn", x, dh, nonlinearity=nonlinearity), params, x, dh, h0)
+def rnn_snap1(params, x, h0, dh, carry=None, nonlinearity="tanh"):
+    """rnn.snap1: SnAp-1 (the influence matrix kept on the immediate Jacobian's pattern) of the rnn."""
+    return _rtrl_sweep("snap1", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
 
 
-def rnn_truncated(params, x, h0, dh, nonlinearity="tanh"):
+def rnn_truncated(params, x, h0, dh, carry=None, nonlinearity="tanh"):
     """rnn.truncated: the one-step (truncated) sensitivity of the rnn."""
-    return cell_grads_online("truncated", _cell("rnn", x, dh, nonlinearity=nonlinearity), params, x, dh, h0)
+    return _rtrl_sweep("truncated", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
 
 
-def rnn_spatial(params, x, h0, dh, nonlinearity="tanh"):
-    """rnn.spatial: the immediate gradient of the rnn (no recurrent term)."""
-    return cell_grads_online("spatial", _cell("rnn", x, dh, nonlinearity=nonlinearity), params, x, dh, h0)
+def rnn_spatial(params, x, h0, dh, carry=None, nonlinearity="tanh"):
+    """rnn.spatial: the immediate gradient (no recurrent term) of the rnn."""
+    return _rtrl_sweep("spatial", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
 
 
-def gru_rtrl(params, x, h0, dh):
+def gru_rtrl(params, x, h0, dh, carry=None):
     """gru.rtrl: exact RTRL of the gru."""
-    return cell_grads_online("rtrl", _cell("gru", x, dh), params, x, dh, h0)
+    return _rtrl_sweep("rtrl", "gru", params, x, h0, dh, carry)
 
 
-def gru_snap1(params, x, h0, dh):
-    """gru.snap1: SnAp-1 of the gru."""
-    return cell_grads_online("snap1", _cell("gru", x, dh), params, x, dh, h0)
+def gru_snap1(params, x, h0, dh, carry=None):
+    """gru.snap1: SnAp-1 (the influence matrix kept on the immediate Jacobian's pattern) of the gru."""
+    return _rtrl_sweep("snap1", "gru", params, x, h0, dh, carry)
 
 
-def gru_truncated(params, x, h0, dh):
-    """gru.truncated: the one-step sensitivity of the gru."""
-    return cell_grads_online("truncated", _cell("gru", x, dh), params, x, dh, h0)
+def gru_truncated(params, x, h0, dh, carry=None):
+    """gru.truncated: the one-step (truncated) sensitivity of the gru."""
+    return _rtrl_sweep("truncated", "gru", params, x, h0, dh, carry)
 
 
-def gru_spatial(params, x, h0, dh):
-    """gru.spatial: the immediate gradient of the gru."""
-    return cell_grads_online("spatial", _cell("gru", x, dh), params, x, dh, h0)
+def gru_spatial(params, x, h0, dh, carry=None):
+    """gru.spatial: the immediate gradient (no recurrent term) of the gru."""
+    return _rtrl_sweep("spatial", "gru", params, x, h0, dh, carry)
 
 
-def lstm_rtrl(params, x, state0, dh):
-    """lstm.rtrl: exact RTRL of the lstm, over the state (h, c)."""
-    return cell_grads_online("rtrl", _cell("lstm", x, dh), params, x, dh, state0)
+def lstm_rtrl(params, x, state0, dh, carry=None):
+    """lstm.rtrl: exact RTRL of the lstm."""
+    return _rtrl_sweep("rtrl", "lstm", params, x, state0, dh, carry)
 
 
-def lstm_snap1(params, x, state0, dh):
-    """lstm.snap1: SnAp-1 of the lstm."""
-    return cell_grads_online("snap1", _cell("lstm", x, dh), params, x, dh, state0)
+def lstm_snap1(params, x, state0, dh, carry=None):
+    """lstm.snap1: SnAp-1 (the influence matrix kept on the immediate Jacobian's pattern) of the lstm."""
+    return _rtrl_sweep("snap1", "lstm", params, x, state0, dh, carry)
 
 
-def lstm_truncated(params, x, state0, dh):
-    """lstm.truncated: the one-step sensitivity of the lstm."""
-    return cell_grads_online("truncated", _cell("lstm", x, dh), params, x, dh, state0)
+def lstm_truncated(params, x, state0, dh, carry=None):
+    """lstm.truncated: the one-step (truncated) sensitivity of the lstm."""
+    return _rtrl_sweep("truncated", "lstm", params, x, state0, dh, carry)
 
 
-def lstm_spatial(params, x, state0, dh):
-    """lstm.spatial: the immediate gradient of the lstm."""
-    return cell_grads_online("spatial", _cell("lstm", x, dh), params, x, dh, state0)
+def lstm_spatial(params, x, state0, dh, carry=None):
+    """lstm.spatial: the immediate gradient (no recurrent term) of the lstm."""
+    return _rtrl_sweep("spatial", "lstm", params, x, state0, dh, carry)
 
 
-def lstm_cec(params, x, state0, dh):
-    """lstm.cec: the constant error carousel's sensitivity through c only (the 1997 lstm's truncated RTRL)."""
-    return cell_grads_online("cec", _cell("lstm", x, dh), params, x, dh, state0)
+def lstm_cec(params, x, state0, dh, carry=None):
+    """lstm.cec: the constant error carousel's sensitivity through c only (the 1997 lstm's truncated RTRL) of the lstm."""
+    return _rtrl_sweep("cec", "lstm", params, x, state0, dh, carry)
 
 
-def lru_rtrl(params, x, h0, dh):
+def lru_rtrl(params, x, h0, dh, carry=None):
     """lru.rtrl: exact RTRL of the lru (diagonal: also its SnAp-1)."""
-    return cell_grads_online("rtrl", _cell("lru", x, dh), params, x, dh, h0)
+    return _rtrl_sweep("rtrl", "lru", params, x, h0, dh, carry)
 
 
-def lru_truncated(params, x, h0, dh):
-    """lru.truncated: the one-step sensitivity of the lru."""
-    return cell_grads_online("truncated", _cell("lru", x, dh), params, x, dh, h0)
+def lru_truncated(params, x, h0, dh, carry=None):
+    """lru.truncated: the one-step (truncated) sensitivity of the lru."""
+    return _rtrl_sweep("truncated", "lru", params, x, h0, dh, carry)
 
 
-def lru_spatial(params, x, h0, dh):
-    """lru.spatial: the immediate gradient of the lru."""
-    return cell_grads_online("spatial", _cell("lru", x, dh), params, x, dh, h0)
+def lru_spatial(params, x, h0, dh, carry=None):
+    """lru.spatial: the immediate gradient (no recurrent term) of the lru."""
+    return _rtrl_sweep("spatial", "lru", params, x, h0, dh, carry)
 
 
-# FPTT (refimpl/algorithms/fptt.py): the warm-up and error passes of one cell (diagonal for the lru, linear solves for
-# the dense cells), fptt_cell_grads(cell, params, x, dh, state0) -> {param: grad, "x", initial-state keys}; fptt1 is
-# the error pass alone. The raw sweep: the residual check is the API's.
+# FPTT (refimpl/algorithms/fptt.py), the raw sweeps (the residual check (5) is the caller's), float64 carriers:
+#   <cell>.fptt         both phases over a whole sequence -> {param: grad, "x", initial-state keys (e_{−1})}
+#   <cell>.fptt_warmup  phase 1 over one chunk, carried -> {"state", "carry": {"v": v', "P": P}}
+#   <cell>.fptt1        phase 2 over one chunk, carried -> {param: grad, "x", "state", "carry": {"v"}}; carry None is
+#                       e_{−1} = 0 (the `fptt1` algorithm), {"v": e_{−1}} starts a stream after the warm-up
+
+def _fptt1(cell_name: str, params, x, state0, dh, carry, **options) -> dict:
+    grads, state, carry, _ = fptt_errors(_cell(cell_name, x, dh, **options), params, x, dh, state0, carry)
+    return {**grads, "state": state, "carry": carry}
+
+
+def _fptt_warmup(cell_name: str, params, x, state0, dh, carry, **options) -> dict:
+    state, carry = fptt_warmup(_cell(cell_name, x, dh, **options), params, x, dh, state0, carry)
+    return {"state": state, "carry": carry}
+
 
 def rnn_fptt(params, x, h0, dh, nonlinearity="tanh"):
-    """rnn.fptt: both passes."""
+    """rnn.fptt: both phases over a whole sequence."""
     return fptt_cell_grads(_cell("rnn", x, dh, nonlinearity=nonlinearity), params, x, dh, h0, check=False)
 
 
-def rnn_fptt1(params, x, h0, dh, nonlinearity="tanh"):
-    """rnn.fptt1: the error pass only."""
-    return fptt_cell_grads(_cell("rnn", x, dh, nonlinearity=nonlinearity), params, x, dh, h0, two_passes=False,
-                           check=False)
+def rnn_fptt1(params, x, h0, dh, carry=None, nonlinearity="tanh"):
+    """rnn.fptt1: the error phase over one chunk, from the carried v (None: e_{−1} = 0)."""
+    return _fptt1("rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
+
+
+def rnn_fptt_warmup(params, x, h0, dh, carry=None, nonlinearity="tanh"):
+    """rnn.fptt_warmup: the warm-up phase over one chunk, from the carried (v', P) (None: the stream's start)."""
+    return _fptt_warmup("rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
 
 
 def gru_fptt(params, x, h0, dh):
-    """gru.fptt: both passes."""
+    """gru.fptt: both phases over a whole sequence."""
     return fptt_cell_grads(_cell("gru", x, dh), params, x, dh, h0, check=False)
 
 
-def gru_fptt1(params, x, h0, dh):
-    """gru.fptt1: the error pass only."""
-    return fptt_cell_grads(_cell("gru", x, dh), params, x, dh, h0, two_passes=False, check=False)
+def gru_fptt1(params, x, h0, dh, carry=None):
+    """gru.fptt1: the error phase over one chunk, from the carried v (None: e_{−1} = 0)."""
+    return _fptt1("gru", params, x, h0, dh, carry)
+
+
+def gru_fptt_warmup(params, x, h0, dh, carry=None):
+    """gru.fptt_warmup: the warm-up phase over one chunk, from the carried (v', P) (None: the stream's start)."""
+    return _fptt_warmup("gru", params, x, h0, dh, carry)
 
 
 def lstm_fptt(params, x, state0, dh):
-    """lstm.fptt: both passes."""
+    """lstm.fptt: both phases over a whole sequence."""
     return fptt_cell_grads(_cell("lstm", x, dh), params, x, dh, state0, check=False)
 
 
-def lstm_fptt1(params, x, state0, dh):
-    """lstm.fptt1: the error pass only."""
-    return fptt_cell_grads(_cell("lstm", x, dh), params, x, dh, state0, two_passes=False, check=False)
+def lstm_fptt1(params, x, state0, dh, carry=None):
+    """lstm.fptt1: the error phase over one chunk, from the carried v (None: e_{−1} = 0)."""
+    return _fptt1("lstm", params, x, state0, dh, carry)
+
+
+def lstm_fptt_warmup(params, x, state0, dh, carry=None):
+    """lstm.fptt_warmup: the warm-up phase over one chunk, from the carried (v', P) (None: the stream's start)."""
+    return _fptt_warmup("lstm", params, x, state0, dh, carry)
 
 
 def lru_fptt(params, x, h0, dh):
-    """lru.fptt: both passes."""
+    """lru.fptt: both phases over a whole sequence."""
     return fptt_cell_grads(_cell("lru", x, dh), params, x, dh, h0, check=False)
 
 
-def lru_fptt1(params, x, h0, dh):
-    """lru.fptt1: the error pass only."""
-    return fptt_cell_grads(_cell("lru", x, dh), params, x, dh, h0, two_passes=False, check=False)
+def lru_fptt1(params, x, h0, dh, carry=None):
+    """lru.fptt1: the error phase over one chunk, from the carried v (None: e_{−1} = 0)."""
+    return _fptt1("lru", params, x, h0, dh, carry)
+
+
+def lru_fptt_warmup(params, x, h0, dh, carry=None):
+    """lru.fptt_warmup: the warm-up phase over one chunk, from the carried (v', P) (None: the stream's start)."""
+    return _fptt_warmup("lru", params, x, h0, dh, carry)
 
 
 # Equilibrium propagation (refimpl/ep/networks.py): the relaxation loops of the static-input networks. The network is
@@ -217,23 +261,58 @@ def backward_inputs(cell_name: str, rng, dtype, size, **variant) -> dict:
     return {"params": inputs["params"], "dh": dh, "cache": cache, **variant}
 
 
-def sweep_inputs(cell_name: str, rng, dtype, size, **variant) -> dict:
-    """<cell>.<rule>: forward_inputs and a random dh (T,B,H)."""
+#: Steps of the random prefix that gives a carried kernel's input spec its non-trivial carry.
+PREFIX = 2
+
+
+def _prefix(cell_name: str, rng, dtype, size, **variant):
+    """A random prefix of PREFIX steps: (the Cell, inputs of size T = PREFIX whose x and dh the prefix runs on)."""
+    inputs, _, dh = _with_adjoint(cell_name, rng, dtype, {**size, "T": PREFIX}, **variant)
+    return _cell(cell_name, inputs["x"], dh, **variant), inputs, dh
+
+
+def sweep_inputs(cell_name: str, rule: str, rng, dtype, size, **variant) -> dict:
+    """<cell>.<rule>: forward_inputs, a random dh (T,B,H), and the state and carry a reference sweep over a random
+    prefix of PREFIX steps hands on (a reachable, non-trivial carry: traces that are not zero)."""
+    cell, pre, pre_dh = _prefix(cell_name, rng, dtype, size, **variant)
     inputs, _, dh = _with_adjoint(cell_name, rng, dtype, size, **variant)
-    return {**inputs, "dh": dh}
+    params = pre["params"]
+    _, state, carry = sweep(rule, cell, params, pre["x"], pre_dh, pre[cell.state_arg])
+    return {**inputs, "params": params, cell.state_arg: state, "dh": dh, "carry": carry}
 
 
 def fptt_inputs(cell_name: str, rng, dtype, size, **variant) -> dict:
-    """<cell>.fptt, <cell>.fptt1: sweep_inputs with parameters whose state Jacobians FPTT inverts accurately — a
-    diagonal Jacobian diag(λ) (the lru) with |λ| on the ring [0.9, 0.99], rebuilt as ν = log(−log r); a dense one
-    from refimpl.algorithms.fptt.well_conditioned."""
-    inputs = sweep_inputs(cell_name, rng, dtype, size, **variant)
+    """<cell>.fptt: forward_inputs and a random dh (T,B,H), with parameters whose state Jacobians FPTT inverts
+    accurately — a diagonal Jacobian diag(λ) (the lru) with |λ| on the ring [0.9, 0.99], rebuilt as ν = log(−log r);
+    a dense one from refimpl.algorithms.fptt.well_conditioned."""
+    inputs, _, dh = _with_adjoint(cell_name, rng, dtype, size, **variant)
+    inputs["dh"] = dh
     if CELLS[cell_name].DIAGONAL:
         r = rng.uniform(0.9, 0.99, size["H"])
         inputs["params"] = {**inputs["params"], "nu_log": np.log(-np.log(r)).astype(dtype)}
     else:
         inputs["params"] = {k: v.astype(dtype) for k, v in well_conditioned(cell_name, inputs["params"]).items()}
     return inputs
+
+
+def fptt_chunk_inputs(cell_name: str, phase: str, rng, dtype, size, **variant) -> dict:
+    """<cell>.fptt1, <cell>.fptt_warmup: fptt_inputs and the state and carry that phase hands on after a random prefix
+    of PREFIX steps (for fptt1 started from a random e_{−1}, so the carried v is not zero)."""
+    inputs = fptt_inputs(cell_name, rng, dtype, size, **variant)
+    cell = _cell(cell_name, inputs["x"], inputs["dh"], **variant)
+    pre = fptt_inputs(cell_name, rng, dtype, {**size, "T": PREFIX}, **variant)
+    state0 = inputs[cell.state_arg]
+    if cell_name == "lstm":                        # c ≥ 1 as lstm_fptt_inputs (the lstm's J_t near-singular at c ≈ 0)
+        state0 = type(state0)(state0.h, (1.0 + np.abs(state0.c)).astype(dtype))
+    if phase == "warmup":
+        state, carry = fptt_warmup(cell, inputs["params"], pre["x"], pre["dh"], state0)
+    else:
+        e0 = cell.flatten_state(cell.random_state(rng, size["B"]))
+        if cell.complex_state:
+            e0 = e0 + 1j * cell.flatten_state(cell.random_state(rng, size["B"]))
+        _, state, carry, _ = fptt_errors(cell, inputs["params"], pre["x"], pre["dh"], state0,
+                                         {"v": e0.astype(np.result_type(np.float64, cell.state_dtype))})
+    return {**inputs, cell.state_arg: state, "carry": carry}
 
 
 def lstm_fptt_inputs(rng, dtype, size, **variant) -> dict:
@@ -269,8 +348,8 @@ RTRL_SWEEPS = {"rnn.rtrl": rnn_rtrl, "rnn.snap1": rnn_snap1, "rnn.truncated": rn
                "lstm.spatial": lstm_spatial, "lstm.cec": lstm_cec,
                "lru.rtrl": lru_rtrl, "lru.truncated": lru_truncated, "lru.spatial": lru_spatial}
 
-FPTT_SWEEPS = {"rnn.fptt": rnn_fptt, "rnn.fptt1": rnn_fptt1, "gru.fptt": gru_fptt, "gru.fptt1": gru_fptt1,
-               "lstm.fptt": lstm_fptt, "lstm.fptt1": lstm_fptt1, "lru.fptt": lru_fptt, "lru.fptt1": lru_fptt1}
+FPTT_SWEEPS = {f"{c}.{phase}": globals()[f"{c}_{phase}"] for c in ("rnn", "gru", "lstm", "lru")
+               for phase in ("fptt", "fptt1", "fptt_warmup")}
 
 EP_RELAXATIONS = {"ep.free_phase": ep_free_phase, "ep.nudged_phase": ep_nudged_phase, "ep.bptt": ep_bptt}
 
@@ -307,19 +386,30 @@ def _register_table() -> None:
             f"{name}.backward", f"(params, dh (T,B,H), cache) -> {{params…, 'x' (T,B,I), {grad_keys}}}",
             module.backward, partial(backward_inputs, name), variants=VARIANTS.get(name, ({},))))
     for kernel, reference in RTRL_SWEEPS.items():
-        name = kernel.split(".")[0]
+        name, rule = kernel.split(".")
         register_kernel(KernelSpec(
-            kernel, f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H)) -> {{param: grad}}", reference,
-            partial(sweep_inputs, name), variants=VARIANTS.get(name, ({},)),
+            kernel, f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H), carry=None) -> {{param: grad, "
+                    f"'state', 'carry': {{param: trace}}}}", reference,
+            partial(sweep_inputs, name, rule), variants=VARIANTS.get(name, ({},)),
             sizes=None if CELLS[name].DIAGONAL else DENSE_SWEEP_SIZES))
     for kernel, reference in FPTT_SWEEPS.items():
-        name = kernel.split(".")[0]
+        name, phase = kernel.split(".")
         grad_keys = ", ".join(map(repr, CELLS[name].GRAD_STATE_KEYS))
-        make_inputs, sizes = ((lstm_fptt_inputs, LSTM_FPTT_SIZES) if kernel == "lstm.fptt" else
-                              (partial(fptt_inputs, name), None if CELLS[name].DIAGONAL else DENSE_SWEEP_SIZES))
-        register_kernel(KernelSpec(
-            kernel, f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H)) -> {{param: grad, 'x', {grad_keys}}}",
-            reference, make_inputs, variants=VARIANTS.get(name, ({},)), sizes=sizes))
+        sizes = LSTM_FPTT_SIZES if name == "lstm" and phase != "fptt1" else (
+            None if CELLS[name].DIAGONAL else DENSE_SWEEP_SIZES)
+        if phase == "fptt":
+            make_inputs = lstm_fptt_inputs if name == "lstm" else partial(fptt_inputs, name)
+            signature = f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H)) -> {{param: grad, 'x', {grad_keys}}}"
+        elif phase == "fptt1":
+            make_inputs = partial(fptt_chunk_inputs, name, "errors")
+            signature = (f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H), carry=None {{'v' (B,S)}}) -> "
+                         f"{{param: grad, 'x', 'state', 'carry': {{'v'}}}}")
+        else:
+            make_inputs = partial(fptt_chunk_inputs, name, "warmup")
+            signature = (f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H), carry=None {{'v', 'P'}}) -> "
+                         f"{{'state', 'carry': {{'v' (B,S), 'P' (B,S) or (B,S,S)}}}}")
+        register_kernel(KernelSpec(kernel, signature, reference, make_inputs, variants=VARIANTS.get(name, ({},)),
+                                   sizes=sizes))
     for kernel, reference in EP_RELAXATIONS.items():
         register_kernel(KernelSpec(kernel, _EP_SIGNATURES[kernel], reference,
                                    partial(ep_inputs, kernel.split(".")[1]), variants=EP_VARIANTS))

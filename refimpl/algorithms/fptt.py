@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import NumericalError, UnsupportedError
+from ..cells.common import add_into
+from ..errors import NumericalError, ShapeError, UnsupportedError
 from ..nn import stack
 from ..nn.stack import stack_backward
 from .online import add_head, check_supported, head_step, stack_step_forward
@@ -159,50 +160,100 @@ def _residual(e_last, dh_last) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# One cell, instantaneous errors given
+# One cell, instantaneous errors given — each phase over one chunk of a stream, its carriers carried in and out
+#
+# Between steps a phase carries v_t = e_t − dh_t, the value that (1) inverts at the next step (dh is read one step
+# late, as an online learner receives it): e_{t+1} = J_{t+1}^{−H} v_t. At a stream's start v_{−1} = e_{−1} (dh_{−1} = 0);
+# at its end v_{T−1} = e_{T−1} − dh_{T−1}, so the check (5) is ‖v_{T−1}‖ / ‖dh_{T−1}‖ and the warm-up's (3) is
+# e_{−1} = −P v'_{T−1}.
+
+def _carrier_start(cell, B, ct, carry, names):
+    """The carriers before a chunk: `carry` (checked: the names, (B, S) for v, P's shape), or a stream's start."""
+    if carry is None:
+        start = {"v": np.zeros((B, cell.state_size), ct), "P": _identity_P(cell, B, ct)}
+        return {k: start[k] for k in names}
+    shapes = {"v": (B, cell.state_size), "P": _identity_P(cell, 1, ct).shape[1:]}
+    if set(carry) != set(names):
+        raise ShapeError(f"an FPTT carry names {sorted(carry)}; expected {sorted(names)}: pass the 'carry' the "
+                         f"previous chunk of the same phase returned")
+    for k in names:
+        if np.shape(carry[k])[-len(shapes[k]):] != shapes[k][-len(shapes[k]):] or np.shape(carry[k])[0] != B:
+            raise ShapeError(f"the FPTT carrier {k!r} has shape {np.shape(carry[k])}; expected (B={B}, …) like "
+                             f"{(B,) + tuple(shapes[k][1:])}: pass the previous chunk's 'carry'")
+    return {k: np.asarray(carry[k]).astype(ct, copy=True) for k in names}
+
+
+def fptt_warmup(cell, params, x, dh, state0, carry: dict | None = None, *, carrier: str = "float64"):
+    """Phase 1 over one chunk: (1) from e'_{−1} = 0 and (2). Returns (the state after the chunk, the carry {"v": v'
+    (B, S), "P": P (B, S) diagonal or (B, S, S)}); at the stream's end e_{−1} = start_error(cell, carry)."""
+    B = x.shape[1]
+    ct = carrier_dtype(cell, carrier)
+    c = _carrier_start(cell, B, ct, carry, ("v", "P"))
+    v, P, state = c["v"], c["P"], state0
+    with np.errstate(all="ignore"):                 # a blow-up is detected by (5) and reported, not warned about
+        for t in range(x.shape[0]):
+            JH = _jacobian_adjoint(cell, params, x[t], state, ct)
+            v = _invert(cell, JH, v) - _flat_error(cell, dh[t], ct)                    # (1): e'_t, then v'_t
+            P = _accumulate_P(cell, P, JH)                                             # (2)
+            state, _ = cell.module.step_forward(params, x[t], state, **cell.step_options)
+    return state, {"v": v, "P": P}
+
+
+def start_error(cell, carry: dict) -> np.ndarray:
+    """e_{−1} = −P (e'_{T−1} − dh_{T−1}) = −P v'_{T−1}, eq. (3), from the warm-up's carry at the stream's end."""
+    P, v = carry["P"], carry["v"]
+    return -(P * v) if cell.diagonal else -np.einsum("bij,bj->bi", P, v)
+
+
+def fptt_errors(cell, params, x, dh, state0, carry: dict | None = None, *, carrier: str = "float64"):
+    """Phase 2 over one chunk: the errors (1) from the carried v and the gradients (4).
+
+    Returns (grads {param: Σ over the chunk, "x": x̄ (C, B, I)}, the state after the chunk, the carry {"v"},
+    max |e| over the chunk (inf once anything was not finite)). carry None: e_{−1} = 0 (fptt1); {"v": e_{−1}} starts
+    a stream from the warm-up's start_error."""
+    B = x.shape[1]
+    ct = carrier_dtype(cell, carrier)
+    v = _carrier_start(cell, B, ct, carry, ("v",))["v"]
+    grads = {k: np.zeros_like(p) for k, p in params.items()}
+    dx = np.zeros_like(x)
+    state, e_max = state0, 0.0
+    with np.errstate(all="ignore"):
+        for t in range(x.shape[0]):
+            JH = _jacobian_adjoint(cell, params, x[t], state, ct)
+            e = _invert(cell, JH, v)                                                   # (1) e_t
+            e_max = _running_max(e_max, e)
+            state, cache = cell.module.step_forward(params, x[t], state, **cell.step_options)
+            total = cell.unflatten_state(e.astype(cell.state_dtype))
+            g, dx[t], _ = cell.module.step_backward(params, total, cache, **cell.step_options)        # (4)
+            add_into(grads, g)
+            v = e - _flat_error(cell, dh[t], ct)                                       # v_t = e_t − dh_t
+    grads["x"] = dx
+    return grads, state, {"v": v}, e_max
+
+
+def residual_of(cell, carry: dict, dh_last: np.ndarray) -> float:
+    """ρ of (5) from the error phase's carry at the stream's end: ‖v_{T−1}‖ / ‖dh_{T−1}‖."""
+    d = _flat_error(cell, dh_last, carry["v"].dtype)
+    with np.errstate(all="ignore"):
+        return float(np.linalg.norm(carry["v"]) / max(float(np.linalg.norm(d)), 1e-300))
+
 
 def fptt_cell_grads(cell, params, x, dh, state0, *, two_passes: bool = True, carrier: str = "float64",
                     check: bool = True) -> dict:
-    """FPTT for one cell from its instantaneous adjoints dh (T, B, H): {params…, "x", "h0" (, "c0")}.
+    """FPTT for one cell from its instantaneous adjoints dh (T, B, H), the whole sequence as one chunk:
+    {params…, "x", "h0" (, "c0")} — the initial-state keys are e_{−1} (zero for fptt1).
 
     two_passes=False is `fptt1` (e_{−1} = 0). dh is read one step late, as an online learner would receive it.
     """
-    with np.errstate(all="ignore"):                 # a blow-up is detected by (5) and reported, not warned about
-        return _fptt_cell_grads(cell, params, x, dh, state0, two_passes, carrier, check)
-
-
-def _fptt_cell_grads(cell, params, x, dh, state0, two_passes, carrier, check):
     T, B = x.shape[:2]
     ct = carrier_dtype(cell, carrier)
-
-    def dh_flat(t):                       # dh_t as a (B, S) carrier; dh_{−1} = 0
-        return np.zeros((B, cell.state_size), ct) if t < 0 else _flat_error(cell, dh[t], ct)
-
-    e = np.zeros((B, cell.state_size), ct)
-    if two_passes:                                                             # phase 1: warm-up
-        P, state = _identity_P(cell, B, ct), state0
-        for t in range(T):
-            JH = _jacobian_adjoint(cell, params, x[t], state, ct)
-            e = _invert(cell, JH, e - dh_flat(t - 1))                          # (1)
-            P = _accumulate_P(cell, P, JH)                                     # (2)
-            state, _ = cell.module.step_forward(params, x[t], state, **cell.step_options)
-        e = _start_error(cell, P, e, dh_flat(T - 1))                           # (3)
-    e_start = e
-    grads = {k: np.zeros_like(v) for k, v in params.items()}
-    dx = np.zeros_like(x)
-    state, e_max = state0, 0.0
-    for t in range(T):                                                         # phase 2: errors and gradients
-        JH = _jacobian_adjoint(cell, params, x[t], state, ct)
-        e = _invert(cell, JH, e - dh_flat(t - 1))                              # (1)
-        e_max = _running_max(e_max, e)
-        state, cache = cell.module.step_forward(params, x[t], state, **cell.step_options)
-        total = cell.unflatten_state(e.astype(cell.state_dtype))
-        g, dx[t], _ = cell.module.step_backward(params, total, cache, **cell.step_options)            # (4)
-        for k in grads:
-            grads[k] += g[k]
+    e_start = np.zeros((B, cell.state_size), ct)
+    if two_passes:
+        _, warm = fptt_warmup(cell, params, x, dh, state0, carrier=carrier)                  # phase 1
+        e_start = start_error(cell, warm)                                                      # (3)
+    grads, _, end, e_max = fptt_errors(cell, params, x, dh, state0, {"v": e_start}, carrier=carrier)   # phase 2
     if two_passes and check:
-        check_residual(cell, params, T, ct, _residual(e, dh_flat(T - 1)), "one cell", e_max=e_max)   # (5)
-    grads["x"] = dx
+        check_residual(cell, params, T, ct, residual_of(cell, end, dh[-1]), "one cell", e_max=e_max)   # (5)
     # e_{−1}: the gradient of the initial state, h0 (and c0), in the order of the flattened state
     starts = np.split(e_start.astype(cell.state_dtype), len(cell.grad_state_keys), axis=-1)
     grads.update(zip(cell.grad_state_keys, starts))

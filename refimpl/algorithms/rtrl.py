@@ -252,8 +252,57 @@ def trace_grads(rule: str, cell, params: dict, traces: Traces, delta_t: np.ndarr
     return grads
 
 
+def carry_of(traces: Traces) -> dict:
+    """What a chunk of a stream hands to the next (DESIGN.md §5): the traces' arrays {param name: S_t} in the layout of
+    the rule (module docstring) — nothing ({}) for truncated and spatial, which carry no sensitivity (13), (14)."""
+    return {} if traces.rule in ("truncated", "spatial") else dict(traces.sens)
+
+
+def traces_from_carry(rule: str, cell, params: dict, batch: int, carry: dict | None) -> Traces:
+    """The Traces a chunk starts from: S_{-1} = 0 for carry None (the start of a stream), else the carried arrays
+    (checked against the rule's layout: names, shapes, dtypes)."""
+    traces = init_traces(rule, cell, params, batch)
+    if carry is None or rule in ("truncated", "spatial"):
+        return traces
+    if set(carry) != set(traces.sens):
+        raise ShapeError(f"the carried traces of rule {rule!r} on a {cell.name} cell name {sorted(carry)}; expected "
+                         f"{sorted(traces.sens)}: pass the 'carry' the previous chunk's sweep returned")
+    for name, S0 in traces.sens.items():
+        if np.shape(carry[name]) != S0.shape:
+            raise ShapeError(f"the carried trace {name!r} has shape {np.shape(carry[name])}; expected {S0.shape} "
+                             f"(rule {rule!r}, {cell.name} cell, batch {batch}): pass the previous chunk's 'carry'")
+    return Traces(rule=rule, layout=traces.layout,
+                  sens={name: np.asarray(carry[name]).astype(S0.dtype, copy=False) for name, S0 in traces.sens.items()})
+
+
+def sweep(rule: str, cell, params: dict, x: np.ndarray, dh: np.ndarray, state0, carry: dict | None = None):
+    """The online loop over one chunk of a stream (or a whole sequence), memory independent of its length: the
+    sensitivities and the state are carried in and handed back, so a stream cut into chunks of any size C gives the
+    gradients of one uncut sweep (only the order of the sums changes).
+
+    Args:
+        rule: one of RULES.
+        cell: a refimpl.cells.Cell.
+        params: the cell's parameters.
+        x: inputs of the chunk (C, B, I).
+        dh: instantaneous adjoints of the chunk (C, B, H) — of h for the lstm; c(C, B, N) for the lru.
+        state0: the state before the chunk (h0 (B, H); LSTMState(h0, c0); c(B, N)).
+        carry: the traces before the chunk, as the previous chunk returned them (carry_of); None: S_{-1} = 0.
+    Returns:
+        (grads {param name: Σ_t g_t over the chunk, eq. (4)}, the state after the chunk, the carry after the chunk).
+    """
+    traces = traces_from_carry(rule, cell, params, x.shape[1], carry)
+    grads = {name: np.zeros_like(p) for name, p in params.items()}
+    state = state0
+    for t in range(x.shape[0]):
+        traces = update_traces(rule, cell, params, traces, x[t], state)   # S_t from S_{t-1} and s_{t-1}
+        state, _ = cell.module.step_forward(params, x[t], state, **cell.step_options)   # s_t; the cache is dropped
+        add_into(grads, trace_grads(rule, cell, params, traces, dh[t]))   # (4)  Σ_t g_t
+    return grads, state, carry_of(traces)
+
+
 def cell_grads_online(rule: str, cell, params: dict, x: np.ndarray, dh: np.ndarray, state0) -> dict:
-    """Whole-sequence convenience: the online loop over t, memory independent of T (no stored states or caches).
+    """Whole-sequence convenience: `sweep` from S_{-1} = 0 over the whole sequence; the gradients alone.
 
     Args:
         rule: one of RULES.
@@ -265,14 +314,7 @@ def cell_grads_online(rule: str, cell, params: dict, x: np.ndarray, dh: np.ndarr
     Returns:
         {param name: gradient (param's shape and dtype)} — Σ_t g_t, eq. (4).
     """
-    traces = init_traces(rule, cell, params, x.shape[1])                   # S_{-1} = 0
-    grads = {name: np.zeros_like(p) for name, p in params.items()}
-    state = state0
-    for t in range(x.shape[0]):
-        traces = update_traces(rule, cell, params, traces, x[t], state)   # S_t from S_{t-1} and s_{t-1}
-        state, _ = cell.module.step_forward(params, x[t], state, **cell.step_options)   # s_t; the cache is dropped
-        add_into(grads, trace_grads(rule, cell, params, traces, dh[t]))   # (4)  Σ_t g_t
-    return grads
+    return sweep(rule, cell, params, x, dh, state0)[0]
 
 
 def trace_nbytes(rule: str, cell, batch: int) -> int:

@@ -154,6 +154,11 @@ class Cell:
         """The state from its parts, in the order of grad_state_keys: h, or the lstm's (h, c)."""
         return self.module.state_from_parts(*parts)
 
+    def final_state(self, cache):
+        """The state after the last step of a sequence forward, from its stacked cache (the cache fields named like
+        the state's parts: h, and the lstm's c) — where a chunk of a stream hands its state to the next."""
+        return self.state_from_parts(*(getattr(cache, key[:-1])[-1] for key in self.grad_state_keys))
+
     def zeros_like_state(self, state):
         """A zero state (adjoint) of the same type, shapes and dtypes as `state`."""
         return map_state(np.zeros_like, state)
