@@ -106,7 +106,7 @@ def _fptt_adjoint(cell, two_passes: bool, backend: str, check: bool):
                        backend)
         if two_passes and check:
             check_fptt(cell, params, grads, dh, cache, f"layer {l}")
-        return grads
+        return {**{k: grads[k] for k in params}, "x": grads["x"]}
     return cell_adjoint
 
 
@@ -163,7 +163,8 @@ def fptt_model_grads(kernels, model, params, x, y, loss, mask=None, *, passes: i
 def cell_grads_online(kernels, rule: str, cell, params, x, dh, state0) -> dict:
     """rtrl.cell_grads_online as one kernel call on `kernels.backend`."""
     rtrl.check_rule(rule, cell)
-    return _sweep(rtrl.sweep_rule(rule, cell), cell, params, x, dh, state0, kernels.backend)
+    grads = _sweep(rtrl.sweep_rule(rule, cell), cell, params, x, dh, state0, kernels.backend)
+    return {k: grads[k] for k in params}
 
 
 def fptt_cell_grads(kernels, cell, params, x, dh, state0, *, two_passes: bool = True, carrier: str = "float64",
@@ -171,6 +172,10 @@ def fptt_cell_grads(kernels, cell, params, x, dh, state0, *, two_passes: bool = 
     """fptt.fptt_cell_grads as one kernel call on `kernels.backend` (checked through x̄_T−1, fptt.md (8b.1))."""
     _check_carrier(carrier)
     grads = _sweep("fptt" if two_passes else "fptt1", cell, params, x, dh, state0, kernels.backend)
+    if not two_passes:                        # the error phase from e_{−1} = 0: the initial state's gradient is 0
+        grads = {**{k: grads[k] for k in params}, "x": grads["x"],
+                 **dict(zip(cell.grad_state_keys, np.split(np.zeros((x.shape[1], cell.state_size), cell.state_dtype),
+                                                             len(cell.grad_state_keys), axis=-1)))}
     if two_passes and check:
         _, cache = kernels.forward(params, x, state0, **cell.step_options)
         check_fptt(cell, params, grads, dh, cache, "one cell")
