@@ -16,7 +16,7 @@ import numpy as np
 
 from refimpl.nn import model as model_mod
 from refimpl.nn.model import make_model
-from refimpl.algorithms.fptt import fptt_model_grads
+from refimpl.algorithms.chunked import fptt_model_grads
 from refimpl.algorithms.online import online_grads
 
 ALGORITHMS = ("bptt", "rtrl", "online", "snap1", "truncated", "spatial", "fptt")

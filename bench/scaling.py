@@ -27,7 +27,7 @@ GRID = {"full": dict(T=(100, 300, 1000, 3000, 10000), H=(32, 64, 128, 256), T_fo
 
 def _sequence_call(algorithm: str, T: int, H: int, B: int, I: int, seed: int = 0):
     from refimpl.nn import model as model_mod
-    from refimpl.algorithms.fptt import fptt_model_grads
+    from refimpl.algorithms.chunked import fptt_model_grads
     from refimpl.algorithms.online import online_grads
     model, params = model_mod.make_model("gru", I, H, 2, seed=seed)
     rng = np.random.default_rng(seed)

@@ -12,10 +12,10 @@ parameter leaves it out of `grads` (the optimizer then leaves it alone: no updat
 
 Where the members run:
     bptt                      refimpl/nn/model.py (the cell's BPTT through the backend's kernels)
-    rtrl online snap1         on NumPy truly online, step by step: refimpl/algorithms/online.py for a model,
-    truncated spatial cec       refimpl/algorithms/rtrl.py for one cell; the rule each layer runs is rtrl.LAYER_RULE
-    fptt fptt1                on NumPy refimpl/algorithms/fptt.py
-                              — on another backend, these two rows run as whole-sequence kernel sweeps
+    rtrl online snap1         a model: refimpl/algorithms/chunked.py — truly online on every backend, chunk by chunk
+    truncated spatial cec       (-a chunk=C; 1 on NumPy, the step loop), updates inside a sequence (update_every);
+    fptt fptt1                  whole-stack rtrl steps in refimpl/algorithms/online.py (NumPy). One cell:
+    tbptt                       refimpl/algorithms/rtrl.py, fptt.py on NumPy, one kernel call on a backend
                                 (refimpl/algorithms/on_backend.py, the same signatures): chosen once, in `_on`
     dfa drtp                  refimpl/algorithms/projected.py (NumPy only; their temporal rule: the online names above)
     readout                   here
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from . import fptt, on_backend, online, projected, rtrl
+from . import chunked, fptt, on_backend, online, projected, rtrl
 from ..errors import UnknownNameError, UnsupportedError
 from ..nn import model as nn_model
 from ..nn.layers import linear_backward
@@ -46,6 +46,8 @@ class Algorithm:
     input_grads: bool = True      # False for forward-mode (online) rules: they give no gradient for the input x
     options: tuple = ()           # names of the keyword options the algorithm takes (e.g. fptt: passes, carrier)
     cell_options: tuple | None = None   # the options its cell_grads takes, where fewer (None: all of `options`)
+    streams: bool = False         # runs chunk by chunk over a stream (option chunk), memory flat in T
+    updates_inside: bool = False  # can update the weights inside a sequence (update_every / on_update)
     tolerance: str = "exact_vs_bptt"   # its row of numerics.TOLERANCES when exact
     exact_when: Callable | None = None  # (model, options) -> bool, for algorithms exact only with some options
 
@@ -100,30 +102,37 @@ def _readout_model_grads(kernels, model, params, x, y, loss, mask):
 
 
 def _rtrl_family(name: str) -> dict:
-    """The RTRL family (online.py, rtrl.py): forward-mode, so no input gradient."""
+    """The RTRL family (online.py, chunked.py, rtrl.py): forward-mode, so no input gradient."""
     def cell_grads(kernels, cell, params, x, dh, state0):
         run = _on(kernels, rtrl.cell_grads_online, on_backend.cell_grads_online)
         return run(rtrl.LAYER_RULE[name], cell, params, x, dh, state0)
 
-    def model_grads(kernels, model, params, x, y, loss, mask):
-        run = _on(kernels, online.online_grads, on_backend.online_grads)
-        return run(model, params, x, y, loss, mask, algorithm=name)
-    return dict(cell_grads=cell_grads, model_grads=model_grads, input_grads=False)
+    def model_grads(kernels, model, params, x, y, loss, mask, chunk=None, update_every=None, on_update=None):
+        return online.online_grads(model, params, x, y, loss, mask, algorithm=name, kernels=kernels, chunk=chunk,
+                                   update_every=update_every, on_update=on_update)
+    return dict(cell_grads=cell_grads, model_grads=model_grads, input_grads=False, options=("chunk",),
+                cell_options=(), streams=True, updates_inside=True)
 
 
 def _fptt(two_passes: bool) -> dict:
-    """FPTT (fptt.py); options carrier ('float64' | 'state'), and for a model passes (the pass budget) and
-    input_grad. One cell is one layer with its input given: it has no pass budget, and always returns x̄."""
+    """FPTT (fptt.py, chunked.py); options carrier ('float64' | 'state'), and for a model chunk, passes (the pass
+    budget) and input_grad. One cell is one layer with its input given: it has no pass budget, and always returns
+    x̄."""
     def cell_grads(kernels, cell, params, x, dh, state0, carrier="float64"):
         run = _on(kernels, fptt.fptt_cell_grads, on_backend.fptt_cell_grads)
         return run(cell, params, x, dh, state0, two_passes=two_passes, carrier=carrier)
 
     def model_grads(kernels, model, params, x, y, loss, mask, **options):
-        run = _on(kernels, fptt.fptt_model_grads, on_backend.fptt_model_grads)
-        return run(model, params, x, y, loss, mask, two_passes=two_passes, **options)
-    return dict(cell_grads=cell_grads, model_grads=model_grads, options=("passes", "carrier", "input_grad"),
-                cell_options=("carrier",), tolerance="fptt_vs_bptt",
+        return chunked.fptt_model_grads(model, params, x, y, loss, mask, kernels=kernels, two_passes=two_passes,
+                                        **options)
+    return dict(cell_grads=cell_grads, model_grads=model_grads, options=("chunk", "passes", "carrier", "input_grad"),
+                cell_options=("carrier",), tolerance="fptt_vs_bptt", streams=True,
                 exact_when=lambda model, options: int(options.get("passes", model.layers + 1)) > model.layers)
+
+
+def _tbptt_model_grads(kernels, model, params, x, y, loss, mask, window=None, update_every=None, on_update=None):
+    return chunked.tbptt_model_grads(model, params, x, y, loss, mask, kernels=kernels, window=window,
+                                     update_every=update_every, on_update=on_update)
 
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
@@ -141,6 +150,10 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("fptt", "yes", "forward propagation of errors through time (warm-up pass, then error pass; L+1 passes "
               "for L layers)", **_fptt(True)),
     Algorithm("fptt1", "no", "one forward pass with δ0 = 0 (the FPTT paper's `forward` baseline)", **_fptt(False)),
+    Algorithm("tbptt", "no", "k-step truncated BPTT: BPTT inside each window of k steps (-a window=k, default "
+              "min(16, T)), the state carried across windows, the graph cut at each window's start; exact for its "
+              "own definition, == bptt for window = T", model_grads=_tbptt_model_grads, input_grads=False,
+              options=("window",), streams=True, updates_inside=True),
     Algorithm("dfa", "no", "direct feedback alignment: the output error projected onto each layer's output by a "
               "fixed random matrix at every step, carried through time by the layer's temporal rule "
               "(-a temporal=online|snap1|truncated)", model_grads=projected.dfa_model_grads, input_grads=False,

@@ -46,9 +46,6 @@ import numpy as np
 
 from ..cells.common import add_into
 from ..errors import NumericalError, ShapeError, UnsupportedError
-from ..nn import stack
-from ..nn.stack import stack_backward
-from .online import add_head, check_supported, head_step, stack_step_forward
 
 #: Relative residual ρ (5) above which FPTT refuses to return its gradients. Calibrated on the stability study's full
 #: grid (252 points: r_min 0.36 … 0.99, T 30 … 1000, three precisions, three seeds): every gradient it accepted was
@@ -96,12 +93,6 @@ def _identity_P(cell, B, dtype):
     return np.ones((B, S), dtype) if cell.diagonal else np.broadcast_to(np.eye(S, dtype=dtype), (B, S, S)).copy()
 
 
-def _start_error(cell, P, e_warm, dh_last):
-    """e_{−1} = −P (e'_{T−1} − dh_{T−1}), eq. (3)."""
-    r = e_warm - dh_last
-    return -(P * r) if cell.diagonal else -np.einsum("bij,bj->bi", P, r)
-
-
 def _flat_error(cell, dh, dtype):
     """An instantaneous error of h (B, H) as a (B, S) carrier: zero on the rest of the state (the lstm's c)."""
     return cell.flatten_state(cell.adjoint_from_h(dh)).astype(dtype)
@@ -126,7 +117,7 @@ def _precision(dtype) -> str:
 def check_residual(cell, params, T: int, dtype, residual: float, what: str, *,
                    measured: str = "‖e_T−1 − dh_T−1‖/‖dh_T−1‖", e_max: float | None = None) -> None:
     """(5): NumericalError, with the reason and the fixes, when the relative residual is not finite or over
-    RESIDUAL_TOL (the reference measures e_T−1 against dh_T−1; a backend sweep its x̄_T−1, on_backend.py)."""
+    RESIDUAL_TOL: ρ = ‖e_T−1 − dh_T−1‖/‖dh_T−1‖ = ‖v_T−1‖/‖dh_T−1‖ (residual_of)."""
     if not np.isfinite(residual) or (e_max is not None and not np.isfinite(e_max)) or residual > RESIDUAL_TOL:
         size = "" if e_max is None else f"; max |e| = {e_max:.3g}"
         raise NumericalError(
@@ -154,18 +145,6 @@ def _running_max(current: float, e: np.ndarray) -> float:
     m = float(np.max(np.abs(e)))
     return np.inf if not (np.isfinite(m) and np.isfinite(current)) else max(current, m)
 
-
-def _residual(e_last, dh_last) -> float:
-    return float(np.linalg.norm(e_last - dh_last) / max(float(np.linalg.norm(dh_last)), 1e-300))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# One cell, instantaneous errors given — each phase over one chunk of a stream, its carriers carried in and out
-#
-# Between steps a phase carries v_t = e_t − dh_t, the value that (1) inverts at the next step (dh is read one step
-# late, as an online learner receives it): e_{t+1} = J_{t+1}^{−H} v_t. At a stream's start v_{−1} = e_{−1} (dh_{−1} = 0);
-# at its end v_{T−1} = e_{T−1} − dh_{T−1}, so the check (5) is ‖v_{T−1}‖ / ‖dh_{T−1}‖ and the warm-up's (3) is
-# e_{−1} = −P v'_{T−1}.
 
 def _carrier_start(cell, B, ct, carry, names):
     """The carriers before a chunk: `carry` (checked: the names, (B, S) for v, P's shape), or a stream's start."""
@@ -258,102 +237,6 @@ def fptt_cell_grads(cell, params, x, dh, state0, *, two_passes: bool = True, car
     starts = np.split(e_start.astype(cell.state_dtype), len(cell.grad_state_keys), axis=-1)
     grads.update(zip(cell.grad_state_keys, starts))
     return grads
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# A model stack: the L+1-pass schedule
-
-def fptt_model_grads(model, params, x, y, loss, mask=None, *, passes: int | None = None, two_passes: bool = True,
-                     carrier: str = "float64", check: bool = True, input_grad: bool = True):
-    """Loss and gradients of a model by FPTT (see module doc). passes: the pass budget (default L+1, full FPTT);
-    two_passes=False gives `fptt1`. check=False returns the gradients even when (5) says they are lost (for the
-    stability study, which measures how bad they are). input_grad=False leaves out "x" — the one output that grows
-    with T (it is the size of x); without it the memory is flat in T. Returns (loss_value, {dotted name: grad, "x"})."""
-    check_supported(model, mask)
-    with np.errstate(all="ignore"):                 # a blow-up is detected by (5) and reported, not warned about
-        return _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carrier, check, input_grad)
-
-
-def _fptt_model_grads(model, params, x, y, loss, mask, passes, two_passes, carrier, check, input_grad):
-    L = model.layers
-    fptt_layers = error_layers(L, passes, two_passes)             # with a warm-up: the top ones; fptt1: all
-    T, B, _ = x.shape
-    cells = model.cells
-    cts = [carrier_dtype(c, carrier) for c in cells]
-    starts = [np.zeros((B, c.state_size), cts[l]) for l, c in enumerate(cells)]   # e^l_{−1}; found by the warm-ups
-    cell_params = [stack.cell_params(model, l, params) for l in range(model.layers)]
-    warm_order = list(reversed(fptt_layers)) if two_passes else []  # top first
-
-    for warm in warm_order + [None]:                              # passes: one warm-up each, then the final pass
-        in_error = [l for l in fptt_layers if warm is None or l > warm]
-        value, grads, info = _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, cts,
-                                   input_grad)
-        if warm is not None:
-            P, e_warm, dh_last = info
-            starts[warm] = _start_error(cells[warm], P, e_warm, dh_last)                  # (3)
-    if two_passes and check:
-        for l in fptt_layers:
-            residual, e_max = info[l]
-            check_residual(cells[l], cell_params[l], T, cts[l], residual, f"layer {l}", e_max=e_max)   # (5)
-    for l in range(L):
-        if l not in fptt_layers:                                  # spatial layers: no temporal credit
-            for name in cells[l].recurrent_params:
-                grads[f"layers.{l}.cell.{name}"] = np.zeros_like(params[f"layers.{l}.cell.{name}"])
-    return value, grads
-
-
-def _pass(model, params, cell_params, x, y, loss, mask, starts, in_error, warm, cts, input_grad=True):
-    """One pass over the sequence. Layers in `in_error` carry their exact errors (1) from their start values; the
-    layer `warm` (or None in the final pass) runs its warm-up. The final pass accumulates every gradient (4)."""
-    T, B, _ = x.shape
-    cells = model.cells
-    states = [c.zero_state(B) for c in cells]
-    e = {l: starts[l].copy() for l in in_error}
-    dh_prev = {l: np.zeros((B, c.state_size), cts[l]) for l, c in enumerate(cells)}
-    e_max = {l: 0.0 for l in in_error}
-    final = warm is None
-    if not final:
-        e_w, P = np.zeros((B, cells[warm].state_size), cts[warm]), _identity_P(cells[warm], B, cts[warm])
-    grads = {k: np.zeros_like(v) for k, v in params.items()}
-    dx = np.zeros_like(x) if final and input_grad else None
-    run_sum, total = None, 0.0
-
-    def cell_adjoint(l, cell_params_l, dh, cell_cache):
-        """(4): the step backward from the total error e^l_t where layer l carries it, else from the within-step
-        error (spatial); the within-step error dh^l_t is kept for (1) at the next step."""
-        c = cells[l]
-        dh_prev[l] = _flat_error(c, dh, cts[l])
-        total_error = c.unflatten_state(e[l].astype(c.state_dtype)) if l in e else c.adjoint_from_h(dh)
-        g, dx_l, _ = c.module.step_backward(cell_params_l, total_error, cell_cache, **c.step_options)
-        return {**g, "x": dx_l}
-
-    for t in range(T):
-        u, new_states, cache = stack_step_forward(model, params, x[t], states)
-        for l in e:                                                           # (1) for the layers in error phase
-            JH = _jacobian_adjoint(cells[l], cell_params[l], cache.layers[l].a, states[l], cts[l])
-            e[l] = _invert(cells[l], JH, e[l] - dh_prev[l])
-            e_max[l] = _running_max(e_max[l], e[l])
-        if not final:                                                         # (1), (2) for the warming layer
-            JH = _jacobian_adjoint(cells[warm], cell_params[warm], cache.layers[warm].a, states[warm], cts[warm])
-            e_w = _invert(cells[warm], JH, e_w - dh_prev[warm])
-            P = _accumulate_P(cells[warm], P, JH)
-        head = head_step(model, params, u, t, T, y, loss, mask, run_sum)
-        run_sum, total = head.run_sum, total + head.loss
-        du_top = head.du if head.has_loss else np.zeros_like(u)
-        step_grads, dx_t = stack_backward(model, params, du_top, cache, cell_adjoint,
-                                          lowest=0 if final else warm)      # the warm-up needs errors down to `warm`
-        if final:                                                             # (4)
-            add_head(grads, head)
-            for k, v in step_grads.items():
-                grads[k] += v
-            if dx is not None:
-                dx[t] = dx_t
-        states = new_states
-    if not final:
-        return total, grads, (P, e_w, dh_prev[warm])
-    if dx is not None:
-        grads["x"] = dx
-    return total, grads, {l: (_residual(e[l], dh_prev[l]), e_max[l]) for l in e}
 
 
 # ----------------------------------------------------------------------------------------------------------------

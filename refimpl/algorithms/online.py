@@ -45,26 +45,15 @@ from typing import NamedTuple
 import numpy as np
 
 from . import rtrl
+from .chunked import check_supported, per_layer_grads
 from ..cells.common import add_into
 from ..errors import UnsupportedError
-from ..nn import stack
 from ..nn.layers import linear_backward, linear_forward
 from ..nn.losses import loss_forward
 from ..nn.stack import stack_backward, stack_forward
 
 #: Refuse a whole-stack RTRL whose sensitivity would take more than this many bytes (override with max_bytes=).
 RTRL_MAX_BYTES = 2 * 2**30
-
-
-def check_supported(model, mask) -> None:
-    """Refuse the poolings whose loss is not a sum over steps (the online algorithms see one step at a time)."""
-    if model.pooling == "mean":
-        raise UnsupportedError("pooling 'mean' is not memoryless (its gradient at step t depends on the whole "
-                               "sequence), so the online algorithms cannot use it; use pooling 'cumulative_mean' "
-                               "(causal, straight-through) or 'none', or algorithm 'bptt'")
-    if model.pooling == "last" and mask is not None:
-        raise UnsupportedError("pooling 'last' with a mask (per-sequence last steps) is not supported by the online "
-                               "algorithms; pass mask=None, or use pooling 'none' with the mask, or 'bptt'")
 
 
 def whole_stack_differs(model) -> bool:
@@ -147,10 +136,15 @@ def rule_adjoint(model, rule: str, traces: list):
 # ----------------------------------------------------------------------------------------------------------------
 # The driver
 
-def online_grads(model, params, x, y, loss, mask=None, *, algorithm="online", max_bytes: int | None = None,
-                 update_every: int | None = None, on_update=None):
-    """Loss and gradients of `model` by an RTRL-family algorithm (a key of rtrl.LAYER_RULE), run step by step (see
-    module doc).
+def online_grads(model, params, x, y=None, loss="mse", mask=None, *, algorithm="online", kernels=None,
+                 chunk: int | None = None, max_bytes: int | None = None, update_every: int | None = None,
+                 on_update=None):
+    """Loss and gradients of `model` by an RTRL-family algorithm (a key of rtrl.LAYER_RULE) over a sequence x
+    (T, B, I) or a stream (see module doc).
+
+    Per-layer rules run in refimpl/algorithms/chunked.py: chunks of `chunk` steps (default 1 on NumPy, the step loop
+    (1)–(4) above; a backend's `kernels` run each layer's sweep over a chunk in one call). Whole-stack `rtrl` runs
+    here, step by step, on NumPy only.
 
     Truly online training: with update_every=k, after every k steps (before the sequence ends) the gradient
     accumulated since the last update is handed to on_update(grads) -> new params, which the rest of the sequence
@@ -158,11 +152,20 @@ def online_grads(model, params, x, y, loss, mask=None, *, algorithm="online", ma
     Returns (loss_value, grads) with a gradient for every parameter (no "x": forward-mode methods give no input
     gradients) — with update_every, the gradient since the last update.
     """
-    check_supported(model, mask)
     if algorithm not in rtrl.LAYER_RULE:
         raise UnsupportedError(f"{algorithm!r} is not an RTRL-family algorithm")
     if not (algorithm == "rtrl" and whole_stack_differs(model)):
-        return _per_layer(model, params, x, y, loss, mask, rtrl.LAYER_RULE[algorithm], update_every, on_update)
+        return per_layer_grads(model, params, x, y, loss, mask, rule=rtrl.LAYER_RULE[algorithm], kernels=kernels,
+                               chunk=chunk, update_every=update_every, on_update=on_update)
+    if kernels is not None and kernels.backend != "numpy":
+        raise UnsupportedError(
+            f"whole-stack rtrl ({model.layers} layer(s), encoder={model.encoder}, norm={model.norm}) has no backend "
+            f"kernel: use backend 'numpy' for it, or algorithm 'online' (per-layer RTRL, exact at the top) on "
+            f"{kernels.backend!r}")
+    if not isinstance(x, np.ndarray):
+        raise UnsupportedError("whole-stack rtrl runs on a sequence in memory, not on a stream; use algorithm "
+                               "'online' (per-layer RTRL, exact at the top) for a stream")
+    check_supported(model, mask)
     if update_every is not None:
         raise UnsupportedError("update_every with whole-stack rtrl is not supported (its sequences run one after "
                                "another); use algorithm 'online' (per-layer RTRL) for truly online updates")
@@ -185,33 +188,6 @@ def online_grads(model, params, x, y, loss, mask=None, *, algorithm="online", ma
         total += value / B
         for k in grads:
             grads[k] += g[k] / B
-    return total, grads
-
-
-def _per_layer(model, params, x, y, loss, mask, rule: str, update_every=None, on_update=None):
-    """The step loop (1)–(4) with one rule per layer."""
-    T, B, _ = x.shape
-    cells = model.cells
-    states = [c.zero_state(B) for c in cells]
-    grads = {k: np.zeros_like(v) for k, v in params.items()}
-    cell_params = [stack.cell_params(model, l, params) for l in range(model.layers)]
-    traces = [rtrl.init_traces(rule, c, cell_params[l], B) for l, c in enumerate(cells)]
-    run_sum, total = None, 0.0
-    for t in range(T):
-        u, new_states, cache = stack_step_forward(model, params, x[t], states)                      # (1)
-        head = head_step(model, params, u, t, T, y, loss, mask, run_sum)                            # (2)
-        run_sum, total = head.run_sum, total + head.loss
-        traces = [rtrl.update_traces(rule, c, cell_params[l], traces[l], cache.layers[l].a, states[l])
-                  for l, c in enumerate(cells)]                                                      # (4) S^l_t
-        add_head(grads, head)                                                                       # (2)
-        if head.has_loss:
-            step_grads, _ = stack_backward(model, params, head.du, cache, rule_adjoint(model, rule, traces))  # (3), (4)
-            add_into(grads, step_grads)
-        states = new_states
-        if update_every is not None and (t + 1) % update_every == 0 and t + 1 < T:        # truly online update
-            params = on_update(grads)
-            cell_params = [stack.cell_params(model, l, params) for l in range(model.layers)]
-            grads = {k: np.zeros_like(v) for k, v in params.items()}
     return total, grads
 
 

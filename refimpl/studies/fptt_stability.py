@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..algorithms.fptt import fptt_model_grads
+from ..algorithms.chunked import fptt_model_grads
 from ..nn.model import bptt, make_model
 from ..numerics import cosine
 from ..plotting import save_figure

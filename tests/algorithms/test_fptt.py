@@ -15,7 +15,8 @@ import pytest
 from refimpl import api
 from refimpl.nn import model as model_mod
 from refimpl.errors import NumericalError, UnknownNameError, UnsupportedError
-from refimpl.algorithms.fptt import fptt_cell_grads, fptt_model_grads, well_conditioned
+from refimpl.algorithms.chunked import fptt_model_grads
+from refimpl.algorithms.fptt import fptt_cell_grads, well_conditioned
 from refimpl.nn.model import make_model
 from refimpl.numerics import cosine, rel_error
 

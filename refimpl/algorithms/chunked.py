@@ -1,0 +1,425 @@
+r"""The chunked driver: the RTRL family, FPTT and truncated BPTT over a stream, C steps at a time (DESIGN.md §5).
+
+One implementation for the NumPy reference and every backend. A stream of T steps (an array (T, B, I), or a task's
+stream produced chunk by chunk, never whole in memory) is cut into chunks [t0, t1) of at most C steps. Per chunk:
+
+    (1) forward    the stack (refimpl/nn/stack.py) over the chunk with the backend's cell forward kernels, each layer
+                   from the state the previous chunk handed on (cell.final_state of its cache)
+    (2) head       the memoryless readout at every step of the chunk: pooling none, or the causal running mean
+                   (cumulative_mean; its running sum is carried, and it is straight-through: identity backward), or
+                   `last` (a loss at the stream's last step only); ŷ_t = p_t W_rᵀ + b_r, the chunk's losses l_t and
+                   ū^L_t (C, B, d_L) — zero where a step has no loss
+    (3) the walk   down the stack (stack_backward) with the algorithm's cell adjoint in each layer, driven by the
+                   layer's instantaneous errors δ^l (C, B, H) of the chunk:
+          per-layer RTRL rules (rtrl.LAYER_RULE)   the rule's sweep kernel from the carried traces (rtrl.sweep);
+                   x̄_t = (∂h_t/∂x_t)ᴴ δ_t, the immediate error (the step backward at every t at once, no carry)
+          fptt     the error phase fptt1 from the carried v (fptt.fptt_errors); its x̄ carries the exact total error;
+                   the warm-up phase fptt_warmup in the layer that warms up in this pass
+          tbptt    the cell's BPTT inside the chunk (its backward kernel): the graph cut at the chunk's start
+    (4) accumulate the gradient; with update_every = K, after every K steps the gradient since the last update goes
+                   to on_update(grads) -> new params, which the rest of the stream uses (the chunks are also cut at
+                   every multiple of K, so each chunk runs with one set of parameters)
+
+Memory: O(C) activations plus the carries (the states, the traces or FPTT's carriers, the running sum), independent of
+T. C = 1 is the textbook step loop (the reference's default, NumPy); a larger C amortises a kernel call over C steps.
+Every result is independent of C up to the order of floating-point sums (chunked == whole-sequence, ≤ 1e-10 in
+float64: tests/algorithms/test_chunked.py).
+
+FPTT streams L+1 times (the pass schedule of refimpl/algorithms/fptt.py): in pass p = 1 … L, layer L−p warms up while
+the layers above run their error phase from the start values found by earlier passes (their exact errors give the
+exact δ of the layer below within each step); the last pass runs every layer's error phase and accumulates. The
+inputs are read chunk by chunk again in every pass. Its check (5): ‖v^l_{T−1}‖ / ‖dh^l_{T−1}‖ from the error phase's
+last carry.
+
+Who runs the sweeps (`Sweeps`): the reference functions themselves on NumPy (with FPTT's carrier option), the
+registered kernels `<cell>.<rule>`, `<cell>.fptt1`, `<cell>.fptt_warmup` on a backend (float64 carriers).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from . import fptt, rtrl
+from ..cells.common import add_into
+from ..checks import positive_int
+from ..errors import UnsupportedError
+from ..nn.layers import linear_backward, linear_forward
+from ..nn.losses import loss_forward
+from ..nn.stack import cell_params, stack_backward, stack_forward
+from ..registry import call, cell_kernels
+
+#: The chunk size on a backend when none is given (bench/online_chunk.py measured the time per step against C; the
+#: README states the measurement). On NumPy the default is 1, the textbook step loop.
+DEFAULT_CHUNK = 64
+
+#: tbptt's window k when none is given (capped at T).
+TBPTT_WINDOW = 16
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources: where a chunk's inputs and targets come from
+
+class ArraySource(NamedTuple):
+    """A whole sequence in memory, read chunk by chunk: x (T, B, I), its target y and mask (the model's loss
+    conventions, refimpl/nn/losses.py); a pooled model's per-sequence target is handed whole to every chunk."""
+    x: np.ndarray
+    y: np.ndarray
+    mask: np.ndarray | None
+    per_step: bool
+
+    @property
+    def length(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def batch(self) -> int:
+        return self.x.shape[1]
+
+    def chunk(self, t0: int, t1: int):
+        """(x (t1−t0, B, I), y of those steps (or the whole per-sequence y), mask of those steps or None)."""
+        mask = None if self.mask is None else np.asarray(self.mask)[t0:t1]
+        return self.x[t0:t1], (self.y[t0:t1] if self.per_step else self.y), mask
+
+
+def check_stream(model, source) -> None:
+    """A stream produced chunk by chunk (no whole array) needs a per-step, memoryless readout."""
+    if not isinstance(source, ArraySource) and not model.per_step:
+        raise UnsupportedError(f"a stream has no last step to pool over: pooling {model.pooling!r} needs the whole "
+                               f"sequence; use pooling 'none' or 'cumulative_mean' (memoryless per-step readouts)")
+
+
+def check_chunk(chunk, T: int, what: str = "chunk") -> int:
+    """A chunk size (or window) C with 1 ≤ C ≤ T."""
+    C = positive_int(what, chunk)
+    if C > T:
+        raise UnsupportedError(f"{what} {C} is larger than the sequence (T = {T}); use a {what} between 1 and {T} "
+                               f"(C = T is one whole-sequence sweep)")
+    return C
+
+
+def chunk_bounds(T: int, chunk: int, every: int | None = None):
+    """[t0, t1) of every chunk, one after another (nothing of size T is built): cut at every multiple of `chunk` and
+    of `every` (the update interval), and at T."""
+    t0 = 0
+    while t0 < T:
+        t1 = min((t0 // chunk + 1) * chunk, T)
+        if every:
+            t1 = min(t1, (t0 // every + 1) * every)
+        yield t0, t1
+        t0 = t1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Who runs a layer's sweep over a chunk
+
+class Sweeps(NamedTuple):
+    """A layer's sweeps over one chunk with its carry: the reference functions on NumPy, the kernels on a backend."""
+    backend: str = "numpy"
+    carrier: str = "float64"
+
+    def _kernel(self, op: str, cell, params, x, dh, state0, carry) -> dict:
+        return call(f"{cell.name}.{op}", self.backend, params, x, dh=dh, carry=carry, **{cell.state_arg: state0},
+                    **cell.step_options)
+
+    def rule(self, rule: str, cell, params, x, dh, state0, carry):
+        """An RTRL-family rule: (grads {param}, carry)."""
+        if self.backend == "numpy":
+            grads, _, carry = rtrl.sweep(rule, cell, params, x, dh, state0, carry)
+            return grads, carry
+        out = self._kernel(rule, cell, params, x, dh, state0, carry)
+        return {k: out[k] for k in params}, out["carry"]
+
+    def warmup(self, cell, params, x, dh, state0, carry):
+        """FPTT's warm-up phase: its carry {"v", "P"}."""
+        if self.backend == "numpy":
+            return fptt.fptt_warmup(cell, params, x, dh, state0, carry, carrier=self.carrier)[1]
+        return self._kernel("fptt_warmup", cell, params, x, dh, state0, carry)["carry"]
+
+    def errors(self, cell, params, x, dh, state0, carry):
+        """FPTT's error phase: (grads {param, "x"}, carry {"v"}, max |e| or None where the kernel does not say)."""
+        if self.backend == "numpy":
+            grads, _, carry, e_max = fptt.fptt_errors(cell, params, x, dh, state0, carry, carrier=self.carrier)
+            return grads, carry, e_max
+        out = self._kernel("fptt1", cell, params, x, dh, state0, carry)
+        return {**{k: out[k] for k in params}, "x": out["x"]}, out["carry"], None
+
+
+def sweeps_for(kernels, carrier: str = "float64") -> Sweeps:
+    """The Sweeps of a backend's CellKernels; a backend's FPTT kernels carry float64 only."""
+    if kernels.backend != "numpy" and carrier != "float64":
+        raise UnsupportedError(f"carrier={carrier!r}: the backend FPTT kernels carry their errors in float64; use "
+                               f"backend 'numpy' for other carriers")
+    return Sweeps(kernels.backend, carrier)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (1) forward and (2) head over one chunk
+
+def forward_chunk(model, params, kernels, x, states):
+    """(1): the stack over a chunk x (C, B, I) from the layers' states → (u^L (C, B, d_L), StackCache, new states)."""
+    new_states = list(states)
+
+    def run_cell(l, cell_params, a):
+        c = model.cells[l]
+        h, cache = kernels.forward(cell_params, a, states[l], **c.step_options)
+        new_states[l] = c.final_state(cache)
+        return h, cache
+
+    u, cache = stack_forward(model, params, x, run_cell)
+    return u, cache, new_states
+
+
+class ChunkHead(NamedTuple):
+    """(2) over one chunk."""
+    run_sum: np.ndarray | None      # Σ_{τ < t1} u^L_τ for cumulative_mean (else None)
+    loss: float                     # Σ of the chunk's l_t
+    readout: dict | None            # the readout's gradient over the chunk; None where no step has a loss
+    du: np.ndarray                  # ū^L (C, B, d_L): zero where a step has no loss
+
+
+def head_chunk(model, params, u, t0: int, T: int, y, loss: str, mask, run_sum) -> ChunkHead:
+    """(2) for the steps [t0, t0 + C) of a stream of T steps: y and mask are the chunk's (a pooled model's y whole)."""
+    C = u.shape[0]
+    if model.pooling == "cumulative_mean":
+        sums = np.cumsum(u, axis=0) if run_sum is None else run_sum + np.cumsum(u, axis=0)
+        run_sum = sums[-1]
+        p = sums / np.arange(t0 + 1, t0 + C + 1).reshape((C,) + (1,) * (u.ndim - 1))
+    else:
+        p = u
+    W, b = params["readout.weight"], params["readout.bias"]
+    if model.pooling == "last":                                  # one loss, at the stream's last step
+        if t0 + C < T:
+            return ChunkHead(run_sum, 0.0, None, np.zeros_like(u))
+        out, head = linear_forward(p[-1], W, b)
+        value, dout = loss_forward(loss, out, y, None)
+        g = linear_backward(dout, head)
+        du = np.zeros_like(u)
+        du[-1] = g["x"]
+    else:
+        out, head = linear_forward(p, W, b)
+        value, dout = loss_forward(loss, out, y, mask)
+        g = linear_backward(dout, head)
+        du = g["x"]                                              # straight-through for cumulative_mean
+    return ChunkHead(run_sum, float(value), {"weight": g["weight"], "bias": g["bias"]}, du)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stream loop, (1)–(4), with a cell adjoint per chunk
+
+def run_stream(model, params, source, loss, kernels, make_adjoint: Callable, *, chunk: int, lowest: int = 0,
+               update_every: int | None = None, on_update=None, keep_dx: bool = False):
+    """One pass over the stream. make_adjoint(states before the chunk) -> the walk's cell_adjoint for that chunk
+    (it keeps its own carries). Returns (Σ loss, the gradient since the last update, x̄ (T, B, I) or None)."""
+    T, B = source.length, source.batch
+    states = [c.zero_state(B) for c in model.cells]
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    run_sum, total, dx_all = None, 0.0, None
+    for t0, t1 in chunk_bounds(T, chunk, update_every):
+        x, y, mask = source.chunk(t0, t1)
+        u, cache, new_states = forward_chunk(model, params, kernels, x, states)                     # (1)
+        head = head_chunk(model, params, u, t0, T, y, loss, mask, run_sum)                         # (2)
+        run_sum, total = head.run_sum, total + head.loss
+        step_grads, dx = stack_backward(model, params, head.du, cache, make_adjoint(states), lowest)   # (3)
+        if head.readout is not None:                                                               # (4)
+            grads["readout.weight"] += head.readout["weight"]
+            grads["readout.bias"] += head.readout["bias"]
+        add_into(grads, step_grads)
+        if keep_dx:
+            dx_all = np.empty((T,) + dx.shape[1:], dx.dtype) if dx_all is None else dx_all
+            dx_all[t0:t1] = dx
+        states = new_states
+        if update_every is not None and t1 % update_every == 0 and t1 < T:                         # (4) update
+            params = on_update(grads)
+            grads = {k: np.zeros_like(v) for k, v in params.items()}
+    return total, grads, dx_all
+
+
+def immediate_backward(cell, params, dh, cache) -> tuple[dict, np.ndarray]:
+    """The cell's step backward at every t of a chunk at once, without the carry through time: dh (C, B, H) is the
+    adjoint of h_t alone. Returns (parameter gradients summed over (t, b), x̄ (C, B, I))."""
+    C, B = dh.shape[:2]
+    flat = type(cache)(*(f.reshape((-1,) + f.shape[2:]) for f in cache))      # C·B independent steps
+    g, dx, _ = cell.module.step_backward(params, cell.adjoint_from_h(dh.reshape((C * B,) + dh.shape[2:])), flat,
+                                         **cell.step_options)
+    return g, dx.reshape(C, B, -1)
+
+
+def held_adjoint(model):
+    """No temporal credit (FPTT's layers below its pass budget): the immediate step backward, the recurrent term —
+    cell.recurrent_params — given zero."""
+    def cell_adjoint(l, params, dh, cache):
+        c = model.cells[l]
+        g, dx = immediate_backward(c, params, dh, cache)
+        return {**{k: (np.zeros_like(v) if k in c.recurrent_params else g[k].astype(v.dtype))
+                   for k, v in params.items()}, "x": dx}
+    return cell_adjoint
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The algorithms
+
+def online_grads(kernels, model, params, source, loss, *, rule: str, chunk: int, update_every=None, on_update=None,
+                 carrier: str = "float64"):
+    """A per-layer RTRL rule in every layer (rtrl.LAYER_RULE; refimpl/algorithms/online.py has the step-by-step
+    derivation): (Σ loss, gradient of every parameter; no "x")."""
+    sweeps, carries = sweeps_for(kernels, carrier), [None] * model.layers
+
+    def make_adjoint(states):
+        def cell_adjoint(l, params_l, dh, cache):
+            c = model.cells[l]
+            _, dx = immediate_backward(c, params_l, dh, cache)                                      # x̄: immediate
+            grads, carries[l] = sweeps.rule(rtrl.sweep_rule(rule, c), c, params_l, cache.x, dh, states[l],
+                                            carries[l])
+            return {**grads, "x": dx}
+        return cell_adjoint
+
+    total, grads, _ = run_stream(model, params, source, loss, kernels, make_adjoint, chunk=chunk,
+                                 update_every=update_every, on_update=on_update)
+    return total, grads
+
+
+def fptt_grads(kernels, model, params, source, loss, *, chunk: int, passes: int | None = None,
+               two_passes: bool = True, carrier: str = "float64", check: bool = True, input_grad: bool = False):
+    """FPTT (two_passes) or fptt1 with the pass schedule of refimpl/algorithms/fptt.py: (Σ loss, gradients (+ "x"))."""
+    L, B, T = model.layers, source.batch, source.length
+    cells = model.cells
+    sweeps = sweeps_for(kernels, carrier)
+    error_layers = fptt.error_layers(L, passes, two_passes)          # with a warm-up: the top ones; fptt1: all
+    starts = {l: None for l in error_layers}                          # e^l_{−1} as a carry {"v"}; None: e_{−1} = 0
+    warm_order = list(reversed(error_layers)) if two_passes else []   # top first
+    held = held_adjoint(model)
+    for warm in warm_order + [None]:                                  # one warm-up per pass, then the final pass
+        in_error = [l for l in error_layers if warm is None or l > warm]
+        carries = {l: starts[l] for l in in_error + ([] if warm is None else [warm])}
+        dh_last, e_max = {}, {l: 0.0 for l in in_error}
+
+        def make_adjoint(states):
+            def cell_adjoint(l, params_l, dh, cache):
+                c = cells[l]
+                dh_last[l] = dh[-1]
+                if l in in_error:                                                               # exact errors (1)
+                    grads, carries[l], m = sweeps.errors(c, params_l, cache.x, dh, states[l], carries[l])
+                    e_max[l] = max(e_max[l], m if m is not None else (0.0 if _finite(carries[l]) else np.inf))
+                    return grads
+                if l == warm:                                                                   # (1), (2)
+                    carries[l] = sweeps.warmup(c, params_l, cache.x, dh, states[l], carries[l])
+                    return {**{k: np.zeros_like(v) for k, v in params_l.items()}, "x": np.zeros_like(cache.x)}
+                return held(l, params_l, dh, cache)                                             # spatial
+            return cell_adjoint
+
+        final = warm is None
+        with np.errstate(all="ignore"):              # a blow-up is detected by (5) and reported, not warned about
+            total, grads, dx = run_stream(model, params, source, loss, kernels, make_adjoint, chunk=chunk,
+                                          lowest=0 if final else warm, keep_dx=final and input_grad)
+        if not final:
+            starts[warm] = {"v": fptt.start_error(cells[warm], carries[warm])}                     # (3)
+    if two_passes and check:
+        for l in error_layers:                                                                       # (5)
+            ct = fptt.carrier_dtype(cells[l], carrier)
+            fptt.check_residual(cells[l], cell_params(model, l, params), T, ct,
+                                fptt.residual_of(cells[l], carries[l], dh_last[l]), f"layer {l}",
+                                e_max=e_max[l] if sweeps.backend == "numpy" else None)
+    if input_grad:
+        grads["x"] = dx
+    return total, grads
+
+
+def tbptt_grads(kernels, model, params, source, loss, *, window: int, update_every=None, on_update=None):
+    """k-step truncated BPTT: BPTT inside each window of `window` steps, the state carried across windows and the
+    graph cut at each window's start (no adjoint flows into the previous window): (Σ loss, gradients; no "x")."""
+    def make_adjoint(states):
+        def cell_adjoint(l, params_l, dh, cache):
+            grads = kernels.backward(params_l, dh, cache, **model.cells[l].step_options)
+            return {**{k: grads[k] for k in params_l}, "x": grads["x"]}
+        return cell_adjoint
+
+    total, grads, _ = run_stream(model, params, source, loss, kernels, make_adjoint, chunk=window,
+                                 update_every=update_every, on_update=on_update)
+    return total, grads
+
+
+def _finite(carry: dict) -> bool:
+    return all(bool(np.all(np.isfinite(v))) for v in carry.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model-level entry points: a sequence in memory or a stream, on the reference or a backend
+
+def check_supported(model, mask) -> None:
+    """Refuse the poolings whose loss is not a sum over steps (the online algorithms see one chunk at a time)."""
+    if model.pooling == "mean":
+        raise UnsupportedError("pooling 'mean' is not memoryless (its gradient at step t depends on the whole "
+                               "sequence), so the online algorithms cannot use it; use pooling 'cumulative_mean' "
+                               "(causal, straight-through) or 'none', or algorithm 'bptt'")
+    if model.pooling == "last" and mask is not None:
+        raise UnsupportedError("pooling 'last' with a mask (per-sequence last steps) is not supported by the online "
+                               "algorithms; pass mask=None, or use pooling 'none' with the mask, or 'bptt'")
+
+
+def source_of(model, x, y, mask):
+    """An ArraySource for a sequence in memory; a stream (anything with length, batch and chunk(t0, t1)) as it is."""
+    if isinstance(x, np.ndarray):
+        check_supported(model, mask)
+        return ArraySource(x, y, mask, model.per_step)
+    check_stream(model, x)
+    return x
+
+
+def resolve(model, kernels, source, chunk):
+    """The kernels (NumPy's cell modules when None) and the chunk size: given, or 1 on NumPy (the step loop) and
+    min(DEFAULT_CHUNK, T) on a backend; refused unless 1 ≤ C ≤ T."""
+    kernels = cell_kernels(model.cell, "numpy") if kernels is None else kernels
+    if chunk is None:
+        chunk = 1 if kernels.backend == "numpy" else min(DEFAULT_CHUNK, source.length)
+    return kernels, check_chunk(chunk, source.length)
+
+
+def per_layer_grads(model, params, x, y=None, loss="mse", mask=None, *, rule: str, kernels=None, chunk=None,
+                    update_every=None, on_update=None):
+    """A per-layer RTRL rule (refimpl/algorithms/online.py) over a sequence or a stream: (Σ loss, grads; no "x")."""
+    source = source_of(model, x, y, mask)
+    kernels, chunk = resolve(model, kernels, source, chunk)
+    for c in model.cells:
+        rtrl.check_rule(rule, c)
+    if update_every is not None:
+        positive_int("update_every", update_every)
+    return online_grads(kernels, model, params, source, loss, rule=rule, chunk=chunk, update_every=update_every,
+                        on_update=on_update)
+
+
+def fptt_model_grads(model, params, x, y=None, loss="mse", mask=None, *, kernels=None, chunk=None,
+                     passes: int | None = None, two_passes: bool = True, carrier: str = "float64", check: bool = True,
+                     input_grad: bool = True):
+    """Loss and gradients of a model by FPTT (refimpl/algorithms/fptt.py: the pass schedule, (1)–(5)) over a sequence
+    or a stream. passes: the pass budget (default L+1, full FPTT); two_passes=False gives `fptt1`. check=False returns
+    the gradients even when (5) says they are lost (for the stability study, which measures how bad they are).
+    input_grad=False leaves out "x" — the one output that grows with T; without it the memory is flat in T (a stream
+    never returns it). Returns (loss_value, {dotted name: grad (, "x")})."""
+    source = source_of(model, x, y, mask)
+    kernels, chunk = resolve(model, kernels, source, chunk)
+    for c in model.cells:
+        fptt.carrier_dtype(c, carrier)                          # refuse an unknown carrier before any work
+    total, grads = fptt_grads(kernels, model, params, source, loss, chunk=chunk, passes=passes,
+                              two_passes=two_passes, carrier=carrier, check=check,
+                              input_grad=input_grad and isinstance(source, ArraySource))
+    for l in range(model.layers):
+        if l not in fptt.error_layers(model.layers, passes, two_passes):     # spatial layers: no temporal credit
+            for name in model.cells[l].recurrent_params:
+                grads[f"layers.{l}.cell.{name}"] = np.zeros_like(params[f"layers.{l}.cell.{name}"])
+    return total, grads
+
+
+def tbptt_model_grads(model, params, x, y=None, loss="mse", mask=None, *, kernels=None, window=None,
+                      update_every=None, on_update=None):
+    """k-step truncated BPTT (tbptt_grads) over a sequence or a stream: window k = min(16, T) by default; an update
+    interval must be a multiple of k (each window runs with one set of parameters). (Σ loss, grads; no "x")."""
+    source = source_of(model, x, y, mask)
+    kernels = cell_kernels(model.cell, "numpy") if kernels is None else kernels
+    window = check_chunk(min(TBPTT_WINDOW, source.length) if window is None else window, source.length, "window")
+    if update_every is not None and positive_int("update_every", update_every) % window:
+        raise UnsupportedError(f"tbptt updates once per window of {window} steps; update_every={update_every} is not "
+                               f"a multiple of it: use update_every={window} (or a multiple), or another window")
+    return tbptt_grads(kernels, model, params, source, loss, window=window, update_every=update_every,
+                       on_update=on_update)
