@@ -1,21 +1,27 @@
 r"""The dense cells' RTRL-family sweeps (rnn, gru, lstm .rtrl / .snap1 / .truncated / .spatial, lstm.cec) on a
-CUDA device.
+CUDA device, one chunk of a stream per call (DESIGN.md §5).
 
 Same signatures (after the device), output names, dtypes and shapes as the references (refimpl/kernels.py →
-refimpl/algorithms/rtrl.py cell_grads_online). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py, "(n)" the
-cell's module in refimpl/cells/. S is the state width (H; 2H for the lstm's [h; c]), R the state rows per unit (the
-cell's STATE_ROWS: 1; 2 for the lstm), G the gate blocks (1, 3, 4), X a weight row's width (I for weight_ih, H for
-weight_hh, 1 for a bias).
+refimpl/algorithms/rtrl.py `sweep`): (params, x (C,B,I), h0 | state0, dh (C,B,H), carry=None[, nonlinearity]) →
+{param: grad summed over the chunk, "state": the state after the chunk (h, or LSTMState(h, c)), "carry": the traces
+after it}. Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py, "(n)" the cell's module in refimpl/cells/. S is
+the state width (H; 2H for the lstm's [h; c]), R the state rows per unit (the cell's STATE_ROWS: 1; 2 for the lstm),
+G the gate blocks (1, 3, 4), X a weight row's width (I for weight_ih, H for weight_hh, 1 for a bias).
 
-The sweep processes the chunk it is given (DESIGN.md §5): the fused forward kernels of cells.py run the states of the
-chunk first (their cache holds every gate of every step), then the sensitivities are carried over the chunk with CuPy
-array ops — per step a handful of batched cuBLAS GEMMs and elementwise ops, no loop over units:
+The carry is the reference's trace layout (rtrl.py "Trace layouts"): rtrl carries the dense S (B, S, *shape), snap1
+and cec the unit traces T (B, R, H, G, *X); carry None is S_{-1} = 0. The sweep keeps them as (B, S, G·H·X) and
+(B, R, H, G·X), the same memory order, so the carry crosses the chunk boundary by one reshape each way, per call.
+truncated and spatial carry nothing (their carry is {}).
+
+The sweep processes the chunk it is given: the fused forward kernels of cells.py run the states of the chunk first
+(their cache holds every gate of every step), then the sensitivities are carried over the chunk with CuPy array ops —
+per step a handful of batched cuBLAS GEMMs and elementwise ops, no loop over units:
 
     per-unit factors  F_ih, F_hh (B, R, H, G): the sensitivities of unit k's state rows to its own pre-activations
                       (rnn φ'(a); gru S_ih, S_hh of (13); lstm S_h, S_c of (12)), and E (B, R, H): the direct term of
                       J_t on s_{t-1}'s last row (rnn 0; gru z, the diag(z) of (14); lstm κ f, f of (13)). They are the
                       cell's step adjoint seeded with one state row — the fused backward kernels of sources.py, run
-                      once over T·B·H threads per seed (unit_factors): no derivative is written a second time here
+                      once over C·B·H threads per seed (unit_factors): no derivative is written a second time here
     P̂_t              the immediate ∂s_t/∂θ on its sparsity pattern (r 9): P̂[b, r, k, g, …] = F ⊗ (x_t, h_{t-1} or 1)
     rtrl  (r 3)       S_t = J_t S_{t-1} (one batched GEMM (B, S, S) @ (B, S, P)) + P̂_t scattered onto the pattern,
                       J_t[rH+k, j] = Σ_g F_hh[r, k, g] W_hh[gH+k, j] + δ_{j,(R−1)H+k} E[r, k]  (jacobian)
@@ -33,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl.cells import CELLS
+from refimpl.errors import ShapeError
 
 from .cells import gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_backward, rnn_forward
 from .runtime import contiguous
@@ -116,27 +123,60 @@ def _inputs_of(name, cache, t):
 
 # ------------------------------------------------------------------------------------------------------ the sweeps
 
-def _sweep(dev, rule, cell, params, x, state0, dh, **options):
-    """rtrl / snap1 / cec over the chunk: forward (fused kernels), then the trace loop (module docstring)."""
+def state_after(cell: str, cache):
+    """The state after the chunk, a fresh array: h_{C-1} (B, H), or LSTMState(h_{C-1}, c_{C-1}) for the lstm."""
+    if cell == "lstm":
+        return CELLS[cell].state_from_parts(cache.h[-1].copy(), cache.c[-1].copy())
+    return cache.h[-1].copy()
+
+
+def trace_shapes(rule: str, params: dict, B: int, H: int, R: int) -> dict:
+    """{param name: shape} of the carried traces in the reference's layout (r, "Trace layouts"): "dense" (B, S,
+    *shape) for rtrl, "unit" (B, R, H, G, *X) for snap1 and cec. The sweep keeps them as (B, S, G·H·X) and
+    (B, R, H, G·X): the same memory order, so the carry crosses the chunk boundary by a reshape."""
+    if rule == "rtrl":
+        return {name: (B, R * H) + tuple(p.shape) for name, p in params.items()}
+    return {name: (B, R, H, p.shape[0] // H) + tuple(p.shape[1:]) for name, p in params.items()}
+
+
+def carried_traces(xp, rule: str, carry, shapes: dict, dt) -> dict:
+    """The traces before the chunk in the sweep's layout (trace_shapes): S_{-1} = 0 for carry None (a stream's
+    start), else the carried arrays (names and shapes checked), once per call."""
+    flat = {name: shape[:2] + (int(np.prod(shape[2:])),) if rule == "rtrl" else shape[:3] + (int(np.prod(shape[3:])),)
+            for name, shape in shapes.items()}
+    if carry is None:
+        return {name: xp.zeros(shape, dt) for name, shape in flat.items()}
+    if set(carry) != set(shapes):
+        raise ShapeError(f"the carried traces of rule {rule!r} name {sorted(carry)}; expected {sorted(shapes)}: pass "
+                         f"the 'carry' the previous chunk's sweep returned")
+    for name, shape in shapes.items():
+        if tuple(carry[name].shape) != shape:
+            raise ShapeError(f"the carried trace {name!r} has shape {tuple(carry[name].shape)}; expected {shape} "
+                             f"(rule {rule!r}): pass the previous chunk's 'carry'")
+    return {name: contiguous(xp, carry[name], dt).reshape(flat[name]) for name in shapes}
+
+
+def _sweep(dev, rule, cell, params, x, state0, dh, carry, **options):
+    """rtrl / snap1 / cec over the chunk: forward (fused kernels), then the trace loop (module docstring), from the
+    carried traces; → {param: grad, "state", "carry": {param: trace}}."""
     xp = dev.xp
     T, B, _ = x.shape
     _, cache = FORWARD[cell](dev, params, x, state0, **options)
     dt = cache.h.dtype
     H, R = cache.h.shape[-1], CELLS[cell].STATE_ROWS
-    G, S = params["weight_hh"].shape[0] // H, R * H
+    G = params["weight_hh"].shape[0] // H
     dh = contiguous(xp, dh, dt)
     W = params["weight_hh"].astype(dt, copy=False)
     F_ih_all, F_hh_all, E_all = unit_factors(dev, cell, cache, **options)
     widths = {name: int(np.prod(p.shape[1:])) for name, p in params.items()}        # X of each parameter
     grads = {name: xp.zeros_like(p) for name, p in params.items()}
-    if rule == "rtrl":                                                              # (r 3) dense traces (B, S, P)
-        traces = {name: xp.zeros((B, S, G * H * X), dt) for name, X in widths.items()}
+    shapes = trace_shapes(rule, params, B, H, R)
+    traces = carried_traces(xp, rule, carry, shapes, dt)          # (r 3) (B, S, P) or (r 11) (B, R, H, G·X)
+    if rule == "rtrl":
         pattern = {}
         for name, X in widths.items():                                              # (r 9) where P̂ lands in S
             r, k, g, i = np.meshgrid(np.arange(R), np.arange(H), np.arange(G), np.arange(X), indexing="ij")
             pattern[name] = (xp.asarray((r * H + k).ravel()), xp.asarray(((g * H + k) * X + i).ravel()))
-    else:                                                                           # (r 11) unit traces
-        traces = {name: xp.zeros((B, R, H, G * X), dt) for name, X in widths.items()}
     for t in range(T):
         F_ih, F_hh, E = F_ih_all[t], F_hh_all[t], E_all[t]
         if rule == "rtrl":
@@ -158,82 +198,83 @@ def _sweep(dev, rule, cell, params, x, state0, dh, **options):
                 g = xp.transpose(g.reshape(H, G, X), (1, 0, 2))
             traces[name] = new
             grads[name] += g.reshape(params[name].shape).astype(params[name].dtype, copy=False)
-    return grads
+    carry_out = {name: contiguous(xp, traces[name], dt).reshape(shape) for name, shape in shapes.items()}
+    return {**grads, "state": state_after(cell, cache), "carry": carry_out}
 
 
 def _truncated(dev, cell, params, x, state0, dh, recurrent, **options):
     """(r 13): the fused forward, then the fused backward without its carry; (r 14) zeroes the recurrent
-    parameters'."""
+    parameters'. Nothing is carried: the carry argument is accepted and ignored, the carry handed on is {}."""
     _, cache = FORWARD[cell](dev, params, x, state0, **options)
     grads = BACKWARD[cell](dev, params, dh, cache, propagate=False, **options)
     out = {k: grads[k] for k in params}
     if not recurrent:
         for k in CELLS[cell].RECURRENT_PARAMS:                                # (r 14) held constant
             out[k] = dev.xp.zeros_like(params[k])
-    return out
+    return {**out, "state": state_after(cell, cache), "carry": {}}
 
 
-def rnn_rtrl(dev, params, x, h0, dh, nonlinearity="tanh"):
+def rnn_rtrl(dev, params, x, h0, dh, carry=None, nonlinearity="tanh"):
     """As kernel rnn.rtrl: exact RTRL (r 3)."""
-    return _sweep(dev, "rtrl", "rnn", params, x, h0, dh, nonlinearity=nonlinearity)
+    return _sweep(dev, "rtrl", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
 
 
-def rnn_snap1(dev, params, x, h0, dh, nonlinearity="tanh"):
+def rnn_snap1(dev, params, x, h0, dh, carry=None, nonlinearity="tanh"):
     """As kernel rnn.snap1 (r 10, 11)."""
-    return _sweep(dev, "snap1", "rnn", params, x, h0, dh, nonlinearity=nonlinearity)
+    return _sweep(dev, "snap1", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
 
 
-def rnn_truncated(dev, params, x, h0, dh, nonlinearity="tanh"):
+def rnn_truncated(dev, params, x, h0, dh, carry=None, nonlinearity="tanh"):
     """As kernel rnn.truncated: S_t = P_t (r 13)."""
     return _truncated(dev, "rnn", params, x, h0, dh, True, nonlinearity=nonlinearity)
 
 
-def rnn_spatial(dev, params, x, h0, dh, nonlinearity="tanh"):
+def rnn_spatial(dev, params, x, h0, dh, carry=None, nonlinearity="tanh"):
     """As kernel rnn.spatial: (r 13) with weight_hh, bias_hh held constant (r 14)."""
     return _truncated(dev, "rnn", params, x, h0, dh, False, nonlinearity=nonlinearity)
 
 
-def gru_rtrl(dev, params, x, h0, dh):
+def gru_rtrl(dev, params, x, h0, dh, carry=None):
     """As kernel gru.rtrl: exact RTRL (r 3)."""
-    return _sweep(dev, "rtrl", "gru", params, x, h0, dh)
+    return _sweep(dev, "rtrl", "gru", params, x, h0, dh, carry)
 
 
-def gru_snap1(dev, params, x, h0, dh):
+def gru_snap1(dev, params, x, h0, dh, carry=None):
     """As kernel gru.snap1 (r 10, 11)."""
-    return _sweep(dev, "snap1", "gru", params, x, h0, dh)
+    return _sweep(dev, "snap1", "gru", params, x, h0, dh, carry)
 
 
-def gru_truncated(dev, params, x, h0, dh):
+def gru_truncated(dev, params, x, h0, dh, carry=None):
     """As kernel gru.truncated: S_t = P_t (r 13)."""
     return _truncated(dev, "gru", params, x, h0, dh, True)
 
 
-def gru_spatial(dev, params, x, h0, dh):
+def gru_spatial(dev, params, x, h0, dh, carry=None):
     """As kernel gru.spatial (r 13, 14)."""
     return _truncated(dev, "gru", params, x, h0, dh, False)
 
 
-def lstm_rtrl(dev, params, x, state0, dh):
+def lstm_rtrl(dev, params, x, state0, dh, carry=None):
     """As kernel lstm.rtrl: exact RTRL on the state [h; c] (r 3)."""
-    return _sweep(dev, "rtrl", "lstm", params, x, state0, dh)
+    return _sweep(dev, "rtrl", "lstm", params, x, state0, dh, carry)
 
 
-def lstm_snap1(dev, params, x, state0, dh):
+def lstm_snap1(dev, params, x, state0, dh, carry=None):
     """As kernel lstm.snap1: per-unit 2×2 blocks (r 10, 11)."""
-    return _sweep(dev, "snap1", "lstm", params, x, state0, dh)
+    return _sweep(dev, "snap1", "lstm", params, x, state0, dh, carry)
 
 
-def lstm_cec(dev, params, x, state0, dh):
+def lstm_cec(dev, params, x, state0, dh, carry=None):
     """As kernel lstm.cec: h_{t-1} held constant where it enters the gates (r 15, 16)."""
-    return _sweep(dev, "cec", "lstm", params, x, state0, dh)
+    return _sweep(dev, "cec", "lstm", params, x, state0, dh, carry)
 
 
-def lstm_truncated(dev, params, x, state0, dh):
+def lstm_truncated(dev, params, x, state0, dh, carry=None):
     """As kernel lstm.truncated: S_t = P_t (r 13), h_{t-1} and c_{t-1} held constant."""
     return _truncated(dev, "lstm", params, x, state0, dh, True)
 
 
-def lstm_spatial(dev, params, x, state0, dh):
+def lstm_spatial(dev, params, x, state0, dh, carry=None):
     """As kernel lstm.spatial (r 13, 14)."""
     return _truncated(dev, "lstm", params, x, state0, dh, False)
 

@@ -31,12 +31,16 @@ LRU — the diagonal recurrence (3), its adjoint (5)(8) and the RTRL traces (r 8
                     marching over t; runtime.scan_chunks picks C (a parallel scan over T only where B·N leaves the
                     device under-filled).
     lru_dlam        one thread per (b, k): Σ_t conj(h_{t-1}) h̄_t (float64), the λ̄ of (5) before Σ_b
-    lru_sens_state  one thread per (b, k): the state h and the traces Q, S^γ of (r 8) (carry = 1: rtrl) or the
-                    immediate derivatives (carry = 0: truncated, r 13); accumulates Σ_t conj(Q)δ and Re Σ_t conj(S^γ)δ
-                    in float64 (recurrent = 0 skips the first: spatial, r 14)
-    lru_sens_input  one thread per (b, k, i): the input trace Z_t = λ Z_{t-1} + x_t[i] of (r 8) and Σ_t conj(Z)δ
-    lru_fptt        one thread per (b, k): FPTT's warm-up (f 1)-(f 3) and error pass (f 1) with float64 carriers,
-                    writing e_t in the state dtype and accumulating λ̄ and γ̄ (f 4)
+    lru_sens_state  one thread per (b, k): the state h and the traces Q, S^γ of (r 8) from zero (carry = 1: rtrl)
+                    or the immediate derivatives (carry = 0: truncated, r 13); accumulates Σ_t conj(Q)δ and
+                    Re Σ_t conj(S^γ)δ in float64 (recurrent = 0 skips the first: spatial, r 14); hands on h, Q, S^γ
+                    after the chunk, λ^C and Σ_t conj(λ^{t+1}) δ_t (what a carried trace adds, online_lru.py)
+    lru_sens_input  one thread per (b, k, i): the input trace Z_t = λ Z_{t-1} + x_t[i] of (r 8) from zero,
+                    Σ_t conj(Z)δ and Z after the chunk
+    lru_fptt_warmup one thread per (b, k): FPTT's warm-up (f 1)-(f 2) over one chunk from the carried float64
+                    (v', P), and the state
+    lru_fptt_errors one thread per (b, k): FPTT's error pass (f 1) over one chunk from the carried float64 v,
+                    writing e_t in the state dtype and accumulating λ̄ and γ̄ (f 4); hands on v and the state
 
 Every thread writes only its own entries (no shared memory, no atomics); partial sums over the batch are written per
 (b, k) and summed by the host (cupy.sum), so results are deterministic.
@@ -276,17 +280,22 @@ RI_FN void lru_dlam_thread(long long idx, const R* h_prev, const R* hbar, double
 }
 
 // ---------------------------------------------------------------------------- RTRL-family traces, eqs. (r 8, 13, 14)
-// Q_t = lam Q_{t-1} + lam h_{t-1} (S_nu = -e^nu Q, S_theta = i e^theta Q), S^g_t = lam S^g_{t-1} + u_t (lru 10);
+// Q_t = lam Q_{t-1} + lam h_{t-1} (S_nu = -e^nu Q, S_theta = i e^theta Q), S^g_t = lam S^g_{t-1} + u_t (lru 10),
+// from Q_{-1} = S^g_{-1} = 0 (the chunk's own part; a carried trace S_{-1} adds lam^{t+1} S_{-1}, r 8, which the host
+// handles once per call from w = sum_t conj(lam^{t+1}) delta_t and lamT = lam^C, both in double);
 // carry = 0 keeps only the immediate parts (truncated, r 13); recurrent = 0 skips Q (spatial, r 14).
 template <typename R>
 RI_FN void lru_sens_state_thread(long long idx, const R* u, const R* h0, const R* dh, const R* a, double* gq,
-                                 double* gg, int T, int BN, int N, int carry, int recurrent) {
+                                 double* gg, R* hT, R* qT, R* sT, double* w, double* lamT, int T, int BN, int N,
+                                 int carry, int recurrent) {
     const long long p = idx;
     const int k = (int)(p % N);
     const R lr = a[2 * k], li = a[2 * k + 1];
+    const double cr = (double)lr, ci = (double)li;
     R hr = h0[2 * p], hi = h0[2 * p + 1];
     R qr = R(0), qi = R(0), sr = R(0), si = R(0);
     double gqr = 0.0, gqi = 0.0, gs = 0.0;
+    double pr = 1.0, pi = 0.0, wr = 0.0, wi = 0.0;                      // lam^{t+1}, sum_t conj(lam^{t+1}) delta_t
     for (long long t = 0; t < T; ++t) {
         const long long o = 2 * (t * BN + p);
         const R ar = lr * hr - li * hi, ai = lr * hi + li * hr;          // lam h_{t-1}
@@ -306,16 +315,32 @@ RI_FN void lru_sens_state_thread(long long idx, const R* u, const R* h0, const R
             gqi += (double)(qr * di - qi * dr);                          //          Im conj(Q) delta
         }
         gs += (double)(sr * dr + si * di);                               // (r 4, 7) Re conj(S^g) delta
+        const double npr = cr * pr - ci * pi, npi = cr * pi + ci * pr;   // lam^{t+1}
+        pr = npr;
+        pi = npi;
+        wr += pr * (double)dr + pi * (double)di;                         // conj(lam^{t+1}) delta_t
+        wi += pr * (double)di - pi * (double)dr;
     }
     gq[2 * p] = gqr;
     gq[2 * p + 1] = gqi;
     gg[p] = gs;
+    hT[2 * p] = hr;
+    hT[2 * p + 1] = hi;
+    qT[2 * p] = qr;
+    qT[2 * p + 1] = qi;
+    sT[2 * p] = sr;
+    sT[2 * p + 1] = si;
+    w[2 * p] = wr;
+    w[2 * p + 1] = wi;
+    lamT[2 * p] = pr;
+    lamT[2 * p + 1] = pi;
 }
 
-// Z_t = lam Z_{t-1} + x_t[i] (S_Bre = gamma Z, S_Bim = i gamma Z, r 8); accumulates sum_t conj(Z) delta.
+// Z_t = lam Z_{t-1} + x_t[i] from Z_{-1} = 0 (S_Bre = gamma Z, S_Bim = i gamma Z, r 8); accumulates
+// sum_t conj(Z) delta and hands on Z_{C-1}.
 template <typename R>
-RI_FN void lru_sens_input_thread(long long idx, const R* x, const R* dh, const R* a, double* G, int T, int B, int N,
-                                 int I) {
+RI_FN void lru_sens_input_thread(long long idx, const R* x, const R* dh, const R* a, double* G, R* ZT, int T, int B,
+                                 int N, int I) {
     const int i = (int)(idx % I);
     const long long q = idx / I;
     const int k = (int)(q % N);
@@ -336,54 +361,64 @@ RI_FN void lru_sens_input_thread(long long idx, const R* x, const R* dh, const R
     }
     G[2 * idx] = gr;
     G[2 * idx + 1] = gi;
+    ZT[2 * idx] = zr;
+    ZT[2 * idx + 1] = zi;
 }
 
 // ------------------------------------------------------------------------------------------ FPTT, eqs. (f 1)-(f 4)
-// Carriers e, P in double (the reference's default carrier dtype); the states and e_t's copy es in R.
+// Carriers v, P in double (the reference's default carrier dtype); the states and e_t's copy es in R. Between steps
+// a phase carries v_t = e_t - dh_t; each step inverts it: e_t = v_{t-1} / conj(lam) (f 1).
+
+// Phase 1 (warm-up) over one chunk from the carried (v', P): (f 1) and P <- P conj(lam) (f 2); also runs the state.
 template <typename R>
-RI_FN void lru_fptt_thread(long long idx, const R* u, const R* h0, const R* dh, const R* a, double* e_start, R* es,
-                           double* dlam, double* gg, int T, int BN, int N, int two_passes) {
+RI_FN void lru_fptt_warmup_thread(long long idx, const R* u, const R* h0, const R* dh, const R* a, const double* v0,
+                                  const double* P0, double* v, double* P, R* hT, int T, int BN, int N) {
     const long long p = idx;
     const int k = (int)(p % N);
     const R lr = a[2 * k], li = a[2 * k + 1];
     const double cr = (double)lr, ci = (double)li;                       // lam in the carrier dtype
     const double n2 = cr * cr + ci * ci;
-    double er = 0.0, ei = 0.0;
-    if (two_passes) {                                                    // phase 1: warm-up from e'_{-1} = 0
-        double Pr = 1.0, Pi = 0.0;
-        for (long long t = 0; t < T; ++t) {
-            double vr = er, vi = ei;
-            if (t > 0) {
-                const long long o = 2 * ((t - 1) * BN + p);
-                vr -= (double)dh[o];
-                vi -= (double)dh[o + 1];
-            }
-            er = (vr * cr - vi * ci) / n2;                               // (f 1) e = v / conj(lam)
-            ei = (vi * cr + vr * ci) / n2;
-            const double nPr = Pr * cr + Pi * ci, nPi = Pi * cr - Pr * ci;   // (f 2) P <- P conj(lam)
-            Pr = nPr;
-            Pi = nPi;
-        }
-        const long long o = 2 * ((long long)(T - 1) * BN + p);
-        const double rr = er - (double)dh[o], ri = ei - (double)dh[o + 1];
-        er = -(Pr * rr - Pi * ri);                                       // (f 3) e_{-1} = -P (e'_{T-1} - dh_{T-1})
-        ei = -(Pr * ri + Pi * rr);
+    double vr = v0[2 * p], vi = v0[2 * p + 1], Pr = P0[2 * p], Pi = P0[2 * p + 1];
+    R hr = h0[2 * p], hi = h0[2 * p + 1];
+    for (long long t = 0; t < T; ++t) {
+        const long long o = 2 * (t * BN + p);
+        const double er = (vr * cr - vi * ci) / n2;                      // (f 1) e'_t = v'_{t-1} / conj(lam)
+        const double ei = (vi * cr + vr * ci) / n2;
+        vr = er - (double)dh[o];                                         // v'_t = e'_t - dh_t
+        vi = ei - (double)dh[o + 1];
+        const double nPr = Pr * cr + Pi * ci, nPi = Pi * cr - Pr * ci;  // (f 2) P <- P conj(lam)
+        Pr = nPr;
+        Pi = nPi;
+        const R nhr = lr * hr - li * hi + u[o], nhi = lr * hi + li * hr + u[o + 1];   // (3) h_t
+        hr = nhr;
+        hi = nhi;
     }
-    e_start[2 * p] = er;
-    e_start[2 * p + 1] = ei;
+    v[2 * p] = vr;
+    v[2 * p + 1] = vi;
+    P[2 * p] = Pr;
+    P[2 * p + 1] = Pi;
+    hT[2 * p] = hr;
+    hT[2 * p + 1] = hi;
+}
+
+// Phase 2 (errors) over one chunk from the carried v: (f 1), e_t written in the state dtype, lambda-bar and
+// gamma-bar accumulated (f 4).
+template <typename R>
+RI_FN void lru_fptt_errors_thread(long long idx, const R* u, const R* h0, const R* dh, const R* a, const double* v0,
+                                  R* es, double* dlam, double* gg, double* v, R* hT, int T, int BN, int N) {
+    const long long p = idx;
+    const int k = (int)(p % N);
+    const R lr = a[2 * k], li = a[2 * k + 1];
+    const double cr = (double)lr, ci = (double)li;
+    const double n2 = cr * cr + ci * ci;
+    double vr = v0[2 * p], vi = v0[2 * p + 1];
     R hr = h0[2 * p], hi = h0[2 * p + 1];
     double dlr = 0.0, dli = 0.0, gs = 0.0;
-    for (long long t = 0; t < T; ++t) {                                  // phase 2: errors and gradients
-        double vr = er, vi = ei;
-        if (t > 0) {
-            const long long o = 2 * ((t - 1) * BN + p);
-            vr -= (double)dh[o];
-            vi -= (double)dh[o + 1];
-        }
-        er = (vr * cr - vi * ci) / n2;                                   // (f 1)
-        ei = (vi * cr + vr * ci) / n2;
-        const R sr = (R)er, si = (R)ei;                                  // e_t in the state dtype: u-bar_t (f 4)
+    for (long long t = 0; t < T; ++t) {
         const long long o = 2 * (t * BN + p);
+        const double er = (vr * cr - vi * ci) / n2;                      // (f 1) e_t = v_{t-1} / conj(lam)
+        const double ei = (vi * cr + vr * ci) / n2;
+        const R sr = (R)er, si = (R)ei;                                  // e_t in the state dtype: u-bar_t (f 4)
         es[o] = sr;
         es[o + 1] = si;
         const R ur = u[o], ui = u[o + 1];
@@ -393,10 +428,16 @@ RI_FN void lru_fptt_thread(long long idx, const R* u, const R* h0, const R* dh, 
         const R nhr = lr * hr - li * hi + ur, nhi = lr * hi + li * hr + ui;   // (3) h_t
         hr = nhr;
         hi = nhi;
+        vr = er - (double)dh[o];                                         // v_t = e_t - dh_t
+        vi = ei - (double)dh[o + 1];
     }
     dlam[2 * p] = dlr;
     dlam[2 * p + 1] = dli;
     gg[p] = gs;
+    v[2 * p] = vr;
+    v[2 * p + 1] = vi;
+    hT[2 * p] = hr;
+    hT[2 * p + 1] = hi;
 }
 """
 
@@ -414,16 +455,22 @@ LRU = CudaSource("lru", _LRU_BODY, (
                         Int("BN")), n="B·N",
            doc="Σ_t conj(h_{t-1}) h̄_t per (b, k)"),
     Kernel("lru_sens_state", (In("u", "C", "T*BN"), In("h0", "C", "BN"), In("dh", "C", "T*BN"), In("a", "C", "N"),
-                              Out("gq", "D", "2*n"), Out("gg", "D", "n"), Int("T"), Int("BN"), Int("N"), Int("carry"),
-                              Int("recurrent")), n="B·N",
-           doc="the state traces Q, S^γ (r 8) or the immediate derivatives (r 13)"),
+                              Out("gq", "D", "2*n"), Out("gg", "D", "n"), Out("hT", "C", "n"), Out("qT", "C", "n"),
+                              Out("sT", "C", "n"), Out("w", "Z", "n"), Out("lamT", "Z", "n"), Int("T"), Int("BN"),
+                              Int("N"), Int("carry"), Int("recurrent")), n="B·N",
+           doc="the state traces Q, S^γ (r 8) from zero or the immediate derivatives (r 13); the state after the "
+               "chunk; Σ_t conj(λ^{t+1}) δ_t and λ^C for a carried trace"),
     Kernel("lru_sens_input", (In("x", "R", "T*B*I"), In("dh", "C", "T*B*N"), In("a", "C", "N"), Out("G", "D", "2*n"),
-                              Int("T"), Int("B"), Int("N"), Int("I")), n="B·N·I",
-           doc="the input trace Z (r 8)"),
-    Kernel("lru_fptt", (In("u", "C", "T*BN"), In("h0", "C", "BN"), In("dh", "C", "T*BN"), In("a", "C", "N"),
-                        Out("e_start", "Z", "n"), Out("es", "C", "T*BN"), Out("dlam", "D", "2*n"), Out("gg", "D", "n"),
-                        Int("T"), Int("BN"), Int("N"), Int("two_passes")), n="B·N",
-           doc="FPTT warm-up and error pass (f 1)-(f 4)"),
+                              Out("ZT", "C", "n"), Int("T"), Int("B"), Int("N"), Int("I")), n="B·N·I",
+           doc="the input trace Z (r 8) from zero, and Z after the chunk"),
+    Kernel("lru_fptt_warmup", (In("u", "C", "T*BN"), In("h0", "C", "BN"), In("dh", "C", "T*BN"), In("a", "C", "N"),
+                               In("v0", "Z", "n"), In("P0", "Z", "n"), Out("v", "Z", "n"), Out("P", "Z", "n"),
+                               Out("hT", "C", "n"), Int("T"), Int("BN"), Int("N")), n="B·N",
+           doc="FPTT's warm-up over one chunk from the carried (v', P), (f 1)-(f 2)"),
+    Kernel("lru_fptt_errors", (In("u", "C", "T*BN"), In("h0", "C", "BN"), In("dh", "C", "T*BN"), In("a", "C", "N"),
+                               In("v0", "Z", "n"), Out("es", "C", "T*BN"), Out("dlam", "D", "2*n"), Out("gg", "D", "n"),
+                               Out("v", "Z", "n"), Out("hT", "C", "n"), Int("T"), Int("BN"), Int("N")), n="B·N",
+           doc="FPTT's error pass over one chunk from the carried v, (f 1), (f 4)"),
 ))
 
 #: Every CUDA source of the backend (the compile check walks this list).

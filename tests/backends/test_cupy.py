@@ -8,8 +8,10 @@
 (c) The CPU emulation (backends/cupy/runtime.py EmulatedDevice): the CUDA thread bodies compiled for the host and run
     thread by thread, inside NaN-guarded copies of their arrays (write-only outputs start as NaN), behind every kernel
     implementation of the backend — compared with the NumPy reference over the registry's parity grid, and with
-    itself in the reverse thread order (threads must be independent). Skipped with the reason when there is no C++
-    compiler.
+    itself in the reverse thread order (threads must be independent); the carried kernels (RTRL-family sweeps, FPTT's
+    phases) over a stream cut into chunks of several sizes, carrying "state" and "carry" from call to call, against
+    one uncut call (and <cell>.fptt against its two phases in chunks), with any carry, refusing a carry of another
+    shape. Skipped with the reason when there is no C++ compiler.
 (d) gpu: only where a CUDA device answers (backends.cupy.available()): NVRTC compiles every instantiation, kernels
     take and return cupy arrays, the chunked scans on the device, parity at a larger size. The registry's parity grid
     on the device is tests/backends/test_parity.py (it picks the backend up by itself).
@@ -31,6 +33,7 @@ import backends.cupy as cupy_backend
 from backends.cupy import runtime
 from backends.cupy.runtime import CudaDevice, CudaSource, EmulatedDevice, In, Int, Kernel, Out, Real, find_compiler
 from backends.cupy.sources import SOURCES
+from refimpl.cells import CELLS
 from refimpl.errors import DTypeError, ShapeError, UnsupportedError
 from refimpl.numerics import TOLERANCES, rel_error
 from refimpl.registry import KERNELS, flatten_outputs
@@ -420,6 +423,124 @@ def test_kernels_refuse_an_unsupported_dtype(emulated):
     inputs["x"], inputs["h0"] = inputs["x"].astype(np.float16), inputs["h0"].astype(np.float16)
     with pytest.raises(DTypeError, match="float16"):
         cupy_backend.IMPLEMENTATIONS["rnn.forward"](emulated, **inputs)
+
+
+#: The carried kernels (DESIGN.md §5): the RTRL-family sweeps and FPTT's two phases.
+CARRIED = [k for k in KERNELS if k.split(".")[1] in ("rtrl", "snap1", "truncated", "spatial", "cec", "fptt1",
+                                                       "fptt_warmup")]
+#: A stream of T = 9 steps and the ways it is cut: one step per call, uneven chunks around a chunk of 7, one call.
+STREAM = dict(T=9, B=2, I=3, H=4)
+SCHEDULES = ((1,) * 9, (7, 2), (1, 7, 1), (9,))
+
+
+def _carried_cases():
+    for kernel in CARRIED:
+        for variant in KERNELS[kernel].variants:
+            for schedule in SCHEDULES:
+                tag = "-".join(f"{v}" for v in variant.values())
+                yield pytest.param(kernel, variant, schedule,
+                                   id=f"{kernel}{'-' + tag if tag else ''}-{'+'.join(map(str, schedule))}")
+
+
+def _run_chunks(dev, kernel, inputs, schedule):
+    """The kernel over the stream cut as `schedule`, each call starting from the "state" and "carry" the previous one
+    handed on: (Σ of the per-chunk gradients in float64, x̄ of all the chunks, the last state, the last carry)."""
+    state_arg = CELLS[kernel.split(".")[0]].STATE_ARG
+    state, carry = inputs[state_arg], inputs["carry"]
+    sums, dx, start = {}, [], 0
+    for C in schedule:
+        chunk = {**inputs, "x": inputs["x"][start:start + C], "dh": inputs["dh"][start:start + C],
+                 state_arg: state, "carry": carry}
+        out = cupy_backend.IMPLEMENTATIONS[kernel](dev, **chunk)
+        state, carry = out["state"], out["carry"]
+        for name in inputs["params"]:
+            if name in out:
+                sums[name] = sums.get(name, 0.0) + out[name].astype(np.float64)
+        if "x" in out:
+            dx.append(out["x"])
+        start += C
+    assert start == inputs["x"].shape[0]
+    return sums, dx, state, carry
+
+
+@needs_cxx
+@pytest.mark.parametrize("kernel,variant,schedule", list(_carried_cases()))
+def test_emulated_chunks_give_the_uncut_sweep(emulated, kernel, variant, schedule):
+    """A stream cut into chunks, each call carrying "state" and "carry" on to the next, gives the gradient sums, x̄,
+    state and carry of one whole-stream call (float64, ≤ 1e-10), from the registry's non-trivial starting carry."""
+    spec = KERNELS[kernel]
+    inputs = spec.make_inputs(np.random.default_rng(3), np.dtype("float64"), STREAM, **variant)
+    want = cupy_backend.IMPLEMENTATIONS[kernel](emulated, **copy.deepcopy(inputs))
+    sums, dx, state, carry = _run_chunks(emulated, kernel, inputs, schedule)
+    got = {**sums, "state": state, "carry": carry}
+    if dx:
+        got["x"] = np.concatenate(dx, axis=0)
+    want = flatten_outputs(want)
+    got = flatten_outputs(got)
+    assert sorted(got) == sorted(want)
+    assert any(k.startswith("carry.") for k in want) == (kernel.split(".")[1] not in ("truncated", "spatial"))
+    for name, ref in want.items():
+        err = rel_error(np.asarray(got[name]), ref)
+        assert err <= 1e-10, f"{kernel} cut as {schedule}: {name} relative error {err:.2e}"
+
+
+@needs_cxx
+@pytest.mark.parametrize("kernel", [k for k in CARRIED if k.split(".")[1] in ("rtrl", "snap1", "cec")])
+def test_emulated_sweeps_take_any_carry(emulated, kernel):
+    """The traces carried in are used as they are, not only where they are reachable from fixed parameters (e.g. the
+    lru's S_θ/S_ν ratio changes when an optimizer updates ν, θ between chunks): a random carry, as the reference."""
+    spec = KERNELS[kernel]
+    inputs = spec.make_inputs(np.random.default_rng(5), np.dtype("float64"), STREAM, **spec.variants[0])
+    rng = np.random.default_rng(6)
+    carry = {}
+    for name, S in inputs["carry"].items():
+        carry[name] = rng.standard_normal(S.shape)
+        if np.iscomplexobj(S):
+            carry[name] = carry[name] + 1j * rng.standard_normal(S.shape)
+    inputs["carry"] = carry
+    _assert_matches(kernel, cupy_backend.IMPLEMENTATIONS[kernel](emulated, **copy.deepcopy(inputs)),
+                    spec.reference(**copy.deepcopy(inputs)), "float64")
+
+
+@needs_cxx
+@pytest.mark.parametrize("kernel", ["rnn.rtrl", "lstm.snap1", "lru.rtrl", "gru.fptt1", "lstm.fptt_warmup",
+                                    "lru.fptt1", "lru.fptt_warmup"])
+def test_emulated_kernels_refuse_a_carry_of_another_shape(emulated, kernel):
+    """A carry from another batch size, or with a carrier missing, is refused with ShapeError (as the reference)."""
+    spec = KERNELS[kernel]
+    inputs = spec.make_inputs(np.random.default_rng(7), np.dtype("float64"), STREAM, **spec.variants[0])
+    name = sorted(inputs["carry"])[0]
+    wrong = {**inputs["carry"], name: inputs["carry"][name][:1]}               # batch 1 instead of 2
+    with pytest.raises(ShapeError):
+        cupy_backend.IMPLEMENTATIONS[kernel](emulated, **{**inputs, "carry": wrong})
+    with pytest.raises(ShapeError):
+        cupy_backend.IMPLEMENTATIONS[kernel](emulated, **{**inputs, "carry": {}})
+
+
+#: FPTT's phases over a stream of T = 7 steps (lstm.fptt's registered T ≤ 7: docs/derivations/fptt.md §7).
+FPTT_STREAM = dict(T=7, B=2, I=3, H=4)
+
+
+@needs_cxx
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lru"])
+@pytest.mark.parametrize("schedule", ((1,) * 7, (3, 4), (1, 5, 1)), ids=lambda s: "+".join(map(str, s)))
+def test_emulated_fptt_phases_in_chunks_give_fptt(emulated, cell, schedule):
+    """<cell>.fptt == the warm-up in chunks from the stream's start, e_{-1} = −P v' (fptt.start_error), then the
+    error phase in chunks from {"v": e_{-1}}: the same gradients, x̄ and initial-state gradient (float64)."""
+    spec = KERNELS[f"{cell}.fptt"]
+    size = FPTT_STREAM
+    inputs = spec.make_inputs(np.random.default_rng(4), np.dtype("float64"), size)
+    want = cupy_backend.IMPLEMENTATIONS[f"{cell}.fptt"](emulated, **copy.deepcopy(inputs))
+    _, _, _, warm = _run_chunks(emulated, f"{cell}.fptt_warmup", {**inputs, "carry": None}, schedule)
+    P, v = warm["P"], warm["v"]
+    e_start = -(P * v) if cell == "lru" else -np.einsum("bij,bj->bi", P, v)          # fptt (3)
+    sums, dx, _, _ = _run_chunks(emulated, f"{cell}.fptt1", {**inputs, "carry": {"v": e_start}}, schedule)
+    keys = CELLS[cell].GRAD_STATE_KEYS
+    got = {**sums, "x": np.concatenate(dx, axis=0),
+           **dict(zip(keys, np.split(e_start, len(keys), axis=-1)))}
+    for name, ref in want.items():
+        err = rel_error(np.asarray(got[name]), ref)
+        assert err <= 1e-10, f"{cell} fptt in chunks {schedule}: {name} relative error {err:.2e}"
 
 
 # ------------------------------------------------------------------------------------------ (d) on the device
