@@ -1,8 +1,10 @@
 r"""The dense cells' RTRL-family sweeps (rnn, gru, lstm .rtrl / .snap1 / .truncated / .spatial, lstm.cec) with mlx.core.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
-cell_grads_online, from zero traces). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py, "(n)" the cell's module
-docstring.
+`sweep`): each kernel sweeps one chunk of a stream from the state and the carried traces before it (carry=None:
+S_{-1} = 0) and returns {param: Σ over the chunk, "state": the state after it, "carry": the traces after it}, so a
+stream cut into chunks of any size gives the uncut sweep's gradients. Equation numbers: "(r n)" is
+refimpl/algorithms/rtrl.py, "(n)" the cell's module docstring.
 S = R·H is the state width (R = 1 rows per unit; 2 for the lstm's (h_k, c_k)), G the gate blocks (rnn 1, gru 3,
 lstm 4), X the trailing width of a parameter row (I for weight_ih, H for weight_hh, 1 for a bias).
 
@@ -18,15 +20,18 @@ Every immediate derivative of a step is built from per-unit factors, computed on
 The factors of gru and lstm are the cells' gate adjoints (cells.py) seeded with one state row: no derivative is
 written twice.
 
-Rules (traces start at zero, as the kernels' references):
+Rules, and what each carries (the reference's trace layouts, rtrl.py "Trace layouts"):
     rtrl      S_t = J_t S_{t-1} + P_t (r 3): J_t (B, S, S) and the dense P_t (B, S, G·H·X) from the factors; one
-              batched GEMM per parameter per step; g += δᵀ S[:, :H] (r 4).
+              batched GEMM per parameter per step; g += δᵀ S[:, :H] (r 4). Carry: "dense" S (B, S, *shape) — inside,
+              (B, S, G·H·X), the same memory (a reshape at the boundary).
     snap1     T_t[b,r,g,k,·] = Σ_q D_t[b,r,q,k] T_{t-1}[b,q,g,k,·] + F[b,r,g,k] X_t[b,·]  (r 10, 11), with the
               diagonal blocks D_t[b,r,q,k] = J_t[rH+k, qH+k] = [q=0] Σ_g F_hh[b,r,g,k] W_hh[gH+k, k] + E[b,r,q,k]
-              taken from the factors (no (B, S, S) Jacobian); g[gH+k, ·] += Σ_b δ[b,k] T_t[b,0,g,k,·] (r 12).
+              taken from the factors (no (B, S, S) Jacobian); g[gH+k, ·] += Σ_b δ[b,k] T_t[b,0,g,k,·] (r 12). Carry:
+              "unit" T (B, R, H, G, *X) — inside, (B, R, G, H, X) (one transpose in and one out per call).
     cec       snap1 with the h_{t-1} column of D dropped (r 15): D = [[0, κ f], [0, f]] — exact for its rule (r 16).
-    truncated S_t = P_t (r 13): the cell's BPTT kernel without its carry (cells.py, propagate=False).
-    spatial   truncated with weight_hh, bias_hh held constant: exact zeros (r 14).
+              Carry: as snap1.
+    truncated S_t = P_t (r 13): the cell's BPTT kernel without its carry (cells.py, propagate=False). Carry: {}.
+    spatial   truncated with weight_hh, bias_hh held constant: exact zeros (r 14). Carry: {}.
 The state advances with the cells' own compiled steps (cells.py); the input projection of all T steps is one GEMM.
 """
 
@@ -41,7 +46,7 @@ from ..common import check_nonlinearity, param_grads
 from .cells import (gru_backward_graph, gru_forward_graph, gru_gate_adjoints, gru_step, lstm_backward_graph,
                     lstm_forward_graph, lstm_gate_adjoints, lstm_step, rnn_backward_graph, rnn_forward_graph, rnn_slope,
                     rnn_step)
-from .runtime import kernel, project, transposed
+from .runtime import checked_carry, kernel, project, transposed
 
 # ------------------------------------------------------------------------------------------- per-unit factors
 
@@ -156,10 +161,15 @@ def _rtrl_update(J, S_prev, P, delta):
     return S, (delta.reshape(1, B * H) @ S[:, :H].reshape(B * H, -1))[0]
 
 
-def _rtrl(cell: _Cell, x, dh):
+def _rtrl(cell: _Cell, x, dh, carry):
+    """(r 3), (r 4) over the chunk from the carried dense traces → (grads, traces after it); the traces (B, S, P) with
+    the parameter flattened (row-major: the reference's (B, S, *shape) reshaped, no copy)."""
     T, B, _ = x.shape
     p, H = cell.params, dh.shape[-1]
-    traces = {k: mx.zeros((B, cell.R * H, v.size), dtype=v.dtype) for k, v in p.items()}   # S_{-1} = 0
+    if carry is None:
+        traces = {k: mx.zeros((B, cell.R * H, v.size), dtype=v.dtype) for k, v in p.items()}   # S_{-1} = 0
+    else:
+        traces = {k: carry[k].reshape(B, cell.R * H, v.size).astype(v.dtype) for k, v in p.items()}
     grads = {k: mx.zeros((v.size,), dtype=v.dtype) for k, v in p.items()}
     for t in range(T):
         h_prev = cell.h_prev()
@@ -169,7 +179,8 @@ def _rtrl(cell: _Cell, x, dh):
             F, X = _immediate(k, F_ih, F_hh, x[t], h_prev)
             traces[k], g = _rtrl_update(J, traces[k], _dense_immediate(F, X), dh[t])   # (r 3), (r 4)
             grads[k] = grads[k] + g
-    return {k: grads[k].reshape(v.shape) for k, v in p.items()}
+    return ({k: grads[k].reshape(v.shape) for k, v in p.items()},
+            {k: traces[k].reshape((B, cell.R * H) + tuple(v.shape)) for k, v in p.items()})   # (B, S, *shape)
 
 
 # -------------------------------------------------------------------------------------------- snap1, cec (r 9-16)
@@ -193,11 +204,17 @@ def _unit_update(D, T_prev, F, X, delta):
     return T, mx.sum(delta[:, None, :, None] * T[:, 0], axis=0)
 
 
-def _snap1(cell: _Cell, x, dh, drop_h_column=False):
+def _snap1(cell: _Cell, x, dh, carry, drop_h_column=False):
+    """(r 11), (r 12) over the chunk from the carried unit traces → (grads, traces after it). Inside, a trace is
+    (B, R, G, H, X) (X = 1 for a bias); the carry is the reference's (B, R, H, G, *X): one transpose in, one out."""
     T, B, _ = x.shape
     p, H, R = cell.params, dh.shape[-1], cell.R
     widths = {"weight_ih": x.shape[-1], "weight_hh": H, "bias_ih": 1, "bias_hh": 1}
-    traces = {k: mx.zeros((B, R, v.shape[0] // H, H, widths[k]), dtype=v.dtype) for k, v in p.items()}   # (r 9)
+    if carry is None:
+        traces = {k: mx.zeros((B, R, v.shape[0] // H, H, widths[k]), dtype=v.dtype) for k, v in p.items()}   # (r 9)
+    else:
+        traces = {k: carry[k].reshape(B, R, H, v.shape[0] // H, widths[k]).transpose(0, 1, 3, 2, 4).astype(v.dtype)
+                  for k, v in p.items()}
     grads = {k: mx.zeros(traces[k].shape[2:], dtype=v.dtype) for k, v in p.items()}
     for t in range(T):
         h_prev = cell.h_prev()
@@ -207,20 +224,23 @@ def _snap1(cell: _Cell, x, dh, drop_h_column=False):
             F, X = _immediate(k, F_ih, F_hh, x[t], h_prev)
             traces[k], g = _unit_update(D, traces[k], F, X, dh[t])               # (r 11), (r 12)
             grads[k] = grads[k] + g
-    return {k: grads[k].reshape(v.shape) for k, v in p.items()}
+    return ({k: grads[k].reshape(v.shape) for k, v in p.items()},
+            {k: traces[k].transpose(0, 1, 3, 2, 4).reshape((B, R, H, v.shape[0] // H) + tuple(v.shape[1:]))
+             for k, v in p.items()})                                             # (B, R, H, G, *X)
 
 
 # ---------------------------------------------------------------------------------------- truncated, spatial (r 13-14)
 
 def _truncated(cell, forward_graph, backward_graph, params, x, state0, dh, recurrent, **options):
-    """(r 13): the cell's forward, then its backward without the carry; (r 14) zeroes the recurrent term."""
+    """(r 13): the cell's forward, then its backward without the carry; (r 14) zeroes the recurrent term.
+    → (grads, the state after the chunk)."""
     _, cache = forward_graph(params, x, state0, **options)
     grads = backward_graph(params, dh, cache, propagate=False, **options)
     out = {k: grads[k] for k in params}
     if not recurrent:
         for k in CELLS[cell].RECURRENT_PARAMS:                                   # (r 14) held constant
             out[k] = mx.zeros_like(params[k])
-    return out
+    return out, (LSTMState(cache.h[-1], cache.c[-1]) if cell == "lstm" else cache.h[-1])
 
 
 # ------------------------------------------------------------------------------------------------------ kernels
@@ -229,32 +249,49 @@ _GRAPHS = {"rnn": (rnn_forward_graph, rnn_backward_graph), "gru": (gru_forward_g
            "lstm": (lstm_forward_graph, lstm_backward_graph)}
 
 
-def _sweep(rule, name, params, x, state0, dh, **options):
-    """The `rule` sweep of cell `name` → {param: grad} (module docstring)."""
-    if rule in ("truncated", "spatial"):
-        fwd, bwd = _GRAPHS[name]
-        return _truncated(name, fwd, bwd, params, x, state0, dh, rule == "truncated", **options)
+def carry_shapes(rule, name, params, batch):
+    """{param: shape} of the carry of rule `rule` on cell `name` — the reference's trace layouts (refimpl/algorithms/
+    rtrl.py): "dense" (B, S, *shape) for rtrl, "unit" (B, R, H, G, *X) for snap1 and cec (truncated and spatial carry
+    nothing)."""
+    H, R = params["weight_hh"].shape[1], CELLS[name].STATE_ROWS
+    if rule == "rtrl":
+        return {k: (batch, R * H) + tuple(v.shape) for k, v in params.items()}
+    return {k: (batch, R, H, v.shape[0] // H) + tuple(v.shape[1:]) for k, v in params.items()}
+
+
+def _sweep(rule, name, params, x, state0, dh, carry, **options):
+    """The `rule` sweep of cell `name` over one chunk → {param: grad, "state", "carry"} (module docstring)."""
+    if rule in ("truncated", "spatial"):                                         # nothing carried (a carry passed
+        fwd, bwd = _GRAPHS[name]                                                 # in is ignored, as the reference does)
+        grads, state = _truncated(name, fwd, bwd, params, x, state0, dh, rule == "truncated", **options)
+        return {**grads, "state": state, "carry": {}}                            # (r 13), (r 14)
+    carry = checked_carry(carry, carry_shapes(rule, name, params, x.shape[1]), f"{name}.{rule}")
     if "nonlinearity" in options:
         check_nonlinearity(options["nonlinearity"])
     cell = _Cell(name, params, x, state0, options.get("nonlinearity"))
-    grads = _rtrl(cell, x, dh) if rule == "rtrl" else _snap1(cell, x, dh, drop_h_column=rule == "cec")
-    return param_grads(params, grads)
+    if rule == "rtrl":
+        grads, traces = _rtrl(cell, x, dh, carry)
+    else:
+        grads, traces = _snap1(cell, x, dh, carry, drop_h_column=rule == "cec")
+    return {**param_grads(params, grads), "state": cell.state, "carry": traces}
 
 
 def _kernel(name, rule):
     """The registered kernel `name.rule`, with the reference's signature."""
     if name == "rnn":
-        def sweep(params, x, h0, dh, nonlinearity="tanh"):
-            return _sweep(rule, "rnn", params, x, h0, dh, nonlinearity=nonlinearity)
+        def sweep(params, x, h0, dh, carry=None, nonlinearity="tanh"):
+            return _sweep(rule, "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
     elif name == "gru":
-        def sweep(params, x, h0, dh):
-            return _sweep(rule, "gru", params, x, h0, dh)
+        def sweep(params, x, h0, dh, carry=None):
+            return _sweep(rule, "gru", params, x, h0, dh, carry)
     else:
-        def sweep(params, x, state0, dh):
-            return _sweep(rule, "lstm", params, x, LSTMState(*state0), dh)
+        def sweep(params, x, state0, dh, carry=None):
+            return _sweep(rule, "lstm", params, x, LSTMState(*state0), dh, carry)
+    carried = "nothing ({})" if rule in ("truncated", "spatial") else "its traces in the reference's layout"
     sweep.__name__ = f"{name}_{rule}"
-    sweep.__doc__ = (f"As kernel {name}.{rule}: (params, x (T,B,I), {CELLS[name].STATE_ARG}, "
-                     f"dh (T,B,H)) → {{param: grad}}: the {rule} sweep from zero traces (module docstring).")
+    sweep.__doc__ = (f"As kernel {name}.{rule}: (params, x (T,B,I), {CELLS[name].STATE_ARG}, dh (T,B,H), carry=None) "
+                     f"→ {{param: grad, 'state', 'carry'}}: the {rule} sweep over one chunk from the carried state and "
+                     f"traces (None: zero traces); it carries {carried} (module docstring).")
     return kernel(sweep)
 
 

@@ -1,7 +1,10 @@
-r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial, lru.fptt, lru.fptt1) with mlx.core.
+r"""The LRU's online sweeps (lru.rtrl, .truncated, .spatial, .fptt, .fptt1, .fptt_warmup) with mlx.core.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
-cell_grads_online and refimpl/algorithms/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)" is
+`sweep`, refimpl/algorithms/fptt.py fptt_warmup, fptt_errors and fptt_cell_grads with check=False). Every kernel but
+lru.fptt sweeps one chunk of a stream: it takes the state and the carry before the chunk (carry=None: the stream's
+start) and returns {…, "state": h after it, "carry": what the next chunk needs}, in the reference's layouts, converted
+once per call at the chunk's boundary. Equation numbers: "(r n)" is
 refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py. Complex64 states only (MLX
 has no complex128).
 
@@ -24,13 +27,22 @@ traces, independent of T. Inside a block starting from Y_in, with c, s = 0 … C
 ((R2): Σ_{s,b} x_s ε_s = x (C·B, I)ᵀ @ ε (C·B, N); (R3): λ^{C-1-s} (N, C) @ x (C, B·I)) instead of C passes over Z.
 Powers λ^c = exp(c·(−e^ν + i e^θ)) come straight from the parameters.
 
+The carry of lru.rtrl is the reference's "diag" layout, {param: S c(B, *shape)}: five traces, where the compact form
+has three. The kernel does not rebuild Q, Σ, Z from a carry (that would read only a part of it): by linearity the traces
+are the carried ones S_in, moved on as λ^{t+1} S_in, plus the compact ones from zero. The carried part adds
+Re Σ_b conj(S_in) A to each gradient, A = Σ_t conj(λ)^{t+1} δ_t (the blocks' ε_in, (R2), each times conj(λ)^{t0} of
+its start); the carry out is λ^T S_in + (−e^ν Q, i e^θ Q, Σ, γ Z, i γ Z). Both once per call, O(B·N·I).
+
 truncated / spatial (r 13, 14): S_t = P_t, so every gradient is a sum over (t, b) of the immediate derivatives
 (lru 10): ν̄ = −e^ν Re Σ conj(λ h_{t-1}) δ, θ̄ = e^θ Im Σ conj(λ h_{t-1}) δ, γ̄_log = Re Σ conj(u) δ,
 B̄_re + i B̄_im = γ Σ x δ (spatial: ν̄ = θ̄ = 0) — after one forward scan for h_{t-1}.
 
-FPTT (f 1–4), float64 carriers like the reference's default: MLX has no complex128, so the carriers e, e′ and P are
-float64 pairs (re, im) and (f 1)'s division by conj(λ) is written out, e = v λ / |λ|². The error pass casts each e_t to
-complex64 — the step adjoints ū_t of the cell's backward (f 4) — and the gradients are the cells' GEMMs over all steps.
+FPTT (f 1–4), complex128 carriers like the reference's default: MLX has no complex128, so the carriers (v = e − dh
+between steps, and P) are float64 pairs (re, im) — in the carry, runtime.Complex128 — and (f 1)'s division by conj(λ)
+is written out, e = v λ / |λ|². Per step, e_t = J_t^{−H} v_{t-1}, v_t = e_t − dh_t; the warm-up also P ← P conj(λ).
+The error pass casts each e_t to complex64 — the step adjoints ū_t of the cell's backward (f 4) — and the gradients
+are the cells' GEMMs over all steps. lru.fptt is the warm-up from (v, P) = (0, 1), e_{-1} = −P v (f 3), then the
+error pass from v_{-1} = e_{-1}.
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ import mlx.core as mx
 
 from ..common import lru_param_grads, previous_states
 from .cells import lambda_gamma, lru_grads, lru_input, lru_scan
-from .runtime import complex_from, kernel, rows
+from .runtime import Complex128, checked_carry, complex_from, kernel, rows
 
 #: Time steps per block of the RTRL sweep (the traces are carried between blocks). A block's memory is O(C·B·N); the
 #: carry (R3) costs as much as a block's (R2) GEMMs, so the blocks are as long as that memory allows comfortably.
@@ -68,12 +80,12 @@ def _block_errors(lam, delta):
     return mx.stack(eps)
 
 
-def _rtrl_block(log_lam, lam, x, u, h_prev, delta, traces, carry=True):
-    """One block of C steps from the carried traces (Q, Σ, Z) → (gQ c(N), gΣ c(N), G c(N, I), traces out).
-    carry=False (the last block): the traces out are not formed (None).
+def _rtrl_block(log_lam, lam, x, u, h_prev, delta, traces):
+    """One block of C steps from the compact traces (Q, Σ, Z) → (gQ c(N), gΣ c(N), G c(N, I), traces out, ε_in
+    c(B, N)).
 
-    gQ = Σ conj(Q) δ, gΣ = Σ conj(Σ) δ, G = Σ conj(Z) δ over the block's steps and the batch, eqs. (R1)–(R3).
-    Z is held as c(N, B, I) (unit-major, so that (R3) is one GEMM).
+    gQ = Σ conj(Q) δ, gΣ = Σ conj(Σ) δ, G = Σ conj(Z) δ over the block's steps and the batch, eqs. (R1)–(R3); ε_in
+    is what a trace carried into the block meets, (R2). Z is held as c(N, B, I) (unit-major, so that (R3) is one GEMM).
     """
     Q_in, S_in, Z_in = traces
     C, B, I = x.shape
@@ -85,8 +97,6 @@ def _rtrl_block(log_lam, lam, x, u, h_prev, delta, traces, carry=True):
     x2 = rows(x)                                                             # (C·B, I)
     G = (mx.sum(mx.conj(Z_in) * eps_in.T[:, :, None], axis=1)                # (R2) carried part  c(N, I)
          + complex_from(rows(mx.real(eps)).T @ x2, rows(mx.imag(eps)).T @ x2))   # (R2) Σ_{s,b} ε_s x_sᵀ
-    if not carry:
-        return gQ, gS, G, None
     steps = mx.arange(C - 1, -1, -1, dtype=x.dtype)[:, None]                # C-1-s
     w = mx.exp(steps * log_lam)                                              # (R3) λ^{C-1-s}  c(C, N)
     lam_C = lam * w[0]                                                       # λ^C
@@ -94,7 +104,7 @@ def _rtrl_block(log_lam, lam, x, u, h_prev, delta, traces, carry=True):
     S_out = lam_C * S_in + mx.sum(w[:, None] * u, axis=0)                    # (R3)
     xw = x.reshape(C, B * I)
     Z_out = lam_C[:, None, None] * Z_in + complex_from(mx.real(w).T @ xw, mx.imag(w).T @ xw).reshape(-1, B, I)  # (R3)
-    return gQ, gS, G, (Q_out, S_out, Z_out)
+    return gQ, gS, G, (Q_out, S_out, Z_out), eps_in, lam_C
 
 
 def _lru_grads(params, gamma, gQ, gS, G, recurrent=True):
@@ -104,25 +114,56 @@ def _lru_grads(params, gamma, gQ, gS, G, recurrent=True):
                            gamma_log=mx.real(gS), recurrent=recurrent, wide=False)
 
 
+def _traces_of(params, gamma, Q, S, Z):
+    """The reference's "diag" traces {param: c(B, *shape)} of the compact Q, Σ c(B, N) and Z c(N, B, I) (module
+    docstring): S_ν = −e^ν Q, S_θ = i e^θ Q, S_γ = Σ, S_Bre = γ Z, S_Bim = i γ Z."""
+    gZ = gamma[:, None] * Z.transpose(1, 0, 2)                               # γ Z  c(B, N, I)
+    return {"nu_log": -mx.exp(params["nu_log"]) * Q, "theta_log": 1j * mx.exp(params["theta_log"]) * Q,
+            "gamma_log": S, "B_re": gZ, "B_im": 1j * gZ}
+
+
+def trace_shapes(params, batch):
+    """{param: shape} of lru.rtrl's carry: the reference's "diag" layout c(B, *shape)."""
+    return {k: (batch,) + tuple(v.shape) for k, v in params.items()}
+
+
 @kernel
-def lru_rtrl(params: dict, x: mx.array, h0: mx.array, dh: mx.array) -> dict:
-    """As kernel lru.rtrl: x r(T,B,I), h0 c(B,N), dh c(T,B,N) → {param: grad} (exact RTRL = BPTT, r 8), in blocks of
-    CHUNK steps with the traces carried between them."""
+def lru_rtrl(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None) -> dict:
+    """As kernel lru.rtrl: x r(T,B,I), h0 c(B,N), dh c(T,B,N), carry {param: S c(B, *shape)} or None → {param: grad,
+    "state": h_{T-1}, "carry": the traces after the chunk} (exact RTRL = BPTT, r 8), in blocks of CHUNK steps.
+
+    By linearity the traces split into the carried ones S_in moved on unchanged, λ^t S_in at step t, and the compact
+    ones (Q, Σ, Z) from zero that the blocks carry (R1)–(R3). The carried part's gradient is Re Σ_b conj(S_in) A with
+    A = Σ_t conj(λ)^{t+1} δ_t, built from the blocks' ε_in; at the end S_out = λ^T S_in + the compact traces in the
+    reference's layout (_traces_of). So the carry is read and written once per call, and any carry is honoured as
+    given (nothing is rebuilt from a part of it)."""
     T, B, I = x.shape
+    carry = checked_carry(carry, trace_shapes(params, B), "lru.rtrl")
     lam, gamma = lambda_gamma(params)                                        # (1)
     log_lam, N = _log_lambda(params), lam.shape[0]
     zero = mx.zeros((B, N), dtype=h0.dtype)
-    traces = (zero, zero, mx.zeros((N, B, I), dtype=h0.dtype))               # S_{-1} = 0
+    traces = (zero, zero, mx.zeros((N, B, I), dtype=h0.dtype))               # the compact part from S = 0
     gQ, gS, G = mx.zeros((N,), h0.dtype), mx.zeros((N,), h0.dtype), mx.zeros((N, I), h0.dtype)
+    A, lam_t0 = zero, mx.ones_like(lam)                                      # A; λ^{t0} at the block's start
     h_last = h0
     for t0 in range(0, T, CHUNK):
         blk = slice(t0, min(t0 + CHUNK, T))
         u = lru_input(params, x[blk], gamma)                                 # (2) u_t of the block
         h = lru_scan(lam, h_last, u)                                         # (3) the block's states
-        dQ, dS, dG, traces = _rtrl_block(log_lam, lam, x[blk], u, previous_states(mx, h_last, h), dh[blk], traces,
-                                         carry=blk.stop < T)
+        dQ, dS, dG, traces, eps_in, lam_C = _rtrl_block(log_lam, lam, x[blk], u, previous_states(mx, h_last, h),
+                                                        dh[blk], traces)
         gQ, gS, G, h_last = gQ + dQ, gS + dS, G + dG, h[-1]
-    return _lru_grads(params, gamma, gQ, gS, G)
+        A = A + mx.conj(lam_t0) * eps_in                                     # Σ_t conj(λ)^{t+1} δ_t, block by block
+        lam_t0 = lam_t0 * lam_C
+    grads = _lru_grads(params, gamma, gQ, gS, G)
+    out = _traces_of(params, gamma, *traces)
+    if carry is not None:                                                    # the carried traces S_in (r 4, 7)
+        for k, S_in in carry.items():
+            S_in = S_in.astype(h0.dtype)
+            A_k = A if S_in.ndim == 2 else A[:, :, None]
+            grads[k] = grads[k] + mx.real(mx.sum(mx.conj(S_in) * A_k, axis=0)).astype(grads[k].dtype)
+            out[k] = out[k] + (lam_t0 if S_in.ndim == 2 else lam_t0[:, None]) * S_in            # λ^T S_in
+    return {**grads, "state": h_last, "carry": out}
 
 
 # ------------------------------------------------------------------------------------- truncated, spatial (r 13, 14)
@@ -130,23 +171,25 @@ def lru_rtrl(params: dict, x: mx.array, h0: mx.array, dh: mx.array) -> dict:
 def _lru_truncated(params, x, h0, dh, recurrent):
     lam, gamma = lambda_gamma(params)
     u = lru_input(params, x, gamma)                                          # (2)
-    h_prev = previous_states(mx, h0, lru_scan(lam, h0, u))                               # (3) h_{t-1}
+    h = lru_scan(lam, h0, u)                                                 # (3)
+    h_prev = previous_states(mx, h0, h)                                      # h_{t-1}
     x2 = rows(x)
     gQ = mx.sum(rows(mx.conj(lam * h_prev) * dh), axis=0)                    # (lru 10) P_ν, P_θ ∝ λ h_{t-1}
     gS = mx.sum(rows(mx.conj(u) * dh), axis=0)                               # (lru 10) P_γ = u_t
     G = complex_from(rows(mx.real(dh)).T @ x2, rows(mx.imag(dh)).T @ x2)     # (lru 10) P_B ∝ γ x_t
-    return _lru_grads(params, gamma, gQ, gS, G, recurrent)
+    return {**_lru_grads(params, gamma, gQ, gS, G, recurrent), "state": h[-1], "carry": {}}
 
 
 @kernel
-def lru_truncated(params: dict, x: mx.array, h0: mx.array, dh: mx.array) -> dict:
-    """As kernel lru.truncated: S_t = P_t (r 13)."""
+def lru_truncated(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None) -> dict:
+    """As kernel lru.truncated: S_t = P_t (r 13) → {param: grad, "state", "carry": {}} (nothing is carried; a carry
+    passed in is ignored, as the reference does)."""
     return _lru_truncated(params, x, h0, dh, True)
 
 
 @kernel
-def lru_spatial(params: dict, x: mx.array, h0: mx.array, dh: mx.array) -> dict:
-    """As kernel lru.spatial: (r 13) with nu_log, theta_log held constant (zero gradient, r 14)."""
+def lru_spatial(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None) -> dict:
+    """As kernel lru.spatial: (r 13) with nu_log, theta_log held constant (zero gradient, r 14); carries nothing."""
     return _lru_truncated(params, x, h0, dh, False)
 
 
@@ -159,43 +202,89 @@ def _divide_by_conj_lambda(vr, vi, lr, li):
     return (vr * lr - vi * li) / n2, (vi * lr + vr * li) / n2
 
 
-def _lru_fptt(params, x, h0, dh, two_passes):
-    T, B, _ = x.shape
-    lam, gamma = lambda_gamma(params)                                        # (1), complex64
-    lr, li = mx.real(lam).astype(mx.float64), mx.imag(lam).astype(mx.float64)   # carrier λ (complex64 → pairs)
-    dr, di = mx.real(dh).astype(mx.float64), mx.imag(dh).astype(mx.float64)     # dh_t as carriers
-    er = ei = mx.zeros((B, lam.shape[0]), dtype=mx.float64)
-    if two_passes:                                                           # phase 1: warm-up from e'_{-1} = 0
-        Pr, Pi = mx.ones_like(lr), mx.zeros_like(li)                         # P = 1 (the same for every b)
-        for t in range(T):
-            vr, vi = (er - dr[t - 1], ei - di[t - 1]) if t > 0 else (er, ei)
-            er, ei = _divide_by_conj_lambda(vr, vi, lr, li)                  # (f 1)
-            Pr, Pi = Pr * lr + Pi * li, Pi * lr - Pr * li                    # (f 2) P ← P conj(λ)
-        rr, ri = er - dr[T - 1], ei - di[T - 1]
-        er, ei = -(Pr * rr - Pi * ri), -(Pr * ri + Pi * rr)                  # (f 3) e_{-1} = −P (e'_{T-1} − dh_{T-1})
-    e_start = complex_from(er.astype(mx.float32), ei.astype(mx.float32))
+class _Phase:
+    """What both FPTT phases of one chunk need: λ as float64 pairs (the carrier λ: complex64 → pairs, as the
+    reference's state_jacobian(…).astype(complex128)), dh_t as float64 pairs, and the chunk's states."""
+
+    def __init__(self, params, x, h0, dh):
+        self.lam, self.gamma = lambda_gamma(params)                          # (1), complex64
+        self.lr, self.li = mx.real(self.lam).astype(mx.float64), mx.imag(self.lam).astype(mx.float64)
+        self.dr, self.di = mx.real(dh).astype(mx.float64), mx.imag(dh).astype(mx.float64)
+        self.h = lru_scan(self.lam, h0, lru_input(params, x, self.gamma))   # (2), (3): the states
+        self.h0, (self.B, self.N) = h0, h0.shape
+
+    def carrier(self, carry, name):
+        """A carrier (B, N) as a float64 pair: carry None → v = 0 and P = 1; a Complex128 as it is; a complex64
+        mx.array widened (exact)."""
+        if carry is None:
+            zero = mx.zeros((self.B, self.N), dtype=mx.float64)
+            return (zero + 1.0 if name == "P" else zero), zero
+        c = carry[name]
+        if isinstance(c, Complex128):
+            return c.re, c.im
+        return mx.real(c).astype(mx.float64), mx.imag(c).astype(mx.float64)
+
+
+def _check(carry, names, B, N, what):
+    return checked_carry(carry, {k: (B, N) for k in names}, what)
+
+
+def _warmup(ph, vr, vi, Pr, Pi):
+    """Phase 1 over the chunk: v'_t = J_t^{−H} v'_{t-1} − dh_t (f 1) and P ← P conj(λ) (f 2), on float64 pairs."""
+    for t in range(ph.dr.shape[0]):
+        er, ei = _divide_by_conj_lambda(vr, vi, ph.lr, ph.li)               # (f 1) e'_t
+        vr, vi = er - ph.dr[t], ei - ph.di[t]                                # v'_t = e'_t − dh_t
+        Pr, Pi = Pr * ph.lr + Pi * ph.li, Pi * ph.lr - Pr * ph.li            # (f 2) P ← P conj(λ)
+    return vr, vi, Pr, Pi
+
+
+def _errors(params, x, ph, vr, vi):
+    """Phase 2 over the chunk: e_t = J_t^{−H} v_{t-1} (f 1), v_t = e_t − dh_t; the gradients (f 4) from e_t cast to
+    complex64 (the step adjoints ū_t of the cell's backward), the cells' GEMMs over all steps → (grads with "x",
+    v_{T-1} as a pair)."""
     du = []
-    for t in range(T):                                                       # phase 2: the exact errors
-        vr, vi = (er - dr[t - 1], ei - di[t - 1]) if t > 0 else (er, ei)
-        er, ei = _divide_by_conj_lambda(vr, vi, lr, li)                      # (f 1)
+    for t in range(ph.dr.shape[0]):
+        er, ei = _divide_by_conj_lambda(vr, vi, ph.lr, ph.li)               # (f 1) e_t
         du.append(complex_from(er.astype(mx.float32), ei.astype(mx.float32)))   # e_t in the state dtype: ū_t (f 4)
-    h_prev = previous_states(mx, h0, lru_scan(lam, h0, lru_input(params, x, gamma)))   # (2), (3): the states
-    grads = lru_grads(params, lam, gamma, x, h_prev, mx.stack(du))           # (f 4): (5)–(7) summed over t
-    grads["h0"] = e_start.astype(h0.dtype)                                   # e_{-1}
-    return grads
+        vr, vi = er - ph.dr[t], ei - ph.di[t]                                # v_t = e_t − dh_t
+    grads = lru_grads(params, ph.lam, ph.gamma, x, previous_states(mx, ph.h0, ph.h), mx.stack(du))   # (5)–(7)
+    return grads, vr, vi
 
 
 @kernel(float64_carriers=True)
 def lru_fptt(params: dict, x: mx.array, h0: mx.array, dh: mx.array) -> dict:
-    """As kernel lru.fptt: warm-up (f 1-3) then the error pass (f 1, 4); → {param, "x" r(T,B,I), "h0" c(B,N)}."""
-    return _lru_fptt(params, x, h0, dh, True)
+    """As kernel lru.fptt: warm-up (f 1-2) from the stream's start, e_{-1} = −P v' (f 3), then the error pass (f 1, 4)
+    from v_{-1} = e_{-1}; → {param, "x" r(T,B,I), "h0" c(B,N) = e_{-1}}."""
+    ph = _Phase(params, x, h0, dh)
+    zero = mx.zeros(h0.shape, dtype=mx.float64)
+    vr, vi, Pr, Pi = _warmup(ph, zero, zero, zero + 1.0, zero)              # phase 1 from v' = 0, P = 1
+    er, ei = -(Pr * vr - Pi * vi), -(Pr * vi + Pi * vr)                      # (f 3) e_{-1} = −P v'_{T-1}
+    grads, _, _ = _errors(params, x, ph, er, ei)                             # phase 2
+    grads["h0"] = complex_from(er.astype(mx.float32), ei.astype(mx.float32)).astype(h0.dtype)   # e_{-1}
+    return grads
 
 
 @kernel(float64_carriers=True)
-def lru_fptt1(params: dict, x: mx.array, h0: mx.array, dh: mx.array) -> dict:
-    """As kernel lru.fptt1: the error pass only, from e_{-1} = 0."""
-    return _lru_fptt(params, x, h0, dh, False)
+def lru_fptt1(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None) -> dict:
+    """As kernel lru.fptt1: the error pass (f 1, 4) over one chunk from the carried v (None: v_{-1} = e_{-1} = 0) →
+    {param, "x" r(T,B,I), "state" h_{T-1} c(B,N), "carry": {"v": v_{T-1} complex128 (B,N), a Complex128}}."""
+    B, N = h0.shape
+    carry = _check(carry, ("v",), B, N, "lru.fptt1")
+    ph = _Phase(params, x, h0, dh)
+    grads, vr, vi = _errors(params, x, ph, *ph.carrier(carry, "v"))
+    return {**grads, "state": ph.h[-1], "carry": {"v": Complex128(vr, vi)}}
+
+
+@kernel(float64_carriers=True)
+def lru_fptt_warmup(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None) -> dict:
+    """As kernel lru.fptt_warmup: the warm-up (f 1, 2) over one chunk from the carried (v', P) (None: v' = 0, P = 1)
+    → {"state" h_{T-1} c(B,N), "carry": {"v": v'_{T-1}, "P": P, complex128 (B,N) each, as Complex128}}."""
+    B, N = h0.shape
+    carry = _check(carry, ("v", "P"), B, N, "lru.fptt_warmup")
+    ph = _Phase(params, x, h0, dh)
+    vr, vi, Pr, Pi = _warmup(ph, *ph.carrier(carry, "v"), *ph.carrier(carry, "P"))
+    return {"state": ph.h[-1], "carry": {"v": Complex128(vr, vi), "P": Complex128(Pr, Pi)}}
 
 
 KERNELS = {"lru.rtrl": lru_rtrl, "lru.truncated": lru_truncated, "lru.spatial": lru_spatial,
-           "lru.fptt": lru_fptt, "lru.fptt1": lru_fptt1}
+           "lru.fptt": lru_fptt, "lru.fptt1": lru_fptt1, "lru.fptt_warmup": lru_fptt_warmup}

@@ -13,6 +13,9 @@ Precision rules (the reasons, measured, are in docs/backends.md):
       and the float64 paths use no exp, sin or cos. (The LRU, which needs exp of a complex number, runs in complex64
       only: MLX has no complex128.)
     - a real input times a complex matrix is done as two real GEMMs (half the flops of the promoted complex GEMM).
+    - MLX has no complex128, but the lru's FPTT carriers are complex128 (the reference's default carrier dtype) in
+      every dtype: such an array crosses the boundary as a `Complex128`, a pair of float64 mx.arrays (re, im), exact
+      both ways. Only the carry of a `float64_carriers` kernel may hold one; anywhere else `@kernel` refuses it.
 
 Metal (Apple silicon only). The LRU recurrence is diagonal, so each (b, k) channel is an independent scalar recurrence:
 LRU_SCAN and LRU_ADJOINT run one GPU thread per channel through the whole time loop, with no per-step kernel launches
@@ -32,10 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 
 import mlx.core as mx
+import numpy as np
 
-from refimpl.errors import UnsupportedError
+from refimpl.errors import DTypeError, ShapeError, UnsupportedError
 from refimpl.registry import map_arrays
 
 
@@ -47,32 +52,95 @@ def float64_reason() -> str:
             f"is {mx.default_device()}; call mx.set_default_device(mx.cpu) before the kernel, or use float32")
 
 
-def _leaves(tree) -> list:
+class Complex128:
+    """A complex128 array as MLX can hold it: two float64 mx.arrays `re`, `im` of the same shape (MLX has no
+    complex128 type). It has `shape` and `dtype` (numpy's complex128), so the registry's map_arrays treats it as one
+    array leaf; the backend's to_backend / to_numpy convert it exactly. The lru's FPTT carriers travel as these."""
+
+    __slots__ = ("re", "im")
+    dtype = np.dtype(np.complex128)
+
+    def __init__(self, re: mx.array, im: mx.array):
+        if re.shape != im.shape or re.dtype != mx.float64 or im.dtype != mx.float64:
+            raise DTypeError(f"Complex128 takes two float64 arrays of one shape, got {re.dtype} {re.shape} and "
+                             f"{im.dtype} {im.shape}")
+        self.re, self.im = re, im
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.re.shape)
+
+    @classmethod
+    def from_numpy(cls, a: np.ndarray) -> "Complex128":
+        return cls(mx.array(np.ascontiguousarray(a.real), dtype=mx.float64),
+                   mx.array(np.ascontiguousarray(a.imag), dtype=mx.float64))
+
+    def numpy(self) -> np.ndarray:
+        return np.array(self.re) + 1j * np.array(self.im)
+
+    def __repr__(self) -> str:
+        return f"Complex128(shape={self.shape})"
+
+
+def array_leaves(tree) -> list:
+    """Every mx.array of a tree; a Complex128 gives its two float64 halves."""
     out = []
     map_arrays(out.append, tree)
-    return out
+    return [half for a in out for half in ((a.re, a.im) if isinstance(a, Complex128) else (a,))]
+
+
+def _refuse_complex128(f, inputs) -> None:
+    found = []
+    map_arrays(lambda a: found.append(a) if isinstance(a, Complex128) else None, inputs)
+    if found:
+        raise DTypeError(f"MLX kernel {f.__name__} got a complex128 array {found[0].shape}: MLX has no complex128 "
+                         f"(only complex64); convert explicitly with a.astype(np.complex64) if that precision is "
+                         f"enough, or use the numpy/numba backends for complex128")
 
 
 def kernel(fn=None, *, float64_carriers: bool = False):
-    """Decorator of every kernel: refuse float64 inputs on a GPU default device (with the reason), and return the
-    output tree evaluated (mx.eval), so nothing lazy leaves the kernel.
+    """Decorator of every kernel: refuse float64 inputs on a GPU default device (with the reason), refuse complex128
+    (Complex128) inputs, and return the output tree evaluated (mx.eval), so nothing lazy leaves the kernel.
 
     float64_carriers: the kernel runs float64 arithmetic whatever its inputs' dtype (FPTT's carriers, as the
-    reference's default carrier="float64"), so it runs on the CPU stream in every dtype.
+    reference's default carrier="float64"), so it runs on the CPU stream in every dtype; its `carry` argument holds
+    float64 carriers (Complex128 ones for the lru) in every dtype, and is exempt from both refusals.
     """
     def wrap(f):
+        signature = inspect.signature(f)
+
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
-            if any(getattr(a, "dtype", None) == mx.float64 for a in _leaves((args, kwargs))):
+            inputs = signature.bind_partial(*args, **kwargs).arguments
+            if float64_carriers:
+                inputs = {k: v for k, v in inputs.items() if k != "carry"}
+            _refuse_complex128(f, inputs)
+            if any(getattr(a, "dtype", None) == mx.float64 for a in array_leaves(inputs)):
                 why = float64_reason()
                 if why:
                     raise UnsupportedError(f"MLX kernel {f.__name__} cannot run float64 inputs here: {why}")
             with mx.stream(mx.cpu) if float64_carriers else contextlib.nullcontext():
                 out = f(*args, **kwargs)
-                mx.eval(_leaves(out))
+                mx.eval(array_leaves(out))
             return out
         return wrapper
     return wrap(fn) if fn is not None else wrap
+
+
+def checked_carry(carry, shapes: dict, what: str):
+    """A carried kernel's `carry` before its chunk, checked against the layout it must have: None (the start of a
+    stream) stays None; otherwise its names must be those of `shapes` ({name: shape}) and each array that shape
+    (ShapeError otherwise, as the reference's checks)."""
+    if carry is None:
+        return None
+    if set(carry) != set(shapes):
+        raise ShapeError(f"the carry of {what} names {sorted(carry)}; expected {sorted(shapes)}: pass the 'carry' "
+                         f"the previous chunk's call returned")
+    for name, shape in shapes.items():
+        if tuple(carry[name].shape) != tuple(shape):
+            raise ShapeError(f"the carried {name!r} of {what} has shape {tuple(carry[name].shape)}; expected "
+                             f"{tuple(shape)}: pass the 'carry' the previous chunk's call returned")
+    return carry
 
 
 # ---------------------------------------------------------------------------------------------- math and GEMMs

@@ -1,12 +1,14 @@
 """MLX-specific tests (marker `mlx`; skipped when mlx cannot be imported). The parity of every kernel with the NumPy
-reference is tests/backends/test_parity.py's grid; here: the boundary (dtype mapping, refusals), no mutation of mx.array
-inputs, the RTRL block carry of lru.rtrl, and the custom Metal kernels — built here, their source's arithmetic run
-through a C compiler on the CPU, and their parity checked on Apple hardware only.
+reference is tests/backends/test_parity.py's grid; here: the boundary (dtype mapping, complex128 as an exact float64
+pair, refusals), no mutation of mx.array inputs, the RTRL block carry of lru.rtrl, streams cut into chunks through the
+carried kernels, and the custom Metal kernels — built here, their source's arithmetic run through a C compiler on the
+CPU, and their parity checked on Apple hardware only.
 """
 
 from __future__ import annotations
 
 import ctypes
+import itertools
 import shutil
 import subprocess
 
@@ -17,7 +19,7 @@ mx = pytest.importorskip("mlx.core")
 
 from refimpl.cells import lru as lru_ref                      # noqa: E402
 from refimpl.errors import DTypeError, UnknownNameError, UnsupportedError   # noqa: E402
-from refimpl.registry import KERNELS, flatten_outputs, load_backend, map_arrays   # noqa: E402
+from refimpl.registry import KERNELS, call, flatten_outputs, load_backend, map_arrays   # noqa: E402
 
 import backends.mlx as mlx_backend                            # noqa: E402
 from backends.mlx import cells, online_lru, runtime           # noqa: E402
@@ -49,9 +51,30 @@ def test_float64_stays_float64(rng):
     assert mlx_backend.to_backend(rng.standard_normal(5)).dtype == mx.float64
 
 
-def test_complex128_is_refused_not_downcast(rng):
+def test_complex128_crosses_as_an_exact_float64_pair_not_downcast(rng):
+    """MLX has no complex128: the boundary keeps it as a runtime.Complex128 (float64 re, im), exactly, both ways."""
+    a = rng.standard_normal((2, 3)) + 1j * rng.standard_normal((2, 3))
+    b = mlx_backend.to_backend(a)
+    assert isinstance(b, runtime.Complex128) and b.shape == (2, 3) and b.re.dtype == b.im.dtype == mx.float64
+    back = mlx_backend.to_numpy(b)
+    assert back.dtype == np.complex128
+    np.testing.assert_array_equal(back, a)
+    assert flatten_outputs({"v": b}) == {"v": b}                   # one array leaf of an output tree
+
+
+@pytest.mark.parametrize("kernel,arg", [("lru.forward", "h0"), ("lru.rtrl", "h0"), ("lru.fptt1", "h0"),
+                                        ("lru.rtrl", "carry")])
+def test_complex128_is_refused_by_the_kernels_outside_the_fptt_carriers(kernel, arg):
+    """Only the carry of the lru's FPTT phases is complex128 (the reference's carriers); a complex128 state, or an
+    RTRL trace, is refused with the reason — never computed in complex64."""
+    inputs = make_case_inputs(kernel, "float32", TINY, 0, {})
+    args = map_arrays(mlx_backend.to_backend, inputs)
+    if arg == "carry":
+        args["carry"] = {k: runtime.Complex128.from_numpy(v.astype(np.complex128)) for k, v in inputs["carry"].items()}
+    else:
+        args[arg] = runtime.Complex128.from_numpy(inputs[arg].astype(np.complex128))
     with pytest.raises(DTypeError, match="complex128"):
-        mlx_backend.to_backend(rng.standard_normal(4) + 1j * rng.standard_normal(4))
+        mlx_backend.KERNELS[kernel](**args)
 
 
 def test_to_numpy_is_a_copy(rng):
@@ -103,15 +126,15 @@ def test_float64_refused_on_a_gpu_default_device(gpu_default):
     assert "CPU" in mlx_backend.unsupported_dtype("gru.forward", "float64")
 
 
-@pytest.mark.parametrize("kernel", ["gru.fptt", "lru.fptt"])
+@pytest.mark.parametrize("kernel", ["gru.fptt", "lru.fptt", "gru.fptt1", "lstm.fptt_warmup", "lru.fptt_warmup"])
 def test_fptt_float32_runs_on_a_gpu_default_device(kernel, gpu_default):
-    """FPTT keeps float64 carriers in every dtype (the reference's default): its float32 kernels run on the CPU
-    stream whatever the default device, and still match the reference."""
+    """FPTT keeps float64 carriers in every dtype (the reference's default): its float32 kernels, float64 carry and
+    all, run on the CPU stream whatever the default device, and still match the reference."""
     inputs = make_case_inputs(kernel, "float32", TINY, 0, {})
     got = flatten_outputs(mlx_backend.KERNELS[kernel](**map_arrays(mlx_backend.to_backend, inputs)))
     want = flatten_outputs(KERNELS[kernel].reference(**inputs))
     for name, ref in want.items():
-        np.testing.assert_allclose(np.array(got[name]), ref, rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(mlx_backend.to_numpy(got[name]), ref, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_float32_runs_on_a_gpu_default_device(gpu_default):
@@ -149,14 +172,16 @@ def test_kernel_takes_and_returns_mx_arrays_and_mutates_nothing(kernel):
     names, and every input still holds its values afterwards."""
     inputs = make_case_inputs(kernel, "float32", TINY, 3, _variant(kernel))
     args = map_arrays(mlx_backend.to_backend, inputs)
-    before = {k: np.array(v) for k, v in flatten_outputs(args).items() if isinstance(v, mx.array)}
+    arrays = (mx.array, runtime.Complex128)                  # Complex128: the lru's FPTT carriers (complex128)
+    before = {k: mlx_backend.to_numpy(v) for k, v in flatten_outputs(args).items() if isinstance(v, arrays)}
     out = mlx_backend.KERNELS[kernel](**args)
     got, want = flatten_outputs(out), flatten_outputs(KERNELS[kernel].reference(**inputs))
     assert sorted(got) == sorted(want)
-    assert all(isinstance(v, mx.array) for v in got.values())
+    for name, value in got.items():
+        assert isinstance(value, mx.array if want[name].dtype != np.complex128 else runtime.Complex128), name
     after = flatten_outputs(args)
     for name, value in before.items():
-        np.testing.assert_array_equal(np.array(after[name]), value, err_msg=f"{kernel} mutated {name}")
+        np.testing.assert_array_equal(mlx_backend.to_numpy(after[name]), value, err_msg=f"{kernel} mutated {name}")
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 5])
@@ -165,6 +190,32 @@ def test_lru_rtrl_carries_its_traces_between_blocks(chunk, monkeypatch):
     block to block (R3) — the result must still be the reference's exact RTRL."""
     monkeypatch.setattr(online_lru, "CHUNK", chunk)
     assert assert_matches_reference("lru.rtrl", "mlx", "float32", dict(T=13, B=3, I=5, H=7), 0, {}) <= 1e-4
+
+
+def test_lru_rtrl_honours_any_carry_as_given(rng):
+    """lru.rtrl keeps compact traces inside but reads the carry's five traces as they are (the carried part moves on
+    by linearity, module docstring): a random carry — not one a sweep could reach, where S_θ is no multiple of S_ν —
+    still gives the reference's gradients and carry."""
+    inputs = make_case_inputs("lru.rtrl", "float32", dict(T=9, B=2, I=3, H=5), 0, {})
+    inputs["carry"] = {k: (rng.standard_normal(v.shape) + 1j * rng.standard_normal(v.shape)).astype(np.complex64)
+                       for k, v in inputs["carry"].items()}
+    got = flatten_outputs(call("lru.rtrl", "mlx", **inputs))
+    want = flatten_outputs(KERNELS["lru.rtrl"].reference(**inputs))
+    for name, ref in want.items():
+        assert np.linalg.norm(got[name] - ref) <= 1e-5 * np.linalg.norm(ref), name
+
+
+@pytest.mark.parametrize("kernel", ["gru.rtrl", "lstm.snap1", "lru.rtrl", "rnn.fptt1", "lstm.fptt_warmup",
+                                    "lru.fptt1"])
+def test_a_carry_of_the_wrong_layout_is_refused(kernel):
+    """A carry with a missing name or a wrong shape (another batch size) is a ShapeError, as in the reference."""
+    from refimpl.errors import ShapeError
+    inputs = make_case_inputs(kernel, "float32", TINY, 0, _variant(kernel))
+    name = sorted(inputs["carry"])[0]
+    for carry in ({k: v for k, v in inputs["carry"].items() if k != name},
+                  {**inputs["carry"], name: inputs["carry"][name][:1]}):
+        with pytest.raises(ShapeError, match="carr"):
+            call(kernel, "mlx", **{**inputs, "carry": carry})
 
 
 def test_reference_and_mlx_caches_interchange(cpu_default):
@@ -180,6 +231,118 @@ def test_reference_and_mlx_caches_interchange(cpu_default):
     from_mlx = KERNELS["lstm.backward"].reference(inputs["params"], dh, map_arrays(np.array, cache_mlx))
     for k in from_mlx:
         np.testing.assert_allclose(np.array(from_ref[k]), from_mlx[k], rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- streams in chunks
+
+#: The carried kernels: the RTRL family and FPTT's two phases (refimpl/kernels.py).
+CARRIED = sorted(k for k in KERNELS if k.split(".")[1] in ("rtrl", "snap1", "truncated", "spatial", "cec", "fptt1",
+                                                           "fptt_warmup"))
+STREAM = dict(T=13, B=2, I=3, H=4)
+#: Chunk sizes, cycled until the stream ends (the last chunk takes what is left); (13,) is the uncut sweep.
+CUTS = [(1,), (7,), (1, 7, 2), (13,)]
+
+
+def _dtype(kernel):
+    """float64 where MLX has it (the CPU stream); the lru runs complex64 states (its carriers are still float64)."""
+    return "float32" if kernel.startswith("lru.") else "float64"
+
+
+def _tolerance(kernel):
+    return 1e-5 if kernel.startswith("lru.") else 1e-10
+
+
+def _chunks(T, cut):
+    t = 0
+    for size in itertools.cycle(cut):
+        if t >= T:
+            return
+        yield slice(t, min(t + size, T))
+        t += size
+
+
+def _run_stream(kernel, inputs, cut, carry=None):
+    """Run `kernel` over the stream of `inputs` cut into chunks, handing "state" and "carry" from call to call;
+    → (Σ of every gradient over the chunks, x̄ of every step if the kernel returns one, the last state and carry)."""
+    state_arg = next(k for k in ("h0", "state0") if k in inputs)
+    state, sums, dx = inputs[state_arg], {}, []
+    carry = inputs.get("carry") if carry is None else carry
+    for chunk in _chunks(inputs["x"].shape[0], cut):
+        out = call(kernel, "mlx", **{**inputs, "x": inputs["x"][chunk], "dh": inputs["dh"][chunk],
+                                     state_arg: state, "carry": carry})
+        for k in inputs["params"]:
+            if k in out:                                           # the warm-up has no gradients
+                sums[k] = sums.get(k, 0.0) + out[k].astype(np.float64)
+        if "x" in out:
+            dx.append(out["x"])
+        state, carry = out["state"], out["carry"]
+    return sums, (np.concatenate(dx) if dx else None), state, carry
+
+
+def _rel(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-300))
+
+
+@pytest.mark.parametrize("kernel", CARRIED)
+def test_a_stream_in_chunks_gives_the_uncut_sweep(kernel, cpu_default):
+    """A stream of T = 13 steps, cut into chunks of 1, of 7 (7 + 6), of 1, 7, 2, 1, 2 or left whole, through the
+    kernel with the state and the carry handed on from each call to the next (starting from the input spec's
+    non-trivial carry, and from None), gives the same gradient sums, x̄, final state and final carry as one call over
+    the whole stream: ≤ 1e-10 relative in float64 (the lru: complex64 states, ≤ 1e-5)."""
+    inputs = make_case_inputs(kernel, _dtype(kernel), STREAM, 5, _variant(kernel))
+    tol = _tolerance(kernel)
+    for start in ("spec", None):
+        stream = inputs if start == "spec" else {**inputs, "carry": None}
+        want_sums, want_dx, want_state, want_carry = _run_stream(kernel, stream, (STREAM["T"],))
+        if start is None and kernel.split(".")[1] not in ("truncated", "spatial"):
+            assert want_carry, kernel                              # the rule carries something
+        for cut in CUTS[:-1]:
+            sums, dx, state, carry = _run_stream(kernel, stream, cut)
+            worst = max([_rel(sums[k], want_sums[k]) for k in want_sums]
+                        + [_rel(a, b) for a, b in zip(flatten_outputs(state).values(),
+                                                       flatten_outputs(want_state).values())]
+                        + [_rel(carry[k], want_carry[k]) for k in want_carry] + [0.0])
+            if want_dx is not None:
+                worst = max(worst, _rel(dx, want_dx))
+            assert sorted(carry) == sorted(want_carry)
+            assert worst <= tol, f"{kernel} cut {cut} from {start} carry: relative error {worst:.2e} > {tol:.0e}"
+
+
+def test_a_stream_in_chunks_fails_without_its_carry(cpu_default):
+    """The check above can fail: dropping the carry between chunks (each chunk from None) changes the gradients."""
+    inputs = make_case_inputs("gru.rtrl", "float64", STREAM, 5, {})
+    whole, _, _, _ = _run_stream("gru.rtrl", {**inputs, "carry": None}, (13,))
+    state, sums = inputs["h0"], {}
+    for chunk in _chunks(13, (7,)):
+        out = call("gru.rtrl", "mlx", inputs["params"], inputs["x"][chunk], state, inputs["dh"][chunk])
+        sums = {k: sums.get(k, 0.0) + out[k] for k in inputs["params"]}
+        state = out["state"]
+    assert _rel(sums["weight_hh"], whole["weight_hh"]) > 1e-3
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lru"])
+@pytest.mark.parametrize("cut", [(1,), (3,), (7,)])
+def test_fptt_from_its_phases_in_chunks_is_the_whole_fptt(cell, cut, cpu_default):
+    """<cell>.fptt_warmup over the stream in chunks from None, e_{−1} = −P v' (fptt.start_error), then <cell>.fptt1 in
+    chunks from {"v": e_{−1}}: the gradient sums and x̄ of <cell>.fptt in one call, and its initial-state gradients
+    are e_{−1}. (The lstm on T = 7, where its FPTT is well conditioned, docs/derivations/fptt.md §7.)"""
+    from refimpl.algorithms.fptt import start_error
+    from refimpl.cells import CELLS, resolve_cell
+    kernel = f"{cell}.fptt"
+    T = 7 if cell == "lstm" else STREAM["T"]
+    inputs = make_case_inputs(kernel, _dtype(kernel), {**STREAM, "T": T}, 2, _variant(kernel))
+    want = call(kernel, "mlx", **inputs)
+    _, _, _, warm = _run_stream(f"{cell}.fptt_warmup", {**inputs, "carry": None}, cut)
+    e_start = start_error(resolve_cell(cell, STREAM["I"], STREAM["H"], _dtype(kernel)), warm)
+    sums, dx, _, _ = _run_stream(f"{cell}.fptt1", inputs, cut, carry={"v": e_start})
+    tol = _tolerance(kernel)
+    for k in inputs["params"]:
+        assert _rel(sums[k], want[k]) <= tol, k
+    assert _rel(dx, want["x"]) <= tol
+    starts = np.split(e_start, len(CELLS[cell].GRAD_STATE_KEYS), axis=-1)
+    for key, e in zip(CELLS[cell].GRAD_STATE_KEYS, starts):
+        assert _rel(e, want[key]) <= tol, key
 
 
 # ---------------------------------------------------------------------------------------------- Metal kernels
