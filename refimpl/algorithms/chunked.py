@@ -17,8 +17,9 @@ stream produced chunk by chunk, never whole in memory) is cut into chunks [t0, t
                    the warm-up phase fptt_warmup in the layer that warms up in this pass
           tbptt    the cell's BPTT inside the chunk (its backward kernel): the graph cut at the chunk's start
     (4) accumulate the gradient; with update_every = K, after every K steps the gradient since the last update goes
-                   to on_update(grads) -> new params, which the rest of the stream uses (the chunks are also cut at
-                   every multiple of K, so each chunk runs with one set of parameters)
+                   to on_update(grads, t, loss) -> new params (t: the steps done; loss: Σ l_t since the last update),
+                   which the rest of the stream uses (the chunks are also cut at every multiple of K, so each chunk
+                   runs with one set of parameters)
 
 Memory: O(C) activations plus the carries (the states, the traces or FPTT's carriers, the running sum), independent of
 T. C = 1 is the textbook step loop (the reference's default, NumPy); a larger C amortises a kernel call over C steps.
@@ -215,12 +216,12 @@ def run_stream(model, params, source, loss, kernels, make_adjoint: Callable, *, 
     T, B = source.length, source.batch
     states = [c.zero_state(B) for c in model.cells]
     grads = {k: np.zeros_like(v) for k, v in params.items()}
-    run_sum, total, dx_all = None, 0.0, None
+    run_sum, total, since, dx_all = None, 0.0, 0.0, None
     for t0, t1 in chunk_bounds(T, chunk, update_every):
         x, y, mask = source.chunk(t0, t1)
         u, cache, new_states = forward_chunk(model, params, kernels, x, states)                     # (1)
         head = head_chunk(model, params, u, t0, T, y, loss, mask, run_sum)                         # (2)
-        run_sum, total = head.run_sum, total + head.loss
+        run_sum, total, since = head.run_sum, total + head.loss, since + head.loss
         step_grads, dx = stack_backward(model, params, head.du, cache, make_adjoint(states), lowest)   # (3)
         if head.readout is not None:                                                               # (4)
             grads["readout.weight"] += head.readout["weight"]
@@ -231,8 +232,8 @@ def run_stream(model, params, source, loss, kernels, make_adjoint: Callable, *, 
             dx_all[t0:t1] = dx
         states = new_states
         if update_every is not None and t1 % update_every == 0 and t1 < T:                         # (4) update
-            params = on_update(grads)
-            grads = {k: np.zeros_like(v) for k, v in params.items()}
+            params = on_update(grads, t1, since)
+            grads, since = {k: np.zeros_like(v) for k, v in params.items()}, 0.0
     return total, grads, dx_all
 
 

@@ -147,7 +147,8 @@ def online_grads(model, params, x, y=None, loss="mse", mask=None, *, algorithm="
     here, step by step, on NumPy only.
 
     Truly online training: with update_every=k, after every k steps (before the sequence ends) the gradient
-    accumulated since the last update is handed to on_update(grads) -> new params, which the rest of the sequence
+    accumulated since the last update is handed to on_update(grads, t, loss) -> new params (t: the steps done, loss:
+    Σ l_t since the last update), which the rest of the sequence
     then uses; the traces carry on (they are not reset: the usual online-RTRL approximation once weights move).
     Returns (loss_value, grads) with a gradient for every parameter (no "x": forward-mode methods give no input
     gradients) — with update_every, the gradient since the last update.

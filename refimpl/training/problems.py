@@ -170,7 +170,7 @@ def truly_online(model, params, x, y, loss, mask, config: TrainConfig, opt: opti
     check_inputs(model, params, x, y, loss, mask)
     current = {"params": dict(params), "opt": opt_state}
 
-    def on_update(grads):
+    def on_update(grads, t=None, loss=None):
         bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
         if bad:
             raise NumericalError(f"the gradient of {bad[0]!r} is not finite")
