@@ -132,23 +132,6 @@ def _rtrl_loop(x, h, dh, W2T, lam, chunk, n_blocks, gq, gg, Q, Sg, Zre, Zim, Gre
 RTRL_BLOCKS = 4
 
 
-def _traces_in(params, carry, B, N, I, rdt, cdt):
-    """The compact traces (Q, S^γ pairs r(B,2N); Z as Zre, Zim r(B,N,I)) from the reference's "diag" carry
-    {nu_log, theta_log, gamma_log: c(B,N), B_re, B_im: c(B,N,I)} (rtrl.py, "Trace layouts"): Q = −e^{−ν} S_ν,
-    Z = S_Bre / γ, S^γ = S_γlog; zero for carry None (S_{-1} = 0, r 3). A carry is a reachable one (what a previous
-    call returned), so S_θ = i e^θ Q and S_Bim = iγ Z hold and are not read."""
-    if carry is None:
-        return (np.zeros((B, 2 * N), rdt), np.zeros((B, 2 * N), rdt), np.zeros((B, N, I), rdt),
-                np.zeros((B, N, I), rdt))
-    check_carry(carry, {"nu_log": (B, N), "theta_log": (B, N), "gamma_log": (B, N), "B_re": (B, N, I),
-                        "B_im": (B, N, I)}, "lru.rtrl")
-    gamma = np.exp(params["gamma_log"].astype(np.float64))
-    Q = -np.exp(-params["nu_log"].astype(np.float64)) * np.asarray(carry["nu_log"], np.complex128)   # S_ν = −e^ν Q
-    Z = np.asarray(carry["B_re"], np.complex128) / gamma[:, None]                                     # S_Bre = γ Z
-    return (_pairs(Q, cdt, rdt).copy(), _pairs(carry["gamma_log"], cdt, rdt).copy(),
-            contiguous(Z.real, rdt), contiguous(Z.imag, rdt))
-
-
 def _traces_out(params, Q, Sg, Zre, Zim, cdt):
     """The reference's "diag" carry from the compact traces (lru 10): S_ν = −e^ν Q, S_θ = i e^θ Q, S_Bre = γ Z,
     S_Bim = iγ Z, S_γlog = S^γ, in the state's complex dtype."""
@@ -168,13 +151,36 @@ def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=
     lam, gamma, rdt, cdt, W2, lam_p = _setup(params, x)
     N = lam.shape[0]
     gq, gg = np.zeros((N, 2)), np.zeros(N)
-    Q, Sg, Zre, Zim = _traces_in(params, carry, B, N, I, rdt, cdt)               # Z: the O(B·N·I) trace
+    Q, Sg = np.zeros((B, 2 * N), rdt), np.zeros((B, 2 * N), rdt)                   # the chunk's own part, from 0
+    Zre, Zim = np.zeros((B, N, I), rdt), np.zeros((B, N, I), rdt)                  # Z: the O(B·N·I) trace
     Gre, Gim = np.zeros((N, I), rdt), np.zeros((N, I), rdt)
     h = _pairs(h0, cdt, rdt).copy()
     _rtrl_loop(contiguous(x, rdt), h, _pairs(dh, cdt, rdt), contiguous(W2.T, rdt), lam_p, CHUNK, min(B, RTRL_BLOCKS),
                gq, gg, Q, Sg, Zre, Zim, Gre, Gim)
     grads = lru_param_grads(np, params, gq[:, 0], gq[:, 1], Gre, Gim, gamma, gamma_log=gg)      # (r 8)
-    return {**grads, "state": h.view(cdt), "carry": _traces_out(params, Q, Sg, Zre, Zim, cdt)}
+    out = _traces_out(params, Q, Sg, Zre, Zim, cdt)
+    if carry is not None:
+        grads, out = _with_carry(params, carry, lam, dh, grads, out, B, N, I)
+    return {**grads, "state": h.view(cdt), "carry": out}
+
+
+def _with_carry(params, carry, lam, dh, grads, out, B, N, I):
+    """The carried traces' part, by linearity: (r 8) is linear in S, so a chunk from S_{-1} is the chunk from 0 plus
+    λ^{t+1} ⊙ S_{-1} at step t. Its gradient is Re Σ_b conj(S_{-1}) ⊙ w with w = Σ_t conj(λ^{t+1}) δ_t (B, N), and the
+    carry out gains λ^T ⊙ S_{-1}. Once per call (O(T·B·N) for w), exact for any carry — also one made with other
+    parameters (an update inside the stream changes ν, θ, γ between chunks)."""
+    check_carry(carry, {"nu_log": (B, N), "theta_log": (B, N), "gamma_log": (B, N), "B_re": (B, N, I),
+                        "B_im": (B, N, I)}, "lru.rtrl")
+    powers = np.cumprod(np.broadcast_to(lam.astype(np.complex128), (dh.shape[0], N)), axis=0)    # λ^{t+1} (T, N)
+    w = np.einsum("tn,tbn->bn", np.conj(powers), dh.astype(np.complex128))                     # (B, N)
+    grads, out = dict(grads), dict(out)
+    for name, S0 in carry.items():
+        S0 = np.asarray(S0, np.complex128)
+        wb = w.reshape(w.shape + (1,) * (S0.ndim - 2))
+        grads[name] = (grads[name] + np.real(np.einsum("bn...->n...", np.conj(S0) * wb))).astype(grads[name].dtype)
+        lamT = powers[-1].reshape((N,) + (1,) * (S0.ndim - 2))
+        out[name] = (out[name] + lamT * S0).astype(out[name].dtype)
+    return grads, out
 
 
 # ------------------------------------------------------------------------------------- truncated, spatial (r 13, 14)

@@ -197,3 +197,19 @@ def test_a_wrong_carry_is_refused(kernel):
         call(kernel, "numba", **{**inputs, "carry": {**inputs["carry"], name: inputs["carry"][name][:1]}})
     with pytest.raises(ShapeError):
         call(kernel, "numba", **{**inputs, "carry": {k: v for k, v in inputs["carry"].items() if k != name}})
+
+
+def test_lru_rtrl_takes_any_carry_like_the_reference():
+    """A carry no sweep with these parameters could reach (an update inside the stream changed ν, θ, γ; here: random
+    traces) is taken exactly as the reference takes it (the carried part enters by linearity, not through the
+    kernel's compact traces)."""
+    spec = KERNELS["lru.rtrl"]
+    rng = np.random.default_rng(3)
+    inputs = spec.make_inputs(rng, np.dtype("float64"), dict(T=9, B=3, I=4, H=5))
+    inputs["carry"] = {k: rng.standard_normal(v.shape) + 1j * rng.standard_normal(v.shape)
+                       for k, v in inputs["carry"].items()}
+    want = flatten_outputs(call("lru.rtrl", "numpy", **inputs))
+    got = flatten_outputs(call("lru.rtrl", "numba", **inputs))
+    assert set(got) == set(want)
+    for name in want:
+        assert rel_error(got[name], want[name]) < 1e-12, name
