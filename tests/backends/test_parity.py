@@ -88,7 +88,7 @@ def _signature_arguments(signature: str) -> list:
             if ch == ")":
                 return args
             continue
-        depth += (ch in "([") - (ch in ")]")
+        depth += (ch in "([{") - (ch in ")]}")
         current += ch
     raise AssertionError(f"unbalanced signature {signature!r}")
 
