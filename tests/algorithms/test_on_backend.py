@@ -1,8 +1,10 @@
 """The RTRL family and FPTT on a backend (refimpl/algorithms/on_backend.py) give the reference's gradients.
 
-Two independent computations: the reference runs the algorithm online, step by step (refimpl/algorithms/online.py,
-refimpl/algorithms/fptt.py); a backend runs it as whole-sequence sweeps (the backend's <cell>.<rule> kernels inside
-BPTT's walk down the stack). Every backend that runs here and implements the kernels is checked, in float64, on one-
+Two independent computations: the reference runs the algorithm online, step by step (the chunked driver,
+refimpl/algorithms/chunked.py, with chunk = 1 on NumPy: the reference's sweep functions); a backend runs the same
+driver with its <cell>.<rule>, <cell>.fptt1 and <cell>.fptt_warmup kernels, each call one sweep over a chunk (here the
+default chunk covers the whole sequence). Chunk sizes 1 < C < T, tbptt and updates inside a sequence:
+tests/algorithms/test_chunked.py. Every backend that runs here and implements the kernels is checked, in float64, on one-
 and multi-layer models with the pieces that route errors between layers (encoder, LayerNorm, FFN, residual).
 """
 
