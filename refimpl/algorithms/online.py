@@ -45,7 +45,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import rtrl
-from .chunked import check_supported, per_layer_grads
+from .chunked import check_chunk, check_supported, per_layer_grads
 from ..cells.common import add_into
 from ..errors import UnsupportedError
 from ..nn.layers import linear_backward, linear_forward
@@ -167,6 +167,8 @@ def online_grads(model, params, x, y=None, loss="mse", mask=None, *, algorithm="
         raise UnsupportedError("whole-stack rtrl runs on a sequence in memory, not on a stream; use algorithm "
                                "'online' (per-layer RTRL, exact at the top) for a stream")
     check_supported(model, mask)
+    if chunk is not None:
+        check_chunk(chunk, x.shape[0])            # validated alike; the whole-stack sensitivity runs step by step
     if update_every is not None:
         raise UnsupportedError("update_every with whole-stack rtrl is not supported (its sequences run one after "
                                "another); use algorithm 'online' (per-layer RTRL) for truly online updates")

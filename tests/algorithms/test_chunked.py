@@ -493,12 +493,11 @@ def test_bad_chunks_are_refused(chunk, match):
             model_grads(model, params, x, y, loss=loss, mask=mask, algorithm=algorithm, chunk=chunk)
 
 
-@pytest.mark.xfail(strict=True, reason="whole-stack rtrl (refimpl/algorithms/online.py) runs step by step and never "
-                                      "checks `chunk`: chunk=0 or chunk > T is accepted and ignored")
 def test_whole_stack_rtrl_refuses_bad_chunks_too():
     model, params, x, y, loss, mask = _case("gru", {}, "2layers-mlp-cummean")
-    with pytest.raises(UnsupportedError, match="chunk"):
-        model_grads(model, params, x, y, loss=loss, mask=mask, algorithm="rtrl", chunk=0)
+    for chunk in (0, x.shape[0] + 1):
+        with pytest.raises(UnsupportedError, match="chunk"):
+            model_grads(model, params, x, y, loss=loss, mask=mask, algorithm="rtrl", chunk=chunk)
 
 
 def test_tbptt_refusals():
