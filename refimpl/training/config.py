@@ -76,9 +76,12 @@ def check_config(config: TrainConfig) -> None:
     """Refuse counts and sizes that are not positive integers (the task, model and algorithm check their own)."""
     for name in ("layers", "hidden", "epochs", "batch_size", "log_every"):
         positive_int(name, getattr(config, name))
-    for name in ("steps", "checkpoint_every", "update_every", "chunk", "micro_batch"):
+    for name in ("steps", "checkpoint_every"):
         if getattr(config, name) is not None:
             positive_int(name, getattr(config, name))
+    for name in ("update_every", "chunk", "micro_batch"):     # the run options' names as the CLI spells them
+        if getattr(config, name) is not None:
+            positive_int("--" + name.replace("_", "-"), getattr(config, name))
 
 
 #: Equilibrium propagation where the caller does not say: free-phase steps T, nudged steps K, nudge strength β, and
