@@ -174,7 +174,8 @@ def train_stream(config: TrainConfig, run_dir, *, resume: bool = False, progress
         val_loss, val_acc = evaluate_stream(task, model, params, kernels, "val", B)
         test_loss, test_acc = evaluate_stream(task, model, params, kernels, "test", B)
         elapsed = time.perf_counter() - t_start
-        for split, loss, acc in (("val", val_loss, val_acc), ("test", test_loss, test_acc)):
+        done = resume and start == total                   # a finished run resumed: its val record is kept
+        for split, loss, acc in (("val", val_loss, val_acc), ("test", test_loss, test_acc))[int(done):]:
             log.write({"split": split, "step": total, "t": T, "loss": loss, "accuracy": acc, "time_s": elapsed})
     finally:
         log.close()
