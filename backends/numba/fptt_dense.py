@@ -1,25 +1,36 @@
-r"""The dense cells' FPTT sweeps (rnn, gru, lstm .fptt / .fptt1) as Numba loops.
+r"""The dense cells' FPTT sweeps (rnn, gru, lstm .fptt / .fptt_warmup / .fptt1) as Numba loops.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/fptt.py
-fptt_cell_grads with check=False, float64 carriers). Equation numbers: "(f n)" is refimpl/algorithms/fptt.py, "(r n)"
-refimpl/algorithms/rtrl.py, "(n)" the cell's module in refimpl/cells/. S = R·H is the state width: H, or 2H for the
-lstm's [h; c].
+fptt_warmup, fptt_errors and fptt_cell_grads with check=False, float64 carriers). Equation numbers: "(f n)" is
+refimpl/algorithms/fptt.py, "(r n)" refimpl/algorithms/rtrl.py, "(n)" the cell's module in refimpl/cells/. S = R·H is
+the state width: H, or 2H for the lstm's [h; c].
+
+Each phase carries, between steps, v_t = e_t − dh_t (fptt.py): e_t = J_t^{−H} v_{t-1} (f 1), v_t = e_t − dh_t, with
+dh_t flattened to (B, S) float64, zero on the lstm's c rows. The kernels:
+
+    <cell>.fptt_warmup  phase 1 over one chunk from the carried (v', P) (None: v' = 0, P = I): (f 1) and P ← P J_tᴴ
+                        (f 2) → {"state", "carry": {"v" (B, S), "P" (B, S, S)}}
+    <cell>.fptt1        phase 2 over one chunk from the carried v (None: e_{-1} = 0): (f 1) and the gradients (f 4)
+                        → {param: grad, "x", "state", "carry": {"v" (B, S)}}
+    <cell>.fptt         both over the whole sequence: the warm-up from None, e_{-1} = −P v' (f 3, fptt.start_error),
+                        the error phase from v = e_{-1} → {param: grad, "x", "h0"[, "c0"] = e_{-1}}
 
     (a) the input projection of all T steps is ONE GEMM outside the time loop (runtime.input_projection);
-    (b) ONE @njit(cache=True) loop runs both phases for every cell. Each step advances the states and forms the step's
+    (b) each phase is ONE @njit(cache=True) loop for every cell. Each step advances the states and forms the step's
         factors F_ih, F_hh, E (online_dense.step_factors: one BLAS GEMM h_{t-1} W_hhᵀ, the cell's gate and adjoint
         functions of cells.py), assembles A_t = J_tᵀ (B, S, S) from them — J_t[rH+k, j] = Σ_g F_hh[r, g, k]
         W_hh[gH+k, j] on the h_{t-1} columns, + E[r, k] on column (R−1)H+k (r 2) — in the state dtype, stored in
         float64 (as the reference's state_jacobian(…).astype(float64)), and per batch element solves
-        A_t e_t = e_{t-1} − dh_{t-1} (f 1, never an inverse). The warm-up (two_passes) also keeps P ← P A_t (f 2)
-        and ends with e_{-1} = −P (e'_{T-1} − dh_{T-1}) (f 3). The error pass casts e_t to the state dtype and
-        forms the step's gate adjoints from it, ḡ[gH+k] = Σ_r e_t[rH+k] F[r, g, k] (the step backward with total
-        adjoint e_t, f 4: F is that adjoint for the unit seeds, and the adjoint is linear in its seed);
+        A_t e_t = v_{t-1} (f 1, never an inverse). The warm-up also keeps P ← P A_t (f 2). The error phase casts e_t
+        to the state dtype and forms the step's gate adjoints from it, ḡ[gH+k] = Σ_r e_t[rH+k] F[r, g, k] (the step
+        backward with total adjoint e_t, f 4: F is that adjoint for the unit seeds, and the adjoint is linear in its
+        seed);
     (c) the weight gradients are then ONE GEMM each over all (t, b): ḡᵀ (G·H, T·B) @ [x | h_prev], and x̄ = ḡ W_ih
         (runtime.weight_grads, as the BPTT kernels).
 
-Memory: e, P, A (B, S, S) plus the error pass's ḡ and h_prev (T, B, ·) for the GEMMs of (c).
-Everything is sequential and in a fixed order: results are bit-reproducible run to run.
+Memory: v, P, A (B, S, S) plus the error phase's ḡ and h_prev (C, B, ·) of its chunk for the GEMMs of (c).
+Everything is sequential and in a fixed order: results are bit-reproducible run to run. Inputs (the carry included)
+are never written to; every output is a fresh array.
 
 lstm.fptt: the warm-up multiplies the step Jacobians' inverses, so the difference between two correct float64 sweeps
 (last-bit differences in J_t, a different LU) grows like Π_t 1/σ_min(J_t). The registered lstm.fptt inputs keep that
@@ -29,35 +40,19 @@ and the reference, can differ far beyond the parity tolerance (docs/backends.md)
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
 from refimpl.cells import CELLS
 
 from ..common import check_nonlinearity
-from .online_dense import DENSE, step_factors, sweep_inputs
-from .runtime import plan, scalars, weight_grads
+from .online_dense import DENSE, final_state, step_factors, sweep_inputs
+from .runtime import check_carry, plan, scalars, weight_grads
 
 
-# ------------------------------------------------------------------------------------------------ carriers (f 1-3)
-
-@njit(cache=True)
-def _advance(A, e, d_prev, P, warm, tmp):
-    """(f 1) e[b] ← A[b]⁻¹ (e[b] − d_prev[b]) by a linear solve; (f 2) P[b] ← P[b] A[b] when `warm`."""
-    B = e.shape[0]
-    for b in range(B):
-        e[b] = np.linalg.solve(A[b], e[b] - d_prev[b])                  # (f 1)
-        if warm:
-            np.dot(P[b], A[b], tmp)                                      # (f 2)
-            P[b] = tmp
-
-
-@njit(cache=True)
-def _start(P, e, d_last):
-    """(f 3) e_{-1} = −P (e'_{T-1} − dh_{T-1}), in place."""
-    for b in range(e.shape[0]):
-        e[b] = -np.dot(P[b], e[b] - d_last[b])
-
+# ------------------------------------------------------------------------------------------------------- the loops
 
 @njit(cache=True)
 def _adjoint_jacobian(F_hh, E, W_hh, A, col):
@@ -92,92 +87,184 @@ def _gate_adjoints(es, F, out):
 
 
 @njit(cache=True)
-def _fptt_loop(kind, pre, s0, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, two_passes, tied, e_start, h_prev, g_ih,
-               g_hh):
-    """pre (T, B, G·H) = x W_ihᵀ + b_ih, s0 (B, S), dh (T, B, S) float64 carriers (zero on the lstm's c part); writes
-    e_{-1} (B, S) float64, h_prev (T, B, H) and ḡ_ih (T, B, G·H) of the error pass, and ḡ_hh unless `tied`."""
+def _warmup_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, v, P):
+    """Phase 1 over the chunk: pre (T, B, G·H) = x W_ihᵀ + b_ih, s (B, S) the state (advanced in place), dh (T, B, S)
+    float64 carriers; v (B, S) and P (B, S, S) float64, the carried ones on entry, advanced in place: (f 1), (f 2)."""
+    T, B, GH = pre.shape
+    H = W_hh.shape[1]
+    G, S = GH // H, R * H
+    dt = pre.dtype
+    rec, hp, col = np.empty((B, GH), dt), np.empty((B, H), dt), np.empty(S, dt)
+    F_ih, F_hh, E = np.zeros((B, R, G, H), dt), np.zeros((B, R, G, H), dt), np.zeros((B, R, H), dt)
+    A, tmp = np.empty((B, S, S)), np.empty((S, S))
+    for t in range(T):
+        step_factors(kind, pre[t], s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
+        _adjoint_jacobian(F_hh, E, W_hh, A, col)
+        for b in range(B):
+            e = np.linalg.solve(A[b], v[b])                              # (f 1) e'_t = J_t^{-H} v'_{t-1}
+            v[b] = e - dh[t, b]                                          # v'_t = e'_t − dh_t
+            np.dot(P[b], A[b], tmp)                                      # (f 2) P ← P J_tᴴ
+            P[b] = tmp
+
+
+@njit(cache=True)
+def _errors_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, tied, v, h_prev, g_ih, g_hh):
+    """Phase 2 over the chunk: as _warmup_loop, v the carried one (advanced in place); writes h_prev (T, B, H) and the
+    gate adjoints ḡ_ih (T, B, G·H) of (f 4), and ḡ_hh unless `tied`."""
     T, B, GH = pre.shape
     H = W_hh.shape[1]
     G, S = GH // H, R * H
     dt = pre.dtype
     rec, hp, es, col = np.empty((B, GH), dt), np.empty((B, H), dt), np.empty((B, S), dt), np.empty(S, dt)
     F_ih, F_hh, E = np.zeros((B, R, G, H), dt), np.zeros((B, R, G, H), dt), np.zeros((B, R, H), dt)
-    A, P, tmp = np.empty((B, S, S)), np.zeros((B, S, S)), np.empty((S, S))
-    e, zero = np.zeros((B, S)), np.zeros((B, S))
-    s = s0.copy()
-    if two_passes:                                                       # phase 1: warm-up from e'_{-1} = 0
-        for b in range(B):
-            for k in range(S):
-                P[b, k, k] = 1.0
-        for t in range(T):
-            step_factors(kind, pre[t], s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
-            _adjoint_jacobian(F_hh, E, W_hh, A, col)
-            _advance(A, e, dh[t - 1] if t > 0 else zero, P, True, tmp)   # (f 1), (f 2)
-        _start(P, e, dh[T - 1])                                          # (f 3)
-    e_start[:] = e
-    s[:] = s0
-    for t in range(T):                                                   # phase 2: errors and gate adjoints
+    A = np.empty((B, S, S))
+    for t in range(T):
         step_factors(kind, pre[t], s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
         h_prev[t] = hp
         _adjoint_jacobian(F_hh, E, W_hh, A, col)
-        _advance(A, e, dh[t - 1] if t > 0 else zero, P, False, tmp)      # (f 1)
-        es[:] = e                                                        # e_t in the state dtype
+        for b in range(B):
+            e = np.linalg.solve(A[b], v[b])                              # (f 1) e_t = J_t^{-H} v_{t-1}
+            es[b] = e                                                    # e_t in the state dtype
+            v[b] = e - dh[t, b]                                          # v_t = e_t − dh_t
         _gate_adjoints(es, F_ih, g_ih[t])                                # (f 4)
         if not tied:
             _gate_adjoints(es, F_hh, g_hh[t])
 
 
-def _fptt(cell, params, x, state0, dh, two_passes, nonlinearity="tanh"):
-    """warm-up (when two_passes) and error pass of a dense cell → {param, "x", "h0"[, "c0"]}."""
+# ----------------------------------------------------------------------------------------------------- the kernels
+
+class _Chunk(NamedTuple):
+    """What both phases of one call share: the loops' arguments but the state and the carriers; x; s_{-1} (B, S)."""
+    kind: int
+    pre: np.ndarray          # (T, B, G·H) = x W_ihᵀ + b_ih, rule (a)
+    W_hhT: np.ndarray
+    W_hh: np.ndarray
+    b_hh: np.ndarray
+    dh: np.ndarray           # (T, B, S) float64 carriers, zero on the lstm's c part
+    one: object              # 1 in the state dtype
+    use_tanh: bool
+    R: int
+    x: np.ndarray
+    s0: np.ndarray           # the flattened state before the chunk (not to be written: it may be the caller's)
+    dt: np.dtype             # the state dtype
+
+    def run(self, loop, s, *carriers):
+        """loop (_warmup_loop or _errors_loop) over the chunk from the state s (advanced in place)."""
+        loop(self.kind, self.pre, s, self.W_hhT, self.W_hh, self.b_hh, self.dh, self.one, self.use_tanh, self.R,
+             *carriers)
+
+
+def _chunk(cell, params, x, state0, dh, nonlinearity) -> _Chunk:
     check_nonlinearity(nonlinearity)
-    kind, G, tied = DENSE[cell]
-    keys = CELLS[cell].GRAD_STATE_KEYS                                   # ("h0",) or ("h0", "c0"): one per state row
-    R = len(keys)
+    R = CELLS[cell].STATE_ROWS
     dt, s0, pre, W_hhT, W_hh, b_hh = sweep_inputs(cell, params, x, state0)
     one, _ = scalars(dt)
     T, B, _ = x.shape
     H = W_hh.shape[1]
     carriers = np.zeros((T, B, R * H))
     carriers[:, :, :H] = dh                                              # dh_t as carriers, zero on the lstm's c part
-    e_start, h_prev, g_ih = np.empty((B, R * H)), np.empty((T, B, H), dt), np.empty((T, B, G * H), dt)
-    g_hh = g_ih if tied else np.empty((T, B, G * H), dt)
-    _fptt_loop(kind, pre, s0, W_hhT, W_hh, b_hh, carriers, one, nonlinearity == "tanh", R, two_passes, tied,
-               e_start, h_prev, g_ih, g_hh)
-    grads = weight_grads(params, g_ih, None if tied else g_hh, x, h_prev, dt, plan(T, B, H))    # (f 4), (c)
+    return _Chunk(DENSE[cell].kind, pre, W_hhT, W_hh, b_hh, carriers, one, nonlinearity == "tanh", R, x, s0, dt)
+
+
+def _errors(cell, params, c: _Chunk, s, v) -> dict:
+    """The error phase from v (advanced in place), s advanced in place → {param: grad, "x"} (f 4), (c)."""
+    tied = DENSE[cell].tied
+    T, B, _ = c.x.shape
+    GH, H = c.W_hh.shape
+    h_prev, g_ih = np.empty((T, B, H), c.dt), np.empty((T, B, GH), c.dt)
+    g_hh = g_ih if tied else np.empty((T, B, GH), c.dt)
+    c.run(_errors_loop, s, tied, v, h_prev, g_ih, g_hh)
+    return weight_grads(params, g_ih, None if tied else g_hh, c.x, h_prev, c.dt, plan(T, B, H))     # (f 4), (c)
+
+
+def _carriers(carry, names, B, S, what):
+    """The carriers before a chunk in float64 (copies): the carry's, or a stream's start (v = 0, P = I)."""
+    if carry is None:
+        start = {"v": np.zeros((B, S)), "P": np.broadcast_to(np.eye(S), (B, S, S)).copy()}
+        return [start[k] for k in names]
+    check_carry(carry, {"v": (B, S), "P": (B, S, S)} if "P" in names else {"v": (B, S)}, what)
+    return [np.array(carry[k], dtype=np.float64, order="C") for k in names]
+
+
+def _fptt(cell, params, x, state0, dh, nonlinearity="tanh"):
+    """Both phases over the whole sequence → {param, "x", "h0"[, "c0"]}."""
+    c = _chunk(cell, params, x, state0, dh, nonlinearity)
+    B, S = c.s0.shape
+    v, P = _carriers(None, ("v", "P"), B, S, f"{cell}.fptt")
+    c.run(_warmup_loop, c.s0.copy(), v, P)                               # phase 1 from the stream's start
+    e0 = -np.einsum("bij,bj->bi", P, v)                                  # (f 3) e_{-1} = −P v'_{T-1}
+    grads = _errors(cell, params, c, c.s0.copy(), e0.copy())             # phase 2 from v_{-1} = e_{-1}
+    keys = CELLS[cell].GRAD_STATE_KEYS                                   # ("h0",) or ("h0", "c0"): one per state row
+    H = S // len(keys)
     for r, key in enumerate(keys):
-        grads[key] = e_start[:, r * H:(r + 1) * H].astype(dt)                                   # e_{-1}
+        grads[key] = e0[:, r * H:(r + 1) * H].astype(c.dt)              # e_{-1}
     return grads
 
 
+def _fptt1(cell, params, x, state0, dh, carry, nonlinearity="tanh"):
+    """The error phase over one chunk from the carried v → {param, "x", "state", "carry": {"v"}}."""
+    c = _chunk(cell, params, x, state0, dh, nonlinearity)
+    (v,) = _carriers(carry, ("v",), *c.s0.shape, f"{cell}.fptt1")
+    s = c.s0.copy()
+    grads = _errors(cell, params, c, s, v)
+    return {**grads, "state": final_state(cell, s), "carry": {"v": v}}
+
+
+def _warmup(cell, params, x, state0, dh, carry, nonlinearity="tanh"):
+    """The warm-up over one chunk from the carried (v', P) → {"state", "carry": {"v", "P"}}."""
+    c = _chunk(cell, params, x, state0, dh, nonlinearity)
+    v, P = _carriers(carry, ("v", "P"), *c.s0.shape, f"{cell}.fptt_warmup")
+    s = c.s0.copy()
+    c.run(_warmup_loop, s, v, P)
+    return {"state": final_state(cell, s), "carry": {"v": v, "P": P}}
+
+
 def rnn_fptt(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, nonlinearity: str = "tanh") -> dict:
-    """As kernel rnn.fptt: warm-up (f 1-3) then the error pass (f 1, 4) → {param, "x", "h0"}."""
-    return _fptt("rnn", params, x, h0, dh, True, nonlinearity)
+    """As kernel rnn.fptt: warm-up (f 1-3) then the error phase (f 1, 4) → {param, "x", "h0"}."""
+    return _fptt("rnn", params, x, h0, dh, nonlinearity)
 
 
-def rnn_fptt1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, nonlinearity: str = "tanh") -> dict:
-    """As kernel rnn.fptt1: the error pass only, from e_{-1} = 0."""
-    return _fptt("rnn", params, x, h0, dh, False, nonlinearity)
+def rnn_fptt1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
+              nonlinearity: str = "tanh") -> dict:
+    """As kernel rnn.fptt1: the error phase over one chunk from the carried v (None: e_{-1} = 0)."""
+    return _fptt1("rnn", params, x, h0, dh, carry, nonlinearity)
+
+
+def rnn_fptt_warmup(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
+                    nonlinearity: str = "tanh") -> dict:
+    """As kernel rnn.fptt_warmup: the warm-up over one chunk from the carried (v', P) (None: the stream's start)."""
+    return _warmup("rnn", params, x, h0, dh, carry, nonlinearity)
 
 
 def gru_fptt(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel gru.fptt: warm-up (f 1-3) then the error pass (f 1, 4) → {param, "x", "h0"}."""
-    return _fptt("gru", params, x, h0, dh, True)
+    """As kernel gru.fptt: warm-up (f 1-3) then the error phase (f 1, 4) → {param, "x", "h0"}."""
+    return _fptt("gru", params, x, h0, dh)
 
 
-def gru_fptt1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel gru.fptt1: the error pass only, from e_{-1} = 0."""
-    return _fptt("gru", params, x, h0, dh, False)
+def gru_fptt1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel gru.fptt1: the error phase over one chunk from the carried v (None: e_{-1} = 0)."""
+    return _fptt1("gru", params, x, h0, dh, carry)
+
+
+def gru_fptt_warmup(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel gru.fptt_warmup: the warm-up over one chunk from the carried (v', P) (None: the stream's start)."""
+    return _warmup("gru", params, x, h0, dh, carry)
 
 
 def lstm_fptt(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
-    """As kernel lstm.fptt: warm-up (f 1-3) then the error pass (f 1, 4) → {param, "x", "h0", "c0"}."""
-    return _fptt("lstm", params, x, state0, dh, True)
+    """As kernel lstm.fptt: warm-up (f 1-3) then the error phase (f 1, 4) → {param, "x", "h0", "c0"}."""
+    return _fptt("lstm", params, x, state0, dh)
 
 
-def lstm_fptt1(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
-    """As kernel lstm.fptt1: the error pass only, from e_{-1} = 0."""
-    return _fptt("lstm", params, x, state0, dh, False)
+def lstm_fptt1(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lstm.fptt1: the error phase over one chunk from the carried v (None: e_{-1} = 0)."""
+    return _fptt1("lstm", params, x, state0, dh, carry)
 
 
-KERNELS = {"rnn.fptt": rnn_fptt, "rnn.fptt1": rnn_fptt1, "gru.fptt": gru_fptt, "gru.fptt1": gru_fptt1,
-           "lstm.fptt": lstm_fptt, "lstm.fptt1": lstm_fptt1}
+def lstm_fptt_warmup(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lstm.fptt_warmup: the warm-up over one chunk from the carried (v', P) (None: the stream's start)."""
+    return _warmup("lstm", params, x, state0, dh, carry)
+
+
+KERNELS = {f"{c}.{phase}": globals()[f"{c}_{phase}"] for c in ("rnn", "gru", "lstm")
+           for phase in ("fptt", "fptt1", "fptt_warmup")}

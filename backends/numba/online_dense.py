@@ -1,15 +1,20 @@
 r"""The dense cells' RTRL family (rnn, gru, lstm .rtrl / .snap1 / .truncated / .spatial; lstm.cec) as Numba loops.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
-cell_grads_online): {param: gradient} from zero traces. Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py and
-docs/derivations/rtrl.md (same numbering), "(n)" the cell's module in refimpl/cells/. Shapes: B batch, T time, I input
-width, H hidden units, G gate blocks (rnn 1, gru 3, lstm 4), R state rows per unit (the cell's STATE_ROWS: 1; 2 for
-the lstm's (h_k, c_k)), S = R·H the state width (rows [h; c] for the lstm), C = I + H + 2.
+sweep): each kernel sweeps one chunk of a stream, (params, x, h0 | state0, dh, carry=None) → {param: gradient over the
+chunk, "state": the state after it, "carry": the traces after it}, so that a stream cut into chunks of any size gives
+the gradients of one uncut sweep (DESIGN.md §5). The carry is the reference's trace layout exactly (rtrl.py, "Trace
+layouts"): "dense" (B, S, *shape) for rtrl, "unit" (B, R, H, G, *X) for snap1 and cec, {} for truncated and spatial;
+carry None is S_{-1} = 0. It is converted to the loops' layouts below once per call, on the way in and out (the
+kernels section). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py and docs/derivations/rtrl.md (same
+numbering), "(n)" the cell's module in refimpl/cells/. Shapes: B batch, T time, I input width, H hidden units, G gate
+blocks (rnn 1, gru 3, lstm 4), R state rows per unit (the cell's STATE_ROWS: 1; 2 for the lstm's (h_k, c_k)),
+S = R·H the state width (rows [h; c] for the lstm), C = I + H + 2.
 
-truncated, spatial. Truncation (r 13) holds s_{t-1} constant, so S_t = P_t and the gradient Σ_t Σ_b Σ_k S_t[b, k, …]
-δ_t[b, k] (r 4) is the cell's step backward driven by the instantaneous adjoint δ_t = dh_t alone: the sweep IS the BPTT
-kernel of cells.py without its carry (propagate=False). Spatial (r 14) is the same with the recurrent parameters held
-constant (exact zeros); the states still run through the full recurrence.
+truncated, spatial. Truncation (r 13) holds s_{t-1} constant, so S_t = P_t (nothing is carried) and the gradient
+Σ_t Σ_b Σ_k S_t[b, k, …] δ_t[b, k] (r 4) is the cell's step backward driven by the instantaneous adjoint δ_t = dh_t
+alone: the sweep IS the BPTT kernel of cells.py without its carry (propagate=False). Spatial (r 14) is the same with
+the recurrent parameters held constant (exact zeros); the states still run through the full recurrence.
 
 rtrl, snap1, cec. One parameter axis for all four parameters: row gH+i of weight_ih, bias_ih, weight_hh and bias_hh all
 feed the same pre-activation a_{gH+i}, so they are read as the columns of ONE augmented row [W_ih | b_ih | W_hh | b_hh]
@@ -32,6 +37,7 @@ rtrl (the full sensitivity S_t (B, S, G·H·C), O(S·P) memory):
     (r 3)  S_t = Jh_t S_{t-1}[:H] + P_t + E_t ⊙ S_{t-1}[(R−1)H:]          BLAS GEMM (S, H) @ (H, ·) per b and step
     (r 4)  ∂L/∂θ = Σ_t Σ_b δ_t[b] S_t[b, :H]                              (h rows only)
 
+  S_{-1} is the carried trace (zero at a stream's start, when the first step's GEMM is skipped).
   The GEMM is the O(S·H·P) hot part: for the lstm, whose c_{t-1} columns of J_t are diagonal, it multiplies only the
   h_{t-1} half of S_{t-1}; P_t is added on its pattern in O(R·P). The parameter axis is cut into column blocks of
   whole augmented rows (about BLOCK entries of S per block, the last one zero-padded), stored contiguously
@@ -47,12 +53,14 @@ snap1 and cec (the compact trace T_t[b, k, r, g, c] = S_t[b, rH+k, (gH+k)·C + c
            P̂_t[b, k, r, g, c] = F_t[b, r, g, k] z_t[b, c]
     (r 15) cec: the h_{t-1} column of D is dropped, D = [[0, κ f], [0, f]] (then (r 11) is (r 16))
     (r 12) ∂L/∂θ[gH+k, c] = Σ_t Σ_b δ_t[b, k] T_t[b, k, 0, g, c]          (fused into the update loop)
+  T_{-1} is the carried trace (the reference's "unit" layout (B, R, H, G, *X) with its units moved first), or zero.
 
 Layout: the input projection of all T steps is ONE GEMM outside the time loop (runtime.input_projection); each sweep is
-ONE @njit(cache=True) loop that advances the states per step (one BLAS GEMM h_{t-1} W_hhᵀ into a buffer), forms F, E
-in the state dtype, and updates the traces in place; every buffer is allocated once, before the loop. Float32 kernels
-stay in float32 (the references run in the parameters' dtype too). Everything is sequential and in a fixed order (no
-prange reductions): results are bit-reproducible run to run. Inputs are never written to; every output is a fresh array.
+ONE @njit(cache=True) loop that advances the states per step (one BLAS GEMM h_{t-1} W_hhᵀ into a buffer), forms F,
+E in the state dtype, and updates the carried traces in place; every buffer is allocated once, before the loop.
+Float32 kernels stay in float32 (the references run in the parameters' dtype too). Everything is sequential and in a
+fixed order (no prange reductions): results are bit-reproducible run to run. Inputs are never written to (the carry
+included); every output is a fresh array.
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ from refimpl.cells import CELLS
 from ..common import check_nonlinearity, param_grads
 from .cells import (gru_adjoint, gru_backward, gru_forward, gru_gates, lstm_adjoint, lstm_backward, lstm_forward,
                     lstm_gates, rnn_backward, rnn_forward, rnn_gate, rnn_slope)
-from .runtime import contiguous, input_projection, plan, scalars
+from .runtime import check_carry, contiguous, input_projection, plan, scalars
 
 
 class DenseCell(NamedTuple):
@@ -183,10 +191,11 @@ def _fill_z(z, x_tb, hp_b, one):
 # ------------------------------------------------------------------------------------------------- rtrl (r 3, 4)
 
 @njit(cache=True)
-def _rtrl_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, use_tanh, R, rows, grad):
-    """pre (T, B, G·H) = x W_ihᵀ + b_ih, s0 (B, S), dh (T, B, H). The parameter axis runs in blocks of `rows`
-    augmented rows (rows·C columns; the last block zero-padded); accumulates grad (n_blocks, rows·C) in the state
-    dtype (r 4)."""
+def _rtrl_loop(kind, pre, s, x, dh, W_hhT, W_hh, b_hh, one, use_tanh, R, rows, fresh, sens, grad):
+    """pre (T, B, G·H) = x W_ihᵀ + b_ih, s (B, S) = s_{-1} on entry and the last state on exit, dh (T, B, H),
+    sens (B, n_blocks, S, rows·C) = the carried S_{-1} on entry (zero when `fresh`) and S_{T-1} on exit. The parameter
+    axis runs in blocks of `rows` augmented rows (rows·C columns; the last block zero-padded); accumulates grad
+    (n_blocks, rows·C) in the state dtype (r 4)."""
     T, B, GH = pre.shape
     I = x.shape[2]
     H = W_hh.shape[1]
@@ -194,11 +203,9 @@ def _rtrl_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, use_tanh, R, rows, 
     S, C = R * H, I + H + 2
     n_blocks, Pc = grad.shape
     dt = pre.dtype
-    s = s0.copy()
     rec, hp, z = np.empty((B, GH), dt), np.empty((B, H), dt), np.empty(C, dt)
     F_ih, F_hh, E = np.zeros((B, R, G, H), dt), np.zeros((B, R, G, H), dt), np.zeros((B, R, H), dt)
     Jh, new = np.empty((B, S, H), dt), np.empty((S, Pc), dt)
-    sens = np.zeros((B, n_blocks, S, Pc), dt)                                # S_{-1} = 0 (r 3), blocked columns
     for t in range(T):
         step_factors(kind, pre[t], s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
         for b in range(B):
@@ -213,10 +220,10 @@ def _rtrl_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, use_tanh, R, rows, 
             _fill_z(z, x[t, b], hp[b], one)
             for blk in range(n_blocks):
                 Sb, acc = sens[b, blk], grad[blk]                           # (S, Pc): S_{t-1}, then S_t, in place
-                if t > 0:
+                if t > 0 or not fresh:
                     np.dot(Jh[b], Sb[:H], new)                              # (r 3) Jh_t S_{t-1}[:H]
                 else:
-                    new[:] = 0.0                                            # S_{-1} = 0
+                    new[:] = 0.0                                            # S_{-1} = 0: a stream's start
                 for rho in range(blk * rows, min(blk * rows + rows, GH)):   # (r 3) + P_t on its pattern (r 2)
                     g, k = rho // H, rho % H
                     c0 = (rho - blk * rows) * C
@@ -245,19 +252,18 @@ def _rtrl_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, use_tanh, R, rows, 
 # --------------------------------------------------------------------------------------- snap1, cec (r 9-12, 15-16)
 
 @njit(cache=True)
-def _snap1_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, use_tanh, R, cec, acc):
-    """As _rtrl_loop on the compact trace (B, H, R, G, C); accumulates acc (G, H, C) = the gradient (r 12).
-    cec (lstm only): the h_{t-1} column of D_t dropped (r 15)."""
+def _snap1_loop(kind, pre, s, x, dh, W_hhT, W_hh, b_hh, one, use_tanh, R, cec, trace, acc):
+    """As _rtrl_loop on the compact trace (B, H, R, G, C) (T_{-1}, the carried one or zero, on entry; T_{T-1} on
+    exit); accumulates acc (G, H, C) = the gradient (r 12). cec (lstm only): the h_{t-1} column of D_t dropped
+    (r 15)."""
     T, B, GH = pre.shape
     I = x.shape[2]
     H = W_hh.shape[1]
     G = GH // H
     C = I + H + 2
     dt = pre.dtype
-    s = s0.copy()
     rec, hp, z = np.empty((B, GH), dt), np.empty((B, H), dt), np.empty(C, dt)
     F_ih, F_hh, E = np.zeros((B, R, G, H), dt), np.zeros((B, R, G, H), dt), np.zeros((B, R, H), dt)
-    trace = np.zeros((B, H, R, G, C), dt)                                    # T_{-1} = 0 (r 9)
     zero = one - one
     for t in range(T):
         step_factors(kind, pre[t], s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
@@ -303,35 +309,83 @@ def _snap1_loop(kind, pre, s0, x, dh, W_hhT, W_hh, b_hh, one, use_tanh, R, cec, 
 
 
 # ---------------------------------------------------------------------------------------------------- the kernels
+# The carry crosses the kernel boundary in the reference's layout (refimpl/algorithms/rtrl.py, "Trace layouts") and is
+# converted to the loops' layout once per call, in and out: the four parameters of one row as the C columns of the
+# augmented row, and for rtrl the blocked columns (B, n_blocks, S, rows·C), for snap1/cec units first (B, H, R, G, C).
+
+def _join(parts: dict, out: np.ndarray, I: int, H: int) -> np.ndarray:
+    """Write {weight_ih (…, I), bias_ih (…), weight_hh (…, H), bias_hh (…)} into out (…, C) as the augmented row
+    [W_ih | b_ih | W_hh | b_hh]; returns out."""
+    out[..., :I] = parts["weight_ih"]
+    out[..., I] = parts["bias_ih"]
+    out[..., I + 1:I + 1 + H] = parts["weight_hh"]
+    out[..., I + 1 + H] = parts["bias_hh"]
+    return out
+
+
+def _cut(aug: np.ndarray, I: int, H: int) -> dict:
+    """The inverse of _join: an augmented (…, C) array → {weight_ih, bias_ih, weight_hh, bias_hh} (C-contiguous
+    copies)."""
+    return {"weight_ih": aug[..., :I].copy(), "bias_ih": aug[..., I].copy(),
+            "weight_hh": aug[..., I + 1:I + 1 + H].copy(), "bias_hh": aug[..., I + 1 + H].copy()}
+
 
 def _split(params, g_rows):
     """The augmented (G·H, C) gradient → {weight_ih, bias_ih, weight_hh, bias_hh} in the params' order and dtypes."""
-    I = params["weight_ih"].shape[1]
+    return param_grads(params, _cut(g_rows, params["weight_ih"].shape[1], params["weight_hh"].shape[1]))
+
+
+def _trace_shapes(rule: str, params: dict, B: int, R: int) -> dict:
+    """{param: shape} of the reference's carried traces: "dense" (B, S, *shape) for rtrl, "unit" (B, R, H, G, *X)
+    for snap1 and cec (rtrl.py, "Trace layouts")."""
     H = params["weight_hh"].shape[1]
-    return param_grads(params, {"weight_ih": g_rows[:, :I].copy(), "bias_ih": g_rows[:, I].copy(),
-                                "weight_hh": g_rows[:, I + 1:I + 1 + H].copy(),
-                                "bias_hh": g_rows[:, I + 1 + H].copy()})
+    if rule == "rtrl":
+        return {k: (B, R * H) + p.shape for k, p in params.items()}
+    return {k: (B, R, H, p.shape[0] // H) + p.shape[1:] for k, p in params.items()}
 
 
-def _sweep(cell, rule, params, x, state0, dh, nonlinearity="tanh"):
-    """rtrl, snap1 or cec of a dense cell (module docstring) → {param: grad}."""
+def final_state(cell: str, s: np.ndarray):
+    """The cell's state from the flattened s (B, S): h, or the lstm's LSTMState(h, c) (contiguous copies)."""
+    R = CELLS[cell].STATE_ROWS
+    H = s.shape[1] // R
+    return CELLS[cell].state_from_parts(*(s[:, r * H:(r + 1) * H].copy() for r in range(R)))
+
+
+def _sweep(cell, rule, params, x, state0, dh, carry, nonlinearity="tanh"):
+    """rtrl, snap1 or cec of a dense cell (module docstring) over one chunk from the carried traces (None: zero)
+    → {param: grad, "state", "carry"}."""
     kind, G, R = DENSE[cell].kind, DENSE[cell].gates, CELLS[cell].STATE_ROWS
     dt, s0, pre, W_hhT, W_hh, b_hh = sweep_inputs(cell, params, x, state0)
     one, _ = scalars(dt)
     T, B, I = x.shape
     H = W_hh.shape[1]
-    C = I + H + 2
-    args = (kind, pre, s0, contiguous(x, dt), contiguous(dh, dt), W_hhT, W_hh, b_hh, one, nonlinearity == "tanh", R)
+    S, C = R * H, I + H + 2
+    if carry is not None:
+        check_carry(carry, _trace_shapes(rule, params, B, R), f"{cell}.{rule}")
+    s = s0.copy()                                                            # s_{-1}, advanced in place to s_{T-1}
+    args = (kind, pre, s, contiguous(x, dt), contiguous(dh, dt), W_hhT, W_hh, b_hh, one, nonlinearity == "tanh", R)
     if rule == "rtrl":
         n_blocks = -(-G * H // max(1, min(G * H, BLOCK // (R * H * C))))     # column blocks of ≈ BLOCK entries
         rows = -(-G * H // n_blocks)                                         # augmented rows per block (least padding)
+        if carry is None:
+            sens = np.zeros((B, n_blocks, S, rows * C), dt)                  # S_{-1} = 0 (r 3) at a stream's start
+        else:
+            aug = np.zeros((B, S, n_blocks * rows, C), dt)                   # S[b, s, gH+i, c]; padded rows stay 0
+            _join(carry, aug[:, :, :G * H], I, H)
+            sens = np.ascontiguousarray(aug.reshape(B, S, n_blocks, rows * C).transpose(0, 2, 1, 3))   # blocked
         grad = np.zeros((n_blocks, rows * C), dt)
-        _rtrl_loop(*args, rows, grad)
+        _rtrl_loop(*args, rows, carry is None, sens, grad)
         grad = grad.reshape(-1)[:G * H * C]
+        traces = _cut(sens.transpose(0, 2, 1, 3).reshape(B, S, n_blocks * rows, C)[:, :, :G * H], I, H)
     else:
+        trace = np.zeros((B, H, R, G, C), dt)                                # T_{-1} = 0 (r 9) at a stream's start
+        if carry is not None:
+            _join(carry, trace.transpose(0, 2, 1, 3, 4), I, H)               # (B, R, H, G, ·) → units first
         grad = np.zeros((G, H, C), dt)
-        _snap1_loop(*args, rule == "cec", grad)
-    return _split(params, grad.reshape(G * H, C))
+        _snap1_loop(*args, rule == "cec", trace, grad)
+        traces = _cut(trace.transpose(0, 2, 1, 3, 4), I, H)
+    return {**_split(params, grad.reshape(G * H, C)), "state": final_state(cell, s),
+            "carry": {k: v.astype(x.dtype, copy=False) for k, v in traces.items()}}
 
 
 _CELL_KERNELS = {"rnn": (rnn_forward, rnn_backward), "gru": (gru_forward, gru_backward),
@@ -339,7 +393,8 @@ _CELL_KERNELS = {"rnn": (rnn_forward, rnn_backward), "gru": (gru_forward, gru_ba
 
 
 def _truncated(cell, params, x, state0, dh, recurrent, **options):
-    """(r 13): the cell's forward, then its backward without the carry; (r 14) zeroes the recurrent parameters'."""
+    """(r 13): the cell's forward, then its backward without the carry; (r 14) zeroes the recurrent parameters'.
+    Nothing is carried (S_t = P_t): the carry is {} and any carry passed in is not read, as in the reference."""
     forward, backward = _CELL_KERNELS[cell]
     _, cache = forward(params, x, state0, **options)
     grads = backward(params, dh, cache, propagate=False, **options)
@@ -347,73 +402,81 @@ def _truncated(cell, params, x, state0, dh, recurrent, **options):
     if not recurrent:
         for k in CELLS[cell].RECURRENT_PARAMS:                             # (r 14) held constant
             out[k] = np.zeros_like(params[k])
-    return out
+    parts = (getattr(cache, key[:-1])[-1].copy() for key in CELLS[cell].GRAD_STATE_KEYS)   # h (and c) at T−1
+    return {**out, "state": CELLS[cell].state_from_parts(*parts), "carry": {}}
 
 
-def rnn_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, nonlinearity: str = "tanh") -> dict:
-    """As kernel rnn.rtrl: exact RTRL (r 3, 4) → {param: grad}."""
+def rnn_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
+             nonlinearity: str = "tanh") -> dict:
+    """As kernel rnn.rtrl: exact RTRL (r 3, 4) over one chunk → {param: grad, "state", "carry": dense traces}."""
     check_nonlinearity(nonlinearity)
-    return _sweep("rnn", "rtrl", params, x, h0, dh, nonlinearity)
+    return _sweep("rnn", "rtrl", params, x, h0, dh, carry, nonlinearity)
 
 
-def rnn_snap1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, nonlinearity: str = "tanh") -> dict:
-    """As kernel rnn.snap1: SnAp-1 on the compact trace (r 9-12) → {param: grad}."""
+def rnn_snap1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
+              nonlinearity: str = "tanh") -> dict:
+    """As kernel rnn.snap1: SnAp-1 on the compact trace (r 9-12) → {param: grad, "state", "carry": unit traces}."""
     check_nonlinearity(nonlinearity)
-    return _sweep("rnn", "snap1", params, x, h0, dh, nonlinearity)
+    return _sweep("rnn", "snap1", params, x, h0, dh, carry, nonlinearity)
 
 
-def rnn_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, nonlinearity: str = "tanh") -> dict:
-    """As kernel rnn.truncated: S_t = P_t (r 13)."""
+def rnn_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
+                  nonlinearity: str = "tanh") -> dict:
+    """As kernel rnn.truncated: S_t = P_t (r 13) → {param: grad, "state", "carry": {}}."""
     return _truncated("rnn", params, x, h0, dh, True, nonlinearity=nonlinearity)
 
 
-def rnn_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, nonlinearity: str = "tanh") -> dict:
-    """As kernel rnn.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14)."""
+def rnn_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
+                nonlinearity: str = "tanh") -> dict:
+    """As kernel rnn.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14); carry {}."""
     return _truncated("rnn", params, x, h0, dh, False, nonlinearity=nonlinearity)
 
 
-def gru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel gru.rtrl: exact RTRL (r 3, 4) → {param: grad}."""
-    return _sweep("gru", "rtrl", params, x, h0, dh)
+def gru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel gru.rtrl: exact RTRL (r 3, 4) over one chunk → {param: grad, "state", "carry": dense traces}."""
+    return _sweep("gru", "rtrl", params, x, h0, dh, carry)
 
 
-def gru_snap1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel gru.snap1: SnAp-1 on the compact trace (r 9-12) → {param: grad}."""
-    return _sweep("gru", "snap1", params, x, h0, dh)
+def gru_snap1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel gru.snap1: SnAp-1 on the compact trace (r 9-12) → {param: grad, "state", "carry": unit traces}."""
+    return _sweep("gru", "snap1", params, x, h0, dh, carry)
 
 
-def gru_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel gru.truncated: S_t = P_t (r 13)."""
+def gru_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel gru.truncated: S_t = P_t (r 13) → {param: grad, "state", "carry": {}}."""
     return _truncated("gru", params, x, h0, dh, True)
 
 
-def gru_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel gru.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14)."""
+def gru_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel gru.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14); carry {}."""
     return _truncated("gru", params, x, h0, dh, False)
 
 
-def lstm_rtrl(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
-    """As kernel lstm.rtrl: exact RTRL (r 3, 4) on the state [h; c] → {param: grad}."""
-    return _sweep("lstm", "rtrl", params, x, state0, dh)
+def lstm_rtrl(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lstm.rtrl: exact RTRL (r 3, 4) on the state [h; c] → {param: grad, "state", "carry": dense
+    traces}."""
+    return _sweep("lstm", "rtrl", params, x, state0, dh, carry)
 
 
-def lstm_snap1(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
-    """As kernel lstm.snap1: SnAp-1 with the per-unit 2×2 blocks (r 9-12) → {param: grad}."""
-    return _sweep("lstm", "snap1", params, x, state0, dh)
+def lstm_snap1(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lstm.snap1: SnAp-1 with the per-unit 2×2 blocks (r 9-12) → {param: grad, "state", "carry": unit
+    traces}."""
+    return _sweep("lstm", "snap1", params, x, state0, dh, carry)
 
 
-def lstm_cec(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
-    """As kernel lstm.cec: the compact recursion with D_t = [[0, κf], [0, f]] (r 15, 16) → {param: grad}."""
-    return _sweep("lstm", "cec", params, x, state0, dh)
+def lstm_cec(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lstm.cec: the compact recursion with D_t = [[0, κf], [0, f]] (r 15, 16) → {param: grad, "state",
+    "carry": unit traces}."""
+    return _sweep("lstm", "cec", params, x, state0, dh, carry)
 
 
-def lstm_truncated(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
-    """As kernel lstm.truncated: S_t = P_t (r 13): both h_{t-1} and c_{t-1} held constant."""
+def lstm_truncated(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lstm.truncated: S_t = P_t (r 13): both h_{t-1} and c_{t-1} held constant; carry {}."""
     return _truncated("lstm", params, x, state0, dh, True)
 
 
-def lstm_spatial(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
-    """As kernel lstm.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14)."""
+def lstm_spatial(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lstm.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14); carry {}."""
     return _truncated("lstm", params, x, state0, dh, False)
 
 

@@ -1,8 +1,11 @@
-r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial, lru.fptt, lru.fptt1) as Numba loops.
+r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial; lru.fptt, lru.fptt_warmup, lru.fptt1) in Numba.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
-cell_grads_online and refimpl/algorithms/fptt.py fptt_cell_grads with check=False). Equation numbers: "(r n)" is
-refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py.
+sweep, refimpl/algorithms/fptt.py fptt_warmup, fptt_errors and fptt_cell_grads with check=False). Every kernel but
+lru.fptt sweeps one chunk of a stream and hands on the state after it and its carry (DESIGN.md §5): the rtrl traces in
+the reference's "diag" layout (rtrl.py, "Trace layouts"; {} for truncated and spatial), FPTT's carriers {"v"} (fptt1)
+and {"v", "P"} (fptt_warmup), complex128 (B, N). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py, "(f n)"
+refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py.
 
 Each kernel's time loop is ONE @njit(cache=True) function, t outermost, then batch b, then unit k (then input i); the
 input projection u_t = γ ⊙ (B x_t) is one small GEMM per step (x_t @ W2ᵀ, W2 of backends.common.lru_w2), so nothing of
@@ -14,8 +17,12 @@ linearity:
     Z_t = λ ⊙ Z_{t-1} + x_t (over k)         S_Bre = γ ⊙ Z,   S_Bim = i γ ⊙ Z            (lru 10)        c(B, N, I)
     S^γ_t = λ ⊙ S^γ_{t-1} + u_t                                                          (lru 10)        c(B, N)
 
-so, with Σ over t and b and δ_t = dh_t (r 4, 7):  ν̄ = −e^ν Re Σ conj(Q)δ,  θ̄ = e^θ Im Σ conj(Q)δ,
-B̄_re + i B̄_im = γ Σ conj(Z)δ,  γ̄_log = Re Σ conj(S^γ)δ. One complex Z trace serves both B_re and B_im.
+(the reference's carry is converted to these compact traces once per call, on the way in — Q = −e^{−ν} S_ν,
+Z = S_Bre / γ — and back on the way out), so, with Σ over t and b and δ_t = dh_t (r 4, 7):
+ν̄ = −e^ν Re Σ conj(Q)δ,  θ̄ = e^θ Im Σ conj(Q)δ,  B̄_re + i B̄_im = γ Σ conj(Z)δ,  γ̄_log = Re Σ conj(S^γ)δ. One complex
+Z trace serves both B_re and B_im.
+FPTT carries v_t = e_t − dh_t between steps, e_t = v_{t-1} / conj(λ) (f 1), and the warm-up P ← P ⊙ conj(λ) (f 2);
+lru.fptt is the warm-up from the stream's start, e_{-1} = −P v' (f 3), then the error phase from v = e_{-1}.
 Sums of scalars per unit are kept in float64; the (N, I) sums in the state's real dtype (as the reference's).
 Everything else is sequential; lru.rtrl runs its batch in RTRL_BLOCKS blocks of rows on Numba's threads (prange),
 each with its own partial sums added in block order, so every result is bit-reproducible run to run and independent of
@@ -30,7 +37,7 @@ from numba import njit, prange
 from refimpl.cells.lru import lambda_gamma
 
 from ..common import lru_param_grads, lru_w2
-from .runtime import contiguous
+from .runtime import check_carry, contiguous
 
 
 #: Time steps per chunk: each trace row is advanced through a chunk while it is in L1 cache.
@@ -55,18 +62,17 @@ def _pairs(z, cdt, rdt):
 # ------------------------------------------------------------------------------------------------------ rtrl (r 8)
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def _rtrl_rows(x, h, dh, W2T, lam, chunk, b0, b1, gq, gg, Zre, Zim, Gre, Gim):
-    """The rows [b0, b1) of the batch: x r(T,B,I), h = h0 pairs r(B,2N) (advanced in place), dh pairs r(T,B,2N),
-    λ pairs r(N,2). Accumulates gq r(N,2) = Σ conj(Q)δ, gg r(N) = Re Σ conj(S^γ)δ (float64) and G = Σ conj(Z)δ r(N,I)
-    ×2 over these rows. Time runs in chunks of `chunk` steps: units are independent (J = diag(λ)), so each trace row
-    Z[b, k] is advanced through the chunk while it sits in L1 (the same per-step updates; only the order of the G sums
-    changes)."""
+def _rtrl_rows(x, h, dh, W2T, lam, chunk, b0, b1, gq, gg, Q, Sg, Zre, Zim, Gre, Gim):
+    """The rows [b0, b1) of the batch: x r(T,B,I), h = h0 pairs r(B,2N), dh pairs r(T,B,2N), λ pairs r(N,2); the
+    traces Q, S^γ pairs r(B,2N) and Z = Zre + i Zim r(B,N,I) ×2 hold the carried ones on entry; h and the traces are
+    advanced in place. Accumulates gq r(N,2) = Σ conj(Q)δ, gg r(N) = Re Σ conj(S^γ)δ (float64) and G = Σ conj(Z)δ
+    r(N,I) ×2 over these rows. Time runs in chunks of `chunk` steps: units are independent (J = diag(λ)), so each
+    trace row Z[b, k] is advanced through the chunk while it sits in L1 (the same per-step updates; only the order of
+    the G sums changes)."""
     T, B, I = x.shape
     N = lam.shape[0]
     R = b1 - b0
     u = np.empty((chunk, R, 2 * N), x.dtype)               # u_t pairs of one chunk, these rows
-    Q = np.zeros((R, 2 * N), x.dtype)                      # S_{-1} = 0 (r 3)
-    Sg = np.zeros((R, 2 * N), x.dtype)
     for t0 in range(0, T, chunk):
         C = min(chunk, T - t0)
         for c in range(C):
@@ -76,8 +82,8 @@ def _rtrl_rows(x, h, dh, W2T, lam, chunk, b0, b1, gq, gg, Zre, Zim, Gre, Gim):
             for k in range(N):
                 lr, li = lam[k, 0], lam[k, 1]
                 hr, hi = h[b, 2 * k], h[b, 2 * k + 1]
-                qr, qi = Q[r, 2 * k], Q[r, 2 * k + 1]
-                sr, si = Sg[r, 2 * k], Sg[r, 2 * k + 1]
+                qr, qi = Q[b, 2 * k], Q[b, 2 * k + 1]
+                sr, si = Sg[b, 2 * k], Sg[b, 2 * k + 1]
                 zr, zi, gr, gi = Zre[b, k], Zim[b, k], Gre[k], Gim[k]
                 for c in range(C):
                     t = t0 + c
@@ -98,12 +104,12 @@ def _rtrl_rows(x, h, dh, W2T, lam, chunk, b0, b1, gq, gg, Zre, Zim, Gre, Gim):
                         gr[i] += p * dr + q * di                               # (r 4, 7) conj(Z)δ
                         gi[i] += p * di - q * dr
                 h[b, 2 * k], h[b, 2 * k + 1] = hr, hi
-                Q[r, 2 * k], Q[r, 2 * k + 1] = qr, qi
-                Sg[r, 2 * k], Sg[r, 2 * k + 1] = sr, si
+                Q[b, 2 * k], Q[b, 2 * k + 1] = qr, qi
+                Sg[b, 2 * k], Sg[b, 2 * k + 1] = sr, si
 
 
 @njit(cache=True, parallel=True)
-def _rtrl_loop(x, h, dh, W2T, lam, chunk, n_blocks, gq, gg, Zre, Zim, Gre, Gim):
+def _rtrl_loop(x, h, dh, W2T, lam, chunk, n_blocks, gq, gg, Q, Sg, Zre, Zim, Gre, Gim):
     """The batch in `n_blocks` blocks of rows, one per task (prange): each block has its own partial sums, added in
     block order at the end, so the result does not depend on how many threads run the blocks."""
     T, B, I = x.shape
@@ -114,7 +120,7 @@ def _rtrl_loop(x, h, dh, W2T, lam, chunk, n_blocks, gq, gg, Zre, Zim, Gre, Gim):
     pim = np.zeros((n_blocks, N, I), Gim.dtype)
     for j in prange(n_blocks):
         b0, b1 = (j * B) // n_blocks, ((j + 1) * B) // n_blocks
-        _rtrl_rows(x, h, dh, W2T, lam, chunk, b0, b1, pq[j], pg[j], Zre, Zim, pre[j], pim[j])
+        _rtrl_rows(x, h, dh, W2T, lam, chunk, b0, b1, pq[j], pg[j], Q, Sg, Zre, Zim, pre[j], pim[j])
     for j in range(n_blocks):                               # fixed order: deterministic for any thread count
         gq += pq[j]
         gg += pg[j]
@@ -126,17 +132,55 @@ def _rtrl_loop(x, h, dh, W2T, lam, chunk, n_blocks, gq, gg, Zre, Zim, Gre, Gim):
 RTRL_BLOCKS = 4
 
 
-def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel lru.rtrl: x r(T,B,I), h0 c(B,N), dh c(T,B,N) → {param: grad} (exact RTRL = BPTT, r 8)."""
+def _traces_out(params, Q, Sg, Zre, Zim, cdt):
+    """The reference's "diag" carry from the compact traces (lru 10): S_ν = −e^ν Q, S_θ = i e^θ Q, S_Bre = γ Z,
+    S_Bim = iγ Z, S_γlog = S^γ, in the state's complex dtype."""
+    Qc = Q.view(cdt).astype(np.complex128)
+    Z = Zre.astype(np.complex128) + 1j * Zim
+    gamma = np.exp(params["gamma_log"].astype(np.float64))[:, None]
+    return {"nu_log": (-np.exp(params["nu_log"].astype(np.float64)) * Qc).astype(cdt),
+            "theta_log": (1j * np.exp(params["theta_log"].astype(np.float64)) * Qc).astype(cdt),
+            "gamma_log": Sg.view(cdt).copy(),
+            "B_re": (gamma * Z).astype(cdt), "B_im": (1j * gamma * Z).astype(cdt)}
+
+
+def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lru.rtrl: x r(T,B,I), h0 c(B,N), dh c(T,B,N), the carried "diag" traces (None: zero) → {param: grad,
+    "state" c(B,N), "carry": the traces after the chunk} (exact RTRL = BPTT, r 8)."""
     T, B, I = x.shape
     lam, gamma, rdt, cdt, W2, lam_p = _setup(params, x)
     N = lam.shape[0]
     gq, gg = np.zeros((N, 2)), np.zeros(N)
-    Zre, Zim = np.zeros((B, N, I), rdt), np.zeros((B, N, I), rdt)                 # the O(B·N·I) trace
+    Q, Sg = np.zeros((B, 2 * N), rdt), np.zeros((B, 2 * N), rdt)                   # the chunk's own part, from 0
+    Zre, Zim = np.zeros((B, N, I), rdt), np.zeros((B, N, I), rdt)                  # Z: the O(B·N·I) trace
     Gre, Gim = np.zeros((N, I), rdt), np.zeros((N, I), rdt)
-    _rtrl_loop(contiguous(x, rdt), _pairs(h0, cdt, rdt).copy(), _pairs(dh, cdt, rdt), contiguous(W2.T, rdt), lam_p,
-               CHUNK, min(B, RTRL_BLOCKS), gq, gg, Zre, Zim, Gre, Gim)
-    return lru_param_grads(np, params, gq[:, 0], gq[:, 1], Gre, Gim, gamma, gamma_log=gg)      # (r 8)
+    h = _pairs(h0, cdt, rdt).copy()
+    _rtrl_loop(contiguous(x, rdt), h, _pairs(dh, cdt, rdt), contiguous(W2.T, rdt), lam_p, CHUNK, min(B, RTRL_BLOCKS),
+               gq, gg, Q, Sg, Zre, Zim, Gre, Gim)
+    grads = lru_param_grads(np, params, gq[:, 0], gq[:, 1], Gre, Gim, gamma, gamma_log=gg)      # (r 8)
+    out = _traces_out(params, Q, Sg, Zre, Zim, cdt)
+    if carry is not None:
+        grads, out = _with_carry(params, carry, lam, dh, grads, out, B, N, I)
+    return {**grads, "state": h.view(cdt), "carry": out}
+
+
+def _with_carry(params, carry, lam, dh, grads, out, B, N, I):
+    """The carried traces' part, by linearity: (r 8) is linear in S, so a chunk from S_{-1} is the chunk from 0 plus
+    λ^{t+1} ⊙ S_{-1} at step t. Its gradient is Re Σ_b conj(S_{-1}) ⊙ w with w = Σ_t conj(λ^{t+1}) δ_t (B, N), and the
+    carry out gains λ^T ⊙ S_{-1}. Once per call (O(T·B·N) for w), exact for any carry — also one made with other
+    parameters (an update inside the stream changes ν, θ, γ between chunks)."""
+    check_carry(carry, {"nu_log": (B, N), "theta_log": (B, N), "gamma_log": (B, N), "B_re": (B, N, I),
+                        "B_im": (B, N, I)}, "lru.rtrl")
+    powers = np.cumprod(np.broadcast_to(lam.astype(np.complex128), (dh.shape[0], N)), axis=0)    # λ^{t+1} (T, N)
+    w = np.einsum("tn,tbn->bn", np.conj(powers), dh.astype(np.complex128))                     # (B, N)
+    grads, out = dict(grads), dict(out)
+    for name, S0 in carry.items():
+        S0 = np.asarray(S0, np.complex128)
+        wb = w.reshape(w.shape + (1,) * (S0.ndim - 2))
+        grads[name] = (grads[name] + np.real(np.einsum("bn...->n...", np.conj(S0) * wb))).astype(grads[name].dtype)
+        lamT = powers[-1].reshape((N,) + (1,) * (S0.ndim - 2))
+        out[name] = (out[name] + lamT * S0).astype(out[name].dtype)
+    return grads, out
 
 
 # ------------------------------------------------------------------------------------- truncated, spatial (r 13, 14)
@@ -170,71 +214,81 @@ def _truncated_loop(x, h, dh, W2T, lam, recurrent, gq, gg, Gre, Gim):
 
 
 def _lru_truncated_like(params, x, h0, dh, recurrent):
+    """(r 13), (r 14) over one chunk → {param: grad, "state" c(B,N), "carry": {}} (nothing is carried; a carry passed
+    in is not read, as in the reference)."""
     T, B, I = x.shape
     lam, gamma, rdt, cdt, W2, lam_p = _setup(params, x)
     N = lam.shape[0]
     gq, gg = np.zeros((N, 2)), np.zeros(N)
     Gre, Gim = np.zeros((N, I), rdt), np.zeros((N, I), rdt)
-    _truncated_loop(contiguous(x, rdt), _pairs(h0, cdt, rdt).copy(), _pairs(dh, cdt, rdt), contiguous(W2.T, rdt),
-                    lam_p, recurrent, gq, gg, Gre, Gim)
-    return lru_param_grads(np, params, gq[:, 0], gq[:, 1], Gre, Gim, gamma, gamma_log=gg,
-                           recurrent=recurrent)                                                 # (r 13, 14)
+    h = _pairs(h0, cdt, rdt).copy()
+    _truncated_loop(contiguous(x, rdt), h, _pairs(dh, cdt, rdt), contiguous(W2.T, rdt), lam_p, recurrent, gq, gg,
+                    Gre, Gim)
+    grads = lru_param_grads(np, params, gq[:, 0], gq[:, 1], Gre, Gim, gamma, gamma_log=gg,
+                            recurrent=recurrent)                                                # (r 13, 14)
+    return {**grads, "state": h.view(cdt), "carry": {}}
 
 
-def lru_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel lru.truncated: S_t = P_t (r 13)."""
+def lru_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lru.truncated: S_t = P_t (r 13); carry {}."""
     return _lru_truncated_like(params, x, h0, dh, True)
 
 
-def lru_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel lru.spatial: (r 13) with nu_log, theta_log held constant (zero gradient, r 14)."""
+def lru_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lru.spatial: (r 13) with nu_log, theta_log held constant (zero gradient, r 14); carry {}."""
     return _lru_truncated_like(params, x, h0, dh, False)
 
 
 # --------------------------------------------------------------------------------------------------- fptt (f 1-4)
+# Each phase carries v_t = e_t − dh_t between steps (fptt.py): e_t = v_{t-1} / conj(λ) (f 1), v_t = e_t − dh_t; the
+# carriers v (and the warm-up's P) are float64 pairs r(B,2N) (complex128), λ_c = λ upcast; the states and the step
+# adjoints run in x's dtype.
 
 @njit(cache=True)
-def _fptt_loop(x, h, dh, W2T, W2, lam, lam_c, two_passes, e_start, dlam, gg, Mre, Mim, dx):
-    """Carriers e in float64 pairs r(B,2N) (λ_c = λ upcast), states and step adjoints in x's dtype. Writes e_{-1} into
-    e_start, x̄_t into dx[t]; accumulates dlam r(N,2) = Σ conj(h_{t-1}) e, gg = Re Σ conj(u) e, M = Σ e x (N, I) ×2."""
+def _warmup_loop(x, h, dh, W2T, lam, lam_c, v, P, states):
+    """Phase 1 over the chunk: (f 1) from the carried v' and (f 2) P ← P ⊙ conj(λ), both in place. J_t = diag(λ)
+    does not depend on the state, so the states run only when `states` (the chunked kernel hands h on, advanced in
+    place; lru.fptt's warm-up over the whole sequence needs none)."""
     T, B, I = x.shape
     N = lam.shape[0]
-    e = np.zeros((B, 2 * N))
-    if two_passes:                                                         # phase 1: warm-up from e'_{-1} = 0
-        P = np.zeros((N, 2))
-        P[:, 0] = 1.0                                                      # P = 1 (pairs: re 1, im 0)
-        for t in range(T):
-            for b in range(B):
-                for k in range(N):
-                    lr, li = lam_c[k, 0], lam_c[k, 1]
-                    vr, vi = e[b, 2 * k], e[b, 2 * k + 1]
-                    if t > 0:
-                        vr, vi = vr - dh[t - 1, b, 2 * k], vi - dh[t - 1, b, 2 * k + 1]
-                    n2 = lr * lr + li * li
-                    e[b, 2 * k], e[b, 2 * k + 1] = (vr * lr - vi * li) / n2, (vi * lr + vr * li) / n2   # (f 1) /conj(λ)
-            for k in range(N):
-                pr, pi, lr, li = P[k, 0], P[k, 1], lam_c[k, 0], lam_c[k, 1]
-                P[k, 0], P[k, 1] = pr * lr + pi * li, pi * lr - pr * li    # (f 2) P ← P conj(λ)
+    u = np.zeros((B, 2 * N), x.dtype)
+    for t in range(T):
+        if states:
+            np.dot(x[t], W2T, u)                                           # (2) u_t
         for b in range(B):
             for k in range(N):
-                rr, ri = e[b, 2 * k] - dh[T - 1, b, 2 * k], e[b, 2 * k + 1] - dh[T - 1, b, 2 * k + 1]
-                pr, pi = P[k, 0], P[k, 1]
-                e[b, 2 * k], e[b, 2 * k + 1] = -(pr * rr - pi * ri), -(pr * ri + pi * rr)   # (f 3)
-    e_start[:] = e
+                lr, li = lam_c[k, 0], lam_c[k, 1]
+                vr, vi = v[b, 2 * k], v[b, 2 * k + 1]
+                n2 = lr * lr + li * li
+                er, ei = (vr * lr - vi * li) / n2, (vi * lr + vr * li) / n2              # (f 1) e'_t = v' / conj(λ)
+                v[b, 2 * k], v[b, 2 * k + 1] = er - dh[t, b, 2 * k], ei - dh[t, b, 2 * k + 1]   # v'_t = e'_t − dh_t
+                pr, pi = P[b, 2 * k], P[b, 2 * k + 1]
+                P[b, 2 * k], P[b, 2 * k + 1] = pr * lr + pi * li, pi * lr - pr * li    # (f 2) P ← P conj(λ)
+                if not states:
+                    continue
+                hr, hi = h[b, 2 * k], h[b, 2 * k + 1]
+                h[b, 2 * k] = lam[k, 0] * hr - lam[k, 1] * hi + u[b, 2 * k]            # (3) h_t
+                h[b, 2 * k + 1] = lam[k, 0] * hi + lam[k, 1] * hr + u[b, 2 * k + 1]
+
+
+@njit(cache=True)
+def _errors_loop(x, h, dh, W2T, W2, lam, lam_c, v, dlam, gg, Mre, Mim, dx):
+    """Phase 2 over the chunk: (f 1) from the carried v (in place) and the gradients (f 4); h advanced in place.
+    Writes x̄_t into dx[t]; accumulates dlam r(N,2) = Σ conj(h_{t-1}) e, gg = Re Σ conj(u) e, M = Σ e x (N, I) ×2."""
+    T, B, I = x.shape
+    N = lam.shape[0]
     u = np.empty((B, 2 * N), x.dtype)
     es = np.empty((B, 2 * N), x.dtype)                                     # e_t in the state dtype (step adjoint)
-    for t in range(T):                                                     # phase 2: errors and gradients
+    for t in range(T):
         np.dot(x[t], W2T, u)                                               # (2) u_t
         for b in range(B):
             xb = x[t, b]
             for k in range(N):
                 lr, li = lam_c[k, 0], lam_c[k, 1]
-                vr, vi = e[b, 2 * k], e[b, 2 * k + 1]
-                if t > 0:
-                    vr, vi = vr - dh[t - 1, b, 2 * k], vi - dh[t - 1, b, 2 * k + 1]
+                vr, vi = v[b, 2 * k], v[b, 2 * k + 1]
                 n2 = lr * lr + li * li
-                er, ei = (vr * lr - vi * li) / n2, (vi * lr + vr * li) / n2              # (f 1)
-                e[b, 2 * k], e[b, 2 * k + 1] = er, ei
+                er, ei = (vr * lr - vi * li) / n2, (vi * lr + vr * li) / n2              # (f 1) e_t = v / conj(λ)
+                v[b, 2 * k], v[b, 2 * k + 1] = er - dh[t, b, 2 * k], ei - dh[t, b, 2 * k + 1]   # v_t = e_t − dh_t
                 es[b, 2 * k], es[b, 2 * k + 1] = er, ei                                  # cast to the state dtype
                 sr, si = es[b, 2 * k], es[b, 2 * k + 1]
                 hr, hi = h[b, 2 * k], h[b, 2 * k + 1]
@@ -251,33 +305,81 @@ def _fptt_loop(x, h, dh, W2T, W2, lam, lam_c, two_passes, e_start, dlam, gg, Mre
         np.dot(es, W2, dx[t])                                              # (6) x̄_t = Re((γ ⊙ ū) conj(B))
 
 
-def _lru_fptt(params, x, h0, dh, two_passes):
-    T, B, I = x.shape
-    lam, gamma, rdt, cdt, W2, lam_p = _setup(params, x)
-    N = lam.shape[0]
-    lam_c = contiguous(lam.astype(cdt).astype(np.complex128).view(np.float64).reshape(N, 2), np.float64)  # carrier λ
-    e_start = np.empty((B, 2 * N))
-    dlam, gg = np.zeros((N, 2)), np.zeros(N)
-    Mre, Mim = np.zeros((N, I), rdt), np.zeros((N, I), rdt)
-    dx = np.empty((T, B, I), rdt)
-    _fptt_loop(contiguous(x, rdt), _pairs(h0, cdt, rdt).copy(), _pairs(dh, np.complex128, np.float64),
-               contiguous(W2.T, rdt), W2, lam_p, lam_c, two_passes, e_start, dlam, gg, Mre, Mim, dx)
-    q = np.conj(lam.astype(cdt)).astype(np.complex128) * (dlam[:, 0] + 1j * dlam[:, 1])    # (7) conj(λ) λ̄
-    grads = lru_param_grads(np, params, q.real, q.imag, Mre, Mim, gamma, gamma_log=gg)     # (6), (7)
-    grads["x"] = dx.astype(x.dtype, copy=False)
-    grads["h0"] = e_start.view(np.complex128).astype(cdt)                                   # e_{-1}
-    return grads
+class _Fptt:
+    """What both phases of one call share: x, λ, γ, W2 in the loops' dtypes, dh as complex128 pairs."""
+
+    def __init__(self, params, x, dh):
+        lam, self.gamma, self.rdt, self.cdt, self.W2, self.lam_p = _setup(params, x)
+        self.N = lam.shape[0]
+        self.lam = lam
+        self.lam_c = contiguous(lam.astype(self.cdt).astype(np.complex128).view(np.float64).reshape(self.N, 2),
+                                np.float64)                                                       # carrier λ
+        self.x, self.x_dtype = contiguous(x, self.rdt), x.dtype
+        self.dh = _pairs(dh, np.complex128, np.float64)
+        self.W2T = contiguous(self.W2.T, self.rdt)
+
+    def state(self, h0):
+        """The state as pairs r(B,2N) in the state dtype, a copy (the loops advance it in place)."""
+        return _pairs(h0, self.cdt, self.rdt).copy()
+
+    def warmup(self, h, v, P, states=True):
+        _warmup_loop(self.x, h, self.dh, self.W2T, self.lam_p, self.lam_c, v, P, states)
+
+    def errors(self, params, h, v) -> dict:
+        """Phase 2 from v (advanced in place) → {param: grad, "x"}."""
+        T, B, I = self.x.shape
+        dlam, gg = np.zeros((self.N, 2)), np.zeros(self.N)
+        Mre, Mim = np.zeros((self.N, I), self.rdt), np.zeros((self.N, I), self.rdt)
+        dx = np.empty((T, B, I), self.rdt)
+        _errors_loop(self.x, h, self.dh, self.W2T, self.W2, self.lam_p, self.lam_c, v, dlam, gg, Mre, Mim, dx)
+        q = np.conj(self.lam.astype(self.cdt)).astype(np.complex128) * (dlam[:, 0] + 1j * dlam[:, 1])  # (7) conj(λ)λ̄
+        grads = lru_param_grads(np, params, q.real, q.imag, Mre, Mim, self.gamma, gamma_log=gg)        # (6), (7)
+        grads["x"] = dx.astype(self.x_dtype, copy=False)
+        return grads
+
+
+def _carriers(carry, names, B, N, what):
+    """The carriers before a chunk as complex128 pairs r(B,2N) (copies): the carry's, or a stream's start (v = 0,
+    P = 1)."""
+    if carry is None:
+        start = {"v": np.zeros((B, 2 * N)), "P": np.zeros((B, 2 * N))}
+        start["P"][:, 0::2] = 1.0                                                          # P = 1 (re 1, im 0)
+        return [start[k] for k in names]
+    check_carry(carry, {k: (B, N) for k in names}, what)
+    return [_pairs(carry[k], np.complex128, np.float64).copy() for k in names]
 
 
 def lru_fptt(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel lru.fptt: warm-up (f 1-3) then the error pass (f 1, 4); → {param, "x" r(T,B,I), "h0" c(B,N)}."""
-    return _lru_fptt(params, x, h0, dh, True)
+    """As kernel lru.fptt: the warm-up from the stream's start (f 1-2), e_{-1} = −P v' (f 3), then the error phase
+    from v = e_{-1} (f 1, 4) → {param, "x" r(T,B,I), "h0" c(B,N)}."""
+    f = _Fptt(params, x, dh)
+    v, P = _carriers(None, ("v", "P"), x.shape[1], f.N, "lru.fptt")
+    f.warmup(f.state(h0), v, P, states=False)
+    e0 = -(P.view(np.complex128) * v.view(np.complex128))                                 # (f 3) e_{-1}
+    grads = f.errors(params, f.state(h0), e0.view(np.float64).copy())
+    grads["h0"] = e0.astype(f.cdt)
+    return grads
 
 
-def lru_fptt1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel lru.fptt1: the error pass only, from e_{-1} = 0."""
-    return _lru_fptt(params, x, h0, dh, False)
+def lru_fptt1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lru.fptt1: the error phase over one chunk from the carried v (None: e_{-1} = 0) → {param, "x",
+    "state" c(B,N), "carry": {"v" complex128 (B,N)}}."""
+    f = _Fptt(params, x, dh)
+    (v,) = _carriers(carry, ("v",), x.shape[1], f.N, "lru.fptt1")
+    h = f.state(h0)
+    grads = f.errors(params, h, v)
+    return {**grads, "state": h.view(f.cdt), "carry": {"v": v.view(np.complex128)}}
+
+
+def lru_fptt_warmup(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lru.fptt_warmup: the warm-up over one chunk from the carried (v', P) (None: v' = 0, P = 1) →
+    {"state" c(B,N), "carry": {"v", "P" complex128 (B,N)}}."""
+    f = _Fptt(params, x, dh)
+    v, P = _carriers(carry, ("v", "P"), x.shape[1], f.N, "lru.fptt_warmup")
+    h = f.state(h0)
+    f.warmup(h, v, P)
+    return {"state": h.view(f.cdt), "carry": {"v": v.view(np.complex128), "P": P.view(np.complex128)}}
 
 
 KERNELS = {"lru.rtrl": lru_rtrl, "lru.truncated": lru_truncated, "lru.spatial": lru_spatial,
-           "lru.fptt": lru_fptt, "lru.fptt1": lru_fptt1}
+           "lru.fptt": lru_fptt, "lru.fptt1": lru_fptt1, "lru.fptt_warmup": lru_fptt_warmup}

@@ -29,7 +29,8 @@ how it is run. The dense cell kernels follow five layout rules (research/landsca
 Reproducibility: each output row of the loops is written by exactly one block; the weight gradients are sums of the
 blocks' shares, added in block order (no atomics, no prange reductions). Results are therefore identical run to run
 for a given number of threads; a different number of blocks rounds differently, at the level of the last bit.
-Scalars inside the loops are passed in the arrays' dtype (`scalars`) so float32 kernels stay in float32.
+Scalars inside the loops are passed in the arrays' dtype (`scalars`) so float32 kernels stay in float32. The carried
+kernels check the carry they are given against the shapes they expect (`check_carry`) before converting it.
 
 The thresholds below (MIN_BLOCK_ROWS, MIN_BLOCK_WORK, MIN_SERIAL_WORK, the chunk sizes) and the measurements behind
 them are in docs/backends.md (Numba). Numba's on-disk cache of an @njit function is keyed to its own file only: after
@@ -50,6 +51,8 @@ import numba
 import numpy as np
 from numba import njit
 
+from refimpl.errors import ShapeError
+
 from ..common import param_grads
 
 #: The options of every dense loop over the rows of one block: rules (d) and (e).
@@ -69,6 +72,18 @@ PAD = 16
 def contiguous(a, dtype) -> np.ndarray:
     """A C-contiguous array of `dtype` (no copy when `a` already is one; the kernels never write to it)."""
     return np.ascontiguousarray(a, dtype=dtype)
+
+
+def check_carry(carry: dict, shapes: dict, what: str) -> None:
+    """A carried kernel's carry must name exactly the arrays of `shapes` {name: shape}, each of its shape: else
+    ShapeError, with what was expected (the carry of a chunk is what the previous chunk's call returned)."""
+    if set(carry) != set(shapes):
+        raise ShapeError(f"the carry of {what} names {sorted(carry)}; expected {sorted(shapes)}: pass the 'carry' the "
+                         f"previous chunk's call returned (or None at the start of a stream)")
+    for name, shape in shapes.items():
+        if tuple(np.shape(carry[name])) != tuple(shape):
+            raise ShapeError(f"the carried {name!r} of {what} has shape {tuple(np.shape(carry[name]))}; expected "
+                             f"{tuple(shape)}: pass the 'carry' the previous chunk's call returned")
 
 
 def scalars(dtype):

@@ -1,7 +1,7 @@
 """Numba-specific tests (skipped when numba cannot be imported). The parity of every kernel with the NumPy reference is
 tests/backends/test_parity.py's grid; here: the threaded path of the cell loops at a size that cuts the batch into
-blocks, the blocks' partition of the rows, and the accuracy of the backend's one tanh and σ (fastmath.py) against a
-long-double tanh.
+blocks, the blocks' partition of the rows, the accuracy of the backend's one tanh and σ (fastmath.py) against a
+long-double tanh, and the carried kernels (RTRL family, FPTT's phases) run as a stream cut into chunks.
 """
 
 from __future__ import annotations
@@ -9,7 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refimpl.registry import load_backend
+from refimpl.cells import CELLS
+from refimpl.errors import ShapeError
+from refimpl.kernels import FPTT_SWEEPS, RTRL_SWEEPS
+from refimpl.numerics import rel_error
+from refimpl.registry import KERNELS, call, flatten_outputs, load_backend
 
 from ..parity import assert_matches_reference
 
@@ -101,3 +105,111 @@ def test_fastmath_sigmoid_is_accurate(dtype):
     _apply(1, a, out)
     want = 1 / (1 + np.exp(-a.astype(np.longdouble)))
     assert np.max(np.abs(out.astype(np.longdouble) - want)) <= np.finfo(dtype).eps
+
+
+# ------------------------------------------------------------------------------------- carried kernels, chunked
+# A stream cut into chunks (DESIGN.md §5): each call takes the state and the carry the previous one returned. The
+# chunks must give the sums of one whole-sequence call (only the order of the sums changes), from a stream's start
+# (carry None) and from a non-trivial carry (the registry's input spec: a reference sweep over a random prefix).
+
+CHUNK_SIZE = dict(T=11, B=3, I=4, H=5)
+CHUNKS = (1, 7, CHUNK_SIZE["T"])                              # 11 chunks of 1; 7 + 4; one chunk of T
+CARRIED = [k for k in RTRL_SWEEPS] + [k for k in FPTT_SWEEPS if not k.endswith(".fptt")]
+
+
+def _state_arg(kernel):
+    return CELLS[kernel.split(".")[0]].STATE_ARG
+
+
+def _run_chunked(kernel, inputs, C):
+    """The kernel over the sequence of `inputs` in chunks of C steps, the state and carry handed on → (Σ of the
+    chunks' gradients, x̄ over the sequence or None, the last state, the last carry)."""
+    arg = _state_arg(kernel)
+    T = inputs["x"].shape[0]
+    state, carry = inputs[arg], inputs["carry"]
+    sums, dx = {}, []
+    for t0 in range(0, T, C):
+        out = call(kernel, "numba", **{**inputs, "x": inputs["x"][t0:t0 + C], "dh": inputs["dh"][t0:t0 + C],
+                                       arg: state, "carry": carry})
+        state, carry = out.pop("state"), out.pop("carry")
+        if "x" in out:
+            dx.append(out.pop("x"))
+        for k, v in out.items():
+            sums[k] = sums[k] + v if k in sums else v
+    return sums, (np.concatenate(dx) if dx else None), state, carry
+
+
+def _named(grads, dx, state, carry) -> dict:
+    out = {"grads": grads, "state": state, "carry": carry}
+    return out if dx is None else {**out, "x": dx}
+
+
+def _assert_close(got: dict, want: dict, what: str, tol=1e-10):
+    got, want = flatten_outputs(got), flatten_outputs(want)
+    assert sorted(got) == sorted(want), what
+    for name, w in want.items():
+        assert got[name].dtype == w.dtype and got[name].shape == w.shape, (what, name)
+        err = rel_error(got[name], w)
+        assert err <= tol, f"{what}: {name} relative error {err:.2e} > {tol:.0e}"
+
+
+@pytest.mark.parametrize("start", ["stream start", "carried"])
+@pytest.mark.parametrize("kernel", CARRIED)
+def test_chunks_carry_state_and_traces(kernel, start):
+    """Chunks of 1, 7 and T steps through a carried kernel (every RTRL-family rule, fptt1, fptt_warmup), float64:
+    the gradient sums, x̄, the last state and the last carry of one whole-sequence call, to 1e-10 (relative)."""
+    spec = KERNELS[kernel]
+    inputs = spec.make_inputs(np.random.default_rng(3), np.dtype("float64"), CHUNK_SIZE, **spec.variants[0])
+    if start == "stream start":
+        inputs["carry"] = None
+    whole = _run_chunked(kernel, inputs, CHUNK_SIZE["T"])
+    assert (whole[3] == {}) == (kernel.split(".")[1] in ("truncated", "spatial"))    # they carry nothing
+    for C in CHUNKS[:-1]:
+        got = _run_chunked(kernel, inputs, C)
+        _assert_close(_named(*got), _named(*whole), f"{kernel} in chunks of {C}")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lru"])
+def test_chunked_fptt_phases_compose_to_fptt(cell):
+    """FPTT as a stream: the warm-up in chunks from the stream's start, e_{-1} = −P v' (fptt.start_error), then the
+    error phase in chunks from v = e_{-1}, gives <cell>.fptt's gradients, x̄ and initial-state keys (float64, 1e-10)."""
+    spec = KERNELS[f"{cell}.fptt"]
+    size = dict(CHUNK_SIZE, T=7) if cell == "lstm" else CHUNK_SIZE         # lstm.fptt is registered for T ≤ 7
+    inputs = spec.make_inputs(np.random.default_rng(5), np.dtype("float64"), size, **spec.variants[0])
+    want = call(f"{cell}.fptt", "numba", **inputs)
+    keys = CELLS[cell].GRAD_STATE_KEYS
+    for C in (1, 3, size["T"]):
+        _, _, _, warm = _run_chunked(f"{cell}.fptt_warmup", {**inputs, "carry": None}, C)
+        P, v = warm["P"], warm["v"]
+        e0 = -(P * v) if CELLS[cell].DIAGONAL else -np.einsum("bij,bj->bi", P, v)     # (f 3)
+        sums, dx, _, _ = _run_chunked(f"{cell}.fptt1", {**inputs, "carry": {"v": e0}}, C)
+        got = {**sums, "x": dx, **dict(zip(keys, np.split(e0.astype(want[keys[0]].dtype), len(keys), axis=-1)))}
+        _assert_close(got, want, f"{cell} fptt in chunks of {C}")
+
+
+@pytest.mark.parametrize("kernel", ["rnn.rtrl", "lstm.snap1", "lru.rtrl", "gru.fptt1", "lru.fptt_warmup"])
+def test_a_wrong_carry_is_refused(kernel):
+    """A carry of another rule or batch size is refused with ShapeError (never silently misread)."""
+    spec = KERNELS[kernel]
+    inputs = spec.make_inputs(np.random.default_rng(0), np.dtype("float64"), CHUNK_SIZE, **spec.variants[0])
+    name = sorted(inputs["carry"])[0]
+    with pytest.raises(ShapeError):
+        call(kernel, "numba", **{**inputs, "carry": {**inputs["carry"], name: inputs["carry"][name][:1]}})
+    with pytest.raises(ShapeError):
+        call(kernel, "numba", **{**inputs, "carry": {k: v for k, v in inputs["carry"].items() if k != name}})
+
+
+def test_lru_rtrl_takes_any_carry_like_the_reference():
+    """A carry no sweep with these parameters could reach (an update inside the stream changed ν, θ, γ; here: random
+    traces) is taken exactly as the reference takes it (the carried part enters by linearity, not through the
+    kernel's compact traces)."""
+    spec = KERNELS["lru.rtrl"]
+    rng = np.random.default_rng(3)
+    inputs = spec.make_inputs(rng, np.dtype("float64"), dict(T=9, B=3, I=4, H=5))
+    inputs["carry"] = {k: rng.standard_normal(v.shape) + 1j * rng.standard_normal(v.shape)
+                       for k, v in inputs["carry"].items()}
+    want = flatten_outputs(call("lru.rtrl", "numpy", **inputs))
+    got = flatten_outputs(call("lru.rtrl", "numba", **inputs))
+    assert set(got) == set(want)
+    for name in want:
+        assert rel_error(got[name], want[name]) < 1e-12, name
