@@ -144,9 +144,11 @@ def _demo() -> None:
               help="Algorithm option, e.g. -a passes=2 or -a carrier=state (fptt, fptt1).")
 @click.option("--loss", default="mse", show_default=True, type=click.Choice(["mse", "ce", "bce"]),
               help="Loss on random targets (ce: integer labels; drtp needs ce or bce).")
+@click.option("--chunk", default=None, type=int,
+              help="Streaming algorithms (RTRL family, fptt): C steps per kernel call, 1 ≤ C ≤ T.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def gradcheck_cmd(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, seed, backend, norm, ffn, residual,
-                  encoder, pooling, cell_options, algorithm_options, loss, as_json):
+                  encoder, pooling, cell_options, algorithm_options, loss, chunk, as_json):
     """Compare ALGORITHM's gradients with BPTT, and BPTT with central finite differences.
 
     Prints one row per parameter (relative error and cosine vs BPTT; BPTT vs FD) and exits with status 1 when BPTT
@@ -154,7 +156,7 @@ def gradcheck_cmd(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, 
     """
     report = check_gradients(cell, algorithm, layers=layers, hidden=hidden, seq_len=seq_len, batch=batch, n_in=n_in,
                              dtype=dtype, seed=seed, backend=backend, norm=norm, ffn=ffn, residual=residual,
-                             encoder=encoder, pooling=pooling, loss=loss,
+                             encoder=encoder, pooling=pooling, loss=loss, chunk=chunk,
                              algorithm_options=_parse_options(algorithm_options, "--algorithm-option", "-a passes=2"),
                              **_parse_options(cell_options))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_reports([report]))
@@ -207,7 +209,14 @@ def _run_options(f):
         click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
                      help="EP network option, e.g. -n activation=tanh -n dt=0.5."),
         click.option("--update-every", default=None, type=int,
-                     help="Truly online training (RTRL family): update the weights every K time steps."),
+                     help="Truly online training (RTRL family, tbptt): update the weights every K time steps "
+                          "(1 ≤ K ≤ T; a stream task needs it)."),
+        click.option("--chunk", default=None, type=int,
+                     help="Streaming algorithms (RTRL family, fptt): C steps per kernel call, 1 ≤ C ≤ T (default: "
+                          "1 on numpy, min(64, T) on a backend); the results do not depend on C."),
+        click.option("--micro-batch", default=None, type=int,
+                     help="Split each batch into M micro-batches (1 ≤ M ≤ batch), gradients combined exactly; "
+                          "not with --update-every."),
     ]
     for option in reversed(options):
         f = option(f)

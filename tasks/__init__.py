@@ -11,6 +11,12 @@
     mnist         sequence  784 × 1           label / ce       10     0.1            val_fraction=0.1, n_train,
     mnist98       sequence  98 × 1            label / ce       10     0.1            n_val, n_test (None: all)
     mnist-static  static    (N, 784)          label / ce       10     0.1            (same as mnist)
+    copy-stream   stream    T × (W+2)         per_step / bce   W      0.5 bit acc.   T=10**6, seq_len=4, bit_width=1,
+                                                                                     waiting_time=16
+    adding-stream stream    T × 2             per_step / mse   1      loss 1/12      T=10**6, seq_len=50
+
+Streams (tasks/stream.py) are back-to-back episodes of copy / adding, produced chunk by chunk (never a (T, B, I)
+array): `task.stream(split, batch)` has length, batch and chunk(t0, t1) -> (x, y, mask); they need a per-step readout.
 
 Every task also takes dtype="float64" (default) or "float32", the dtype of x and of real targets and masks (labels stay
 int64); it must match the model's dtype. The modules say the details: tasks/copy.py (channel layout), tasks/adding.py
@@ -50,8 +56,9 @@ import numpy as np
 
 from refimpl.errors import UnknownNameError, UnsupportedError
 
-from . import adding, copy, digits, mnist
+from . import adding, copy, digits, mnist, stream
 from .base import TARGET_KINDS, Split, Task, split_indices
+from .stream import StreamTask
 
 DTYPES = ("float64", "float32")
 
@@ -87,7 +94,8 @@ _MNIST = {"val_fraction": _FRACTION, "n_train": _none_or_int_at_least(1), "n_val
           "n_test": _none_or_int_at_least(1)}
 
 class _Spec(NamedTuple):
-    """A task: its builder, its kind (tasks/base.py: "sequence" or "static", known without building it) and the rules
+    """A task: its builder, its kind ("sequence" or "static" (tasks/base.py), "stream" (tasks/stream.py), known
+    without building it) and the rules
     of its options. The defaults live in the builders' signatures only."""
     builder: Callable[..., Task]
     kind: str
@@ -103,6 +111,10 @@ _SPECS: dict[str, _Spec] = {
     "mnist": _Spec(mnist.build_mnist, "sequence", _MNIST),
     "mnist98": _Spec(mnist.build_mnist98, "sequence", _MNIST),
     "mnist-static": _Spec(mnist.build_mnist_static, "static", _MNIST),
+    "copy-stream": _Spec(stream.build_copy_stream, "stream", {"T": _int_at_least(1), "seq_len": _int_at_least(1),
+                                                              "bit_width": _int_at_least(1),
+                                                              "waiting_time": _int_at_least(0)}),
+    "adding-stream": _Spec(stream.build_adding_stream, "stream", {"T": _int_at_least(1), "seq_len": _int_at_least(2)}),
 }
 _COMMON = {"dtype": ("float64", _choice(*DTYPES))}       # options every task takes: (default, rule)
 
@@ -135,7 +147,7 @@ def task_options(name: str) -> dict:
 
 
 def task_kind(name: str) -> str:
-    """The kind of a task (or preset), "sequence" or "static", without loading its data."""
+    """The kind of a task (or preset), "sequence", "static" or "stream", without loading its data."""
     if name in PRESETS:
         name = PRESETS[name][0]
     if name not in _SPECS:
@@ -190,7 +202,9 @@ def make_task(name: str, *, seed: int = 0, data_dir=None, **options) -> Task:
     resolved = {**task_options(name), **options}
     dtype = np.dtype(resolved.pop("dtype"))
     task = builder(int(seed), data_dir, **resolved)
-    if dtype != np.float64:
+    if _SPECS[name].kind == "stream":                 # produced chunk by chunk, in its dtype
+        task = replace(task, dtype=dtype.name)
+    elif dtype != np.float64:
         task = replace(task, train=_cast(task.train, dtype), val=_cast(task.val, dtype), test=_cast(task.test, dtype))
     info = {**task.info, "options": {**resolved, "dtype": dtype.name}}
     if preset is not None:
@@ -205,4 +219,4 @@ for _name, _spec in _SPECS.items():
     assert _params == set(_spec.rules), f"tasks: {_name} builder options {_params} != rules {set(_spec.rules)}"
 
 __all__ = ["TASKS", "PRESETS", "DTYPES", "make_task", "task_kind", "task_options", "Task", "Split", "TARGET_KINDS",
-           "split_indices"]
+           "split_indices", "StreamTask"]

@@ -24,7 +24,9 @@ import numpy as np
 from ..nn import losses, model as model_mod
 from ..algorithms import get_algorithm
 from ..api import make_model, model_grads
-from ..checks import resolve_dtype
+from ..algorithms.chunked import check_chunk
+from ..checks import positive_int, resolve_dtype
+from ..errors import UnsupportedError
 from ..numerics import TOLERANCES, central_differences, cosine, extended, rel_error
 
 
@@ -62,9 +64,19 @@ class GradcheckReport:
 def gradcheck(cell: str, algorithm: str = "bptt", *, layers: int = 1, hidden: int = 4, seq_len: int = 5,
               batch: int = 2, n_in: int = 3, n_out: int = 2, dtype="float64", seed: int = 0,
               backend: str = "numpy", fd_eps: float = 1e-6, algorithm_options: dict | None = None,
-              loss: str = "mse", **model_options) -> GradcheckReport:
-    """Check `algorithm` against BPTT and BPTT against finite differences on a small seeded model (see module doc)."""
+              loss: str = "mse", chunk: int | None = None, **model_options) -> GradcheckReport:
+    """Check `algorithm` against BPTT and BPTT against finite differences on a small seeded model (see module doc).
+    chunk: the chunk size of a streaming algorithm (options["chunk"]; 1 ≤ chunk ≤ seq_len), refused for others."""
     algo = get_algorithm(algorithm, "model")
+    if chunk is not None:
+        C = positive_int("--chunk", chunk)
+        if "chunk" not in algo.options:
+            raise UnsupportedError(f"--chunk cuts the sequence for a streaming algorithm (rtrl, online, snap1, "
+                                   f"truncated, spatial, cec, fptt, fptt1); {algorithm!r} takes no chunk"
+                                   + (" (its chunk is its window: use -a window=C)" if algo.streams else
+                                      ": drop --chunk"))
+        check_chunk(C, seq_len, "--chunk")
+        algorithm_options = {**(algorithm_options or {}), "chunk": C}
     dtype = resolve_dtype(dtype)
     opts = dict(layers=layers, seed=seed, **model_options)
     model, params = make_model(cell, n_in, hidden, n_out, dtype=dtype.name, **opts)

@@ -9,7 +9,8 @@ The comparison directory:
     compare.png       the learning curves of all the runs (refimpl.plotting.plot_runs)
 
 For a sequence task each run keeps only the algorithm options (-a) that its algorithm takes (fptt's passes mean
-nothing to bptt); a static task's options (T, K, β) are shared by ep and bptt.
+nothing to bptt), and --chunk only where its algorithm streams (bptt runs whole sequences); a static task's options
+(T, K, β) are shared by ep and bptt. A stream task (tasks/stream.py) cannot be compared (no bptt on a stream).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from tasks import task_kind
 
 from ..algorithms import get_algorithm
+from ..errors import UnsupportedError
 from ..numerics import cosine, rel_error
 from ..plotting import plot_runs
 from ..runs import atomic_write_json, batch_at
@@ -46,6 +48,29 @@ def options_for(config: TrainConfig, algorithm: str) -> dict:
     return {k: v for k, v in config.algorithm_options.items() if k in get_algorithm(algorithm).options}
 
 
+def config_for(config: TrainConfig, algorithm: str) -> TrainConfig:
+    """`config` for one run of the comparison: the algorithm options it takes, and --chunk only for an algorithm that
+    takes a chunk (the others run their sequences whole, as they always do)."""
+    chunk = config.chunk if "chunk" in get_algorithm(algorithm).options else None
+    return dataclasses.replace(config, algorithm=algorithm, algorithm_options=options_for(config, algorithm),
+                               chunk=chunk)
+
+
+def check_comparison(config: TrainConfig, algorithms) -> None:
+    """Refuse, before any work, a comparison that cannot run: unknown names, a stream task, a --chunk that no
+    algorithm of the list takes."""
+    kind = task_kind(config.task)
+    if kind == "stream":
+        raise UnsupportedError(f"task {config.task!r} is a stream: compare measures each gradient against bptt's on "
+                               f"whole sequences; train each algorithm on the stream with `train --update-every K`")
+    if kind == "sequence":
+        for a in algorithms:
+            get_algorithm(a, "model")                 # refuse unknown / unimplemented names before any work
+        if config.chunk is not None and not any("chunk" in get_algorithm(a).options for a in algorithms):
+            raise UnsupportedError(f"--chunk applies to the streaming algorithms (rtrl, online, snap1, truncated, "
+                                   f"spatial, cec, fptt, fptt1); none of {', '.join(algorithms)} takes it: drop --chunk")
+
+
 def gradient_agreement(config: TrainConfig, algorithms) -> dict:
     """How close each algorithm's gradient is to BPTT's at the run's initial weights, on its first training batch:
     {algorithm: {"cosine": …, "rel_error": …}} over all parameters flattened into one vector (a parameter an
@@ -56,8 +81,7 @@ def gradient_agreement(config: TrainConfig, algorithms) -> dict:
     _, idx = batch_at(config.seed, 0, 1, problem.task.train.n, config.batch_size)     # the run's first batch
 
     def flat(algorithm):
-        p = prepare(dataclasses.replace(config, algorithm=algorithm, algorithm_options=options_for(config, algorithm),
-                                        update_every=None)).problem
+        p = prepare(dataclasses.replace(config_for(config, algorithm), update_every=None, micro_batch=None)).problem
         _, g, _, _ = p.grads(params, idx, None)
         return np.concatenate([np.ravel(g.get(k, np.zeros_like(v))) for k, v in params.items()])
     reference = flat("bptt")
@@ -71,9 +95,7 @@ def gradient_agreement(config: TrainConfig, algorithms) -> dict:
 def compare(config: TrainConfig, algorithms, out_dir, *, progress: bool = False) -> Comparison:
     """Train `config` once per algorithm from the same initial weights into out_dir/<algorithm>; write compare.json
     and compare.png (see module doc)."""
-    if task_kind(config.task) == "sequence":
-        for a in algorithms:
-            get_algorithm(a, "model")                 # refuse unknown / unimplemented names before any work
+    check_comparison(config, algorithms)
     agreement = gradient_agreement(config, algorithms)
     out = Path(out_dir)
     rows = []
@@ -81,7 +103,7 @@ def compare(config: TrainConfig, algorithms, out_dir, *, progress: bool = False)
         sub = out / a
         if sub.exists():
             shutil.rmtree(sub)                      # compare reruns its runs from scratch
-        r = train(dataclasses.replace(config, algorithm=a, algorithm_options=options_for(config, a)), sub,
+        r = train(config_for(config, a), sub,
                   progress=progress, track_memory=True)
         rows.append({"algorithm": a, **dataclasses.asdict(r), "grad_vs_bptt": agreement[a]})
     atomic_write_json(out / "compare.json", {"config": dataclasses.asdict(config), "runs": rows})

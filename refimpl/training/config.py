@@ -46,7 +46,11 @@ class TrainConfig:
     warmup_steps: int = 0
     log_every: int = 10
     checkpoint_every: int | None = None  # steps; None = at the end of every epoch
-    update_every: int | None = None      # RTRL family only: update the weights every k time steps within a sequence
+    update_every: int | None = None      # algorithms that update inside a sequence (the RTRL family, tbptt): update
+                                         # the weights every k time steps (problems.check_online says what is refused)
+    chunk: int | None = None             # streaming algorithms: run C steps per kernel call (None: the driver's
+                                         # default, 1 on NumPy and min(64, T) on a backend); results independent of C
+    micro_batch: int | None = None       # split each batch into M micro-batches, gradients combined exactly
     net: str = "prototypical"            # static tasks only: the EP network: prototypical | energy | toy | conv
     net_options: dict = field(default_factory=dict)   # its options: activation, dt, clamp
 
@@ -72,9 +76,12 @@ def check_config(config: TrainConfig) -> None:
     """Refuse counts and sizes that are not positive integers (the task, model and algorithm check their own)."""
     for name in ("layers", "hidden", "epochs", "batch_size", "log_every"):
         positive_int(name, getattr(config, name))
-    for name in ("steps", "checkpoint_every", "update_every"):
+    for name in ("steps", "checkpoint_every"):
         if getattr(config, name) is not None:
             positive_int(name, getattr(config, name))
+    for name in ("update_every", "chunk", "micro_batch"):     # the run options' names as the CLI spells them
+        if getattr(config, name) is not None:
+            positive_int("--" + name.replace("_", "-"), getattr(config, name))
 
 
 #: Equilibrium propagation where the caller does not say: free-phase steps T, nudged steps K, nudge strength β, and

@@ -24,6 +24,9 @@ The run directory (refimpl/runs.py):
 `resume=True` continues from checkpoint.npz: the metrics logged after the checkpoint are dropped and recomputed, so a
 killed and resumed run ends with exactly the metrics of an uninterrupted one. A non-finite loss, gradient or
 parameter stops the run with `TrainingDiverged`, leaving the last good checkpoint in place.
+
+A stream task (tasks/stream.py: one long sequence, no batches of examples) trains by refimpl/training/stream.py: one
+pass, an update every --update-every steps.
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ import tracemalloc
 
 import numpy as np
 
+from tasks import task_kind
+
 from .. import optim
 from ..errors import NumericalError
 from ..runs import (MetricsLog, ProgressBar, TrainingDiverged, atomic_write_json, batch_at, load_checkpoint,
                     open_run_dir, save_checkpoint)
 from .config import RunResult, TrainConfig, check_config
 from .problems import prepare
+from .stream import train_stream
 
 #: The final training loss is measured on at most this many training examples (a seeded subset), so that the end
 #: of a run on a large task does not cost a full pass over the training set.
@@ -48,10 +54,13 @@ TRAIN_EVAL_SIZE = 2000
 
 def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool = False,
           track_memory: bool = False) -> RunResult:
-    """Train `config` into `run_dir` (created), or continue it with resume=True. See the module doc."""
+    """Train `config` into `run_dir` (created), or continue it with resume=True. See the module doc; a stream task
+    trains by refimpl/training/stream.py."""
     run = open_run_dir(run_dir, resume)
     if run.saved_config is not None:
         config = TrainConfig.from_dict(run.saved_config)
+    if task_kind(config.task) == "stream":
+        return train_stream(config, run_dir, resume=resume, progress=progress)
     check_config(config)
     problem, opt, steps_per_epoch, total = prepare(config)
     task, params = problem.task, problem.params

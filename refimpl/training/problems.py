@@ -8,7 +8,18 @@
 Two kinds of problem, by the task's kind (tasks/base.py):
     sequence   a recurrent model (refimpl.nn.model) trained by any algorithm of refimpl.algorithms
                (refimpl.model_grads on the config's backend), or truly online (--update-every: weight updates inside
-               the sequence, so the optimizer state and parameters come back from `grads`)
+               the sequence, so the optimizer state and parameters come back from `grads`) on any backend, by the
+               algorithms that can (Algorithm.updates_inside: the RTRL family, tbptt)
+    stream     (tasks/stream.py) no batches: one pass over a stream, trained by refimpl/training/stream.py
+
+The run options that reach the algorithm (`check_online`, before any work):
+    --chunk C          options["chunk"] of a streaming algorithm (Algorithm.streams; tbptt's chunk is its window,
+                       -a window=k); 1 ≤ C ≤ T. Results do not depend on C (refimpl/algorithms/chunked.py).
+    --update-every K   1 ≤ K ≤ T; an algorithm that updates inside a sequence only (bptt: use tbptt -a window=k)
+    --micro-batch M    the batch split into M micro-batches (np.array_split: sizes differ by at most one), each one's
+                       gradient weighted by its share b_m / B: since L = (1/B) Σ_b L_b, Σ_m (b_m/B) L_m is exactly the
+                       full batch's loss and gradient. 1 ≤ M ≤ B; not with --update-every (the micro-batches would
+                       have to run in lockstep, each keeping its traces: no memory saved; use a smaller batch).
     static     an equilibrium-propagation network (refimpl/ep/networks.py, or the convolutional one of
                refimpl/ep/conv.py) trained by `ep` or by `bptt` through the same dynamics
 
@@ -30,8 +41,10 @@ import numpy as np
 from tasks import make_task
 
 from .. import optim
-from ..algorithms import get_algorithm
-from ..algorithms.online import online_grads
+from ..algorithms import ALGORITHMS, get_algorithm
+from ..algorithms.chunked import TBPTT_WINDOW, check_chunk
+from ..algorithms.online import whole_stack_differs
+from ..checks import positive_int
 from ..api import make_model, model_grads
 from ..ep import conv as ep_conv, networks as ep_networks
 from ..errors import NumericalError, UnsupportedError
@@ -140,34 +153,114 @@ def evaluate(task, model, params, split, kernels, batch_size: int = 256) -> tupl
 
 def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Problem:
     """A sequence task: a recurrent model trained by config.algorithm on config.backend (see module doc)."""
-    model, params = make_model(config.cell, task.n_in, config.hidden, task.n_out, layers=config.layers,
-                               d_model=config.d_model, encoder=config.encoder, norm=config.norm, ffn=config.ffn,
-                               residual=config.residual, pooling=config.pooling, seed=config.seed,
-                               dtype=config.dtype, **config.cell_options)
+    model, params = build_model(config, task)
     check_compatible(task, model, config.algorithm)
-    if config.update_every is not None and get_algorithm(config.algorithm, "model").input_grads:
-        raise UnsupportedError(f"--update-every needs an online algorithm (rtrl, online, snap1, truncated, spatial, "
-                               f"cec); {config.algorithm!r} needs the whole sequence before it can update")
-    if config.update_every is not None and config.backend != "numpy":
-        raise UnsupportedError(f"--update-every runs on the NumPy reference only (the truly online step loop); "
-                               f"backend {config.backend!r} runs {config.algorithm!r} as whole-sequence sweeps: drop "
-                               f"--update-every or use --backend numpy")
+    options = check_online(config, model, task.seq_len, min(config.batch_size, task.train.n))
     kernels = cell_kernels(model.cell, config.backend, model.dtype)
+    algo = get_algorithm(config.algorithm, "model")
+
+    def one_batch(params, idx):
+        x, y, mask = batch_targets(task, model, task.train, idx)
+        return model_grads(model, params, x, y, loss=task.loss, mask=mask, algorithm=config.algorithm,
+                           backend=config.backend, **options)
 
     def grads(params, idx, opt_state):
-        x, y, mask = batch_targets(task, model, task.train, idx)
         if config.update_every:
-            return truly_online(model, params, x, y, task.loss, mask, config, opt, opt_state)
-        loss, g = model_grads(model, params, x, y, loss=task.loss, mask=mask, algorithm=config.algorithm,
-                              backend=config.backend, **config.algorithm_options)
+            x, y, mask = batch_targets(task, model, task.train, idx)
+            return truly_online(model, params, x, y, task.loss, mask, config, opt, opt_state, algo=algo,
+                                kernels=kernels, options=options)
+        if config.micro_batch:
+            loss, g = micro_batched(one_batch, params, idx, config.micro_batch)
+        else:
+            loss, g = one_batch(params, idx)
         return loss, g, opt_state, params
     return Problem(task, params, grads, lambda params, split: evaluate(task, model, params, split, kernels))
 
 
-def truly_online(model, params, x, y, loss, mask, config: TrainConfig, opt: optim.OptimConfig, opt_state):
-    """One sequence with weight updates every config.update_every steps inside it; the last update is left to the
-    caller. Returns (loss, the gradient since the last update, optimizer state, parameters after the updates)."""
+def build_model(config: TrainConfig, task):
+    """The config's recurrent model for a task's widths: (model, params)."""
+    return make_model(config.cell, task.n_in, config.hidden, task.n_out, layers=config.layers,
+                      d_model=config.d_model, encoder=config.encoder, norm=config.norm, ffn=config.ffn,
+                      residual=config.residual, pooling=config.pooling, seed=config.seed, dtype=config.dtype,
+                      **config.cell_options)
+
+
+def check_online(config: TrainConfig, model, T: int, B: int | None) -> dict:
+    """Refuse --chunk, --update-every and --micro-batch where they cannot work (T: the sequence length, B: the batch),
+    before any work; the algorithm's options with --chunk added (see module doc)."""
+    algo = get_algorithm(config.algorithm, "model")
+    options = dict(config.algorithm_options)
+    if config.chunk is not None:
+        C = positive_int("--chunk", config.chunk)
+        if not algo.streams:
+            raise UnsupportedError(f"--chunk cuts a stream into chunks for the streaming algorithms "
+                                   f"({', '.join(a.name for a in ALGORITHMS.values() if a.streams)}); "
+                                   f"{algo.name!r} runs the whole sequence at once: drop --chunk")
+        if "chunk" not in algo.options:
+            raise UnsupportedError(f"{algo.name}'s chunk is its window (BPTT inside each window): use -a window={C} "
+                                   f"instead of --chunk")
+        check_chunk(C, T, "--chunk")
+        options["chunk"] = C
+    if config.update_every is not None:
+        K = positive_int("--update-every", config.update_every)
+        if not algo.updates_inside:
+            hint = ("use tbptt -a window=k (truncated BPTT, one update per window), or an online rule (online, "
+                    "snap1, truncated, spatial, cec, rtrl)" if algo.name == "bptt" else
+                    "use an online rule (online, snap1, truncated, spatial, cec, rtrl) or tbptt -a window=k")
+            raise UnsupportedError(f"--update-every needs an algorithm that can update inside a sequence; "
+                                   f"{algo.name!r} needs the whole sequence before it can update: {hint}")
+        if K > T:
+            raise UnsupportedError(f"--update-every {K} is longer than the sequence (T = {T}); use 1 ≤ K ≤ {T} (K = T "
+                                   f"is one update per sequence)")
+        if algo.name == "rtrl" and whole_stack_differs(model):
+            raise UnsupportedError("--update-every with whole-stack rtrl is not supported (its sequences run one "
+                                   "after another); use --algorithm online (per-layer RTRL) for truly online updates")
+        if algo.name == "tbptt":
+            window = int(options.get("window", min(TBPTT_WINDOW, T)))
+            check_chunk(window, T, "window")
+            if K % window:
+                raise UnsupportedError(f"tbptt updates once per window of {window} steps; --update-every {K} is not a "
+                                       f"multiple of it: use --update-every {window} (or a multiple), or -a window=k "
+                                       f"dividing {K}")
+    if config.micro_batch is not None:
+        M = positive_int("--micro-batch", config.micro_batch)
+        if config.update_every is not None:
+            raise UnsupportedError("--micro-batch with --update-every: the micro-batches would have to run in "
+                                   "lockstep (an update inside the sequence needs every micro-batch's gradient up to "
+                                   "that step), keeping every micro-batch's traces, so nothing is saved; use a "
+                                   "smaller --batch-size instead")
+        if B is not None and M > B:
+            raise UnsupportedError(f"--micro-batch {M} is more than the batch ({B} examples); use 1 ≤ M ≤ {B}")
+    return options
+
+
+def micro_batched(one_batch: Callable, params, idx: np.ndarray, M: int):
+    """(loss, grads) of the batch idx from M micro-batches: Σ_m (b_m / B) · one_batch(params, idx_m) (module doc)."""
+    B = len(idx)
+    total, out, dx = 0.0, {}, []
+    for part in np.array_split(idx, min(M, B)):
+        loss, g = one_batch(params, part)
+        w = len(part) / B
+        total += w * loss
+        for k, v in g.items():
+            if k == "x":                            # the input gradient is per example: (T, b_m, I) side by side
+                dx.append(w * v)
+            else:
+                out[k] = out[k] + w * v if k in out else w * v
+    if dx:
+        out["x"] = np.concatenate(dx, axis=1)
+    return total, out
+
+
+def truly_online(model, params, x, y, loss, mask, config: TrainConfig, opt: optim.OptimConfig, opt_state, *,
+                 algo=None, kernels=None, options=None):
+    """One sequence with weight updates every config.update_every steps inside it, on the config's backend (the
+    algorithm's model_grads with update_every / on_update); the last update is left to the caller. Returns (loss,
+    the gradient since the last update, optimizer state, parameters after the updates)."""
     check_inputs(model, params, x, y, loss, mask)
+    algo = get_algorithm(config.algorithm, "model") if algo is None else algo
+    kernels = cell_kernels(model.cell, config.backend, model.dtype) if kernels is None else kernels
+    options = dict(config.algorithm_options) if options is None else options
     current = {"params": dict(params), "opt": opt_state}
 
     def on_update(grads, t=None, loss=None):
@@ -180,8 +273,8 @@ def truly_online(model, params, x, y, loss, mask, config: TrainConfig, opt: opti
         return current["params"]
 
     with np.errstate(all="ignore"):
-        value, grads = online_grads(model, params, x, y, loss, mask, algorithm=config.algorithm,
-                                    update_every=config.update_every, on_update=on_update)
+        value, grads = algo.model_grads(kernels, model, params, x, y, loss, mask, update_every=config.update_every,
+                                        on_update=on_update, **algo.check_options(options))
     if not np.isfinite(value):
         raise NumericalError(f"the loss became non-finite ({value})")
     return value, grads, current["opt"], current["params"]
@@ -193,6 +286,11 @@ def truly_online(model, params, x, y, loss, mask, config: TrainConfig, opt: opti
 def static_problem(config: TrainConfig, task) -> Problem:
     """A static task: an EP network (refimpl/ep/networks.py) trained by `ep` or by `bptt` through the same dynamics
     (truncated to the last K steps, the paper's baseline; -a K=0 … or full with -a full=1)."""
+    given = [f for f, v in (("--update-every", config.update_every), ("--chunk", config.chunk),
+                            ("--micro-batch", config.micro_batch)) if v is not None]
+    if given:
+        raise UnsupportedError(f"{', '.join(given)}: for sequence tasks (time steps, batches of sequences); task "
+                               f"{task.name!r} has static inputs: drop {' and '.join(given)}")
     if config.algorithm not in STATIC_ALGORITHMS:
         raise UnsupportedError(f"task {task.name!r} has static inputs: it trains equilibrium-propagation networks "
                                f"with --algorithm ep or bptt, not {config.algorithm!r}")

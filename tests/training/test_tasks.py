@@ -19,6 +19,8 @@ from tasks.mnist import ENV_VAR, FILES
 SMALL = {"copy": {"n_train": 20, "n_val": 7, "n_test": 5},
          "adding": {"seq_len": 9, "n_train": 20, "n_val": 7, "n_test": 5}}
 N_FAKE_TRAIN, N_FAKE_TEST = 30, 11
+SPLIT_TASKS = sorted(n for n in TASKS if task_kind(n) != "stream")     # streams: tests/training/test_online_training.py
+STREAM_TASKS = sorted(n for n in TASKS if task_kind(n) == "stream")
 
 
 def _needs_sklearn(name: str) -> None:
@@ -55,7 +57,7 @@ def build(name: str, tmp_path, **options):
 
 # ---------------------------------------------------------------------------------------------------- every task
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", SPLIT_TASKS)
 def test_every_task_shapes_dtypes_ranges(name, tmp_path):
     task = build(name, tmp_path)
     assert task.name == name and task.target in TARGET_KINDS and task.loss in LOSSES
@@ -84,7 +86,7 @@ def test_every_task_shapes_dtypes_ranges(name, tmp_path):
             assert split.mask is None
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", SPLIT_TASKS)
 def test_every_task_is_deterministic_and_seeded(name, tmp_path):
     a, b, c = (build(name, tmp_path, seed=s) for s in (3, 3, 4))
     for sa, sb, sc in zip((a.train, a.val, a.test), (b.train, b.val, b.test), (c.train, c.val, c.test)):
@@ -96,7 +98,7 @@ def test_every_task_is_deterministic_and_seeded(name, tmp_path):
         assert not np.array_equal(a.test.x, c.test.x)
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", SPLIT_TASKS)
 def test_float32_option(name, tmp_path):
     task = build(name, tmp_path, dtype="float32")
     for split in (task.train, task.val, task.test):
@@ -104,6 +106,23 @@ def test_float32_option(name, tmp_path):
         assert split.y.dtype == (np.int64 if task.target == "label" else np.float32)
         assert split.mask is None or split.mask.dtype == np.float32
     assert task.info["options"]["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("name", STREAM_TASKS)
+def test_every_stream_task_shapes_dtypes_and_seeds(name):
+    for dtype in ("float64", "float32"):
+        task = make_task(name, seed=2, T=50, dtype=dtype)
+        assert task.kind == task_kind(name) == "stream" and task.name == name and task.loss in LOSSES
+        assert task.length == task.seq_len == 50 and task.info["options"]["dtype"] == dtype and 0 < task.chance < 1
+        x, y, mask = task.stream("train", 3).chunk(0, 50)
+        assert x.shape == (50, 3, task.n_in) and all(v.dtype == np.dtype(dtype) for v in (x, y, mask))
+        check_target(task.loss, (50, 3, task.n_out), y)
+        check_mask(mask, 50, 3)
+        assert np.all(np.isfinite(x)) and mask.min() >= 0 and mask.max() > 0
+    other = make_task(name, seed=3, T=50).stream("train", 3).chunk(0, 50)[0]
+    assert not np.array_equal(other, make_task(name, seed=2, T=50).stream("train", 3).chunk(0, 50)[0])
+    with pytest.raises(UnsupportedError, match="integer ≥ 1"):
+        make_task(name, T=0)
 
 
 def test_split_indices_partition():

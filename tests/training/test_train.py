@@ -113,7 +113,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path
     (dict(algorithm="ep"), UnsupportedError, "fixed point"),           # EP on a sequence task
     (dict(task="digitz"), UnknownNameError, "did you mean"),
     (dict(hidden=-3), UnsupportedError, "positive integer"),
-    (dict(backend="numba", algorithm="online", update_every=2), UnsupportedError, "NumPy reference only"),
+    (dict(algorithm="bptt", update_every=2), UnsupportedError, "use tbptt -a window=k"),
     (dict(backend="nosuch"), UnknownNameError, "backend"),
 ])
 def test_incompatible_or_bad_configs_are_refused(tmp_path, changes, err, phrase):
@@ -206,5 +206,5 @@ def test_truly_online_updates(tmp_path):
     assert _numbers(tmp_path / "plain") == _numbers(tmp_path / "every-T")
     r = train(TrainConfig(**base, update_every=2), tmp_path / "every-2")
     assert np.isfinite(r.test_loss) and _numbers(tmp_path / "every-2") != _numbers(tmp_path / "plain")
-    with pytest.raises(UnsupportedError, match="needs an online algorithm"):
+    with pytest.raises(UnsupportedError, match="can update inside a sequence"):
         train(TrainConfig(**{**TINY, "update_every": 2}), tmp_path / "bptt")
