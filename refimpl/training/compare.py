@@ -51,6 +51,8 @@ def options_for(config: TrainConfig, algorithm: str) -> dict:
 def config_for(config: TrainConfig, algorithm: str) -> TrainConfig:
     """`config` for one run of the comparison: the algorithm options it takes, and --chunk only for an algorithm that
     takes a chunk (the others run their sequences whole, as they always do)."""
+    if task_kind(config.task) != "sequence":
+        return dataclasses.replace(config, algorithm=algorithm, algorithm_options=options_for(config, algorithm))
     chunk = config.chunk if "chunk" in get_algorithm(algorithm).options else None
     return dataclasses.replace(config, algorithm=algorithm, algorithm_options=options_for(config, algorithm),
                                chunk=chunk)
