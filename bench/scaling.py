@@ -51,8 +51,11 @@ def _ep_call(algorithm: str, T: int, H: int, B: int, I: int, seed: int = 0):
 
 
 def measure(call) -> tuple[float, int]:
-    """(seconds, peak bytes of NumPy allocations) of one call."""
+    """(seconds, peak bytes of NumPy allocations) of one call, after one untimed, untraced call (nothing is compiled
+    while measured). What the interpreter keeps for reuse (free lists of small objects, bounded, filled by the longest
+    run so far) would otherwise count as growth in T: study() warms each curve up at 4× its longest T first."""
     with np.errstate(all="ignore"):
+        call()
         tracemalloc.start()
         t0 = time.perf_counter()
         call()
@@ -72,8 +75,10 @@ def study(quick: bool = False) -> dict:
     curves = []
     for kind, algos, make in (("gru", SEQUENCE_ALGORITHMS, _sequence_call), ("ep", ("ep", "bptt"), _ep_call)):
         for a in algos:
-            vs_T = [measure(make(a, T, g["H_for_T"] if kind == "gru" else 16, g["B"], g["I"]))
-                    for T in g["T"]]
+            H_T = g["H_for_T"] if kind == "gru" else 16
+            with np.errstate(all="ignore"):
+                make(a, 4 * max(g["T"]), H_T, g["B"], g["I"])()  # warm up beyond the longest T (see measure)
+            vs_T = [measure(make(a, T, H_T, g["B"], g["I"])) for T in g["T"]]
             curve = {"model": kind, "algorithm": a, "T": list(g["T"]), "H_for_T": g["H_for_T"] if kind == "gru" else 16,
                      "time_vs_T": [s for s, _ in vs_T], "peak_vs_T": [p for _, p in vs_T],
                      "slope_time_T": _slope(g["T"], [s for s, _ in vs_T]),

@@ -58,8 +58,12 @@ def test_quick_suite_writes_table_json_plots_and_scaling(tmp_path):
     curves = {(c["model"], c["algorithm"]): c for c in report["scaling"]["curves"]}
     grows = lambda c: c["peak_vs_T"][-1] / c["peak_vs_T"][0]          # noqa: E731
     assert grows(curves["gru", "bptt"]) > 1.5 and grows(curves["ep", "bptt"]) > 1.5    # BPTT stores every step
+    # online: flat in T. At these tiny sizes (a few KiB) the interpreter's free lists (≤ 2000 small tuples per size,
+    # filled as steps are taken, then reused) show as up to ~10 KiB; BPTT's growth above is what storing the steps gives
+    flat = lambda c: c["peak_vs_T"][-1] < 1.1 * c["peak_vs_T"][0] + 16 * 2**10        # noqa: E731
+    assert not flat(curves["gru", "bptt"]), curves["gru", "bptt"]["peak_vs_T"]         # the criterion separates them
     for a in ("rtrl", "online", "snap1", "truncated", "spatial", "fptt"):
-        assert grows(curves["gru", a]) < 1.1, (a, curves["gru", a]["peak_vs_T"])       # online: flat in T
+        assert flat(curves["gru", a]), (a, curves["gru", a]["peak_vs_T"])
     assert grows(curves["ep", "ep"]) < 1.1
 
 
