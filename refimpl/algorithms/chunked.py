@@ -284,7 +284,7 @@ def online_grads(kernels, model, params, source, loss, *, rule: str, chunk: int,
 def fptt_grads(kernels, model, params, source, loss, *, chunk: int, passes: int | None = None,
                two_passes: bool = True, carrier: str = "float64", check: bool = True, input_grad: bool = False):
     """FPTT (two_passes) or fptt1 with the pass schedule of refimpl/algorithms/fptt.py: (Σ loss, gradients (+ "x"))."""
-    L, B, T = model.layers, source.batch, source.length
+    L, T = model.layers, source.length
     cells = model.cells
     sweeps = sweeps_for(kernels, carrier)
     error_layers = fptt.error_layers(L, passes, two_passes)          # with a warm-up: the top ones; fptt1: all
