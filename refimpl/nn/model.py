@@ -51,7 +51,7 @@ Everything here is batched over (T, B); the layers (46)–(51), (56)–(61) are 
 and the loops over time stay inside the cells. `forward` / `backward` take an optional `kernels` object with attributes
 `forward` and `backward` of exactly the cell module's sequence signatures, so that a backend's compiled kernels replace
 the reference ones; `backward` also takes a `cell_adjoint` (stack.py) that replaces the cell's BPTT adjoint (59) by
-another rule per layer (refimpl/algorithms/on_backend.py).
+another rule per layer.
 """
 
 from __future__ import annotations

@@ -26,9 +26,10 @@ The two strategies are plain functions of the layer index l:
     cell_adjoint(l, cell_params, dh, cell_cache) -> {cell parameter: gradient (every one), "x": ā_cell}
 
 BPTT runs the cell's sequence forward and passes the cell's BPTT backward (model.py, or a backend's kernels); the online
-rules, FPTT and recurrent DFA/DRTP run one step (refimpl/algorithms/online.py) and pass their rule; the backend
-compositions pass a kernel sweep per layer (refimpl/algorithms/on_backend.py). Every function of refimpl/nn/layers.py
-takes any leading axes, so the same walk serves a whole sequence (arrays (T, B, ·)) and one step ((B, ·)).
+rules, FPTT and tbptt run a chunk of C steps and pass, per layer, a carried kernel sweep over it
+(refimpl/algorithms/chunked.py); whole-stack RTRL and recurrent DFA/DRTP run one step (refimpl/algorithms/online.py,
+projected.py) and pass their rule. Every function of refimpl/nn/layers.py takes any leading axes, so the same walk
+serves a whole sequence or a chunk (arrays (T, B, ·)) and one step ((B, ·)).
 """
 
 from __future__ import annotations
