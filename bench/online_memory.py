@@ -89,6 +89,8 @@ def main(argv=None):
     ap.add_argument("--cells", default="lru,gru")
     ap.add_argument("--algorithms", default=",".join(ALGORITHMS))
     ap.add_argument("--lengths", default="100,1000,10000")
+    ap.add_argument("--B", type=int, default=16)
+    ap.add_argument("--H", type=int, default=32)
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args(argv)
     lengths = [int(t) for t in args.lengths.split(",")]
@@ -97,7 +99,7 @@ def main(argv=None):
         for c in args.cells.split(","):
             for a in args.algorithms.split(","):
                 # longest first: the interpreter's free lists (bounded) are then filled before the shorter points
-                points = {T: measure(b, c, T, a) for T in sorted(lengths, reverse=True)}
+                points = {T: measure(b, c, T, a, B=args.B, H=args.H) for T in sorted(lengths, reverse=True)}
                 rows += [points[T] for T in lengths]
     print(table(rows, lengths))
     if args.json:

@@ -76,12 +76,22 @@ def check_array(name: str, a, shape: Sequence[tuple[str, int | None]], dtype=Non
     return a
 
 
+#: Entries checked at a time by check_finite: its temporary stays this small whatever the size of the array (a long
+#: sequence's x is checked without a second array of its size, so the online algorithms' memory stays flat in T).
+FINITE_BLOCK = 2**16
+
+
 def check_finite(name: str, a: np.ndarray) -> None:
-    """Raise NonFiniteError naming the first bad entry if `a` holds NaN or inf."""
-    if not np.all(np.isfinite(a)):
-        bad = np.argwhere(~np.isfinite(a))[0]
-        raise NonFiniteError(f"{name} contains non-finite values (first at index {tuple(int(i) for i in bad)}: "
-                             f"{a[tuple(bad)]}); remove NaN/inf from the input before calling")
+    """Raise NonFiniteError naming the first bad entry if `a` holds NaN or inf (checked FINITE_BLOCK entries at a
+    time)."""
+    a = np.asarray(a)
+    flat = a.reshape(-1)                                      # a view of a contiguous array
+    for start in range(0, flat.size, FINITE_BLOCK):
+        block = flat[start:start + FINITE_BLOCK]
+        if not np.all(np.isfinite(block)):
+            bad = np.unravel_index(start + int(np.argmax(~np.isfinite(block))), a.shape)
+            raise NonFiniteError(f"{name} contains non-finite values (first at index {tuple(int(i) for i in bad)}: "
+                                 f"{a[bad]}); remove NaN/inf from the input before calling")
 
 
 def check_params(kind: str, params: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]],
