@@ -87,6 +87,15 @@ def _gate_adjoints(es, F, out):
 
 
 @njit(cache=True)
+def _solve(A, v):
+    """A⁻¹ v by a linear solve (f 1). Numba's solve refuses a non-finite system with LinAlgError where NumPy's returns
+    non-finite values; a lost error signal must reach the residual check (f 5) as NaN, as in the reference."""
+    if np.all(np.isfinite(v)) and np.all(np.isfinite(A)):
+        return np.linalg.solve(A, v)
+    return np.full(v.shape, np.nan)
+
+
+@njit(cache=True)
 def _warmup_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, v, P):
     """Phase 1 over the chunk: pre (T, B, G·H) = x W_ihᵀ + b_ih, s (B, S) the state (advanced in place), dh (T, B, S)
     float64 carriers; v (B, S) and P (B, S, S) float64, the carried ones on entry, advanced in place: (f 1), (f 2)."""
@@ -101,7 +110,7 @@ def _warmup_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, v, P):
         step_factors(kind, pre[t], s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
         _adjoint_jacobian(F_hh, E, W_hh, A, col)
         for b in range(B):
-            e = np.linalg.solve(A[b], v[b])                              # (f 1) e'_t = J_t^{-H} v'_{t-1}
+            e = _solve(A[b], v[b])                                       # (f 1) e'_t = J_t^{-H} v'_{t-1}
             v[b] = e - dh[t, b]                                          # v'_t = e'_t − dh_t
             np.dot(P[b], A[b], tmp)                                      # (f 2) P ← P J_tᴴ
             P[b] = tmp
@@ -123,7 +132,7 @@ def _errors_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, tied, v,
         h_prev[t] = hp
         _adjoint_jacobian(F_hh, E, W_hh, A, col)
         for b in range(B):
-            e = np.linalg.solve(A[b], v[b])                              # (f 1) e_t = J_t^{-H} v_{t-1}
+            e = _solve(A[b], v[b])                                       # (f 1) e_t = J_t^{-H} v_{t-1}
             es[b] = e                                                    # e_t in the state dtype
             v[b] = e - dh[t, b]                                          # v_t = e_t − dh_t
         _gate_adjoints(es, F_ih, g_ih[t])                                # (f 4)

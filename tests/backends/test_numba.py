@@ -213,3 +213,17 @@ def test_lru_rtrl_takes_any_carry_like_the_reference():
     assert set(got) == set(want)
     for name in want:
         assert rel_error(got[name], want[name]) < 1e-12, name
+
+
+def test_fptt_that_overflows_is_refused_like_the_reference():
+    """A forgetful gru over a long sequence: the inverted recursion overflows (e grows like the inverse of the
+    contraction, ~2^T). Numba's solve would refuse the non-finite system with LinAlgError; the kernel hands the NaN on
+    instead, so the backend stops with FPTT's own NumericalError, as the reference does."""
+    from refimpl import make_model, model_grads
+    from refimpl.errors import NumericalError
+    model, params = make_model("gru", 2, 4, 1, seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((1200, 2, 2)), rng.standard_normal((1200, 2, 1))
+    for backend in ("numpy", "numba"):
+        with pytest.raises(NumericalError, match="FPTT lost the error signal"):
+            model_grads(model, params, x, y, loss="mse", algorithm="fptt", backend=backend, chunk=64)
