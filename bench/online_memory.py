@@ -89,8 +89,8 @@ def main(argv=None):
     ap.add_argument("--cells", default="lru,gru")
     ap.add_argument("--algorithms", default=",".join(ALGORITHMS))
     ap.add_argument("--lengths", default="100,1000,10000")
-    ap.add_argument("--B", type=int, default=16)
-    ap.add_argument("--H", type=int, default=32)
+    ap.add_argument("--B", type=int, default=4)
+    ap.add_argument("--H", type=int, default=16)
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args(argv)
     lengths = [int(t) for t in args.lengths.split(",")]
