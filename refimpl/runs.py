@@ -175,6 +175,18 @@ class MetricsLog:
         self._f.close()
 
 
+def begin_run(run: RunDir, config: dict, params: dict, opt_state: dict, resume: bool):
+    """Start a run in its directory, or resume it: (first step, params, optimizer state, MetricsLog). Resuming reads
+    the last checkpoint (and drops the metrics logged after it: they are recomputed); starting writes config.json."""
+    start = 0
+    run.path.mkdir(parents=True, exist_ok=True)
+    if resume and run.checkpoint.exists():
+        start, params, opt_state, _ = load_checkpoint(run.checkpoint)
+    elif not resume:
+        atomic_write_json(run.config, config)
+    return start, params, opt_state, MetricsLog(run.path / "metrics.jsonl", keep_until_step=start if resume else None)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Progress
 

@@ -41,8 +41,8 @@ from tasks import task_kind
 
 from .. import optim
 from ..errors import NumericalError
-from ..runs import (MetricsLog, ProgressBar, TrainingDiverged, atomic_write_json, batch_at, load_checkpoint,
-                    open_run_dir, save_checkpoint)
+from ..runs import (ProgressBar, TrainingDiverged, atomic_write_json, batch_at, begin_run, open_run_dir,
+                    save_checkpoint)
 from .config import RunResult, TrainConfig, check_config
 from .problems import prepare
 from .stream import train_stream
@@ -64,14 +64,8 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
     check_config(config)
     problem, opt, steps_per_epoch, total = prepare(config)
     task, params = problem.task, problem.params
-    opt_state = optim.init_state(params, opt)
-    start = 0
-    run.path.mkdir(parents=True, exist_ok=True)
-    if resume and run.checkpoint.exists():
-        start, params, opt_state, _ = load_checkpoint(run.checkpoint)
-    elif not resume:
-        atomic_write_json(run.config, dataclasses.asdict(config))
-    log = MetricsLog(run.path / "metrics.jsonl", keep_until_step=start if resume else None)
+    start, params, opt_state, log = begin_run(run, dataclasses.asdict(config), params,
+                                              optim.init_state(params, opt), resume)
 
     if track_memory:
         tracemalloc.start()

@@ -43,8 +43,7 @@ from ..errors import NumericalError, UnsupportedError
 from ..nn.losses import loss_forward
 from ..nn.model import forward
 from ..registry import cell_kernels
-from ..runs import (MetricsLog, TrainingDiverged, atomic_write_json, load_checkpoint, open_run_dir,
-                    save_checkpoint)
+from ..runs import TrainingDiverged, atomic_write_json, begin_run, open_run_dir, save_checkpoint
 from .config import RunResult, TrainConfig, check_config
 from .problems import build_model, check_online
 
@@ -113,14 +112,8 @@ def train_stream(config: TrainConfig, run_dir, *, resume: bool = False, progress
     opt = optim.OptimConfig(name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                             rec_lr_factor=config.rec_lr_factor, clip_norm=config.clip_norm,
                             schedule=config.schedule, warmup_steps=config.warmup_steps, total_steps=total)
-    opt_state = optim.init_state(params, opt)
-    start = 0
-    run.path.mkdir(parents=True, exist_ok=True)
-    if resume and run.checkpoint.exists():
-        start, params, opt_state, _ = load_checkpoint(run.checkpoint)
-    elif not resume:
-        atomic_write_json(run.config, dataclasses.asdict(config))
-    log = MetricsLog(run.path / "metrics.jsonl", keep_until_step=start if resume else None)
+    start, params, opt_state, log = begin_run(run, dataclasses.asdict(config), params,
+                                              optim.init_state(params, opt), resume)
     every_ckpt = config.checkpoint_every or CHECKPOINT_EVERY
     t_start = time.perf_counter()
     s = {"params": params, "opt": opt_state, "updates": start, "seen": 0.0, "log_loss": 0.0, "log_w": 0.0,
