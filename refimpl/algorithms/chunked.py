@@ -43,7 +43,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import fptt, rtrl
-from ..cells.common import add_into
+from ..cells.common import add_into, map_state
 from ..checks import positive_int
 from ..errors import UnsupportedError
 from ..nn.layers import linear_backward, linear_forward
@@ -165,7 +165,7 @@ def forward_chunk(model, params, kernels, x, states):
     def run_cell(l, cell_params, a):
         c = model.cells[l]
         h, cache = kernels.forward(cell_params, a, states[l], **c.step_options)
-        new_states[l] = c.final_state(cache)
+        new_states[l] = map_state(np.copy, c.final_state(cache))    # a copy: the chunk's cache is not kept alive
         return h, cache
 
     u, cache = stack_forward(model, params, x, run_cell)
