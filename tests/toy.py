@@ -1,5 +1,6 @@
 """Helpers of the cell tests (tests/cells/): scalar plain-Python math for the hand-worked trajectories, and the
-seeded random case and torch layer of the cross-checks against torch.nn. No refimpl code: a cell module is passed in."""
+seeded random case and torch layer of the cross-checks against torch.nn, a random target for a model. No refimpl code:
+a cell module (or model) is passed in."""
 
 import math
 
@@ -41,3 +42,13 @@ def torch_layer(torch, layer_class, params: dict, **options):
 def torch_layer_grads(net, params: dict) -> dict:
     """{name: the gradient torch accumulated on its copy of params[name]} after a backward through `net`."""
     return {name: getattr(net, f"{name}_l0").grad.numpy() for name in params}
+
+
+def random_target(rng, model, T: int, B: int, loss: str):
+    """A random target of the model's output shape for `loss`: labels for ce, bits for bce, normals for mse."""
+    shape = model.output_shape(T, B)
+    if loss == "ce":
+        return rng.integers(0, shape[-1], size=shape[:-1])
+    if loss == "bce":
+        return (rng.random(shape) > 0.5).astype(np.float64)
+    return rng.standard_normal(shape)

@@ -29,6 +29,7 @@ from refimpl.numerics import TOLERANCES, rel_error
 from refimpl.registry import BACKENDS, cell_kernels, load_backend
 
 from ..memory import peak_bytes
+from ..toy import random_target
 
 TOL = 1e-10
 OTHER_BACKENDS = [b for b in BACKENDS if b != "numpy"]
@@ -59,13 +60,7 @@ def _case(cell, opts, stack, T=10, B=2, I=3, H=3, O=2, seed=0, conditioned=False
             params = well_conditioned(cell, params, f"layers.{l}.cell.", seed + l)
     rng = np.random.default_rng(seed + 100)
     x = 0.5 * rng.standard_normal((T, B, I))
-    shape = model.output_shape(T, B)
-    if loss == "ce":
-        y = rng.integers(0, O, size=shape[:-1])
-    elif loss == "bce":
-        y = (rng.random(shape) > 0.5).astype(np.float64)
-    else:
-        y = rng.standard_normal(shape)
+    y = random_target(rng, model, T, B, loss)
     mask = None
     if model.per_step:
         mask = rng.uniform(0.5, 2.0, (T, B))

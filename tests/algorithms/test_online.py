@@ -20,6 +20,7 @@ from refimpl.numerics import cosine, rel_error
 from refimpl.algorithms.online import online_grads
 
 from ..memory import peak_bytes
+from ..toy import random_target
 
 CELLS = [("rnn", {}), ("rnn", {"nonlinearity": "linear"}), ("gru", {}), ("lstm", {}), ("lru", {}),
          ("lru", {"r_min": 0.9, "r_max": 0.999})]
@@ -30,14 +31,7 @@ def _case(cell, opts, seed=0, T=5, B=2, I=3, H=3, O=2, loss="mse", **model_kw):
     model, params = make_model(cell, I, H, O, seed=seed, **opts, **model_kw)
     rng = np.random.default_rng(seed + 100)
     x = rng.standard_normal((T, B, I))
-    shape = model.output_shape(T, B)
-    if loss == "ce":
-        y = rng.integers(0, O, size=shape[:-1])
-    elif loss == "bce":
-        y = (rng.random(shape) > 0.5).astype(np.float64)
-    else:
-        y = rng.standard_normal(shape)
-    return model, params, x, y
+    return model, params, x, random_target(rng, model, T, B, loss)
 
 
 def _assert_close(got, want, keys, tol, label):
