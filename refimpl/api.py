@@ -141,7 +141,7 @@ def model_grads(model, params: dict, x: np.ndarray, y, *, loss: str, mask=None, 
         algorithm: a name of DESIGN.md §5 (or the `readout` baseline, or `tbptt`).  backend: where the cell kernels
             run (the RTRL family, FPTT and tbptt run chunk by chunk on every backend: refimpl/algorithms/chunked.py).
         **options: the algorithm's options (RTRL family, fptt, fptt1: chunk=C, the steps per kernel call — 1 on NumPy,
-            min(64, T) on a backend by default; fptt / fptt1: passes=L+1 (the pass budget), carrier='float64' |
+            min(256, T) on a backend by default; fptt / fptt1: passes=L+1 (the pass budget), carrier='float64' |
             'state'; tbptt: window=k).
     Returns:
         (loss_value, grads) with grads keyed by the dotted parameter names, plus "x" for `bptt` (forward-mode rules

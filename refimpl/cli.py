@@ -213,7 +213,7 @@ def _run_options(f):
                           "(1 ≤ K ≤ T; a stream task needs it)."),
         click.option("--chunk", default=None, type=int,
                      help="Streaming algorithms (RTRL family, fptt): C steps per kernel call, 1 ≤ C ≤ T (default: "
-                          "1 on numpy, min(64, T) on a backend); the results do not depend on C."),
+                          "1 on numpy, min(256, T) on a backend); the results do not depend on C."),
         click.option("--micro-batch", default=None, type=int,
                      help="Split each batch into M micro-batches (1 ≤ M ≤ batch), gradients combined exactly; "
                           "not with --update-every."),

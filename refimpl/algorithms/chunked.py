@@ -53,7 +53,7 @@ from ..registry import call, cell_kernels
 
 #: The chunk size on a backend when none is given (bench/online_chunk.py measured the time per step against C; the
 #: README states the measurement). On NumPy the default is 1, the textbook step loop.
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 256
 
 #: tbptt's window k when none is given (capped at T).
 TBPTT_WINDOW = 16

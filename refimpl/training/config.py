@@ -49,7 +49,7 @@ class TrainConfig:
     update_every: int | None = None      # algorithms that update inside a sequence (the RTRL family, tbptt): update
                                          # the weights every k time steps (problems.check_online says what is refused)
     chunk: int | None = None             # streaming algorithms: run C steps per kernel call (None: the driver's
-                                         # default, 1 on NumPy and min(64, T) on a backend); results independent of C
+                                         # default, 1 on NumPy and min(256, T) on a backend); results independent of C
     micro_batch: int | None = None       # split each batch into M micro-batches, gradients combined exactly
     net: str = "prototypical"            # static tasks only: the EP network: prototypical | energy | toy | conv
     net_options: dict = field(default_factory=dict)   # its options: activation, dt, clamp
