@@ -224,19 +224,35 @@ def fptt_cell_grads(cell, params, x, dh, state0, *, two_passes: bool = True, car
 
     two_passes=False is `fptt1` (e_{−1} = 0). dh is read one step late, as an online learner would receive it.
     """
-    T, B = x.shape[:2]
+    def warmup(carry):
+        return fptt_warmup(cell, params, x, dh, state0, carry, carrier=carrier)[1]
+
+    def errors(carry):
+        grads, _, end, e_max = fptt_errors(cell, params, x, dh, state0, carry, carrier=carrier)
+        return grads, end, e_max
+
+    return cell_phases(cell, params, dh, warmup, errors, two_passes=two_passes, carrier=carrier, check=check)
+
+
+def cell_phases(cell, params, dh, warmup, errors, *, two_passes: bool, carrier: str, check: bool) -> dict:
+    """One cell's two phases over a whole sequence as one chunk, whoever runs them (the reference's functions above,
+    or a backend's kernels: refimpl/algorithms/on_backend.py):
+
+        warmup(carry) -> carry {"v", "P"}                 phase 1 from the stream's start (carry None)
+        errors(carry) -> (grads {params…, "x"}, carry {"v"}, max |e| or None)      phase 2 from {"v": e_{−1}}
+
+    e_{−1} = −P v' (3) between them (0 for fptt1), the check (5) after; returns fptt_cell_grads' dict."""
+    B = dh.shape[1]
     ct = carrier_dtype(cell, carrier)
     e_start = np.zeros((B, cell.state_size), ct)
     if two_passes:
-        _, warm = fptt_warmup(cell, params, x, dh, state0, carrier=carrier)                  # phase 1
-        e_start = start_error(cell, warm)                                                      # (3)
-    grads, _, end, e_max = fptt_errors(cell, params, x, dh, state0, {"v": e_start}, carrier=carrier)   # phase 2
+        e_start = start_error(cell, warmup(None))                                              # phase 1, (3)
+    grads, end, e_max = errors({"v": e_start})                                                 # phase 2
     if two_passes and check:
-        check_residual(cell, params, T, ct, residual_of(cell, end, dh[-1]), "one cell", e_max=e_max)   # (5)
+        check_residual(cell, params, dh.shape[0], ct, residual_of(cell, end, dh[-1]), "one cell", e_max=e_max)  # (5)
     # e_{−1}: the gradient of the initial state, h0 (and c0), in the order of the flattened state
     starts = np.split(e_start.astype(cell.state_dtype), len(cell.grad_state_keys), axis=-1)
-    grads.update(zip(cell.grad_state_keys, starts))
-    return grads
+    return {**grads, **dict(zip(cell.grad_state_keys, starts))}
 
 
 # ----------------------------------------------------------------------------------------------------------------

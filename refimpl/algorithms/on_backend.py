@@ -18,8 +18,6 @@ them (and the model-level chunked driver) against the reference on every backend
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..registry import call
 from . import fptt, rtrl
 from .chunked import sweeps_for
@@ -35,15 +33,8 @@ def cell_grads_online(kernels, rule: str, cell, params, x, dh, state0) -> dict:
 
 def fptt_cell_grads(kernels, cell, params, x, dh, state0, *, two_passes: bool = True, carrier: str = "float64",
                     check: bool = True) -> dict:
-    """fptt.fptt_cell_grads as the two phase kernels on `kernels.backend` (float64 carriers), checked by (5)."""
+    """fptt.fptt_cell_grads with its two phases as kernel calls on `kernels.backend` (float64 carriers)."""
     sweeps = sweeps_for(kernels, carrier)
-    B, T = x.shape[1], x.shape[0]
-    ct = fptt.carrier_dtype(cell, carrier)
-    e_start = np.zeros((B, cell.state_size), ct)
-    if two_passes:
-        e_start = fptt.start_error(cell, sweeps.warmup(cell, params, x, dh, state0, None))           # (1)–(3)
-    grads, end, _ = sweeps.errors(cell, params, x, dh, state0, {"v": e_start})                       # (1), (4)
-    if two_passes and check:
-        fptt.check_residual(cell, params, T, ct, fptt.residual_of(cell, end, dh[-1]), "one cell")     # (5)
-    starts = np.split(e_start.astype(cell.state_dtype), len(cell.grad_state_keys), axis=-1)
-    return {**grads, **dict(zip(cell.grad_state_keys, starts))}
+    return fptt.cell_phases(cell, params, dh, lambda carry: sweeps.warmup(cell, params, x, dh, state0, carry),
+                            lambda carry: sweeps.errors(cell, params, x, dh, state0, carry),
+                            two_passes=two_passes, carrier=carrier, check=check)
