@@ -295,15 +295,14 @@ def fptt_inputs(cell_name: str, rng, dtype, size, **variant) -> dict:
     return inputs
 
 
-def fptt_chunk_inputs(cell_name: str, phase: str, rng, dtype, size, **variant) -> dict:
-    """<cell>.fptt1, <cell>.fptt_warmup: fptt_inputs and the state and carry that phase hands on after a random prefix
-    of PREFIX steps (for fptt1 started from a random e_{−1}, so the carried v is not zero)."""
-    inputs = fptt_inputs(cell_name, rng, dtype, size, **variant)
+def fptt_chunk_inputs(cell_name: str, phase: str, base, rng, dtype, size, **variant) -> dict:
+    """<cell>.fptt1, <cell>.fptt_warmup: the cell's FPTT inputs (`base`: fptt_inputs, or the cell's own spec of
+    FPTT_OWN_INPUTS) and the state and carry that phase hands on after a random prefix of PREFIX steps (for fptt1
+    started from a random e_{−1}, so the carried v is not zero)."""
+    inputs = base(rng, dtype, size, **variant)
     cell = _cell(cell_name, inputs["x"], inputs["dh"], **variant)
-    pre = fptt_inputs(cell_name, rng, dtype, {**size, "T": PREFIX}, **variant)
+    pre = base(rng, dtype, {**size, "T": PREFIX}, **variant)
     state0 = inputs[cell.state_arg]
-    if cell_name == "lstm":                        # c ≥ 1 as lstm_fptt_inputs (the lstm's J_t near-singular at c ≈ 0)
-        state0 = type(state0)(state0.h, (1.0 + np.abs(state0.c)).astype(dtype))
     if phase == "warmup":
         state, carry = fptt_warmup(cell, inputs["params"], pre["x"], pre["dh"], state0)
     else:
@@ -364,6 +363,9 @@ EP_VARIANTS = ({"kind": "prototypical", "activation": "sigm", "dt": 1.0},
 DENSE_SWEEP_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=13, B=1, I=2, H=3), dict(T=7, B=3, I=5, H=11))
 #: lstm.fptt keeps T ≤ 7 (still T = 1, a prime T, B = 1 and B > 1): docs/derivations/fptt.md §7.
 LSTM_FPTT_SIZES = (dict(T=1, B=1, I=1, H=1), dict(T=5, B=1, I=2, H=3), dict(T=7, B=3, I=5, H=11))
+#: The cells whose FPTT kernels need their own input spec and grid (make_inputs, sizes of fptt and fptt_warmup): the
+#: lstm (c ≥ 1 and T ≤ 7: lstm_fptt_inputs, LSTM_FPTT_SIZES). The others use fptt_inputs and the sweeps' grid.
+FPTT_OWN_INPUTS = {"lstm": (lstm_fptt_inputs, LSTM_FPTT_SIZES)}
 
 _EP_SIGNATURES = {
     "ep.free_phase": "(params, x (B,I), T, kind, activation, dt) -> [s_l (B, n_l)]",
@@ -395,17 +397,17 @@ def _register_table() -> None:
     for kernel, reference in FPTT_SWEEPS.items():
         name, phase = kernel.split(".")
         grad_keys = ", ".join(map(repr, CELLS[name].GRAD_STATE_KEYS))
-        sizes = LSTM_FPTT_SIZES if name == "lstm" and phase != "fptt1" else (
-            None if CELLS[name].DIAGONAL else DENSE_SWEEP_SIZES)
+        base, own = FPTT_OWN_INPUTS.get(name, (partial(fptt_inputs, name), None))
+        sizes = own if own and phase != "fptt1" else (None if CELLS[name].DIAGONAL else DENSE_SWEEP_SIZES)
         if phase == "fptt":
-            make_inputs = lstm_fptt_inputs if name == "lstm" else partial(fptt_inputs, name)
+            make_inputs = base
             signature = f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H)) -> {{param: grad, 'x', {grad_keys}}}"
         elif phase == "fptt1":
-            make_inputs = partial(fptt_chunk_inputs, name, "errors")
+            make_inputs = partial(fptt_chunk_inputs, name, "errors", base)
             signature = (f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H), carry=None {{'v' (B,S)}}) -> "
                          f"{{param: grad, 'x', 'state', 'carry': {{'v'}}}}")
         else:
-            make_inputs = partial(fptt_chunk_inputs, name, "warmup")
+            make_inputs = partial(fptt_chunk_inputs, name, "warmup", base)
             signature = (f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H), carry=None {{'v', 'P'}}) -> "
                          f"{{'state', 'carry': {{'v' (B,S), 'P' (B,S) or (B,S,S)}}}}")
         register_kernel(KernelSpec(kernel, signature, reference, make_inputs, variants=VARIANTS.get(name, ({},)),
