@@ -104,7 +104,8 @@ def cell_grads(cell: Cell, params: dict, x: np.ndarray, dh: np.ndarray, h0=None,
     Args:
         dh: (T, B, H) the part of ∂L/∂h_t that does not go through later states; complex for lru, with the
             convention z̄ = ∂L/∂Re z + i ∂L/∂Im z.
-        **options: the algorithm's options for one cell (fptt / fptt1: carrier='float64' | 'state').
+        **options: the algorithm's options for one cell (fptt / fptt1: carrier='float64' | 'state'; fptt:
+            warmup='direct' (default) | 'shooting' (the paper's warm-up)).
         algorithm: a name of DESIGN.md §5: `bptt`, `fptt`, `fptt1`, or an RTRL-family rule (`rtrl`, `online` (= `rtrl`
             for one cell), `snap1`, `truncated`, `spatial`, and `cec` for the lstm), run online with memory
             independent of T.
@@ -142,7 +143,7 @@ def model_grads(model, params: dict, x: np.ndarray, y, *, loss: str, mask=None, 
             run (the RTRL family, FPTT and tbptt run chunk by chunk on every backend: refimpl/algorithms/chunked.py).
         **options: the algorithm's options (RTRL family, fptt, fptt1: chunk=C, the steps per kernel call — 1 on NumPy,
             min(256, T) on a backend by default; fptt / fptt1: passes=L+1 (the pass budget), carrier='float64' |
-            'state'; tbptt: window=k).
+            'state'; fptt: warmup='direct' | 'shooting'; tbptt: window=k).
     Returns:
         (loss_value, grads) with grads keyed by the dotted parameter names, plus "x" for `bptt` (forward-mode rules
         give no input gradient; `readout` leaves out the parameters it does not train).

@@ -8,9 +8,10 @@
                      rule rtrl, snap1 (not lru: there it is rtrl), truncated, spatial, cec (lstm); the carry is the
                      rule's traces (rtrl.py, "Trace layouts"), {} for truncated and spatial
     <cell>.fptt      (params, x, h0 | state0, dh) -> grads (+ "x", "h0"): FPTT's two phases over a whole sequence
-    <cell>.fptt_warmup, <cell>.fptt1  (params, x, h0 | state0, dh, carry=None) -> {…, "state", "carry"}: FPTT's
-                     warm-up and error phases over one chunk (refimpl/algorithms/fptt.py; the raw sweeps: the residual
-                     check is the API's); the inputs are well conditioned
+    <cell>.fptt_warmup, <cell>.fptt_shooting, <cell>.fptt1  (params, x, h0 | state0, dh, carry=None) -> {…, "state",
+                     "carry"}: FPTT's warm-ups (direct; the paper's shooting) and error phase over one chunk
+                     (refimpl/algorithms/fptt.py; the raw sweeps: the residual check is the API's); the inputs are
+                     well conditioned
 
 A carried kernel takes the state before its chunk (its state argument) and the carry before it, and returns the state
 and the carry after it, so a stream cut into chunks of any size gives the results of one uncut sweep (DESIGN.md §5).
@@ -34,7 +35,7 @@ from functools import partial
 
 import numpy as np
 
-from .algorithms.fptt import fptt_cell_grads, fptt_errors, fptt_warmup, well_conditioned
+from .algorithms.fptt import WARMUP_PHASES, fptt_cell_grads, fptt_errors, well_conditioned
 from .algorithms.rtrl import sweep
 from .cells import CELLS, resolve_cell, rnn
 from . import ep
@@ -137,8 +138,10 @@ def lru_spatial(params, x, h0, dh, carry=None):
 
 
 # FPTT (refimpl/algorithms/fptt.py), the raw sweeps (the residual check (5) is the caller's), float64 carriers:
-#   <cell>.fptt         both phases over a whole sequence -> {param: grad, "x", initial-state keys (e_{−1})}
-#   <cell>.fptt_warmup  phase 1 over one chunk, carried -> {"state", "carry": {"v": v', "P": P}}
+#   <cell>.fptt         both phases over a whole sequence, the direct warm-up -> {param: grad, "x", initial-state keys
+#                       (e_{−1})}
+#   <cell>.fptt_warmup  phase 1 over one chunk, the direct warm-up, carried -> {"state", "carry": {"Q": Q, "e": e}}
+#   <cell>.fptt_shooting  phase 1 over one chunk, the paper's shooting warm-up -> {"state", "carry": {"v": v', "P": P}}
 #   <cell>.fptt1        phase 2 over one chunk, carried -> {param: grad, "x", "state", "carry": {"v"}}; carry None is
 #                       e_{−1} = 0 (the `fptt1` algorithm), {"v": e_{−1}} starts a stream after the warm-up
 
@@ -147,8 +150,8 @@ def _fptt1(cell_name: str, params, x, state0, dh, carry, **options) -> dict:
     return {**grads, "state": state, "carry": carry}
 
 
-def _fptt_warmup(cell_name: str, params, x, state0, dh, carry, **options) -> dict:
-    state, carry = fptt_warmup(_cell(cell_name, x, dh, **options), params, x, dh, state0, carry)
+def _fptt_warm(warmup: str, cell_name: str, params, x, state0, dh, carry, **options) -> dict:
+    state, carry = WARMUP_PHASES[warmup](_cell(cell_name, x, dh, **options), params, x, dh, state0, carry)
     return {"state": state, "carry": carry}
 
 
@@ -163,8 +166,13 @@ def rnn_fptt1(params, x, h0, dh, carry=None, nonlinearity="tanh"):
 
 
 def rnn_fptt_warmup(params, x, h0, dh, carry=None, nonlinearity="tanh"):
-    """rnn.fptt_warmup: the warm-up phase over one chunk, from the carried (v', P) (None: the stream's start)."""
-    return _fptt_warmup("rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
+    """rnn.fptt_warmup: the direct warm-up over one chunk, from the carried (Q, e) (None: Q = I, e = 0)."""
+    return _fptt_warm("direct", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
+
+
+def rnn_fptt_shooting(params, x, h0, dh, carry=None, nonlinearity="tanh"):
+    """rnn.fptt_shooting: the paper's shooting warm-up over one chunk, from the carried (v', P) (None: v' = 0, P = I)."""
+    return _fptt_warm("shooting", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
 
 
 def gru_fptt(params, x, h0, dh):
@@ -178,8 +186,13 @@ def gru_fptt1(params, x, h0, dh, carry=None):
 
 
 def gru_fptt_warmup(params, x, h0, dh, carry=None):
-    """gru.fptt_warmup: the warm-up phase over one chunk, from the carried (v', P) (None: the stream's start)."""
-    return _fptt_warmup("gru", params, x, h0, dh, carry)
+    """gru.fptt_warmup: the direct warm-up over one chunk, from the carried (Q, e) (None: Q = I, e = 0)."""
+    return _fptt_warm("direct", "gru", params, x, h0, dh, carry)
+
+
+def gru_fptt_shooting(params, x, h0, dh, carry=None):
+    """gru.fptt_shooting: the paper's shooting warm-up over one chunk, from the carried (v', P) (None: v' = 0, P = I)."""
+    return _fptt_warm("shooting", "gru", params, x, h0, dh, carry)
 
 
 def lstm_fptt(params, x, state0, dh):
@@ -193,8 +206,13 @@ def lstm_fptt1(params, x, state0, dh, carry=None):
 
 
 def lstm_fptt_warmup(params, x, state0, dh, carry=None):
-    """lstm.fptt_warmup: the warm-up phase over one chunk, from the carried (v', P) (None: the stream's start)."""
-    return _fptt_warmup("lstm", params, x, state0, dh, carry)
+    """lstm.fptt_warmup: the direct warm-up over one chunk, from the carried (Q, e) (None: Q = I, e = 0)."""
+    return _fptt_warm("direct", "lstm", params, x, state0, dh, carry)
+
+
+def lstm_fptt_shooting(params, x, state0, dh, carry=None):
+    """lstm.fptt_shooting: the paper's shooting warm-up over one chunk, from the carried (v', P) (None: v' = 0, P = I)."""
+    return _fptt_warm("shooting", "lstm", params, x, state0, dh, carry)
 
 
 def lru_fptt(params, x, h0, dh):
@@ -208,8 +226,13 @@ def lru_fptt1(params, x, h0, dh, carry=None):
 
 
 def lru_fptt_warmup(params, x, h0, dh, carry=None):
-    """lru.fptt_warmup: the warm-up phase over one chunk, from the carried (v', P) (None: the stream's start)."""
-    return _fptt_warmup("lru", params, x, h0, dh, carry)
+    """lru.fptt_warmup: the direct warm-up over one chunk, from the carried (Q, e) (None: Q = I, e = 0)."""
+    return _fptt_warm("direct", "lru", params, x, h0, dh, carry)
+
+
+def lru_fptt_shooting(params, x, h0, dh, carry=None):
+    """lru.fptt_shooting: the paper's shooting warm-up over one chunk, from the carried (v', P) (None: v' = 0, P = I)."""
+    return _fptt_warm("shooting", "lru", params, x, h0, dh, carry)
 
 
 # Equilibrium propagation (refimpl/ep/networks.py): the relaxation loops of the static-input networks. The network is
@@ -296,15 +319,16 @@ def fptt_inputs(cell_name: str, rng, dtype, size, **variant) -> dict:
 
 
 def fptt_chunk_inputs(cell_name: str, phase: str, base, rng, dtype, size, **variant) -> dict:
-    """<cell>.fptt1, <cell>.fptt_warmup: the cell's FPTT inputs (`base`: fptt_inputs, or the cell's own spec of
-    FPTT_OWN_INPUTS) and the state and carry that phase hands on after a random prefix of PREFIX steps (for fptt1
-    started from a random e_{−1}, so the carried v is not zero)."""
+    """<cell>.fptt1, <cell>.fptt_warmup, <cell>.fptt_shooting: the cell's FPTT inputs (`base`: fptt_inputs, or the
+    cell's own spec of FPTT_OWN_INPUTS) and the state and carry that phase hands on after a random prefix of PREFIX
+    steps (phase "direct" or "shooting": that warm-up; "errors": fptt1 started from a random e_{−1}, so the carried v
+    is not zero)."""
     inputs = base(rng, dtype, size, **variant)
     cell = _cell(cell_name, inputs["x"], inputs["dh"], **variant)
     pre = base(rng, dtype, {**size, "T": PREFIX}, **variant)
     state0 = inputs[cell.state_arg]
-    if phase == "warmup":
-        state, carry = fptt_warmup(cell, inputs["params"], pre["x"], pre["dh"], state0)
+    if phase in WARMUP_PHASES:
+        state, carry = WARMUP_PHASES[phase](cell, inputs["params"], pre["x"], pre["dh"], state0)
     else:
         e0 = cell.flatten_state(cell.random_state(rng, size["B"]))
         if cell.complex_state:
@@ -348,7 +372,7 @@ RTRL_SWEEPS = {"rnn.rtrl": rnn_rtrl, "rnn.snap1": rnn_snap1, "rnn.truncated": rn
                "lru.rtrl": lru_rtrl, "lru.truncated": lru_truncated, "lru.spatial": lru_spatial}
 
 FPTT_SWEEPS = {f"{c}.{phase}": globals()[f"{c}_{phase}"] for c in ("rnn", "gru", "lstm", "lru")
-               for phase in ("fptt", "fptt1", "fptt_warmup")}
+               for phase in ("fptt", "fptt1", "fptt_warmup", "fptt_shooting")}
 
 EP_RELAXATIONS = {"ep.free_phase": ep_free_phase, "ep.nudged_phase": ep_nudged_phase, "ep.bptt": ep_bptt}
 
@@ -406,8 +430,12 @@ def _register_table() -> None:
             make_inputs = partial(fptt_chunk_inputs, name, "errors", base)
             signature = (f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H), carry=None {{'v' (B,S)}}) -> "
                          f"{{param: grad, 'x', 'state', 'carry': {{'v'}}}}")
+        elif phase == "fptt_warmup":
+            make_inputs = partial(fptt_chunk_inputs, name, "direct", base)
+            signature = (f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H), carry=None {{'Q', 'e'}}) -> "
+                         f"{{'state', 'carry': {{'Q' (B,S) or (B,S,S), 'e' (B,S)}}}}")
         else:
-            make_inputs = partial(fptt_chunk_inputs, name, "warmup", base)
+            make_inputs = partial(fptt_chunk_inputs, name, "shooting", base)
             signature = (f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H), carry=None {{'v', 'P'}}) -> "
                          f"{{'state', 'carry': {{'v' (B,S), 'P' (B,S) or (B,S,S)}}}}")
         register_kernel(KernelSpec(kernel, signature, reference, make_inputs, variants=VARIANTS.get(name, ({},)),

@@ -115,18 +115,21 @@ def _rtrl_family(name: str) -> dict:
 
 
 def _fptt(two_passes: bool) -> dict:
-    """FPTT (fptt.py, chunked.py); options carrier ('float64' | 'state'), and for a model chunk, passes (the pass
-    budget) and input_grad. One cell is one layer with its input given: it has no pass budget, and always returns
-    x̄."""
-    def cell_grads(kernels, cell, params, x, dh, state0, carrier="float64"):
+    """FPTT (fptt.py, chunked.py); options carrier ('float64' | 'state'), warmup ('direct' | 'shooting'; fptt only: fptt1
+    has no warm-up), and for a model chunk, passes (the pass budget) and input_grad. One cell is one layer with its
+    input given: it has no pass budget, and always returns x̄."""
+    warm = ("warmup",) if two_passes else ()
+
+    def cell_grads(kernels, cell, params, x, dh, state0, carrier="float64", **options):
         run = _on(kernels, fptt.fptt_cell_grads, on_backend.fptt_cell_grads)
-        return run(cell, params, x, dh, state0, two_passes=two_passes, carrier=carrier)
+        return run(cell, params, x, dh, state0, two_passes=two_passes, carrier=carrier, **options)
 
     def model_grads(kernels, model, params, x, y, loss, mask, **options):
         return chunked.fptt_model_grads(model, params, x, y, loss, mask, kernels=kernels, two_passes=two_passes,
                                         **options)
-    return dict(cell_grads=cell_grads, model_grads=model_grads, options=("chunk", "passes", "carrier", "input_grad"),
-                cell_options=("carrier",), tolerance="fptt_vs_bptt", streams=True,
+    return dict(cell_grads=cell_grads, model_grads=model_grads,
+                options=("chunk", "passes", "carrier", *warm, "input_grad"),
+                cell_options=("carrier", *warm), tolerance="fptt_vs_bptt", streams=True,
                 exact_when=lambda model, options: int(options.get("passes", model.layers + 1)) > model.layers)
 
 

@@ -14,7 +14,7 @@ stream produced chunk by chunk, never whole in memory) is cut into chunks [t0, t
           per-layer RTRL rules (rtrl.LAYER_RULE)   the rule's sweep kernel from the carried traces (rtrl.sweep);
                    x̄_t = (∂h_t/∂x_t)ᴴ δ_t, the immediate error (the step backward at every t at once, no carry)
           fptt     the error phase fptt1 from the carried v (fptt.fptt_errors); its x̄ carries the exact total error;
-                   the warm-up phase fptt_warmup in the layer that warms up in this pass
+                   the warm-up phase (fptt_warmup, direct; or fptt_shooting) in the layer that warms up in this pass
           tbptt    the cell's BPTT inside the chunk (its backward kernel): the graph cut at the chunk's start
     (4) accumulate the gradient; with update_every = K, after every K steps the gradient since the last update goes
                    to on_update(grads, t, loss) -> new params (t: the steps done; loss: Σ l_t since the last update),
@@ -33,7 +33,8 @@ inputs are read chunk by chunk again in every pass. Its check (5): ‖v^l_{T−1
 last carry.
 
 Who runs the sweeps (`Sweeps`): the reference functions themselves on NumPy (with FPTT's carrier option), the
-registered kernels `<cell>.<rule>`, `<cell>.fptt1`, `<cell>.fptt_warmup` on a backend (float64 carriers).
+registered kernels `<cell>.<rule>`, `<cell>.fptt1`, `<cell>.fptt_warmup` (`<cell>.fptt_shooting`) on a backend (float64
+carriers).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class Sweeps(NamedTuple):
     """A layer's sweeps over one chunk with its carry: the reference functions on NumPy, the kernels on a backend."""
     backend: str = "numpy"
     carrier: str = "float64"
+    warmup: str = "direct"
 
     def _kernel(self, op: str, cell, params, x, dh, state0, carry) -> dict:
         return call(f"{cell.name}.{op}", self.backend, params, x, dh=dh, carry=carry, **{cell.state_arg: state0},
@@ -132,11 +134,11 @@ class Sweeps(NamedTuple):
         out = self._kernel(rule, cell, params, x, dh, state0, carry)
         return {k: out[k] for k in params}, out["carry"]
 
-    def warmup(self, cell, params, x, dh, state0, carry):
-        """FPTT's warm-up phase: its carry {"v", "P"}."""
+    def warm(self, cell, params, x, dh, state0, carry):
+        """FPTT's warm-up phase: its carry ({"Q", "e"} direct, {"v", "P"} shooting)."""
         if self.backend == "numpy":
-            return fptt.fptt_warmup(cell, params, x, dh, state0, carry, carrier=self.carrier)[1]
-        return self._kernel("fptt_warmup", cell, params, x, dh, state0, carry)["carry"]
+            return fptt.WARMUP_PHASES[self.warmup](cell, params, x, dh, state0, carry, carrier=self.carrier)[1]
+        return self._kernel(WARMUP_KERNELS[self.warmup], cell, params, x, dh, state0, carry)["carry"]
 
     def errors(self, cell, params, x, dh, state0, carry):
         """FPTT's error phase: (grads {param, "x"}, carry {"v"}, max |e| or None where the kernel does not say)."""
@@ -147,12 +149,16 @@ class Sweeps(NamedTuple):
         return {**{k: out[k] for k in params}, "x": out["x"]}, out["carry"], None
 
 
-def sweeps_for(kernels, carrier: str = "float64") -> Sweeps:
+#: FPTT warm-up → the kernel `<cell>.<op>` that runs it on a backend.
+WARMUP_KERNELS = {"direct": "fptt_warmup", "shooting": "fptt_shooting"}
+
+
+def sweeps_for(kernels, carrier: str = "float64", warmup: str = "direct") -> Sweeps:
     """The Sweeps of a backend's CellKernels; a backend's FPTT kernels carry float64 only."""
     if kernels.backend != "numpy" and carrier != "float64":
         raise UnsupportedError(f"carrier={carrier!r}: the backend FPTT kernels carry their errors in float64; use "
                                f"backend 'numpy' for other carriers")
-    return Sweeps(kernels.backend, carrier)
+    return Sweeps(kernels.backend, carrier, fptt.check_warmup(warmup))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -282,13 +288,16 @@ def online_grads(kernels, model, params, source, loss, *, rule: str, chunk: int,
 
 
 def fptt_grads(kernels, model, params, source, loss, *, chunk: int, passes: int | None = None,
-               two_passes: bool = True, carrier: str = "float64", check: bool = True, input_grad: bool = False):
-    """FPTT (two_passes) or fptt1 with the pass schedule of refimpl/algorithms/fptt.py: (Σ loss, gradients (+ "x"))."""
+               two_passes: bool = True, carrier: str = "float64", warmup: str = "direct", check: bool = True,
+               input_grad: bool = False, diagnostics: dict | None = None):
+    """FPTT (two_passes) or fptt1 with the pass schedule of refimpl/algorithms/fptt.py: (Σ loss, gradients (+ "x")).
+    diagnostics: a dict to fill with {layer: {"residual": ρ (5), "gain": σ_min of the Jacobian product}}."""
     L, T = model.layers, source.length
     cells = model.cells
-    sweeps = sweeps_for(kernels, carrier)
+    sweeps = sweeps_for(kernels, carrier, warmup)
     error_layers = fptt.error_layers(L, passes, two_passes)          # with a warm-up: the top ones; fptt1: all
     starts = {l: None for l in error_layers}                          # e^l_{−1} as a carry {"v"}; None: e_{−1} = 0
+    gains = {l: None for l in error_layers}                           # σ_min of each warmed layer's product
     warm_order = list(reversed(error_layers)) if two_passes else []   # top first
     held = held_adjoint(model)
     for warm in warm_order + [None]:                                  # one warm-up per pass, then the final pass
@@ -304,8 +313,8 @@ def fptt_grads(kernels, model, params, source, loss, *, chunk: int, passes: int 
                     grads, carries[l], m = sweeps.errors(c, params_l, cache.x, dh, states[l], carries[l])
                     e_max[l] = max(e_max[l], m if m is not None else (0.0 if _finite(carries[l]) else np.inf))
                     return grads
-                if l == warm:                                                                   # (1), (2)
-                    carries[l] = sweeps.warmup(c, params_l, cache.x, dh, states[l], carries[l])
+                if l == warm:                                                                   # (2), (3)
+                    carries[l] = sweeps.warm(c, params_l, cache.x, dh, states[l], carries[l])
                     return {**{k: np.zeros_like(v) for k, v in params_l.items()}, "x": np.zeros_like(cache.x)}
                 return held(l, params_l, dh, cache)                                             # spatial
             return cell_adjoint
@@ -316,12 +325,18 @@ def fptt_grads(kernels, model, params, source, loss, *, chunk: int, passes: int 
                                           lowest=0 if final else warm, keep_dx=final and input_grad)
         if not final:
             starts[warm] = {"v": fptt.start_error(cells[warm], carries[warm])}                     # (3)
+            if check or diagnostics is not None:
+                gains[warm] = fptt.product_gain(cells[warm], carries[warm])
+    if two_passes and diagnostics is not None:
+        diagnostics.update({l: {"residual": fptt.residual_of(cells[l], carries[l], dh_last[l]), "gain": gains[l]}
+                            for l in error_layers})
     if two_passes and check:
         for l in error_layers:                                                                       # (5)
             ct = fptt.carrier_dtype(cells[l], carrier)
             fptt.check_residual(cells[l], cell_params(model, l, params), T, ct,
                                 fptt.residual_of(cells[l], carries[l], dh_last[l]), f"layer {l}",
-                                e_max=e_max[l] if sweeps.backend == "numpy" else None)
+                                e_max=e_max[l] if sweeps.backend == "numpy" else None, gain=gains[l],
+                                warmup=warmup)
     if input_grad:
         grads["x"] = dx
     return total, grads
@@ -391,20 +406,24 @@ def per_layer_grads(model, params, x, y=None, loss="mse", mask=None, *, rule: st
 
 
 def fptt_model_grads(model, params, x, y=None, loss="mse", mask=None, *, kernels=None, chunk=None,
-                     passes: int | None = None, two_passes: bool = True, carrier: str = "float64", check: bool = True,
-                     input_grad: bool = True):
+                     passes: int | None = None, two_passes: bool = True, carrier: str = "float64",
+                     warmup: str = "direct", check: bool = True, input_grad: bool = True,
+                     diagnostics: dict | None = None):
     """Loss and gradients of a model by FPTT (refimpl/algorithms/fptt.py: the pass schedule, (1)–(5)) over a sequence
-    or a stream. passes: the pass budget (default L+1, full FPTT); two_passes=False gives `fptt1`. check=False returns
-    the gradients even when (5) says they are lost (for the stability study, which measures how bad they are).
+    or a stream. passes: the pass budget (default L+1, full FPTT); two_passes=False gives `fptt1`; warmup: 'direct'
+    (default) or 'shooting' (the paper's). check=False returns the gradients even when (5) says they are lost (for the
+    stability study, which measures how bad they are; `diagnostics`, a dict, receives each layer's residual and
+    σ_min of its Jacobian product).
     input_grad=False leaves out "x" — the one output that grows with T; without it the memory is flat in T (a stream
     never returns it). Returns (loss_value, {dotted name: grad (, "x")})."""
     source = source_of(model, x, y, mask)
     kernels, chunk = resolve(model, kernels, source, chunk)
     for c in model.cells:
         fptt.carrier_dtype(c, carrier)                          # refuse an unknown carrier before any work
+    fptt.check_warmup(warmup)
     total, grads = fptt_grads(kernels, model, params, source, loss, chunk=chunk, passes=passes,
-                              two_passes=two_passes, carrier=carrier, check=check,
-                              input_grad=input_grad and isinstance(source, ArraySource))
+                              two_passes=two_passes, carrier=carrier, warmup=warmup, check=check,
+                              input_grad=input_grad and isinstance(source, ArraySource), diagnostics=diagnostics)
     for l in range(model.layers):
         if l not in fptt.error_layers(model.layers, passes, two_passes):     # spatial layers: no temporal credit
             for name in model.cells[l].recurrent_params:

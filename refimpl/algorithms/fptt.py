@@ -9,25 +9,35 @@ DESIGN.md §4). FPTT runs the same recursion *forward*:
 
     (1)  e_t = J_t^{−H} (e_{t−1} − dh_{t−1}),        dh_{−1} = 0             (a solve; lru: a division by conj(λ_t))
 
-which needs the right starting value e_{−1}. Phase 1 (warm-up) runs (1) from e'_{−1} = 0 and accumulates
+which needs the right starting value e_{−1} = Σ_t J_0ᴴ⋯J_tᴴ dh_t (BPTT's recursion unrolled). Phase 1 (warm-up) finds it
+in one of two ways, both forward in time and with O(S²) memory per sequence (`warmup=`):
 
-    (2)  P = J_0ᴴ J_1ᴴ ⋯ J_{T−1}ᴴ             (P ← P J_tᴴ each step; lru: P ← P ⊙ conj(λ_t))
+  direct (the default): accumulate the Jacobian product and the starting error itself, no inversion at all,
 
-and, since e − e' obeys the homogeneous recursion and the true error ends at e_{T−1} = dh_{T−1},
+    (2)  Q_{−1} = I,   Q_t = Q_{t−1} J_tᴴ,        (3)  e_{−1} = Σ_t Q_t dh_t      (e ← e + Q_t dh_t each step)
 
-    (3)  e_{−1} = −P (e'_{T−1} − dh_{T−1})       (the minus sign the published blog formula lacks)
+  shooting (the paper's): run (1) from e'_{−1} = 0 and accumulate P = Q_{T−1} = J_0ᴴ ⋯ J_{T−1}ᴴ; since e − e' obeys
+  the homogeneous recursion and the true error ends at e_{T−1} = dh_{T−1},
+
+    (2s) P ← P J_tᴴ,                              (3s) e_{−1} = −P (e'_{T−1} − dh_{T−1})   (the minus sign the
+                                                                                        published blog formula lacks)
+
+  On a contractive or badly conditioned product the shooting warm-up loses twice: e' grows like the inverse product
+  ‖P⁻¹‖, and its rounding is multiplied back by P, so e_{−1} is only accurate to ε·cond(P); the error phase then
+  amplifies that by ‖P⁻¹‖ again — ε·cond(P)·‖P⁻¹‖ where the direct warm-up gives ε·‖P⁻¹‖ (docs/derivations/fptt.md
+  §9). For a diagonal J (the lru) the two agree to rounding.
 
 Phase 2 re-runs the states from the inputs, carries the exact e_t with (1), and accumulates step by step
 
     (4)  ∂L/∂θ += (∂h_t/∂θ)ᴴ e_t,   x̄_t = (∂h_t/∂x_t)ᴴ e_t         (the cell's step backward with total adjoint e_t)
 
 (5) Check: at the end of phase 2, e_{T−1} must equal dh_{T−1}. The relative residual ρ = ‖e_{T−1} − dh_{T−1}‖ /
-‖dh_{T−1}‖ (and the size of e and P) is tracked; when the inversion loses the information — contractive dynamics
-|λ| < 1 make e grow like |λ|^{−T} while P shrinks like |λ|^{T} — FPTT stops with NumericalError instead of returning
-garbage gradients.
+‖dh_{T−1}‖ (and the size of e) is tracked; when the inversion loses the information — contractive dynamics |λ| < 1
+make e grow like |λ|^{−T}, a dense cell like 1/σ_min(Q_{T−1}) — FPTT stops with NumericalError (naming |λ| or σ_min of
+the Jacobian product, T and the precision) instead of returning garbage gradients.
 
-Memory: the states, e, e′ and P — O(S²) per sequence for dense cells (O(N) for the lru), independent of T; phase 2
-recomputes the states from the inputs and stores nothing per step.
+Memory: the states, e and Q (or e′ and P) — O(S²) per sequence for dense cells (O(N) for the lru), independent of T;
+phase 2 recomputes the states from the inputs and stores nothing per step.
 
 Multi-layer (`fptt_model_grads`): L+1 passes over the sequence. In pass p = 1 … L the layer L−p warms up while every
 layer above it is in its error phase (their exact e_t give the exact instantaneous errors of the layer below within
@@ -36,7 +46,7 @@ each step); the last pass runs every layer's error phase and accumulates all gra
 constant: no temporal credit, weight_hh / bias_hh — lru: nu_log / theta_log — get zero). `fptt1` is a single pass with
 e_{−1} = 0 in every layer (the paper's `forward` baseline; not exact).
 
-Precision: the carriers e, e′, P may run in float64 (complex128) while the states run in float32 (the paper's mixed
+Precision: the carriers (e, Q, e′, P) may run in float64 (complex128) while the states run in float32 (the paper's mixed
 setting): `carrier="float64"` (default) or `carrier="state"` (carrier_dtype gives the dtype either means).
 """
 
@@ -53,6 +63,10 @@ from ..errors import NumericalError, ShapeError, UnsupportedError
 RESIDUAL_TOL = 1e-2
 
 CARRIERS = ("float64", "state")
+
+#: The warm-ups of phase 1 (module docstring): "direct" (2)-(3), the default — measured better on every cell
+#: (docs/derivations/fptt.md §9) — and "shooting" (2s)-(3s), the paper's, kept to reproduce it.
+WARMUPS = ("direct", "shooting")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -98,15 +112,21 @@ def _flat_error(cell, dh, dtype):
     return cell.flatten_state(cell.adjoint_from_h(dh)).astype(dtype)
 
 
-def _describe(cell, params, T, dtype) -> str:
+def _describe(cell, params, T, dtype, gain: float | None) -> str:
+    """What FPTT inverted: |λ| (diagonal) or σ_min of the Jacobian product (gain, from the warm-up), T, the precision."""
+    parts = []
     if cell.diagonal:                       # |λ|: the moduli of the diagonal Jacobian (independent of x and h)
         lam = np.abs(cell.module.state_jacobian(params, np.zeros((1, cell.n_in), cell.dtype), cell.zero_state(1),
                                                 **cell.step_options))
         with np.errstate(over="ignore"):
             grow = np.power(np.float64(lam.min()), -T)
-        return (f"|λ| in [{lam.min():.3g}, {lam.max():.3g}], T={T}, {_precision(dtype)} carriers; |λ|^-T up to "
-                f"{grow:.3g}")
-    return f"T={T}, {_precision(dtype)} carriers"
+        parts.append(f"|λ| in [{lam.min():.3g}, {lam.max():.3g}]")
+        tail = f"; |λ|^-T up to {grow:.3g}"
+    else:
+        tail = ""
+    if gain is not None:
+        parts.append(f"σ_min(J_0ᴴ⋯J_T−1ᴴ) = {gain:.3g}")
+    return ", ".join(parts + [f"T={T}", f"{_precision(dtype)} carriers"]) + tail
 
 
 def _precision(dtype) -> str:
@@ -115,16 +135,20 @@ def _precision(dtype) -> str:
 
 
 def check_residual(cell, params, T: int, dtype, residual: float, what: str, *,
-                   measured: str = "‖e_T−1 − dh_T−1‖/‖dh_T−1‖", e_max: float | None = None) -> None:
+                   measured: str = "‖e_T−1 − dh_T−1‖/‖dh_T−1‖", e_max: float | None = None,
+                   gain: float | None = None, warmup: str = "direct") -> None:
     """(5): NumericalError, with the reason and the fixes, when the relative residual is not finite or over
-    RESIDUAL_TOL: ρ = ‖e_T−1 − dh_T−1‖/‖dh_T−1‖ = ‖v_T−1‖/‖dh_T−1‖ (residual_of)."""
+    RESIDUAL_TOL: ρ = ‖e_T−1 − dh_T−1‖/‖dh_T−1‖ = ‖v_T−1‖/‖dh_T−1‖ (residual_of). gain: σ_min of the Jacobian product
+    (product_gain), named in the message; warmup: the warm-up that ran (the shooting one is told of the direct one)."""
     if not np.isfinite(residual) or (e_max is not None and not np.isfinite(e_max)) or residual > RESIDUAL_TOL:
         size = "" if e_max is None else f"; max |e| = {e_max:.3g}"
+        hint = "warm-up 'direct' (-a warmup=direct), " if warmup == "shooting" else ""
         raise NumericalError(
             f"FPTT lost the error signal ({what}: relative residual {measured} = {residual:.3g}, tolerance "
-            f"{RESIDUAL_TOL:g}{size}) with {_describe(cell, params, T, dtype)}. Inverting contractive dynamics "
-            f"amplifies rounding like |λ|^-T: use float64 carriers, a shorter sequence, eigenvalues closer to 1 "
-            f"(e.g. lru -o r_min=0.95), or algorithm 'bptt' / 'online'")
+            f"{RESIDUAL_TOL:g}{size}) with {_describe(cell, params, T, dtype, gain)}. Inverting the Jacobians "
+            f"amplifies rounding by up to 1/σ_min of their product (|λ|^-T for the lru): use {hint}float64 carriers, "
+            f"a shorter sequence, better-conditioned dynamics (e.g. lru -o r_min=0.95), or algorithm 'bptt' / "
+            f"'online'")
 
 
 def error_layers(L: int, passes: int | None = None, two_passes: bool = True) -> list[int]:
@@ -148,10 +172,13 @@ def _running_max(current: float, e: np.ndarray) -> float:
 
 def _carrier_start(cell, B, ct, carry, names):
     """The carriers before a chunk: `carry` (checked: the names, (B, S) for v, P's shape), or a stream's start."""
+    S = cell.state_size
     if carry is None:
-        start = {"v": np.zeros((B, cell.state_size), ct), "P": _identity_P(cell, B, ct)}
+        start = {"v": np.zeros((B, S), ct), "e": np.zeros((B, S), ct), "P": _identity_P(cell, B, ct),
+                 "Q": _identity_P(cell, B, ct)}
         return {k: start[k] for k in names}
-    shapes = {"v": (B, cell.state_size), "P": _identity_P(cell, 1, ct).shape[1:]}
+    product = _identity_P(cell, 1, ct).shape[1:]
+    shapes = {"v": (B, S), "e": (B, S), "P": product, "Q": product}
     if set(carry) != set(names):
         raise ShapeError(f"an FPTT carry names {sorted(carry)}; expected {sorted(names)}: pass the 'carry' the "
                          f"previous chunk of the same phase returned")
@@ -162,26 +189,74 @@ def _carrier_start(cell, B, ct, carry, names):
     return {k: np.asarray(carry[k]).astype(ct, copy=True) for k in names}
 
 
+def check_warmup(warmup: str) -> str:
+    """The name of a warm-up of WARMUPS, or UnsupportedError naming them."""
+    if warmup not in WARMUPS:
+        raise UnsupportedError(f"FPTT warm-up {warmup!r} is unknown; use 'direct' (default: the starting error "
+                               f"accumulated without inversion) or 'shooting' (the paper's: inverts the Jacobians)")
+    return warmup
+
+
 def fptt_warmup(cell, params, x, dh, state0, carry: dict | None = None, *, carrier: str = "float64"):
-    """Phase 1 over one chunk: (1) from e'_{−1} = 0 and (2). Returns (the state after the chunk, the carry {"v": v'
-    (B, S), "P": P (B, S) diagonal or (B, S, S)}); at the stream's end e_{−1} = start_error(cell, carry)."""
+    """Phase 1 over one chunk, the direct warm-up: (2) Q_t = Q_{t−1} J_tᴴ and (3) e ← e + Q_t dh_t, from Q = I, e = 0
+    at the stream's start. Returns (the state after the chunk, the carry {"Q": Q (B, S) diagonal or (B, S, S),
+    "e": Σ Q_t dh_t so far (B, S)}); at the stream's end e_{−1} = start_error(cell, carry) = e."""
+    B = x.shape[1]
+    ct = carrier_dtype(cell, carrier)
+    c = _carrier_start(cell, B, ct, carry, ("Q", "e"))
+    Q, e, state = c["Q"], c["e"], state0
+    with np.errstate(all="ignore"):                 # a blow-up is detected by (5) and reported, not warned about
+        for t in range(x.shape[0]):
+            JH = _jacobian_adjoint(cell, params, x[t], state, ct)
+            Q = _accumulate_P(cell, Q, JH)                                             # (2)  Q_t = Q_{t−1} J_tᴴ
+            e = e + _apply(cell, Q, _flat_error(cell, dh[t], ct))                      # (3)  e += Q_t dh_t
+            state, _ = cell.module.step_forward(params, x[t], state, **cell.step_options)
+    return state, {"Q": Q, "e": e}
+
+
+def fptt_shooting(cell, params, x, dh, state0, carry: dict | None = None, *, carrier: str = "float64"):
+    """Phase 1 over one chunk, the paper's shooting warm-up: (1) from e'_{−1} = 0 and (2s). Returns (the state after
+    the chunk, the carry {"v": v' (B, S), "P": P (B, S) diagonal or (B, S, S)}); at the stream's end
+    e_{−1} = start_error(cell, carry) = −P v' (3s)."""
     B = x.shape[1]
     ct = carrier_dtype(cell, carrier)
     c = _carrier_start(cell, B, ct, carry, ("v", "P"))
     v, P, state = c["v"], c["P"], state0
-    with np.errstate(all="ignore"):                 # a blow-up is detected by (5) and reported, not warned about
+    with np.errstate(all="ignore"):
         for t in range(x.shape[0]):
             JH = _jacobian_adjoint(cell, params, x[t], state, ct)
             v = _invert(cell, JH, v) - _flat_error(cell, dh[t], ct)                    # (1): e'_t, then v'_t
-            P = _accumulate_P(cell, P, JH)                                             # (2)
+            P = _accumulate_P(cell, P, JH)                                             # (2s)
             state, _ = cell.module.step_forward(params, x[t], state, **cell.step_options)
     return state, {"v": v, "P": P}
 
 
+#: warm-up name → its phase-1 function (both: (cell, params, x, dh, state0, carry, *, carrier) -> (state, carry)).
+WARMUP_PHASES = {"direct": fptt_warmup, "shooting": fptt_shooting}
+
+
+def _apply(cell, M, v):
+    """M v for a product M (B, S) diagonal or (B, S, S)."""
+    return M * v if cell.diagonal else np.einsum("bij,bj->bi", M, v)
+
+
 def start_error(cell, carry: dict) -> np.ndarray:
-    """e_{−1} = −P (e'_{T−1} − dh_{T−1}) = −P v'_{T−1}, eq. (3), from the warm-up's carry at the stream's end."""
-    P, v = carry["P"], carry["v"]
-    return -(P * v) if cell.diagonal else -np.einsum("bij,bj->bi", P, v)
+    """e_{−1} from a warm-up's carry at the stream's end: the direct warm-up's e (3), or −P v'_{T−1} (3s)."""
+    if "e" in carry:
+        return carry["e"]
+    return -_apply(cell, carry["P"], carry["v"])
+
+
+def product_gain(cell, carry: dict) -> float:
+    """σ_min of the Jacobian product Q_{T−1} = P = J_0ᴴ⋯J_{T−1}ᴴ a warm-up's carry holds (min |P| for a diagonal
+    one), the smallest over the batch: the error phase amplifies rounding by up to 1/σ_min."""
+    M = carry["Q"] if "Q" in carry else carry["P"]
+    with np.errstate(all="ignore"):
+        if cell.diagonal:
+            return float(np.min(np.abs(M)))
+        if not np.all(np.isfinite(M)):
+            return float("nan")
+        return float(np.min(np.linalg.svd(M, compute_uv=False)))
 
 
 def fptt_errors(cell, params, x, dh, state0, carry: dict | None = None, *, carrier: str = "float64"):
@@ -218,38 +293,45 @@ def residual_of(cell, carry: dict, dh_last: np.ndarray) -> float:
 
 
 def fptt_cell_grads(cell, params, x, dh, state0, *, two_passes: bool = True, carrier: str = "float64",
-                    check: bool = True) -> dict:
+                    warmup: str = "direct", check: bool = True) -> dict:
     """FPTT for one cell from its instantaneous adjoints dh (T, B, H), the whole sequence as one chunk:
     {params…, "x", "h0" (, "c0")} — the initial-state keys are e_{−1} (zero for fptt1).
 
-    two_passes=False is `fptt1` (e_{−1} = 0). dh is read one step late, as an online learner would receive it.
+    two_passes=False is `fptt1` (e_{−1} = 0); warmup: "direct" (default) or "shooting" (WARMUPS). dh is read one step
+    late, as an online learner would receive it.
     """
-    def warmup(carry):
-        return fptt_warmup(cell, params, x, dh, state0, carry, carrier=carrier)[1]
+    phase1 = WARMUP_PHASES[check_warmup(warmup)]
+
+    def warm(carry):
+        return phase1(cell, params, x, dh, state0, carry, carrier=carrier)[1]
 
     def errors(carry):
         grads, _, end, e_max = fptt_errors(cell, params, x, dh, state0, carry, carrier=carrier)
         return grads, end, e_max
 
-    return cell_phases(cell, params, dh, warmup, errors, two_passes=two_passes, carrier=carrier, check=check)
+    return cell_phases(cell, params, dh, warm, errors, two_passes=two_passes, carrier=carrier, check=check,
+                       warmup=warmup)
 
 
-def cell_phases(cell, params, dh, warmup, errors, *, two_passes: bool, carrier: str, check: bool) -> dict:
+def cell_phases(cell, params, dh, warm, errors, *, two_passes: bool, carrier: str, check: bool,
+                warmup: str = "direct") -> dict:
     """One cell's two phases over a whole sequence as one chunk, whoever runs them (the reference's functions above,
     or a backend's kernels: refimpl/algorithms/on_backend.py):
 
-        warmup(carry) -> carry {"v", "P"}                 phase 1 from the stream's start (carry None)
+        warm(carry) -> carry ({"Q", "e"} direct, {"v", "P"} shooting)   phase 1 from the stream's start (carry None)
         errors(carry) -> (grads {params…, "x"}, carry {"v"}, max |e| or None)      phase 2 from {"v": e_{−1}}
 
-    e_{−1} = −P v' (3) between them (0 for fptt1), the check (5) after; returns fptt_cell_grads' dict."""
+    e_{−1} from the warm-up (3) between them (0 for fptt1), the check (5) after; returns fptt_cell_grads' dict."""
     B = dh.shape[1]
     ct = carrier_dtype(cell, carrier)
     e_start = np.zeros((B, cell.state_size), ct)
     if two_passes:
-        e_start = start_error(cell, warmup(None))                                              # phase 1, (3)
+        end_of_warmup = warm(None)                                                             # phase 1
+        e_start = start_error(cell, end_of_warmup)                                             # (3)
     grads, end, e_max = errors({"v": e_start})                                                 # phase 2
     if two_passes and check:
-        check_residual(cell, params, dh.shape[0], ct, residual_of(cell, end, dh[-1]), "one cell", e_max=e_max)  # (5)
+        check_residual(cell, params, dh.shape[0], ct, residual_of(cell, end, dh[-1]), "one cell", e_max=e_max,
+                       gain=product_gain(cell, end_of_warmup), warmup=warmup)                  # (5)
     # e_{−1}: the gradient of the initial state, h0 (and c0), in the order of the flattened state
     starts = np.split(e_start.astype(cell.state_dtype), len(cell.grad_state_keys), axis=-1)
     return {**grads, **dict(zip(cell.grad_state_keys, starts))}

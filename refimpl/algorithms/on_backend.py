@@ -5,8 +5,9 @@ A model runs chunk by chunk on every backend (refimpl/algorithms/chunked.py); on
 adjoints dh given is one chunk of C = T steps:
 
     rtrl.cell_grads_online      grads = <cell>.<rule>(params, x, state0, dh)                      one kernel call
-    fptt.fptt_cell_grads        carry = <cell>.fptt_warmup(params, x, state0, dh)                 phase 1
-                                e_{−1} = −P v'  (fptt.start_error, (3))
+    fptt.fptt_cell_grads        carry = <cell>.fptt_warmup(params, x, state0, dh)                 phase 1 (direct;
+                                        shooting: <cell>.fptt_shooting)
+                                e_{−1} = carry["e"]  (shooting: −P v')  (fptt.start_error, (3))
                                 grads = <cell>.fptt1(params, x, state0, dh, carry={"v": e_{−1}})   phase 2
                                 (5): ρ = ‖v_{T−1}‖ / ‖dh_{T−1}‖ from phase 2's carry (fptt.residual_of)
                                 fptt1: phase 2 alone from e_{−1} = 0
@@ -32,9 +33,9 @@ def cell_grads_online(kernels, rule: str, cell, params, x, dh, state0) -> dict:
 
 
 def fptt_cell_grads(kernels, cell, params, x, dh, state0, *, two_passes: bool = True, carrier: str = "float64",
-                    check: bool = True) -> dict:
+                    warmup: str = "direct", check: bool = True) -> dict:
     """fptt.fptt_cell_grads with its two phases as kernel calls on `kernels.backend` (float64 carriers)."""
-    sweeps = sweeps_for(kernels, carrier)
-    return fptt.cell_phases(cell, params, dh, lambda carry: sweeps.warmup(cell, params, x, dh, state0, carry),
+    sweeps = sweeps_for(kernels, carrier, warmup)
+    return fptt.cell_phases(cell, params, dh, lambda carry: sweeps.warm(cell, params, x, dh, state0, carry),
                             lambda carry: sweeps.errors(cell, params, x, dh, state0, carry),
-                            two_passes=two_passes, carrier=carrier, check=check)
+                            two_passes=two_passes, carrier=carrier, check=check, warmup=warmup)
