@@ -25,7 +25,7 @@ in one of two ways, both forward in time and with O(S²) memory per sequence (`w
   On a contractive or badly conditioned product the shooting warm-up loses twice: e' grows like the inverse product
   ‖P⁻¹‖, and its rounding is multiplied back by P, so e_{−1} is only accurate to ε·cond(P); the error phase then
   amplifies that by ‖P⁻¹‖ again — ε·cond(P)·‖P⁻¹‖ where the direct warm-up gives ε·‖P⁻¹‖ (docs/derivations/fptt.md
-  §9). For a diagonal J (the lru) the two agree to rounding.
+  §7b). For a diagonal J (the lru) the two agree to rounding.
 
 Phase 2 re-runs the states from the inputs, carries the exact e_t with (1), and accumulates step by step
 
@@ -65,7 +65,7 @@ RESIDUAL_TOL = 1e-2
 CARRIERS = ("float64", "state")
 
 #: The warm-ups of phase 1 (module docstring): "direct" (2)-(3), the default — measured better on every cell
-#: (docs/derivations/fptt.md §9) — and "shooting" (2s)-(3s), the paper's, kept to reproduce it.
+#: (docs/derivations/fptt.md §7b) — and "shooting" (2s)-(3s), the paper's, kept to reproduce it.
 WARMUPS = ("direct", "shooting")
 
 
