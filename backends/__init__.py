@@ -15,7 +15,7 @@ Every backend has the same module plan:
     cells.py          <cell>.forward / .backward, and the one place the backend writes each cell's gate math
     online_dense.py   the RTRL family of the dense cells (rtrl, snap1, truncated, spatial, lstm.cec)
     online_lru.py     the LRU's online sweeps (rtrl, truncated, spatial) and its FPTT
-    fptt_dense.py     FPTT of the dense cells (fptt, fptt1)
+    fptt_dense.py     FPTT of the dense cells (fptt, fptt_warmup, fptt_shooting, fptt1)
     ep.py             the EP relaxation loops (free_phase, nudged_phase, bptt)
     runtime.py        how the kernels run: threads and BLAS (numba), lazy evaluation, float64 policy and Metal (mlx),
                       launch logic and devices (cupy; its CUDA sources are sources.py)

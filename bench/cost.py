@@ -19,11 +19,14 @@ unit and step) are approximate by design:
     <dense>.cec        forward + 8·T·B·P
     <cell>.truncated / .spatial   forward + backward-like immediate terms: ≈ the cell's backward
     lru.rtrl           forward + 16·T·B·N·I (the B-traces: e ← λ e + x, then ē·e) + 16·T·B·N
-    <dense>.fptt       2 passes × (forward + (10/3)·T·B·S³: the Jacobian solve (2/3 S³) and P ← P Jᴴ (2 S³))
+    <dense>.fptt       2 passes: forward + 2·T·B·S³ (the direct warm-up's Q ← Q Jᴴ), forward + (2/3)·T·B·S³ (the error
+                       phase's Jacobian solve) + backward
     <dense>.fptt1      forward + (2/3)·T·B·S³ + backward                 (the error phase)
-    <dense>.fptt_warmup  forward + (8/3)·T·B·S³                         (the warm-up phase: the solve and P ← P Jᴴ)
+    <dense>.fptt_warmup  forward + 2·T·B·S³                             (the direct warm-up: Q ← Q Jᴴ, e += Q dh)
+    <dense>.fptt_shooting  forward + (8/3)·T·B·S³                       (the paper's warm-up: the solve and P ← P Jᴴ)
     lru.fptt / fptt1   3 (2) forward passes + the backward
-    lru.fptt_warmup    a forward pass + 16·T·B·N (the division by conj λ and P ← P conj λ)
+    lru.fptt_warmup, lru.fptt_shooting  a forward pass + 16·T·B·N (Q ← Q conj λ and e += Q dh; the division by conj λ
+                       and P ← P conj λ)
     ep.free_phase      T steps × 2·B·Σ_l (n_{l−1}·n_l) (× 2 for the energy net's feedback)
     ep.nudged_phase    (T + K) steps of the free phase's cost
     ep.bptt            the free phase + 2·K steps (adjoint and weight gradients)
@@ -89,7 +92,7 @@ def flops(kernel: str, size: dict, inputs: dict | None = None) -> float:
         fwd, bwd = _lru_forward(T, B, I, H), _lru_backward(T, B, I, H)
         return {"forward": fwd, "backward": bwd, "rtrl": fwd + 16 * T * B * H * I + 16 * T * B * H,
                 "truncated": fwd + bwd, "spatial": fwd + bwd, "fptt": 3 * fwd + bwd, "fptt1": 2 * fwd + bwd,
-                "fptt_warmup": fwd + 16 * T * B * H}[op]
+                "fptt_warmup": fwd + 16 * T * B * H, "fptt_shooting": fwd + 16 * T * B * H}[op]
     G = GATES[cell]
     P = G * H * (I + H + 2)
     S = 2 * H if cell == "lstm" else H
@@ -98,9 +101,10 @@ def flops(kernel: str, size: dict, inputs: dict | None = None) -> float:
             "rtrl": fwd + 2 * T * B * S * S * P + 2 * T * B * S * P,
             "snap1": fwd + 6 * T * B * P, "cec": fwd + 8 * T * B * P,
             "truncated": fwd + bwd, "spatial": fwd + bwd,
-            "fptt": 2 * fwd + (10 / 3) * T * B * S ** 3 + bwd,
+            "fptt": 2 * fwd + (8 / 3) * T * B * S ** 3 + bwd,
             "fptt1": fwd + (2 / 3) * T * B * S ** 3 + bwd,
-            "fptt_warmup": fwd + (8 / 3) * T * B * S ** 3}[op]
+            "fptt_warmup": fwd + 2 * T * B * S ** 3,
+            "fptt_shooting": fwd + (8 / 3) * T * B * S ** 3}[op]
 
 
 def intensity(kernel: str, size: dict, inputs: dict, outputs) -> tuple[float, int]:
