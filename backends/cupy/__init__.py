@@ -6,14 +6,16 @@ Kernels (same names, signatures and output structure as the NumPy references, re
     online_dense.py   rnn, gru, lstm .rtrl, .snap1, .truncated, .spatial, lstm.cec — the fused forward kernels for the
                       states, the fused backward kernels (seeded with one state row) for every step's immediate
                       derivatives, the sensitivity sweeps as CuPy array ops (batched cuBLAS GEMMs)
-    online_lru.py     lru .rtrl, .truncated, .spatial, .fptt, .fptt_warmup, .fptt1 — fused trace / carrier kernels,
-                      one thread per (b, k) (and per (b, k, i) for the input trace)
-    fptt_dense.py     rnn, gru, lstm .fptt, .fptt_warmup, .fptt1 — batched solves (cuSOLVER) for the carriers, the
-                      fused backward kernel for the gate adjoints of all steps at once
+    online_lru.py     lru .rtrl, .truncated, .spatial, .fptt, .fptt_warmup, .fptt_shooting, .fptt1 — fused trace /
+                      carrier kernels, one thread per (b, k) (and per (b, k, i) for the input trace)
+    fptt_dense.py     rnn, gru, lstm .fptt, .fptt_warmup, .fptt_shooting, .fptt1 — batched GEMMs (cuBLAS) for the
+                      direct warm-up's Jacobian product, batched solves (cuSOLVER) for the shooting warm-up and the
+                      error phase, the fused backward kernel for the gate adjoints of all steps at once
     ep.py             ep.free_phase, ep.nudged_phase, ep.bptt — CuPy array ops (cuBLAS GEMMs per layer and step)
 The RTRL-family sweeps and FPTT's phases are carried kernels (DESIGN.md §5): each call sweeps one chunk of a stream,
-takes the state and the carry (the rule's traces in the reference's layout; FPTT's float64 carriers v, P) before it
-and hands back those after it, so a stream cut into chunks of any size gives the gradients of one uncut sweep.
+takes the state and the carry (the rule's traces in the reference's layout; FPTT's float64 carriers: Q, e for the
+direct warm-up, v', P for the shooting warm-up, v for the error phase) before it and hands back those after it, so a
+stream cut into chunks of any size gives the gradients of one uncut sweep.
 The CUDA C++ sources are sources.py (plain strings, no CuPy header; every cell's gate math and adjoint is written
 there once); runtime.py holds the host-side logic (launch configuration, dtype dispatch, argument checks, the device
 probe), which imports without CuPy, and the devices: the kernels run on a CUDA device or, for tests without a GPU, in a

@@ -1,10 +1,10 @@
-r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial; lru.fptt, lru.fptt_warmup, lru.fptt1) on a CUDA
-device, one chunk of a stream per call (DESIGN.md §5).
+r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial; lru.fptt, lru.fptt_warmup, lru.fptt_shooting,
+lru.fptt1) on a CUDA device, one chunk of a stream per call (DESIGN.md §5).
 
 Same signatures (after the device), output names, dtypes and shapes as the references (refimpl/kernels.py →
-refimpl/algorithms/rtrl.py `sweep`; refimpl/algorithms/fptt.py fptt_warmup, fptt_errors and fptt_cell_grads with
-check=False). Equation numbers: "(r n)" refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py, "(n)"
-refimpl/cells/lru.py. The CUDA bodies are in sources.py.
+refimpl/algorithms/rtrl.py `sweep`; refimpl/algorithms/fptt.py fptt_warmup, fptt_shooting, fptt_errors and
+fptt_cell_grads with check=False). Equation numbers: "(r n)" refimpl/algorithms/rtrl.py, "(f n)"
+refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py. The CUDA bodies are in sources.py.
 
 The input projection u_t = γ ⊙ (B x_t) of all C steps of the chunk is one GEMM (cells.lru_setup); then the time loop
 runs inside one kernel, one thread per (b, k) pair marching over t, which also runs the state and hands on h_{C-1}.
@@ -32,15 +32,22 @@ taken exactly as the reference takes it — also one whose S_θ is not −i e^{�
 parameter update). Truncation (r 13) keeps only the immediate parts (the same state kernel with carry = 0); its B̄ is
 the GEMM γ Σ_t dh_tᵀ x_t; truncated and spatial carry nothing ({}).
 
-FPTT (f 1-4), float64 carriers (complex128) as the reference's default. Between steps a phase carries
-v_t = e_t − dh_t; each step inverts it, e_t = v_{t-1} / conj(λ) (f 1):
-    lru.fptt_warmup  one kernel, one thread per (b, k): (f 1) from the carried v' and P ← P ⊙ conj(λ) (f 2)
-                     → {"state", "carry": {"v": v' (B, N), "P": P (B, N)}}; carry None is v' = 0, P = 1
-    lru.fptt1        one kernel, one thread per (b, k): (f 1) from the carried v (None: 0), writing e_t in the state
-                     dtype (C, B, 2N) and accumulating λ̄, γ̄; B̄ and x̄ are then GEMMs on e_t, as in the backward
-                     of cells.py (f 4) → {param, "x", "state", "carry": {"v"}}
-    lru.fptt         both over the whole sequence: the warm-up from the stream's start, e_{-1} = −P ⊙ v' (f 3),
-                     the error pass from v = e_{-1} → {param, "x", "h0": e_{-1}}
+FPTT (f 1-4), float64 carriers (complex128) as the reference's default; J_t = diag(λ), so J_tᴴ = conj(λ) and every
+carrier is (B, N). The direct warm-up inverts nothing; the shooting warm-up and the error phase carry
+v_t = e_t − dh_t between steps and invert it at each, e_t = v_{t-1} / conj(λ) (f 1):
+    lru.fptt_warmup    the direct warm-up, one kernel, one thread per (b, k): Q ← Q ⊙ conj(λ) (f 2), then
+                       e ← e + Q ⊙ dh_t with the new Q (f 3) → {"state", "carry": {"Q": Q (B, N), "e": e (B, N)}};
+                       carry None is Q = 1, e = 0; at the stream's end e_{-1} = e
+    lru.fptt_shooting  the paper's shooting warm-up, one kernel, one thread per (b, k): (f 1) from the carried v' and
+                       P ← P ⊙ conj(λ) (f 2s) → {"state", "carry": {"v": v' (B, N), "P": P (B, N)}}; carry None is
+                       v' = 0, P = 1; at the stream's end e_{-1} = −P ⊙ v' (f 3s)
+    lru.fptt1          one kernel, one thread per (b, k): (f 1) from the carried v (None: 0), writing e_t in the state
+                       dtype (C, B, 2N) and accumulating λ̄, γ̄; B̄ and x̄ are then GEMMs on e_t, as in the backward
+                       of cells.py (f 4) → {param, "x", "state", "carry": {"v"}}
+    lru.fptt           both over the whole sequence: the direct warm-up from the stream's start, e_{-1} = e (f 3),
+                       the error pass from v = e_{-1} → {param, "x", "h0": e_{-1}}
+Cost and memory: either warm-up is one pass over the chunk with O(1) work per (b, k, t) and two (B, N) complex128
+carriers (the direct one: 2 complex multiply-adds per step, no division); fptt1 stores e_t (C, B, 2N) for the GEMMs.
 """
 
 from __future__ import annotations
@@ -148,15 +155,24 @@ def _fptt_carrier(xp, carry, name: str, B: int, N: int, start: complex):
     return contiguous(xp, carry[name], np.complex128)
 
 
-def _warmup(dev, setup, h0, dh, v0, P0):
-    """(f 1)-(f 2) over the chunk from the carriers v0, P0 (B, N) complex128: (the state after it, {"v": v', "P": P}).
+#: warm-up → (its CUDA kernel in sources.py, its two carriers in launch order, their values at the stream's start).
+_WARMUPS = {"direct": ("lru_fptt_warmup", ("Q", "e"), (1.0, 0.0)),
+            "shooting": ("lru_fptt_shooting", ("v", "P"), (0.0, 1.0))}
+
+
+def _warmup(dev, setup, h0, dh, warmup: str, carry, B: int, N: int):
+    """A warm-up over the chunk from the carry (None: the stream's start): direct, (f 2)-(f 3) → {"Q", "e"}, or
+    shooting, (f 1), (f 2s) → {"v": v', "P"}; returns (the state after the chunk, the carry out, complex128 (B, N)).
     setup: cells.lru_setup's tuple for the chunk; h0, dh: contiguous, in the state dtype."""
     xp = dev.xp
+    kernel, names, starts = _WARMUPS[warmup]
+    _check_names(carry, names, "warm-up")
+    ins = [_fptt_carrier(xp, carry, name, B, N, start) for name, start in zip(names, starts)]
     lam, _, _, cdt, _, u = setup
-    T, B, N = dh.shape
-    v, P, hT = xp.empty((B, N), np.complex128), xp.empty((B, N), np.complex128), xp.empty((B, N), cdt)
-    dev.launch(LRU, "lru_fptt_warmup", cdt, B * N, u, h0, dh, lam, v0, P0, v, P, hT, T, B * N, N)   # (f 1), (f 2)
-    return hT, {"v": v, "P": P}
+    T = dh.shape[0]
+    outs, hT = [xp.empty((B, N), np.complex128) for _ in names], xp.empty((B, N), cdt)
+    dev.launch(LRU, kernel, cdt, B * N, u, h0, dh, lam, *ins, *outs, hT, T, B * N, N)
+    return hT, dict(zip(names, outs))
 
 
 def _errors(dev, setup, params, x, h0, dh, v0):
@@ -195,28 +211,32 @@ def _check_names(carry, names, phase):
 
 
 def lru_fptt(dev, params: dict, x, h0, dh) -> dict:
-    """As kernel lru.fptt: the warm-up (f 1-2) from the stream's start, e_{-1} = −P v' (f 3), then the error pass
+    """As kernel lru.fptt: the direct warm-up (f 2-3) from the stream's start, e_{-1} = e, then the error pass
     (f 1, 4) from it → {param, "x" r(T,B,I), "h0" c(B,N) = e_{-1}}."""
-    xp = dev.xp
     B, N = x.shape[1], params["nu_log"].shape[0]
     setup, h0, dh = _chunk(dev, params, x, h0, dh)
-    _, warm = _warmup(dev, setup, h0, dh, _fptt_carrier(xp, None, "v", B, N, 0.0),
-                      _fptt_carrier(xp, None, "P", B, N, 1.0))
-    e_start = -(warm["P"] * warm["v"])                                        # (f 3) complex128
+    _, warm = _warmup(dev, setup, h0, dh, "direct", None, B, N)
+    e_start = warm["e"]                                                       # (f 3) complex128
     grads, _, _ = _errors(dev, setup, params, x, h0, dh, e_start)
     grads["h0"] = e_start.astype(setup[3])                                    # e_{-1} in the state dtype
     return grads
 
 
 def lru_fptt_warmup(dev, params: dict, x, h0, dh, carry=None) -> dict:
-    """As kernel lru.fptt_warmup: (f 1-2) over one chunk from the carried (v', P) (None: v' = 0, P = 1) →
-    {"state": h c(B,N), "carry": {"v": v', "P": P, complex128 (B,N)}}."""
-    xp = dev.xp
+    """As kernel lru.fptt_warmup: the direct warm-up (f 2-3) over one chunk from the carried (Q, e) (None: Q = 1,
+    e = 0) → {"state": h c(B,N), "carry": {"Q": Q, "e": e, complex128 (B,N)}}."""
     B, N = x.shape[1], params["nu_log"].shape[0]
-    _check_names(carry, ("v", "P"), "warm-up")
     setup, h0, dh = _chunk(dev, params, x, h0, dh)
-    state, carry_out = _warmup(dev, setup, h0, dh, _fptt_carrier(xp, carry, "v", B, N, 0.0),
-                               _fptt_carrier(xp, carry, "P", B, N, 1.0))
+    state, carry_out = _warmup(dev, setup, h0, dh, "direct", carry, B, N)
+    return {"state": state, "carry": carry_out}
+
+
+def lru_fptt_shooting(dev, params: dict, x, h0, dh, carry=None) -> dict:
+    """As kernel lru.fptt_shooting: the shooting warm-up (f 1, 2s) over one chunk from the carried (v', P) (None:
+    v' = 0, P = 1) → {"state": h c(B,N), "carry": {"v": v', "P": P, complex128 (B,N)}}."""
+    B, N = x.shape[1], params["nu_log"].shape[0]
+    setup, h0, dh = _chunk(dev, params, x, h0, dh)
+    state, carry_out = _warmup(dev, setup, h0, dh, "shooting", carry, B, N)
     return {"state": state, "carry": carry_out}
 
 
@@ -232,4 +252,5 @@ def lru_fptt1(dev, params: dict, x, h0, dh, carry=None) -> dict:
 
 
 IMPLEMENTATIONS = {"lru.rtrl": lru_rtrl, "lru.truncated": lru_truncated, "lru.spatial": lru_spatial,
-                   "lru.fptt": lru_fptt, "lru.fptt_warmup": lru_fptt_warmup, "lru.fptt1": lru_fptt1}
+                   "lru.fptt": lru_fptt, "lru.fptt_warmup": lru_fptt_warmup, "lru.fptt_shooting": lru_fptt_shooting,
+                   "lru.fptt1": lru_fptt1}

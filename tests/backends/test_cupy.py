@@ -10,8 +10,9 @@
     implementation of the backend — compared with the NumPy reference over the registry's parity grid, and with
     itself in the reverse thread order (threads must be independent); the carried kernels (RTRL-family sweeps, FPTT's
     phases) over a stream cut into chunks of several sizes, carrying "state" and "carry" from call to call, against
-    one uncut call (and <cell>.fptt against its two phases in chunks), with any carry, refusing a carry of another
-    shape. Skipped with the reason when there is no C++ compiler.
+    one uncut call (and <cell>.fptt against its two phases in chunks; the direct and the shooting warm-up's e_{-1}
+    against each other and against BPTT's recursion), with any carry, refusing a carry of another shape. Skipped with
+    the reason when there is no C++ compiler.
 (d) gpu: only where a CUDA device answers (backends.cupy.available()): NVRTC compiles every instantiation, kernels
     take and return cupy arrays, the chunked scans on the device, parity at a larger size. The registry's parity grid
     on the device is tests/backends/test_parity.py (it picks the backend up by itself).
@@ -427,7 +428,7 @@ def test_kernels_refuse_an_unsupported_dtype(emulated):
 
 #: The carried kernels (DESIGN.md §5): the RTRL-family sweeps and FPTT's two phases.
 CARRIED = [k for k in KERNELS if k.split(".")[1] in ("rtrl", "snap1", "truncated", "spatial", "cec", "fptt1",
-                                                       "fptt_warmup")]
+                                                       "fptt_warmup", "fptt_shooting")]
 #: A stream of T = 9 steps and the ways it is cut: one step per call, uneven chunks around a chunk of 7, one call.
 STREAM = dict(T=9, B=2, I=3, H=4)
 SCHEDULES = ((1,) * 9, (7, 2), (1, 7, 1), (9,))
@@ -485,10 +486,12 @@ def test_emulated_chunks_give_the_uncut_sweep(emulated, kernel, variant, schedul
 
 
 @needs_cxx
-@pytest.mark.parametrize("kernel", [k for k in CARRIED if k.split(".")[1] in ("rtrl", "snap1", "cec")])
+@pytest.mark.parametrize("kernel", [k for k in CARRIED if k.split(".")[1] in ("rtrl", "snap1", "cec", "fptt1",
+                                                                             "fptt_warmup", "fptt_shooting")])
 def test_emulated_sweeps_take_any_carry(emulated, kernel):
     """The traces carried in are used as they are, not only where they are reachable from fixed parameters (e.g. the
-    lru's S_θ/S_ν ratio changes when an optimizer updates ν, θ between chunks): a random carry, as the reference."""
+    lru's S_θ/S_ν ratio changes when an optimizer updates ν, θ between chunks; FPTT's Q, e, v', P need not come from
+    one warm-up): a random carry, as the reference."""
     spec = KERNELS[kernel]
     inputs = spec.make_inputs(np.random.default_rng(5), np.dtype("float64"), STREAM, **spec.variants[0])
     rng = np.random.default_rng(6)
@@ -504,7 +507,7 @@ def test_emulated_sweeps_take_any_carry(emulated, kernel):
 
 @needs_cxx
 @pytest.mark.parametrize("kernel", ["rnn.rtrl", "lstm.snap1", "lru.rtrl", "gru.fptt1", "lstm.fptt_warmup",
-                                    "lru.fptt1", "lru.fptt_warmup"])
+                                    "rnn.fptt_shooting", "lru.fptt1", "lru.fptt_warmup", "lru.fptt_shooting"])
 def test_emulated_kernels_refuse_a_carry_of_another_shape(emulated, kernel):
     """A carry from another batch size, or with a carrier missing, is refused with ShapeError (as the reference)."""
     spec = KERNELS[kernel]
@@ -519,28 +522,80 @@ def test_emulated_kernels_refuse_a_carry_of_another_shape(emulated, kernel):
 
 #: FPTT's phases over a stream of T = 7 steps (lstm.fptt's registered T ≤ 7: docs/derivations/fptt.md §7).
 FPTT_STREAM = dict(T=7, B=2, I=3, H=4)
+FPTT_SCHEDULES = ((1,) * 7, (3, 4), (1, 5, 1))
+
+
+def _warm_start(dev, cell, inputs, warmup, schedule):
+    """e_{-1} from a warm-up kernel run over the stream cut as `schedule` from the stream's start (fptt.start_error:
+    the direct warm-up's e, or −P v' from the shooting one's carry)."""
+    from refimpl.algorithms.fptt import start_error
+    kernel = f"{cell}.fptt_warmup" if warmup == "direct" else f"{cell}.fptt_shooting"
+    _, _, _, warm = _run_chunks(dev, kernel, {**inputs, "carry": None}, schedule)
+    assert set(warm) == ({"Q", "e"} if warmup == "direct" else {"v", "P"})
+    return start_error(_fptt_cell(cell, inputs), warm)
+
+
+def _fptt_cell(cell, inputs):
+    """The reference's Cell of an FPTT kernel's inputs (I from x, H from dh, the dtype of x, the rnn's option)."""
+    from refimpl.cells import resolve_cell
+    options = {"nonlinearity": inputs["nonlinearity"]} if "nonlinearity" in inputs else {}
+    return resolve_cell(cell, inputs["x"].shape[-1], inputs["dh"].shape[-1], inputs["x"].dtype.name, **options)
 
 
 @needs_cxx
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lru"])
-@pytest.mark.parametrize("schedule", ((1,) * 7, (3, 4), (1, 5, 1)), ids=lambda s: "+".join(map(str, s)))
+@pytest.mark.parametrize("schedule", FPTT_SCHEDULES, ids=lambda s: "+".join(map(str, s)))
 def test_emulated_fptt_phases_in_chunks_give_fptt(emulated, cell, schedule):
-    """<cell>.fptt == the warm-up in chunks from the stream's start, e_{-1} = −P v' (fptt.start_error), then the
-    error phase in chunks from {"v": e_{-1}}: the same gradients, x̄ and initial-state gradient (float64)."""
+    """<cell>.fptt == the direct warm-up in chunks from the stream's start, e_{-1} = its e (fptt.start_error), then
+    the error phase in chunks from {"v": e_{-1}}: the same gradients, x̄ and initial-state gradient (float64)."""
     spec = KERNELS[f"{cell}.fptt"]
-    size = FPTT_STREAM
-    inputs = spec.make_inputs(np.random.default_rng(4), np.dtype("float64"), size)
+    inputs = spec.make_inputs(np.random.default_rng(4), np.dtype("float64"), FPTT_STREAM)
     want = cupy_backend.IMPLEMENTATIONS[f"{cell}.fptt"](emulated, **copy.deepcopy(inputs))
-    _, _, _, warm = _run_chunks(emulated, f"{cell}.fptt_warmup", {**inputs, "carry": None}, schedule)
-    P, v = warm["P"], warm["v"]
-    e_start = -(P * v) if cell == "lru" else -np.einsum("bij,bj->bi", P, v)          # fptt (3)
+    e_start = _warm_start(emulated, cell, inputs, "direct", schedule)
     sums, dx, _, _ = _run_chunks(emulated, f"{cell}.fptt1", {**inputs, "carry": {"v": e_start}}, schedule)
     keys = CELLS[cell].GRAD_STATE_KEYS
     got = {**sums, "x": np.concatenate(dx, axis=0),
            **dict(zip(keys, np.split(e_start, len(keys), axis=-1)))}
+    assert sorted(got) == sorted(want)
     for name, ref in want.items():
         err = rel_error(np.asarray(got[name]), ref)
         assert err <= 1e-10, f"{cell} fptt in chunks {schedule}: {name} relative error {err:.2e}"
+
+
+#: Largest relative difference of e_{-1} between the direct and the shooting warm-up on the registry's
+#: well-conditioned FPTT inputs (float64 carriers): rounding, amplified by at most cond(P) for the shooting one
+#: (observed ≤ 1.3e-14, the lstm; ≤ 7e-16 for rnn, gru, lru).
+WARMUPS_AGREE = 1e-12
+
+
+@needs_cxx
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lru"])
+@pytest.mark.parametrize("schedule", FPTT_SCHEDULES[:2], ids=lambda s: "+".join(map(str, s)))
+def test_emulated_direct_and_shooting_warmups_agree(emulated, cell, schedule):
+    """The direct warm-up (Q ← Q A_t, e ← e + Q d_t) and the shooting one (e' by inversion, e_{-1} = −P v') are two
+    independent computations of e_{-1} = Σ_t J_0ᴴ⋯J_tᴴ dh_t: on a well-conditioned input they agree to rounding, and
+    both agree with e_{-1} summed directly from BPTT's recursion (e_{T-1} = dh_{T-1}, e_{t-1} = dh_{t-1} + J_tᴴ e_t,
+    e_{-1} = J_0ᴴ e_0) by the reference's Jacobians."""
+    inputs = KERNELS[f"{cell}.fptt"].make_inputs(np.random.default_rng(8), np.dtype("float64"), FPTT_STREAM)
+    direct = _warm_start(emulated, cell, inputs, "direct", schedule)
+    shooting = _warm_start(emulated, cell, inputs, "shooting", schedule)
+    assert np.all(np.isfinite(direct)) and np.linalg.norm(direct) > 0
+    err = rel_error(shooting, direct)
+    assert err <= WARMUPS_AGREE, f"{cell}: the warm-ups' e_-1 differ by {err:.2e}"
+    c = _fptt_cell(cell, inputs)                                      # BPTT's recursion, backward in time
+    params, state = inputs["params"], inputs[c.state_arg]
+    JH, d = [], []
+    for t in range(inputs["x"].shape[0]):
+        J = c.module.state_jacobian(params, inputs["x"][t], state, **c.step_options)
+        JH.append(np.conj(J) if c.diagonal else np.conj(np.swapaxes(J, -1, -2)))
+        d.append(c.flatten_state(c.adjoint_from_h(inputs["dh"][t])))
+        state, _ = c.module.step_forward(params, inputs["x"][t], state, **c.step_options)
+    e = np.zeros_like(d[0])
+    for t in reversed(range(len(d))):
+        e = e + d[t]                                                  # e_t = dh_t + J_{t+1}ᴴ e_{t+1}
+        e = JH[t] * e if c.diagonal else np.einsum("bij,bj->bi", JH[t], e)   # J_tᴴ e_t
+    err = rel_error(direct, e)
+    assert err <= WARMUPS_AGREE, f"{cell}: the direct warm-up's e_-1 is {err:.2e} off BPTT's"
 
 
 # ------------------------------------------------------------------------------------------ (d) on the device
