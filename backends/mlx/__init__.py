@@ -4,8 +4,8 @@ as runtime.Complex128).
 Kernels (same names, signatures and output structure as the NumPy references, refimpl/kernels.py), by module:
     cells         rnn, gru, lstm, lru .forward / .backward; the compiled step and the gate adjoints of every cell
     online_dense  rnn, gru, lstm .rtrl / .snap1 / .truncated / .spatial, lstm.cec
-    online_lru    lru .rtrl / .truncated / .spatial / .fptt / .fptt1 / .fptt_warmup
-    fptt_dense    rnn, gru, lstm .fptt / .fptt1 / .fptt_warmup
+    online_lru    lru .rtrl / .truncated / .spatial / .fptt / .fptt1 / .fptt_warmup (direct) / .fptt_shooting
+    fptt_dense    rnn, gru, lstm .fptt / .fptt1 / .fptt_warmup (direct) / .fptt_shooting
     ep            ep .free_phase / .nudged_phase / .bptt
 and the plumbing they share:
     runtime       the float64 policy and `@kernel` (evaluation at the boundary), the GEMM helpers, and the custom Metal

@@ -1,17 +1,20 @@
-r"""The dense cells' FPTT sweeps (rnn, gru, lstm .fptt / .fptt1 / .fptt_warmup) with mlx.core.
+r"""The dense cells' FPTT sweeps (rnn, gru, lstm .fptt / .fptt1 / .fptt_warmup / .fptt_shooting) with mlx.core.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/fptt.py
-fptt_warmup, fptt_errors, and fptt_cell_grads with check=False; float64 carriers). Equation numbers: "(f n)" is
-refimpl/algorithms/fptt.py, "(n)" the cell's module docstring. S is the state width: H, or 2H for the lstm's [h; c].
+fptt_warmup, fptt_shooting, fptt_errors, and fptt_cell_grads with check=False; float64 carriers). Equation numbers:
+"(f n)" is refimpl/algorithms/fptt.py, "(n)" the cell's module docstring. S is the state width: H, or 2H for the lstm's
+[h; c]; d_t is dh_t flattened to (B, S), zero on the lstm's c rows; A_t = J_tᵀ (the cells are real).
 
-Between steps a phase carries v_t = e_t − dh_t (dh flattened to (B, S), zero on the lstm's c rows), float64 (B, S):
-
-    fptt_warmup  over one chunk from the carried (v', P) (None: v' = 0, P = I):  e'_t = J_t^{−T} v'_{t-1} (f 1),
-                 v'_t = e'_t − dh_t, P ← P J_tᵀ (f 2) → {"state", "carry": {"v": v' (B, S), "P": (B, S, S)}}
-    fptt1        over one chunk from the carried v (None: v_{-1} = 0):  e_t = J_t^{−T} v_{t-1} (f 1), v_t = e_t − dh_t,
-                 the gradients (f 4) → {param, "x", "state", "carry": {"v"}}
-    fptt         a whole sequence: fptt_warmup from None, e_{-1} = −P v' (f 3), fptt1 from v_{-1} = e_{-1}
-                 → {param, "x", initial-state keys = e_{-1}}
+    fptt_warmup    the direct warm-up over one chunk from the carried (Q, e) (None: Q = I, e = 0):
+                   Q ← Q A_t (f 2), then e ← e + Q d_t with the new Q (f 3): two batched matmuls a step, no solve
+                   → {"state", "carry": {"Q": (B, S, S), "e": (B, S)}}; at the stream's end e_{-1} = e
+    fptt_shooting  the paper's shooting warm-up over one chunk from the carried (v', P) (None: v' = 0, P = I):
+                   e'_t = J_t^{−T} v'_{t-1} (f 1), v'_t = e'_t − d_t, P ← P A_t (f 2s)
+                   → {"state", "carry": {"v": v' (B, S), "P": (B, S, S)}}; at the stream's end e_{-1} = −P v' (f 3s)
+    fptt1          the error pass over one chunk from the carried v (None: v_{-1} = 0): e_t = J_t^{−T} v_{t-1} (f 1),
+                   v_t = e_t − d_t, the gradients (f 4) → {param, "x", "state", "carry": {"v"}}
+    fptt           a whole sequence: fptt_warmup from None, e_{-1} = e (f 3), fptt1 from v_{-1} = e_{-1}
+                   → {param, "x", initial-state keys = e_{-1}}
 
     (a) the states do not depend on the errors, so the cell's forward (cells.py: one input GEMM, one compiled step per
         t) runs once per call and its cache serves both phases (the reference re-runs the states in each phase);
@@ -20,6 +23,9 @@ Between steps a phase carries v_t = e_t − dh_t (dh flattened to (B, S), zero o
         (mx.linalg.solve, never an inverse);
     (c) the error pass casts e_t to the state dtype and forms the step's gate adjoints from it (the cells' step backward
         with total adjoint e_t, f 4); the weight gradients are then ONE GEMM each over all (t, b), as in cells.py.
+Memory: besides the chunk's forward cache and its T Jacobians (B, S, S) (the chunk's length is the caller's choice),
+the carriers — O(B·S²) for Q or P, independent of the stream's length. Cost per step: the direct warm-up two batched
+matmuls, O(B·S³) + O(B·S²); the shooting one a batched solve (O(B·S³)) and a matmul; the error pass a solve.
 The carriers are float64 in every dtype, taken and returned in float64 (the reference's default carrier), so these
 kernels run on MLX's CPU stream (as mx.linalg does anyway).
 """
@@ -63,11 +69,20 @@ def _solve(A, v):
     return mx.linalg.solve(A, v[..., None], stream=mx.cpu)[..., 0]
 
 
-def _warmup(JT, d, v, P):
-    """Phase 1 over the chunk (f 1, 2): v'_t = J_t^{−T} v'_{t-1} − dh_t and P ← P J_tᵀ, float64 → (v', P)."""
+def _direct(JT, d, Q, e):
+    """Phase 1 over the chunk, the direct warm-up (f 2, 3): Q ← Q J_tᵀ, then e ← e + Q d_t, float64 → (Q, e)."""
+    for t in range(d.shape[0]):
+        Q = Q @ JT[t]                                                        # (f 2) Q_t = Q_{t-1} J_tᵀ
+        e = e + (Q @ d[t][..., None])[..., 0]                                # (f 3) e += Q_t d_t
+    return Q, e
+
+
+def _shooting(JT, d, v, P):
+    """Phase 1 over the chunk, the shooting warm-up (f 1, 2s): v'_t = J_t^{−T} v'_{t-1} − dh_t and P ← P J_tᵀ,
+    float64 → (v', P)."""
     for t in range(d.shape[0]):
         v = _solve(JT[t], v) - d[t]                                          # (f 1) e'_t, then v'_t = e'_t − dh_t
-        P = P @ JT[t]                                                        # (f 2)
+        P = P @ JT[t]                                                        # (f 2s)
     return v, P
 
 
@@ -105,15 +120,16 @@ class _Chunk:
         return LSTMState(c.h[-1], c.c[-1]) if self.name == "lstm" else c.h[-1]
 
     def carrier(self, carry, name):
-        """A float64 carrier from the checked carry; carry None → v = 0 (B, S), P = I (B, S, S)."""
+        """A float64 carrier from the checked carry; carry None → v = e = 0 (B, S), P = Q = I (B, S, S)."""
         if carry is None:
-            if name == "v":
+            if name in ("v", "e"):
                 return mx.zeros((self.B, self.S), dtype=mx.float64)
             return mx.broadcast_to(mx.eye(self.S, dtype=mx.float64), (self.B, self.S, self.S))
         return carry[name].astype(mx.float64)
 
     def check(self, carry, names, what):
-        shapes = {"v": (self.B, self.S), "P": (self.B, self.S, self.S)}
+        vector, product = (self.B, self.S), (self.B, self.S, self.S)
+        shapes = {"v": vector, "e": vector, "P": product, "Q": product}
         return checked_carry(carry, {k: shapes[k] for k in names}, what)
 
     def grads(self, es):
@@ -140,11 +156,10 @@ class _Chunk:
 
 
 def _fptt(name, params, x, state0, dh, nonlinearity=None):
-    """Both phases over a whole sequence: the warm-up from (v', P) = (0, I), e_{-1} = −P v' (f 3), the error pass from
-    v_{-1} = e_{-1} → {param, "x", initial-state keys = e_{-1}}."""
+    """Both phases over a whole sequence: the direct warm-up from (Q, e) = (I, 0), e_{-1} = e (f 3), the error pass
+    from v_{-1} = e_{-1} → {param, "x", initial-state keys = e_{-1}}."""
     ch = _Chunk(name, params, x, state0, dh, nonlinearity)
-    v, P = _warmup(ch.JT, ch.d, ch.carrier(None, "v"), ch.carrier(None, "P"))    # phase 1
-    e_start = -(P @ v[..., None])[..., 0]                                    # (f 3)
+    _, e_start = _direct(ch.JT, ch.d, ch.carrier(None, "Q"), ch.carrier(None, "e"))   # phase 1, (f 2, 3)
     grads = ch.grads(_errors(ch.JT, ch.d, e_start)[0])                       # phase 2
     for r, key in enumerate(CELLS[name].GRAD_STATE_KEYS):                    # e_{-1}: h̄_{-1}[, c̄_{-1}]
         grads[key] = e_start[:, r * ch.H:(r + 1) * ch.H].astype(ch.sdt)
@@ -160,16 +175,24 @@ def _fptt1(name, params, x, state0, dh, carry, nonlinearity=None):
 
 
 def _fptt_warmup(name, params, x, state0, dh, carry, nonlinearity=None):
-    """The warm-up over one chunk from the carried (v', P) → {"state", "carry": {"v", "P"}}."""
+    """The direct warm-up over one chunk from the carried (Q, e) → {"state", "carry": {"Q", "e"}}."""
     ch = _Chunk(name, params, x, state0, dh, nonlinearity)
-    carry = ch.check(carry, ("v", "P"), f"{name}.fptt_warmup")
-    v, P = _warmup(ch.JT, ch.d, ch.carrier(carry, "v"), ch.carrier(carry, "P"))
+    carry = ch.check(carry, ("Q", "e"), f"{name}.fptt_warmup")
+    Q, e = _direct(ch.JT, ch.d, ch.carrier(carry, "Q"), ch.carrier(carry, "e"))
+    return {"state": ch.state(), "carry": {"Q": Q, "e": e}}
+
+
+def _fptt_shooting(name, params, x, state0, dh, carry, nonlinearity=None):
+    """The shooting warm-up over one chunk from the carried (v', P) → {"state", "carry": {"v", "P"}}."""
+    ch = _Chunk(name, params, x, state0, dh, nonlinearity)
+    carry = ch.check(carry, ("v", "P"), f"{name}.fptt_shooting")
+    v, P = _shooting(ch.JT, ch.d, ch.carrier(carry, "v"), ch.carrier(carry, "P"))
     return {"state": ch.state(), "carry": {"v": v, "P": P}}
 
 
 @kernel(float64_carriers=True)
 def rnn_fptt(params: dict, x: mx.array, h0: mx.array, dh: mx.array, nonlinearity: str = "tanh") -> dict:
-    """As kernel rnn.fptt: warm-up (f 1-3) then the error pass (f 1, 4) → {param, "x", "h0"}."""
+    """As kernel rnn.fptt: the direct warm-up (f 2, 3) then the error pass (f 1, 4) → {param, "x", "h0"}."""
     return _fptt("rnn", params, x, h0, dh, nonlinearity)
 
 
@@ -184,14 +207,22 @@ def rnn_fptt1(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict
 @kernel(float64_carriers=True)
 def rnn_fptt_warmup(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None,
                     nonlinearity: str = "tanh") -> dict:
-    """As kernel rnn.fptt_warmup: the warm-up over one chunk from the carried (v', P) (None: (0, I))
-    → {"state", "carry": {"v" (B,H), "P" (B,H,H), float64}}."""
+    """As kernel rnn.fptt_warmup: the direct warm-up over one chunk from the carried (Q, e) (None: (I, 0))
+    → {"state", "carry": {"Q" (B,H,H), "e" (B,H), float64}}."""
     return _fptt_warmup("rnn", params, x, h0, dh, carry, nonlinearity)
 
 
 @kernel(float64_carriers=True)
+def rnn_fptt_shooting(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None,
+                      nonlinearity: str = "tanh") -> dict:
+    """As kernel rnn.fptt_shooting: the shooting warm-up over one chunk from the carried (v', P) (None: (0, I))
+    → {"state", "carry": {"v" (B,H), "P" (B,H,H), float64}}."""
+    return _fptt_shooting("rnn", params, x, h0, dh, carry, nonlinearity)
+
+
+@kernel(float64_carriers=True)
 def gru_fptt(params: dict, x: mx.array, h0: mx.array, dh: mx.array) -> dict:
-    """As kernel gru.fptt: warm-up (f 1-3) then the error pass (f 1, 4) → {param, "x", "h0"}."""
+    """As kernel gru.fptt: the direct warm-up (f 2, 3) then the error pass (f 1, 4) → {param, "x", "h0"}."""
     return _fptt("gru", params, x, h0, dh)
 
 
@@ -203,13 +234,19 @@ def gru_fptt1(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict
 
 @kernel(float64_carriers=True)
 def gru_fptt_warmup(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None) -> dict:
-    """As kernel gru.fptt_warmup: the warm-up over one chunk from the carried (v', P) (None: (0, I))."""
+    """As kernel gru.fptt_warmup: the direct warm-up over one chunk from the carried (Q, e) (None: (I, 0))."""
     return _fptt_warmup("gru", params, x, h0, dh, carry)
 
 
 @kernel(float64_carriers=True)
+def gru_fptt_shooting(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None) -> dict:
+    """As kernel gru.fptt_shooting: the shooting warm-up over one chunk from the carried (v', P) (None: (0, I))."""
+    return _fptt_shooting("gru", params, x, h0, dh, carry)
+
+
+@kernel(float64_carriers=True)
 def lstm_fptt(params: dict, x: mx.array, state0: LSTMState, dh: mx.array) -> dict:
-    """As kernel lstm.fptt: warm-up (f 1-3) then the error pass (f 1, 4) → {param, "x", "h0", "c0"}."""
+    """As kernel lstm.fptt: the direct warm-up (f 2, 3) then the error pass (f 1, 4) → {param, "x", "h0", "c0"}."""
     return _fptt("lstm", params, x, state0, dh)
 
 
@@ -221,9 +258,17 @@ def lstm_fptt1(params: dict, x: mx.array, state0: LSTMState, dh: mx.array, carry
 
 @kernel(float64_carriers=True)
 def lstm_fptt_warmup(params: dict, x: mx.array, state0: LSTMState, dh: mx.array, carry: dict | None = None) -> dict:
-    """As kernel lstm.fptt_warmup: the warm-up over one chunk from the carried (v', P) (None: (0, I))."""
+    """As kernel lstm.fptt_warmup: the direct warm-up over one chunk from the carried (Q (B,2H,2H), e (B,2H))
+    (None: (I, 0))."""
     return _fptt_warmup("lstm", params, x, state0, dh, carry)
 
 
+@kernel(float64_carriers=True)
+def lstm_fptt_shooting(params: dict, x: mx.array, state0: LSTMState, dh: mx.array, carry: dict | None = None) -> dict:
+    """As kernel lstm.fptt_shooting: the shooting warm-up over one chunk from the carried (v' (B,2H), P (B,2H,2H))
+    (None: (0, I))."""
+    return _fptt_shooting("lstm", params, x, state0, dh, carry)
+
+
 KERNELS = {f"{cell}.{phase}": globals()[f"{cell}_{phase}"] for cell in ("rnn", "gru", "lstm")
-           for phase in ("fptt", "fptt1", "fptt_warmup")}
+           for phase in ("fptt", "fptt1", "fptt_warmup", "fptt_shooting")}

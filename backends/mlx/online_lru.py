@@ -1,10 +1,10 @@
-r"""The LRU's online sweeps (lru.rtrl, .truncated, .spatial, .fptt, .fptt1, .fptt_warmup) with mlx.core.
+r"""The LRU's online sweeps (lru.rtrl, .truncated, .spatial, .fptt, .fptt1, .fptt_warmup, .fptt_shooting) with mlx.core.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
-`sweep`, refimpl/algorithms/fptt.py fptt_warmup, fptt_errors and fptt_cell_grads with check=False). Every kernel but
-lru.fptt sweeps one chunk of a stream: it takes the state and the carry before the chunk (carry=None: the stream's
-start) and returns {…, "state": h after it, "carry": what the next chunk needs}, in the reference's layouts, converted
-once per call at the chunk's boundary. Equation numbers: "(r n)" is
+`sweep`, refimpl/algorithms/fptt.py fptt_warmup, fptt_shooting, fptt_errors and fptt_cell_grads with check=False).
+Every kernel but lru.fptt sweeps one chunk of a stream: it takes the state and the carry before the chunk
+(carry=None: the stream's start) and returns {…, "state": h after it, "carry": what the next chunk needs}, in the
+reference's layouts, converted once per call at the chunk's boundary. Equation numbers: "(r n)" is
 refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py. Complex64 states only (MLX
 has no complex128).
 
@@ -37,12 +37,21 @@ truncated / spatial (r 13, 14): S_t = P_t, so every gradient is a sum over (t, b
 (lru 10): ν̄ = −e^ν Re Σ conj(λ h_{t-1}) δ, θ̄ = e^θ Im Σ conj(λ h_{t-1}) δ, γ̄_log = Re Σ conj(u) δ,
 B̄_re + i B̄_im = γ Σ x δ (spatial: ν̄ = θ̄ = 0) — after one forward scan for h_{t-1}.
 
-FPTT (f 1–4), complex128 carriers like the reference's default: MLX has no complex128, so the carriers (v = e − dh
-between steps, and P) are float64 pairs (re, im) — in the carry, runtime.Complex128 — and (f 1)'s division by conj(λ)
-is written out, e = v λ / |λ|². Per step, e_t = J_t^{−H} v_{t-1}, v_t = e_t − dh_t; the warm-up also P ← P conj(λ).
-The error pass casts each e_t to complex64 — the step adjoints ū_t of the cell's backward (f 4) — and the gradients
-are the cells' GEMMs over all steps. lru.fptt is the warm-up from (v, P) = (0, 1), e_{-1} = −P v (f 3), then the
-error pass from v_{-1} = e_{-1}.
+FPTT (f 1–4), complex128 carriers like the reference's default: MLX has no complex128, so the carriers (Q, e of the
+direct warm-up; v = e − dh between steps and P of the shooting one and the error pass; all (B, N)) are float64 pairs
+(re, im) — in the carry, runtime.Complex128 — and every complex product is written out on the pairs. J_t = diag(λ),
+so per step (λ as the reference's carrier: complex64 widened to complex128)
+
+    fptt_warmup    (direct, f 2, 3)   Q ← Q ⊙ conj(λ), then e ← e + Q ⊙ dh_t (with the new Q)     carry {"Q", "e"}
+    fptt_shooting  (f 1, 2s)          e'_t = v'_{t-1} / conj(λ) = v' λ / |λ|², v'_t = e'_t − dh_t,
+                                      P ← P ⊙ conj(λ)                                            carry {"v", "P"}
+    fptt1          (f 1, 4)           e_t = v_{t-1} / conj(λ), v_t = e_t − dh_t                   carry {"v"}
+
+None starts a stream: Q = P = 1, e = v = 0. The error pass casts each e_t to complex64 — the step adjoints ū_t of
+the cell's backward (f 4) — and the gradients are the cells' GEMMs over all steps. lru.fptt is the direct warm-up from
+(Q, e) = (1, 0), e_{-1} = e (f 3), then the error pass from v_{-1} = e_{-1}. Memory: the carriers, O(B·N), and the
+chunk's states; cost O(B·N) elementwise a step (one compiled step each for the warm-ups), no division in the direct
+warm-up.
 """
 
 from __future__ import annotations
@@ -202,6 +211,21 @@ def _divide_by_conj_lambda(vr, vi, lr, li):
     return (vr * lr - vi * li) / n2, (vi * lr + vr * li) / n2
 
 
+@mx.compile
+def _direct_step(Qr, Qi, er, ei, lr, li, dr, di):
+    """The direct warm-up's step on float64 pairs: (f 2) Q ← Q conj(λ), then (f 3) e ← e + Q dh_t (the new Q)."""
+    Qr, Qi = Qr * lr + Qi * li, Qi * lr - Qr * li
+    return Qr, Qi, er + (Qr * dr - Qi * di), ei + (Qr * di + Qi * dr)
+
+
+@mx.compile
+def _shooting_step(vr, vi, Pr, Pi, lr, li, dr, di):
+    """The shooting warm-up's step on float64 pairs: (f 1) e'_t = v'_{t-1} / conj(λ), v'_t = e'_t − dh_t;
+    (f 2s) P ← P conj(λ)."""
+    er, ei = _divide_by_conj_lambda(vr, vi, lr, li)
+    return er - dr, ei - di, Pr * lr + Pi * li, Pi * lr - Pr * li
+
+
 class _Phase:
     """What both FPTT phases of one chunk need: λ as float64 pairs (the carrier λ: complex64 → pairs, as the
     reference's state_jacobian(…).astype(complex128)), dh_t as float64 pairs, and the chunk's states."""
@@ -214,11 +238,11 @@ class _Phase:
         self.h0, (self.B, self.N) = h0, h0.shape
 
     def carrier(self, carry, name):
-        """A carrier (B, N) as a float64 pair: carry None → v = 0 and P = 1; a Complex128 as it is; a complex64
-        mx.array widened (exact)."""
+        """A carrier (B, N) as a float64 pair: carry None → v = e = 0 and P = Q = 1; a Complex128 as it is; a
+        complex64 mx.array widened (exact)."""
         if carry is None:
             zero = mx.zeros((self.B, self.N), dtype=mx.float64)
-            return (zero + 1.0 if name == "P" else zero), zero
+            return (zero + 1.0 if name in ("P", "Q") else zero), zero
         c = carry[name]
         if isinstance(c, Complex128):
             return c.re, c.im
@@ -229,12 +253,18 @@ def _check(carry, names, B, N, what):
     return checked_carry(carry, {k: (B, N) for k in names}, what)
 
 
-def _warmup(ph, vr, vi, Pr, Pi):
-    """Phase 1 over the chunk: v'_t = J_t^{−H} v'_{t-1} − dh_t (f 1) and P ← P conj(λ) (f 2), on float64 pairs."""
+def _direct(ph, Qr, Qi, er, ei):
+    """Phase 1 over the chunk, the direct warm-up: Q ← Q conj(λ) (f 2), e ← e + Q dh_t (f 3), on float64 pairs."""
     for t in range(ph.dr.shape[0]):
-        er, ei = _divide_by_conj_lambda(vr, vi, ph.lr, ph.li)               # (f 1) e'_t
-        vr, vi = er - ph.dr[t], ei - ph.di[t]                                # v'_t = e'_t − dh_t
-        Pr, Pi = Pr * ph.lr + Pi * ph.li, Pi * ph.lr - Pr * ph.li            # (f 2) P ← P conj(λ)
+        Qr, Qi, er, ei = _direct_step(Qr, Qi, er, ei, ph.lr, ph.li, ph.dr[t], ph.di[t])
+    return Qr, Qi, er, ei
+
+
+def _shooting(ph, vr, vi, Pr, Pi):
+    """Phase 1 over the chunk, the shooting warm-up: v'_t = J_t^{−H} v'_{t-1} − dh_t (f 1) and P ← P conj(λ) (f 2s),
+    on float64 pairs."""
+    for t in range(ph.dr.shape[0]):
+        vr, vi, Pr, Pi = _shooting_step(vr, vi, Pr, Pi, ph.lr, ph.li, ph.dr[t], ph.di[t])
     return vr, vi, Pr, Pi
 
 
@@ -253,12 +283,10 @@ def _errors(params, x, ph, vr, vi):
 
 @kernel(float64_carriers=True)
 def lru_fptt(params: dict, x: mx.array, h0: mx.array, dh: mx.array) -> dict:
-    """As kernel lru.fptt: warm-up (f 1-2) from the stream's start, e_{-1} = −P v' (f 3), then the error pass (f 1, 4)
-    from v_{-1} = e_{-1}; → {param, "x" r(T,B,I), "h0" c(B,N) = e_{-1}}."""
+    """As kernel lru.fptt: the direct warm-up (f 2, 3) from the stream's start, e_{-1} = e, then the error pass
+    (f 1, 4) from v_{-1} = e_{-1}; → {param, "x" r(T,B,I), "h0" c(B,N) = e_{-1}}."""
     ph = _Phase(params, x, h0, dh)
-    zero = mx.zeros(h0.shape, dtype=mx.float64)
-    vr, vi, Pr, Pi = _warmup(ph, zero, zero, zero + 1.0, zero)              # phase 1 from v' = 0, P = 1
-    er, ei = -(Pr * vr - Pi * vi), -(Pr * vi + Pi * vr)                      # (f 3) e_{-1} = −P v'_{T-1}
+    _, _, er, ei = _direct(ph, *ph.carrier(None, "Q"), *ph.carrier(None, "e"))   # phase 1 from Q = 1, e = 0
     grads, _, _ = _errors(params, x, ph, er, ei)                             # phase 2
     grads["h0"] = complex_from(er.astype(mx.float32), ei.astype(mx.float32)).astype(h0.dtype)   # e_{-1}
     return grads
@@ -277,14 +305,27 @@ def lru_fptt1(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict
 
 @kernel(float64_carriers=True)
 def lru_fptt_warmup(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None) -> dict:
-    """As kernel lru.fptt_warmup: the warm-up (f 1, 2) over one chunk from the carried (v', P) (None: v' = 0, P = 1)
-    → {"state" h_{T-1} c(B,N), "carry": {"v": v'_{T-1}, "P": P, complex128 (B,N) each, as Complex128}}."""
+    """As kernel lru.fptt_warmup: the direct warm-up (f 2, 3) over one chunk from the carried (Q, e) (None: Q = 1,
+    e = 0) → {"state" h_{T-1} c(B,N), "carry": {"Q": Q, "e": e, complex128 (B,N) each, as Complex128}}."""
     B, N = h0.shape
-    carry = _check(carry, ("v", "P"), B, N, "lru.fptt_warmup")
+    carry = _check(carry, ("Q", "e"), B, N, "lru.fptt_warmup")
     ph = _Phase(params, x, h0, dh)
-    vr, vi, Pr, Pi = _warmup(ph, *ph.carrier(carry, "v"), *ph.carrier(carry, "P"))
+    Qr, Qi, er, ei = _direct(ph, *ph.carrier(carry, "Q"), *ph.carrier(carry, "e"))
+    return {"state": ph.h[-1], "carry": {"Q": Complex128(Qr, Qi), "e": Complex128(er, ei)}}
+
+
+@kernel(float64_carriers=True)
+def lru_fptt_shooting(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None) -> dict:
+    """As kernel lru.fptt_shooting: the shooting warm-up (f 1, 2s) over one chunk from the carried (v', P) (None:
+    v' = 0, P = 1) → {"state" h_{T-1} c(B,N), "carry": {"v": v'_{T-1}, "P": P, complex128 (B,N) each, as
+    Complex128}}."""
+    B, N = h0.shape
+    carry = _check(carry, ("v", "P"), B, N, "lru.fptt_shooting")
+    ph = _Phase(params, x, h0, dh)
+    vr, vi, Pr, Pi = _shooting(ph, *ph.carrier(carry, "v"), *ph.carrier(carry, "P"))
     return {"state": ph.h[-1], "carry": {"v": Complex128(vr, vi), "P": Complex128(Pr, Pi)}}
 
 
 KERNELS = {"lru.rtrl": lru_rtrl, "lru.truncated": lru_truncated, "lru.spatial": lru_spatial,
-           "lru.fptt": lru_fptt, "lru.fptt1": lru_fptt1, "lru.fptt_warmup": lru_fptt_warmup}
+           "lru.fptt": lru_fptt, "lru.fptt1": lru_fptt1, "lru.fptt_warmup": lru_fptt_warmup,
+           "lru.fptt_shooting": lru_fptt_shooting}

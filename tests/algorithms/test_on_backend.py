@@ -161,7 +161,7 @@ def test_gradcheck_on_a_backend_passes_for_every_exact_algorithm(backend, cell, 
     if dtype == "float64" and load_backend(backend).unsupported_dtype(f"{cell}.forward", dtype):
         pytest.skip(load_backend(backend).unsupported_dtype(f"{cell}.forward", dtype))
     try:
-        gradcheck(cell, algorithm, layers=layers, dtype=dtype, **options)
+        want = gradcheck(cell, algorithm, layers=layers, dtype=dtype, **options)
     except NumericalError as e:                # the reference refuses (FPTT lost the signal): so must the backend
         with pytest.raises(NumericalError, match="FPTT lost the error signal"):
             gradcheck(cell, algorithm, layers=layers, dtype=dtype, backend=backend, **options)
@@ -169,6 +169,13 @@ def test_gradcheck_on_a_backend_passes_for_every_exact_algorithm(backend, cell, 
         return
     report = gradcheck(cell, algorithm, layers=layers, dtype=dtype, backend=backend, **options)
     assert report.tol_vs_bptt is not None, "the check must compare with BPTT"
+    if not want.ok:     # the reference itself misses the tolerance: FPTT passed its check (5) on an ill-conditioned
+        # Jacobian product (the 2-layer lstm at its default initialisation, σ_min ≈ 4e-12, DESIGN.md §7), so the
+        # backend is held to the reference's own accuracy (rounding amplified by 1/σ_min: within a factor 10)
+        assert all(r.rel_err_bptt_vs_fd <= report.tol_bptt_vs_fd for r in report.rows)
+        worst = max(r.rel_err_vs_bptt for r in report.rows)
+        assert worst <= 10 * max(r.rel_err_vs_bptt for r in want.rows), worst
+        return
     assert report.ok, [r for r in report.rows if not r.ok]
 
 

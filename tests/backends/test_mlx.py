@@ -126,7 +126,8 @@ def test_float64_refused_on_a_gpu_default_device(gpu_default):
     assert "CPU" in mlx_backend.unsupported_dtype("gru.forward", "float64")
 
 
-@pytest.mark.parametrize("kernel", ["gru.fptt", "lru.fptt", "gru.fptt1", "lstm.fptt_warmup", "lru.fptt_warmup"])
+@pytest.mark.parametrize("kernel", ["gru.fptt", "lru.fptt", "gru.fptt1", "lstm.fptt_warmup", "lru.fptt_warmup",
+                                    "rnn.fptt_shooting", "lru.fptt_shooting"])
 def test_fptt_float32_runs_on_a_gpu_default_device(kernel, gpu_default):
     """FPTT keeps float64 carriers in every dtype (the reference's default): its float32 kernels, float64 carry and
     all, run on the CPU stream whatever the default device, and still match the reference."""
@@ -206,7 +207,7 @@ def test_lru_rtrl_honours_any_carry_as_given(rng):
 
 
 @pytest.mark.parametrize("kernel", ["gru.rtrl", "lstm.snap1", "lru.rtrl", "rnn.fptt1", "lstm.fptt_warmup",
-                                    "lru.fptt1"])
+                                    "lru.fptt1", "lru.fptt_warmup", "gru.fptt_shooting", "lru.fptt_shooting"])
 def test_a_carry_of_the_wrong_layout_is_refused(kernel):
     """A carry with a missing name or a wrong shape (another batch size) is a ShapeError, as in the reference."""
     from refimpl.errors import ShapeError
@@ -235,9 +236,9 @@ def test_reference_and_mlx_caches_interchange(cpu_default):
 
 # ---------------------------------------------------------------------------------------------- streams in chunks
 
-#: The carried kernels: the RTRL family and FPTT's two phases (refimpl/kernels.py).
+#: The carried kernels: the RTRL family and FPTT's phases, its two warm-ups included (refimpl/kernels.py).
 CARRIED = sorted(k for k in KERNELS if k.split(".")[1] in ("rtrl", "snap1", "truncated", "spatial", "cec", "fptt1",
-                                                           "fptt_warmup"))
+                                                           "fptt_warmup", "fptt_shooting"))
 STREAM = dict(T=13, B=2, I=3, H=4)
 #: Chunk sizes, cycled until the stream ends (the last chunk takes what is left); (13,) is the uncut sweep.
 CUTS = [(1,), (7,), (1, 7, 2), (13,)]
@@ -323,17 +324,21 @@ def test_a_stream_in_chunks_fails_without_its_carry(cpu_default):
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lru"])
 @pytest.mark.parametrize("cut", [(1,), (3,), (7,)])
-def test_fptt_from_its_phases_in_chunks_is_the_whole_fptt(cell, cut, cpu_default):
-    """<cell>.fptt_warmup over the stream in chunks from None, e_{−1} = −P v' (fptt.start_error), then <cell>.fptt1 in
-    chunks from {"v": e_{−1}}: the gradient sums and x̄ of <cell>.fptt in one call, and its initial-state gradients
-    are e_{−1}. (The lstm on T = 7, where its FPTT is well conditioned, docs/derivations/fptt.md §7.)"""
+@pytest.mark.parametrize("warmup", ["fptt_warmup", "fptt_shooting"])
+def test_fptt_from_its_phases_in_chunks_is_the_whole_fptt(cell, cut, warmup, cpu_default):
+    """A warm-up kernel over the stream in chunks from None — <cell>.fptt_warmup (direct: e_{−1} = e) or
+    <cell>.fptt_shooting (e_{−1} = −P v'), both through fptt.start_error — then <cell>.fptt1 in chunks from
+    {"v": e_{−1}}: the gradient sums and x̄ of <cell>.fptt in one call (which warms up directly), and its
+    initial-state gradients are e_{−1}. The shooting warm-up agrees with the direct one to rounding on these
+    well-conditioned inputs (the lstm on T = 7, where its FPTT is well conditioned, docs/derivations/fptt.md §7)."""
     from refimpl.algorithms.fptt import start_error
     from refimpl.cells import CELLS, resolve_cell
     kernel = f"{cell}.fptt"
     T = 7 if cell == "lstm" else STREAM["T"]
     inputs = make_case_inputs(kernel, _dtype(kernel), {**STREAM, "T": T}, 2, _variant(kernel))
     want = call(kernel, "mlx", **inputs)
-    _, _, _, warm = _run_stream(f"{cell}.fptt_warmup", {**inputs, "carry": None}, cut)
+    _, _, _, warm = _run_stream(f"{cell}.{warmup}", {**inputs, "carry": None}, cut)
+    assert sorted(warm) == (["Q", "e"] if warmup == "fptt_warmup" else ["P", "v"])
     e_start = start_error(resolve_cell(cell, STREAM["I"], STREAM["H"], _dtype(kernel)), warm)
     sums, dx, _, _ = _run_stream(f"{cell}.fptt1", inputs, cut, carry={"v": e_start})
     tol = _tolerance(kernel)
@@ -343,6 +348,32 @@ def test_fptt_from_its_phases_in_chunks_is_the_whole_fptt(cell, cut, cpu_default
     starts = np.split(e_start, len(CELLS[cell].GRAD_STATE_KEYS), axis=-1)
     for key, e in zip(CELLS[cell].GRAD_STATE_KEYS, starts):
         assert _rel(e, want[key]) <= tol, key
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lru"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_direct_and_shooting_warmups_give_the_same_start_error(cell, seed, cpu_default):
+    """On a well-conditioned input (the fptt input spec; the lstm on T = 7) the direct warm-up's e_{−1} = Σ Q_t dh_t
+    and the shooting warm-up's e_{−1} = −P v' — one without a solve, one by solves — agree to rounding, and both are
+    the gradient of the initial state by BPTT (<cell>.forward, <cell>.backward on MLX): ≤ 1e-10 relative (float64
+    carriers in every case; the lru's BPTT runs complex64 states, so against it ≤ 1e-5)."""
+    from refimpl.algorithms.fptt import start_error
+    from refimpl.cells import CELLS, resolve_cell
+    kernel = f"{cell}.fptt"
+    T = 7 if cell == "lstm" else STREAM["T"]
+    variant = _variant(kernel)
+    inputs = make_case_inputs(kernel, _dtype(kernel), {**STREAM, "T": T}, seed, variant)
+    c = resolve_cell(cell, STREAM["I"], STREAM["H"], _dtype(kernel))
+    direct = start_error(c, call(f"{cell}.fptt_warmup", "mlx", **{**inputs, "carry": None})["carry"])
+    shooting = start_error(c, call(f"{cell}.fptt_shooting", "mlx", **{**inputs, "carry": None})["carry"])
+    assert direct.dtype == shooting.dtype == (np.complex128 if cell == "lru" else np.float64)
+    assert _rel(direct, shooting) <= 1e-10
+    state_arg = next(k for k in ("h0", "state0") if k in inputs)
+    _, cache = call(f"{cell}.forward", "mlx", inputs["params"], inputs["x"], inputs[state_arg], **variant)
+    bptt = call(f"{cell}.backward", "mlx", inputs["params"], inputs["dh"], cache, **variant)
+    want = np.concatenate([bptt[k] for k in CELLS[cell].GRAD_STATE_KEYS], axis=-1)
+    for e in (direct, shooting):
+        assert _rel(e, want) <= _tolerance(kernel)
 
 
 # ---------------------------------------------------------------------------------------------- Metal kernels
