@@ -5,17 +5,19 @@ Kernels (same names, signatures and output structure as the NumPy references, re
                      every cell (its step and its adjoint, written once and inlined into every loop below)
     online_dense.py  rnn/gru/lstm .rtrl (blocked BLAS sensitivity update), .snap1 (compact traces), lstm.cec,
                      .truncated, .spatial (the cell backward without its carry)
-    online_lru.py    lru.rtrl, lru.truncated, lru.spatial (diagonal traces), lru.fptt, lru.fptt_warmup, lru.fptt1
-    fptt_dense.py    rnn/gru/lstm .fptt, .fptt_warmup, .fptt1 (Jacobian solves forward in time)
+    online_lru.py    lru.rtrl, lru.truncated, lru.spatial (diagonal traces), lru.fptt, lru.fptt_warmup (direct),
+                     lru.fptt_shooting, lru.fptt1
+    fptt_dense.py    rnn/gru/lstm .fptt, .fptt_warmup (direct: Jacobian products), .fptt_shooting, .fptt1 (Jacobian
+                     solves forward in time)
     ep.py            ep.free_phase, ep.nudged_phase, ep.bptt (the EP relaxation loops)
 and the plumbing they share:
     runtime.py       dtypes and scalars, BLAS and thread control, blocks of rows, the input-projection and
                      weight-gradient GEMMs around the loops (the layout rules (a)–(e))
     fastmath.py      tanh and σ as plain arithmetic, so that the loops around them vectorise
 
-The RTRL-family sweeps and FPTT's two phases are carried kernels: each sweeps one chunk of a stream from the state
-and the carry before it (the reference's layout: rtrl.py "Trace layouts", fptt.py's v and P) and returns both after it,
-converting the carry to its loops' own layout once per call (DESIGN.md §5).
+The RTRL-family sweeps and FPTT's phases are carried kernels: each sweeps one chunk of a stream from the state and
+the carry before it (the reference's layout: rtrl.py "Trace layouts", fptt.py's Q and e, v' and P, v) and returns both
+after it, converting the carry to its loops' own layout once per call (DESIGN.md §5).
 
 Design (runtime.py): the input projection of all T steps is one GEMM outside the time loop, the time loop is an
 @njit(cache=True) function with the gate arithmetic fused per step, and the weight gradients are one GEMM over all

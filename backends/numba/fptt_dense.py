@@ -1,41 +1,48 @@
-r"""The dense cells' FPTT sweeps (rnn, gru, lstm .fptt / .fptt_warmup / .fptt1) as Numba loops.
+r"""The dense cells' FPTT sweeps (rnn, gru, lstm .fptt / .fptt_warmup / .fptt_shooting / .fptt1) as Numba loops.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/fptt.py
-fptt_warmup, fptt_errors and fptt_cell_grads with check=False, float64 carriers). Equation numbers: "(f n)" is
-refimpl/algorithms/fptt.py, "(r n)" refimpl/algorithms/rtrl.py, "(n)" the cell's module in refimpl/cells/. S = R·H is
-the state width: H, or 2H for the lstm's [h; c].
+fptt_warmup, fptt_shooting, fptt_errors and fptt_cell_grads with check=False, float64 carriers). Equation numbers:
+"(f n)" is refimpl/algorithms/fptt.py, "(r n)" refimpl/algorithms/rtrl.py, "(n)" the cell's module in refimpl/cells/.
+S = R·H is the state width: H, or 2H for the lstm's [h; c]. d_t is dh_t flattened to (B, S) float64, zero on the
+lstm's c rows. The kernels:
 
-Each phase carries, between steps, v_t = e_t − dh_t (fptt.py): e_t = J_t^{−H} v_{t-1} (f 1), v_t = e_t − dh_t, with
-dh_t flattened to (B, S) float64, zero on the lstm's c rows. The kernels:
-
-    <cell>.fptt_warmup  phase 1 over one chunk from the carried (v', P) (None: v' = 0, P = I): (f 1) and P ← P J_tᴴ
-                        (f 2) → {"state", "carry": {"v" (B, S), "P" (B, S, S)}}
-    <cell>.fptt1        phase 2 over one chunk from the carried v (None: e_{-1} = 0): (f 1) and the gradients (f 4)
-                        → {param: grad, "x", "state", "carry": {"v" (B, S)}}
-    <cell>.fptt         both over the whole sequence: the warm-up from None, e_{-1} = −P v' (f 3, fptt.start_error),
-                        the error phase from v = e_{-1} → {param: grad, "x", "h0"[, "c0"] = e_{-1}}
+    <cell>.fptt_warmup    phase 1 over one chunk, the direct warm-up, from the carried (Q, e) (None: Q = I, e = 0):
+                          Q ← Q J_tᴴ (f 2) first, then e ← e + Q d_t with the new Q (f 3); no solve
+                          → {"state", "carry": {"Q" (B, S, S), "e" (B, S)}}
+    <cell>.fptt_shooting  phase 1 over one chunk, the paper's shooting warm-up, from the carried (v', P) (None: v' = 0,
+                          P = I): e'_t = J_t^{−H} v'_{t-1} (f 1), v'_t = e'_t − d_t, P ← P J_tᴴ (f 2s)
+                          → {"state", "carry": {"v" (B, S), "P" (B, S, S)}}
+    <cell>.fptt1          phase 2 over one chunk from the carried v (None: e_{-1} = 0): e_t = J_t^{−H} v_{t-1} (f 1),
+                          v_t = e_t − d_t, and the gradients (f 4) → {param: grad, "x", "state", "carry": {"v" (B, S)}}
+    <cell>.fptt           both over the whole sequence: the direct warm-up from None, e_{-1} = e (f 3,
+                          fptt.start_error), the error phase from v = e_{-1} → {param: grad, "x", "h0"[, "c0"] = e_{-1}}
 
     (a) the input projection of all T steps is ONE GEMM outside the time loop (runtime.input_projection);
-    (b) each phase is ONE @njit(cache=True) loop for every cell. Each step advances the states and forms the step's
-        factors F_ih, F_hh, E (online_dense.step_factors: one BLAS GEMM h_{t-1} W_hhᵀ, the cell's gate and adjoint
-        functions of cells.py), assembles A_t = J_tᵀ (B, S, S) from them — J_t[rH+k, j] = Σ_g F_hh[r, g, k]
-        W_hh[gH+k, j] on the h_{t-1} columns, + E[r, k] on column (R−1)H+k (r 2) — in the state dtype, stored in
-        float64 (as the reference's state_jacobian(…).astype(float64)), and per batch element solves
-        A_t e_t = v_{t-1} (f 1, never an inverse). The warm-up also keeps P ← P A_t (f 2). The error phase casts e_t
-        to the state dtype and forms the step's gate adjoints from it, ḡ[gH+k] = Σ_r e_t[rH+k] F[r, g, k] (the step
-        backward with total adjoint e_t, f 4: F is that adjoint for the unit seeds, and the adjoint is linear in its
-        seed);
+    (b) each phase is ONE @njit(cache=True) loop for every cell (_direct_loop, _shooting_loop, _errors_loop). Each step
+        advances the states and forms the step's factors F_ih, F_hh, E (online_dense.step_factors: one BLAS GEMM
+        h_{t-1} W_hhᵀ, the cell's gate and adjoint functions of cells.py), assembles A_t = J_tᵀ (B, S, S) from them —
+        J_t[rH+k, j] = Σ_g F_hh[r, g, k] W_hh[gH+k, j] on the h_{t-1} columns, + E[r, k] on column (R−1)H+k (r 2) —
+        in the state dtype, stored in float64 (as the reference's state_jacobian(…).astype(float64)), then per batch
+        element: the direct warm-up Q ← Q A_t (one S×S GEMM into a buffer) and e ← e + Q d_t (one GEMV); the shooting
+        warm-up and the error phase solve A_t e_t = v_{t-1} (f 1, never an inverse), the shooting one also keeps
+        P ← P A_t. The error phase casts e_t to the state dtype and forms the step's gate adjoints from it,
+        ḡ[gH+k] = Σ_r e_t[rH+k] F[r, g, k] (the step backward with total adjoint e_t, f 4: F is that adjoint for the
+        unit seeds, and the adjoint is linear in its seed);
     (c) the weight gradients are then ONE GEMM each over all (t, b): ḡᵀ (G·H, T·B) @ [x | h_prev], and x̄ = ḡ W_ih
         (runtime.weight_grads, as the BPTT kernels).
 
-Memory: v, P, A (B, S, S) plus the error phase's ḡ and h_prev (C, B, ·) of its chunk for the GEMMs of (c).
+Cost per step and batch element: the direct warm-up one S×S by S×S GEMM and a GEMV (2S³ + 2S² flops), the shooting
+warm-up an LU solve and the same GEMM (≈ 2S³ + ⅔S³), the error phase an LU solve (⅔S³) and the gate adjoints.
+Memory: the carriers Q, e (direct) or v, P (shooting) or v (errors) and A (B, S, S), plus the error phase's ḡ and
+h_prev (C, B, ·) of its chunk for the GEMMs of (c) — independent of T for the warm-ups.
 Everything is sequential and in a fixed order: results are bit-reproducible run to run. Inputs (the carry included)
 are never written to; every output is a fresh array.
 
-lstm.fptt: the warm-up multiplies the step Jacobians' inverses, so the difference between two correct float64 sweeps
-(last-bit differences in J_t, a different LU) grows like Π_t 1/σ_min(J_t). The registered lstm.fptt inputs keep that
-product small (refimpl/kernels.py: c0 ≥ 1, T ≤ 7); on longer or worse-conditioned inputs two correct sweeps, this one
-and the reference, can differ far beyond the parity tolerance (docs/backends.md).
+lstm.fptt: the error phase multiplies the step Jacobians' inverses (the shooting warm-up too; the direct warm-up
+inverts nothing), so the difference between two correct float64 sweeps (last-bit differences in J_t, a different LU)
+grows like Π_t 1/σ_min(J_t). The registered lstm.fptt inputs keep that product small (refimpl/kernels.py: c0 ≥ 1,
+T ≤ 7); on longer or worse-conditioned inputs two correct sweeps, this one and the reference, can differ far beyond the
+parity tolerance (docs/backends.md).
 """
 
 from __future__ import annotations
@@ -96,9 +103,31 @@ def _solve(A, v):
 
 
 @njit(cache=True)
-def _warmup_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, v, P):
-    """Phase 1 over the chunk: pre (T, B, G·H) = x W_ihᵀ + b_ih, s (B, S) the state (advanced in place), dh (T, B, S)
-    float64 carriers; v (B, S) and P (B, S, S) float64, the carried ones on entry, advanced in place: (f 1), (f 2)."""
+def _direct_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, Q, e):
+    """Phase 1 over the chunk, the direct warm-up: pre (T, B, G·H) = x W_ihᵀ + b_ih, s (B, S) the state (advanced in
+    place), dh (T, B, S) float64 carriers; Q (B, S, S) and e (B, S) float64, the carried ones on entry, advanced in
+    place: (f 2) Q ← Q J_tᴴ first, then (f 3) e ← e + Q d_t with the new Q. No solve."""
+    T, B, GH = pre.shape
+    H = W_hh.shape[1]
+    G, S = GH // H, R * H
+    dt = pre.dtype
+    rec, hp, col = np.empty((B, GH), dt), np.empty((B, H), dt), np.empty(S, dt)
+    F_ih, F_hh, E = np.zeros((B, R, G, H), dt), np.zeros((B, R, G, H), dt), np.zeros((B, R, H), dt)
+    A, tmp, qd = np.empty((B, S, S)), np.empty((S, S)), np.empty(S)
+    for t in range(T):
+        step_factors(kind, pre[t], s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
+        _adjoint_jacobian(F_hh, E, W_hh, A, col)
+        for b in range(B):
+            np.dot(Q[b], A[b], tmp)                                      # (f 2) Q_t = Q_{t-1} J_tᴴ
+            Q[b] = tmp
+            np.dot(Q[b], dh[t, b], qd)                                   # (f 3) e ← e + Q_t d_t
+            e[b] += qd
+
+
+@njit(cache=True)
+def _shooting_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, v, P):
+    """Phase 1 over the chunk, the paper's shooting warm-up: as _direct_loop, with v (B, S) and P (B, S, S) float64,
+    the carried ones on entry, advanced in place: (f 1) e'_t = J_t^{-H} v'_{t-1}, v'_t = e'_t − dh_t, (f 2s)."""
     T, B, GH = pre.shape
     H = W_hh.shape[1]
     G, S = GH // H, R * H
@@ -112,13 +141,13 @@ def _warmup_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, v, P):
         for b in range(B):
             e = _solve(A[b], v[b])                                       # (f 1) e'_t = J_t^{-H} v'_{t-1}
             v[b] = e - dh[t, b]                                          # v'_t = e'_t − dh_t
-            np.dot(P[b], A[b], tmp)                                      # (f 2) P ← P J_tᴴ
+            np.dot(P[b], A[b], tmp)                                      # (f 2s) P ← P J_tᴴ
             P[b] = tmp
 
 
 @njit(cache=True)
 def _errors_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, tied, v, h_prev, g_ih, g_hh):
-    """Phase 2 over the chunk: as _warmup_loop, v the carried one (advanced in place); writes h_prev (T, B, H) and the
+    """Phase 2 over the chunk: as _shooting_loop, v the carried one (advanced in place); writes h_prev (T, B, H) and the
     gate adjoints ḡ_ih (T, B, G·H) of (f 4), and ḡ_hh unless `tied`."""
     T, B, GH = pre.shape
     H = W_hh.shape[1]
@@ -158,7 +187,7 @@ class _Chunk(NamedTuple):
     dt: np.dtype             # the state dtype
 
     def run(self, loop, s, *carriers):
-        """loop (_warmup_loop or _errors_loop) over the chunk from the state s (advanced in place)."""
+        """loop (_direct_loop, _shooting_loop or _errors_loop) over the chunk from the state s (advanced in place)."""
         loop(self.kind, self.pre, s, self.W_hhT, self.W_hh, self.b_hh, self.dh, self.one, self.use_tanh, self.R,
              *carriers)
 
@@ -186,12 +215,18 @@ def _errors(cell, params, c: _Chunk, s, v) -> dict:
     return weight_grads(params, g_ih, None if tied else g_hh, c.x, h_prev, c.dt, plan(T, B, H))     # (f 4), (c)
 
 
+#: The warm-ups: kernel phase → (its loop, the names of its carriers).
+_WARMUPS = {"fptt_warmup": (_direct_loop, ("Q", "e")), "fptt_shooting": (_shooting_loop, ("v", "P"))}
+
+
 def _carriers(carry, names, B, S, what):
-    """The carriers before a chunk in float64 (copies): the carry's, or a stream's start (v = 0, P = I)."""
+    """The carriers before a chunk in float64 (copies): the carry's, or a stream's start (the products Q, P = I; the
+    vectors e, v = 0)."""
+    shapes = {k: (B, S, S) if k in ("Q", "P") else (B, S) for k in names}
     if carry is None:
-        start = {"v": np.zeros((B, S)), "P": np.broadcast_to(np.eye(S), (B, S, S)).copy()}
-        return [start[k] for k in names]
-    check_carry(carry, {"v": (B, S), "P": (B, S, S)} if "P" in names else {"v": (B, S)}, what)
+        return [np.broadcast_to(np.eye(S), shapes[k]).copy() if len(shapes[k]) == 3 else np.zeros(shapes[k])
+                for k in names]
+    check_carry(carry, shapes, what)
     return [np.array(carry[k], dtype=np.float64, order="C") for k in names]
 
 
@@ -199,10 +234,9 @@ def _fptt(cell, params, x, state0, dh, nonlinearity="tanh"):
     """Both phases over the whole sequence → {param, "x", "h0"[, "c0"]}."""
     c = _chunk(cell, params, x, state0, dh, nonlinearity)
     B, S = c.s0.shape
-    v, P = _carriers(None, ("v", "P"), B, S, f"{cell}.fptt")
-    c.run(_warmup_loop, c.s0.copy(), v, P)                               # phase 1 from the stream's start
-    e0 = -np.einsum("bij,bj->bi", P, v)                                  # (f 3) e_{-1} = −P v'_{T-1}
-    grads = _errors(cell, params, c, c.s0.copy(), e0.copy())             # phase 2 from v_{-1} = e_{-1}
+    Q, e0 = _carriers(None, ("Q", "e"), B, S, f"{cell}.fptt")
+    c.run(_direct_loop, c.s0.copy(), Q, e0)                              # phase 1 from the stream's start
+    grads = _errors(cell, params, c, c.s0.copy(), e0.copy())             # (f 3) e_{-1} = e; phase 2 from v = e_{-1}
     keys = CELLS[cell].GRAD_STATE_KEYS                                   # ("h0",) or ("h0", "c0"): one per state row
     H = S // len(keys)
     for r, key in enumerate(keys):
@@ -219,17 +253,19 @@ def _fptt1(cell, params, x, state0, dh, carry, nonlinearity="tanh"):
     return {**grads, "state": final_state(cell, s), "carry": {"v": v}}
 
 
-def _warmup(cell, params, x, state0, dh, carry, nonlinearity="tanh"):
-    """The warm-up over one chunk from the carried (v', P) → {"state", "carry": {"v", "P"}}."""
+def _warmup(phase, cell, params, x, state0, dh, carry, nonlinearity="tanh"):
+    """A warm-up (phase: "fptt_warmup", the direct one, or "fptt_shooting") over one chunk from its carriers →
+    {"state", "carry": {"Q", "e"} or {"v", "P"}}."""
+    loop, names = _WARMUPS[phase]
     c = _chunk(cell, params, x, state0, dh, nonlinearity)
-    v, P = _carriers(carry, ("v", "P"), *c.s0.shape, f"{cell}.fptt_warmup")
+    carriers = _carriers(carry, names, *c.s0.shape, f"{cell}.{phase}")
     s = c.s0.copy()
-    c.run(_warmup_loop, s, v, P)
-    return {"state": final_state(cell, s), "carry": {"v": v, "P": P}}
+    c.run(loop, s, *carriers)
+    return {"state": final_state(cell, s), "carry": dict(zip(names, carriers))}
 
 
 def rnn_fptt(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, nonlinearity: str = "tanh") -> dict:
-    """As kernel rnn.fptt: warm-up (f 1-3) then the error phase (f 1, 4) → {param, "x", "h0"}."""
+    """As kernel rnn.fptt: the direct warm-up (f 2-3) then the error phase (f 1, 4) → {param, "x", "h0"}."""
     return _fptt("rnn", params, x, h0, dh, nonlinearity)
 
 
@@ -241,12 +277,19 @@ def rnn_fptt1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry
 
 def rnn_fptt_warmup(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
                     nonlinearity: str = "tanh") -> dict:
-    """As kernel rnn.fptt_warmup: the warm-up over one chunk from the carried (v', P) (None: the stream's start)."""
-    return _warmup("rnn", params, x, h0, dh, carry, nonlinearity)
+    """As kernel rnn.fptt_warmup: the direct warm-up over one chunk from the carried (Q, e) (None: Q = I, e = 0)."""
+    return _warmup("fptt_warmup", "rnn", params, x, h0, dh, carry, nonlinearity)
+
+
+def rnn_fptt_shooting(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
+                      nonlinearity: str = "tanh") -> dict:
+    """As kernel rnn.fptt_shooting: the shooting warm-up over one chunk from the carried (v', P) (None: v' = 0,
+    P = I)."""
+    return _warmup("fptt_shooting", "rnn", params, x, h0, dh, carry, nonlinearity)
 
 
 def gru_fptt(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel gru.fptt: warm-up (f 1-3) then the error phase (f 1, 4) → {param, "x", "h0"}."""
+    """As kernel gru.fptt: the direct warm-up (f 2-3) then the error phase (f 1, 4) → {param, "x", "h0"}."""
     return _fptt("gru", params, x, h0, dh)
 
 
@@ -256,12 +299,18 @@ def gru_fptt1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry
 
 
 def gru_fptt_warmup(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
-    """As kernel gru.fptt_warmup: the warm-up over one chunk from the carried (v', P) (None: the stream's start)."""
-    return _warmup("gru", params, x, h0, dh, carry)
+    """As kernel gru.fptt_warmup: the direct warm-up over one chunk from the carried (Q, e) (None: Q = I, e = 0)."""
+    return _warmup("fptt_warmup", "gru", params, x, h0, dh, carry)
+
+
+def gru_fptt_shooting(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel gru.fptt_shooting: the shooting warm-up over one chunk from the carried (v', P) (None: v' = 0,
+    P = I)."""
+    return _warmup("fptt_shooting", "gru", params, x, h0, dh, carry)
 
 
 def lstm_fptt(params: dict, x: np.ndarray, state0, dh: np.ndarray) -> dict:
-    """As kernel lstm.fptt: warm-up (f 1-3) then the error phase (f 1, 4) → {param, "x", "h0", "c0"}."""
+    """As kernel lstm.fptt: the direct warm-up (f 2-3) then the error phase (f 1, 4) → {param, "x", "h0", "c0"}."""
     return _fptt("lstm", params, x, state0, dh)
 
 
@@ -271,9 +320,15 @@ def lstm_fptt1(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) 
 
 
 def lstm_fptt_warmup(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
-    """As kernel lstm.fptt_warmup: the warm-up over one chunk from the carried (v', P) (None: the stream's start)."""
-    return _warmup("lstm", params, x, state0, dh, carry)
+    """As kernel lstm.fptt_warmup: the direct warm-up over one chunk from the carried (Q, e) (None: Q = I, e = 0)."""
+    return _warmup("fptt_warmup", "lstm", params, x, state0, dh, carry)
+
+
+def lstm_fptt_shooting(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lstm.fptt_shooting: the shooting warm-up over one chunk from the carried (v', P) (None: v' = 0,
+    P = I)."""
+    return _warmup("fptt_shooting", "lstm", params, x, state0, dh, carry)
 
 
 KERNELS = {f"{c}.{phase}": globals()[f"{c}_{phase}"] for c in ("rnn", "gru", "lstm")
-           for phase in ("fptt", "fptt1", "fptt_warmup")}
+           for phase in ("fptt", "fptt1", "fptt_warmup", "fptt_shooting")}

@@ -1,11 +1,12 @@
-r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial; lru.fptt, lru.fptt_warmup, lru.fptt1) in Numba.
+r"""The LRU's online sweeps (lru.rtrl, lru.truncated, lru.spatial; lru.fptt, lru.fptt_warmup, lru.fptt_shooting,
+lru.fptt1) in Numba.
 
 Same signatures, output names, dtypes and shapes as the references (refimpl/kernels.py → refimpl/algorithms/rtrl.py
-sweep, refimpl/algorithms/fptt.py fptt_warmup, fptt_errors and fptt_cell_grads with check=False). Every kernel but
-lru.fptt sweeps one chunk of a stream and hands on the state after it and its carry (DESIGN.md §5): the rtrl traces in
-the reference's "diag" layout (rtrl.py, "Trace layouts"; {} for truncated and spatial), FPTT's carriers {"v"} (fptt1)
-and {"v", "P"} (fptt_warmup), complex128 (B, N). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py, "(f n)"
-refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py.
+sweep, refimpl/algorithms/fptt.py fptt_warmup, fptt_shooting, fptt_errors and fptt_cell_grads with check=False). Every
+kernel but lru.fptt sweeps one chunk of a stream and hands on the state after it and its carry (DESIGN.md §5): the
+rtrl traces in the reference's "diag" layout (rtrl.py, "Trace layouts"; {} for truncated and spatial), FPTT's carriers
+{"v"} (fptt1), {"Q", "e"} (fptt_warmup, the direct warm-up) and {"v", "P"} (fptt_shooting), complex128 (B, N).
+Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py.
 
 Each kernel's time loop is ONE @njit(cache=True) function, t outermost, then batch b, then unit k (then input i); the
 input projection u_t = γ ⊙ (B x_t) is one small GEMM per step (x_t @ W2ᵀ, W2 of backends.common.lru_w2), so nothing of
@@ -21,8 +22,15 @@ linearity:
 Z = S_Bre / γ — and back on the way out), so, with Σ over t and b and δ_t = dh_t (r 4, 7):
 ν̄ = −e^ν Re Σ conj(Q)δ,  θ̄ = e^θ Im Σ conj(Q)δ,  B̄_re + i B̄_im = γ Σ conj(Z)δ,  γ̄_log = Re Σ conj(S^γ)δ. One complex
 Z trace serves both B_re and B_im.
-FPTT carries v_t = e_t − dh_t between steps, e_t = v_{t-1} / conj(λ) (f 1), and the warm-up P ← P ⊙ conj(λ) (f 2);
-lru.fptt is the warm-up from the stream's start, e_{-1} = −P v' (f 3), then the error phase from v = e_{-1}.
+FPTT (J_t = diag(λ): every product is elementwise, O(B·N) per step; FPTT's Q is the Jacobian product, not the rtrl
+trace Q above):
+    direct warm-up (fptt_warmup)       Q ← Q ⊙ conj(λ) (f 2) first, then e ← e + Q ⊙ dh_t (f 3) with the new Q; no
+                                       division; from Q = 1, e = 0; e_{-1} = e at the stream's end
+    shooting warm-up (fptt_shooting)   e'_t = v'_{t-1} / conj(λ) (f 1), v'_t = e'_t − dh_t, P ← P ⊙ conj(λ) (f 2s);
+                                       from v' = 0, P = 1; e_{-1} = −P v' (f 3s)
+    error phase (fptt1)                e_t = v_{t-1} / conj(λ) (f 1), v_t = e_t − dh_t, and the gradients (f 4)
+lru.fptt is the direct warm-up from the stream's start, e_{-1} = e, then the error phase from v = e_{-1}. Memory: the
+carriers (two (B, N) complex128 arrays), independent of T.
 Sums of scalars per unit are kept in float64; the (N, I) sums in the state's real dtype (as the reference's).
 Everything else is sequential; lru.rtrl runs its batch in RTRL_BLOCKS blocks of rows on Numba's threads (prange),
 each with its own partial sums added in block order, so every result is bit-reproducible run to run and independent of
@@ -240,13 +248,42 @@ def lru_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, car
 
 
 # --------------------------------------------------------------------------------------------------- fptt (f 1-4)
-# Each phase carries v_t = e_t − dh_t between steps (fptt.py): e_t = v_{t-1} / conj(λ) (f 1), v_t = e_t − dh_t; the
-# carriers v (and the warm-up's P) are float64 pairs r(B,2N) (complex128), λ_c = λ upcast; the states and the step
+# The direct warm-up carries Q and e; the shooting warm-up and the error phase carry v_t = e_t − dh_t between steps
+# (fptt.py): e_t = v_{t-1} / conj(λ) (f 1), v_t = e_t − dh_t. The carriers (Q, e; v, P) are float64 pairs r(B,2N)
+# (complex128), λ_c = λ upcast; the states and the step
 # adjoints run in x's dtype.
 
 @njit(cache=True)
-def _warmup_loop(x, h, dh, W2T, lam, lam_c, v, P, states):
-    """Phase 1 over the chunk: (f 1) from the carried v' and (f 2) P ← P ⊙ conj(λ), both in place. J_t = diag(λ)
+def _direct_loop(x, h, dh, W2T, lam, lam_c, Q, e, states):
+    """Phase 1 over the chunk, the direct warm-up: (f 2) Q ← Q ⊙ conj(λ) first, then (f 3) e ← e + Q ⊙ dh_t with the
+    new Q, both carried pairs r(B,2N) advanced in place; no division. J_t = diag(λ) does not depend on the state, so
+    the states run only when `states` (as _shooting_loop)."""
+    T, B, I = x.shape
+    N = lam.shape[0]
+    u = np.zeros((B, 2 * N), x.dtype)
+    for t in range(T):
+        if states:
+            np.dot(x[t], W2T, u)                                           # (2) u_t
+        for b in range(B):
+            for k in range(N):
+                lr, li = lam_c[k, 0], lam_c[k, 1]
+                qr, qi = Q[b, 2 * k], Q[b, 2 * k + 1]
+                qr, qi = qr * lr + qi * li, qi * lr - qr * li                           # (f 2) Q ← Q conj(λ)
+                Q[b, 2 * k], Q[b, 2 * k + 1] = qr, qi
+                dr, di = dh[t, b, 2 * k], dh[t, b, 2 * k + 1]
+                e[b, 2 * k] += qr * dr - qi * di                                        # (f 3) e ← e + Q dh_t
+                e[b, 2 * k + 1] += qr * di + qi * dr
+                if not states:
+                    continue
+                hr, hi = h[b, 2 * k], h[b, 2 * k + 1]
+                h[b, 2 * k] = lam[k, 0] * hr - lam[k, 1] * hi + u[b, 2 * k]            # (3) h_t
+                h[b, 2 * k + 1] = lam[k, 0] * hi + lam[k, 1] * hr + u[b, 2 * k + 1]
+
+
+@njit(cache=True)
+def _shooting_loop(x, h, dh, W2T, lam, lam_c, v, P, states):
+    """Phase 1 over the chunk, the paper's shooting warm-up: (f 1) from the carried v' and (f 2s) P ← P ⊙ conj(λ),
+    both in place. J_t = diag(λ)
     does not depend on the state, so the states run only when `states` (the chunked kernel hands h on, advanced in
     place; lru.fptt's warm-up over the whole sequence needs none)."""
     T, B, I = x.shape
@@ -263,7 +300,7 @@ def _warmup_loop(x, h, dh, W2T, lam, lam_c, v, P, states):
                 er, ei = (vr * lr - vi * li) / n2, (vi * lr + vr * li) / n2              # (f 1) e'_t = v' / conj(λ)
                 v[b, 2 * k], v[b, 2 * k + 1] = er - dh[t, b, 2 * k], ei - dh[t, b, 2 * k + 1]   # v'_t = e'_t − dh_t
                 pr, pi = P[b, 2 * k], P[b, 2 * k + 1]
-                P[b, 2 * k], P[b, 2 * k + 1] = pr * lr + pi * li, pi * lr - pr * li    # (f 2) P ← P conj(λ)
+                P[b, 2 * k], P[b, 2 * k + 1] = pr * lr + pi * li, pi * lr - pr * li    # (f 2s) P ← P conj(λ)
                 if not states:
                     continue
                 hr, hi = h[b, 2 * k], h[b, 2 * k + 1]
@@ -322,8 +359,9 @@ class _Fptt:
         """The state as pairs r(B,2N) in the state dtype, a copy (the loops advance it in place)."""
         return _pairs(h0, self.cdt, self.rdt).copy()
 
-    def warmup(self, h, v, P, states=True):
-        _warmup_loop(self.x, h, self.dh, self.W2T, self.lam_p, self.lam_c, v, P, states)
+    def warmup(self, loop, h, carriers, states=True):
+        """A warm-up's loop (_direct_loop or _shooting_loop) from its carriers (advanced in place)."""
+        loop(self.x, h, self.dh, self.W2T, self.lam_p, self.lam_c, *carriers, states)
 
     def errors(self, params, h, v) -> dict:
         """Phase 2 from v (advanced in place) → {param: grad, "x"}."""
@@ -339,25 +377,30 @@ class _Fptt:
 
 
 def _carriers(carry, names, B, N, what):
-    """The carriers before a chunk as complex128 pairs r(B,2N) (copies): the carry's, or a stream's start (v = 0,
-    P = 1)."""
+    """The carriers before a chunk as complex128 pairs r(B,2N) (copies): the carry's, or a stream's start (the
+    products Q, P = 1; the vectors e, v = 0)."""
     if carry is None:
-        start = {"v": np.zeros((B, 2 * N)), "P": np.zeros((B, 2 * N))}
-        start["P"][:, 0::2] = 1.0                                                          # P = 1 (re 1, im 0)
-        return [start[k] for k in names]
+        start = [np.zeros((B, 2 * N)) for _ in names]
+        for k, c in zip(names, start):
+            if k in ("Q", "P"):
+                c[:, 0::2] = 1.0                                                           # 1 (re 1, im 0)
+        return start
     check_carry(carry, {k: (B, N) for k in names}, what)
     return [_pairs(carry[k], np.complex128, np.float64).copy() for k in names]
 
 
+#: The warm-ups: kernel → (its loop, the names of its carriers).
+_WARMUPS = {"lru.fptt_warmup": (_direct_loop, ("Q", "e")), "lru.fptt_shooting": (_shooting_loop, ("v", "P"))}
+
+
 def lru_fptt(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
-    """As kernel lru.fptt: the warm-up from the stream's start (f 1-2), e_{-1} = −P v' (f 3), then the error phase
-    from v = e_{-1} (f 1, 4) → {param, "x" r(T,B,I), "h0" c(B,N)}."""
+    """As kernel lru.fptt: the direct warm-up from the stream's start (f 2-3), e_{-1} = e, then the error phase from
+    v = e_{-1} (f 1, 4) → {param, "x" r(T,B,I), "h0" c(B,N)}."""
     f = _Fptt(params, x, dh)
-    v, P = _carriers(None, ("v", "P"), x.shape[1], f.N, "lru.fptt")
-    f.warmup(f.state(h0), v, P, states=False)
-    e0 = -(P.view(np.complex128) * v.view(np.complex128))                                 # (f 3) e_{-1}
-    grads = f.errors(params, f.state(h0), e0.view(np.float64).copy())
-    grads["h0"] = e0.astype(f.cdt)
+    Q, e = _carriers(None, ("Q", "e"), x.shape[1], f.N, "lru.fptt")
+    f.warmup(_direct_loop, f.state(h0), (Q, e), states=False)
+    grads = f.errors(params, f.state(h0), e.copy())                                      # (f 3) e_{-1} = e
+    grads["h0"] = e.view(np.complex128).astype(f.cdt)
     return grads
 
 
@@ -371,15 +414,28 @@ def lru_fptt1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry
     return {**grads, "state": h.view(f.cdt), "carry": {"v": v.view(np.complex128)}}
 
 
-def lru_fptt_warmup(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
-    """As kernel lru.fptt_warmup: the warm-up over one chunk from the carried (v', P) (None: v' = 0, P = 1) →
-    {"state" c(B,N), "carry": {"v", "P" complex128 (B,N)}}."""
+def _warmup(kernel, params, x, h0, dh, carry):
+    """A warm-up over one chunk from its carriers → {"state" c(B,N), "carry": {"Q", "e"} or {"v", "P"} complex128
+    (B,N)}."""
+    loop, names = _WARMUPS[kernel]
     f = _Fptt(params, x, dh)
-    v, P = _carriers(carry, ("v", "P"), x.shape[1], f.N, "lru.fptt_warmup")
+    carriers = _carriers(carry, names, x.shape[1], f.N, kernel)
     h = f.state(h0)
-    f.warmup(h, v, P)
-    return {"state": h.view(f.cdt), "carry": {"v": v.view(np.complex128), "P": P.view(np.complex128)}}
+    f.warmup(loop, h, carriers)
+    return {"state": h.view(f.cdt), "carry": {k: c.view(np.complex128) for k, c in zip(names, carriers)}}
+
+
+def lru_fptt_warmup(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lru.fptt_warmup: the direct warm-up over one chunk from the carried (Q, e) (None: Q = 1, e = 0)."""
+    return _warmup("lru.fptt_warmup", params, x, h0, dh, carry)
+
+
+def lru_fptt_shooting(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+    """As kernel lru.fptt_shooting: the shooting warm-up over one chunk from the carried (v', P) (None: v' = 0,
+    P = 1)."""
+    return _warmup("lru.fptt_shooting", params, x, h0, dh, carry)
 
 
 KERNELS = {"lru.rtrl": lru_rtrl, "lru.truncated": lru_truncated, "lru.spatial": lru_spatial,
-           "lru.fptt": lru_fptt, "lru.fptt1": lru_fptt1, "lru.fptt_warmup": lru_fptt_warmup}
+           "lru.fptt": lru_fptt, "lru.fptt1": lru_fptt1, "lru.fptt_warmup": lru_fptt_warmup,
+           "lru.fptt_shooting": lru_fptt_shooting}

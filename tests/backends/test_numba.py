@@ -1,7 +1,8 @@
 """Numba-specific tests (skipped when numba cannot be imported). The parity of every kernel with the NumPy reference is
 tests/backends/test_parity.py's grid; here: the threaded path of the cell loops at a size that cuts the batch into
 blocks, the blocks' partition of the rows, the accuracy of the backend's one tanh and σ (fastmath.py) against a
-long-double tanh, and the carried kernels (RTRL family, FPTT's phases) run as a stream cut into chunks.
+long-double tanh, the carried kernels (RTRL family, FPTT's phases) run as a stream cut into chunks, and FPTT's two
+warm-ups (direct, shooting) against each other and BPTT.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refimpl.cells import CELLS
+from refimpl.algorithms.fptt import start_error
+from refimpl.cells import CELLS, resolve_cell
 from refimpl.errors import ShapeError
 from refimpl.kernels import FPTT_SWEEPS, RTRL_SWEEPS
 from refimpl.numerics import rel_error
@@ -156,8 +158,9 @@ def _assert_close(got: dict, want: dict, what: str, tol=1e-10):
 @pytest.mark.parametrize("start", ["stream start", "carried"])
 @pytest.mark.parametrize("kernel", CARRIED)
 def test_chunks_carry_state_and_traces(kernel, start):
-    """Chunks of 1, 7 and T steps through a carried kernel (every RTRL-family rule, fptt1, fptt_warmup), float64:
-    the gradient sums, x̄, the last state and the last carry of one whole-sequence call, to 1e-10 (relative)."""
+    """Chunks of 1, 7 and T steps through a carried kernel (every RTRL-family rule, fptt1, fptt_warmup, fptt_shooting),
+    float64: the gradient sums, x̄, the last state and the last carry of one whole-sequence call, to 1e-10
+    (relative)."""
     spec = KERNELS[kernel]
     inputs = spec.make_inputs(np.random.default_rng(3), np.dtype("float64"), CHUNK_SIZE, **spec.variants[0])
     if start == "stream start":
@@ -169,25 +172,54 @@ def test_chunks_carry_state_and_traces(kernel, start):
         _assert_close(_named(*got), _named(*whole), f"{kernel} in chunks of {C}")
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lru"])
-def test_chunked_fptt_phases_compose_to_fptt(cell):
-    """FPTT as a stream: the warm-up in chunks from the stream's start, e_{-1} = −P v' (fptt.start_error), then the
-    error phase in chunks from v = e_{-1}, gives <cell>.fptt's gradients, x̄ and initial-state keys (float64, 1e-10)."""
+def _fptt_inputs(cell, seed, T=None):
+    """<cell>.fptt's registered inputs (well-conditioned Jacobians), float64, of CHUNK_SIZE (T ≤ 7 for the lstm)."""
     spec = KERNELS[f"{cell}.fptt"]
-    size = dict(CHUNK_SIZE, T=7) if cell == "lstm" else CHUNK_SIZE         # lstm.fptt is registered for T ≤ 7
-    inputs = spec.make_inputs(np.random.default_rng(5), np.dtype("float64"), size, **spec.variants[0])
+    size = dict(CHUNK_SIZE, T=7) if cell == "lstm" else dict(CHUNK_SIZE, T=T or CHUNK_SIZE["T"])
+    return spec.make_inputs(np.random.default_rng(seed), np.dtype("float64"), size, **spec.variants[0])
+
+
+@pytest.mark.parametrize("warmup", ["fptt_warmup", "fptt_shooting"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lru"])
+def test_chunked_fptt_phases_compose_to_fptt(cell, warmup):
+    """FPTT as a stream: a warm-up (the direct one, <cell>.fptt's own; the shooting one) in chunks from the stream's
+    start, e_{-1} = fptt.start_error(carry) (e, or −P v'), then the error phase in chunks from v = e_{-1}, gives
+    <cell>.fptt's gradients, x̄ and initial-state keys (float64, 1e-10)."""
+    inputs = _fptt_inputs(cell, 5)
+    T = inputs["x"].shape[0]
     want = call(f"{cell}.fptt", "numba", **inputs)
     keys = CELLS[cell].GRAD_STATE_KEYS
-    for C in (1, 3, size["T"]):
-        _, _, _, warm = _run_chunked(f"{cell}.fptt_warmup", {**inputs, "carry": None}, C)
-        P, v = warm["P"], warm["v"]
-        e0 = -(P * v) if CELLS[cell].DIAGONAL else -np.einsum("bij,bj->bi", P, v)     # (f 3)
+    for C in (1, 3, T):
+        _, _, _, warm = _run_chunked(f"{cell}.{warmup}", {**inputs, "carry": None}, C)
+        assert set(warm) == ({"Q", "e"} if warmup == "fptt_warmup" else {"v", "P"})
+        e0 = start_error(resolve_cell(cell, inputs["x"].shape[-1], inputs["dh"].shape[-1], "float64"), warm)
         sums, dx, _, _ = _run_chunked(f"{cell}.fptt1", {**inputs, "carry": {"v": e0}}, C)
         got = {**sums, "x": dx, **dict(zip(keys, np.split(e0.astype(want[keys[0]].dtype), len(keys), axis=-1)))}
-        _assert_close(got, want, f"{cell} fptt in chunks of {C}")
+        _assert_close(got, want, f"{cell} fptt ({warmup}) in chunks of {C}")
 
 
-@pytest.mark.parametrize("kernel", ["rnn.rtrl", "lstm.snap1", "lru.rtrl", "gru.fptt1", "lru.fptt_warmup"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lru"])
+def test_direct_and_shooting_warmups_agree(cell):
+    """On a well-conditioned input (<cell>.fptt's registered inputs, T = 30; the lstm T = 7) the direct warm-up
+    (e_{-1} = Σ Q_t dh_t, no inversion) and the shooting one (e_{-1} = −P v', through J_t^{-H}) give the same e_{-1} to
+    rounding, and both give BPTT's gradient of the initial state (the reference cell's backward, a third
+    computation)."""
+    inputs = _fptt_inputs(cell, 7, T=30)
+    module = CELLS[cell]
+    cell_obj = resolve_cell(cell, inputs["x"].shape[-1], inputs["dh"].shape[-1], "float64")
+    args = {k: v for k, v in inputs.items() if k != "dh"}
+    e = {w: start_error(cell_obj, call(f"{cell}.{w}", "numba", **inputs, carry=None)["carry"])
+         for w in ("fptt_warmup", "fptt_shooting")}
+    assert rel_error(e["fptt_shooting"], e["fptt_warmup"]) <= 1e-12
+    _, cache = module.forward(**args)
+    bptt = module.backward(inputs["params"], inputs["dh"], cache)
+    want = np.concatenate([bptt[k] for k in module.GRAD_STATE_KEYS], axis=-1)
+    for w, got in e.items():
+        assert rel_error(got, want) <= 1e-12, w
+
+
+@pytest.mark.parametrize("kernel", ["rnn.rtrl", "lstm.snap1", "lru.rtrl", "gru.fptt1", "rnn.fptt_warmup",
+                                    "gru.fptt_shooting", "lru.fptt_warmup", "lru.fptt_shooting"])
 def test_a_wrong_carry_is_refused(kernel):
     """A carry of another rule or batch size is refused with ShapeError (never silently misread)."""
     spec = KERNELS[kernel]
