@@ -9,7 +9,7 @@ result.
     train         train a model on a task into a run directory (config.json, metrics.jsonl, checkpoints; --resume)
     compare       train the same model from the same initial weights with several algorithms; table and plot
     plot          learning curves of existing run directories
-    fptt-stability  FPTT's gradient quality vs forgetting (r_min) and sequence length (the paper's experiment)
+    fptt-stability  FPTT's gradient quality per cell vs conditioning and sequence length, both warm-ups
     ep-curves     the GDU property: per-step EP updates vs BPTT gradients, with the RMSE metric (JSON, PNG)
     ep-recipe     EP/BPTT sign agreement over mini-batches, for tuning T, K and β
     backends      list the backends, whether each runs on this machine, and which kernels each implements
@@ -306,16 +306,22 @@ def plot_cmd(run_dirs, out_path):
 @cli.command("fptt-stability")
 @click.option("--out", "out_dir", default="runs/fptt-stability", show_default=True, type=click.Path(file_okay=False),
               help="Directory for stability.json and stability.png.")
-@click.option("--full", is_flag=True, help="The paper's full grid: T up to 1000 and 3 seeds (several minutes).")
+@click.option("--full", is_flag=True, help="The complete grid: T up to 1000 and 3 seeds (a few minutes).")
 @click.option("--seeds", default=None, type=click.IntRange(min=1), help="Seeds per point (default 2, full 3).")
-@click.option("--width", default=32, show_default=True, type=click.IntRange(min=1), help="Input = state = output width.")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["f32/f32", "f32/f64", "f64/f64"]),
+@click.option("--width", default=None, type=click.IntRange(min=1),
+              help="Input = state = output width of every cell (default 32).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(list(fptt_stability.PRECISIONS)),
               help="States/carriers precision (default: all three).")
-def fptt_stability_cmd(out_dir, full, seeds, width, precisions):
-    """FPTT's gradient quality vs forgetting and sequence length (the FPTT paper's experiment): one lru layer,
-    Gaussian inputs, MSE to zero targets; cosine of FPTT vs BPTT for parameters and inputs over r_min and T."""
-    summary, json_path, png = fptt_stability.write_study(out_dir, full=full, seeds=seeds, width=width,
-                                                         precisions=precisions)
+@click.option("--cell", "cells", multiple=True, type=click.Choice(list(fptt_stability.CELLS)),
+              help="Cell, each with its knob: lru r_min, rnn rho, gru b_hz, lstm b_hf (default: all four).")
+@click.option("--warmup", "warmups", multiple=True, type=click.Choice(list(fptt_stability.WARMUPS)),
+              help="FPTT warm-up (default: both).")
+def fptt_stability_cmd(out_dir, full, seeds, width, precisions, cells, warmups):
+    """FPTT's gradient quality vs conditioning and sequence length (the FPTT paper's experiment, on every cell): one
+    layer, Gaussian inputs, MSE to zero targets; FPTT's relative error vs float64 BPTT over each cell's knob × T, for
+    both warm-ups and three precisions, and the region where it stays within 1e-6."""
+    summary, _, json_path, png = fptt_stability.write_study(out_dir, full=full, seeds=seeds, width=width,
+                                                            precisions=precisions, cells=cells, warmups=warmups)
     click.echo(fptt_stability.format_table(summary))
     click.echo(f"wrote {json_path} and {png}")
 

@@ -185,10 +185,10 @@ def test_stability_command_writes_json_and_png(tmp_path):
 
     from refimpl.cli import cli
     r = CliRunner().invoke(cli, ["fptt-stability", "--width", "4", "--seeds", "1", "--precision", "f64/f64",
-                                 "--out", str(tmp_path)])
+                                 "--cell", "lru", "--warmup", "direct", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     import json
     report = json.loads((tmp_path / "stability.json").read_text())
-    by = {(s["T"], s["r_min"]): s["cos_params"] for s in report["summary"]}
+    by = {(s["T"], s["knob"]): s["cos_params"] for s in report["summary"]}      # knob: the lru's r_min
     assert by[(30, 0.99)] > 0.999 and by[(300, 0.36)] < 0.5      # near |λ| → 1 exact; forgetting + long T: lost
     assert (tmp_path / "stability.png").stat().st_size > 0
