@@ -141,7 +141,7 @@ def _demo() -> None:
 @click.option("-o", "--cell-option", "cell_options", multiple=True, metavar="KEY=VALUE",
               help="Cell option, e.g. -o nonlinearity=linear (rnn) or -o r_min=0.9 (lru).")
 @click.option("-a", "--algorithm-option", "algorithm_options", multiple=True, metavar="KEY=VALUE",
-              help="Algorithm option, e.g. -a passes=2, -a carrier=state (fptt, fptt1) or -a warmup=shooting (fptt).")
+              help="Algorithm option, e.g. -a passes=2, -a carrier=state, -a warmup=shooting (fptt).")
 @click.option("--loss", default="mse", show_default=True, type=click.Choice(["mse", "ce", "bce"]),
               help="Loss on random targets (ce: integer labels; drtp needs ce or bce).")
 @click.option("--chunk", default=None, type=int,
@@ -202,7 +202,7 @@ def _run_options(f):
         click.option("--warmup-steps", default=d.warmup_steps, show_default=True, type=int),
         click.option("--log-every", default=d.log_every, show_default=True, type=int),
         click.option("-a", "--algorithm-option", "algorithm_options", multiple=True, metavar="KEY=VALUE",
-                     help="Algorithm option, e.g. -a passes=2, -a carrier=state (fptt, fptt1) or -a warmup=shooting (fptt)."),
+                     help="Algorithm option, e.g. -a passes=2, -a carrier=state, -a warmup=shooting (fptt)."),
         click.option("--net", default=d.net, show_default=True,
                      type=click.Choice(["prototypical", "energy", "toy", "conv"]),
                      help="Static tasks: the equilibrium-propagation network (refimpl/ep/networks.py, conv.py)."),

@@ -171,7 +171,8 @@ def rnn_fptt_warmup(params, x, h0, dh, carry=None, nonlinearity="tanh"):
 
 
 def rnn_fptt_shooting(params, x, h0, dh, carry=None, nonlinearity="tanh"):
-    """rnn.fptt_shooting: the paper's shooting warm-up over one chunk, from the carried (v', P) (None: v' = 0, P = I)."""
+    """rnn.fptt_shooting: the paper's shooting warm-up over one chunk, from the carried (v', P) (None:
+    v' = 0, P = I)."""
     return _fptt_warm("shooting", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
 
 
@@ -191,7 +192,8 @@ def gru_fptt_warmup(params, x, h0, dh, carry=None):
 
 
 def gru_fptt_shooting(params, x, h0, dh, carry=None):
-    """gru.fptt_shooting: the paper's shooting warm-up over one chunk, from the carried (v', P) (None: v' = 0, P = I)."""
+    """gru.fptt_shooting: the paper's shooting warm-up over one chunk, from the carried (v', P) (None:
+    v' = 0, P = I)."""
     return _fptt_warm("shooting", "gru", params, x, h0, dh, carry)
 
 
@@ -211,7 +213,8 @@ def lstm_fptt_warmup(params, x, state0, dh, carry=None):
 
 
 def lstm_fptt_shooting(params, x, state0, dh, carry=None):
-    """lstm.fptt_shooting: the paper's shooting warm-up over one chunk, from the carried (v', P) (None: v' = 0, P = I)."""
+    """lstm.fptt_shooting: the paper's shooting warm-up over one chunk, from the carried (v', P) (None:
+    v' = 0, P = I)."""
     return _fptt_warm("shooting", "lstm", params, x, state0, dh, carry)
 
 
@@ -231,7 +234,8 @@ def lru_fptt_warmup(params, x, h0, dh, carry=None):
 
 
 def lru_fptt_shooting(params, x, h0, dh, carry=None):
-    """lru.fptt_shooting: the paper's shooting warm-up over one chunk, from the carried (v', P) (None: v' = 0, P = I)."""
+    """lru.fptt_shooting: the paper's shooting warm-up over one chunk, from the carried (v', P) (None:
+    v' = 0, P = I)."""
     return _fptt_warm("shooting", "lru", params, x, h0, dh, carry)
 
 

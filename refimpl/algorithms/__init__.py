@@ -115,9 +115,9 @@ def _rtrl_family(name: str) -> dict:
 
 
 def _fptt(two_passes: bool) -> dict:
-    """FPTT (fptt.py, chunked.py); options carrier ('float64' | 'state'), warmup ('direct' | 'shooting'; fptt only: fptt1
-    has no warm-up), and for a model chunk, passes (the pass budget) and input_grad. One cell is one layer with its
-    input given: it has no pass budget, and always returns x̄."""
+    """FPTT (fptt.py, chunked.py); options carrier ('float64' | 'state'), warmup ('direct' | 'shooting'; fptt only:
+    fptt1 has no warm-up), and for a model chunk, passes (the pass budget) and input_grad. One cell is one layer with
+    its input given: it has no pass budget, and always returns x̄."""
     warm = ("warmup",) if two_passes else ()
 
     def cell_grads(kernels, cell, params, x, dh, state0, carrier="float64", **options):

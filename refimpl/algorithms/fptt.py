@@ -115,7 +115,7 @@ def _flat_error(cell, dh, dtype):
 
 
 def _describe(cell, params, T, dtype, gain: float | None) -> str:
-    """What FPTT inverted: |λ| (diagonal) or σ_min of the Jacobian product (gain, from the warm-up), T, the precision."""
+    """What FPTT inverted: |λ| (diagonal) or σ_min of the Jacobian product (gain, from the warm-up), T, precision."""
     parts = []
     if cell.diagonal:                       # |λ|: the moduli of the diagonal Jacobian (independent of x and h)
         lam = np.abs(cell.module.state_jacobian(params, np.zeros((1, cell.n_in), cell.dtype), cell.zero_state(1),

@@ -70,7 +70,8 @@ def test_cell_fptt_refuses_the_model_options(option):
     params = well_conditioned("rnn", params)
     rng = np.random.default_rng(2)
     x, dh = 0.5 * rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 4))
-    with pytest.raises(UnknownNameError, match=f"fptt takes only carrier, warmup on one cell; {next(iter(option))} is an"):
+    with pytest.raises(UnknownNameError,
+                       match=f"fptt takes only carrier, warmup on one cell; {next(iter(option))} is an"):
         api.cell_grads(c, params, x, dh, algorithm="fptt", **option)
     assert "x" in api.cell_grads(c, params, x, dh, algorithm="fptt", carrier="state")
 

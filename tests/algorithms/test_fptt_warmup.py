@@ -51,7 +51,8 @@ def _case(cell, T, adjust=lambda p: p, seed=0, I=5, H=7, B=2):
 
 def _error(got, want):
     keys = sorted(want)
-    return rel_error(np.concatenate([np.ravel(got[k]) for k in keys]), np.concatenate([np.ravel(want[k]) for k in keys]))
+    return rel_error(np.concatenate([np.ravel(got[k]) for k in keys]),
+                     np.concatenate([np.ravel(want[k]) for k in keys]))
 
 
 # (cell, T, parameters): the rnn (T = 23); a gru at its default initialisation; an lstm whose output gate reads
@@ -90,7 +91,8 @@ def test_refusal_names_the_conditioning_of_a_dense_cell():
     assert "σ_min(J_0ᴴ⋯J_T−1ᴴ) = " in message and "T=60" in message and "float64 carriers" in message
     assert "warm-up 'direct'" not in message
     gain = float(message.split("σ_min(J_0ᴴ⋯J_T−1ᴴ) = ")[1].split(",")[0])
-    J = [c.module.state_jacobian(params, x[t], s, **c.step_options) for t, s in enumerate(_states(c, params, x, state0))]
+    J = [c.module.state_jacobian(params, x[t], s, **c.step_options)
+         for t, s in enumerate(_states(c, params, x, state0))]
     product = np.eye(7)
     for t in range(60):                                                             # J_0ᴴ⋯J_59ᴴ, batch row 0…1
         product = product @ np.swapaxes(J[t], -1, -2)
