@@ -18,7 +18,8 @@ lstm's c rows. The kernels:
                           fptt.start_error), the error phase from v = e_{-1} → {param: grad, "x", "h0"[, "c0"] = e_{-1}}
 
     (a) the input projection of all T steps is ONE GEMM outside the time loop (runtime.input_projection);
-    (b) each phase is ONE @njit(cache=True) loop for every cell (_direct_loop, _shooting_loop, _errors_loop). Each step
+    (b) each phase is ONE @njit(cache=True) loop for every cell (_warmup_loop for both warm-ups, _errors_loop). Each
+        step
         advances the states and forms the step's factors F_ih, F_hh, E (online_dense.step_factors: one BLAS GEMM
         h_{t-1} W_hhᵀ, the cell's gate and adjoint functions of cells.py), assembles A_t = J_tᵀ (B, S, S) from them —
         J_t[rH+k, j] = Σ_g F_hh[r, g, k] W_hh[gH+k, j] on the h_{t-1} columns, + E[r, k] on column (R−1)H+k (r 2) —
@@ -103,10 +104,11 @@ def _solve(A, v):
 
 
 @njit(cache=True)
-def _direct_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, Q, e):
-    """Phase 1 over the chunk, the direct warm-up: pre (T, B, G·H) = x W_ihᵀ + b_ih, s (B, S) the state (advanced in
-    place), dh (T, B, S) float64 carriers; Q (B, S, S) and e (B, S) float64, the carried ones on entry, advanced in
-    place: (f 2) Q ← Q J_tᴴ first, then (f 3) e ← e + Q d_t with the new Q. No solve."""
+def _warmup_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, direct, M, w):
+    """Phase 1 over the chunk: pre (T, B, G·H) = x W_ihᵀ + b_ih, s (B, S) the state (advanced in place), dh (T, B, S)
+    float64 carriers; the carried product M (B, S, S) and vector w (B, S), float64, advanced in place.
+    direct: M = Q, w = e — (f 2) Q ← Q J_tᴴ first, then (f 3) e ← e + Q d_t with the new Q; no solve.
+    shooting: M = P, w = v' — (f 1) e'_t = J_t^{-H} v'_{t-1}, v'_t = e'_t − d_t, and (f 2s) P ← P J_tᴴ."""
     T, B, GH = pre.shape
     H = W_hh.shape[1]
     G, S = GH // H, R * H
@@ -118,36 +120,18 @@ def _direct_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, Q, e):
         step_factors(kind, pre[t], s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
         _adjoint_jacobian(F_hh, E, W_hh, A, col)
         for b in range(B):
-            np.dot(Q[b], A[b], tmp)                                      # (f 2) Q_t = Q_{t-1} J_tᴴ
-            Q[b] = tmp
-            np.dot(Q[b], dh[t, b], qd)                                   # (f 3) e ← e + Q_t d_t
-            e[b] += qd
-
-
-@njit(cache=True)
-def _shooting_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, v, P):
-    """Phase 1 over the chunk, the paper's shooting warm-up: as _direct_loop, with v (B, S) and P (B, S, S) float64,
-    the carried ones on entry, advanced in place: (f 1) e'_t = J_t^{-H} v'_{t-1}, v'_t = e'_t − dh_t, (f 2s)."""
-    T, B, GH = pre.shape
-    H = W_hh.shape[1]
-    G, S = GH // H, R * H
-    dt = pre.dtype
-    rec, hp, col = np.empty((B, GH), dt), np.empty((B, H), dt), np.empty(S, dt)
-    F_ih, F_hh, E = np.zeros((B, R, G, H), dt), np.zeros((B, R, G, H), dt), np.zeros((B, R, H), dt)
-    A, tmp = np.empty((B, S, S)), np.empty((S, S))
-    for t in range(T):
-        step_factors(kind, pre[t], s, W_hhT, b_hh, one, use_tanh, rec, hp, F_ih, F_hh, E)
-        _adjoint_jacobian(F_hh, E, W_hh, A, col)
-        for b in range(B):
-            e = _solve(A[b], v[b])                                       # (f 1) e'_t = J_t^{-H} v'_{t-1}
-            v[b] = e - dh[t, b]                                          # v'_t = e'_t − dh_t
-            np.dot(P[b], A[b], tmp)                                      # (f 2s) P ← P J_tᴴ
-            P[b] = tmp
+            if not direct:
+                w[b] = _solve(A[b], w[b]) - dh[t, b]                     # (f 1) e'_t = J_t^{-H} v'_{t-1}; v'_t
+            np.dot(M[b], A[b], tmp)                                      # (f 2) Q ← Q J_tᴴ, (f 2s) P ← P J_tᴴ
+            M[b] = tmp
+            if direct:
+                np.dot(M[b], dh[t, b], qd)                               # (f 3) e ← e + Q_t d_t
+                w[b] += qd
 
 
 @njit(cache=True)
 def _errors_loop(kind, pre, s, W_hhT, W_hh, b_hh, dh, one, use_tanh, R, tied, v, h_prev, g_ih, g_hh):
-    """Phase 2 over the chunk: as _shooting_loop, v the carried one (advanced in place); writes h_prev (T, B, H) and the
+    """Phase 2 over the chunk: as _warmup_loop, v the carried one (advanced in place); writes h_prev (T, B, H) and the
     gate adjoints ḡ_ih (T, B, G·H) of (f 4), and ḡ_hh unless `tied`."""
     T, B, GH = pre.shape
     H = W_hh.shape[1]
@@ -187,7 +171,7 @@ class _Chunk(NamedTuple):
     dt: np.dtype             # the state dtype
 
     def run(self, loop, s, *carriers):
-        """loop (_direct_loop, _shooting_loop or _errors_loop) over the chunk from the state s (advanced in place)."""
+        """loop (_warmup_loop or _errors_loop) over the chunk from the state s (advanced in place)."""
         loop(self.kind, self.pre, s, self.W_hhT, self.W_hh, self.b_hh, self.dh, self.one, self.use_tanh, self.R,
              *carriers)
 
@@ -215,8 +199,8 @@ def _errors(cell, params, c: _Chunk, s, v) -> dict:
     return weight_grads(params, g_ih, None if tied else g_hh, c.x, h_prev, c.dt, plan(T, B, H))     # (f 4), (c)
 
 
-#: The warm-ups: kernel phase → (its loop, the names of its carriers).
-_WARMUPS = {"fptt_warmup": (_direct_loop, ("Q", "e")), "fptt_shooting": (_shooting_loop, ("v", "P"))}
+#: The warm-ups: kernel phase → (direct?, the names of its carriers: the product, the vector).
+_WARMUPS = {"fptt_warmup": (True, ("Q", "e")), "fptt_shooting": (False, ("P", "v"))}
 
 
 def _carriers(carry, names, B, S, what):
@@ -235,7 +219,7 @@ def _fptt(cell, params, x, state0, dh, nonlinearity="tanh"):
     c = _chunk(cell, params, x, state0, dh, nonlinearity)
     B, S = c.s0.shape
     Q, e0 = _carriers(None, ("Q", "e"), B, S, f"{cell}.fptt")
-    c.run(_direct_loop, c.s0.copy(), Q, e0)                              # phase 1 from the stream's start
+    c.run(_warmup_loop, c.s0.copy(), True, Q, e0)                       # phase 1 from the stream's start
     grads = _errors(cell, params, c, c.s0.copy(), e0.copy())             # (f 3) e_{-1} = e; phase 2 from v = e_{-1}
     keys = CELLS[cell].GRAD_STATE_KEYS                                   # ("h0",) or ("h0", "c0"): one per state row
     H = S // len(keys)
@@ -256,11 +240,11 @@ def _fptt1(cell, params, x, state0, dh, carry, nonlinearity="tanh"):
 def _warmup(phase, cell, params, x, state0, dh, carry, nonlinearity="tanh"):
     """A warm-up (phase: "fptt_warmup", the direct one, or "fptt_shooting") over one chunk from its carriers →
     {"state", "carry": {"Q", "e"} or {"v", "P"}}."""
-    loop, names = _WARMUPS[phase]
+    direct, names = _WARMUPS[phase]
     c = _chunk(cell, params, x, state0, dh, nonlinearity)
     carriers = _carriers(carry, names, *c.s0.shape, f"{cell}.{phase}")
     s = c.s0.copy()
-    c.run(loop, s, *carriers)
+    c.run(_warmup_loop, s, direct, *carriers)
     return {"state": final_state(cell, s), "carry": dict(zip(names, carriers))}
 
 

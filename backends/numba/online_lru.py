@@ -254,10 +254,12 @@ def lru_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, car
 # adjoints run in x's dtype.
 
 @njit(cache=True)
-def _direct_loop(x, h, dh, W2T, lam, lam_c, Q, e, states):
-    """Phase 1 over the chunk, the direct warm-up: (f 2) Q ← Q ⊙ conj(λ) first, then (f 3) e ← e + Q ⊙ dh_t with the
-    new Q, both carried pairs r(B,2N) advanced in place; no division. J_t = diag(λ) does not depend on the state, so
-    the states run only when `states` (as _shooting_loop)."""
+def _warmup_loop(x, h, dh, W2T, lam, lam_c, direct, M, w, states):
+    """Phase 1 over the chunk, the carried product M and vector w (pairs r(B,2N)) advanced in place.
+    direct: M = Q, w = e — (f 2) Q ← Q ⊙ conj(λ) first, then (f 3) e ← e + Q ⊙ dh_t with the new Q; no division.
+    shooting: M = P, w = v' — (f 1) e'_t = v'_{t-1} / conj(λ), v'_t = e'_t − dh_t, and (f 2s) P ← P ⊙ conj(λ).
+    J_t = diag(λ) does not depend on the state, so the states run only when `states` (the chunked kernels hand h on,
+    advanced in place; lru.fptt's warm-up over the whole sequence needs none)."""
     T, B, I = x.shape
     N = lam.shape[0]
     u = np.zeros((B, 2 * N), x.dtype)
@@ -267,40 +269,18 @@ def _direct_loop(x, h, dh, W2T, lam, lam_c, Q, e, states):
         for b in range(B):
             for k in range(N):
                 lr, li = lam_c[k, 0], lam_c[k, 1]
-                qr, qi = Q[b, 2 * k], Q[b, 2 * k + 1]
-                qr, qi = qr * lr + qi * li, qi * lr - qr * li                           # (f 2) Q ← Q conj(λ)
-                Q[b, 2 * k], Q[b, 2 * k + 1] = qr, qi
                 dr, di = dh[t, b, 2 * k], dh[t, b, 2 * k + 1]
-                e[b, 2 * k] += qr * dr - qi * di                                        # (f 3) e ← e + Q dh_t
-                e[b, 2 * k + 1] += qr * di + qi * dr
-                if not states:
-                    continue
-                hr, hi = h[b, 2 * k], h[b, 2 * k + 1]
-                h[b, 2 * k] = lam[k, 0] * hr - lam[k, 1] * hi + u[b, 2 * k]            # (3) h_t
-                h[b, 2 * k + 1] = lam[k, 0] * hi + lam[k, 1] * hr + u[b, 2 * k + 1]
-
-
-@njit(cache=True)
-def _shooting_loop(x, h, dh, W2T, lam, lam_c, v, P, states):
-    """Phase 1 over the chunk, the paper's shooting warm-up: (f 1) from the carried v' and (f 2s) P ← P ⊙ conj(λ),
-    both in place. J_t = diag(λ)
-    does not depend on the state, so the states run only when `states` (the chunked kernel hands h on, advanced in
-    place; lru.fptt's warm-up over the whole sequence needs none)."""
-    T, B, I = x.shape
-    N = lam.shape[0]
-    u = np.zeros((B, 2 * N), x.dtype)
-    for t in range(T):
-        if states:
-            np.dot(x[t], W2T, u)                                           # (2) u_t
-        for b in range(B):
-            for k in range(N):
-                lr, li = lam_c[k, 0], lam_c[k, 1]
-                vr, vi = v[b, 2 * k], v[b, 2 * k + 1]
-                n2 = lr * lr + li * li
-                er, ei = (vr * lr - vi * li) / n2, (vi * lr + vr * li) / n2              # (f 1) e'_t = v' / conj(λ)
-                v[b, 2 * k], v[b, 2 * k + 1] = er - dh[t, b, 2 * k], ei - dh[t, b, 2 * k + 1]   # v'_t = e'_t − dh_t
-                pr, pi = P[b, 2 * k], P[b, 2 * k + 1]
-                P[b, 2 * k], P[b, 2 * k + 1] = pr * lr + pi * li, pi * lr - pr * li    # (f 2s) P ← P conj(λ)
+                if not direct:
+                    vr, vi = w[b, 2 * k], w[b, 2 * k + 1]
+                    n2 = lr * lr + li * li
+                    er, ei = (vr * lr - vi * li) / n2, (vi * lr + vr * li) / n2          # (f 1) e'_t = v' / conj(λ)
+                    w[b, 2 * k], w[b, 2 * k + 1] = er - dr, ei - di                      # v'_t = e'_t − dh_t
+                mr, mi = M[b, 2 * k], M[b, 2 * k + 1]
+                mr, mi = mr * lr + mi * li, mi * lr - mr * li                           # (f 2), (f 2s) M ← M conj(λ)
+                M[b, 2 * k], M[b, 2 * k + 1] = mr, mi
+                if direct:
+                    w[b, 2 * k] += mr * dr - mi * di                                    # (f 3) e ← e + Q dh_t
+                    w[b, 2 * k + 1] += mr * di + mi * dr
                 if not states:
                     continue
                 hr, hi = h[b, 2 * k], h[b, 2 * k + 1]
@@ -359,9 +339,9 @@ class _Fptt:
         """The state as pairs r(B,2N) in the state dtype, a copy (the loops advance it in place)."""
         return _pairs(h0, self.cdt, self.rdt).copy()
 
-    def warmup(self, loop, h, carriers, states=True):
-        """A warm-up's loop (_direct_loop or _shooting_loop) from its carriers (advanced in place)."""
-        loop(self.x, h, self.dh, self.W2T, self.lam_p, self.lam_c, *carriers, states)
+    def warmup(self, direct, h, carriers, states=True):
+        """A warm-up's loop (direct or shooting) from its carriers (the product, the vector; advanced in place)."""
+        _warmup_loop(self.x, h, self.dh, self.W2T, self.lam_p, self.lam_c, direct, *carriers, states)
 
     def errors(self, params, h, v) -> dict:
         """Phase 2 from v (advanced in place) → {param: grad, "x"}."""
@@ -389,8 +369,8 @@ def _carriers(carry, names, B, N, what):
     return [_pairs(carry[k], np.complex128, np.float64).copy() for k in names]
 
 
-#: The warm-ups: kernel → (its loop, the names of its carriers).
-_WARMUPS = {"lru.fptt_warmup": (_direct_loop, ("Q", "e")), "lru.fptt_shooting": (_shooting_loop, ("v", "P"))}
+#: The warm-ups: kernel → (direct?, the names of its carriers: the product, the vector).
+_WARMUPS = {"lru.fptt_warmup": (True, ("Q", "e")), "lru.fptt_shooting": (False, ("P", "v"))}
 
 
 def lru_fptt(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dict:
@@ -398,7 +378,7 @@ def lru_fptt(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray) -> dic
     v = e_{-1} (f 1, 4) → {param, "x" r(T,B,I), "h0" c(B,N)}."""
     f = _Fptt(params, x, dh)
     Q, e = _carriers(None, ("Q", "e"), x.shape[1], f.N, "lru.fptt")
-    f.warmup(_direct_loop, f.state(h0), (Q, e), states=False)
+    f.warmup(True, f.state(h0), (Q, e), states=False)
     grads = f.errors(params, f.state(h0), e.copy())                                      # (f 3) e_{-1} = e
     grads["h0"] = e.view(np.complex128).astype(f.cdt)
     return grads
@@ -417,11 +397,11 @@ def lru_fptt1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry
 def _warmup(kernel, params, x, h0, dh, carry):
     """A warm-up over one chunk from its carriers → {"state" c(B,N), "carry": {"Q", "e"} or {"v", "P"} complex128
     (B,N)}."""
-    loop, names = _WARMUPS[kernel]
+    direct, names = _WARMUPS[kernel]
     f = _Fptt(params, x, dh)
     carriers = _carriers(carry, names, x.shape[1], f.N, kernel)
     h = f.state(h0)
-    f.warmup(loop, h, carriers)
+    f.warmup(direct, h, carriers)
     return {"state": h.view(f.cdt), "carry": {k: c.view(np.complex128) for k, c in zip(names, carriers)}}
 
 
