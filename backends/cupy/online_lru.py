@@ -155,9 +155,10 @@ def _fptt_carrier(xp, carry, name: str, B: int, N: int, start: complex):
     return contiguous(xp, carry[name], np.complex128)
 
 
-#: warm-up → (its CUDA kernel in sources.py, its two carriers in launch order, their values at the stream's start).
-_WARMUPS = {"direct": ("lru_fptt_warmup", ("Q", "e"), (1.0, 0.0)),
-            "shooting": ("lru_fptt_shooting", ("v", "P"), (0.0, 1.0))}
+#: warm-up → (the `direct` flag of the CUDA kernel lru_fptt_warmup in sources.py, its two carriers in launch order —
+#: the product, the vector — and their values at the stream's start).
+_WARMUPS = {"direct": (1, ("Q", "e"), (1.0, 0.0)),
+            "shooting": (0, ("P", "v"), (1.0, 0.0))}
 
 
 def _warmup(dev, setup, h0, dh, warmup: str, carry, B: int, N: int):
@@ -165,13 +166,13 @@ def _warmup(dev, setup, h0, dh, warmup: str, carry, B: int, N: int):
     shooting, (f 1), (f 2s) → {"v": v', "P"}; returns (the state after the chunk, the carry out, complex128 (B, N)).
     setup: cells.lru_setup's tuple for the chunk; h0, dh: contiguous, in the state dtype."""
     xp = dev.xp
-    kernel, names, starts = _WARMUPS[warmup]
+    direct, names, starts = _WARMUPS[warmup]
     _check_names(carry, names, "warm-up")
     ins = [_fptt_carrier(xp, carry, name, B, N, start) for name, start in zip(names, starts)]
     lam, _, _, cdt, _, u = setup
     T = dh.shape[0]
     outs, hT = [xp.empty((B, N), np.complex128) for _ in names], xp.empty((B, N), cdt)
-    dev.launch(LRU, kernel, cdt, B * N, u, h0, dh, lam, *ins, *outs, hT, T, B * N, N)
+    dev.launch(LRU, "lru_fptt_warmup", cdt, B * N, u, h0, dh, lam, *ins, *outs, hT, T, B * N, N, direct)
     return hT, dict(zip(names, outs))
 
 

@@ -37,11 +37,9 @@ LRU — the diagonal recurrence (3), its adjoint (5)(8) and the RTRL traces (r 8
                     after the chunk, λ^C and Σ_t conj(λ^{t+1}) δ_t (what a carried trace adds, online_lru.py)
     lru_sens_input  one thread per (b, k, i): the input trace Z_t = λ Z_{t-1} + x_t[i] of (r 8) from zero,
                     Σ_t conj(Z)δ and Z after the chunk
-    lru_fptt_warmup one thread per (b, k): FPTT's direct warm-up (f 2)-(f 3) over one chunk from the carried
-                    float64 (Q, e): Q <- Q conj(lam), then e <- e + Q dh_t; and the state
-    lru_fptt_shooting
-                    one thread per (b, k): FPTT's shooting warm-up (f 1), (f 2s) over one chunk from the carried
-                    float64 (v', P), and the state
+    lru_fptt_warmup one thread per (b, k): FPTT's warm-up over one chunk from the carried float64 product and
+                    vector, and the state: direct = 1 (Q, e), Q <- Q conj(lam) then e <- e + Q dh_t (f 2)-(f 3);
+                    direct = 0, the shooting warm-up (P, v'), (f 1), (f 2s)
     lru_fptt_errors one thread per (b, k): FPTT's error pass (f 1) over one chunk from the carried float64 v,
                     writing e_t in the state dtype and accumulating λ̄ and γ̄ (f 4); hands on v and the state
 
@@ -373,66 +371,43 @@ RI_FN void lru_sens_input_thread(long long idx, const R* x, const R* dh, const R
 // steps the shooting warm-up and the error phase carry v_t = e_t - dh_t; each step inverts it: e_t = v_{t-1} /
 // conj(lam) (f 1). The direct warm-up inverts nothing.
 
-// Phase 1, the direct warm-up, over one chunk from the carried (Q, e): Q <- Q conj(lam) (f 2), then
-// e <- e + Q dh_t with the new Q (f 3); also runs the state.
+// Phase 1 over one chunk from the carried product M and vector w; also runs the state.
+//   direct = 1: M = Q, w = e — Q <- Q conj(lam) (f 2), then e <- e + Q dh_t with the new Q (f 3); nothing inverted.
+//   direct = 0: M = P, w = v' — e'_t = v'_{t-1} / conj(lam) (f 1), v'_t = e'_t - dh_t, P <- P conj(lam) (f 2s).
 template <typename R>
-RI_FN void lru_fptt_warmup_thread(long long idx, const R* u, const R* h0, const R* dh, const R* a, const double* Q0,
-                                  const double* e0, double* Q, double* e, R* hT, int T, int BN, int N) {
-    const long long p = idx;
-    const int k = (int)(p % N);
-    const R lr = a[2 * k], li = a[2 * k + 1];
-    const double cr = (double)lr, ci = (double)li;                       // lam in the carrier dtype
-    double Qr = Q0[2 * p], Qi = Q0[2 * p + 1], er = e0[2 * p], ei = e0[2 * p + 1];
-    R hr = h0[2 * p], hi = h0[2 * p + 1];
-    for (long long t = 0; t < T; ++t) {
-        const long long o = 2 * (t * BN + p);
-        const double nQr = Qr * cr + Qi * ci, nQi = Qi * cr - Qr * ci;  // (f 2) Q_t = Q_{t-1} conj(lam)
-        Qr = nQr;
-        Qi = nQi;
-        const double dr = (double)dh[o], di = (double)dh[o + 1];
-        er += Qr * dr - Qi * di;                                         // (f 3) e += Q_t dh_t
-        ei += Qr * di + Qi * dr;
-        const R nhr = lr * hr - li * hi + u[o], nhi = lr * hi + li * hr + u[o + 1];   // (3) h_t
-        hr = nhr;
-        hi = nhi;
-    }
-    Q[2 * p] = Qr;
-    Q[2 * p + 1] = Qi;
-    e[2 * p] = er;
-    e[2 * p + 1] = ei;
-    hT[2 * p] = hr;
-    hT[2 * p + 1] = hi;
-}
-
-// Phase 1, the shooting warm-up, over one chunk from the carried (v', P): (f 1) and P <- P conj(lam) (f 2s); also
-// runs the state.
-template <typename R>
-RI_FN void lru_fptt_shooting_thread(long long idx, const R* u, const R* h0, const R* dh, const R* a, const double* v0,
-                                  const double* P0, double* v, double* P, R* hT, int T, int BN, int N) {
+RI_FN void lru_fptt_warmup_thread(long long idx, const R* u, const R* h0, const R* dh, const R* a, const double* M0,
+                                  const double* w0, double* M, double* w, R* hT, int T, int BN, int N, int direct) {
     const long long p = idx;
     const int k = (int)(p % N);
     const R lr = a[2 * k], li = a[2 * k + 1];
     const double cr = (double)lr, ci = (double)li;                       // lam in the carrier dtype
     const double n2 = cr * cr + ci * ci;
-    double vr = v0[2 * p], vi = v0[2 * p + 1], Pr = P0[2 * p], Pi = P0[2 * p + 1];
+    double Mr = M0[2 * p], Mi = M0[2 * p + 1], wr = w0[2 * p], wi = w0[2 * p + 1];
     R hr = h0[2 * p], hi = h0[2 * p + 1];
     for (long long t = 0; t < T; ++t) {
         const long long o = 2 * (t * BN + p);
-        const double er = (vr * cr - vi * ci) / n2;                      // (f 1) e'_t = v'_{t-1} / conj(lam)
-        const double ei = (vi * cr + vr * ci) / n2;
-        vr = er - (double)dh[o];                                         // v'_t = e'_t - dh_t
-        vi = ei - (double)dh[o + 1];
-        const double nPr = Pr * cr + Pi * ci, nPi = Pi * cr - Pr * ci;  // (f 2s) P <- P conj(lam)
-        Pr = nPr;
-        Pi = nPi;
+        const double dr = (double)dh[o], di = (double)dh[o + 1];
+        if (!direct) {
+            const double er = (wr * cr - wi * ci) / n2;                  // (f 1) e'_t = v'_{t-1} / conj(lam)
+            const double ei = (wi * cr + wr * ci) / n2;
+            wr = er - dr;                                                // v'_t = e'_t - dh_t
+            wi = ei - di;
+        }
+        const double nMr = Mr * cr + Mi * ci, nMi = Mi * cr - Mr * ci;  // (f 2), (f 2s) M <- M conj(lam)
+        Mr = nMr;
+        Mi = nMi;
+        if (direct) {
+            wr += Mr * dr - Mi * di;                                     // (f 3) e += Q_t dh_t
+            wi += Mr * di + Mi * dr;
+        }
         const R nhr = lr * hr - li * hi + u[o], nhi = lr * hi + li * hr + u[o + 1];   // (3) h_t
         hr = nhr;
         hi = nhi;
     }
-    v[2 * p] = vr;
-    v[2 * p + 1] = vi;
-    P[2 * p] = Pr;
-    P[2 * p + 1] = Pi;
+    M[2 * p] = Mr;
+    M[2 * p + 1] = Mi;
+    w[2 * p] = wr;
+    w[2 * p + 1] = wi;
     hT[2 * p] = hr;
     hT[2 * p + 1] = hi;
 }
@@ -500,13 +475,10 @@ LRU = CudaSource("lru", _LRU_BODY, (
                               Out("ZT", "C", "n"), Int("T"), Int("B"), Int("N"), Int("I")), n="B·N·I",
            doc="the input trace Z (r 8) from zero, and Z after the chunk"),
     Kernel("lru_fptt_warmup", (In("u", "C", "T*BN"), In("h0", "C", "BN"), In("dh", "C", "T*BN"), In("a", "C", "N"),
-                               In("Q0", "Z", "n"), In("e0", "Z", "n"), Out("Q", "Z", "n"), Out("e", "Z", "n"),
-                               Out("hT", "C", "n"), Int("T"), Int("BN"), Int("N")), n="B·N",
-           doc="FPTT's direct warm-up over one chunk from the carried (Q, e), (f 2)-(f 3)"),
-    Kernel("lru_fptt_shooting", (In("u", "C", "T*BN"), In("h0", "C", "BN"), In("dh", "C", "T*BN"),
-                                 In("a", "C", "N"), In("v0", "Z", "n"), In("P0", "Z", "n"), Out("v", "Z", "n"),
-                                 Out("P", "Z", "n"), Out("hT", "C", "n"), Int("T"), Int("BN"), Int("N")), n="B·N",
-           doc="FPTT's shooting warm-up over one chunk from the carried (v', P), (f 1), (f 2s)"),
+                               In("M0", "Z", "n"), In("w0", "Z", "n"), Out("M", "Z", "n"), Out("w", "Z", "n"),
+                               Out("hT", "C", "n"), Int("T"), Int("BN"), Int("N"), Int("direct")), n="B·N",
+           doc="FPTT's warm-up over one chunk from the carried product and vector: direct (Q, e), (f 2)-(f 3), or "
+               "shooting (P, v'), (f 1), (f 2s)"),
     Kernel("lru_fptt_errors", (In("u", "C", "T*BN"), In("h0", "C", "BN"), In("dh", "C", "T*BN"), In("a", "C", "N"),
                                In("v0", "Z", "n"), Out("es", "C", "T*BN"), Out("dlam", "D", "2*n"), Out("gg", "D", "n"),
                                Out("v", "Z", "n"), Out("hT", "C", "n"), Int("T"), Int("BN"), Int("N")), n="B·N",
