@@ -25,7 +25,7 @@ in one of two ways, both forward in time and with O(S²) memory per sequence (`w
   On a contractive or badly conditioned product the shooting warm-up loses twice: e' grows like the inverse product
   ‖P⁻¹‖, and its rounding is multiplied back by P, so e_{−1} is only accurate to ε·cond(P); the error phase then
   amplifies that by ‖P⁻¹‖ again — ε·cond(P)·‖P⁻¹‖ where the direct warm-up gives ε·‖P⁻¹‖ (docs/derivations/fptt.md
-  §7b). For a diagonal J (the lru) the two agree to rounding.
+  §7b). For a diagonal J (the lru) the two give the same e_{−1} to rounding.
 
 Phase 2 re-runs the states from the inputs, carries the exact e_t with (1), and accumulates step by step
 
