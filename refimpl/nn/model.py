@@ -64,6 +64,8 @@ import numpy as np
 from ..cells import CELLS, resolve_cell
 from ..checks import check_array, check_params, positive_int, resolve_dtype
 from ..errors import NumericalError, UnknownNameError, UnsupportedError
+from ..arrays import dtype_of, is_numpy, namespace
+from ..registry import map_arrays
 from .layers import (FFNS, PER_STEP_POOLINGS, POOLINGS, LinearCache, PoolCache, ffn_init, ffn_shapes, layer_norm_init,
                      layer_norm_shapes, linear_backward, linear_forward, linear_init, linear_shapes, lru_output_init,
                      lru_output_shapes, pool_backward, pool_forward)
@@ -260,6 +262,16 @@ def _kernels(model: Model, kernels):
     return kernels
 
 
+def zero_state_like(cell, a):
+    """The cell's zero initial state for the batch of its input a (…, B, d), in a's namespace (NumPy: the cell's own
+    zero_state; a backend's arrays: the same shapes and dtypes made there, no host copy)."""
+    state = cell.zero_state(a.shape[-2])
+    xp = namespace(a)
+    if is_numpy(xp):
+        return state
+    return map_arrays(lambda z: xp.zeros(z.shape, dtype=dtype_of(xp, z.dtype)), state)
+
+
 def forward(model: Model, params: dict, x: np.ndarray, kernels=None, *, mask: np.ndarray | None = None):
     """Run the model. Inputs are assumed valid (see check_inputs; bptt checks them).
 
@@ -275,7 +287,7 @@ def forward(model: Model, params: dict, x: np.ndarray, kernels=None, *, mask: np
 
     def run_cell(l, cell_params, a):                   # (48): the cell's sequence forward from h₋₁ = 0
         c = model.cells[l]
-        return kern.forward(cell_params, a, c.zero_state(a.shape[1]), **c.step_options)
+        return kern.forward(cell_params, a, zero_state_like(c, a), **c.step_options)
 
     u, stack = stack_forward(model, params, x, run_cell)                                             # (46)–(51)
     p, pool = pool_forward(model.pooling, u, mask)                                                   # (52)
