@@ -20,6 +20,10 @@ A *backend* is a module ``backends.<name>`` that defines
     to_backend(np.ndarray) -> array      explicit conversion at the boundary
     to_numpy(array) -> np.ndarray
 and optionally
+    NAMESPACE = (array type, xp)                        the array namespace of its arrays when array_api_compat has
+                                                        none (MLX's adapter, backends/mlx/xp.py): registered with
+                                                        refimpl.arrays.register_namespace when the backend loads
+    ON_HOST = True                                      its arrays are NumPy's (Numba): conversions are no crossings
     unsupported_dtype(kernel name, dtype name) -> str   "" when the kernel runs in that dtype here, else why not
                                                         (e.g. MLX has no complex128, and float64 only on its CPU stream)
     synchronize(outputs) -> None                        wait until the outputs are computed (mx.eval for MLX's lazy
@@ -30,7 +34,14 @@ kernel says so; a kernel is never silently replaced by another.
 
 `call` runs one kernel with NumPy in and out; `cell_kernels` and `ep_kernels` bundle the kernels a model (its cells'
 forward/backward) or an EP network (its relaxation loops) takes as an argument, so that the reference code never
-reaches for a backend itself.
+reaches for a backend itself. `cell_kernels(..., device=True)` gives the raw kernels instead (the backend's arrays in
+and out), for a model that runs in the backend's arrays as a whole.
+
+Crossings. Every host↔device conversion goes through a backend's to_backend / to_numpy, and the loaded Backend counts
+them (`Backend.crossings`: {"to_backend": n, "to_numpy": n}, one per array; `reset_crossings()`), so a test can check
+that a training step on a device crosses only where it should. `call` converts each input and output array (counted);
+`to_device` / `to_host` convert a whole tree (parameters, optimizer state) once; the raw kernels convert nothing. The
+numpy and numba backends hold NumPy arrays: nothing of theirs is counted.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
+from .arrays import register_namespace
 from .errors import UnknownNameError, UnsupportedError
 
 
@@ -84,9 +96,15 @@ def _identity(a):
     return a
 
 
+def _no_crossings() -> dict:
+    return {"to_backend": 0, "to_numpy": 0}
+
+
 @dataclass
 class Backend:
-    """A loaded backend: its kernels, whether it runs here (and why not), and its array conversions."""
+    """A loaded backend: its kernels, whether it runs here (and why not), its array conversions, and how many
+    host↔device crossings they have made (`crossings`, counted by load_backend's wrappers of a device backend's
+    to_backend / to_numpy; one per array converted)."""
     name: str
     available: bool
     reason: str
@@ -95,6 +113,21 @@ class Backend:
     to_numpy: Callable[[Any], np.ndarray] = _identity
     unsupported_dtype: Callable[[str, str], str] = lambda kernel, dtype: ""
     synchronize: Callable[[Any], None] = lambda outputs: None
+    crossings: dict = field(default_factory=_no_crossings)
+
+    def reset_crossings(self) -> None:
+        """Set both crossing counters back to 0."""
+        self.crossings.update(_no_crossings())
+
+
+def _counted(backend: Backend, direction: str, convert: Callable) -> Callable:
+    """`convert` (the module's to_backend or to_numpy), counting each conversion in backend.crossings[direction]."""
+    def counted(a):
+        out = convert(a)
+        backend.crossings[direction] += 1
+        return out
+    counted.__name__, counted.__doc__, counted.__wrapped__ = convert.__name__, convert.__doc__, convert
+    return counted
 
 
 _LOADED: dict[str, Backend] = {}
@@ -127,18 +160,29 @@ def load_backend(name: str) -> Backend:
             backend = Backend(name, ok, reason, dict(module.KERNELS), module.to_backend, module.to_numpy,
                               getattr(module, "unsupported_dtype", lambda kernel, dtype: ""),
                               getattr(module, "synchronize", lambda outputs: None))
+            if not getattr(module, "ON_HOST", False):       # a device: count its crossings
+                backend.to_backend = _counted(backend, "to_backend", module.to_backend)
+                backend.to_numpy = _counted(backend, "to_numpy", module.to_numpy)
+            if ok and getattr(module, "NAMESPACE", None) is not None:
+                register_namespace(*module.NAMESPACE)       # e.g. (mx.array, MLX's adapter)
     _LOADED[name] = backend
     return backend
+
+
+def _available(backend: str) -> Backend:
+    """The loaded backend; UnsupportedError, with the reason, when it cannot run here."""
+    b = load_backend(backend)
+    if not b.available:
+        raise UnsupportedError(f"backend {backend!r} is not available on this machine: {b.reason}; "
+                               f"use backend='numpy' or see `python -m refimpl.run backends`")
+    return b
 
 
 def get_kernel(name: str, backend: str = "numpy") -> Callable:
     """The raw kernel `name` of `backend` (it takes and returns the backend's own arrays)."""
     if name not in KERNELS:
         raise UnknownNameError("kernel", name, KERNELS)
-    b = load_backend(backend)
-    if not b.available:
-        raise UnsupportedError(f"backend {backend!r} is not available on this machine: {b.reason}; "
-                               f"use backend='numpy' or see `python -m refimpl.run backends`")
+    b = _available(backend)
     if name not in b.kernels:
         raise UnsupportedError(f"backend {backend!r} does not implement kernel {name!r}; "
                                f"use backend='numpy' for it, or see `python -m refimpl.run backends` for coverage")
@@ -169,22 +213,46 @@ def call(name: str, backend: str = "numpy", /, *args, **kwargs):
     return map_arrays(b.to_numpy, kernel(*args, **kwargs))
 
 
+def to_device(backend: str, tree):
+    """Every NumPy array of a tree (parameters, optimizer state, a batch) converted to `backend`'s arrays, once
+    each (counted crossings); other leaves, the backend's arrays among them, pass through. The identity for numpy and
+    numba."""
+    b = _available(backend)
+    return map_arrays(lambda a: b.to_backend(a) if isinstance(a, np.ndarray) else a, tree)
+
+
+def to_host(backend: str, tree):
+    """Every array of `backend` in a tree converted to a NumPy array, once each (counted crossings); NumPy arrays
+    pass through. The identity for numpy and numba."""
+    b = _available(backend)
+    return map_arrays(lambda a: a if isinstance(a, (np.ndarray, np.generic)) else b.to_numpy(a), tree)
+
+
 class CellKernels(NamedTuple):
-    """A cell's sequence forward/backward on one backend, with NumPy in and out (what the model stack calls)."""
+    """A cell's sequence forward/backward on one backend, with NumPy in and out (what the model stack calls), or,
+    with device=True, the raw kernels: the backend's arrays in and out, no conversion."""
     forward: Callable
     backward: Callable
     backend: str = "numpy"
+    device: bool = False
 
 
-def cell_kernels(cell_name: str, backend: str = "numpy", dtype: str | None = None) -> CellKernels:
+def cell_kernels(cell_name: str, backend: str = "numpy", dtype: str | None = None,
+                 device: bool = False) -> CellKernels:
     """The forward/backward kernels of a cell on a backend, with the cell modules' signatures. With `dtype`, a backend
-    that cannot run the cell in that dtype (MLX: no complex128 for the lru's float64) is refused here, with the fix."""
+    that cannot run the cell in that dtype (MLX: no complex128 for the lru's float64) is refused here, with the fix.
+
+    device=False: NumPy in and out (each call converts its arrays at the boundary, `call`). device=True: the raw
+    kernels (get_kernel), taking and returning the backend's arrays, for a model that keeps its parameters and
+    activations in them (registry.to_device once, then no crossing per call)."""
     fwd, bwd = f"{cell_name}.forward", f"{cell_name}.backward"
     get_kernel(fwd, backend), get_kernel(bwd, backend)      # fail early, with the reason, if missing
     why = load_backend(backend).unsupported_dtype(fwd, str(dtype)) if dtype is not None else ""
     if why:
         raise UnsupportedError(f"backend {backend!r} cannot run the {cell_name} cell in {dtype}: {why}; use dtype "
                                f"float32 (--dtype float32) or another backend")
+    if device:
+        return CellKernels(get_kernel(fwd, backend), get_kernel(bwd, backend), backend, True)
     return CellKernels(lambda *a, **k: call(fwd, backend, *a, **k), lambda *a, **k: call(bwd, backend, *a, **k),
                        backend)
 

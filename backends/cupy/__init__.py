@@ -25,6 +25,10 @@ Importing this package never touches a device (KERNELS is complete without CuPy,
 available() probes the device: cupy must import, cupy.cuda.runtime.getDeviceCount() must answer, and the driver must
 support the CUDA major version CuPy was built for. Install CuPy with the extra of your driver: cuda12
 (cupy-cuda12x) or cuda13 (cupy-cuda13x).
+
+Arrays. cupy.ndarray follows the array API standard through array_api_compat, so refimpl.arrays.namespace finds its
+namespace with nothing registered (no NAMESPACE here), and the model's batched array code runs in CuPy arrays as it
+is. to_backend / to_numpy are the host↔device copies; the registry counts them (Backend.crossings).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ and the plumbing they share:
     runtime       the float64 policy and `@kernel` (evaluation at the boundary), the GEMM helpers, and the custom Metal
                   kernels for the LRU's diagonal scan and its adjoint (mx.fast.metal_kernel): cells.METAL_KERNELS
                   replace lru.forward / lru.backward only where mx.metal.is_available() (Apple silicon), never elsewhere
+    xp            the array namespace of mx.array (XP: the vocabulary of refimpl/arrays.py on mlx.core), which the
+                  registry registers when it loads this backend (NAMESPACE = (mx.array, XP)), so that the model's
+                  batched array code runs in mx.arrays too
 
 The RTRL-family and FPTT-phase kernels are carried (refimpl/kernels.py): each sweeps one chunk of a stream, takes the
 state and the carry before it (carry=None: the stream's start) and returns {…, "state", "carry"} after it, the carry in
@@ -25,7 +28,8 @@ Dtypes. MLX has float32 and complex64 everywhere, float64 on its CPU stream only
     - the lru kernels in "float64" (complex128 states): not available — `unsupported_dtype` says why.
 The conversion at the boundary is explicit: to_backend maps float64 → mx.float64 and complex128 → runtime.Complex128
 (a pair of float64 mx.arrays: exact, never MLX's silent cast to complex64 — only the lru's FPTT carriers take one,
-every other kernel refuses it); to_numpy evaluates and copies back (a Complex128 as a complex128 ndarray).
+every other kernel refuses it); to_numpy evaluates and copies back (a Complex128 as a complex128 ndarray). Both are
+host↔device crossings, which the registry counts (Backend.crossings), as is XP.asarray of host data.
 
 Performance. The Linux CPU wheel links the reference BLAS, so every GEMM is slow there and MLX's per-operation cost
 adds to each time step (the measurements are in docs/backends.md). What the kernels do about it: one GEMM for all
@@ -47,6 +51,9 @@ else:
     _REASON = ""
     from . import cells, ep, fptt_dense, online_dense, online_lru
     from .runtime import Complex128, array_leaves, float64_reason, metal_enabled
+    from .xp import XP
+    #: (array type, its namespace): registered with refimpl.arrays.register_namespace when the registry loads us
+    NAMESPACE = (mx.array, XP)
     # every module of the package contributes its kernels: {name: callable}
     KERNELS = {}
     for _module in (cells, online_dense, online_lru, fptt_dense, ep):

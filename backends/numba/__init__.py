@@ -23,6 +23,9 @@ Design (runtime.py): the input projection of all T steps is one GEMM outside the
 @njit(cache=True) function with the gate arithmetic fused per step, and the weight gradients are one GEMM over all
 (t, b) from the per-step gate adjoints stored by the backward loop. Compiled code is cached on disk (__pycache__ next
 to the modules, or NUMBA_CACHE_DIR), so only the first call on a machine pays the compile time.
+
+Arrays. Numba's arrays are NumPy's, on the host: the model's batched array code runs in NumPy (no NAMESPACE to
+register), and to_backend / to_numpy are the identity, no crossings (ON_HOST: the registry counts none).
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ else:
     KERNELS = {}
     for _module in (cells, online_dense, online_lru, fptt_dense, ep):
         KERNELS.update(_module.KERNELS)
+
+
+#: The arrays stay on the host (NumPy's): the registry's crossing counters do not count the identity conversions.
+ON_HOST = True
 
 
 def available() -> tuple[bool, str]:
