@@ -231,8 +231,8 @@ def global_norm(grads: dict, names):
 
 def _scale_to(grads: dict, names, max_norm: float, norm) -> dict:
     """(5) without a branch: g_i · c / max(‖g‖, c), a factor of exactly 1 when ‖g‖ ≤ c (no value is read)."""
-    xp = namespace(norm)
-    factor = max_norm / xp.clip(norm, max_norm, None)                                      # (5) c / max(‖g‖, c)
+    xp, c = namespace(norm), float(max_norm)                        # c: a host number (the config's threshold)
+    factor = c / xp.clip(norm, c, None)                                                    # (5) c / max(‖g‖, c)
     return {name: grads[name] * _as(xp, factor, grads[name].dtype) for name in names}     # (5)
 
 
