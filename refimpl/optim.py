@@ -52,7 +52,18 @@ NOTE: (5) scales by exactly c/‖g‖ as optax does; ``torch.nn.utils.clip_grad_
 NOTE: (1) gives η_0 = 0 when S_w > 0, so the first update is a no-op for Adam's parameters (its moments still move), as
 in optax's ``warmup_cosine_decay_schedule``. Past S the cosine schedule stays at r·η.
 NOTE: each parameter keeps its dtype; gradients are cast to it and the moments are stored in it (float32 stays
-float32). The norm (4) is accumulated in float64. Complex parameters are not supported (refimpl's are all real).
+float32). The norm (4) is accumulated in float64: always for NumPy; in another namespace in its float64 if it has one,
+else in the gradients' dtype. Complex parameters are not supported (refimpl's are all real).
+
+The arrays may be NumPy's or a backend's (CuPy, MLX through its adapter): the functions take the namespace from the
+parameters, xp = namespace(*params) (refimpl/arrays.py), use only the vocabulary listed there, and never read a
+value back to the host, so an update on a device stays there. Hence (5) is written without a branch, as
+g_i ← g_i · c / max(‖g‖, c) (the factor is exactly 1 below the threshold), and ``grad_norm`` / ``clipped`` of the
+update's info are 0-d arrays of the namespace (for NumPy NumPy scalars; float() them where they are logged). The
+schedule (1)–(2) and the groups (3) are host arithmetic on Python floats; the step counter ``state["step"]`` is a
+host NumPy integer in every namespace. A non-finite norm raises NumericalError for NumPy arrays; in another
+namespace it is not read (that would stall the device every step): a NaN or inf gradient then makes the update
+non-finite, which the caller sees when it checks the new parameters.
 """
 
 from __future__ import annotations
@@ -63,6 +74,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from .arrays import is_numpy, namespace
 from .errors import DTypeError, NumericalError, ShapeError, UnknownNameError, UnsupportedError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -190,36 +202,68 @@ def lr_at(step: int, config: OptimConfig) -> float:
     return config.lr * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * p)))               # (2)
 
 
-def global_norm(grads: dict, names) -> float:
-    """‖g‖ over the arrays ``grads[name]`` for ``name`` in ``names`` (eq. 4), accumulated in float64."""
+def _as(xp, a, dtype):
+    """a in dtype, not copied when it already has it."""
+    return a if a.dtype == dtype else xp.astype(a, dtype)
+
+
+def _accumulation_dtype(xp, g):
+    """The dtype the norm (4) is summed in: float64 for NumPy; another namespace's float64 if it has one, else g's."""
+    if is_numpy(xp):
+        return xp.float64
+    float64 = getattr(xp, "float64", None)
+    return g.dtype if float64 is None else float64
+
+
+def global_norm(grads: dict, names):
+    """‖g‖ over the arrays ``grads[name]`` for ``name`` in ``names`` (eq. 4), accumulated in float64 (see the NOTE).
+
+    Returns a 0-d array of the gradients' namespace (for NumPy a np.float64, which is a Python float)."""
+    names = list(names)
+    xp = namespace(*(grads[name] for name in names))
     total = 0.0
     for name in names:
-        g = np.asarray(grads[name], dtype=np.float64)
-        total += float(np.sum(g * g))                                                      # (4)
-    return math.sqrt(total)                                                                # (4)
+        g = xp.asarray(grads[name])
+        g = _as(xp, g, _accumulation_dtype(xp, g))
+        total = total + xp.sum(g * g)                                                      # (4)
+    return xp.sqrt(xp.asarray(total))                                                      # (4)
 
 
-def clip_by_global_norm(grads: dict, names, max_norm: float) -> tuple[dict, float]:
+def _scale_to(grads: dict, names, max_norm: float, norm) -> dict:
+    """(5) without a branch: g_i · c / max(‖g‖, c), a factor of exactly 1 when ‖g‖ ≤ c (no value is read)."""
+    xp, c = namespace(norm), float(max_norm)                        # c: a host number (the config's threshold)
+    factor = c / xp.clip(norm, c, None)                                                    # (5) c / max(‖g‖, c)
+    return {name: grads[name] * _as(xp, factor, grads[name].dtype) for name in names}     # (5)
+
+
+def clip_by_global_norm(grads: dict, names, max_norm: float) -> tuple[dict, object]:
     """Scale ``grads[name]`` for ``name`` in ``names`` so that their global norm is at most ``max_norm`` (eq. 5).
 
-    Returns (a new dict holding only ``names``, the norm before clipping). Below the threshold the arrays are the
-    caller's own (not copied; nothing here writes into them). The inputs are never modified.
+    Returns (a new dict holding only ``names``, the norm before clipping as a 0-d array). Below the threshold the
+    arrays are multiplied by exactly 1 (their values unchanged). The inputs are never modified.
     """
     if not max_norm > 0:
         raise UnsupportedError(f"max_norm={max_norm!r} is not allowed: it must be > 0")
     names = list(names)
     norm = global_norm(grads, names)                                                       # (4)
-    if norm <= max_norm:
-        return {name: grads[name] for name in names}, norm
-    scale = max_norm / norm                                                                # (5)
-    return {name: grads[name] * scale for name in names}, norm                             # (5)
+    return _scale_to(grads, names, max_norm, norm), norm                                   # (5)
 
 
-def _check_params(params: dict) -> None:
+def _is_real_floating(xp, dtype) -> bool:
+    if is_numpy(xp):
+        return np.issubdtype(dtype, np.floating)
+    return dtype == xp.float32 or dtype == xp.float64
+
+
+def _check_params(params: dict):
+    """The parameters' namespace, after checking that every parameter is a real floating array of it."""
+    xp = namespace(*params.values())
     for name, p in params.items():
-        if not np.issubdtype(np.asarray(p).dtype, np.floating):
-            raise DTypeError(f"parameter {name!r} has dtype {np.asarray(p).dtype}; the optimizers take real "
+        dtype = xp.asarray(p).dtype
+        if not _is_real_floating(xp, dtype):
+            raise DTypeError(f"parameter {name!r} has dtype {dtype}; the optimizers take real "
                              "floating-point parameters (float32 or float64)")
+    return xp
 
 
 def _state_keys(name: str, config: OptimConfig) -> tuple[str, ...]:
@@ -229,25 +273,28 @@ def _state_keys(name: str, config: OptimConfig) -> tuple[str, ...]:
 
 
 def init_state(params: dict, config: OptimConfig) -> dict:
-    """A flat dict of arrays (saveable with np.savez): ``step`` (0-d int64) and, per parameter, ``m/<name>`` and
-    ``v/<name>`` (adam, adamw) or ``momentum/<name>`` (sgd with momentum > 0), zeros of the parameter's shape and dtype."""
-    _check_params(params)
-    state = {"step": np.array(0, dtype=np.int64)}
+    """A flat dict of arrays (saveable with np.savez): ``step`` (0-d NumPy int64) and, per parameter, ``m/<name>`` and
+    ``v/<name>`` (adam, adamw) or ``momentum/<name>`` (sgd with momentum > 0), zeros of the parameter's shape and dtype
+    in the parameters' namespace."""
+    xp = _check_params(params)
+    state = {"step": np.array(0, dtype=np.int64)}                                 # a host counter in every namespace
     for name, p in params.items():
         for key in _state_keys(name, config):
-            state[key] = np.zeros_like(p)
+            state[key] = xp.zeros_like(xp.asarray(p))
     return state
 
 
-def _gradient(grads: dict, name: str, p: np.ndarray) -> np.ndarray:
+def _gradient(xp, grads: dict, name: str, p):
     if name not in grads:
         raise UnsupportedError(f"no gradient for parameter {name!r}; the gradients must hold every parameter name "
                                "(pass zeros for a parameter that gets no gradient)")
-    g = np.asarray(grads[name])
-    if g.shape != p.shape:
-        raise ShapeError(f"gradient of {name!r} has shape {g.shape}, the parameter has shape {p.shape}; "
-                         "they must be equal")
-    return g.astype(p.dtype, copy=False)
+    g = grads[name]
+    if not hasattr(g, "shape"):
+        g = xp.asarray(g)                                         # a Python number or list (host values)
+    if tuple(g.shape) != tuple(p.shape):
+        raise ShapeError(f"gradient of {name!r} has shape {tuple(g.shape)}, the parameter has shape "
+                         f"{tuple(p.shape)}; they must be equal")
+    return _as(xp, g, p.dtype)
 
 
 def step(params: dict, grads: dict, state: dict, config: OptimConfig):
@@ -255,30 +302,33 @@ def step(params: dict, grads: dict, state: dict, config: OptimConfig):
     adam/adamw (9–14).
 
     Args:
-        params: {name: array} — every parameter, real float32/float64.
-        grads:  {name: array of the parameter's shape} — must hold every parameter; extra keys are ignored.
+        params: {name: array} — every parameter, real float32/float64, all in one namespace.
+        grads:  {name: array of the parameter's shape, in its namespace} — must hold every parameter; extra keys are
+                ignored.
         state:  from ``init_state`` (or a previous ``step``, or np.load of a saved state) for the same params/config.
         config: OptimConfig.
     Returns:
-        (new_params, new_state, info) with info = {"lr": η_s (base rate used), "grad_norm": ‖g‖ before clipping,
-        "clipped": whether (5) scaled the gradients}.
+        (new_params, new_state, info) with info = {"lr": η_s (base rate used, a Python float), "grad_norm": ‖g‖
+        before clipping (a 0-d array of the namespace), "clipped": whether (5) scaled the gradients (a 0-d bool
+        array; False when clipping is off)}.
     Raises:
-        NumericalError if the gradient norm is not finite (nothing is updated).
+        NumericalError if the gradient norm is not finite (nothing is updated) — NumPy arrays only; see the NOTE.
     """
-    _check_params(params)
+    xp = _check_params(params)
     names = list(params)
-    g_all = {name: _gradient(grads, name, params[name]) for name in names}
+    g_all = {name: _gradient(xp, grads, name, params[name]) for name in names}
     for key in ("step",) + tuple(k for name in names for k in _state_keys(name, config)):
         if key not in state:
             raise UnsupportedError(f"optimizer state has no entry {key!r}: it was made for other parameters or "
                                    f"another optimizer than {config.name!r}; build it with init_state(params, config)")
     norm = global_norm(g_all, names)                                                       # (4)
-    if not math.isfinite(norm):
+    if is_numpy(xp) and not math.isfinite(norm):          # a host value; a device's norm is not read (see the NOTE)
         raise NumericalError(f"the gradient norm is {norm} (a NaN or inf in the gradients); the update was not "
                              "applied — lower the learning rate, clip harder, or check the inputs")
-    clipped = bool(config.clip_norm) and norm > config.clip_norm
-    if clipped:
-        g_all, _ = clip_by_global_norm(g_all, names, config.clip_norm)                     # (5)
+    clipped = False
+    if config.clip_norm:
+        clipped = norm > config.clip_norm                                                  # a 0-d bool array
+        g_all = _scale_to(g_all, names, config.clip_norm, norm)                            # (5)
 
     s = int(state["step"])
     k = s + 1
@@ -305,6 +355,6 @@ def step(params: dict, grads: dict, state: dict, config: OptimConfig):
         v = config.beta2 * state[f"v/{name}"] + (1.0 - config.beta2) * (g * g)             # (12)
         m_hat = m / (1.0 - config.beta1 ** k)                                              # (13)
         v_hat = v / (1.0 - config.beta2 ** k)                                              # (13)
-        new_params[name] = p - lr_i * m_hat / (np.sqrt(v_hat) + config.eps)                # (14)
+        new_params[name] = p - lr_i * m_hat / (xp.sqrt(v_hat) + config.eps)                # (14)
         new_state[f"m/{name}"], new_state[f"v/{name}"] = m, v
     return new_params, new_state, {"lr": lr, "grad_norm": norm, "clipped": clipped}
