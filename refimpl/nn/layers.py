@@ -544,7 +544,8 @@ def pool_forward(pooling: str, y: np.ndarray, mask: np.ndarray | None = None):
         return y, PoolCache(pooling, y.shape, None, None)                     # (32)
     if pooling == "cumulative_mean":
         # S_t = Σ_{s≤t} y_s by doubling, in ⌈log₂ T⌉ array steps rather than T: before the step with shift k,
-        # S_t = Σ_{t−k<s≤t} y_s; adding S_{t−k} (zero for t < k) doubles the window to 2k, until it holds every s ≤ t.
+        # S_t = Σ_{t−k<s≤t} y_s; adding S_{t−k} (zero for t < k) doubles the window to 2k, until it holds
+        # every s ≤ t.
         S, k = y, 1
         while k < T:
             S = S + xp.concat([xp.zeros((k, B, D), dtype=y.dtype), S[:T - k, ...]], axis=0)
