@@ -103,6 +103,11 @@ not of the loss it reports; tests/nn/test_model.py checks exactly that. `none` a
 weights the per-step loss instead); `last` and `mean` use it (their pooled output has no time axis left to mask).
 
 Nothing here mutates its arguments; float32 inputs give float32 outputs (constants are Python floats).
+
+The array code is written once against the array API standard (refimpl/arrays.py, DESIGN.md §6): each function takes
+its namespace from its arguments, ``xp = namespace(x, ...)``, and uses only the vocabulary listed there, so the same
+functions run on NumPy arrays (the reference), CuPy arrays and MLX arrays. The init functions (``*_init``, with a NumPy
+rng) create the parameters on the host; they are moved to a device once.
 """
 
 from __future__ import annotations
@@ -112,7 +117,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cells.common import sigmoid  # σ(x), eq. (12), in the overflow-free form ½(1 + tanh(x/2))
+from ..arrays import namespace
 from ..errors import UnknownNameError, UnsupportedError
 
 GELU_C = math.sqrt(2.0 / math.pi)   # c in (10)
@@ -130,12 +135,22 @@ FFNS = ("mlp", "glu")
 
 def _sum_leading(a: np.ndarray) -> np.ndarray:
     """Σ over every axis but the last: (..., k) → (k)."""
-    return a.reshape(-1, a.shape[-1]).sum(0)
+    xp = namespace(a)
+    return xp.sum(xp.reshape(a, (-1, a.shape[-1])), axis=0)
 
 
 def _outer_leading(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Σ_… a ⊗ b: (..., m), (..., n) → (m, n)."""
-    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+    """Σ_… a ⊗ b: (..., m), (..., n) → (m, n), as one matrix product (rows = every leading index)."""
+    xp = namespace(a, b)
+    return xp.matrix_transpose(xp.reshape(a, (-1, a.shape[-1]))) @ xp.reshape(b, (-1, b.shape[-1]))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """σ(x) of (12), overflow-free: with e = e^{−|x|} ≤ 1, σ(x) = 1/(1 + e) for x ≥ 0 and e/(1 + e) for x < 0
+    (e^{x}/(1 + e^{x}) there), so exp never sees a large positive argument."""
+    xp = namespace(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))                 # (12)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,7 +173,8 @@ def linear_init(n_in: int, n_out: int, rng: np.random.Generator, dtype) -> dict:
 
 def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray):
     """x (..., in), weight (out, in), bias (out) → out (..., out), LinearCache."""
-    out = x @ weight.T + bias                                               # (1)  (..., out)
+    xp = namespace(x, weight, bias)
+    out = x @ xp.matrix_transpose(weight) + bias                            # (1)  (..., out)
     return out, LinearCache(x=x, weight=weight)
 
 
@@ -189,9 +205,10 @@ def layer_norm_init(d: int, dtype) -> dict:
 
 def layer_norm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = LAYER_NORM_EPS):
     """x (..., d), weight (d), bias (d) → out (..., d), LayerNormCache."""
-    mu = x.mean(-1, keepdims=True)                                          # (4)  (..., 1)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)                           # (4)  (..., 1)
-    rstd = 1.0 / np.sqrt(var + eps)                                         # (4)  (..., 1)
+    xp = namespace(x, weight, bias)
+    mu = xp.mean(x, axis=-1, keepdims=True)                                 # (4)  (..., 1)
+    var = xp.mean((x - mu) ** 2, axis=-1, keepdims=True)                    # (4)  (..., 1)
+    rstd = 1.0 / xp.sqrt(var + eps)                                         # (4)  (..., 1)
     xhat = (x - mu) * rstd                                                  # (5)  (..., d)
     out = weight * xhat + bias                                              # (6)
     return out, LayerNormCache(xhat=xhat, rstd=rstd, weight=weight)
@@ -201,9 +218,10 @@ def layer_norm_backward(dout: np.ndarray, cache: LayerNormCache) -> dict:
     """dout (..., d) → {"weight": (d), "bias": (d), "x": (..., d)}."""
     dweight = _sum_leading(dout * cache.xhat)                               # (7)
     dbias = _sum_leading(dout)                                              # (7)
+    xp = namespace(dout, cache.xhat)
     dxhat = dout * cache.weight                                             # (8)  (..., d)
-    dx = cache.rstd * (dxhat - dxhat.mean(-1, keepdims=True)                # (9)
-                       - cache.xhat * (dxhat * cache.xhat).mean(-1, keepdims=True))
+    dx = cache.rstd * (dxhat - xp.mean(dxhat, axis=-1, keepdims=True)       # (9)
+                       - cache.xhat * xp.mean(dxhat * cache.xhat, axis=-1, keepdims=True))
     return {"weight": dweight, "bias": dbias, "x": dx}
 
 
@@ -221,9 +239,10 @@ class BatchNormCache(NamedTuple):
 def batch_norm_forward(a: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = BATCH_NORM_EPS):
     """Training mode, batch statistics. a (B, n), weight γ (n), bias β (n) → out (B, n), BatchNormCache (whose
     mean and var are the batch statistics μ, σ² that batch_norm_running folds into the running averages)."""
-    mu = a.mean(0)                                                          # (BN1)  (n)
-    var = ((a - mu) ** 2).mean(0)                                           # (BN1)  (n)
-    rstd = 1.0 / np.sqrt(var + eps)                                         # (BN1)  (n)
+    xp = namespace(a, weight, bias)
+    mu = xp.mean(a, axis=0)                                                 # (BN1)  (n)
+    var = xp.mean((a - mu) ** 2, axis=0)                                    # (BN1)  (n)
+    rstd = 1.0 / xp.sqrt(var + eps)                                         # (BN1)  (n)
     ahat = (a - mu) * rstd                                                  # (BN2)  (B, n)
     out = weight * ahat + bias                                              # (BN2)
     return out, BatchNormCache(ahat=ahat, rstd=rstd, weight=weight, mean=mu, var=var)
@@ -231,7 +250,8 @@ def batch_norm_forward(a: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps:
 
 def batch_norm_eval(a: np.ndarray, weight, bias, running_mean, running_var, eps: float = BATCH_NORM_EPS) -> np.ndarray:
     """Evaluation mode: the running averages μ̄, σ̄² (n) in place of the batch statistics. a (B, n) → out (B, n)."""
-    return weight * (a - running_mean) / np.sqrt(running_var + eps) + bias   # (BN3)
+    xp = namespace(a, weight, bias, running_mean, running_var)
+    return weight * (a - running_mean) / xp.sqrt(running_var + eps) + bias   # (BN3)
 
 
 def batch_norm_running(running_mean: np.ndarray, running_var: np.ndarray, cache: BatchNormCache, batch: int,
@@ -246,10 +266,12 @@ def batch_norm_running(running_mean: np.ndarray, running_var: np.ndarray, cache:
 
 def batch_norm_backward(dout: np.ndarray, cache: BatchNormCache) -> dict:
     """dout (B, n) → {"weight": γ̄ (n), "bias": β̄ (n), "x": ā (B, n)}."""
-    dweight = (dout * cache.ahat).sum(0)                                    # (BN5)
-    dbias = dout.sum(0)                                                     # (BN5)
+    xp = namespace(dout, cache.ahat)
+    dweight = xp.sum(dout * cache.ahat, axis=0)                             # (BN5)
+    dbias = xp.sum(dout, axis=0)                                            # (BN5)
     dahat = dout * cache.weight                                             # (BN5)  (B, n)
-    da = cache.rstd * (dahat - dahat.mean(0) - cache.ahat * (dahat * cache.ahat).mean(0))   # (BN6)
+    da = cache.rstd * (dahat - xp.mean(dahat, axis=0)                       # (BN6)
+                       - cache.ahat * xp.mean(dahat * cache.ahat, axis=0))
     return {"weight": dweight, "bias": dbias, "x": da}
 
 
@@ -263,7 +285,8 @@ class GELUCache(NamedTuple):
 
 def gelu_forward(x: np.ndarray):
     """GELU, tanh approximation. x (...) → g (...), GELUCache."""
-    tanh_u = np.tanh(GELU_C * (x + GELU_KAPPA * x ** 3))                    # (10)
+    xp = namespace(x)
+    tanh_u = xp.tanh(GELU_C * (x + GELU_KAPPA * x ** 3))                    # (10)
     g = 0.5 * x * (1.0 + tanh_u)                                            # (10)
     return g, GELUCache(x=x, tanh_u=tanh_u)
 
@@ -300,28 +323,31 @@ class ActivationCache(NamedTuple):
 
 def activation_forward(z: np.ndarray, name: str):
     """φ(z) for φ one of ACTIVATIONS. z (...) → g (...), ActivationCache."""
+    xp = namespace(z)
     if name == "tanh":
-        g = np.tanh(z)                                                      # (ACT1)
+        g = xp.tanh(z)                                                      # (ACT1)
     elif name == "relu":
-        g = np.maximum(z, 0.0)                                              # (ACT1)
+        g = xp.maximum(z, xp.zeros_like(z))                                 # (ACT1)
     elif name == "leaky-relu":
-        g = np.where(z > 0, z, LEAKY_SLOPE * z)                             # (ACT1)
+        g = xp.where(z > 0, z, LEAKY_SLOPE * z)                             # (ACT1)
     elif name == "swish":
         g = z * sigmoid(z)                                                  # (ACT1)
     else:
         raise UnknownNameError("activation", name, ACTIVATIONS)
-    return g.astype(z.dtype, copy=False), ActivationCache(z=z, g=g, name=name)
+    return g, ActivationCache(z=z, g=g, name=name)
 
 
 def activation_backward(dg: np.ndarray, cache: ActivationCache) -> np.ndarray:
     """dg = ḡ (...) → z̄ = ḡ ⊙ φ'(z) (...)."""
     z, g = cache.z, cache.g
+    xp = namespace(dg, z)
     if cache.name == "tanh":
         d = 1.0 - g * g                                                     # (ACT2)
     elif cache.name == "relu":
-        d = (z > 0).astype(z.dtype)                                         # (ACT2)
+        d = xp.astype(z > 0, z.dtype)                                       # (ACT2)
     elif cache.name == "leaky-relu":
-        d = np.where(z > 0, 1.0, LEAKY_SLOPE).astype(z.dtype)               # (ACT2)
+        one = xp.ones_like(z)
+        d = xp.where(z > 0, one, LEAKY_SLOPE * one)                         # (ACT2)
     else:
         s = sigmoid(z)
         d = s * (1.0 + z * (1.0 - s))                                       # (ACT2) swish
@@ -431,19 +457,28 @@ def lru_output_init(d: int, n_state: int, rng: np.random.Generator, dtype) -> di
             "D": rng.standard_normal(d).astype(dtype)}
 
 
+def _complex_dtype(xp, real_dtype):
+    """The complex dtype of a real one: float32 → complex64, float64 → complex128."""
+    return xp.complex64 if real_dtype == xp.float32 else xp.complex128
+
+
 def lru_output_forward(params: dict, h: np.ndarray, a: np.ndarray):
     """y = Re(C h) + D ⊙ a. params {C_re (d, N), C_im (d, N), D (d)}; h complex (..., N), a real (..., d)
     → y real (..., d), LRUOutputCache."""
-    C = params["C_re"] + 1j * params["C_im"]                                  # (28)  (d, N) complex
-    y = np.real(h @ C.T) + params["D"] * a                                    # (28)  (..., d)
+    xp = namespace(h, a, params["C_re"], params["C_im"], params["D"])
+    cdtype = _complex_dtype(xp, params["C_re"].dtype)
+    C = xp.astype(params["C_re"], cdtype) + 1j * xp.astype(params["C_im"], cdtype)   # (28)  (d, N) complex
+    y = xp.real(h @ xp.matrix_transpose(C)) + params["D"] * a                 # (28)  (..., d)
     return y, LRUOutputCache(h=h, a=a, C=C, D=params["D"])
 
 
 def lru_output_backward(dy: np.ndarray, cache: LRUOutputCache) -> dict:
     """dy (..., d) real → {"C_re", "C_im" (d, N), "D" (d), "h": h̄ complex (..., N), "x": ā (..., d)}."""
-    dh = dy @ np.conj(cache.C)                                                # (29)  (..., N) complex
-    dC = _outer_leading(dy, np.conj(cache.h))                                 # (30)  (d, N) complex
-    return {"C_re": np.real(dC), "C_im": np.imag(dC),                         # (30)
+    xp = namespace(dy, cache.h, cache.C)
+    dyc = xp.astype(dy, cache.C.dtype)                                        # ȳ as complex, for the products
+    dh = dyc @ xp.conj(cache.C)                                               # (29)  (..., N) complex
+    dC = _outer_leading(dyc, xp.conj(cache.h))                                # (30)  (d, N) complex
+    return {"C_re": xp.real(dC), "C_im": xp.imag(dC),                         # (30)
             "D": _sum_leading(dy * cache.a),                                  # (31)
             "h": dh, "x": dy * cache.D}                                       # (29), (31)
 
@@ -458,12 +493,36 @@ class PoolCache(NamedTuple):
     weights: np.ndarray | None   # mean: w_tb (T, B) of (34)
 
 
-def _mask_2d(mask, T: int, B: int, dtype) -> np.ndarray:
-    """mask (T, B) or (T,) (or None = all ones) → (T, B) array of the real dtype."""
+def _mask_2d(xp, mask, T: int, B: int, dtype) -> np.ndarray:
+    """mask (T, B) or (T,) (or None = all ones) → (T, B) array of the real dtype, in the namespace xp."""
     if mask is None:
-        return np.ones((T, B), dtype=dtype)
-    m = np.asarray(mask).astype(dtype)
-    return np.broadcast_to(m.reshape(T, -1), (T, B))
+        return xp.full((T, B), 1.0, dtype=dtype)
+    m = xp.astype(xp.asarray(mask), dtype)
+    return xp.broadcast_to(xp.reshape(m, (T, -1)), (T, B))
+
+
+def _check_host_mask(pooling: str, mask, T: int, B: int) -> None:
+    """'last' and 'mean' need at least one valid step (and, for 'mean', a nonzero total weight) in every sequence.
+    Checked when the mask is host data (a NumPy array or a list), where it is free; a mask already on a device is
+    taken as given (checking it would copy it back to the host at every step): there an empty sequence gives a zero
+    ('last') or a NaN ('mean') row."""
+    if mask is None or not isinstance(mask, (np.ndarray, list, tuple)):
+        return
+    m = np.broadcast_to(np.asarray(mask, dtype=np.float64).reshape(T, -1), (T, B))
+    empty = np.flatnonzero(~np.any(m != 0, axis=0))
+    if empty.size:
+        raise UnsupportedError(f"pooling {pooling!r}: the mask has no nonzero step for sequence(s) "
+                               f"{empty.tolist()}; every sequence needs at least one valid step (mask ≠ 0)")
+    total = m.sum(0)
+    if pooling == "mean" and np.any(total == 0):
+        raise UnsupportedError(f"pooling 'mean': the mask sums to zero for sequence(s) "
+                               f"{np.flatnonzero(total == 0).tolist()}; use nonnegative mask weights")
+
+
+def _is_last_step(xp, tau: np.ndarray, T: int) -> np.ndarray:
+    """The one-hot selection [t = τ_b] of (33), boolean (T, B, 1)."""
+    steps = xp.reshape(xp.arange(T), (T, 1))                                  # t  (T, 1)
+    return xp.expand_dims(steps == xp.reshape(tau, (1, -1)), axis=-1)
 
 
 def _check_pool_name(pooling: str) -> None:
@@ -475,44 +534,48 @@ def pool_forward(pooling: str, y: np.ndarray, mask: np.ndarray | None = None):
     """Pool y (T, B, D) over time. mask (T, B) or (T,) or None; used by 'last' and 'mean' only.
 
     Returns: p ((T, B, D) for none / cumulative_mean, (B, D) for last / mean), PoolCache.
-    Raises UnsupportedError if 'last' / 'mean' get a sequence with no valid step (mask all zero).
+    Raises UnsupportedError if 'last' / 'mean' get a sequence with no valid step (mask all zero) — checked for a
+    host mask (NumPy array or list), see _check_host_mask.
     """
     _check_pool_name(pooling)
-    T, B, _ = y.shape
+    xp = namespace(y)
+    T, B, D = y.shape
     if pooling == "none":
         return y, PoolCache(pooling, y.shape, None, None)                     # (32)
     if pooling == "cumulative_mean":
-        counts = np.arange(1, T + 1, dtype=y.dtype).reshape(T, 1, 1)          # t + 1
-        p = np.cumsum(y, axis=0) / counts                                     # (35)  (T, B, D)
+        # S_t = Σ_{s≤t} y_s by doubling, in ⌈log₂ T⌉ array steps rather than T: before the step with shift k,
+        # S_t = Σ_{t−k<s≤t} y_s; adding S_{t−k} (zero for t < k) doubles the window to 2k, until it holds
+        # every s ≤ t.
+        S, k = y, 1
+        while k < T:
+            S = S + xp.concat([xp.zeros((k, B, D), dtype=y.dtype), S[:T - k, ...]], axis=0)
+            k *= 2
+        counts = xp.reshape(xp.arange(1, T + 1, dtype=y.dtype), (T, 1, 1))   # t + 1
+        p = S / counts                                                        # (35)  (T, B, D)
         return p, PoolCache(pooling, y.shape, None, None)
-    m = _mask_2d(mask, T, B, y.dtype)
-    empty = np.flatnonzero(~np.any(m != 0, axis=0))
-    if empty.size:
-        raise UnsupportedError(f"pooling {pooling!r}: the mask has no nonzero step for sequence(s) "
-                               f"{empty.tolist()}; every sequence needs at least one valid step (mask ≠ 0)")
+    _check_host_mask(pooling, mask, T, B)
+    m = _mask_2d(xp, mask, T, B, y.dtype)
     if pooling == "last":
-        tau = T - 1 - np.argmax(m[::-1] != 0, axis=0)                         # (33)  (B,) last nonzero step
-        p = y[tau, np.arange(B)]                                              # (33)  (B, D)
+        steps = xp.reshape(xp.arange(T), (T, 1))                              # t  (T, 1)
+        tau = xp.max(xp.where(m != 0, steps, -xp.ones_like(steps)), axis=0)   # (33)  (B,) last nonzero step
+        p = xp.sum(xp.where(_is_last_step(xp, tau, T), y, xp.zeros_like(y)), axis=0)   # (33)  (B, D) = y_{τ_b, b}
         return p, PoolCache(pooling, y.shape, tau, None)
-    total = m.sum(0)                                                          # (B,)
-    if np.any(total == 0):
-        raise UnsupportedError(f"pooling 'mean': the mask sums to zero for sequence(s) "
-                               f"{np.flatnonzero(total == 0).tolist()}; use nonnegative mask weights")
+    total = xp.sum(m, axis=0)                                                 # (B,)
     w = m / total                                                             # (34)  (T, B)
-    p = np.einsum("tb,tbd->bd", w, y)                                         # (34)  (B, D)
+    p = xp.sum(xp.reshape(w, (T, B, 1)) * y, axis=0)                          # (34)  (B, D)
     return p, PoolCache(pooling, y.shape, None, w)
 
 
 def pool_backward(dout: np.ndarray, cache: PoolCache) -> np.ndarray:
     """dout (shape of p) → ȳ (T, B, D). For cumulative_mean this is the straight-through identity (36), NOT the
     true gradient (37) — see the module NOTE."""
+    xp = namespace(dout)
     T, B, D = cache.shape
     if cache.pooling == "none":
-        return dout.copy()                                                    # (32)
+        return xp.astype(dout, dout.dtype)                                    # (32)  (a copy)
     if cache.pooling == "cumulative_mean":
-        return dout.copy()                                                    # (36) straight-through
+        return xp.astype(dout, dout.dtype)                                    # (36) straight-through (a copy)
     if cache.pooling == "last":
-        dy = np.zeros((T, B, D), dtype=dout.dtype)
-        dy[cache.index, np.arange(B)] = dout                                  # (33)
-        return dy
-    return cache.weights[:, :, None] * dout[None]                             # (34)  (T, B, D)
+        return xp.where(_is_last_step(xp, cache.index, T),                    # (33)  (T, B, D)
+                        xp.reshape(dout, (1, B, D)), xp.zeros((T, B, D), dtype=dout.dtype))
+    return xp.reshape(cache.weights, (T, B, 1)) * xp.reshape(dout, (1, B, D))   # (34)  (T, B, D)
