@@ -13,7 +13,7 @@ The vocabulary the array code may use (what every namespace here provides; nothi
     creation        asarray(a, dtype=), zeros(shape, dtype=), zeros_like, ones_like, full(shape, v, dtype=), arange
     elementwise     + − * / ** @ and comparisons; abs, exp, log, log1p, sqrt, tanh, sign, maximum, minimum, where,
                     real, imag, conj, isfinite, square, clip(x, lo, hi)
-    reductions      sum, mean, max, min, all, any, argmax   (axis=, keepdims=)
+    reductions      sum, mean, max, min, all, any, argmax   (axis=, keepdims=); cumulative_sum(x, axis=)
     linear algebra  matmul, matrix_transpose, tensordot(a, b, axes=)
     manipulation    reshape, concat, stack, expand_dims, broadcast_to, permute_dims, take_along_axis(x, i, axis=)
     dtypes          astype(x, dtype), x.dtype, x.shape, x.ndim; the dtype objects xp.float32, float64, complex64,

@@ -40,7 +40,7 @@ import numpy as np
 
 import mlx.core as mx
 
-from refimpl.errors import DTypeError
+from refimpl.errors import DTypeError, UnsupportedError
 
 _PYTHON_SCALARS = (bool, int, float, complex)
 
@@ -224,6 +224,12 @@ class MLXNamespace:
     @staticmethod
     def sum(x, /, *, axis=None, keepdims: bool = False):
         return mx.sum(_in(x), axis=_axis(axis), keepdims=keepdims)
+
+    @staticmethod
+    def cumulative_sum(x, /, *, axis=None, dtype=None, include_initial: bool = False):
+        if dtype is not None or include_initial:
+            raise UnsupportedError("the MLX adapter's cumulative_sum takes x and axis only")
+        return mx.cumsum(_in(x), axis=_axis(axis))
 
     @staticmethod
     def mean(x, /, *, axis=None, keepdims: bool = False):

@@ -543,13 +543,7 @@ def pool_forward(pooling: str, y: np.ndarray, mask: np.ndarray | None = None):
     if pooling == "none":
         return y, PoolCache(pooling, y.shape, None, None)                     # (32)
     if pooling == "cumulative_mean":
-        # S_t = Σ_{s≤t} y_s by doubling, in ⌈log₂ T⌉ array steps rather than T: before the step with shift k,
-        # S_t = Σ_{t−k<s≤t} y_s; adding S_{t−k} (zero for t < k) doubles the window to 2k, until it holds
-        # every s ≤ t.
-        S, k = y, 1
-        while k < T:
-            S = S + xp.concat([xp.zeros((k, B, D), dtype=y.dtype), S[:T - k, ...]], axis=0)
-            k *= 2
+        S = xp.cumulative_sum(y, axis=0)                                      # S_t = Σ_{s≤t} y_s
         counts = xp.reshape(xp.arange(1, T + 1, dtype=y.dtype), (T, 1, 1))   # t + 1
         p = S / counts                                                        # (35)  (T, B, D)
         return p, PoolCache(pooling, y.shape, None, None)

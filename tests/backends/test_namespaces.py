@@ -188,6 +188,7 @@ CASES = {
     # reductions
     "sum": lambda xp, d, dt: xp.sum(d["a"]),
     "sum(axis)": lambda xp, d, dt: xp.sum(d["a"], axis=1),
+    "cumulative_sum": lambda xp, d, dt: xp.cumulative_sum(d["a"], axis=0),
     "sum(axis tuple, keepdims)": lambda xp, d, dt: xp.sum(d["a"], axis=(0, 2), keepdims=True),
     "mean": lambda xp, d, dt: xp.mean(d["a"], axis=-1),
     "mean(axis tuple)": lambda xp, d, dt: xp.mean(d["a"], axis=(0, 1)),
