@@ -1,0 +1,95 @@
+"""The whole training step in a backend's arrays: forward, loss, BPTT and the optimizer update, nothing on the host.
+
+Only the recurrent loops are kernels (DESIGN.md §6); the rest of a step — the layers, the loss, the optimizer — is the
+array code of refimpl/nn/layers.py, refimpl/nn/losses.py and refimpl/optim.py, written once against the array API
+(refimpl/arrays.py). Given a backend's arrays it runs in them: on `numpy` and `numba` in NumPy arrays (numba's cell
+kernels are njit loops over NumPy arrays), on `mlx` in mx.arrays (the adapter backends/mlx/xp.py), on `cupy` in
+cupy arrays. A step is
+
+    ŷ, cache = model.forward(params, x)          the cells by the backend's raw kernels (registry.cell_kernels(device=True))
+    L, ∂L/∂ŷ = loss_forward(loss, ŷ, y, mask)    losses.py (38)–(45)
+    g = model.backward(params, ∂L/∂ŷ, cache)     BPTT, model.py (54)–(61)
+    params', state' = optim.step(params, g, state, opt)           optim.py (1)–(14)
+    finite = isfinite(‖g‖) ∧ isfinite(L)         a 0-d array of the backend: the update is applied only where finite
+                                                 (xp.where), so a blow-up never turns into NaN weights
+
+and everything in it — parameters, activations, gradients, the optimizer's moments — stays in the backend's arrays.
+The only host values are the optimizer's step counter and learning rate (Python numbers, optim.py). Arrays cross to the
+host only when the caller asks: `report` (the loss and the finite flag, once per logged step: it raises NumericalError
+for a skipped, non-finite step) and `to_host` (checkpoints). The crossings are counted by the backend
+(registry.Backend.crossings; tests/training/test_device_step.py: zero inside a step).
+
+    step = DeviceStep(model, opt, backend, loss)
+    params, state = step.init(params_np)          host → device, once
+    x, y = step.to_device(x_np), step.to_device(y_np)
+    params, state, L, finite = step(params, state, x, y[, mask])
+    value = step.report(L, finite)                device → host: a float, or NumericalError
+    params_np = step.to_host(params)
+
+On `numpy` this is exactly the reference: the same functions, `optim.step` raising NumericalError on a non-finite
+gradient norm before any update.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import optim
+from ..arrays import is_numpy, namespace
+from ..errors import NumericalError, UnsupportedError
+from ..nn.losses import loss_forward
+from ..nn.model import backward, forward
+from ..registry import cell_kernels, load_backend, to_device, to_host
+
+
+class DeviceStep:
+    """One BPTT training step of `model` with the optimizer `opt` on `backend`, in the backend's arrays (module doc)."""
+
+    def __init__(self, model, opt: optim.OptimConfig, backend: str = "numpy", loss: str = "mse"):
+        self.model, self.opt, self.loss, self.backend = model, opt, loss, backend
+        b = load_backend(backend)
+        if not b.available:
+            raise UnsupportedError(f"backend {backend!r} is not available on this machine: {b.reason}; use backend "
+                                   f"'numpy' or see `python -m refimpl.run backends`")
+        self.kernels = cell_kernels(model.cell, backend, model.dtype.name, device=True)
+
+    # ---------------------------------------------------------------------------------------------- the boundary
+    def to_device(self, tree):
+        """Host arrays (a tree) → the backend's arrays (counted crossings; NumPy and numba: unchanged)."""
+        return to_device(self.backend, tree)
+
+    def to_host(self, tree):
+        """The backend's arrays (a tree) → NumPy (counted crossings), for checkpoints and evaluation."""
+        return to_host(self.backend, tree)
+
+    def init(self, params: dict):
+        """(parameters, optimizer state) on the device from host parameters; the state's step counter stays a host
+        integer (the learning-rate schedule is host arithmetic)."""
+        state = optim.init_state(params, self.opt)
+        moments = {k: v for k, v in state.items() if k != "step"}
+        return self.to_device(params), {**self.to_device(moments), "step": state["step"]}
+
+    # ---------------------------------------------------------------------------------------------- the step
+    def __call__(self, params: dict, state: dict, x, y, mask=None):
+        """One step → (new params, new state, the loss (0-d), finite (0-d bool)), all in the backend's arrays."""
+        model = self.model
+        out, cache = forward(model, params, x, self.kernels, mask=mask)
+        value, dout = loss_forward(self.loss, out, y, mask if model.per_step else None)          # (38), (39)
+        grads = backward(model, params, dout, cache, self.kernels)                               # (54)–(61)
+        new_params, new_state, info = optim.step(params, grads, state, self.opt)                 # (1)–(14)
+        xp = namespace(value)
+        finite = xp.isfinite(info["grad_norm"]) & xp.isfinite(value)
+        if not is_numpy(xp):        # NumPy's optim.step has already refused a non-finite norm, before any update
+            new_params = {k: xp.where(finite, new_params[k], params[k]) for k in params}
+            new_state = {k: v if k == "step" else xp.where(finite, v, state[k]) for k, v in new_state.items()}
+        return new_params, new_state, value, finite
+
+    def report(self, value, finite) -> float:
+        """The loss as a Python float (two device → host crossings: call it at logging points only); NumericalError
+        when the step was not finite (its update was skipped: the parameters are those before it)."""
+        value_np, finite_np = self.to_host((value, finite))
+        if not bool(np.asarray(finite_np)):
+            raise NumericalError(f"the training step on backend {self.backend!r} was not finite (loss "
+                                 f"{float(np.asarray(value_np))}, or a NaN/inf gradient); its update was skipped — "
+                                 f"lower the learning rate, clip harder (--clip), check the inputs, or use float64")
+        return float(np.asarray(value_np))
