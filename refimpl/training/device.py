@@ -25,6 +25,7 @@ for a skipped, non-finite step) and `to_host` (checkpoints). The crossings are c
     params, state, L, finite = step(params, state, x, y[, mask])
     value = step.report(L, finite)                device → host: a float, or NumericalError
     params_np = step.to_host(params)
+    step.load(params_np, state_np) / step.load_back(params, state)      a checkpoint's (params, state) to and fro
 
 On `numpy` this is exactly the reference: the same functions, `optim.step` raising NumericalError on a non-finite
 gradient norm before any update.
@@ -63,11 +64,19 @@ class DeviceStep:
         return to_host(self.backend, tree)
 
     def init(self, params: dict):
-        """(parameters, optimizer state) on the device from host parameters; the state's step counter stays a host
-        integer (the learning-rate schedule is host arithmetic)."""
-        state = optim.init_state(params, self.opt)
+        """(parameters, optimizer state) on the device from host parameters and a fresh optimizer state."""
+        return self.load(params, optim.init_state(params, self.opt))
+
+    def load(self, params: dict, state: dict):
+        """Host parameters and optimizer state (a fresh one, or a checkpoint's) → the device, once; the state's step
+        counter stays a host integer (the learning-rate schedule is host arithmetic)."""
         moments = {k: v for k, v in state.items() if k != "step"}
         return self.to_device(params), {**self.to_device(moments), "step": state["step"]}
+
+    def load_back(self, params: dict, state: dict):
+        """The device's parameters and optimizer state → NumPy (for evaluation and checkpoints)."""
+        moments = {k: v for k, v in state.items() if k != "step"}
+        return self.to_host(params), {**self.to_host(moments), "step": state["step"]}
 
     # ---------------------------------------------------------------------------------------------- the step
     def __call__(self, params: dict, state: dict, x, y, mask=None):
@@ -77,6 +86,7 @@ class DeviceStep:
         value, dout = loss_forward(self.loss, out, y, mask if model.per_step else None)          # (38), (39)
         grads = backward(model, params, dout, cache, self.kernels)                               # (54)–(61)
         new_params, new_state, info = optim.step(params, grads, state, self.opt)                 # (1)–(14)
+        self.last_norm = info["grad_norm"]                   # ‖g‖ before clipping, on the device (for logging)
         xp = namespace(value)
         finite = xp.isfinite(info["grad_norm"]) & xp.isfinite(value)
         if not is_numpy(xp):        # NumPy's optim.step has already refused a non-finite norm, before any update

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import tracemalloc
+from typing import NamedTuple
 
 import numpy as np
 
@@ -67,6 +68,9 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
     start, params, opt_state, log = begin_run(run, dataclasses.asdict(config), params,
                                               optim.init_state(params, opt), resume)
 
+    on_device = None
+    if problem.device is not None:                  # parameters and optimizer state moved once, kept on the device
+        on_device = OnDevice(*problem.device.load(params, opt_state))
     if track_memory:
         tracemalloc.start()
     t0 = time.perf_counter()
@@ -75,29 +79,37 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
     try:
         for k in range(start, total):
             epoch, idx = batch_at(config.seed, k, steps_per_epoch, task.train.n, config.batch_size)   # (1)
-            try:
-                loss, grads, opt_state, params = problem.grads(params, idx, opt_state)          # (2)
-                trained = {n: params[n] for n in params if n in grads}   # untrained parameters are left alone
-                with np.errstate(all="ignore"):         # a blow-up is detected just below and reported
-                    new, opt_state, info = optim.step(trained, grads, opt_state, opt)            # (3)
-            except NumericalError as e:
-                raise TrainingDiverged.at(k + 1, str(e), run.checkpoint) from None
-            bad = [n for n, v in new.items() if not np.all(np.isfinite(v))]
-            if bad:
-                raise TrainingDiverged.at(k + 1, f"the update made {bad[0]!r} non-finite", run.checkpoint)
-            params = {**params, **new}
             step = k + 1
-            last = {"loss": loss}
-            if step % config.log_every == 0 or step == total:
+            logged = step % config.log_every == 0 or step == total
+            end_of_epoch = step % steps_per_epoch == 0 or step == total
+            saved = end_of_epoch or (config.checkpoint_every and step % config.checkpoint_every == 0)
+            if on_device is not None:                    # (2)–(3) in the backend's arrays (refimpl/training/device.py)
+                on_device = device_step(problem, on_device, idx, k, run, logged=logged, host=end_of_epoch or saved)
+                if on_device.host is not None:
+                    params, opt_state = on_device.host
+                loss, info = on_device.loss, on_device.info
+            else:
+                try:
+                    loss, grads, opt_state, params = problem.grads(params, idx, opt_state)      # (2)
+                    trained = {n: params[n] for n in params if n in grads}   # untrained parameters are left alone
+                    with np.errstate(all="ignore"):         # a blow-up is detected just below and reported
+                        new, opt_state, info = optim.step(trained, grads, opt_state, opt)        # (3)
+                except NumericalError as e:
+                    raise TrainingDiverged.at(k + 1, str(e), run.checkpoint) from None
+                bad = [n for n, v in new.items() if not np.all(np.isfinite(v))]
+                if bad:
+                    raise TrainingDiverged.at(k + 1, f"the update made {bad[0]!r} non-finite", run.checkpoint)
+                params = {**params, **new}
+            last = {"loss": loss} if loss is not None else last
+            if logged:
                 log.write({"split": "train", "step": step, "epoch": epoch, "loss": loss, "lr": info["lr"],
                            "grad_norm": info["grad_norm"], "time_s": time.perf_counter() - t0})
-            end_of_epoch = step % steps_per_epoch == 0 or step == total
             if end_of_epoch:
                 val_loss, val_acc = problem.evaluate(params, task.val)
                 last.update(val_loss=val_loss, val_acc=val_acc)
                 log.write({"split": "val", "step": step, "epoch": epoch, "loss": val_loss, "accuracy": val_acc,
                            "time_s": time.perf_counter() - t0})
-            if end_of_epoch or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            if saved:
                 save_checkpoint(run.checkpoint, step, params, opt_state)
             if bar is not None:
                 bar.update(1, last)
@@ -117,6 +129,32 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
     result = RunResult(str(run.path), total, train_loss, val_loss, val_acc, test_loss, test_acc, elapsed, peak)
     atomic_write_json(run.path / "result.json", dataclasses.asdict(result))
     return result
+
+
+class OnDevice(NamedTuple):
+    """A run's training state in a backend's arrays, and what the last step handed the host (None when nothing)."""
+    params: dict
+    state: dict
+    loss: float | None = None
+    info: dict | None = None
+    host: tuple | None = None           # (params, opt_state) as NumPy, when the step was asked for them
+
+
+def device_step(problem, on: OnDevice, idx, k: int, run, *, logged: bool, host: bool) -> OnDevice:
+    """(2)–(3) as one DeviceStep on the device: the batch crosses to the device; the loss, the gradient norm (for
+    logging) and the parameters (for evaluation and checkpoints) cross back only when asked. A non-finite step
+    is skipped on the device and reported at the next logged step as TrainingDiverged."""
+    step = problem.device
+    x, y, mask = step.to_device(problem.batch(idx))
+    params, state, value, finite = step(on.params, on.state, x, y, mask)
+    loss = info = None
+    if logged or host:
+        try:
+            loss = step.report(value, finite)
+        except NumericalError as e:
+            raise TrainingDiverged.at(k + 1, str(e), run.checkpoint) from None
+        info = {"lr": optim.lr_at(k, step.opt), "grad_norm": float(np.asarray(step.to_host(step.last_norm)))}
+    return OnDevice(params, state, loss, info, step.load_back(params, state) if host else None)
 
 
 def _subset(split, n: int, seed: int):

@@ -52,17 +52,22 @@ from ..nn.losses import loss_forward
 from ..nn.model import check_inputs, forward
 from ..registry import cell_kernels, ep_kernels
 from .config import EP_SETTINGS, TrainConfig
+from .device import DeviceStep
 
 #: The algorithms that train a static task's EP network.
 STATIC_ALGORITHMS = ("ep", "bptt")
 
 
 class Problem(NamedTuple):
-    """What the loop needs, whatever the network (see module doc)."""
+    """What the loop needs, whatever the network (see module doc). `device`: a DeviceStep when the whole step runs in
+    a backend's arrays (bptt on mlx or cupy: refimpl/training/device.py), with `batch(idx) -> (x, y, mask)` on the
+    host; the loop then uses those instead of `grads`."""
     task: object
     params: dict
     grads: Callable
     evaluate: Callable
+    device: DeviceStep | None = None
+    batch: Callable | None = None
 
 
 class Prepared(NamedTuple):
@@ -174,7 +179,27 @@ def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Probl
         else:
             loss, g = one_batch(params, idx)
         return loss, g, opt_state, params
-    return Problem(task, params, grads, lambda params, split: evaluate(task, model, params, split, kernels))
+
+    device = batch = None
+    if on_device(config):
+        device = DeviceStep(model, opt, config.backend, task.loss)
+
+        def batch(idx):
+            return batch_targets(task, model, task.train, idx)
+    return Problem(task, params, grads, lambda params, split: evaluate(task, model, params, split, kernels), device,
+                   batch)
+
+
+#: The backends whose arrays are not NumPy's: there a BPTT run keeps its whole step on the device (DeviceStep).
+DEVICE_BACKENDS = ("mlx", "cupy")
+
+
+def on_device(config: TrainConfig) -> bool:
+    """Whether the run's whole step runs in the backend's arrays: bptt (no micro-batches, no update inside the
+    sequence) on a backend of DEVICE_BACKENDS. The other algorithms run their cells on the backend and the rest on
+    the host (refimpl/algorithms/chunked.py)."""
+    return (config.backend in DEVICE_BACKENDS and config.algorithm == "bptt" and not config.micro_batch
+            and not config.update_every)
 
 
 def build_model(config: TrainConfig, task):

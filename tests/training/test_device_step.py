@@ -177,3 +177,57 @@ def test_cupy_step_through_the_cpu_emulation(cell, tmp_path, monkeypatch):
     assert calls.count("forward") == calls.count("backward") == 2 * model.layers        # the emulated kernels ran
     for k in ref_p:
         assert rel_error(p[k], ref_p[k]) <= 10 * _tolerance("float64"), k
+
+
+# ------------------------------------------------------------------------------------------ the training loop
+
+RUN = dict(task="copy-small", cell="gru", hidden=6, layers=2, norm="layer", ffn="glu", residual=True, encoder=True,
+           d_model=6, batch_size=8, steps=12, log_every=4, lr=1e-2, algorithm="bptt", dtype="float32",
+           checkpoint_every=4)
+
+
+def _train_metrics(path):
+    from refimpl.runs import read_metrics
+    return [(r["split"], r["step"], r["loss"]) for r in read_metrics(path / "metrics.jsonl")]
+
+
+def test_a_bptt_run_on_mlx_trains_on_the_device_and_matches_numpy(tmp_path, monkeypatch):
+    """`train` on mlx takes the device path (DeviceStep every step, the parameters on the device) and logs the
+    reference run's losses (float32, ≤ 1e-4 relative)."""
+    from refimpl.training import device as device_mod
+    from refimpl.training.config import TrainConfig
+    from refimpl.training.loop import train
+    _backend_or_skip("mlx", "gru", "float32")
+    calls, real = [], device_mod.DeviceStep.__call__
+    monkeypatch.setattr(device_mod.DeviceStep, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    train(TrainConfig(**RUN), tmp_path / "numpy")
+    assert calls == []                                                    # numpy: the reference loop
+    train(TrainConfig(**RUN, backend="mlx"), tmp_path / "mlx")
+    assert len(calls) == RUN["steps"]
+    ref, got = _train_metrics(tmp_path / "numpy"), _train_metrics(tmp_path / "mlx")
+    assert [r[:2] for r in got] == [r[:2] for r in ref]
+    assert all(rel_error(g[2], r[2]) <= 1e-4 for g, r in zip(got, ref)), (got, ref)
+
+
+def test_a_killed_run_on_mlx_resumes_to_the_same_metrics(tmp_path, monkeypatch):
+    """Killed after its step-8 checkpoint, resumed from it (parameters and optimizer state back to the device): the
+    metrics of an uninterrupted run."""
+    from refimpl.training import device as device_mod
+    from refimpl.training.config import TrainConfig
+    from refimpl.training.loop import train
+    _backend_or_skip("mlx", "gru", "float32")
+    cfg = TrainConfig(**RUN, backend="mlx")
+    train(cfg, tmp_path / "whole")
+    calls, real = [], device_mod.DeviceStep.__call__
+
+    def dies(self, *a):
+        calls.append(1)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return real(self, *a)
+    monkeypatch.setattr(device_mod.DeviceStep, "__call__", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run")
+    monkeypatch.setattr(device_mod.DeviceStep, "__call__", real)
+    train(cfg, tmp_path / "run", resume=True)
+    assert _train_metrics(tmp_path / "run") == _train_metrics(tmp_path / "whole")
