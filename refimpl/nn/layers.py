@@ -286,7 +286,7 @@ class GELUCache(NamedTuple):
 def gelu_forward(x: np.ndarray):
     """GELU, tanh approximation. x (...) → g (...), GELUCache."""
     xp = namespace(x)
-    tanh_u = xp.tanh(GELU_C * (x + GELU_KAPPA * x ** 3))                    # (10)
+    tanh_u = xp.tanh(GELU_C * (x + GELU_KAPPA * (x * x * x)))              # (10)  (x·x·x: a float power is 25× slower)
     g = 0.5 * x * (1.0 + tanh_u)                                            # (10)
     return g, GELUCache(x=x, tanh_u=tanh_u)
 
