@@ -232,11 +232,17 @@ def peer_steps(p: Problem, which=("jax", "torch")) -> dict:
 # Timing
 
 def _interleaved(fns: dict, repeats: int) -> dict:
-    """{label: {first_call_s, times}}: one warm-up call each (timed as the first call), then `repeats` rounds."""
-    first = {}
-    for k, fn in fns.items():
+    """{label: {first_call_s, times}}: one warm-up call each (timed as the first call), then `repeats` rounds.
+    A contender whose warm-up call raises gets {failed: the error} and is left out of the rounds."""
+    first, failed = {}, {}
+    for k, fn in list(fns.items()):
         t0 = time.perf_counter()
-        fn()
+        try:
+            fn()
+        except Exception as e:                  # reported in its row, the others still timed
+            failed[k] = {"failed": f"{type(e).__name__}: {e}"}
+            fns = {j: f for j, f in fns.items() if j != k}
+            continue
         first[k] = time.perf_counter() - t0
     times = {k: [] for k in fns}
     for _ in range(repeats):
@@ -244,7 +250,7 @@ def _interleaved(fns: dict, repeats: int) -> dict:
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {k: {"first_call_s": first[k], "times": times[k]} for k in fns}
+    return {**failed, **{k: {"first_call_s": first[k], "times": times[k]} for k in fns}}
 
 
 def measure_model(name: str, backends=BACKENDS, peers=("jax", "torch"), repeats: int = 7, quick: bool = False,
@@ -261,6 +267,9 @@ def measure_model(name: str, backends=BACKENDS, peers=("jax", "torch"), repeats:
             except Skip as e:
                 rows.append({**row, "skipped": str(e)})
                 continue
+            except Exception as e:              # e.g. a DeviceStep that refuses this model: reported, not fatal
+                rows.append({**row, "skipped": f"failed: {type(e).__name__}: {e}"})
+                continue
             rows.append({**row, "path": path})
             fns[(algorithm, backend)] = fn
     found = peer_steps(p, peers) if peers else {}
@@ -276,7 +285,9 @@ def measure_model(name: str, backends=BACKENDS, peers=("jax", "torch"), repeats:
     timed = _interleaved(fns, repeats)
     for r in rows:
         t = timed.get((r["algorithm"], r["who"]))
-        if t:
+        if t and "failed" in t:
+            r["skipped"] = f"failed: {t['failed']}"
+        elif t:
             r.update(first_call_s=t["first_call_s"], median_s=statistics.median(t["times"]), min_s=min(t["times"]),
                      max_s=max(t["times"]), repeats=repeats)
     _ratios(rows)

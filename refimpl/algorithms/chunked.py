@@ -192,7 +192,7 @@ def head_chunk(model, params, u, t0: int, T: int, y, loss: str, mask, run_sum) -
     if model.pooling == "cumulative_mean":
         sums = np.cumsum(u, axis=0) if run_sum is None else run_sum + np.cumsum(u, axis=0)
         run_sum = sums[-1]
-        p = sums / np.arange(t0 + 1, t0 + C + 1).reshape((C,) + (1,) * (u.ndim - 1))
+        p = sums / np.arange(t0 + 1, t0 + C + 1, dtype=u.dtype).reshape((C,) + (1,) * (u.ndim - 1))   # keeps float32
     else:
         p = u
     W, b = params["readout.weight"], params["readout.bias"]

@@ -35,3 +35,13 @@ def test_goals_are_judged_from_the_ratios():
     got = {g["goal"].split(" (")[0]: g["met"] for g in goals(rows)}
     assert got == {"numba copy bptt / JAX copy bptt": True, "numba copy online / JAX copy bptt": False,
                    "numba fptt-model fptt / its own bptt": None, "mlx / numba, whole step": False}
+
+
+def test_a_failing_contender_is_reported_and_the_others_still_timed():
+    from bench.step import _interleaved
+
+    def broken():
+        raise ValueError("refused")
+    got = _interleaved({"fine": lambda: None, "broken": broken}, repeats=2)
+    assert got["broken"] == {"failed": "ValueError: refused"}
+    assert len(got["fine"]["times"]) == 2 and got["fine"]["first_call_s"] >= 0
