@@ -371,7 +371,8 @@ def format_machine(m: dict, repeats: int) -> str:
     v = ", ".join(f"{k} {val}" for k, val in m["versions"].items())
     return (f"Machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; threads "
             f"{m['threads']} for everyone; median of {repeats} interleaved rounds after one warm-up call each. "
-            f"Versions: {v}.")
+            f"Versions: {v}. Load average (1 min) {m['load_average_1min']['before']:.1f} before the run, "
+            f"{m['load_average_1min']['after']:.1f} after it.")
 
 
 def _configure_threads(n: int) -> None:
@@ -409,6 +410,7 @@ def main(argv=None):
     backends = tuple(args.backend or (("numpy",) if args.quick else BACKENDS))
     repeats = 1 if args.quick else args.repeats
     peers = () if (args.quick or args.no_peers) else ("jax", "torch")
+    load_before = os.getloadavg()
     rows = []
     for name in args.model or list(MODELS):
         got = measure_model(name, backends, peers, repeats, args.quick, log=lambda s: print(s, file=sys.stderr))
@@ -417,7 +419,7 @@ def main(argv=None):
                         "kind": "peer", "skipped": "--quick / --no-peers"})
         rows += got
     gs = goals(rows)
-    m = machine.describe(threads)
+    m = {**machine.describe(threads), "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]}}
     report = {"machine": m, "repeats": repeats, "quick": args.quick, "device_step": device_step_available(),
               "rows": rows, "goals": gs}
     out = Path(args.out)
@@ -449,7 +451,11 @@ NOTES = """Notes on reading the table:
 - MLX runs on the device it finds: on a Linux machine that is MLX's CPU backend (the MLX goal is meant for Apple
   GPUs); its thread count is MLX's own, not --threads. XLA honours --threads 1 (no Eigen thread pool); for more
   threads it uses its default pool.
-- The machine may be shared: medians over interleaved rounds; min…max shows the spread."""
+- The machine may be shared: medians over interleaved rounds; min…max shows the spread, and the load average before
+  and after the run is recorded. Other work on the machine does not slow every contender alike: on a 2-CPU machine
+  under a load of ~4 the JAX peer's single-threaded step took about twice the CPU time it takes at a load of ~2 (the
+  GEMM-heavy XLA code suffers more from a busy neighbour than the scan-bound kernels), so ratios to JAX measured under
+  load flatter us; compare runs only at similar load."""
 
 
 if __name__ == "__main__":
