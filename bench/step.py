@@ -140,24 +140,20 @@ def device_step_available() -> bool:
 
 
 def _device_step(p: Problem, backend: str):
-    """bptt through refimpl.training.device.DeviceStep: everything on the backend's arrays, synchronized."""
-    import inspect
+    """bptt through refimpl.training.device.DeviceStep: everything in the backend's arrays; the clock stops after the
+    backend's synchronize on the step's outputs. (The loss stays on the device: no report() inside the timing.)"""
     from refimpl.registry import load_backend
     from refimpl.training.device import DeviceStep
     b = load_backend(backend)
     step = DeviceStep(p.model, p.opt, backend, p.loss)
     params, state = step.init(p.params)
-    x, y = b.to_backend(p.x), b.to_backend(p.y)
-    extra = {}
-    if p.mask is not None:
-        if "mask" not in inspect.signature(step.__call__).parameters:
-            raise Skip("DeviceStep takes no mask")
-        extra["mask"] = b.to_backend(p.mask)
+    x, y = step.to_device(p.x), step.to_device(p.y)
+    mask = None if p.mask is None else step.to_device(p.mask)
     carry = {"params": params, "state": state}
 
     def run():
-        carry["params"], carry["state"], loss, ok = step(carry["params"], carry["state"], x, y, **extra)
-        b.synchronize()
+        carry["params"], carry["state"], loss, finite = step(carry["params"], carry["state"], x, y, mask)
+        b.synchronize((carry["params"], carry["state"], loss, finite))
         return loss
     return run
 
@@ -234,11 +230,11 @@ def peer_steps(p: Problem, which=("jax", "torch")) -> dict:
 def _interleaved(fns: dict, repeats: int) -> dict:
     """{label: {first_call_s, times}}: one warm-up call each (timed as the first call), then `repeats` rounds.
     A contender whose warm-up call raises gets {failed: the error} and is left out of the rounds."""
-    first, failed = {}, {}
+    first, value, failed = {}, {}, {}
     for k, fn in list(fns.items()):
         t0 = time.perf_counter()
         try:
-            fn()
+            value[k] = fn()
         except Exception as e:                  # reported in its row, the others still timed
             failed[k] = {"failed": f"{type(e).__name__}: {e}"}
             fns = {j: f for j, f in fns.items() if j != k}
@@ -250,7 +246,7 @@ def _interleaved(fns: dict, repeats: int) -> dict:
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {**failed, **{k: {"first_call_s": first[k], "times": times[k]} for k in fns}}
+    return {**failed, **{k: {"first_call_s": first[k], "times": times[k], "first_loss": value[k]} for k in fns}}
 
 
 def measure_model(name: str, backends=BACKENDS, peers=("jax", "torch"), repeats: int = 7, quick: bool = False,
@@ -282,16 +278,29 @@ def measure_model(name: str, backends=BACKENDS, peers=("jax", "torch"), repeats:
         rows.append({**row, "path": "jit(value_and_grad + update)" if peer == "jax" else "autograd + torch.optim",
                      "check": got[1]})
     log(f"{name}: {len(fns)} contenders, {repeats} interleaved rounds")
+    ref_loss = float(_reference_loss_and_grads(p)[0])
     timed = _interleaved(fns, repeats)
     for r in rows:
         t = timed.get((r["algorithm"], r["who"]))
         if t and "failed" in t:
             r["skipped"] = f"failed: {t['failed']}"
         elif t:
+            first = _as_float(t["first_loss"])       # the first step's loss: at the initial parameters, as refimpl's
+            r.update(first_loss=first, first_loss_rel_err=abs(first - ref_loss) / max(abs(ref_loss), 1e-30))
             r.update(first_call_s=t["first_call_s"], median_s=statistics.median(t["times"]), min_s=min(t["times"]),
                      max_s=max(t["times"]), repeats=repeats)
     _ratios(rows)
     return rows
+
+
+def _as_float(v) -> float:
+    """A loss as a Python float, whatever array it is (NumPy, mx.array, cupy, jax, torch) or a number."""
+    if hasattr(v, "get") and not isinstance(v, dict):           # cupy
+        v = v.get()
+    try:
+        return float(v)
+    except TypeError:
+        return float(v.item())
 
 
 def _ratios(rows) -> None:
@@ -348,6 +357,8 @@ def format_table(rows) -> str:
             lines.append(f"{head} | | | | | | skipped: {r['skipped']} |")
             continue
         note = r.get("path", "")
+        if "first_loss_rel_err" in r and r["kind"] == "ours":
+            note += f"; first loss rel. err {r['first_loss_rel_err']:.0e}"
         if "check" in r:
             c = r["check"]
             note += f"; loss rel. err {c['loss_rel_err']:.1e}" + (
@@ -446,8 +457,10 @@ NOTES = """Notes on reading the table:
 - `× JAX bptt` is every row's median over the JAX peer's bptt step of the same model (JAX has no online learning
   rule of its own: its step is autodiff BPTT); `× own bptt` is an algorithm's step over our bptt step on the same
   backend; `mlx / numba` compares the same algorithm on the two backends.
-- Until refimpl.training.device exists, our steps run the recurrent kernels on the backend and the layers, loss and
-  optimizer in NumPy (`path` = model_grads + optim.step), so every backend pays the same host-side layer cost.
+- `path`: bptt runs refimpl.training.device.DeviceStep — on numpy and numba the layers, loss and optimizer are NumPy
+  (numba's cells are njit loops over NumPy arrays), on mlx everything stays in mx.arrays; the other algorithms run
+  `model_grads + optim.step`: their kernels on the backend, the layers, loss and optimizer in NumPy. `first loss rel.
+  err`: the first step's loss (at the initial parameters) against refimpl's NumPy BPTT loss.
 - MLX runs on the device it finds: on a Linux machine that is MLX's CPU backend (the MLX goal is meant for Apple
   GPUs); its thread count is MLX's own, not --threads. XLA honours --threads 1 (no Eigen thread pool); for more
   threads it uses its default pool.

@@ -3,7 +3,7 @@
 
 import json
 
-from bench.step import MODELS, goals, main
+from bench.step import MODELS, device_step_available, goals, main
 
 
 def test_quick_run_writes_every_row(tmp_path):
@@ -17,6 +17,9 @@ def test_quick_run_writes_every_row(tmp_path):
         if r["kind"] == "ours":
             assert r["who"] == "numpy" and "skipped" not in r, r
             assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"] and r["first_call_s"] > 0, r
+            assert r["first_loss_rel_err"] <= 1e-4, r                 # every step starts from refimpl's loss
+            if r["algorithm"] == "bptt":
+                assert r["path"] == ("DeviceStep" if device_step_available() else "model_grads + optim.step"), r
             if r["algorithm"] != "bptt":
                 assert r["x_own_bptt"] > 0, r
         else:
