@@ -36,7 +36,7 @@ from .cells import CELLS
 from .errors import NumericalError, RefimplError, UnknownNameError
 from .nn.model import FFNS, NORMS, POOLINGS
 from .plotting import plot_runs
-from .registry import KERNELS, coverage
+from .registry import KERNELS, coverage, fastest_backend
 from .runs import atomic_write_json
 from .studies import ep_gdu, fptt_stability
 from .studies.gradcheck import check_every_cell, format_reports, format_summary, gradcheck as check_gradients
@@ -109,11 +109,13 @@ def _demo() -> None:
     click.echo(format_summary(reports))
     click.echo("\nrefimpl demo — 2/2 learning: sequential digits (scikit-learn's 8x8 digits, one pixel per step, "
                "T=64), several algorithms from identical initial weights\n")
+    backend = fastest_backend()
     for cell, recipe in DEMO.items():
-        config = TrainConfig(**recipe.config)
+        config = TrainConfig(**{**recipe.config, "backend": backend})
         click.echo(f"{cell}: {config.layers} layer, hidden {config.hidden}"
                    + (f", encoder {config.d_model}" if config.encoder else "") + f", pooling {config.pooling}, "
-                   f"{config.epochs} epochs, {config.optimizer} lr {config.lr}")
+                   f"{config.epochs} epochs, {config.optimizer} lr {config.lr}, backend {backend} (the fastest "
+                   f"available here)")
         click.echo(format_comparison(compare_algorithms(config, list(recipe.algorithms), f"runs/demo/{cell}"))
                    + "\n")
     ok = all(r.ok for r in reports)
@@ -290,6 +292,8 @@ def compare_cmd(ctx, algorithms, recipe, out_dir, progress, **kw):
         if "algorithms" not in explicit:
             names = list(r.algorithms)
             click.echo(f"recipe {recipe}: {r.about}")
+        if "backend" not in explicit:
+            click.echo(f"backend {config.backend} (the fastest available here; --backend to choose)")
     out = out_dir or f"runs/compare-{recipe or config.task + '-' + config.cell}"
     click.echo(format_comparison(compare_algorithms(config, names, out, progress=progress)))
 

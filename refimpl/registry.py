@@ -178,6 +178,17 @@ def _available(backend: str) -> Backend:
     return b
 
 
+#: The backends in the order of their measured speed on a whole training step on a CPU (docs/bench/step.md: numba
+#: 0.6–0.9× the NumPy reference's time or better on every model; MLX's Linux CPU build 8–14× numba). CuPy and MLX on
+#: Metal are not picked automatically until a whole step has been measured on their devices.
+SPEED_ORDER = ("numba", "numpy")
+
+
+def fastest_backend() -> str:
+    """The first backend of SPEED_ORDER that runs on this machine (numpy always does)."""
+    return next(name for name in SPEED_ORDER if load_backend(name).available)
+
+
 def get_kernel(name: str, backend: str = "numpy") -> Callable:
     """The raw kernel `name` of `backend` (it takes and returns the backend's own arrays)."""
     if name not in KERNELS:

@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import UnknownNameError
+from ..registry import fastest_backend
 from .config import TrainConfig
 
 
@@ -77,7 +78,9 @@ def get_recipe(name: str) -> Recipe:
 
 
 def apply_recipe(name: str, config: TrainConfig, explicit=()) -> tuple[TrainConfig, Recipe]:
-    """(config with recipe `name`'s settings except the fields named in `explicit`, the recipe)."""
+    """(config with recipe `name`'s settings except the fields named in `explicit`, the recipe). Unless the backend
+    is given, a recipe runs on the fastest backend available here (registry.fastest_backend)."""
     r = get_recipe(name)
     given = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in explicit}
-    return dataclasses.replace(config, **{**r.config, **given}), r
+    fastest = {} if "backend" in explicit else {"backend": fastest_backend()}
+    return dataclasses.replace(config, **{**r.config, **fastest, **given}), r

@@ -136,3 +136,23 @@ def test_gradcheck_reports_drtp_alignment_with_a_classification_loss():
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["algorithm"] == "drtp" and report["tol_vs_bptt"] is None and report["groups"]
+
+
+def test_recipes_and_the_default_job_pick_the_fastest_backend_available(monkeypatch):
+    """registry.SPEED_ORDER (measured: docs/bench/step.md): numba where it runs, else the NumPy reference; a backend
+    given on the command line wins."""
+    import dataclasses
+
+    from refimpl import registry
+    from refimpl.training.config import TrainConfig
+    from refimpl.training.recipes import apply_recipe
+    want = "numba" if registry.load_backend("numba").available else "numpy"
+    assert registry.fastest_backend() == want
+    config, _ = apply_recipe("copy-lru", TrainConfig())
+    assert config.backend == want
+    config, _ = apply_recipe("copy-lru", dataclasses.replace(TrainConfig(), backend="mlx"), explicit={"backend"})
+    assert config.backend == "mlx"
+    real = registry.load_backend
+    monkeypatch.setattr(registry, "load_backend",
+                        lambda name: registry.Backend(name, False, "absent") if name == "numba" else real(name))
+    assert registry.fastest_backend() == "numpy"
