@@ -28,18 +28,24 @@ from .run import set_threads        # (bench.run imports no numpy at module leve
 SHAPE = dict(B=32, T=256, I=64, H=256)
 
 
-def _interleaved(fns: dict, repeats: int) -> dict:
-    """{name: median seconds}: one warm-up call each, then `repeats` rounds calling every fn once per round."""
-    import statistics
-    for fn in fns.values():
-        fn()
+def interleaved_times(fns: dict, repeats: int) -> dict:
+    """{name: [seconds per call]}: `repeats` rounds calling every fn once per round (a, b, c, a, b, c, …), so that a
+    shared machine slows them alike (no warm-up: the caller's)."""
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def _interleaved(fns: dict, repeats: int) -> dict:
+    """{name: median seconds}: one warm-up call each, then interleaved_times."""
+    import statistics
+    for fn in fns.values():
+        fn()
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, repeats).items()}
 
 
 def _inputs(kernel: str, seed: int = 0, **size):

@@ -50,7 +50,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .run import _write_atomic, set_threads     # bench.run imports no numpy at module level
+from .goals import interleaved_times           # bench.goals and bench.run import no numpy at module level
+from .run import _write_atomic, set_threads
 
 BACKENDS = ("numpy", "numba", "mlx", "cupy")
 REL_TOL = 1e-4          # a peer's loss on the same parameters and inputs, relative to refimpl's (float32)
@@ -240,12 +241,7 @@ def _interleaved(fns: dict, repeats: int) -> dict:
             fns = {j: f for j, f in fns.items() if j != k}
             continue
         first[k] = time.perf_counter() - t0
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+    times = interleaved_times(fns, repeats)
     return {**failed, **{k: {"first_call_s": first[k], "times": times[k], "first_loss": value[k]} for k in fns}}
 
 
