@@ -150,7 +150,8 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     (e^{x}/(1 + e^{x}) there), so exp never sees a large positive argument."""
     xp = namespace(x)
     e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))                 # (12)
+    r = 1.0 / (1.0 + e)
+    return xp.where(x >= 0, r, e * r)                                       # (12)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -294,7 +295,8 @@ def gelu_forward(x: np.ndarray):
 def gelu_backward(dout: np.ndarray, cache: GELUCache) -> np.ndarray:
     """dout (...) → x̄ (...)."""
     x, t = cache.x, cache.tanh_u
-    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_KAPPA * x * x))  # (11)
+    half_sech2 = 0.5 * (1.0 - t * t)                                        # ½ (1 − tanh² u)
+    return dout * (0.5 * (1.0 + t) + (x * half_sech2) * (GELU_C + (3.0 * GELU_C * GELU_KAPPA) * (x * x)))   # (11)
 
 
 class SigmoidCache(NamedTuple):
