@@ -252,6 +252,28 @@ def test_fptt_refuses_float32_state_carriers_with_chunks():
         chunked.fptt_model_grads(model, params, x, y, "mse", carrier="state", chunk=7)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "mlx"])
+def test_a_float32_cumulative_mean_model_stays_float32(backend):
+    """The cumulative mean's counts take the state's dtype: a float32 lru with cumulative_mean pooling hands its FPTT
+    kernels float32 / complex64 adjoints (MLX refuses complex128), and its gradients equal float64 BPTT's to float32
+    tolerance (the FPTT paper's model, a small one)."""
+    if backend != "numpy" and not load_backend(backend).available:
+        pytest.skip(f"{backend}: {load_backend(backend).reason}")
+    model, params = make_model("lru", 2, 4, 3, layers=2, encoder=True, d_model=4, ffn="mlp",
+                               pooling="cumulative_mean", r_min=0.9, r_max=0.99, dtype="float32", seed=1)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((9, 2, 2)).astype(np.float32)
+    y = rng.integers(0, 3, (9, 2))
+    _, g = model_grads(model, params, x, y, loss="ce", algorithm="fptt", backend=backend)
+    assert all(v.dtype == np.float32 for k, v in g.items() if k != "x") and g["x"].dtype == np.float32
+    model64, _ = make_model("lru", 2, 4, 3, layers=2, encoder=True, d_model=4, ffn="mlp", pooling="cumulative_mean",
+                            r_min=0.9, r_max=0.99, seed=1)
+    _, want = model_mod.bptt(model64, {k: v.astype(np.float64) for k, v in params.items()}, x.astype(np.float64), y,
+                             loss="ce")
+    for k in want:
+        assert rel_error(g[k].astype(np.float64), want[k]) <= TOLERANCES["fptt_vs_bptt"]["float32"], k
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 3. tbptt against its definition
 
