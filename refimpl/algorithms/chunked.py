@@ -253,6 +253,15 @@ def immediate_backward(cell, params, dh, cache) -> tuple[dict, np.ndarray]:
     return g, dx.reshape(C, B, -1)
 
 
+def immediate_input_backward(cell, params, dh, cache) -> np.ndarray:
+    """x̄ (C, B, I) of immediate_backward alone (the cell's step_input_backward: no parameter adjoints)."""
+    C, B = dh.shape[:2]
+    flat = type(cache)(*(f.reshape((-1,) + f.shape[2:]) for f in cache))      # C·B independent steps
+    dx = cell.module.step_input_backward(params, cell.adjoint_from_h(dh.reshape((C * B,) + dh.shape[2:])), flat,
+                                         **cell.step_options)
+    return dx.reshape(C, B, -1)
+
+
 def held_adjoint(model):
     """No temporal credit (FPTT's layers below its pass budget): the immediate step backward, the recurrent term —
     cell.recurrent_params — given zero."""
@@ -276,7 +285,7 @@ def online_grads(kernels, model, params, source, loss, *, rule: str, chunk: int,
     def make_adjoint(states):
         def cell_adjoint(l, params_l, dh, cache):
             c = model.cells[l]
-            _, dx = immediate_backward(c, params_l, dh, cache)                                      # x̄: immediate
+            dx = immediate_input_backward(c, params_l, dh, cache)                                   # x̄: immediate
             grads, carries[l] = sweeps.rule(rtrl.sweep_rule(rule, c), c, params_l, cache.x, dh, states[l],
                                             carries[l])
             return {**grads, "x": dx}

@@ -12,6 +12,8 @@ Every cell module (``rnn``, ``gru``, ``lstm``, ``lru``) defines, in this order:
     zero_state(batch, n_hidden, dtype)        the default initial state
     step_forward(params, x_t, state, **options) -> (state_next, cache)
     step_backward(params, dstate_next, cache, **options) -> (dparams, dx_t, dstate)
+    step_input_backward(params, dstate_next, cache, **options) -> dx_t      the same x̄_t alone (no parameter or
+                                              state adjoints: what an online rule sends to the layer below)
     state_jacobian(params, x_t, state, **options)   ∂state_next/∂state (dense (B,S,S); diagonal (B,N) for lru)
     param_jacobian(params, x_t, state, **options)   immediate ∂state_next/∂θ with the state held fixed
     forward(params, x, state0, **options) -> (h, cache)          the sequence; cache fields have a leading T axis

@@ -125,6 +125,16 @@ def step_backward(params: dict, dh_total: np.ndarray, cache: GRUCache):
         (dparams {name: array of the param's shape}, x̄_t (B, I), h̄_{t-1} contribution (B, H)).
     """
     c = cache
+    dg_ih, dg_hh = _gate_adjoints(dh_total, c)                     # (6)–(10)
+    dparams = {"weight_ih": dg_ih.T @ c.x, "bias_ih": dg_ih.sum(0),                           # (10)
+               "weight_hh": dg_hh.T @ c.h_prev, "bias_hh": dg_hh.sum(0)}
+    dx = dg_ih @ params["weight_ih"]                               # (11) (B, I)
+    dh_prev = dh_total * c.z + dg_hh @ params["weight_hh"]         # (11) (B, H)
+    return dparams, dx, dh_prev
+
+
+def _gate_adjoints(dh_total: np.ndarray, c: GRUCache):
+    """(ḡ_ih, ḡ_hh) (B, 3H) of eqs. (6)–(10) for the total adjoint h̄_t."""
     dn = dh_total * (1.0 - c.z)                                    # (6)  (B, H)
     dz = dh_total * (c.h_prev - c.n)                               # (6)  (B, H)
     da_n = dn * (1.0 - c.n * c.n)                                  # (7)  (B, H)
@@ -134,11 +144,12 @@ def step_backward(params: dict, dh_total: np.ndarray, cache: GRUCache):
     da_r = dr * c.r * (1.0 - c.r)                                  # (9)  (B, H)
     dg_ih = np.concatenate([da_r, da_z, da_n], axis=-1)            # (10) (B, 3H)
     dg_hh = np.concatenate([da_r, da_z, dhn], axis=-1)             # (10) (B, 3H)
-    dparams = {"weight_ih": dg_ih.T @ c.x, "bias_ih": dg_ih.sum(0),                           # (10)
-               "weight_hh": dg_hh.T @ c.h_prev, "bias_hh": dg_hh.sum(0)}
-    dx = dg_ih @ params["weight_ih"]                               # (11) (B, I)
-    dh_prev = dh_total * c.z + dg_hh @ params["weight_hh"]         # (11) (B, H)
-    return dparams, dx, dh_prev
+    return dg_ih, dg_hh
+
+
+def step_input_backward(params: dict, dh_total: np.ndarray, cache: GRUCache):
+    """x̄_t (B, I) alone, eqs. (6)–(11): step_backward without the parameter and h_{t-1} adjoints."""
+    return _gate_adjoints(dh_total, cache)[0] @ params["weight_ih"]                          # (11)
 
 
 def _sensitivities(cache: GRUCache):

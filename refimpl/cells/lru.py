@@ -201,6 +201,12 @@ def step_backward(params: dict, dh_total: np.ndarray, cache: LRUCache):
     return dparams, dx, dh_prev
 
 
+def step_input_backward(params: dict, dh_total: np.ndarray, cache: LRUCache):
+    """x̄_t r(B, I) alone, eqs. (5)–(6): step_backward without the parameter and h_{t-1} adjoints."""
+    _, gamma = lambda_gamma(params)
+    return np.real((gamma * dh_total) @ np.conj(_b_matrix(params)))                  # (6)  r(B, I)
+
+
 def state_jacobian(params: dict, x_t: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
     """J_t = ∂h_t/∂h_{t-1} = diag(λ), eq. (9), in compact form: c(B, N) with entry [b, k] = J[b, k, k].
 

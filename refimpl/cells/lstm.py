@@ -139,8 +139,18 @@ def step_backward(params: dict, dstate_next: LSTMState, cache: LSTMCache):
     Returns:
         (dparams {name: array of the param's shape}, x̄_t (B, I), LSTMState(h̄_{t-1}, c̄_{t-1}) contributions).
     """
-    dh, dc = dstate_next
     k = cache
+    da, dc_prev = _gate_adjoints(dstate_next, k)                   # (5)–(8)
+    dparams = {"weight_ih": da.T @ k.x, "bias_ih": da.sum(0),                                  # (9)
+               "weight_hh": da.T @ k.h_prev, "bias_hh": da.sum(0)}
+    dx = da @ params["weight_ih"]                                  # (10) (B, I)
+    dh_prev = da @ params["weight_hh"]                             # (10) (B, H)
+    return dparams, dx, LSTMState(h=dh_prev, c=dc_prev)
+
+
+def _gate_adjoints(dstate_next: LSTMState, k: LSTMCache):
+    """(ā (B, 4H), c̄_{t-1} (B, H)) of eqs. (5)–(8) for the total adjoints (h̄_t, c̄_t)."""
+    dh, dc = dstate_next
     do = dh * k.tanh_c                                             # (5)  (B, H)
     dc_hat = dc + dh * k.o * (1.0 - k.tanh_c * k.tanh_c)           # (6)  both paths into c_t  (B, H)
     df = dc_hat * k.c_prev                                         # (7)
@@ -151,11 +161,12 @@ def step_backward(params: dict, dstate_next: LSTMState, cache: LSTMCache):
                          df * k.f * (1.0 - k.f),                   # (8)  ā_f
                          dg * (1.0 - k.g * k.g),                   # (8)  ā_g
                          do * k.o * (1.0 - k.o)], axis=-1)         # (8)  ā_o   → ā (B, 4H)
-    dparams = {"weight_ih": da.T @ k.x, "bias_ih": da.sum(0),                                  # (9)
-               "weight_hh": da.T @ k.h_prev, "bias_hh": da.sum(0)}
-    dx = da @ params["weight_ih"]                                  # (10) (B, I)
-    dh_prev = da @ params["weight_hh"]                             # (10) (B, H)
-    return dparams, dx, LSTMState(h=dh_prev, c=dc_prev)
+    return da, dc_prev
+
+
+def step_input_backward(params: dict, dstate_next: LSTMState, cache: LSTMCache):
+    """x̄_t (B, I) alone, eqs. (5)–(10): step_backward without the parameter and state adjoints."""
+    return _gate_adjoints(dstate_next, cache)[0] @ params["weight_ih"]                       # (10)
 
 
 def _sensitivities(cache: LSTMCache):

@@ -91,6 +91,11 @@ def step_backward(params: dict, dh_total: np.ndarray, cache: RNNCache, nonlinear
     return dparams, dx, dh_prev
 
 
+def step_input_backward(params: dict, dh_total: np.ndarray, cache: RNNCache, nonlinearity: str = "tanh"):
+    """x̄_t (B, I) alone, eqs. (3) and (5): step_backward without the parameter and h_{t-1} adjoints."""
+    return (dh_total * _dphi(cache.h, nonlinearity)) @ params["weight_ih"]                     # (3), (5)
+
+
 def state_jacobian(params: dict, x_t: np.ndarray, h_prev: np.ndarray, nonlinearity: str = "tanh") -> np.ndarray:
     """J_t = ∂h_t/∂h_{t-1}, eq. (7). Returns (B, H, H) with J[b, k, j] = ∂h_t[b, k]/∂h_{t-1}[b, j]."""
     h, _ = step_forward(params, x_t, h_prev, nonlinearity)

@@ -246,3 +246,21 @@ def test_bptt_matches_finite_differences_at_random_sizes(case, T, B, I, H, seed)
     numeric = central_differences(loss, {k: extended(v) for k, v in inputs.items()})
     for k in inputs:
         assert rel_error(grads[k], numeric[k]) <= 1e-6, f"{name} T={T} B={B} I={I} H={H} d{k}"
+
+
+@pytest.mark.parametrize("name,options", CELL_CASES, ids=IDS)
+def test_step_input_backward_matches_finite_differences(name, options, rng):
+    """x̄_t = (∂s_t/∂x_t)ᴴ s̄_t alone (what an online rule sends to the layer below) against central differences of
+    ⟨s̄_t, s_t(x_t)⟩ (the real part: DESIGN.md §4), and equal to step_backward's x̄."""
+    mod, params, x, state0, opts = _setup(name, options, rng)
+    nxt, cache = mod.step_forward(params, x[0], state0, **opts)
+    dnext = mod.random_state(rng, x.shape[1], 3, x.dtype)             # a state-shaped adjoint (H = 3, _setup's)
+    assert np.iscomplexobj(_flat(dnext)) == np.iscomplexobj(_flat(nxt))
+    got = mod.step_input_backward(params, dnext, cache, **opts)
+
+    def pairing(values):
+        s, _ = mod.step_forward(params, values["x"], state0, **opts)
+        return float(np.real(np.sum(np.conj(_flat(dnext)) * _flat(s))))
+    numeric = central_differences(pairing, {"x": x[0]})["x"]
+    assert rel_error(got, numeric) <= 1e-7
+    assert np.array_equal(got, mod.step_backward(params, dnext, cache, **opts)[1])
