@@ -3,10 +3,12 @@
     <cell>.forward   (params, x (T,B,I), state0) -> (h (T,B,H), cache)        the recurrence, eq. (1)-(2) of each cell
     <cell>.backward  (params, dh (T,B,H), cache) -> grads                      BPTT from instantaneous adjoints
 
-    <cell>.<rule>    (params, x (T,B,I), h0 | state0, dh (T,B,H), carry=None) -> {grads, "state", "carry"}
+    <cell>.<rule>    (params, x (T,B,I), h0 | state0, dh (T,B,H), carry=None, *, carry_out=True) -> {grads, "state",
+                     "carry"}
                      an RTRL-family sensitivity sweep over one chunk of a stream (refimpl/algorithms/rtrl.py `sweep`):
                      rule rtrl, snap1 (not lru: there it is rtrl), truncated, spatial, cec (lstm); the carry is the
-                     rule's traces (rtrl.py, "Trace layouts"), {} for truncated and spatial
+                     rule's traces (rtrl.py, "Trace layouts"), {} for truncated and spatial; carry_out=False (a
+                     stream's last chunk) returns "carry" None and builds nothing for it, the same grads and state
     <cell>.fptt      (params, x, h0 | state0, dh) -> grads (+ "x", "h0"): FPTT's two phases over a whole sequence
     <cell>.fptt_warmup, <cell>.fptt_shooting, <cell>.fptt1  (params, x, h0 | state0, dh, carry=None) -> {…, "state",
                      "carry"}: FPTT's warm-ups (direct; the paper's shooting) and error phase over one chunk
@@ -49,92 +51,94 @@ def _cell(name: str, x: np.ndarray, dh: np.ndarray, **options):
 
 
 # The RTRL family (refimpl/algorithms/rtrl.py): the sensitivity update and gradient accumulation over one chunk of a
-# stream (or a whole sequence) with its carry: rtrl.sweep(rule, cell, params, x, dh, state0, carry) ->
-# {param: grad, "state": the state after the chunk, "carry": the traces after it ({} for truncated, spatial)}.
+# stream (or a whole sequence) with its carry: rtrl.sweep(rule, cell, params, x, dh, state0, carry, carry_out=…) ->
+# {param: grad, "state": the state after the chunk, "carry": the traces after it ({} for truncated, spatial; None
+# with carry_out=False)}.
 
-def _rtrl_sweep(rule: str, cell_name: str, params, x, state0, dh, carry, **options) -> dict:
-    grads, state, carry = sweep(rule, _cell(cell_name, x, dh, **options), params, x, dh, state0, carry)
+def _rtrl_sweep(rule: str, cell_name: str, params, x, state0, dh, carry, carry_out, **options) -> dict:
+    grads, state, carry = sweep(rule, _cell(cell_name, x, dh, **options), params, x, dh, state0, carry,
+                                carry_out=carry_out)
     return {**grads, "state": state, "carry": carry}
 
 
-def rnn_rtrl(params, x, h0, dh, carry=None, nonlinearity="tanh"):
+def rnn_rtrl(params, x, h0, dh, carry=None, nonlinearity="tanh", *, carry_out=True):
     """rnn.rtrl: exact RTRL of the rnn."""
-    return _rtrl_sweep("rtrl", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
+    return _rtrl_sweep("rtrl", "rnn", params, x, h0, dh, carry, carry_out, nonlinearity=nonlinearity)
 
 
-def rnn_snap1(params, x, h0, dh, carry=None, nonlinearity="tanh"):
+def rnn_snap1(params, x, h0, dh, carry=None, nonlinearity="tanh", *, carry_out=True):
     """rnn.snap1: SnAp-1 (the influence matrix kept on the immediate Jacobian's pattern) of the rnn."""
-    return _rtrl_sweep("snap1", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
+    return _rtrl_sweep("snap1", "rnn", params, x, h0, dh, carry, carry_out, nonlinearity=nonlinearity)
 
 
-def rnn_truncated(params, x, h0, dh, carry=None, nonlinearity="tanh"):
+def rnn_truncated(params, x, h0, dh, carry=None, nonlinearity="tanh", *, carry_out=True):
     """rnn.truncated: the one-step (truncated) sensitivity of the rnn."""
-    return _rtrl_sweep("truncated", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
+    return _rtrl_sweep("truncated", "rnn", params, x, h0, dh, carry, carry_out, nonlinearity=nonlinearity)
 
 
-def rnn_spatial(params, x, h0, dh, carry=None, nonlinearity="tanh"):
+def rnn_spatial(params, x, h0, dh, carry=None, nonlinearity="tanh", *, carry_out=True):
     """rnn.spatial: the immediate gradient (no recurrent term) of the rnn."""
-    return _rtrl_sweep("spatial", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
+    return _rtrl_sweep("spatial", "rnn", params, x, h0, dh, carry, carry_out, nonlinearity=nonlinearity)
 
 
-def gru_rtrl(params, x, h0, dh, carry=None):
+def gru_rtrl(params, x, h0, dh, carry=None, *, carry_out=True):
     """gru.rtrl: exact RTRL of the gru."""
-    return _rtrl_sweep("rtrl", "gru", params, x, h0, dh, carry)
+    return _rtrl_sweep("rtrl", "gru", params, x, h0, dh, carry, carry_out)
 
 
-def gru_snap1(params, x, h0, dh, carry=None):
+def gru_snap1(params, x, h0, dh, carry=None, *, carry_out=True):
     """gru.snap1: SnAp-1 (the influence matrix kept on the immediate Jacobian's pattern) of the gru."""
-    return _rtrl_sweep("snap1", "gru", params, x, h0, dh, carry)
+    return _rtrl_sweep("snap1", "gru", params, x, h0, dh, carry, carry_out)
 
 
-def gru_truncated(params, x, h0, dh, carry=None):
+def gru_truncated(params, x, h0, dh, carry=None, *, carry_out=True):
     """gru.truncated: the one-step (truncated) sensitivity of the gru."""
-    return _rtrl_sweep("truncated", "gru", params, x, h0, dh, carry)
+    return _rtrl_sweep("truncated", "gru", params, x, h0, dh, carry, carry_out)
 
 
-def gru_spatial(params, x, h0, dh, carry=None):
+def gru_spatial(params, x, h0, dh, carry=None, *, carry_out=True):
     """gru.spatial: the immediate gradient (no recurrent term) of the gru."""
-    return _rtrl_sweep("spatial", "gru", params, x, h0, dh, carry)
+    return _rtrl_sweep("spatial", "gru", params, x, h0, dh, carry, carry_out)
 
 
-def lstm_rtrl(params, x, state0, dh, carry=None):
+def lstm_rtrl(params, x, state0, dh, carry=None, *, carry_out=True):
     """lstm.rtrl: exact RTRL of the lstm."""
-    return _rtrl_sweep("rtrl", "lstm", params, x, state0, dh, carry)
+    return _rtrl_sweep("rtrl", "lstm", params, x, state0, dh, carry, carry_out)
 
 
-def lstm_snap1(params, x, state0, dh, carry=None):
+def lstm_snap1(params, x, state0, dh, carry=None, *, carry_out=True):
     """lstm.snap1: SnAp-1 (the influence matrix kept on the immediate Jacobian's pattern) of the lstm."""
-    return _rtrl_sweep("snap1", "lstm", params, x, state0, dh, carry)
+    return _rtrl_sweep("snap1", "lstm", params, x, state0, dh, carry, carry_out)
 
 
-def lstm_truncated(params, x, state0, dh, carry=None):
+def lstm_truncated(params, x, state0, dh, carry=None, *, carry_out=True):
     """lstm.truncated: the one-step (truncated) sensitivity of the lstm."""
-    return _rtrl_sweep("truncated", "lstm", params, x, state0, dh, carry)
+    return _rtrl_sweep("truncated", "lstm", params, x, state0, dh, carry, carry_out)
 
 
-def lstm_spatial(params, x, state0, dh, carry=None):
+def lstm_spatial(params, x, state0, dh, carry=None, *, carry_out=True):
     """lstm.spatial: the immediate gradient (no recurrent term) of the lstm."""
-    return _rtrl_sweep("spatial", "lstm", params, x, state0, dh, carry)
+    return _rtrl_sweep("spatial", "lstm", params, x, state0, dh, carry, carry_out)
 
 
-def lstm_cec(params, x, state0, dh, carry=None):
+def lstm_cec(params, x, state0, dh, carry=None, *, carry_out=True):
     """lstm.cec: the constant error carousel's sensitivity through c only (the 1997 lstm's truncated RTRL) of the lstm."""
-    return _rtrl_sweep("cec", "lstm", params, x, state0, dh, carry)
+    return _rtrl_sweep("cec", "lstm", params, x, state0, dh, carry, carry_out)
 
 
-def lru_rtrl(params, x, h0, dh, carry=None):
+def lru_rtrl(params, x, h0, dh, carry=None, *, carry_out=True):
     """lru.rtrl: exact RTRL of the lru (diagonal: also its SnAp-1)."""
-    return _rtrl_sweep("rtrl", "lru", params, x, h0, dh, carry)
+    return _rtrl_sweep("rtrl", "lru", params, x, h0, dh, carry, carry_out)
 
 
-def lru_truncated(params, x, h0, dh, carry=None):
+def lru_truncated(params, x, h0, dh, carry=None, *, carry_out=True):
     """lru.truncated: the one-step (truncated) sensitivity of the lru."""
-    return _rtrl_sweep("truncated", "lru", params, x, h0, dh, carry)
+    return _rtrl_sweep("truncated", "lru", params, x, h0, dh, carry, carry_out)
 
 
-def lru_spatial(params, x, h0, dh, carry=None):
+def lru_spatial(params, x, h0, dh, carry=None, *, carry_out=True):
     """lru.spatial: the immediate gradient (no recurrent term) of the lru."""
-    return _rtrl_sweep("spatial", "lru", params, x, h0, dh, carry)
+    return _rtrl_sweep("spatial", "lru", params, x, h0, dh, carry, carry_out)
 
 
 # FPTT (refimpl/algorithms/fptt.py), the raw sweeps (the residual check (5) is the caller's), float64 carriers:
@@ -418,8 +422,8 @@ def _register_table() -> None:
     for kernel, reference in RTRL_SWEEPS.items():
         name, rule = kernel.split(".")
         register_kernel(KernelSpec(
-            kernel, f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H), carry=None) -> {{param: grad, "
-                    f"'state', 'carry': {{param: trace}}}}", reference,
+            kernel, f"(params, x (T,B,I), {CELLS[name].STATE_DOC}, dh (T,B,H), carry=None, carry_out=True) -> "
+                    f"{{param: grad, 'state', 'carry': {{param: trace}} or None}}", reference,
             partial(sweep_inputs, name, rule), variants=VARIANTS.get(name, ({},)),
             sizes=None if CELLS[name].DIAGONAL else DENSE_SWEEP_SIZES))
     for kernel, reference in FPTT_SWEEPS.items():

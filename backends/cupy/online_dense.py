@@ -11,7 +11,8 @@ G the gate blocks (1, 3, 4), X a weight row's width (I for weight_ih, H for weig
 The carry is the reference's trace layout (rtrl.py "Trace layouts"): rtrl carries the dense S (B, S, *shape), snap1
 and cec the unit traces T (B, R, H, G, *X); carry None is S_{-1} = 0. The sweep keeps them as (B, S, G·H·X) and
 (B, R, H, G·X), the same memory order, so the carry crosses the chunk boundary by one reshape each way, per call.
-truncated and spatial carry nothing (their carry is {}).
+truncated and spatial carry nothing (their carry is {}). carry_out=False (a stream's last chunk): "carry" None, the
+traces are not copied out.
 
 The sweep processes the chunk it is given: the fused forward kernels of cells.py run the states of the chunk first
 (their cache holds every gate of every step), then the sensitivities are carried over the chunk with CuPy array ops —
@@ -156,9 +157,9 @@ def carried_traces(xp, rule: str, carry, shapes: dict, dt) -> dict:
     return {name: contiguous(xp, carry[name], dt).reshape(flat[name]) for name in shapes}
 
 
-def _sweep(dev, rule, cell, params, x, state0, dh, carry, **options):
+def _sweep(dev, rule, cell, params, x, state0, dh, carry, carry_out=True, **options):
     """rtrl / snap1 / cec over the chunk: forward (fused kernels), then the trace loop (module docstring), from the
-    carried traces; → {param: grad, "state", "carry": {param: trace}}."""
+    carried traces; → {param: grad, "state", "carry": {param: trace}, None with carry_out=False}."""
     xp = dev.xp
     T, B, _ = x.shape
     _, cache = FORWARD[cell](dev, params, x, state0, **options)
@@ -198,85 +199,87 @@ def _sweep(dev, rule, cell, params, x, state0, dh, carry, **options):
                 g = xp.transpose(g.reshape(H, G, X), (1, 0, 2))
             traces[name] = new
             grads[name] += g.reshape(params[name].shape).astype(params[name].dtype, copy=False)
-    carry_out = {name: contiguous(xp, traces[name], dt).reshape(shape) for name, shape in shapes.items()}
-    return {**grads, "state": state_after(cell, cache), "carry": carry_out}
+    out = {name: contiguous(xp, traces[name], dt).reshape(shape) for name, shape in shapes.items()} \
+        if carry_out else None
+    return {**grads, "state": state_after(cell, cache), "carry": out}
 
 
-def _truncated(dev, cell, params, x, state0, dh, recurrent, **options):
+def _truncated(dev, cell, params, x, state0, dh, recurrent, carry_out=True, **options):
     """(r 13): the fused forward, then the fused backward without its carry; (r 14) zeroes the recurrent
-    parameters'. Nothing is carried: the carry argument is accepted and ignored, the carry handed on is {}."""
+    parameters'. Nothing is carried: the carry argument is accepted and ignored, the carry handed on is {} (None
+    with carry_out=False)."""
     _, cache = FORWARD[cell](dev, params, x, state0, **options)
     grads = BACKWARD[cell](dev, params, dh, cache, propagate=False, **options)
     out = {k: grads[k] for k in params}
     if not recurrent:
         for k in CELLS[cell].RECURRENT_PARAMS:                                # (r 14) held constant
             out[k] = dev.xp.zeros_like(params[k])
-    return {**out, "state": state_after(cell, cache), "carry": {}}
+    return {**out, "state": state_after(cell, cache), "carry": {} if carry_out else None}
 
 
-def rnn_rtrl(dev, params, x, h0, dh, carry=None, nonlinearity="tanh"):
+def rnn_rtrl(dev, params, x, h0, dh, carry=None, nonlinearity="tanh", *, carry_out=True):
     """As kernel rnn.rtrl: exact RTRL (r 3)."""
-    return _sweep(dev, "rtrl", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
+    return _sweep(dev, "rtrl", "rnn", params, x, h0, dh, carry, carry_out, nonlinearity=nonlinearity)
 
 
-def rnn_snap1(dev, params, x, h0, dh, carry=None, nonlinearity="tanh"):
+def rnn_snap1(dev, params, x, h0, dh, carry=None, nonlinearity="tanh", *, carry_out=True):
     """As kernel rnn.snap1 (r 10, 11)."""
-    return _sweep(dev, "snap1", "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
+    return _sweep(dev, "snap1", "rnn", params, x, h0, dh, carry, carry_out, nonlinearity=nonlinearity)
 
 
-def rnn_truncated(dev, params, x, h0, dh, carry=None, nonlinearity="tanh"):
+def rnn_truncated(dev, params, x, h0, dh, carry=None, nonlinearity="tanh", *, carry_out=True):
     """As kernel rnn.truncated: S_t = P_t (r 13)."""
-    return _truncated(dev, "rnn", params, x, h0, dh, True, nonlinearity=nonlinearity)
+    return _truncated(dev, "rnn", params, x, h0, dh, True, carry_out, nonlinearity=nonlinearity)
 
 
-def rnn_spatial(dev, params, x, h0, dh, carry=None, nonlinearity="tanh"):
+def rnn_spatial(dev, params, x, h0, dh, carry=None, nonlinearity="tanh", *, carry_out=True):
     """As kernel rnn.spatial: (r 13) with weight_hh, bias_hh held constant (r 14)."""
-    return _truncated(dev, "rnn", params, x, h0, dh, False, nonlinearity=nonlinearity)
+    return _truncated(dev, "rnn", params, x, h0, dh, False, carry_out, nonlinearity=nonlinearity)
 
 
-def gru_rtrl(dev, params, x, h0, dh, carry=None):
+def gru_rtrl(dev, params, x, h0, dh, carry=None, *, carry_out=True):
     """As kernel gru.rtrl: exact RTRL (r 3)."""
-    return _sweep(dev, "rtrl", "gru", params, x, h0, dh, carry)
+    return _sweep(dev, "rtrl", "gru", params, x, h0, dh, carry, carry_out)
 
 
-def gru_snap1(dev, params, x, h0, dh, carry=None):
+def gru_snap1(dev, params, x, h0, dh, carry=None, *, carry_out=True):
     """As kernel gru.snap1 (r 10, 11)."""
-    return _sweep(dev, "snap1", "gru", params, x, h0, dh, carry)
+    return _sweep(dev, "snap1", "gru", params, x, h0, dh, carry, carry_out)
 
 
-def gru_truncated(dev, params, x, h0, dh, carry=None):
+def gru_truncated(dev, params, x, h0, dh, carry=None, *, carry_out=True):
     """As kernel gru.truncated: S_t = P_t (r 13)."""
-    return _truncated(dev, "gru", params, x, h0, dh, True)
+    return _truncated(dev, "gru", params, x, h0, dh, True, carry_out)
 
 
-def gru_spatial(dev, params, x, h0, dh, carry=None):
+def gru_spatial(dev, params, x, h0, dh, carry=None, *, carry_out=True):
     """As kernel gru.spatial (r 13, 14)."""
-    return _truncated(dev, "gru", params, x, h0, dh, False)
+    return _truncated(dev, "gru", params, x, h0, dh, False, carry_out)
 
 
-def lstm_rtrl(dev, params, x, state0, dh, carry=None):
+def lstm_rtrl(dev, params, x, state0, dh, carry=None, *, carry_out=True):
     """As kernel lstm.rtrl: exact RTRL on the state [h; c] (r 3)."""
-    return _sweep(dev, "rtrl", "lstm", params, x, state0, dh, carry)
+    return _sweep(dev, "rtrl", "lstm", params, x, state0, dh, carry, carry_out)
 
 
-def lstm_snap1(dev, params, x, state0, dh, carry=None):
+def lstm_snap1(dev, params, x, state0, dh, carry=None, *, carry_out=True):
     """As kernel lstm.snap1: per-unit 2×2 blocks (r 10, 11)."""
-    return _sweep(dev, "snap1", "lstm", params, x, state0, dh, carry)
+    return _sweep(dev, "snap1", "lstm", params, x, state0, dh, carry, carry_out)
 
 
-def lstm_cec(dev, params, x, state0, dh, carry=None):
+def lstm_cec(dev, params, x, state0, dh, carry=None, *, carry_out=True):
     """As kernel lstm.cec: h_{t-1} held constant where it enters the gates (r 15, 16)."""
-    return _sweep(dev, "cec", "lstm", params, x, state0, dh, carry)
+    return _sweep(dev, "cec", "lstm", params, x, state0, dh, carry, carry_out)
 
 
-def lstm_truncated(dev, params, x, state0, dh, carry=None):
+def lstm_truncated(dev, params, x, state0, dh, carry=None, *, carry_out=True):
     """As kernel lstm.truncated: S_t = P_t (r 13), h_{t-1} and c_{t-1} held constant."""
-    return _truncated(dev, "lstm", params, x, state0, dh, True)
+    return _truncated(dev, "lstm", params, x, state0, dh, True, carry_out)
 
 
-def lstm_spatial(dev, params, x, state0, dh, carry=None):
+def lstm_spatial(dev, params, x, state0, dh, carry=None, *, carry_out=True):
     """As kernel lstm.spatial (r 13, 14)."""
-    return _truncated(dev, "lstm", params, x, state0, dh, False)
+    return _truncated(dev, "lstm", params, x, state0, dh, False, carry_out)
 
 
 IMPLEMENTATIONS = {

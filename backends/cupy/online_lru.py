@@ -27,7 +27,8 @@ carry enters once per call, at the chunk boundary, in and out, alike for every p
     g += Re Σ_b conj(S_{-1}) ⊙ w,     w = Σ_t conj(λ^{t+1}) ⊙ δ_t  c(B, N)          the carried part of (r 4)
     S_{C-1} = λ^C ⊙ S_{-1} + S⁰_{C-1}                                             S⁰: the compact traces above, mapped
 
-(w and λ^C come from the state kernel, in float64.) No carried trace is divided back into Q or Z, so any carry is
+(w and λ^C come from the state kernel, in float64; with carry_out=False — a stream's last chunk — the traces are not
+mapped out at all and "carry" is None.) No carried trace is divided back into Q or Z, so any carry is
 taken exactly as the reference takes it — also one whose S_θ is not −i e^{θ−ν} S_ν (traces carried across a
 parameter update). Truncation (r 13) keeps only the immediate parts (the same state kernel with carry = 0); its B̄ is
 the GEMM γ Σ_t dh_tᵀ x_t; truncated and spatial carry nothing ({}).
@@ -88,9 +89,10 @@ def _carried(xp, params: dict, carry, B: int) -> dict:
     return {name: contiguous(xp, carry[name], np.complex128) for name in shapes}
 
 
-def lru_rtrl(dev, params: dict, x, h0, dh, carry=None) -> dict:
+def lru_rtrl(dev, params: dict, x, h0, dh, carry=None, *, carry_out: bool = True) -> dict:
     """As kernel lru.rtrl: x r(C,B,I), h0 c(B,N), dh c(C,B,N), carry {param: S c(B, *shape)} or None →
-    {param: grad, "state": h c(B,N), "carry": {param: S}} (exact RTRL = BPTT, r 8; module docstring)."""
+    {param: grad, "state": h c(B,N), "carry": {param: S}, None with carry_out=False} (exact RTRL = BPTT, r 8; module
+    docstring)."""
     xp = dev.xp
     T, B, I = x.shape
     lam, gamma, rdt, cdt, _, u = lru_setup(xp, params, x, h0)
@@ -101,22 +103,25 @@ def lru_rtrl(dev, params: dict, x, h0, dh, carry=None) -> dict:
     dev.launch(LRU, "lru_sens_input", cdt, B * N * I, contiguous(xp, x, rdt), dh, lam, G, Z, T, B, N, I)  # (r 8) Z
     G = G.sum(axis=0)                                                                         # (N, I, 2)
     grads = lru_param_grads(xp, params, gq[:, 0], gq[:, 1], G[..., 0], G[..., 1], gamma, gamma_log=gg)   # (r 8)
-    e_nu, e_theta = xp.exp(params["nu_log"].astype(np.float64)), xp.exp(params["theta_log"].astype(np.float64))
-    g64 = gamma.astype(np.float64)
-    Q, Sg, Z = Q.astype(np.complex128), Sg.astype(np.complex128), Z.astype(np.complex128)
-    traces = {"nu_log": -e_nu * Q, "theta_log": 1j * e_theta * Q, "gamma_log": Sg,          # (lru 10) from zero
-              "B_re": g64[:, None] * Z, "B_im": 1j * g64[:, None] * Z}
+    traces = None
+    if carry_out:
+        e_nu, e_theta = xp.exp(params["nu_log"].astype(np.float64)), xp.exp(params["theta_log"].astype(np.float64))
+        g64 = gamma.astype(np.float64)
+        Q, Sg, Z = Q.astype(np.complex128), Sg.astype(np.complex128), Z.astype(np.complex128)
+        traces = {"nu_log": -e_nu * Q, "theta_log": 1j * e_theta * Q, "gamma_log": Sg,      # (lru 10) from zero
+                  "B_re": g64[:, None] * Z, "B_im": 1j * g64[:, None] * Z}
     if carry is not None:                                                   # the carried part, once per call
         for name, S0 in _carried(xp, params, carry, B).items():
             wide = w if S0.ndim == 2 else w[..., None]                      # broadcast over B_re/B_im's input axis
             g = xp.real(xp.conj(S0) * wide).sum(axis=0)                     # Re Σ_b conj(S_{-1}) w
             grads[name] = (grads[name].astype(np.float64) + g).astype(params[name].dtype)
-            traces[name] = traces[name] + (lamT if S0.ndim == 2 else lamT[..., None]) * S0   # λ^C S_{-1}
-    carry_out = {name: traces[name].astype(cdt) for name in params}
-    return {**grads, "state": hT, "carry": carry_out}
+            if traces is not None:
+                traces[name] = traces[name] + (lamT if S0.ndim == 2 else lamT[..., None]) * S0   # λ^C S_{-1}
+    out = None if traces is None else {name: traces[name].astype(cdt) for name in params}
+    return {**grads, "state": hT, "carry": out}
 
 
-def _lru_truncated_like(dev, params, x, h0, dh, recurrent):
+def _lru_truncated_like(dev, params, x, h0, dh, recurrent, carry_out=True):
     xp = dev.xp
     T, B, I = x.shape
     lam, gamma, rdt, cdt, _, u = lru_setup(xp, params, x, h0)
@@ -129,17 +134,19 @@ def _lru_truncated_like(dev, params, x, h0, dh, recurrent):
     G_im = contiguous(xp, dh.imag, rdt).reshape(T * B, N).T @ x2
     grads = lru_param_grads(xp, params, gq[:, 0], gq[:, 1], G_re, G_im, gamma, gamma_log=gg,
                             recurrent=recurrent)                                                 # (r 13), (r 14)
-    return {**grads, "state": hT, "carry": {}}
+    return {**grads, "state": hT, "carry": {} if carry_out else None}
 
 
-def lru_truncated(dev, params: dict, x, h0, dh, carry=None) -> dict:
-    """As kernel lru.truncated: S_t = P_t (r 13); nothing carried (the carry argument is ignored, {} handed on)."""
-    return _lru_truncated_like(dev, params, x, h0, dh, True)
+def lru_truncated(dev, params: dict, x, h0, dh, carry=None, *, carry_out: bool = True) -> dict:
+    """As kernel lru.truncated: S_t = P_t (r 13); nothing carried (the carry argument is ignored, {} handed on; None
+    with carry_out=False)."""
+    return _lru_truncated_like(dev, params, x, h0, dh, True, carry_out)
 
 
-def lru_spatial(dev, params: dict, x, h0, dh, carry=None) -> dict:
-    """As kernel lru.spatial: (r 13) with nu_log, theta_log held constant (zero gradient, r 14); nothing carried."""
-    return _lru_truncated_like(dev, params, x, h0, dh, False)
+def lru_spatial(dev, params: dict, x, h0, dh, carry=None, *, carry_out: bool = True) -> dict:
+    """As kernel lru.spatial: (r 13) with nu_log, theta_log held constant (zero gradient, r 14); nothing carried ({},
+    None with carry_out=False)."""
+    return _lru_truncated_like(dev, params, x, h0, dh, False, carry_out)
 
 
 # ---------------------------------------------------------------------------------------------------------- FPTT

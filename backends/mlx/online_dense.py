@@ -32,6 +32,7 @@ Rules, and what each carries (the reference's trace layouts, rtrl.py "Trace layo
               Carry: as snap1.
     truncated S_t = P_t (r 13): the cell's BPTT kernel without its carry (cells.py, propagate=False). Carry: {}.
     spatial   truncated with weight_hh, bias_hh held constant: exact zeros (r 14). Carry: {}.
+carry_out=False (a stream's last chunk): "carry" None, and no trace is brought back to the reference's layout.
 The state advances with the cells' own compiled steps (cells.py); the input projection of all T steps is one GEMM.
 """
 
@@ -161,9 +162,10 @@ def _rtrl_update(J, S_prev, P, delta):
     return S, (delta.reshape(1, B * H) @ S[:, :H].reshape(B * H, -1))[0]
 
 
-def _rtrl(cell: _Cell, x, dh, carry):
-    """(r 3), (r 4) over the chunk from the carried dense traces → (grads, traces after it); the traces (B, S, P) with
-    the parameter flattened (row-major: the reference's (B, S, *shape) reshaped, no copy)."""
+def _rtrl(cell: _Cell, x, dh, carry, carry_out=True):
+    """(r 3), (r 4) over the chunk from the carried dense traces → (grads, traces after it, None when not
+    carry_out); the traces (B, S, P) with the parameter flattened (row-major: the reference's (B, S, *shape)
+    reshaped, no copy)."""
     T, B, _ = x.shape
     p, H = cell.params, dh.shape[-1]
     if carry is None:
@@ -180,7 +182,8 @@ def _rtrl(cell: _Cell, x, dh, carry):
             traces[k], g = _rtrl_update(J, traces[k], _dense_immediate(F, X), dh[t])   # (r 3), (r 4)
             grads[k] = grads[k] + g
     return ({k: grads[k].reshape(v.shape) for k, v in p.items()},
-            {k: traces[k].reshape((B, cell.R * H) + tuple(v.shape)) for k, v in p.items()})   # (B, S, *shape)
+            {k: traces[k].reshape((B, cell.R * H) + tuple(v.shape)) for k, v in p.items()}    # (B, S, *shape)
+            if carry_out else None)
 
 
 # -------------------------------------------------------------------------------------------- snap1, cec (r 9-16)
@@ -204,9 +207,10 @@ def _unit_update(D, T_prev, F, X, delta):
     return T, mx.sum(delta[:, None, :, None] * T[:, 0], axis=0)
 
 
-def _snap1(cell: _Cell, x, dh, carry, drop_h_column=False):
-    """(r 11), (r 12) over the chunk from the carried unit traces → (grads, traces after it). Inside, a trace is
-    (B, R, G, H, X) (X = 1 for a bias); the carry is the reference's (B, R, H, G, *X): one transpose in, one out."""
+def _snap1(cell: _Cell, x, dh, carry, drop_h_column=False, carry_out=True):
+    """(r 11), (r 12) over the chunk from the carried unit traces → (grads, traces after it, None when not
+    carry_out). Inside, a trace is (B, R, G, H, X) (X = 1 for a bias); the carry is the reference's (B, R, H, G, *X):
+    one transpose in, one out."""
     T, B, _ = x.shape
     p, H, R = cell.params, dh.shape[-1], cell.R
     widths = {"weight_ih": x.shape[-1], "weight_hh": H, "bias_ih": 1, "bias_hh": 1}
@@ -226,7 +230,8 @@ def _snap1(cell: _Cell, x, dh, carry, drop_h_column=False):
             grads[k] = grads[k] + g
     return ({k: grads[k].reshape(v.shape) for k, v in p.items()},
             {k: traces[k].transpose(0, 1, 3, 2, 4).reshape((B, R, H, v.shape[0] // H) + tuple(v.shape[1:]))
-             for k, v in p.items()})                                             # (B, R, H, G, *X)
+             for k, v in p.items()}                                              # (B, R, H, G, *X)
+            if carry_out else None)
 
 
 # ---------------------------------------------------------------------------------------- truncated, spatial (r 13-14)
@@ -259,39 +264,41 @@ def carry_shapes(rule, name, params, batch):
     return {k: (batch, R, H, v.shape[0] // H) + tuple(v.shape[1:]) for k, v in params.items()}
 
 
-def _sweep(rule, name, params, x, state0, dh, carry, **options):
-    """The `rule` sweep of cell `name` over one chunk → {param: grad, "state", "carry"} (module docstring)."""
+def _sweep(rule, name, params, x, state0, dh, carry, carry_out=True, **options):
+    """The `rule` sweep of cell `name` over one chunk → {param: grad, "state", "carry"} (module docstring; "carry"
+    None with carry_out=False)."""
     if rule in ("truncated", "spatial"):                                         # nothing carried (a carry passed
         fwd, bwd = _GRAPHS[name]                                                 # in is ignored, as the reference does)
         grads, state = _truncated(name, fwd, bwd, params, x, state0, dh, rule == "truncated", **options)
-        return {**grads, "state": state, "carry": {}}                            # (r 13), (r 14)
+        return {**grads, "state": state, "carry": {} if carry_out else None}     # (r 13), (r 14)
     carry = checked_carry(carry, carry_shapes(rule, name, params, x.shape[1]), f"{name}.{rule}")
     if "nonlinearity" in options:
         check_nonlinearity(options["nonlinearity"])
     cell = _Cell(name, params, x, state0, options.get("nonlinearity"))
     if rule == "rtrl":
-        grads, traces = _rtrl(cell, x, dh, carry)
+        grads, traces = _rtrl(cell, x, dh, carry, carry_out)
     else:
-        grads, traces = _snap1(cell, x, dh, carry, drop_h_column=rule == "cec")
+        grads, traces = _snap1(cell, x, dh, carry, drop_h_column=rule == "cec", carry_out=carry_out)
     return {**param_grads(params, grads), "state": cell.state, "carry": traces}
 
 
 def _kernel(name, rule):
     """The registered kernel `name.rule`, with the reference's signature."""
     if name == "rnn":
-        def sweep(params, x, h0, dh, carry=None, nonlinearity="tanh"):
-            return _sweep(rule, "rnn", params, x, h0, dh, carry, nonlinearity=nonlinearity)
+        def sweep(params, x, h0, dh, carry=None, nonlinearity="tanh", *, carry_out=True):
+            return _sweep(rule, "rnn", params, x, h0, dh, carry, carry_out, nonlinearity=nonlinearity)
     elif name == "gru":
-        def sweep(params, x, h0, dh, carry=None):
-            return _sweep(rule, "gru", params, x, h0, dh, carry)
+        def sweep(params, x, h0, dh, carry=None, *, carry_out=True):
+            return _sweep(rule, "gru", params, x, h0, dh, carry, carry_out)
     else:
-        def sweep(params, x, state0, dh, carry=None):
-            return _sweep(rule, "lstm", params, x, LSTMState(*state0), dh, carry)
+        def sweep(params, x, state0, dh, carry=None, *, carry_out=True):
+            return _sweep(rule, "lstm", params, x, LSTMState(*state0), dh, carry, carry_out)
     carried = "nothing ({})" if rule in ("truncated", "spatial") else "its traces in the reference's layout"
     sweep.__name__ = f"{name}_{rule}"
-    sweep.__doc__ = (f"As kernel {name}.{rule}: (params, x (T,B,I), {CELLS[name].STATE_ARG}, dh (T,B,H), carry=None) "
-                     f"→ {{param: grad, 'state', 'carry'}}: the {rule} sweep over one chunk from the carried state and "
-                     f"traces (None: zero traces); it carries {carried} (module docstring).")
+    sweep.__doc__ = (f"As kernel {name}.{rule}: (params, x (T,B,I), {CELLS[name].STATE_ARG}, dh (T,B,H), "
+                     f"carry=None, *, carry_out=True) → {{param: grad, 'state', 'carry'}}: the {rule} sweep over one "
+                     f"chunk from the carried state and traces (None: zero traces); it carries {carried} (module "
+                     f"docstring), None with carry_out=False.")
     return kernel(sweep)
 
 

@@ -31,7 +31,8 @@ The carry of lru.rtrl is the reference's "diag" layout, {param: S c(B, *shape)}:
 has three. The kernel does not rebuild Q, Σ, Z from a carry (that would read only a part of it): by linearity the traces
 are the carried ones S_in, moved on as λ^{t+1} S_in, plus the compact ones from zero. The carried part adds
 Re Σ_b conj(S_in) A to each gradient, A = Σ_t conj(λ)^{t+1} δ_t (the blocks' ε_in, (R2), each times conj(λ)^{t0} of
-its start); the carry out is λ^T S_in + (−e^ν Q, i e^θ Q, Σ, γ Z, i γ Z). Both once per call, O(B·N·I).
+its start); the carry out is λ^T S_in + (−e^ν Q, i e^θ Q, Σ, γ Z, i γ Z). Both once per call, O(B·N·I); with
+carry_out=False (a stream's last chunk) the carry out is not built ("carry" None).
 
 truncated / spatial (r 13, 14): S_t = P_t, so every gradient is a sum over (t, b) of the immediate derivatives
 (lru 10): ν̄ = −e^ν Re Σ conj(λ h_{t-1}) δ, θ̄ = e^θ Im Σ conj(λ h_{t-1}) δ, γ̄_log = Re Σ conj(u) δ,
@@ -137,9 +138,11 @@ def trace_shapes(params, batch):
 
 
 @kernel
-def lru_rtrl(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None) -> dict:
+def lru_rtrl(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None, *,
+             carry_out: bool = True) -> dict:
     """As kernel lru.rtrl: x r(T,B,I), h0 c(B,N), dh c(T,B,N), carry {param: S c(B, *shape)} or None → {param: grad,
-    "state": h_{T-1}, "carry": the traces after the chunk} (exact RTRL = BPTT, r 8), in blocks of CHUNK steps.
+    "state": h_{T-1}, "carry": the traces after the chunk, None with carry_out=False} (exact RTRL = BPTT, r 8), in
+    blocks of CHUNK steps.
 
     By linearity the traces split into the carried ones S_in moved on unchanged, λ^t S_in at step t, and the compact
     ones (Q, Σ, Z) from zero that the blocks carry (R1)–(R3). The carried part's gradient is Re Σ_b conj(S_in) A with
@@ -165,19 +168,20 @@ def lru_rtrl(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict 
         A = A + mx.conj(lam_t0) * eps_in                                     # Σ_t conj(λ)^{t+1} δ_t, block by block
         lam_t0 = lam_t0 * lam_C
     grads = _lru_grads(params, gamma, gQ, gS, G)
-    out = _traces_of(params, gamma, *traces)
+    out = _traces_of(params, gamma, *traces) if carry_out else None
     if carry is not None:                                                    # the carried traces S_in (r 4, 7)
         for k, S_in in carry.items():
             S_in = S_in.astype(h0.dtype)
             A_k = A if S_in.ndim == 2 else A[:, :, None]
             grads[k] = grads[k] + mx.real(mx.sum(mx.conj(S_in) * A_k, axis=0)).astype(grads[k].dtype)
-            out[k] = out[k] + (lam_t0 if S_in.ndim == 2 else lam_t0[:, None]) * S_in            # λ^T S_in
+            if out is not None:
+                out[k] = out[k] + (lam_t0 if S_in.ndim == 2 else lam_t0[:, None]) * S_in            # λ^T S_in
     return {**grads, "state": h_last, "carry": out}
 
 
 # ------------------------------------------------------------------------------------- truncated, spatial (r 13, 14)
 
-def _lru_truncated(params, x, h0, dh, recurrent):
+def _lru_truncated(params, x, h0, dh, recurrent, carry_out):
     lam, gamma = lambda_gamma(params)
     u = lru_input(params, x, gamma)                                          # (2)
     h = lru_scan(lam, h0, u)                                                 # (3)
@@ -186,20 +190,23 @@ def _lru_truncated(params, x, h0, dh, recurrent):
     gQ = mx.sum(rows(mx.conj(lam * h_prev) * dh), axis=0)                    # (lru 10) P_ν, P_θ ∝ λ h_{t-1}
     gS = mx.sum(rows(mx.conj(u) * dh), axis=0)                               # (lru 10) P_γ = u_t
     G = complex_from(rows(mx.real(dh)).T @ x2, rows(mx.imag(dh)).T @ x2)     # (lru 10) P_B ∝ γ x_t
-    return {**_lru_grads(params, gamma, gQ, gS, G, recurrent), "state": h[-1], "carry": {}}
+    return {**_lru_grads(params, gamma, gQ, gS, G, recurrent), "state": h[-1], "carry": {} if carry_out else None}
 
 
 @kernel
-def lru_truncated(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None) -> dict:
-    """As kernel lru.truncated: S_t = P_t (r 13) → {param: grad, "state", "carry": {}} (nothing is carried; a carry
-    passed in is ignored, as the reference does)."""
-    return _lru_truncated(params, x, h0, dh, True)
+def lru_truncated(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None, *,
+                  carry_out: bool = True) -> dict:
+    """As kernel lru.truncated: S_t = P_t (r 13) → {param: grad, "state", "carry": {} (None with carry_out=False)}
+    (nothing is carried; a carry passed in is ignored, as the reference does)."""
+    return _lru_truncated(params, x, h0, dh, True, carry_out)
 
 
 @kernel
-def lru_spatial(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None) -> dict:
-    """As kernel lru.spatial: (r 13) with nu_log, theta_log held constant (zero gradient, r 14); carries nothing."""
-    return _lru_truncated(params, x, h0, dh, False)
+def lru_spatial(params: dict, x: mx.array, h0: mx.array, dh: mx.array, carry: dict | None = None, *,
+                carry_out: bool = True) -> dict:
+    """As kernel lru.spatial: (r 13) with nu_log, theta_log held constant (zero gradient, r 14); carries nothing ({},
+    None with carry_out=False)."""
+    return _lru_truncated(params, x, h0, dh, False, carry_out)
 
 
 # --------------------------------------------------------------------------------------------------- fptt (f 1-4)

@@ -6,8 +6,9 @@ chunk, "state": the state after it, "carry": the traces after it}, so that a str
 the gradients of one uncut sweep (DESIGN.md §5). The carry is the reference's trace layout exactly (rtrl.py, "Trace
 layouts"): "dense" (B, S, *shape) for rtrl, "unit" (B, R, H, G, *X) for snap1 and cec, {} for truncated and spatial;
 carry None is S_{-1} = 0. It is converted to the loops' layouts below once per call, on the way in and out (the
-kernels section). Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py and docs/derivations/rtrl.md (same
-numbering), "(n)" the cell's module in refimpl/cells/. Shapes: B batch, T time, I input width, H hidden units, G gate
+kernels section); carry_out=False (a stream's last chunk) skips the way out and hands on "carry" None. Equation
+numbers: "(r n)" is refimpl/algorithms/rtrl.py and docs/derivations/rtrl.md (same numbering), "(n)" the cell's module
+in refimpl/cells/. Shapes: B batch, T time, I input width, H hidden units, G gate
 blocks (rnn 1, gru 3, lstm 4), R state rows per unit (the cell's STATE_ROWS: 1; 2 for the lstm's (h_k, c_k)),
 S = R·H the state width (rows [h; c] for the lstm), C = I + H + 2.
 
@@ -351,9 +352,9 @@ def final_state(cell: str, s: np.ndarray):
     return CELLS[cell].state_from_parts(*(s[:, r * H:(r + 1) * H].copy() for r in range(R)))
 
 
-def _sweep(cell, rule, params, x, state0, dh, carry, nonlinearity="tanh"):
+def _sweep(cell, rule, params, x, state0, dh, carry, nonlinearity="tanh", carry_out=True):
     """rtrl, snap1 or cec of a dense cell (module docstring) over one chunk from the carried traces (None: zero)
-    → {param: grad, "state", "carry"}."""
+    → {param: grad, "state", "carry"} ("carry" None, not converted back, with carry_out=False)."""
     kind, G, R = DENSE[cell].kind, DENSE[cell].gates, CELLS[cell].STATE_ROWS
     dt, s0, pre, W_hhT, W_hh, b_hh = sweep_inputs(cell, params, x, state0)
     one, _ = scalars(dt)
@@ -376,25 +377,27 @@ def _sweep(cell, rule, params, x, state0, dh, carry, nonlinearity="tanh"):
         grad = np.zeros((n_blocks, rows * C), dt)
         _rtrl_loop(*args, rows, carry is None, sens, grad)
         grad = grad.reshape(-1)[:G * H * C]
-        traces = _cut(sens.transpose(0, 2, 1, 3).reshape(B, S, n_blocks * rows, C)[:, :, :G * H], I, H)
+        traces = _cut(sens.transpose(0, 2, 1, 3).reshape(B, S, n_blocks * rows, C)[:, :, :G * H], I, H) \
+            if carry_out else None
     else:
         trace = np.zeros((B, H, R, G, C), dt)                                # T_{-1} = 0 (r 9) at a stream's start
         if carry is not None:
             _join(carry, trace.transpose(0, 2, 1, 3, 4), I, H)               # (B, R, H, G, ·) → units first
         grad = np.zeros((G, H, C), dt)
         _snap1_loop(*args, rule == "cec", trace, grad)
-        traces = _cut(trace.transpose(0, 2, 1, 3, 4), I, H)
+        traces = _cut(trace.transpose(0, 2, 1, 3, 4), I, H) if carry_out else None
     return {**_split(params, grad.reshape(G * H, C)), "state": final_state(cell, s),
-            "carry": {k: v.astype(x.dtype, copy=False) for k, v in traces.items()}}
+            "carry": None if traces is None else {k: v.astype(x.dtype, copy=False) for k, v in traces.items()}}
 
 
 _CELL_KERNELS = {"rnn": (rnn_forward, rnn_backward), "gru": (gru_forward, gru_backward),
                  "lstm": (lstm_forward, lstm_backward)}
 
 
-def _truncated(cell, params, x, state0, dh, recurrent, **options):
+def _truncated(cell, params, x, state0, dh, recurrent, carry_out=True, **options):
     """(r 13): the cell's forward, then its backward without the carry; (r 14) zeroes the recurrent parameters'.
-    Nothing is carried (S_t = P_t): the carry is {} and any carry passed in is not read, as in the reference."""
+    Nothing is carried (S_t = P_t): the carry is {} (None with carry_out=False) and any carry passed in is not read,
+    as in the reference."""
     forward, backward = _CELL_KERNELS[cell]
     _, cache = forward(params, x, state0, **options)
     grads = backward(params, dh, cache, propagate=False, **options)
@@ -403,81 +406,85 @@ def _truncated(cell, params, x, state0, dh, recurrent, **options):
         for k in CELLS[cell].RECURRENT_PARAMS:                             # (r 14) held constant
             out[k] = np.zeros_like(params[k])
     parts = (getattr(cache, key[:-1])[-1].copy() for key in CELLS[cell].GRAD_STATE_KEYS)   # h (and c) at T−1
-    return {**out, "state": CELLS[cell].state_from_parts(*parts), "carry": {}}
+    return {**out, "state": CELLS[cell].state_from_parts(*parts), "carry": {} if carry_out else None}
 
 
 def rnn_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
-             nonlinearity: str = "tanh") -> dict:
+             nonlinearity: str = "tanh", *, carry_out: bool = True) -> dict:
     """As kernel rnn.rtrl: exact RTRL (r 3, 4) over one chunk → {param: grad, "state", "carry": dense traces}."""
     check_nonlinearity(nonlinearity)
-    return _sweep("rnn", "rtrl", params, x, h0, dh, carry, nonlinearity)
+    return _sweep("rnn", "rtrl", params, x, h0, dh, carry, nonlinearity, carry_out=carry_out)
 
 
 def rnn_snap1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
-              nonlinearity: str = "tanh") -> dict:
+              nonlinearity: str = "tanh", *, carry_out: bool = True) -> dict:
     """As kernel rnn.snap1: SnAp-1 on the compact trace (r 9-12) → {param: grad, "state", "carry": unit traces}."""
     check_nonlinearity(nonlinearity)
-    return _sweep("rnn", "snap1", params, x, h0, dh, carry, nonlinearity)
+    return _sweep("rnn", "snap1", params, x, h0, dh, carry, nonlinearity, carry_out=carry_out)
 
 
 def rnn_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
-                  nonlinearity: str = "tanh") -> dict:
+                  nonlinearity: str = "tanh", *, carry_out: bool = True) -> dict:
     """As kernel rnn.truncated: S_t = P_t (r 13) → {param: grad, "state", "carry": {}}."""
-    return _truncated("rnn", params, x, h0, dh, True, nonlinearity=nonlinearity)
+    return _truncated("rnn", params, x, h0, dh, True, carry_out, nonlinearity=nonlinearity)
 
 
 def rnn_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
-                nonlinearity: str = "tanh") -> dict:
+                nonlinearity: str = "tanh", *, carry_out: bool = True) -> dict:
     """As kernel rnn.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14); carry {}."""
-    return _truncated("rnn", params, x, h0, dh, False, nonlinearity=nonlinearity)
+    return _truncated("rnn", params, x, h0, dh, False, carry_out, nonlinearity=nonlinearity)
 
 
-def gru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+def gru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
+             *, carry_out: bool = True) -> dict:
     """As kernel gru.rtrl: exact RTRL (r 3, 4) over one chunk → {param: grad, "state", "carry": dense traces}."""
-    return _sweep("gru", "rtrl", params, x, h0, dh, carry)
+    return _sweep("gru", "rtrl", params, x, h0, dh, carry, carry_out=carry_out)
 
 
-def gru_snap1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+def gru_snap1(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
+              *, carry_out: bool = True) -> dict:
     """As kernel gru.snap1: SnAp-1 on the compact trace (r 9-12) → {param: grad, "state", "carry": unit traces}."""
-    return _sweep("gru", "snap1", params, x, h0, dh, carry)
+    return _sweep("gru", "snap1", params, x, h0, dh, carry, carry_out=carry_out)
 
 
-def gru_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+def gru_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
+                  *, carry_out: bool = True) -> dict:
     """As kernel gru.truncated: S_t = P_t (r 13) → {param: grad, "state", "carry": {}}."""
-    return _truncated("gru", params, x, h0, dh, True)
+    return _truncated("gru", params, x, h0, dh, True, carry_out)
 
 
-def gru_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+def gru_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None,
+                *, carry_out: bool = True) -> dict:
     """As kernel gru.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14); carry {}."""
-    return _truncated("gru", params, x, h0, dh, False)
+    return _truncated("gru", params, x, h0, dh, False, carry_out)
 
 
-def lstm_rtrl(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+def lstm_rtrl(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None, *, carry_out: bool = True) -> dict:
     """As kernel lstm.rtrl: exact RTRL (r 3, 4) on the state [h; c] → {param: grad, "state", "carry": dense
     traces}."""
-    return _sweep("lstm", "rtrl", params, x, state0, dh, carry)
+    return _sweep("lstm", "rtrl", params, x, state0, dh, carry, carry_out=carry_out)
 
 
-def lstm_snap1(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+def lstm_snap1(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None, *, carry_out: bool = True) -> dict:
     """As kernel lstm.snap1: SnAp-1 with the per-unit 2×2 blocks (r 9-12) → {param: grad, "state", "carry": unit
     traces}."""
-    return _sweep("lstm", "snap1", params, x, state0, dh, carry)
+    return _sweep("lstm", "snap1", params, x, state0, dh, carry, carry_out=carry_out)
 
 
-def lstm_cec(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+def lstm_cec(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None, *, carry_out: bool = True) -> dict:
     """As kernel lstm.cec: the compact recursion with D_t = [[0, κf], [0, f]] (r 15, 16) → {param: grad, "state",
     "carry": unit traces}."""
-    return _sweep("lstm", "cec", params, x, state0, dh, carry)
+    return _sweep("lstm", "cec", params, x, state0, dh, carry, carry_out=carry_out)
 
 
-def lstm_truncated(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+def lstm_truncated(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None, *, carry_out: bool = True) -> dict:
     """As kernel lstm.truncated: S_t = P_t (r 13): both h_{t-1} and c_{t-1} held constant; carry {}."""
-    return _truncated("lstm", params, x, state0, dh, True)
+    return _truncated("lstm", params, x, state0, dh, True, carry_out)
 
 
-def lstm_spatial(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None) -> dict:
+def lstm_spatial(params: dict, x: np.ndarray, state0, dh: np.ndarray, carry=None, *, carry_out: bool = True) -> dict:
     """As kernel lstm.spatial: (r 13) with weight_hh, bias_hh held constant (zero gradient, r 14); carry {}."""
-    return _truncated("lstm", params, x, state0, dh, False)
+    return _truncated("lstm", params, x, state0, dh, False, carry_out)
 
 
 KERNELS = {"rnn.rtrl": rnn_rtrl, "rnn.snap1": rnn_snap1, "rnn.truncated": rnn_truncated, "rnn.spatial": rnn_spatial,

@@ -18,8 +18,9 @@ linearity:
     Z_t = λ ⊙ Z_{t-1} + x_t (over k)         S_Bre = γ ⊙ Z,   S_Bim = i γ ⊙ Z            (lru 10)        c(B, N, I)
     S^γ_t = λ ⊙ S^γ_{t-1} + u_t                                                          (lru 10)        c(B, N)
 
-(the reference's carry is converted to these compact traces once per call, on the way in — Q = −e^{−ν} S_ν,
-Z = S_Bre / γ — and back on the way out), so, with Σ over t and b and δ_t = dh_t (r 4, 7):
+(the reference's carry enters once per call, by linearity (_with_carry), and the compact traces are converted to the
+reference's layout on the way out — skipped with carry_out=False, whose "carry" is None), so, with Σ over t and b
+and δ_t = dh_t (r 4, 7):
 ν̄ = −e^ν Re Σ conj(Q)δ,  θ̄ = e^θ Im Σ conj(Q)δ,  B̄_re + i B̄_im = γ Σ conj(Z)δ,  γ̄_log = Re Σ conj(S^γ)δ. One complex
 Z trace serves both B_re and B_im.
 FPTT (J_t = diag(λ): every product is elementwise, O(B·N) per step; FPTT's Q is the Jacobian product, not the rtrl
@@ -152,9 +153,11 @@ def _traces_out(params, Q, Sg, Zre, Zim, cdt):
             "B_re": (gamma * Z).astype(cdt), "B_im": (1j * gamma * Z).astype(cdt)}
 
 
-def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
+def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None, *,
+             carry_out: bool = True) -> dict:
     """As kernel lru.rtrl: x r(T,B,I), h0 c(B,N), dh c(T,B,N), the carried "diag" traces (None: zero) → {param: grad,
-    "state" c(B,N), "carry": the traces after the chunk} (exact RTRL = BPTT, r 8)."""
+    "state" c(B,N), "carry": the traces after the chunk, or None with carry_out=False (no _traces_out then)} (exact
+    RTRL = BPTT, r 8)."""
     T, B, I = x.shape
     lam, gamma, rdt, cdt, W2, lam_p = _setup(params, x)
     N = lam.shape[0]
@@ -166,7 +169,7 @@ def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=
     _rtrl_loop(contiguous(x, rdt), h, _pairs(dh, cdt, rdt), contiguous(W2.T, rdt), lam_p, CHUNK, min(B, RTRL_BLOCKS),
                gq, gg, Q, Sg, Zre, Zim, Gre, Gim)
     grads = lru_param_grads(np, params, gq[:, 0], gq[:, 1], Gre, Gim, gamma, gamma_log=gg)      # (r 8)
-    out = _traces_out(params, Q, Sg, Zre, Zim, cdt)
+    out = _traces_out(params, Q, Sg, Zre, Zim, cdt) if carry_out else None
     if carry is not None:
         grads, out = _with_carry(params, carry, lam, dh, grads, out, B, N, I)
     return {**grads, "state": h.view(cdt), "carry": out}
@@ -175,17 +178,19 @@ def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=
 def _with_carry(params, carry, lam, dh, grads, out, B, N, I):
     """The carried traces' part, by linearity: (r 8) is linear in S, so a chunk from S_{-1} is the chunk from 0 plus
     λ^{t+1} ⊙ S_{-1} at step t. Its gradient is Re Σ_b conj(S_{-1}) ⊙ w with w = Σ_t conj(λ^{t+1}) δ_t (B, N), and the
-    carry out gains λ^T ⊙ S_{-1}. Once per call (O(T·B·N) for w), exact for any carry — also one made with other
-    parameters (an update inside the stream changes ν, θ, γ between chunks)."""
+    carry out gains λ^T ⊙ S_{-1} (unless it is None: not handed on). Once per call (O(T·B·N) for w), exact for any
+    carry — also one made with other parameters (an update inside the stream changes ν, θ, γ between chunks)."""
     check_carry(carry, {"nu_log": (B, N), "theta_log": (B, N), "gamma_log": (B, N), "B_re": (B, N, I),
                         "B_im": (B, N, I)}, "lru.rtrl")
     powers = np.cumprod(np.broadcast_to(lam.astype(np.complex128), (dh.shape[0], N)), axis=0)    # λ^{t+1} (T, N)
     w = np.einsum("tn,tbn->bn", np.conj(powers), dh.astype(np.complex128))                     # (B, N)
-    grads, out = dict(grads), dict(out)
+    grads, out = dict(grads), (None if out is None else dict(out))
     for name, S0 in carry.items():
         S0 = np.asarray(S0, np.complex128)
         wb = w.reshape(w.shape + (1,) * (S0.ndim - 2))
         grads[name] = (grads[name] + np.real(np.einsum("bn...->n...", np.conj(S0) * wb))).astype(grads[name].dtype)
+        if out is None:
+            continue
         lamT = powers[-1].reshape((N,) + (1,) * (S0.ndim - 2))
         out[name] = (out[name] + lamT * S0).astype(out[name].dtype)
     return grads, out
@@ -221,9 +226,9 @@ def _truncated_loop(x, h, dh, W2T, lam, recurrent, gq, gg, Gre, Gim):
                     gi[i] += xb[i] * di
 
 
-def _lru_truncated_like(params, x, h0, dh, recurrent):
-    """(r 13), (r 14) over one chunk → {param: grad, "state" c(B,N), "carry": {}} (nothing is carried; a carry passed
-    in is not read, as in the reference)."""
+def _lru_truncated_like(params, x, h0, dh, recurrent, carry_out):
+    """(r 13), (r 14) over one chunk → {param: grad, "state" c(B,N), "carry": {} (None with carry_out=False)} (nothing
+    is carried; a carry passed in is not read, as in the reference)."""
     T, B, I = x.shape
     lam, gamma, rdt, cdt, W2, lam_p = _setup(params, x)
     N = lam.shape[0]
@@ -234,17 +239,20 @@ def _lru_truncated_like(params, x, h0, dh, recurrent):
                     Gre, Gim)
     grads = lru_param_grads(np, params, gq[:, 0], gq[:, 1], Gre, Gim, gamma, gamma_log=gg,
                             recurrent=recurrent)                                                # (r 13, 14)
-    return {**grads, "state": h.view(cdt), "carry": {}}
+    return {**grads, "state": h.view(cdt), "carry": {} if carry_out else None}
 
 
-def lru_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
-    """As kernel lru.truncated: S_t = P_t (r 13); carry {}."""
-    return _lru_truncated_like(params, x, h0, dh, True)
+def lru_truncated(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None, *,
+                  carry_out: bool = True) -> dict:
+    """As kernel lru.truncated: S_t = P_t (r 13); carry {} (None with carry_out=False)."""
+    return _lru_truncated_like(params, x, h0, dh, True, carry_out)
 
 
-def lru_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None) -> dict:
-    """As kernel lru.spatial: (r 13) with nu_log, theta_log held constant (zero gradient, r 14); carry {}."""
-    return _lru_truncated_like(params, x, h0, dh, False)
+def lru_spatial(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None, *,
+                carry_out: bool = True) -> dict:
+    """As kernel lru.spatial: (r 13) with nu_log, theta_log held constant (zero gradient, r 14); carry {} (None with
+    carry_out=False)."""
+    return _lru_truncated_like(params, x, h0, dh, False, carry_out)
 
 
 # --------------------------------------------------------------------------------------------------- fptt (f 1-4)

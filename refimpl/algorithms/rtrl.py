@@ -275,7 +275,8 @@ def traces_from_carry(rule: str, cell, params: dict, batch: int, carry: dict | N
                   sens={name: np.asarray(carry[name]).astype(S0.dtype, copy=False) for name, S0 in traces.sens.items()})
 
 
-def sweep(rule: str, cell, params: dict, x: np.ndarray, dh: np.ndarray, state0, carry: dict | None = None):
+def sweep(rule: str, cell, params: dict, x: np.ndarray, dh: np.ndarray, state0, carry: dict | None = None, *,
+          carry_out: bool = True):
     """The online loop over one chunk of a stream (or a whole sequence), memory independent of its length: the
     sensitivities and the state are carried in and handed back, so a stream cut into chunks of any size C gives the
     gradients of one uncut sweep (only the order of the sums changes).
@@ -288,8 +289,11 @@ def sweep(rule: str, cell, params: dict, x: np.ndarray, dh: np.ndarray, state0, 
         dh: instantaneous adjoints of the chunk (C, B, H) — of h for the lstm; c(C, B, N) for the lru.
         state0: the state before the chunk (h0 (B, H); LSTMState(h0, c0); c(B, N)).
         carry: the traces before the chunk, as the previous chunk returned them (carry_of); None: S_{-1} = 0.
+        carry_out: hand the carry after the chunk on (True); False (the last chunk of a stream, whose carry nobody
+            reads) gives None in its place and builds nothing for it — the grads and the state are the same.
     Returns:
-        (grads {param name: Σ_t g_t over the chunk, eq. (4)}, the state after the chunk, the carry after the chunk).
+        (grads {param name: Σ_t g_t over the chunk, eq. (4)}, the state after the chunk, the carry after the chunk
+        or None).
     """
     traces = traces_from_carry(rule, cell, params, x.shape[1], carry)
     grads = {name: np.zeros_like(p) for name, p in params.items()}
@@ -298,7 +302,7 @@ def sweep(rule: str, cell, params: dict, x: np.ndarray, dh: np.ndarray, state0, 
         traces = update_traces(rule, cell, params, traces, x[t], state)   # S_t from S_{t-1} and s_{t-1}
         state, _ = cell.module.step_forward(params, x[t], state, **cell.step_options)   # s_t; the cache is dropped
         add_into(grads, trace_grads(rule, cell, params, traces, dh[t]))   # (4)  Σ_t g_t
-    return grads, state, carry_of(traces)
+    return grads, state, (carry_of(traces) if carry_out else None)
 
 
 def cell_grads_online(rule: str, cell, params: dict, x: np.ndarray, dh: np.ndarray, state0) -> dict:
