@@ -122,16 +122,17 @@ class Sweeps(NamedTuple):
     carrier: str = "float64"
     warmup: str = "direct"
 
-    def _kernel(self, op: str, cell, params, x, dh, state0, carry) -> dict:
+    def _kernel(self, op: str, cell, params, x, dh, state0, carry, **extra) -> dict:
         return call(f"{cell.name}.{op}", self.backend, params, x, dh=dh, carry=carry, **{cell.state_arg: state0},
-                    **cell.step_options)
+                    **cell.step_options, **extra)
 
-    def rule(self, rule: str, cell, params, x, dh, state0, carry):
-        """An RTRL-family rule: (grads {param}, carry)."""
+    def rule(self, rule: str, cell, params, x, dh, state0, carry, carry_out: bool = True):
+        """An RTRL-family rule: (grads {param}, carry). carry_out=False at a stream's last chunk: no carry is built
+        (None), the grads are the same."""
         if self.backend == "numpy":
-            grads, _, carry = rtrl.sweep(rule, cell, params, x, dh, state0, carry)
+            grads, _, carry = rtrl.sweep(rule, cell, params, x, dh, state0, carry, carry_out=carry_out)
             return grads, carry
-        out = self._kernel(rule, cell, params, x, dh, state0, carry)
+        out = self._kernel(rule, cell, params, x, dh, state0, carry, carry_out=carry_out)
         return {k: out[k] for k in params}, out["carry"]
 
     def warm(self, cell, params, x, dh, state0, carry):
@@ -217,8 +218,9 @@ def head_chunk(model, params, u, t0: int, T: int, y, loss: str, mask, run_sum) -
 
 def run_stream(model, params, source, loss, kernels, make_adjoint: Callable, *, chunk: int, lowest: int = 0,
                update_every: int | None = None, on_update=None, keep_dx: bool = False):
-    """One pass over the stream. make_adjoint(states before the chunk) -> the walk's cell_adjoint for that chunk
-    (it keeps its own carries). Returns (Σ loss, the gradient since the last update, x̄ (T, B, I) or None)."""
+    """One pass over the stream. make_adjoint(states before the chunk, last) -> the walk's cell_adjoint for that
+    chunk (it keeps its own carries; last: whether the chunk ends the stream, after which no carry is needed).
+    Returns (Σ loss, the gradient since the last update, x̄ (T, B, I) or None)."""
     T, B = source.length, source.batch
     states = [c.zero_state(B) for c in model.cells]
     grads = {k: np.zeros_like(v) for k, v in params.items()}
@@ -228,7 +230,8 @@ def run_stream(model, params, source, loss, kernels, make_adjoint: Callable, *, 
         u, cache, new_states = forward_chunk(model, params, kernels, x, states)                     # (1)
         head = head_chunk(model, params, u, t0, T, y, loss, mask, run_sum)                         # (2)
         run_sum, total, since = head.run_sum, total + head.loss, since + head.loss
-        step_grads, dx = stack_backward(model, params, head.du, cache, make_adjoint(states), lowest)   # (3)
+        step_grads, dx = stack_backward(model, params, head.du, cache, make_adjoint(states, t1 == T),
+                                        lowest)                                                    # (3)
         if head.readout is not None:                                                               # (4)
             grads["readout.weight"] += head.readout["weight"]
             grads["readout.bias"] += head.readout["bias"]
@@ -282,12 +285,12 @@ def online_grads(kernels, model, params, source, loss, *, rule: str, chunk: int,
     derivation): (Σ loss, gradient of every parameter; no "x")."""
     sweeps, carries = sweeps_for(kernels, carrier), [None] * model.layers
 
-    def make_adjoint(states):
+    def make_adjoint(states, last):
         def cell_adjoint(l, params_l, dh, cache):
             c = model.cells[l]
             dx = immediate_input_backward(c, params_l, dh, cache)                                   # x̄: immediate
             grads, carries[l] = sweeps.rule(rtrl.sweep_rule(rule, c), c, params_l, cache.x, dh, states[l],
-                                            carries[l])
+                                            carries[l], carry_out=not last)
             return {**grads, "x": dx}
         return cell_adjoint
 
@@ -314,7 +317,7 @@ def fptt_grads(kernels, model, params, source, loss, *, chunk: int, passes: int 
         carries = {l: starts[l] for l in in_error + ([] if warm is None else [warm])}
         dh_last, e_max = {}, {l: 0.0 for l in in_error}
 
-        def make_adjoint(states):
+        def make_adjoint(states, last):
             def cell_adjoint(l, params_l, dh, cache):
                 c = cells[l]
                 dh_last[l] = dh[-1]
@@ -354,7 +357,7 @@ def fptt_grads(kernels, model, params, source, loss, *, chunk: int, passes: int 
 def tbptt_grads(kernels, model, params, source, loss, *, window: int, update_every=None, on_update=None):
     """k-step truncated BPTT: BPTT inside each window of `window` steps, the state carried across windows and the
     graph cut at each window's start (no adjoint flows into the previous window): (Σ loss, gradients; no "x")."""
-    def make_adjoint(states):
+    def make_adjoint(states, last):
         def cell_adjoint(l, params_l, dh, cache):
             grads = kernels.backward(params_l, dh, cache, **model.cells[l].step_options)
             return {**{k: grads[k] for k in params_l}, "x": grads["x"]}
