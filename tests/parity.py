@@ -17,6 +17,22 @@ from refimpl.numerics import TOLERANCES, rel_error
 from refimpl.registry import KERNELS, call, flatten_outputs
 
 
+def skip_unless_runs(backend: str, kernel: str, dtype: str):
+    """The loaded backend, or pytest.skip with the reason it cannot run `kernel` in `dtype` here."""
+    import pytest
+
+    from refimpl.registry import load_backend
+    b = load_backend(backend)
+    if not b.available:
+        pytest.skip(f"backend {backend}: {b.reason}")
+    if kernel not in b.kernels:
+        pytest.skip(f"backend {backend} does not implement {kernel}")
+    why = b.unsupported_dtype(kernel, dtype)
+    if why:
+        pytest.skip(f"backend {backend}, {kernel} in {dtype}: {why}")
+    return b
+
+
 def make_case_inputs(kernel: str, dtype: str, size: dict, seed: int, variant: dict) -> dict:
     return KERNELS[kernel].make_inputs(np.random.default_rng(seed), np.dtype(dtype), size, **variant)
 

@@ -18,8 +18,9 @@ import copy
 import numpy as np
 import pytest
 
-from refimpl.registry import KERNELS, call, flatten_outputs, load_backend
+from refimpl.registry import KERNELS, call, flatten_outputs
 
+from ..parity import skip_unless_runs
 from .test_parity import SIZES
 
 RULES = ("rtrl", "snap1", "truncated", "spatial", "cec")
@@ -69,14 +70,7 @@ def _runner(target: str, kernel: str, dtype: str, request):
         device = request.getfixturevalue("emulated")
         implementation = cupy_backend.IMPLEMENTATIONS[kernel]
         return lambda **inputs: implementation(device, **inputs)
-    b = load_backend(target)
-    if not b.available:
-        pytest.skip(f"backend {target}: {b.reason}")
-    if kernel not in b.kernels:
-        pytest.skip(f"backend {target} does not implement {kernel}")
-    why = b.unsupported_dtype(kernel, dtype)
-    if why:
-        pytest.skip(f"backend {target}, {kernel} in {dtype}: {why}")
+    skip_unless_runs(target, kernel, dtype)
     return lambda **inputs: call(kernel, target, **inputs)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from refimpl.registry import BACKENDS, KERNELS, load_backend
 
-from ..parity import assert_matches_reference
+from ..parity import assert_matches_reference, skip_unless_runs
 
 # Sizes chosen to break kernels (STYLE.md §9): all-ones, B=1 with a prime T, H not a multiple of 32, one realistic size.
 SIZES = [dict(T=1, B=1, I=1, H=1), dict(T=13, B=1, I=2, H=3), dict(T=7, B=3, I=5, H=51), dict(T=64, B=8, I=16, H=64)]
@@ -32,14 +32,7 @@ def _cases():
 
 @pytest.mark.parametrize("kernel,variant,backend,dtype,size,seed", list(_cases()))
 def test_backend_matches_reference(kernel, variant, backend, dtype, size, seed):
-    b = load_backend(backend)
-    if not b.available:
-        pytest.skip(f"backend {backend}: {b.reason}")
-    if kernel not in b.kernels:
-        pytest.skip(f"backend {backend} does not implement {kernel}")
-    why = b.unsupported_dtype(kernel, dtype)
-    if why:
-        pytest.skip(f"backend {backend}, {kernel} in {dtype}: {why}")
+    skip_unless_runs(backend, kernel, dtype)
     assert_matches_reference(kernel, backend, dtype, size, seed, variant)
 
 

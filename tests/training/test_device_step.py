@@ -67,7 +67,7 @@ def _tolerance(dtype):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("name,options,loss", MODELS, ids=[m[0] for m in MODELS])
 def test_whole_step_equals_the_reference(name, options, loss, cell, backend, dtype):
-    b = _backend_or_skip(backend, cell, dtype)
+    _backend_or_skip(backend, cell, dtype)
     model, params, x, y = _case(cell, options, loss, dtype)
     _, want = bptt(model, params, x, y, loss=loss)                              # the reference: NumPy end to end
     opt = optim.OptimConfig(name="adamw", lr=1e-2, total_steps=4, clip_norm=0.5)
