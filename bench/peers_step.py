@@ -113,7 +113,7 @@ def _jax_forward(model, jnp, lax):
             a = layer_norm(p, f"{pre}.norm", u) if model.norm == "layer" else u              # (47)
             h = cells[model.cell](p, f"{pre}.cell", a)                                       # (48)
             y = h
-            if model.cell == "lru":
+            if model.cells[l].output_map:                                                    # the lru
                 C = p[f"{pre}.C_re"] + 1j * p[f"{pre}.C_im"]
                 y = jnp.real(h @ C.T) + p[f"{pre}.D"] * a                                    # (49), (28)
             f = y

@@ -93,10 +93,11 @@ def _set_rho(params: dict, prefix: str, rho: float, seed: int) -> dict:
     return p
 
 
-def _set_gate_bias(cell: str, block: int):
-    """gru b_hz (block 1 of [r, z, n]) / lstm b_hf (block 1 of [i, f, g, o], on the well-conditioned lstm)."""
+def _set_gate_bias(block: int, base: str | None = None):
+    """A gate's bias b_hh[block·H:(block+1)·H]: gru b_hz (block 1 of [r, z, n]) from the default parameters; lstm b_hf
+    (block 1 of [i, f, g, o]) from fptt.well_conditioned's parameters of cell `base`."""
     def knob(params: dict, prefix: str, value: float, seed: int) -> dict:
-        p = well_conditioned(cell, params, prefix, seed) if cell == "lstm" else dict(params)
+        p = dict(params) if base is None else well_conditioned(base, params, prefix, seed)
         H = p[f"{prefix}weight_hh"].shape[1]
         b = p[f"{prefix}bias_hh"].copy()
         b[block * H:(block + 1) * H] = value
@@ -110,8 +111,8 @@ def _set_gate_bias(cell: str, block: int):
 KNOBS = {
     "lru": ("r_min", (0.36, 0.68, 0.84, 0.92, 0.96, 0.98, 0.99), _set_r_min),
     "rnn": ("rho", (0.6, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1), _set_rho),
-    "gru": ("b_hz", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0), _set_gate_bias("gru", 1)),
-    "lstm": ("b_hf", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0), _set_gate_bias("lstm", 1)),
+    "gru": ("b_hz", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0), _set_gate_bias(1)),
+    "lstm": ("b_hf", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0), _set_gate_bias(1, base="lstm")),
 }
 
 
