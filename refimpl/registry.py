@@ -114,6 +114,7 @@ class Backend:
     unsupported_dtype: Callable[[str, str], str] = lambda kernel, dtype: ""
     synchronize: Callable[[Any], None] = lambda outputs: None
     crossings: dict = field(default_factory=_no_crossings)
+    on_host: bool = True            # its arrays are NumPy's (numpy, numba: the module's ON_HOST); False for a device
 
     def reset_crossings(self) -> None:
         """Set both crossing counters back to 0."""
@@ -160,7 +161,8 @@ def load_backend(name: str) -> Backend:
             backend = Backend(name, ok, reason, dict(module.KERNELS), module.to_backend, module.to_numpy,
                               getattr(module, "unsupported_dtype", lambda kernel, dtype: ""),
                               getattr(module, "synchronize", lambda outputs: None))
-            if not getattr(module, "ON_HOST", False):       # a device: count its crossings
+            backend.on_host = bool(getattr(module, "ON_HOST", False))
+            if not backend.on_host:                          # a device: count its crossings
                 backend.to_backend = _counted(backend, "to_backend", module.to_backend)
                 backend.to_numpy = _counted(backend, "to_numpy", module.to_numpy)
             if ok and getattr(module, "NAMESPACE", None) is not None:

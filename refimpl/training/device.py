@@ -37,10 +37,10 @@ import numpy as np
 
 from .. import optim
 from ..arrays import is_numpy, namespace
-from ..errors import NumericalError, UnsupportedError
+from ..errors import NumericalError
 from ..nn.losses import loss_forward
 from ..nn.model import backward, forward
-from ..registry import cell_kernels, load_backend, to_device, to_host
+from ..registry import cell_kernels, to_device, to_host
 
 
 class DeviceStep:
@@ -48,11 +48,7 @@ class DeviceStep:
 
     def __init__(self, model, opt: optim.OptimConfig, backend: str = "numpy", loss: str = "mse"):
         self.model, self.opt, self.loss, self.backend = model, opt, loss, backend
-        b = load_backend(backend)
-        if not b.available:
-            raise UnsupportedError(f"backend {backend!r} is not available on this machine: {b.reason}; use backend "
-                                   f"'numpy' or see `python -m refimpl.run backends`")
-        self.kernels = cell_kernels(model.cell, backend, model.dtype.name, device=True)
+        self.kernels = cell_kernels(model.cell, backend, model.dtype.name, device=True)   # refuses a backend not here
 
     # ---------------------------------------------------------------------------------------------- the boundary
     def to_device(self, tree):
@@ -96,10 +92,12 @@ class DeviceStep:
 
     def report(self, value, finite) -> float:
         """The loss as a Python float (two device → host crossings: call it at logging points only); NumericalError
-        when the step was not finite (its update was skipped: the parameters are those before it)."""
+        when `finite` is False — the flag of this step, or of every step since the last report and-ed together (the
+        training loop keeps it so): a non-finite step's update was skipped, its parameters are those before it."""
         value_np, finite_np = self.to_host((value, finite))
         if not bool(np.asarray(finite_np)):
-            raise NumericalError(f"the training step on backend {self.backend!r} was not finite (loss "
-                                 f"{float(np.asarray(value_np))}, or a NaN/inf gradient); its update was skipped — "
-                                 f"lower the learning rate, clip harder (--clip), check the inputs, or use float64")
+            raise NumericalError(f"a training step on backend {self.backend!r} was not finite (a NaN/inf loss or "
+                                 f"gradient; the last step's loss is {float(np.asarray(value_np))}); its update was "
+                                 f"skipped — lower the learning rate, clip harder (--clip), check the inputs, or use "
+                                 f"float64")
         return float(np.asarray(value_np))

@@ -84,7 +84,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
             end_of_epoch = step % steps_per_epoch == 0 or step == total
             saved = end_of_epoch or (config.checkpoint_every and step % config.checkpoint_every == 0)
             if on_device is not None:                    # (2)–(3) in the backend's arrays (refimpl/training/device.py)
-                on_device = device_step(problem, on_device, idx, k, run, logged=logged, host=end_of_epoch or saved)
+                on_device = device_step(problem, on_device, idx, k, run, logged=logged, host=saved)
                 if on_device.host is not None:
                     params, opt_state = on_device.host
                 loss, info = on_device.loss, on_device.info
@@ -135,6 +135,7 @@ class OnDevice(NamedTuple):
     """A run's training state in a backend's arrays, and what the last step handed the host (None when nothing)."""
     params: dict
     state: dict
+    finite: object = None               # on the device: every step since the last report was finite (None: none ran)
     loss: float | None = None
     info: dict | None = None
     host: tuple | None = None           # (params, opt_state) as NumPy, when the step was asked for them
@@ -142,19 +143,21 @@ class OnDevice(NamedTuple):
 
 def device_step(problem, on: OnDevice, idx, k: int, run, *, logged: bool, host: bool) -> OnDevice:
     """(2)–(3) as one DeviceStep on the device: the batch crosses to the device; the loss, the gradient norm (for
-    logging) and the parameters (for evaluation and checkpoints) cross back only when asked. A non-finite step
-    is skipped on the device and reported at the next logged step as TrainingDiverged."""
+    logging) and the parameters (for evaluation and checkpoints) cross back only when asked. A non-finite step is
+    skipped on the device, and its flag is kept (and-ed with the later steps') until the next report, which raises
+    TrainingDiverged: nothing non-finite goes unreported, whichever step it was."""
     step = problem.device
     x, y, mask = step.to_device(problem.batch(idx))
     params, state, value, finite = step(on.params, on.state, x, y, mask)
-    loss = info = None
-    if logged or host:
-        try:
-            loss = step.report(value, finite)
-        except NumericalError as e:
-            raise TrainingDiverged.at(k + 1, str(e), run.checkpoint) from None
-        info = {"lr": optim.lr_at(k, step.opt), "grad_norm": float(np.asarray(step.to_host(step.last_norm)))}
-    return OnDevice(params, state, loss, info, step.load_back(params, state) if host else None)
+    finite = finite if on.finite is None else on.finite & finite
+    if not (logged or host):
+        return OnDevice(params, state, finite)
+    try:
+        loss = step.report(value, finite)
+    except NumericalError as e:
+        raise TrainingDiverged.at(k + 1, str(e), run.checkpoint) from None
+    info = {"lr": optim.lr_at(k, step.opt), "grad_norm": float(np.asarray(step.to_host(step.last_norm)))}
+    return OnDevice(params, state, None, loss, info, step.load_back(params, state) if host else None)
 
 
 def _subset(split, n: int, seed: int):

@@ -50,7 +50,7 @@ from ..ep import conv as ep_conv, networks as ep_networks
 from ..errors import NumericalError, UnsupportedError
 from ..nn.losses import loss_forward
 from ..nn.model import check_inputs, forward
-from ..registry import cell_kernels, ep_kernels
+from ..registry import cell_kernels, ep_kernels, load_backend
 from .config import EP_SETTINGS, TrainConfig
 from .device import DeviceStep
 
@@ -190,16 +190,12 @@ def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Probl
                    batch)
 
 
-#: The backends whose arrays are not NumPy's: there a BPTT run keeps its whole step on the device (DeviceStep).
-DEVICE_BACKENDS = ("mlx", "cupy")
-
-
 def on_device(config: TrainConfig) -> bool:
     """Whether the run's whole step runs in the backend's arrays: bptt (no micro-batches, no update inside the
-    sequence) on a backend of DEVICE_BACKENDS. The other algorithms run their cells on the backend and the rest on
-    the host (refimpl/algorithms/chunked.py)."""
-    return (config.backend in DEVICE_BACKENDS and config.algorithm == "bptt" and not config.micro_batch
-            and not config.update_every)
+    sequence) on a backend whose arrays are not NumPy's (registry.Backend.on_host False: mlx, cupy). The other
+    algorithms run their cells on the backend and the rest on the host (refimpl/algorithms/chunked.py)."""
+    return (config.algorithm == "bptt" and not config.micro_batch and not config.update_every
+            and not load_backend(config.backend).on_host)
 
 
 def build_model(config: TrainConfig, task):

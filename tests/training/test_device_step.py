@@ -125,7 +125,7 @@ def test_a_non_finite_step_is_gated_and_reported():
     p, s, value, finite = step(p0, s0, xd, yd)
     host = step.to_host(p)
     assert all(np.array_equal(np.asarray(host[k]), params[k]) for k in params)
-    with pytest.raises(NumericalError, match="was not finite.*update was skipped"):
+    with pytest.raises(NumericalError, match=r"was not finite.*update was\s+skipped"):
         step.report(value, finite)
 
 
@@ -231,3 +231,24 @@ def test_a_killed_run_on_mlx_resumes_to_the_same_metrics(tmp_path, monkeypatch):
     monkeypatch.setattr(device_mod.DeviceStep, "__call__", real)
     train(cfg, tmp_path / "run", resume=True)
     assert _train_metrics(tmp_path / "run") == _train_metrics(tmp_path / "whole")
+
+
+def test_a_non_finite_step_between_logged_steps_stops_the_run(tmp_path, monkeypatch):
+    """On mlx a NaN batch at step 2 of a run logged every 4 steps: its update is skipped on the device, and the run
+    stops with TrainingDiverged at the next report (step 4), although steps 3 and 4 are finite themselves."""
+    from refimpl.runs import TrainingDiverged, load_checkpoint
+    from refimpl.training import device as device_mod
+    from refimpl.training.config import TrainConfig
+    from refimpl.training.loop import train
+    _backend_or_skip("mlx", "gru", "float32")
+    calls, real = [], device_mod.DeviceStep.__call__
+
+    def nan_at_step_2(self, params, state, x, y, mask=None):
+        calls.append(1)
+        return real(self, params, state, x * float("nan") if len(calls) == 2 else x, y, mask)
+    monkeypatch.setattr(device_mod.DeviceStep, "__call__", nan_at_step_2)
+    with pytest.raises(TrainingDiverged, match=r"step 4.*was not finite"):
+        train(TrainConfig(**{**RUN, "checkpoint_every": None}, backend="mlx"), tmp_path / "run")
+    assert len(calls) == 4
+    assert not (tmp_path / "run" / "checkpoint.npz").exists() or load_checkpoint(tmp_path / "run" /
+                                                                                    "checkpoint.npz").step < 4
