@@ -246,23 +246,23 @@ def run_stream(model, params, source, loss, kernels, make_adjoint: Callable, *, 
     return total, grads, dx_all
 
 
+def _as_steps(cell, dh, cache):
+    """A chunk's cache and adjoint dh (C, B, H) as C·B independent steps: (the step adjoint, the step cache)."""
+    flat = type(cache)(*(f.reshape((-1,) + f.shape[2:]) for f in cache))
+    return cell.adjoint_from_h(dh.reshape((-1,) + dh.shape[2:])), flat
+
+
 def immediate_backward(cell, params, dh, cache) -> tuple[dict, np.ndarray]:
     """The cell's step backward at every t of a chunk at once, without the carry through time: dh (C, B, H) is the
     adjoint of h_t alone. Returns (parameter gradients summed over (t, b), x̄ (C, B, I))."""
-    C, B = dh.shape[:2]
-    flat = type(cache)(*(f.reshape((-1,) + f.shape[2:]) for f in cache))      # C·B independent steps
-    g, dx, _ = cell.module.step_backward(params, cell.adjoint_from_h(dh.reshape((C * B,) + dh.shape[2:])), flat,
-                                         **cell.step_options)
-    return g, dx.reshape(C, B, -1)
+    g, dx, _ = cell.module.step_backward(params, *_as_steps(cell, dh, cache), **cell.step_options)
+    return g, dx.reshape(dh.shape[:2] + (-1,))
 
 
 def immediate_input_backward(cell, params, dh, cache) -> np.ndarray:
     """x̄ (C, B, I) of immediate_backward alone (the cell's step_input_backward: no parameter adjoints)."""
-    C, B = dh.shape[:2]
-    flat = type(cache)(*(f.reshape((-1,) + f.shape[2:]) for f in cache))      # C·B independent steps
-    dx = cell.module.step_input_backward(params, cell.adjoint_from_h(dh.reshape((C * B,) + dh.shape[2:])), flat,
-                                         **cell.step_options)
-    return dx.reshape(C, B, -1)
+    dx = cell.module.step_input_backward(params, *_as_steps(cell, dh, cache), **cell.step_options)
+    return dx.reshape(dh.shape[:2] + (-1,))
 
 
 def held_adjoint(model):
@@ -339,14 +339,13 @@ def fptt_grads(kernels, model, params, source, loss, *, chunk: int, passes: int 
             starts[warm] = {"v": fptt.start_error(cells[warm], carries[warm])}                     # (3)
             if check or diagnostics is not None:
                 gains[warm] = fptt.product_gain(cells[warm], carries[warm])
-    if two_passes and diagnostics is not None:
-        diagnostics.update({l: {"residual": fptt.residual_of(cells[l], carries[l], dh_last[l]), "gain": gains[l]}
-                            for l in error_layers})
+    residuals = {l: fptt.residual_of(cells[l], carries[l], dh_last[l]) for l in error_layers} if two_passes else {}
+    if diagnostics is not None:
+        diagnostics.update({l: {"residual": residuals[l], "gain": gains[l]} for l in residuals})
     if two_passes and check:
         for l in error_layers:                                                                       # (5)
             ct = fptt.carrier_dtype(cells[l], carrier)
-            fptt.check_residual(cells[l], cell_params(model, l, params), T, ct,
-                                fptt.residual_of(cells[l], carries[l], dh_last[l]), f"layer {l}",
+            fptt.check_residual(cells[l], cell_params(model, l, params), T, ct, residuals[l], f"layer {l}",
                                 e_max=e_max[l] if sweeps.backend == "numpy" else None, gain=gains[l],
                                 warmup=warmup)
     if input_grad:
