@@ -43,6 +43,7 @@ import numpy as np
 from ..arrays import dtype_of, is_numpy, namespace
 from ..checks import check_finite
 from ..errors import DTypeError, ShapeError, UnknownNameError, UnsupportedError
+from .layers import sigmoid
 
 
 def _mse(out, y):
@@ -66,8 +67,7 @@ def _ce(out, labels):
 def _bce(out, y):
     xp = namespace(out, y)
     l = xp.maximum(out, xp.zeros_like(out)) - out * y + xp.log1p(xp.exp(-xp.abs(out)))   # (44)
-    sigma = 0.5 * (1.0 + xp.tanh(0.5 * out))                # σ(ŷ) as ½(1 + tanh(ŷ/2)): layers.py (12), no overflow
-    return xp.sum(l, axis=-1), sigma - y                                        # (44), (45)
+    return xp.sum(l, axis=-1), sigmoid(out) - y                                 # (44), (45)
 
 
 class Loss(NamedTuple):
