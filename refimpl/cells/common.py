@@ -16,6 +16,8 @@ from typing import NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
+from ..arrays import namespace
+
 C = TypeVar("C", bound=NamedTuple)
 
 
@@ -74,8 +76,9 @@ def sequence_backward(step_backward, add_to_h, params: dict, dh: np.ndarray, cac
 
 
 def sigmoid(a: np.ndarray) -> np.ndarray:
-    """σ(a) = 1/(1 + e^{−a}), written as ½(1 + tanh(a/2)): the same function, with no overflow for large |a|."""
-    return 0.5 * (1.0 + np.tanh(0.5 * a))
+    """σ(a) = 1/(1 + e^{−a}), written as ½(1 + tanh(a/2)): the same function, with no overflow for large |a|. Array-API
+    code (refimpl/arrays.py): the model's layers and losses run it on a backend's arrays too."""
+    return 0.5 * (1.0 + namespace(a).tanh(0.5 * a))
 
 
 def uniform_init(shapes: dict, n_hidden: int, rng: np.random.Generator, dtype) -> dict:

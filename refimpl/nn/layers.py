@@ -42,7 +42,7 @@ online-LRU code uses), not the exact erf form; with c = √(2/π), κ = 0.044715
     (10) u = c (x + κ x³)        g = ½ x (1 + tanh u)
     (11) x̄ = ḡ ⊙ [½ (1 + tanh u) + ½ x (1 − tanh² u) c (1 + 3κ x²)]
 
-Sigmoid (computed as 1/(1+e^{−x}) for x ≥ 0 and e^{x}/(1+e^{x}) for x < 0, so exp never overflows):
+Sigmoid (computed as ½(1 + tanh(x/2)), refimpl/cells/common.py: the same function, and nothing overflows):
 
     (12) s = σ(x) = 1/(1 + e^{−x})
     (13) x̄ = s̄ ⊙ s (1 − s)
@@ -118,6 +118,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..arrays import namespace
+from ..cells.common import sigmoid  # σ(x), eq. (12), in the overflow-free form ½(1 + tanh(x/2))
 from ..errors import UnknownNameError, UnsupportedError
 
 GELU_C = math.sqrt(2.0 / math.pi)   # c in (10)
@@ -143,15 +144,6 @@ def _outer_leading(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Σ_… a ⊗ b: (..., m), (..., n) → (m, n), as one matrix product (rows = every leading index)."""
     xp = namespace(a, b)
     return xp.matrix_transpose(xp.reshape(a, (-1, a.shape[-1]))) @ xp.reshape(b, (-1, b.shape[-1]))
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """σ(x) of (12), overflow-free: with e = e^{−|x|} ≤ 1, σ(x) = 1/(1 + e) for x ≥ 0 and e/(1 + e) for x < 0
-    (e^{x}/(1 + e^{x}) there), so exp never sees a large positive argument."""
-    xp = namespace(x)
-    e = xp.exp(-xp.abs(x))
-    r = 1.0 / (1.0 + e)
-    return xp.where(x >= 0, r, e * r)                                       # (12)
 
 
 # ----------------------------------------------------------------------------------------------------------------
