@@ -38,7 +38,7 @@ import numpy as np
 from .. import optim
 from ..arrays import is_numpy, namespace
 from ..errors import NumericalError
-from ..nn.losses import loss_forward
+from ..nn.losses import loss_forward, resolve_loss
 from ..nn.model import backward, forward
 from ..registry import cell_kernels, to_device, to_host
 
@@ -48,6 +48,7 @@ class DeviceStep:
 
     def __init__(self, model, opt: optim.OptimConfig, backend: str = "numpy", loss: str = "mse"):
         self.model, self.opt, self.loss, self.backend = model, opt, loss, backend
+        resolve_loss(loss)                                   # an unknown loss is refused here, before any work
         self.kernels = cell_kernels(model.cell, backend, model.dtype.name, device=True)   # refuses a backend not here
 
     # ---------------------------------------------------------------------------------------------- the boundary

@@ -252,3 +252,18 @@ def test_a_non_finite_step_between_logged_steps_stops_the_run(tmp_path, monkeypa
     assert len(calls) == 4
     assert not (tmp_path / "run" / "checkpoint.npz").exists() or load_checkpoint(tmp_path / "run" /
                                                                                     "checkpoint.npz").step < 4
+
+
+def test_a_device_step_refuses_what_it_cannot_run():
+    """An unknown loss, and a backend that cannot run the cell in the model's dtype, are refused at construction with
+    what is allowed."""
+    from refimpl.errors import UnknownNameError, UnsupportedError
+    model, _ = make_model("gru", 2, 3, 2)
+    with pytest.raises(UnknownNameError, match="huber"):
+        DeviceStep(model, optim.OptimConfig(), "numpy", "huber")
+    with pytest.raises(UnknownNameError, match="backend"):
+        DeviceStep(model, optim.OptimConfig(), "tpu", "mse")
+    if load_backend("mlx").available:
+        lru, _ = make_model("lru", 2, 3, 2)                                       # float64: complex128 states
+        with pytest.raises(UnsupportedError, match="cannot run the lru cell in float64.*float32"):
+            DeviceStep(lru, optim.OptimConfig(), "mlx", "mse")
