@@ -98,6 +98,30 @@ def _axis(axis):
     return list(axis) if isinstance(axis, tuple) else axis
 
 
+def _unary(fn):
+    """The standard's f(x, /) on an mx function (its argument through _in)."""
+    def f(x, /):
+        return fn(_in(x))
+    f.__name__ = fn.__name__
+    return staticmethod(f)
+
+
+def _binary(fn):
+    """The standard's f(x1, x2, /) on an mx function (its arguments through _in)."""
+    def f(x1, x2, /):
+        return fn(_in(x1), _in(x2))
+    f.__name__ = fn.__name__
+    return staticmethod(f)
+
+
+def _reduction(fn):
+    """The standard's reduction signature (x, /, *, axis=None, keepdims=False) on an mx reduction."""
+    def reduce(x, /, *, axis=None, keepdims: bool = False):
+        return fn(_in(x), axis=_axis(axis), keepdims=keepdims)
+    reduce.__name__ = fn.__name__
+    return staticmethod(reduce)
+
+
 class MLXNamespace:
     """The array API namespace of mx.array (one instance, `XP`): THE VOCABULARY of refimpl/arrays.py."""
 
@@ -152,9 +176,7 @@ class MLXNamespace:
         return mx.arange(start, stop, step, dtype=mx_dtype(dtype))
 
     # ----------------------------------------------------------------------------------------------- elementwise
-    @staticmethod
-    def abs(x, /):
-        return mx.abs(_in(x))
+    abs = _unary(mx.abs)
 
     @staticmethod
     def exp(x, /):
@@ -164,66 +186,35 @@ class MLXNamespace:
             return mx.exp(x)
         return mx.where(x >= 0, mx.expm1(x) + 1.0, 1.0 / (mx.expm1(-x) + 1.0))
 
-    @staticmethod
-    def log(x, /):
-        return mx.log(_in(x))
-
-    @staticmethod
-    def log1p(x, /):
-        return mx.log1p(_in(x))
-
-    @staticmethod
-    def sqrt(x, /):
-        return mx.sqrt(_in(x))
-
-    @staticmethod
-    def tanh(x, /):
-        return mx.tanh(_in(x))
-
-    @staticmethod
-    def sign(x, /):
-        return mx.sign(_in(x))
-
-    @staticmethod
-    def square(x, /):
-        return mx.square(_in(x))
-
-    @staticmethod
-    def maximum(x1, x2, /):
-        return mx.maximum(_in(x1), _in(x2))
-
-    @staticmethod
-    def minimum(x1, x2, /):
-        return mx.minimum(_in(x1), _in(x2))
+    log = _unary(mx.log)
+    log1p = _unary(mx.log1p)
+    sqrt = _unary(mx.sqrt)
+    tanh = _unary(mx.tanh)
+    sign = _unary(mx.sign)
+    square = _unary(mx.square)
+    maximum = _binary(mx.maximum)
+    minimum = _binary(mx.minimum)
 
     @staticmethod
     def where(condition, x1, x2, /):
         return mx.where(_in(condition), _in(x1), _in(x2))
 
-    @staticmethod
-    def real(x, /):
-        return mx.real(_in(x))
-
-    @staticmethod
-    def imag(x, /):
-        return mx.imag(_in(x))
-
-    @staticmethod
-    def conj(x, /):
-        return mx.conjugate(_in(x))
-
-    @staticmethod
-    def isfinite(x, /):
-        return mx.isfinite(_in(x))
+    real = _unary(mx.real)
+    imag = _unary(mx.imag)
+    conj = _unary(mx.conjugate)
+    isfinite = _unary(mx.isfinite)
 
     @staticmethod
     def clip(x, /, min=None, max=None):
         return mx.clip(_in(x), None if min is None else _in(min), None if max is None else _in(max))
 
     # ------------------------------------------------------------------------------------------------ reductions
-    @staticmethod
-    def sum(x, /, *, axis=None, keepdims: bool = False):
-        return mx.sum(_in(x), axis=_axis(axis), keepdims=keepdims)
+    sum = _reduction(mx.sum)
+    mean = _reduction(mx.mean)
+    max = _reduction(mx.max)
+    min = _reduction(mx.min)
+    all = _reduction(mx.all)
+    any = _reduction(mx.any)
 
     @staticmethod
     def cumulative_sum(x, /, *, axis=None, dtype=None, include_initial: bool = False):
@@ -232,33 +223,11 @@ class MLXNamespace:
         return mx.cumsum(_in(x), axis=_axis(axis))
 
     @staticmethod
-    def mean(x, /, *, axis=None, keepdims: bool = False):
-        return mx.mean(_in(x), axis=_axis(axis), keepdims=keepdims)
-
-    @staticmethod
-    def max(x, /, *, axis=None, keepdims: bool = False):
-        return mx.max(_in(x), axis=_axis(axis), keepdims=keepdims)
-
-    @staticmethod
-    def min(x, /, *, axis=None, keepdims: bool = False):
-        return mx.min(_in(x), axis=_axis(axis), keepdims=keepdims)
-
-    @staticmethod
-    def all(x, /, *, axis=None, keepdims: bool = False):
-        return mx.all(_in(x), axis=_axis(axis), keepdims=keepdims)
-
-    @staticmethod
-    def any(x, /, *, axis=None, keepdims: bool = False):
-        return mx.any(_in(x), axis=_axis(axis), keepdims=keepdims)
-
-    @staticmethod
     def argmax(x, /, *, axis=None, keepdims: bool = False):
         return mx.argmax(_in(x), axis=axis, keepdims=keepdims).astype(mx.int32)
 
     # -------------------------------------------------------------------------------------------- linear algebra
-    @staticmethod
-    def matmul(x1, x2, /):
-        return mx.matmul(_in(x1), _in(x2))
+    matmul = _binary(mx.matmul)
 
     @staticmethod
     def matrix_transpose(x, /):
