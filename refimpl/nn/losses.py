@@ -115,7 +115,7 @@ def _is_array(a) -> bool:
 
 
 def _on_host(a) -> bool:
-    """Whether a's values may be read here: a NumPy array. A device array's values are not read (no copy to the host)."""
+    """Whether a's values may be read here: a NumPy array (a device array's values are not read: no host copy)."""
     return is_numpy(namespace(a))
 
 

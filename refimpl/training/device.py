@@ -6,7 +6,7 @@ array code of refimpl/nn/layers.py, refimpl/nn/losses.py and refimpl/optim.py, w
 kernels are njit loops over NumPy arrays), on `mlx` in mx.arrays (the adapter backends/mlx/xp.py), on `cupy` in
 cupy arrays. A step is
 
-    ŷ, cache = model.forward(params, x)          the cells by the backend's raw kernels (registry.cell_kernels(device=True))
+    ŷ, cache = model.forward(params, x)          the cells by the backend's raw kernels (cell_kernels(device=True))
     L, ∂L/∂ŷ = loss_forward(loss, ŷ, y, mask)    losses.py (38)–(45)
     g = model.backward(params, ∂L/∂ŷ, cache)     BPTT, model.py (54)–(61)
     params', state' = optim.step(params, g, state, opt)           optim.py (1)–(14)
