@@ -116,7 +116,8 @@ def _rtrl_family(name: str) -> dict:
 
 def _fptt(two_passes: bool) -> dict:
     """FPTT (fptt.py, chunked.py); options carrier ('float64' | 'state'), warmup ('direct' | 'shooting'; fptt only:
-    fptt1 has no warm-up), and for a model chunk, passes (the pass budget) and input_grad. One cell is one layer with
+    fptt1 has no warm-up), and for a model chunk, passes (the pass budget), input_grad and schedule ('passes' |
+    'stored': chunked.fptt_grads). One cell is one layer with
     its input given: it has no pass budget, and always returns x̄."""
     warm = ("warmup",) if two_passes else ()
 
@@ -128,7 +129,7 @@ def _fptt(two_passes: bool) -> dict:
         return chunked.fptt_model_grads(model, params, x, y, loss, mask, kernels=kernels, two_passes=two_passes,
                                         **options)
     return dict(cell_grads=cell_grads, model_grads=model_grads,
-                options=("chunk", "passes", "carrier", *warm, "input_grad"),
+                options=("chunk", "passes", "carrier", *warm, "input_grad", "schedule"),
                 cell_options=("carrier", *warm), tolerance="fptt_vs_bptt", streams=True,
                 exact_when=lambda model, options: int(options.get("passes", model.layers + 1)) > model.layers)
 

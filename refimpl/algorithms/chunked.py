@@ -299,31 +299,85 @@ def online_grads(kernels, model, params, source, loss, *, rule: str, chunk: int,
     return total, grads
 
 
+#: FPTT's pass schedules: how the L+1 passes of a stack are run (fptt_grads).
+SCHEDULES = ("passes", "stored")
+
+
+def check_schedule(schedule: str) -> str:
+    if schedule not in SCHEDULES:
+        raise UnsupportedError(f"unknown FPTT schedule {schedule!r}: use 'passes' (L+1 forward passes over the inputs, "
+                               f"memory independent of T; the default) or 'stored' (one forward pass whose activations "
+                               f"are kept, then each layer's two forward sweeps: the FPTT paper's code; faster, memory "
+                               f"O(T) as for bptt)")
+    return schedule
+
+
 def fptt_grads(kernels, model, params, source, loss, *, chunk: int, passes: int | None = None,
                two_passes: bool = True, carrier: str = "float64", warmup: str = "direct", check: bool = True,
-               input_grad: bool = False, diagnostics: dict | None = None):
+               input_grad: bool = False, diagnostics: dict | None = None, schedule: str = "passes"):
     """FPTT (two_passes) or fptt1 with the pass schedule of refimpl/algorithms/fptt.py: (Σ loss, gradients (+ "x")).
+    schedule 'passes' streams the inputs L+1 times (memory independent of T); 'stored' runs the stack forward once,
+    whole, keeping its activations, and gives each error layer, top first, its warm-up and error phase over the exact
+    δ the layers above sent down (the same numbers; the FPTT paper's own code does this).
     diagnostics: a dict to fill with {layer: {"residual": ρ (5), "gain": σ_min of the Jacobian product}}."""
-    L, T = model.layers, source.length
+    T = source.length
     cells = model.cells
     sweeps = sweeps_for(kernels, carrier, warmup)
-    error_layers = fptt.error_layers(L, passes, two_passes)          # with a warm-up: the top ones; fptt1: all
+    error_layers = fptt.error_layers(model.layers, passes, two_passes)   # with a warm-up: the top ones; fptt1: all
+    run = _fptt_stored if check_schedule(schedule) == "stored" else _fptt_passes
+    total, grads, dx, ends = run(sweeps, kernels, model, params, source, loss, chunk=chunk, two_passes=two_passes,
+                                 error_layers=error_layers, keep_dx=input_grad, gains=check or diagnostics is not None)
+    residuals = {l: fptt.residual_of(cells[l], ends.carries[l], ends.dh_last[l]) for l in error_layers} \
+        if two_passes else {}
+    if diagnostics is not None:
+        diagnostics.update({l: {"residual": residuals[l], "gain": ends.gains[l]} for l in residuals})
+    if two_passes and check:
+        for l in error_layers:                                                                       # (5)
+            ct = fptt.carrier_dtype(cells[l], carrier)
+            fptt.check_residual(cells[l], cell_params(model, l, params), T, ct, residuals[l], f"layer {l}",
+                                e_max=ends.e_max[l] if sweeps.backend == "numpy" else None, gain=ends.gains[l],
+                                warmup=warmup)
+    if input_grad:
+        grads["x"] = dx
+    return total, grads
+
+
+class _LayerEnds(NamedTuple):
+    """What FPTT's check (5) needs of each error layer after its error phase."""
+    carries: dict        # {l: the error phase's last carry {"v"}}
+    dh_last: dict        # {l: dh^l_{T−1}}
+    e_max: dict          # {l: max |e| over the error phase (NumPy), or inf when the carry is not finite}
+    gains: dict          # {l: σ_min of the warm-up's Jacobian product, or None}
+
+
+def _error_phase(sweeps, cell, l, params_l, x, dh, state0, carry, ends: _LayerEnds):
+    """Layer l's error phase over a chunk from `carry`: its grads {params, "x"}; the carry, dh_{last} and max |e| into
+    `ends`."""
+    grads, ends.carries[l], m = sweeps.errors(cell, params_l, x, dh, state0, carry)
+    ends.dh_last[l] = dh[-1]
+    ends.e_max[l] = max(ends.e_max.get(l, 0.0), m if m is not None else (0.0 if _finite(ends.carries[l]) else np.inf))
+    return grads
+
+
+def _fptt_passes(sweeps, kernels, model, params, source, loss, *, chunk, two_passes, error_layers, keep_dx, gains):
+    """The L+1 passes over a stream: in pass p = 1 … L layer L−p warms up while the layers above run their error phase
+    from the start values earlier passes found; the last pass runs every error phase and accumulates."""
+    cells = model.cells
     starts = {l: None for l in error_layers}                          # e^l_{−1} as a carry {"v"}; None: e_{−1} = 0
-    gains = {l: None for l in error_layers}                           # σ_min of each warmed layer's product
+    ends = _LayerEnds({}, {}, {}, {l: None for l in error_layers})
     warm_order = list(reversed(error_layers)) if two_passes else []   # top first
     held = held_adjoint(model)
     for warm in warm_order + [None]:                                  # one warm-up per pass, then the final pass
         in_error = [l for l in error_layers if warm is None or l > warm]
         carries = {l: starts[l] for l in in_error + ([] if warm is None else [warm])}
-        dh_last, e_max = {}, {l: 0.0 for l in in_error}
+        ends.e_max.clear()
 
         def make_adjoint(states, last):
             def cell_adjoint(l, params_l, dh, cache):
                 c = cells[l]
-                dh_last[l] = dh[-1]
                 if l in in_error:                                                               # exact errors (1)
-                    grads, carries[l], m = sweeps.errors(c, params_l, cache.x, dh, states[l], carries[l])
-                    e_max[l] = max(e_max[l], m if m is not None else (0.0 if _finite(carries[l]) else np.inf))
+                    grads = _error_phase(sweeps, c, l, params_l, cache.x, dh, states[l], carries[l], ends)
+                    carries[l] = ends.carries[l]
                     return grads
                 if l == warm:                                                                   # (2), (3)
                     carries[l] = sweeps.warm(c, params_l, cache.x, dh, states[l], carries[l])
@@ -334,23 +388,41 @@ def fptt_grads(kernels, model, params, source, loss, *, chunk: int, passes: int 
         final = warm is None
         with np.errstate(all="ignore"):              # a blow-up is detected by (5) and reported, not warned about
             total, grads, dx = run_stream(model, params, source, loss, kernels, make_adjoint, chunk=chunk,
-                                          lowest=0 if final else warm, keep_dx=final and input_grad)
+                                          lowest=0 if final else warm, keep_dx=final and keep_dx)
         if not final:
             starts[warm] = {"v": fptt.start_error(cells[warm], carries[warm])}                     # (3)
-            if check or diagnostics is not None:
-                gains[warm] = fptt.product_gain(cells[warm], carries[warm])
-    residuals = {l: fptt.residual_of(cells[l], carries[l], dh_last[l]) for l in error_layers} if two_passes else {}
-    if diagnostics is not None:
-        diagnostics.update({l: {"residual": residuals[l], "gain": gains[l]} for l in residuals})
-    if two_passes and check:
-        for l in error_layers:                                                                       # (5)
-            ct = fptt.carrier_dtype(cells[l], carrier)
-            fptt.check_residual(cells[l], cell_params(model, l, params), T, ct, residuals[l], f"layer {l}",
-                                e_max=e_max[l] if sweeps.backend == "numpy" else None, gain=gains[l],
-                                warmup=warmup)
-    if input_grad:
-        grads["x"] = dx
-    return total, grads
+            if gains:
+                ends.gains[warm] = fptt.product_gain(cells[warm], carries[warm])
+    return total, grads, dx, ends
+
+
+def _fptt_stored(sweeps, kernels, model, params, source, loss, *, chunk, two_passes, error_layers, keep_dx, gains):
+    """One forward pass over the whole sequence (its activations kept), then down the stack: each error layer's warm-up
+    over the exact δ^l the layers above sent, (3), its error phase, and its exact x̄ to the layer below."""
+    if not isinstance(source, ArraySource):
+        raise UnsupportedError("FPTT's schedule 'stored' keeps the whole sequence's activations, and a stream is never "
+                               "whole: use schedule 'passes' for a stream")
+    cells = model.cells
+    ends = _LayerEnds({}, {}, {}, {l: None for l in error_layers})
+    held = held_adjoint(model)
+
+    def make_adjoint(states, last):
+        def cell_adjoint(l, params_l, dh, cache):
+            if l not in error_layers:                                                           # spatial
+                return held(l, params_l, dh, cache)
+            c, start = cells[l], None                                                           # None: e_{−1} = 0
+            if two_passes:
+                end_of_warmup = sweeps.warm(c, params_l, cache.x, dh, states[l], None)          # (2)
+                start = {"v": fptt.start_error(c, end_of_warmup)}                               # (3)
+                if gains:
+                    ends.gains[l] = fptt.product_gain(c, end_of_warmup)
+            return _error_phase(sweeps, c, l, params_l, cache.x, dh, states[l], start, ends)    # (1)
+        return cell_adjoint
+
+    with np.errstate(all="ignore"):                  # a blow-up is detected by (5) and reported, not warned about
+        total, grads, dx = run_stream(model, params, source, loss, kernels, make_adjoint, chunk=source.length,
+                                      keep_dx=keep_dx)
+    return total, grads, dx, ends
 
 
 def tbptt_grads(kernels, model, params, source, loss, *, window: int, update_every=None, on_update=None):
@@ -419,22 +491,27 @@ def per_layer_grads(model, params, x, y=None, loss="mse", mask=None, *, rule: st
 def fptt_model_grads(model, params, x, y=None, loss="mse", mask=None, *, kernels=None, chunk=None,
                      passes: int | None = None, two_passes: bool = True, carrier: str = "float64",
                      warmup: str = "direct", check: bool = True, input_grad: bool = True,
-                     diagnostics: dict | None = None):
+                     diagnostics: dict | None = None, schedule: str = "passes"):
     """Loss and gradients of a model by FPTT (refimpl/algorithms/fptt.py: the pass schedule, (1)–(5)) over a sequence
     or a stream. passes: the pass budget (default L+1, full FPTT); two_passes=False gives `fptt1`; warmup: 'direct'
-    (default) or 'shooting' (the paper's). check=False returns the gradients even when (5) says they are lost (for the
-    stability study, which measures how bad they are; `diagnostics`, a dict, receives each layer's residual and
-    σ_min of its Jacobian product).
+    (default) or 'shooting' (the paper's); schedule: 'passes' (default; L+1 passes over the inputs, memory independent
+    of T) or 'stored' (one forward pass kept whole, then each layer's two sweeps: fptt_grads). check=False returns the
+    gradients even when (5) says they are lost (for the stability study, which measures how bad they are;
+    `diagnostics`, a dict, receives each layer's residual and σ_min of its Jacobian product).
     input_grad=False leaves out "x" — the one output that grows with T; without it the memory is flat in T (a stream
     never returns it). Returns (loss_value, {dotted name: grad (, "x")})."""
     source = source_of(model, x, y, mask)
+    if check_schedule(schedule) == "stored" and chunk is not None:
+        raise UnsupportedError(f"chunk={chunk} with schedule 'stored': that schedule sweeps the whole sequence at once "
+                               f"(no chunks); drop the chunk option, or use schedule 'passes'")
     kernels, chunk = resolve(model, kernels, source, chunk)
     for c in model.cells:
         fptt.carrier_dtype(c, carrier)                          # refuse an unknown carrier before any work
     fptt.check_warmup(warmup)
     total, grads = fptt_grads(kernels, model, params, source, loss, chunk=chunk, passes=passes,
                               two_passes=two_passes, carrier=carrier, warmup=warmup, check=check,
-                              input_grad=input_grad and isinstance(source, ArraySource), diagnostics=diagnostics)
+                              input_grad=input_grad and isinstance(source, ArraySource), diagnostics=diagnostics,
+                              schedule=schedule)
     for l in range(model.layers):
         if l not in fptt.error_layers(model.layers, passes, two_passes):     # spatial layers: no temporal credit
             for name in model.cells[l].recurrent_params:
