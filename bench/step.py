@@ -73,7 +73,8 @@ MODELS = {
     "fptt": dict(cell="lru", model=dict(n_hidden=32, layers=4, encoder=True, d_model=32, ffn="mlp",
                                         pooling="cumulative_mean", r_min=0.9, r_max=0.999),
                  task="labels", shape=dict(T=64, B=32, I=1, O=10), loss="ce",
-                 algorithms=("bptt", "fptt", "fptt:stored"), opt=_FPTT_OPT, quick=dict(model=dict(n_hidden=4, layers=2, d_model=4), shape=dict(T=6, B=2))),
+                 algorithms=("bptt", "fptt", "fptt:stored"), opt=_FPTT_OPT,
+                 quick=dict(model=dict(n_hidden=4, layers=2, d_model=4), shape=dict(T=6, B=2))),
 }
 for _cell in ("gru", "lstm"):
     for _suffix, _H, _algos in (("", 128, ("bptt",)), ("-h32", 32, ("bptt", "snap1"))):

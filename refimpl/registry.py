@@ -24,6 +24,9 @@ and optionally
                                                         none (MLX's adapter, backends/mlx/xp.py): registered with
                                                         refimpl.arrays.register_namespace when the backend loads
     ON_HOST = True                                      its arrays are NumPy's (Numba): conversions are no crossings
+    LAYERS                                              its own layer operations (refimpl/nn/layers.py LayerOps, same
+                                                        signatures and caches), which the model stack then calls with
+                                                        its cell kernels (CellKernels.layers; e.g. Numba's fused loops)
     unsupported_dtype(kernel name, dtype name) -> str   "" when the kernel runs in that dtype here, else why not
                                                         (e.g. MLX has no complex128, and float64 only on its CPU stream)
     synchronize(outputs) -> None                        wait until the outputs are computed (mx.eval for MLX's lazy
@@ -115,6 +118,7 @@ class Backend:
     synchronize: Callable[[Any], None] = lambda outputs: None
     crossings: dict = field(default_factory=_no_crossings)
     on_host: bool = True            # its arrays are NumPy's (numpy, numba: the module's ON_HOST); False for a device
+    layers: Any = None              # its layer operations (the module's LAYERS, a LayerOps on host arrays), or None
 
     def reset_crossings(self) -> None:
         """Set both crossing counters back to 0."""
@@ -162,6 +166,7 @@ def load_backend(name: str) -> Backend:
                               getattr(module, "unsupported_dtype", lambda kernel, dtype: ""),
                               getattr(module, "synchronize", lambda outputs: None))
             backend.on_host = bool(getattr(module, "ON_HOST", False))
+            backend.layers = getattr(module, "LAYERS", None) if ok else None
             if not backend.on_host:                          # a device: count its crossings
                 backend.to_backend = _counted(backend, "to_backend", module.to_backend)
                 backend.to_numpy = _counted(backend, "to_numpy", module.to_numpy)
@@ -248,6 +253,7 @@ class CellKernels(NamedTuple):
     backward: Callable
     backend: str = "numpy"
     device: bool = False
+    layers: Any = None       # the backend's layer operations (refimpl/nn/layers.py LayerOps), None: the reference's
 
 
 def cell_kernels(cell_name: str, backend: str = "numpy", dtype: str | None = None,
@@ -264,10 +270,11 @@ def cell_kernels(cell_name: str, backend: str = "numpy", dtype: str | None = Non
     if why:
         raise UnsupportedError(f"backend {backend!r} cannot run the {cell_name} cell in {dtype}: {why}; use dtype "
                                f"float32 (--dtype float32) or another backend")
+    layers = load_backend(backend).layers
     if device:
-        return CellKernels(get_kernel(fwd, backend), get_kernel(bwd, backend), backend, True)
+        return CellKernels(get_kernel(fwd, backend), get_kernel(bwd, backend), backend, True, layers)
     return CellKernels(lambda *a, **k: call(fwd, backend, *a, **k), lambda *a, **k: call(bwd, backend, *a, **k),
-                       backend)
+                       backend, layers=layers)
 
 
 class EPKernels(NamedTuple):

@@ -10,6 +10,8 @@ Kernels (same names, signatures and output structure as the NumPy references, re
     fptt_dense.py    rnn/gru/lstm .fptt, .fptt_warmup (direct: Jacobian products), .fptt_shooting, .fptt1 (Jacobian
                      solves forward in time)
     ep.py            ep.free_phase, ep.nudged_phase, ep.bptt (the EP relaxation loops)
+    layers.py        LAYERS: the model's layer norm, MLP / GLU blocks and LRU output map with their elementwise
+                     chains fused into loops (not kernels of the registry: the model stack calls them beside the cells)
 and the plumbing they share:
     runtime.py       dtypes and scalars, BLAS and thread control, blocks of rows, the input-projection and
                      weight-gradient GEMMs around the loops (the layout rules (a)–(e))
@@ -41,6 +43,7 @@ except ImportError as e:                 # numba or scipy missing: the backend e
 else:
     _REASON = ""
     from . import cells, ep, fptt_dense, online_dense, online_lru
+    from .layers import LAYERS  # noqa: F401  the model's layer operations, fused (registry.CellKernels.layers)
     # every module of the package contributes its kernels: {name: callable}
     KERNELS = {}
     for _module in (cells, online_dense, online_lru, fptt_dense, ep):

@@ -49,7 +49,7 @@ from ..checks import positive_int
 from ..errors import UnsupportedError
 from ..nn.layers import linear_backward, linear_forward
 from ..nn.losses import loss_forward
-from ..nn.stack import cell_params, stack_backward, stack_forward
+from ..nn.stack import cell_params, ops_of, stack_backward, stack_forward
 from ..registry import call, cell_kernels
 
 #: The chunk size on a backend when none is given (bench/online_chunk.py measured the time per step against C; the
@@ -175,7 +175,7 @@ def forward_chunk(model, params, kernels, x, states):
         new_states[l] = map_state(np.copy, c.final_state(cache))    # a copy: the chunk's cache is not kept alive
         return h, cache
 
-    u, cache = stack_forward(model, params, x, run_cell)
+    u, cache = stack_forward(model, params, x, run_cell, ops_of(kernels))
     return u, cache, new_states
 
 
@@ -231,7 +231,7 @@ def run_stream(model, params, source, loss, kernels, make_adjoint: Callable, *, 
         head = head_chunk(model, params, u, t0, T, y, loss, mask, run_sum)                         # (2)
         run_sum, total, since = head.run_sum, total + head.loss, since + head.loss
         step_grads, dx = stack_backward(model, params, head.du, cache, make_adjoint(states, t1 == T),
-                                        lowest)                                                    # (3)
+                                        lowest, ops_of(kernels))                                   # (3)
         if head.readout is not None:                                                               # (4)
             grads["readout.weight"] += head.readout["weight"]
             grads["readout.bias"] += head.readout["bias"]

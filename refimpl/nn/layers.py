@@ -113,7 +113,7 @@ rng) create the parameters on the host; they are moved to a device once.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -567,3 +567,24 @@ def pool_backward(dout: np.ndarray, cache: PoolCache) -> np.ndarray:
         return xp.where(_is_last_step(xp, cache.index, T),                    # (33)  (T, B, D)
                         xp.reshape(dout, (1, B, D)), xp.zeros((T, B, D), dtype=dout.dtype))
     return xp.reshape(cache.weights, (T, B, 1)) * xp.reshape(dout, (1, B, D))   # (34)  (T, B, D)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The operations the stack calls, as one bundle per backend
+
+class LayerOps(NamedTuple):
+    """The batched operations of a recurrent layer that refimpl/nn/stack.py calls, (47)–(50) and (57)–(60). REFERENCE
+    is this module's functions; a backend may give its own bundle with the same signatures (e.g. backends/numba/
+    layers.py: the elementwise chains fused into compiled loops), whose caches only its own backwards read. A forward
+    and its backward always come from the same bundle."""
+    layer_norm_forward: Callable
+    layer_norm_backward: Callable
+    lru_output_forward: Callable
+    lru_output_backward: Callable
+    ffn_forward: dict                # {"mlp": …, "glu": …}
+    ffn_backward: dict
+
+
+REFERENCE = LayerOps(layer_norm_forward, layer_norm_backward, lru_output_forward, lru_output_backward, FFN_FORWARD,
+                     FFN_BACKWARD)
+

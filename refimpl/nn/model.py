@@ -70,7 +70,7 @@ from .layers import (FFNS, PER_STEP_POOLINGS, POOLINGS, LinearCache, PoolCache, 
                      layer_norm_shapes, linear_backward, linear_forward, linear_init, linear_shapes, lru_output_init,
                      lru_output_shapes, pool_backward, pool_forward)
 from .losses import check_mask, check_target, loss_forward, resolve_loss
-from .stack import StackCache, prefixed, stack_backward, stack_forward
+from .stack import StackCache, ops_of, prefixed, stack_backward, stack_forward
 
 NORMS = ("layer",)
 
@@ -289,7 +289,7 @@ def forward(model: Model, params: dict, x: np.ndarray, kernels=None, *, mask: np
         c = model.cells[l]
         return kern.forward(cell_params, a, zero_state_like(c, a), **c.step_options)
 
-    u, stack = stack_forward(model, params, x, run_cell)                                             # (46)–(51)
+    u, stack = stack_forward(model, params, x, run_cell, ops_of(kernels))                            # (46)–(51)
     p, pool = pool_forward(model.pooling, u, mask)                                                   # (52)
     out, readout = linear_forward(p, params["readout.weight"], params["readout.bias"])               # (53)
     return out, ModelCache(encoder=stack.encoder, layers=stack.layers, features=u, pool=pool, readout=readout)
@@ -319,8 +319,8 @@ def backward(model: Model, params: dict, dout: np.ndarray, cache: ModelCache, ke
     g = linear_backward(dout, cache.readout)                                                         # (54)
     grads.update({"readout.weight": g["weight"], "readout.bias": g["bias"]})
     du = pool_backward(g["x"], cache.pool)                                                           # (55)
-    stack_grads, dx = stack_backward(model, params, du, StackCache(cache.encoder, cache.layers),
-                                     cell_adjoint)                                                   # (56)–(61)
+    stack_grads, dx = stack_backward(model, params, du, StackCache(cache.encoder, cache.layers), cell_adjoint,
+                                     ops=ops_of(kernels))                                            # (56)–(61)
     grads.update(stack_grads)
     ordered = {k: grads[k] for k in model.param_shapes()}
     ordered["x"] = dx                                                                                # (61)

@@ -28,8 +28,10 @@ The two strategies are plain functions of the layer index l:
 BPTT runs the cell's sequence forward and passes the cell's BPTT backward (model.py, or a backend's kernels); the online
 rules, FPTT and tbptt run a chunk of C steps and pass, per layer, a carried kernel sweep over it
 (refimpl/algorithms/chunked.py); whole-stack RTRL and recurrent DFA/DRTP run one step (refimpl/algorithms/online.py,
-projected.py) and pass their rule. Every function of refimpl/nn/layers.py takes any leading axes, so the same walk
-serves a whole sequence or a chunk (arrays (T, B, ·)) and one step ((B, ·)).
+projected.py) and pass their rule. The layer operations come as one bundle, `ops` (layers.LayerOps: the reference's
+functions by default; a backend's cell kernels may carry their own, registry.CellKernels.layers). Every function of
+refimpl/nn/layers.py takes any leading axes, so the same walk serves a whole sequence or a chunk (arrays (T, B, ·))
+and one step ((B, ·)).
 """
 
 from __future__ import annotations
@@ -38,9 +40,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from .layers import (FFN_BACKWARD, FFN_FORWARD, LayerNormCache, LinearCache, LRUOutputCache, ffn_shapes,
-                     layer_norm_backward, layer_norm_forward, linear_backward, linear_forward, lru_output_backward,
-                     lru_output_forward, lru_output_shapes)
+from .layers import (REFERENCE, LayerNormCache, LayerOps, LinearCache, LRUOutputCache, ffn_shapes, linear_backward,
+                     linear_forward, lru_output_shapes)
 
 
 def sub(params: dict, prefix: str, names) -> dict:
@@ -67,30 +68,37 @@ class StackCache(NamedTuple):
     layers: tuple                    # one LayerCache per layer
 
 
+def ops_of(kernels) -> LayerOps:
+    """The layer operations that go with a cell's kernels: theirs (registry.CellKernels.layers) or the reference's."""
+    return getattr(kernels, "layers", None) or REFERENCE
+
+
 def cell_params(model, l: int, params: dict) -> dict:
     """The parameters of layer l's cell by their local names ('weight_hh' for 'layers.{l}.cell.weight_hh')."""
     return sub(params, f"layers.{l}.cell", model.cells[l].param_shapes)
 
 
-def layer_forward(model, l: int, params: dict, u: np.ndarray, run_cell: Callable):
-    """(47)–(51): uˡ (…, d) → (uˡ⁺¹ (…, w), LayerCache). run_cell(l, cell_params, a) -> (h, cell_cache)."""
+def layer_forward(model, l: int, params: dict, u: np.ndarray, run_cell: Callable, ops: LayerOps = REFERENCE):
+    """(47)–(51): uˡ (…, d) → (uˡ⁺¹ (…, w), LayerCache). run_cell(l, cell_params, a) -> (h, cell_cache); ops: the
+    layer operations (refimpl/nn/layers.py REFERENCE, or a backend's)."""
     c, pre = model.cells[l], f"layers.{l}"
     a, norm = u, None                                                                                # (47)
     if model.norm == "layer":
-        a, norm = layer_norm_forward(u, params[f"{pre}.norm.weight"], params[f"{pre}.norm.bias"])     # (47)
+        a, norm = ops.layer_norm_forward(u, params[f"{pre}.norm.weight"], params[f"{pre}.norm.bias"])  # (47)
     h, cell_cache = run_cell(l, cell_params(model, l, params), a)                                   # (48)
     y, out_map = h, None                                                                             # (49)
     if c.output_map:
-        y, out_map = lru_output_forward(sub(params, pre, lru_output_shapes(c.n_in, c.n_hidden)), h, a)   # (49)
+        y, out_map = ops.lru_output_forward(sub(params, pre, lru_output_shapes(c.n_in, c.n_hidden)), h, a)  # (49)
     f, ffn = y, None                                                                                 # (50)
     if model.ffn is not None:
         local = ffn_shapes(model.ffn, y.shape[-1], model.ffn_mult)
-        f, ffn = FFN_FORWARD[model.ffn](sub(params, f"{pre}.ffn", local), y)                          # (50)
+        f, ffn = ops.ffn_forward[model.ffn](sub(params, f"{pre}.ffn", local), y)                      # (50)
     u_next = u + f if model.residual else f                                                          # (51)
     return u_next, LayerCache(norm=norm, a=a, cell=cell_cache, out_map=out_map, ffn=ffn)
 
 
-def block_backward(model, l: int, params: dict, df: np.ndarray, cache: LayerCache, cell_adjoint: Callable):
+def block_backward(model, l: int, params: dict, df: np.ndarray, cache: LayerCache, cell_adjoint: Callable,
+                   ops: LayerOps = REFERENCE):
     """(57)–(60) without the residual: f̄ˡ (…, w), the adjoint of the block's output f, → (the part of ūˡ (…, d) that
     goes through the block, {dotted name: gradient} of this layer). Recurrent DFA/DRTP call it with their projected f̄ˡ;
     layer_backward adds the residual."""
@@ -98,12 +106,12 @@ def block_backward(model, l: int, params: dict, df: np.ndarray, cache: LayerCach
     grads = {}
     dy = df                                                                                          # (57)
     if model.ffn is not None:
-        g = FFN_BACKWARD[model.ffn](df, cache.ffn)                                                   # (57)
+        g = ops.ffn_backward[model.ffn](df, cache.ffn)                                               # (57)
         dy = g.pop("x")
         grads.update(prefixed(f"{pre}.ffn", g))
     dh, da_direct = dy, None                                                                         # (58)
     if c.output_map:
-        g = lru_output_backward(dy, cache.out_map)                                                   # (58)
+        g = ops.lru_output_backward(dy, cache.out_map)                                                 # (58)
         dh, da_direct = g.pop("h"), g.pop("x")                                                       # (58)
         grads.update(prefixed(pre, g))
     g = cell_adjoint(l, cell_params(model, l, params), dh, cache.cell)                              # (59)
@@ -111,40 +119,42 @@ def block_backward(model, l: int, params: dict, df: np.ndarray, cache: LayerCach
     grads.update(prefixed(f"{pre}.cell", {k: g[k] for k in c.param_shapes}))     # every one (h0 / c0 dropped)
     du = da                                                                                          # (60)
     if model.norm == "layer":
-        g = layer_norm_backward(da, cache.norm)                                                      # (60)
+        g = ops.layer_norm_backward(da, cache.norm)                                                    # (60)
         du = g.pop("x")
         grads.update(prefixed(f"{pre}.norm", g))
     return du, grads
 
 
-def layer_backward(model, l: int, params: dict, du_next: np.ndarray, cache: LayerCache, cell_adjoint: Callable):
+def layer_backward(model, l: int, params: dict, du_next: np.ndarray, cache: LayerCache, cell_adjoint: Callable,
+                   ops: LayerOps = REFERENCE):
     """(56)–(60): ūˡ⁺¹ (…, w) → (ūˡ (…, d), {dotted name: gradient} of this layer).
     cell_adjoint(l, cell_params, dh, cell_cache) -> {cell parameter: gradient, "x": ā_cell}."""
-    du, grads = block_backward(model, l, params, du_next, cache, cell_adjoint)                       # (56)–(60)
+    du, grads = block_backward(model, l, params, du_next, cache, cell_adjoint, ops)                  # (56)–(60)
     if model.residual:
         du = du + du_next                                                                            # (56), (60)
     return du, grads
 
 
-def stack_forward(model, params: dict, x: np.ndarray, run_cell: Callable):
+def stack_forward(model, params: dict, x: np.ndarray, run_cell: Callable, ops: LayerOps = REFERENCE):
     """(46)–(51) for every layer: x (…, I) → (u^L (…, d_L), StackCache)."""
     u, encoder = x, None                                                                             # (46)
     if model.encoder:
         u, encoder = linear_forward(x, params["encoder.weight"], params["encoder.bias"])              # (46)
     layers = []
     for l in range(model.layers):
-        u, layer_cache = layer_forward(model, l, params, u, run_cell)                                # (47)–(51)
+        u, layer_cache = layer_forward(model, l, params, u, run_cell, ops)                           # (47)–(51)
         layers.append(layer_cache)
     return u, StackCache(encoder=encoder, layers=tuple(layers))
 
 
-def stack_backward(model, params: dict, du: np.ndarray, cache: StackCache, cell_adjoint: Callable, lowest: int = 0):
+def stack_backward(model, params: dict, du: np.ndarray, cache: StackCache, cell_adjoint: Callable, lowest: int = 0,
+                   ops: LayerOps = REFERENCE):
     """(56)–(61): ū^L (…, d_L) → ({dotted name: gradient}, x̄ (…, I)), down to layer `lowest` (FPTT's warm-up needs
     the errors only down to the layer it warms up: then the encoder is left out and the ū of layer `lowest` is returned
     in place of x̄)."""
     grads = {}
     for l in reversed(range(lowest, model.layers)):
-        du, layer_grads = layer_backward(model, l, params, du, cache.layers[l], cell_adjoint)        # (56)–(60)
+        du, layer_grads = layer_backward(model, l, params, du, cache.layers[l], cell_adjoint, ops)   # (56)–(60)
         grads.update(layer_grads)
     if model.encoder and lowest == 0:
         g = linear_backward(du, cache.encoder)                                                       # (61)
