@@ -516,7 +516,7 @@ def _sweep_kind(kind, kw, algorithms, fields_named) -> str:
     from tasks import task_kind
     if kw.get("task") and task_kind(kw["task"]) != "static":
         return "train"
-    if algorithms and any(a not in RULES for a in algorithms):
+    if algorithms and any(a in ALGORITHMS and a not in RULES for a in algorithms):
         return "train"
     if any(f in T.__dataclass_fields__ and f not in B.__dataclass_fields__ for f in fields_named):
         return "train"

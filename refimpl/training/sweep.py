@@ -7,7 +7,7 @@ Kinds. `base` says what is trained: a TrainConfig (refimpl/training/loop.py: any
 EP networks on static tasks) or a BpfreeConfig (refimpl/training/feedforward.py: the feed-forward rules).
 `grid` maps fields of that config to lists of values; a dict field's entries are fields too, dotted
 ("cell_options.r_min", "algorithm_options.K", "task_options.seq_len"), with short names for the common ones
-(ALIASES: r_min, T, K, beta, examples_frac, skew). lr_grid gives a log-spaced learning-rate list. An unknown field,
+(ALIASES: r_min, T, K, beta; examples_frac, skew, imbalance — tasks/subsets.py). lr_grid gives a log-spaced learning-rate list. An unknown field,
 a field of the other kind, an empty list or a repeated value is refused before anything runs.
 
 Two stages, as the papers do:
@@ -76,8 +76,9 @@ KINDS = {"train": TrainConfig, "bpfree": BpfreeConfig}
 #: Short names of dotted fields.
 ALIASES = {"train": {"r_min": "cell_options.r_min", "T": "algorithm_options.T", "K": "algorithm_options.K",
                      "beta": "algorithm_options.beta", "examples_frac": "task_options.examples_frac",
-                     "skew": "task_options.skew"},
-           "bpfree": {"examples_frac": "task_options.examples_frac", "skew": "task_options.skew"}}
+                     "skew": "task_options.skew", "imbalance": "task_options.imbalance"},
+           "bpfree": {"examples_frac": "task_options.examples_frac", "skew": "task_options.skew",
+                      "imbalance": "task_options.imbalance"}}
 OBJECTIVES = ("val_error", "val_loss", "loss")
 #: Fields a grid never varies: the seeds are the sweep's own dimension; data_dir is where the data lies.
 _NOT_GRID = ("seed", "data_dir")
@@ -458,7 +459,7 @@ def run_sweep(base, grid: dict, out_dir, *, scheduler: str | None = None, worker
         finally:
             events.close()
             lock.close()
-    summary = summarize(out, kind, scan, final, records, chosen, refused, objective, group_by)
+    summary = summarize(out, kind, grid, scan, final, records, chosen, refused, objective, group_by)
     summary.ran, summary.skipped = ran, skipped
     return summary
 
@@ -568,12 +569,11 @@ def _mean_std(values) -> tuple:
     return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
 
 
-def summarize(out_dir, kind, scan, final, records, chosen, refused=(), objective=None,
+def summarize(out_dir, kind, grid, scan, final, records, chosen, refused=(), objective=None,
               group_by=("algorithm",)) -> SweepSummary:
-    """Write summary.json and summary.png; the SweepSummary with its table."""
+    """Write summary.json and summary.png; the SweepSummary with its table. `grid`: the checked grid, in the order
+    of the trials' points."""
     out = Path(out_dir)
-    spec = json.loads((out / "sweep.json").read_text())
-    grid = spec["grid"]
     obj = _objective(records.values(), objective)
     rows, seen = [], set()
     for stage, trials in (("scan", scan), ("seeds", final)):
