@@ -40,7 +40,7 @@ from .registry import KERNELS, coverage, fastest_backend
 from .runs import atomic_write_json
 from .studies import ep_gdu, fptt_stability
 from .studies.gradcheck import check_every_cell, format_reports, format_summary, gradcheck as check_gradients
-from .training import feedforward, sweep
+from .training import feedforward, sweep, tracking
 from .training.compare import compare as compare_algorithms, format_comparison
 from .training.config import EP_SETTINGS, TrainConfig
 from .training.loop import train as train_run
@@ -251,10 +251,13 @@ def _config_from_options(algorithm, kw):
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--benchmark", is_flag=True, help="Also train with bptt from the same initial weights and compare "
               "(the EP paper's --benchmark; the same as `compare --algorithms ALGORITHM,bptt`).")
-def train_cmd(algorithm, out_dir, resume_dir, progress, benchmark, **kw):
+@click.option("--log", "log", default=None, help="Also export the metrics for a tracker: tensorboard, wandb "
+              "(comma-separated; written into the run directory when the run ends).")
+def train_cmd(algorithm, out_dir, resume_dir, progress, benchmark, log, **kw):
     """Train a model on a task into a run directory: config.json, metrics.jsonl (flushed), atomic checkpoints,
     result.json. A killed run continues with --resume RUN_DIR and ends with the same numbers."""
     config = _config_from_options(algorithm, kw)
+    loggers = tracking.check_loggers(log)
     if benchmark:
         if resume_dir:
             raise click.UsageError("--benchmark starts new runs; it cannot be combined with --resume")
@@ -268,6 +271,8 @@ def train_cmd(algorithm, out_dir, resume_dir, progress, benchmark, **kw):
            if result.val_accuracy is not None else "")
     click.echo(f"{run_dir}: {result.steps} steps in {result.time_s:.1f} s; train loss {result.train_loss:.4f}, "
                f"val loss {result.val_loss:.4f}, test loss {result.test_loss:.4f}{acc}")
+    for name, where in tracking.export_run(run_dir, loggers).items():
+        click.echo(f"{name}: {where}")
 
 
 @cli.command("compare")
@@ -460,11 +465,14 @@ def _echo_warnings(caught) -> None:
 @click.option("--resume", "resume_dir", default=None, type=click.Path(file_okay=False),
               help="Continue the run in this directory from its last checkpoint (its config.json wins).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def bpfree_cmd(out_dir, resume_dir, progress, **kw):
+@click.option("--log", "log", default=None, help="Also export the metrics for a tracker: tensorboard, wandb "
+              "(comma-separated; written into the run directory when the run ends).")
+def bpfree_cmd(out_dir, resume_dir, progress, log, **kw):
     """Train a feed-forward network by backprop (bp) or a backprop-free rule (dfa, drtp, ll-ce, ll-mse) on a static
     task: run directory with config.json, metrics.jsonl (losses, errors and per-layer trackers), atomic checkpoints,
     result.json and trackers.png. A killed run continues with --resume RUN_DIR."""
     config = _bpfree_base(kw)
+    loggers = tracking.check_loggers(log)
     run_dir = resume_dir or out_dir or f"runs/bpfree-{config.task}-{config.algorithm}-s{config.seed}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -475,6 +483,8 @@ def bpfree_cmd(out_dir, resume_dir, progress, **kw):
     click.echo(f"{run_dir}: {result.steps} steps in {result.time_s:.1f} s; train loss {result.train_loss:.4f}, "
                f"val loss {result.val_loss:.4f}, test loss {result.test_loss:.4f}{err}; trackers: "
                f"{run_dir}/trackers.png")
+    for name, where in tracking.export_run(run_dir, loggers).items():
+        click.echo(f"{name}: {where}")
 
 
 _BPFREE_ONLY = ("problem", "batch_norm", "dropout", "trackers", "activations", "inits", "forward_inits", "archs")

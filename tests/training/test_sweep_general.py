@@ -220,34 +220,109 @@ def test_a_scheduler_and_two_workers_give_the_same_summary_even_when_a_worker_is
 # ----------------------------------------------------------------------------------------------------------------
 # Experiment tracking
 
-def _tfevents(path: Path) -> dict:
-    """{tag: [(step, value)]} of the scalars in a TensorBoard event file (TFRecord framing, tensorboardX's protos)."""
-    from tensorboardX.proto import event_pb2
+def _crc32c(data: bytes) -> int:
+    """CRC-32C bit by bit (the writer uses a table), masked as TFRecord does."""
+    c = 0xFFFFFFFF
+    for b in data:
+        c ^= b
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 & -(c & 1))
+    c ^= 0xFFFFFFFF
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
-    data, out, i = path.read_bytes(), {}, 0
+
+def _records(path: Path) -> list[bytes]:
+    """The TFRecords of a file, each CRC checked."""
+    data, out, i = path.read_bytes(), [], 0
     while i < len(data):
         (n,) = struct.unpack("<Q", data[i:i + 8])
-        event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
-        i += 12 + n + 4
-        for v in event.summary.value:
-            if v.HasField("simple_value"):
-                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+        assert struct.unpack("<I", data[i + 8:i + 12])[0] == _crc32c(data[i:i + 8])
+        out.append(data[i + 12:i + 12 + n])
+        assert struct.unpack("<I", data[i + 12 + n:i + 16 + n])[0] == _crc32c(out[-1])
+        i += 16 + n
     return out
 
 
-def test_trials_export_tensorboard_and_offline_wandb(tmp_path, monkeypatch):
-    pytest.importorskip("tensorboardX")
-    wandb = pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def _fields(msg: bytes) -> list:
+    """[(field number, value)] of a protobuf message: varints as int, 64/32-bit as bytes, length-delimited as bytes."""
+    out, i = [], 0
+    while i < len(msg):
+        key, i = _uvarint(msg, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _uvarint(msg, i)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, i = msg[i:i + size], i + size
+        else:
+            n, i = _uvarint(msg, i)
+            value, i = msg[i:i + n], i + n
+        out.append((number, value))
+    return out
+
+
+def _uvarint(b: bytes, i: int):
+    shift = n = 0
+    while True:
+        n |= (b[i] & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not b[i - 1] & 0x80:
+            return n, i
+
+
+def _scalars(path: Path) -> dict:
+    """{tag: [(step, value)]} of an event file, decoded from the bytes (Event.step = 2, Event.summary = 5,
+    Summary.value = 1, Value.tag = 1, Value.simple_value = 2)."""
+    out = {}
+    for record in _records(path):
+        event = dict(_fields(record))
+        for number, value in _fields(event.get(5, b"")):
+            v = dict(_fields(value))
+            out.setdefault(v[1].decode(), []).append((event.get(2, 0), struct.unpack("<f", v[2])[0]))
+    return out
+
+
+def test_trials_export_tensorboard_event_files(tmp_path):
+    """The scalars read back from the event file are metrics.jsonl's (as float32); with tensorboardX installed, its
+    protobuf classes read the same file."""
     summary = sweep.run_sweep(FF, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s", scheduler="inline",
-                              log="tensorboard,wandb")
+                              log="tensorboard")
     run = tmp_path / "s" / "trials" / summary.best["bp"]["name"]
     metrics = read_metrics(run / "metrics.jsonl")
-    events = _tfevents(next((run / "tensorboard").glob("events.out.tfevents.*")))
+    path = next((run / "tensorboard").glob("events.out.tfevents.*"))
+    events = _scalars(path)
     val = [(m["step"], m["loss"]) for m in metrics if m["split"] == "val"]
     assert [s for s, _ in events["val/loss"]] == [s for s, _ in val]
-    assert np.allclose([v for _, v in events["val/loss"]], [v for _, v in val], rtol=1e-6)     # float32 scalars
+    assert np.allclose([v for _, v in events["val/loss"]], [v for _, v in val], rtol=1e-6)
+    assert np.allclose([v for _, v in events["val/error"]], [m["error"] for m in metrics if m["split"] == "val"],
+                       rtol=1e-6)
     assert len(events["train/loss"]) == sum(m["split"] == "train" for m in metrics)
-    offline = list((run / "wandb").glob("wandb/offline-run-*")) or list((run / "wandb").rglob("offline-run-*"))
-    assert offline and any(p.suffix == ".wandb" for p in offline[0].iterdir()), wandb.__version__
+    assert dict(_fields(_records(path)[0]))[3] == b"brain.Event:2"
+
+
+@pytest.mark.slow
+def test_tensorboardx_reads_the_event_files(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from tensorboardX.proto import event_pb2
+
+    from refimpl.training.tracking import write_events
+    write_events(tmp_path / "events.out.tfevents.1.x", [(1, {"a/b": 0.5, "c": -2.0}), (7, {"a/b": 0.25})])
+    read = [event_pb2.Event.FromString(r) for r in _records(tmp_path / "events.out.tfevents.1.x")]
+    assert read[0].file_version == "brain.Event:2"
+    assert [(e.step, v.tag, v.simple_value) for e in read[1:] for v in e.summary.value] == [
+        (1, "a/b", 0.5), (1, "c", -2.0), (7, "a/b", 0.25)]
+
+
+@pytest.mark.slow
+def test_train_exports_an_offline_wandb_run(tmp_path, monkeypatch):
+    """`train --log wandb` without a network: an offline W&B run in the run directory (about 10 s: W&B starts its
+    service)."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    r = CliRunner().invoke(cli, ["train", "--task", "copy-small", "--hidden", "4", "--epochs", "1", "--no-progress",
+                                 "--log", "wandb", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    offline = list((tmp_path / "r" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and any(p.suffix == ".wandb" and p.stat().st_size > 0 for p in offline[0].iterdir())
