@@ -626,12 +626,9 @@ def sweep_cmd(kind, settings, algorithms, activations, inits, forward_inits, arc
             base_kw[name] = _parse_options(base_kw[name], flag, example)
     if base_kw.get("clip_norm") == 0:
         base_kw["clip_norm"] = None
-    base_kw.update(extra)
     cls = feedforward.BpfreeConfig if kind == "bpfree" else TrainConfig
     try:
-        base = sweep.with_values(cls(), {sweep.resolve_field(kind, k): v for k, v in base_kw.items()
-                                         if k not in ("seed", "data_dir")})
-        base = sweep.with_values(base, {k: base_kw[k] for k in ("seed", "data_dir") if k in base_kw})
+        base = sweep.with_values(cls(**base_kw), {sweep.resolve_field(kind, k): v for k, v in extra.items()})
     except TypeError as e:
         raise click.UsageError(f"a --set value does not fit its field ({e})") from None
     try:

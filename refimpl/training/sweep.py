@@ -25,8 +25,9 @@ the grid is expanded; a recurrent combination refused at its start (an Unsupport
 with its reason. A trial that diverges is recorded as "diverged" (its score is +∞).
 
 The sweep directory:
-    sweep.json          kind, base config, grid, seeds, executions, group_by, objective: a rerun must give the
-                        same (another grid needs another --out)
+    sweep.json          kind, base config and grid — a rerun must give the same (another grid needs another
+                        --out) — and the last run's seeds, executions, group_by, objective (these may change: e.g.
+                        rerun with more --seeds, and only the new seeds' trials run)
     .lock               held by the running sweep process (a second live sweep on the same directory is refused)
     sweep.jsonl         one event per line, flushed: {"event": "start" | "resume" | "done" | "diverged" | "refused"
                         | "failed" | "skip", "trial": name, "stage": "scan" | "seeds"}
@@ -80,6 +81,9 @@ ALIASES = {"train": {"r_min": "cell_options.r_min", "T": "algorithm_options.T", 
            "bpfree": {"examples_frac": "task_options.examples_frac", "skew": "task_options.skew",
                       "imbalance": "task_options.imbalance"}}
 OBJECTIVES = ("val_error", "val_loss", "loss")
+#: What makes a sweep directory's trials: another value of these needs another directory. The seeds, executions,
+#: objective and groups may change between runs of one sweep (the trials are reused by name, more are added).
+_IDENTITY = ("kind", "base", "grid")
 #: Fields a grid never varies: the seeds are the sweep's own dimension; data_dir is where the data lies.
 _NOT_GRID = ("seed", "data_dir")
 #: Kept for the feed-forward sweep's callers: the fields its CLI varies.
@@ -237,13 +241,13 @@ def _fmt(field: str, value) -> str:
     return "".join(c if c.isalnum() or c in "-.+" else "-" for c in text)
 
 
-def trial_name(config, varied, seeded: bool = False) -> str:
-    """'<algorithm>_<varied values>[_s<seed>]_<hash>': readable, and unique for the whole config."""
+def trial_name(config, varied) -> str:
+    """'<algorithm>_<varied values>_s<seed>_<hash>': readable, and unique for the whole config (the same name
+    whatever the number of seeds of the sweep, so adding seeds reuses the trials that ran)."""
     digest = hashlib.sha1(json.dumps(asdict(config), sort_keys=True, default=str).encode()).hexdigest()[:8]
     parts = [_fmt("algorithm", config.algorithm)] + [
         _fmt(f, _value(config, f)) for f in varied if f != "algorithm"]
-    if seeded:
-        parts.append(f"s{config.seed}")
+    parts.append(f"s{config.seed}")
     return "_".join(parts + [digest])
 
 
@@ -254,14 +258,13 @@ def _value(config, field: str):
     return getattr(config, field)
 
 
-def expand(base, grid: dict, seeds=None, seeded: bool | None = None) -> tuple[list[Trial], list[dict], list[str]]:
+def expand(base, grid: dict, seeds=None) -> tuple[list[Trial], list[dict], list[str]]:
     """(trials to run, refused combinations with their reasons, warnings) of the grid on top of base, each grid point
-    once per seed in `seeds` (default: base.seed alone); `seeded`: the names carry the seed (default: when there
-    are several)."""
+    once per seed in `seeds` (default: base.seed alone)."""
     kind = kind_of(base)
     grid = check_grid(kind, grid)
     _check_names(kind, grid)
-    seeds, named = ([base.seed] if seeds is None else list(seeds)), seeded
+    seeds = [base.seed] if seeds is None else list(seeds)
     varied = [k for k, v in grid.items() if len(v) > 1]
     keys = list(grid)
     trials, refused, warned = [], [], []
@@ -276,8 +279,7 @@ def expand(base, grid: dict, seeds=None, seeded: bool | None = None) -> tuple[li
             warned += [w for w in bpfree.rule_warnings(net, config.algorithm) if w not in warned]
         for seed in seeds:
             c = dataclasses.replace(config, seed=seed)
-            trials.append(Trial(trial_name(c, varied, len(seeds) > 1 if named is None else named), c,
-                                tuple(values), seed))
+            trials.append(Trial(trial_name(c, varied), c, tuple(values), seed))
     return trials, refused, warned
 
 
@@ -423,7 +425,7 @@ def run_sweep(base, grid: dict, out_dir, *, scheduler: str | None = None, worker
     _check_objective(objective, group_by, kind)
     log = tracking.check_loggers(log)
     n_seeds = executions if seeds is None else seeds
-    scan, refused, warned = expand(base, grid, [base.seed + e for e in range(executions)], max(n_seeds, executions) > 1)
+    scan, refused, warned = expand(base, grid, [base.seed + e for e in range(executions)])
     if not scan:
         raise UnsupportedError("the grid has no runnable combination: "
                                + "; ".join(sorted({r["reason"] for r in refused})))
@@ -431,10 +433,13 @@ def run_sweep(base, grid: dict, out_dir, *, scheduler: str | None = None, worker
     out = Path(out_dir)
     spec = {"kind": kind, "base": asdict(base), "grid": grid, "executions": executions, "seeds": seeds,
             "group_by": list(group_by), "objective": objective}
+    spec = json.loads(json.dumps(spec, default=str))
     spec_path = out / "sweep.json"
-    if spec_path.exists() and json.loads(spec_path.read_text()) != json.loads(json.dumps(spec, default=str)):
-        raise UnsupportedError(f"{out} holds another sweep (a different base config, grid or seeds, see its "
-                               f"sweep.json); rerun that sweep's command to continue it, or choose another --out")
+    if spec_path.exists():
+        saved = json.loads(spec_path.read_text())
+        if any(saved.get(k) != spec[k] for k in _IDENTITY):
+            raise UnsupportedError(f"{out} holds another sweep (a different kind, base config or grid, see its "
+                                   f"sweep.json); rerun that sweep's command to continue it, or choose another --out")
     check_address(scheduler)
     for w in warned:
         echo(f"warning: {w}")
@@ -442,8 +447,7 @@ def run_sweep(base, grid: dict, out_dir, *, scheduler: str | None = None, worker
         echo(f"refused {r['config']}: {r['reason']}")
     with open_executor(scheduler, workers) as executor:            # connects (or refuses) before anything is written
         out.mkdir(parents=True, exist_ok=True)
-        if not spec_path.exists():
-            atomic_write_json(spec_path, json.loads(json.dumps(spec, default=str)))
+        atomic_write_json(spec_path, spec)
         lock = _lock(out)
         events = _Events(out / "sweep.jsonl")
         echo(f"running on {executor.describe}" + (f"; dashboard: {executor.dashboard}" if executor.dashboard
@@ -552,13 +556,12 @@ def _seed_trials(kind, base, scan, chosen, grid, n_seeds, executions) -> list:
     """The chosen points with seeds base.seed … base.seed + n_seeds − 1 (the scan's trials where they coincide)."""
     seeds = [base.seed + s for s in range(n_seeds)]
     varied = [k for k, v in grid.items() if len(v) > 1]
-    seeded = max(n_seeds, executions) > 1
     out = []
     for group, (point, _) in chosen.items():
         config = with_values(base, dict(zip(grid, point)))
         for seed in seeds:
             c = dataclasses.replace(config, seed=seed)
-            out.append(Trial(trial_name(c, varied, seeded), c, point, seed))
+            out.append(Trial(trial_name(c, varied), c, point, seed))
     return out
 
 

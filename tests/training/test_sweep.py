@@ -134,8 +134,10 @@ def test_a_directory_holds_one_sweep(tmp_path):
     with pytest.raises(UnsupportedError, match="holds another sweep"):
         sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [3e-2]}, tmp_path / "s", **inline)
     with pytest.raises(UnsupportedError, match="holds another sweep"):
-        sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s", seeds=2, **inline)
+        sweep.run_sweep(BASE.__class__(epochs=2), {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s", **inline)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == before
+    more = sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s", seeds=2, **inline)
+    assert len(more.skipped) == 1 and len(more.ran) == 1           # more seeds: only the new one runs
     pytest.importorskip("fcntl")
     held = sweep._lock(tmp_path / "s")                     # as if a live sweep process held the directory
     try:
