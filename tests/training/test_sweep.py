@@ -103,10 +103,13 @@ def test_a_sweep_that_dies_mid_trial_resumes_without_rerunning_finished_trials(t
     assert _numbers(tmp_path / "killed") == _numbers(tmp_path / "whole")       # the resumed trial is exact
 
 
-def test_sigkilled_cli_sweep_resumes(tmp_path):
-    """The real thing: SIGKILL a `sweep` process once two trials have finished, then rerun the same command."""
+@pytest.mark.parametrize("where", [["--scheduler", "inline"],
+                                   pytest.param(["--workers", "1"], marks=pytest.mark.slow, id="local-cluster")])
+def test_sigkilled_cli_sweep_resumes(tmp_path, where):
+    """The real thing: SIGKILL a `sweep` process once two trials have finished, then rerun the same command (in the
+    sweep process; on a local Dask cluster, whose worker goes with it)."""
     args = ["sweep", "--algorithms", "bp,dfa", "--lrs", "0.003,0.01", "--archs", "16", "--epochs", "2",
-            "--batch-size", "256", "--workers", "1", "--out", str(tmp_path / "s")]
+            "--batch-size", "256", *where, "--out", str(tmp_path / "s")]
     p = subprocess.Popen([sys.executable, "-m", "refimpl.run", *args], cwd=Path(__file__).resolve().parents[2],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

@@ -101,12 +101,13 @@ def test_two_stages_choose_on_the_scan_and_report_the_seeds(tmp_path):
 
 
 def test_a_recurrent_sweep_gives_the_same_summary_inline_and_on_a_local_cluster(tmp_path):
-    """The copy task, lru, bptt vs truncated, 2 learning rates, 2 seeds: identical numbers on an embedded
+    """The copy task, lru, bptt vs truncated, 2 seeds: identical numbers on an embedded
     LocalCluster (two worker processes) and in this process."""
     pytest.importorskip("distributed")
-    inline = sweep.run_sweep(RNN, RNN_GRID, tmp_path / "inline", scheduler="inline", seeds=2)
-    local = sweep.run_sweep(RNN, RNN_GRID, tmp_path / "local", workers=2, seeds=2)
-    assert set(local.best) == {"bptt", "truncated"} and len(local.ran) == 6
+    grid = {**RNN_GRID, "lr": [3e-2]}
+    inline = sweep.run_sweep(RNN, grid, tmp_path / "inline", scheduler="inline", seeds=2)
+    local = sweep.run_sweep(RNN, grid, tmp_path / "local", workers=2, seeds=2)
+    assert set(local.best) == {"bptt", "truncated"} and len(local.ran) == 4
     assert _summary(tmp_path / "local") == _summary(tmp_path / "inline")
     assert _numbers(tmp_path / "local") == _numbers(tmp_path / "inline")
     assert local.table == inline.table.replace("inline", "local")
