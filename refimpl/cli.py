@@ -594,7 +594,8 @@ def _sweep_kind(kind, kw, algorithms, fields_named) -> str:
               help="tcp://HOST:PORT of an existing Dask scheduler (docs/sweeps.md); default: an embedded local "
                    "cluster; 'inline': this process, no Dask.")
 @click.option("--workers", default=None, type=int, help="Local cluster size (default: the cores).")
-@click.option("--log", "log", default=None, help="Also export each trial's metrics: tensorboard, wandb (comma-separated).")
+@click.option("--log", "log", default=None,
+              help="Also export each trial's metrics: tensorboard, wandb (comma-separated).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Sweep directory (default runs/sweep-<task>-…). Rerun the same command to resume.")
 def sweep_cmd(kind, settings, algorithms, activations, inits, forward_inits, archs, lr_min, lr_max, lr_points, lrs,

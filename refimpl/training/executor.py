@@ -33,6 +33,8 @@ from ..errors import UnsupportedError
 
 #: Seconds to wait for an existing scheduler to answer before refusing the address.
 CONNECT_TIMEOUT_S = 5
+#: Seconds without a finished trial after which the progress line is shown again.
+TICK_S = 30
 #: One thread per worker for every threaded numerical library a trial may load (set before the worker starts).
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 
@@ -77,9 +79,9 @@ class Executor:
                  slots: int = 1):
         self.client, self.describe, self.dashboard, self.slots = client, describe, dashboard, slots
 
-    def run(self, fn, jobs: list, on_done) -> None:
+    def run(self, fn, jobs: list, on_done, on_tick=None) -> None:
         """Run every job; on_done(key, result, error, progress) is called in this process as each one ends (error:
-        the exception a job raised, else None)."""
+        the exception a job raised, else None), and on_tick(progress) every TICK_S seconds in which none ended."""
         progress = Progress(len(jobs))
         if self.client is None:
             for key, args in jobs:
@@ -95,20 +97,32 @@ class Executor:
                 progress.failed += error is not None
                 on_done(key, result, error, progress)
             return
-        from distributed import as_completed
+        from distributed import TimeoutError as DaskTimeout, wait
 
         futures = {self.client.submit(fn, *args, key=key, pure=False, retries=0): key for key, args in jobs}
-        progress.running = min(len(futures), self.slots)
-        for future in as_completed(futures):
-            key = futures[future]
+        pending = set(futures)
+        while pending:
             try:
-                result, error = future.result(), None
-            except Exception as e:                            # noqa: BLE001 — a task that raised, or a lost one
-                result, error = None, e
-            progress.done += error is None
-            progress.failed += error is not None
-            progress.running = min(progress.total - progress.done - progress.failed, self.slots)
-            on_done(key, result, error, progress)
+                finished, pending = wait(pending, timeout=TICK_S, return_when="FIRST_COMPLETED")
+            except (DaskTimeout, TimeoutError):               # nothing ended for a while: say where it stands
+                progress.running = self._running(futures)
+                if on_tick is not None:
+                    on_tick(progress)
+                continue
+            for future in finished:
+                try:
+                    result, error = future.result(), None
+                except Exception as e:                        # noqa: BLE001 — a task that raised, or a lost one
+                    result, error = None, e
+                progress.done += error is None
+                progress.failed += error is not None
+                progress.running = min(len(pending), self.slots)
+                on_done(futures[future], result, error, progress)
+
+    def _running(self, futures: dict) -> int:
+        """How many of these tasks the scheduler has on a worker now."""
+        keys = set(futures.values())
+        return sum(k in keys for ks in self.client.processing().values() for k in ks)
 
 
 def check_address(scheduler: str | None) -> str:
@@ -162,15 +176,23 @@ def open_executor(scheduler: str | None = None, workers: int | None = None):
         n = workers or default_workers()
         env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
         dashboard = ":0" if _dashboard_available() else None
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
-            cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                               dashboard_address=dashboard, host="127.0.0.1")
+        saved = {k: os.environ.get(k) for k in env}     # the nannies set them here before spawning: put them back
         try:
-            with distributed.Client(cluster) as client:
-                link = client.dashboard_link if dashboard else None
-                yield Executor(client, f"a local Dask cluster: {n} worker process(es), 1 thread each", link, n)
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+                cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                   dashboard_address=dashboard, host="127.0.0.1")
+            try:
+                with distributed.Client(cluster) as client:
+                    link = client.dashboard_link if dashboard else None
+                    yield Executor(client, f"a local Dask cluster: {n} worker process(es), 1 thread each", link, n)
+            finally:
+                cluster.close()
         finally:
-            cluster.close()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         return
     if workers is not None:
         raise UnsupportedError("--workers sizes the local cluster only; an existing cluster has the workers it was "

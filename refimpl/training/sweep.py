@@ -7,16 +7,18 @@ Kinds. `base` says what is trained: a TrainConfig (refimpl/training/loop.py: any
 EP networks on static tasks) or a BpfreeConfig (refimpl/training/feedforward.py: the feed-forward rules).
 `grid` maps fields of that config to lists of values; a dict field's entries are fields too, dotted
 ("cell_options.r_min", "algorithm_options.K", "task_options.seq_len"), with short names for the common ones
-(ALIASES: r_min, T, K, beta; examples_frac, skew, imbalance — tasks/subsets.py). lr_grid gives a log-spaced learning-rate list. An unknown field,
-a field of the other kind, an empty list or a repeated value is refused before anything runs.
+(ALIASES: r_min, T, K, beta; examples_frac, skew, imbalance — tasks/subsets.py). lr_grid gives a log-spaced
+learning-rate list. An unknown field, a field of the other kind, an empty list or a repeated value is refused before
+anything runs.
 
 Two stages, as the papers do:
     (1) scan    every grid point × `executions` seeds (base.seed, base.seed + 1, …); a point's score is the mean of
                 its executions' `objective` ("val_error" — the default where there is an accuracy —, "val_loss",
                 or "loss": the final training loss)
-    (2) seeds   per group (`group_by` fields, default the algorithm), the point with the lowest score is rerun with
-                `seeds` seeds (base.seed … base.seed + seeds − 1; default: the executions). A trial is named by its
-                whole config, so a seed that the scan already ran is not run again.
+    (2) seeds   per group (`group_by` fields, default the algorithm), the point with the lowest score (ties: the
+                lower mean validation loss) is rerun with `seeds` seeds (base.seed … base.seed + seeds − 1;
+                default: the executions). A trial is named by its whole config (trial_name), so a seed that the
+                scan already ran is not run again.
 The table reports, per group, the chosen point and the mean ± std (ddof 1) over its seeds of the validation and
 test metrics. The choice is made on `objective` only; the test column is reported, never used to choose.
 
@@ -500,7 +502,7 @@ def _run_stage(stage, kind, trials, out, executor, events, log, echo, ran, skipp
         events.write("resume" if trial_status(dirs[t.name]) == "partial" else "start", t.name, stage=stage)
         ran.append(t.name)
     executor.run(run_trial, [(t.name, (kind, asdict(t.config), str(dirs[t.name]), tuple(log))) for t in pending],
-                 done)
+                 done, on_tick=lambda progress: echo(f"[{progress.line()}]"))
     assert set(by_name) <= set(records)
     return records
 
@@ -668,8 +670,6 @@ def reproduce_command(kind: str, config) -> str:
             parts.append(("--" if v else "--no-") + f.name.replace("_", "-"))
         elif v is None:
             parts.append("--clip 0" if f.name == "clip_norm" else "")
-        elif f.name in ("arch",) and kind == "train":
-            continue
         else:
             parts.append(f"{flags.get(f.name, '--' + f.name.replace('_', '-'))} {v}")
     return " ".join(p for p in parts if p)
