@@ -164,7 +164,7 @@ def _wandb_mode() -> str:
         return mode
     try:
         import wandb
-        return "online" if wandb.api.api_key else "offline"
+        return "online" if wandb.login(prompt=False, verify=False) else "offline"
     except Exception:                                      # noqa: BLE001 — no key, no settings: stay offline
         return "offline"
 
