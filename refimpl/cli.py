@@ -616,8 +616,9 @@ def sweep_cmd(kind, settings, algorithms, activations, inits, forward_inits, arc
                         "archs": archs}.items():
         wrong = _BPFREE_ONLY if kind == "train" else _TRAIN_ONLY
         if name in wrong and given not in (None, ()):
-            raise click.UsageError(f"--{name.replace('_', '-')} does not apply to a {kind} sweep (it is an option of "
-                             f"{'bpfree' if kind == 'train' else 'train'} sweeps); drop it or give --kind")
+            other = "bpfree" if kind == "train" else "train"
+            raise click.UsageError(f"--{name.replace('_', '-')} does not apply to a {kind} sweep (it is an option "
+                                   f"of {other} sweeps); drop it or give --kind")
     base_kw = {k: v for k, v in kw.items() if v not in (None, ())}
     for name, flag, example in (("task_options", "--task-option", "-t seq_len=8"),
                                 ("cell_options", "--cell-option", "-o r_min=0.9"),
