@@ -52,6 +52,9 @@ def test_fields_of_each_kind_and_their_refusals():
     assert sweep.resolve_field("train", "K") == "algorithm_options.K"
     assert sweep.resolve_field("train", "task_options.seq_len") == "task_options.seq_len"
     assert sweep.resolve_field("bpfree", "batch_norm") == "batch_norm"
+    assert sweep.resolve_field("bpfree", "skew") == "task_options.skew"
+    ff = sweep.with_values(FF, {"task_options.examples_frac": 0.5, "task_options.skew": "step"})
+    assert ff.task_options == {"examples_frac": 0.5, "skew": "step"}
     config = sweep.with_values(RNN, {"cell_options.r_min": 0.5, "hidden": 8})
     assert config.cell_options == {"r_min": 0.5} and config.hidden == 8 and RNN.cell_options == {}
     with pytest.raises(UnsupportedError, match="does not apply to a bpfree sweep"):
