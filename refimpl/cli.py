@@ -14,7 +14,7 @@ result.
     ep-recipe     EP/BPTT sign agreement over mini-batches, for tuning T, K and β
     backends      list the backends, whether each runs on this machine, and which kernels each implements
     bpfree        train a feed-forward network by bp, dfa, drtp, ll-ce or ll-mse (trackers, plot; --resume)
-    sweep         grid search over rule, activation, init, lr and architecture on a process pool; resumable
+    sweep         any train / bpfree field × seeds in two stages (scan, then seeds) on Dask; resumable
 
 User errors (unknown names, bad sizes, unsupported combinations) print one line on stderr and exit with status 2;
 a failed check exits with status 1.
@@ -40,7 +40,7 @@ from .registry import KERNELS, coverage, fastest_backend
 from .runs import atomic_write_json
 from .studies import ep_gdu, fptt_stability
 from .studies.gradcheck import check_every_cell, format_reports, format_summary, gradcheck as check_gradients
-from .training import feedforward, sweep
+from .training import feedforward, sweep, tracking
 from .training.compare import compare as compare_algorithms, format_comparison
 from .training.config import EP_SETTINGS, TrainConfig
 from .training.loop import train as train_run
@@ -251,10 +251,13 @@ def _config_from_options(algorithm, kw):
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--benchmark", is_flag=True, help="Also train with bptt from the same initial weights and compare "
               "(the EP paper's --benchmark; the same as `compare --algorithms ALGORITHM,bptt`).")
-def train_cmd(algorithm, out_dir, resume_dir, progress, benchmark, **kw):
+@click.option("--log", "log", default=None, help="Also export the metrics for a tracker: tensorboard, wandb "
+              "(comma-separated; written into the run directory when the run ends).")
+def train_cmd(algorithm, out_dir, resume_dir, progress, benchmark, log, **kw):
     """Train a model on a task into a run directory: config.json, metrics.jsonl (flushed), atomic checkpoints,
     result.json. A killed run continues with --resume RUN_DIR and ends with the same numbers."""
     config = _config_from_options(algorithm, kw)
+    loggers = tracking.check_loggers(log)
     if benchmark:
         if resume_dir:
             raise click.UsageError("--benchmark starts new runs; it cannot be combined with --resume")
@@ -268,6 +271,8 @@ def train_cmd(algorithm, out_dir, resume_dir, progress, benchmark, **kw):
            if result.val_accuracy is not None else "")
     click.echo(f"{run_dir}: {result.steps} steps in {result.time_s:.1f} s; train loss {result.train_loss:.4f}, "
                f"val loss {result.val_loss:.4f}, test loss {result.test_loss:.4f}{acc}")
+    for name, where in tracking.export_run(run_dir, loggers).items():
+        click.echo(f"{name}: {where}")
 
 
 @cli.command("compare")
@@ -460,11 +465,14 @@ def _echo_warnings(caught) -> None:
 @click.option("--resume", "resume_dir", default=None, type=click.Path(file_okay=False),
               help="Continue the run in this directory from its last checkpoint (its config.json wins).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def bpfree_cmd(out_dir, resume_dir, progress, **kw):
+@click.option("--log", "log", default=None, help="Also export the metrics for a tracker: tensorboard, wandb "
+              "(comma-separated; written into the run directory when the run ends).")
+def bpfree_cmd(out_dir, resume_dir, progress, log, **kw):
     """Train a feed-forward network by backprop (bp) or a backprop-free rule (dfa, drtp, ll-ce, ll-mse) on a static
     task: run directory with config.json, metrics.jsonl (losses, errors and per-layer trackers), atomic checkpoints,
     result.json and trackers.png. A killed run continues with --resume RUN_DIR."""
     config = _bpfree_base(kw)
+    loggers = tracking.check_loggers(log)
     run_dir = resume_dir or out_dir or f"runs/bpfree-{config.task}-{config.algorithm}-s{config.seed}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -475,41 +483,175 @@ def bpfree_cmd(out_dir, resume_dir, progress, **kw):
     click.echo(f"{run_dir}: {result.steps} steps in {result.time_s:.1f} s; train loss {result.train_loss:.4f}, "
                f"val loss {result.val_loss:.4f}, test loss {result.test_loss:.4f}{err}; trackers: "
                f"{run_dir}/trackers.png")
+    for name, where in tracking.export_run(run_dir, loggers).items():
+        click.echo(f"{name}: {where}")
+
+
+_BPFREE_ONLY = ("problem", "batch_norm", "dropout", "trackers", "activations", "inits", "forward_inits", "archs")
+_TRAIN_ONLY = ("cell", "hidden", "layers", "backend", "steps", "cell_options", "algorithm_options", "net_options")
+
+
+def _value(text: str):
+    """A command-line value: int, float, true/false, none, or the string."""
+    low = text.strip().lower()
+    if low in ("true", "false", "on", "off"):
+        return low in ("true", "on")
+    if low in ("none", "null"):
+        return None
+    return _parse_options([f"v={text.strip()}"])["v"]
+
+
+def _assignments(pairs, flag: str, example: str, many: bool) -> dict:
+    """FIELD=VALUE (or FIELD=V1,V2,… when many) pairs → {field: value or [values]}."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair or not pair.split("=", 1)[0].strip():
+            raise click.BadParameter(f"{pair!r} is not FIELD=VALUE{',…' if many else ''} (e.g. {example})",
+                                     param_hint=flag)
+        key, text = (s.strip() for s in pair.split("=", 1))
+        out[key] = [_value(v) for v in text.split(",") if v.strip()] if many else _value(text)
+    return out
+
+
+def _sweep_kind(kind, kw, algorithms, fields_named) -> str:
+    """The kind a sweep trains when --kind is not given: train when anything says recurrent (a sequence task, an
+    algorithm that is not a feed-forward rule, a model option), bpfree otherwise."""
+    if kind:
+        return kind
+    from .bpfree import RULES
+    from .training.config import TrainConfig as T
+    from .training.feedforward import BpfreeConfig as B
+    if any(kw.get(k) not in (None, ()) for k in _TRAIN_ONLY):
+        return "train"
+    from tasks import task_kind
+    if kw.get("task") and task_kind(kw["task"]) != "static":
+        return "train"
+    if algorithms and any(a in ALGORITHMS and a not in RULES for a in algorithms):
+        return "train"
+    if any(f in T.__dataclass_fields__ and f not in B.__dataclass_fields__ for f in fields_named):
+        return "train"
+    return "bpfree"
 
 
 @cli.command("sweep")
-@_bpfree_options
-@click.option("--algorithms", default="bp,dfa,drtp,ll-ce,ll-mse", show_default=True,
-              help="Comma-separated rules to sweep.")
-@click.option("--activations", default="tanh", show_default=True, help="Comma-separated activations.")
-@click.option("--inits", default="orthogonal", show_default=True,
-              help="Comma-separated init schemes of the feedback / projection matrices.")
-@click.option("--forward-inits", default="orthogonal", show_default=True,
-              help="Comma-separated init schemes of the forward weights.")
-@click.option("--archs", default="128-128", show_default=True, help="Comma-separated architectures, e.g. 128,256-256.")
+@click.option("--kind", type=click.Choice(["train", "bpfree"]), default=None,
+              help="What a trial trains: `train` (any task × cell × algorithm, EP networks) or `bpfree` (the "
+                   "feed-forward rules). Default: train when a sequence task, a recurrent algorithm or a model "
+                   "option is given, else bpfree.")
+@click.option("--task", default=None, help="Task or preset (default: digits for bpfree, digits-seq for train).")
+@click.option("-t", "--task-option", "task_options", multiple=True, metavar="KEY=VALUE",
+              help="Task option, e.g. -t seq_len=8 (copy), -t n_train=5000 (mnist-static).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="MNIST IDX files.")
+@click.option("--cell", default=None, type=click.Choice(sorted(CELLS)), help="train: the cell.")
+@click.option("-o", "--cell-option", "cell_options", multiple=True, metavar="KEY=VALUE",
+              help="train: cell option, e.g. -o r_min=0.9 (lru).")
+@click.option("-a", "--algorithm-option", "algorithm_options", multiple=True, metavar="KEY=VALUE",
+              help="train: algorithm option, e.g. -a K=10 (ep).")
+@click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
+              help="train: EP network option, e.g. -n dt=0.5.")
+@click.option("--backend", default=None, help="train: where the cell kernels run.")
+@click.option("--layers", default=None, type=int, help="train: layers.")
+@click.option("--hidden", default=None, type=int, help="train: hidden units (lru: N).")
+@click.option("--steps", default=None, type=int, help="train: total optimizer steps (overrides --epochs).")
+@click.option("--problem", default=None, help="bpfree: classification or reconstruction.")
+@click.option("--batch-norm/--no-batch-norm", default=None, help="bpfree: batch norm.")
+@click.option("--dropout", default=None, type=float, help="bpfree: drop probability.")
+@click.option("--trackers/--no-trackers", default=None, help="bpfree: per-layer trackers after every epoch.")
+@click.option("--dtype", default=None, type=click.Choice(["float64", "float32"]))
+@click.option("--seed", default=None, type=int, help="The first seed (the seeds are seed, seed + 1, …).")
+@click.option("--epochs", default=None, type=int)
+@click.option("--batch-size", default=None, type=int)
+@click.option("--optimizer", default=None, type=click.Choice(["sgd", "adam", "adamw"]))
+@click.option("--weight-decay", default=None, type=float)
+@click.option("--clip", "clip_norm", default=None, type=float, help="Clip the global norm (0 = off).")
+@click.option("--schedule", default=None, type=click.Choice(["constant", "cosine"]))
+@click.option("--log-every", default=None, type=int)
+@click.option("-s", "--set", "settings", multiple=True, metavar="FIELD=VALUE",
+              help="Any other field of the base config, e.g. -s update_every=4 -s rec_lr_factor=0.5.")
+@click.option("--algorithms", default=None,
+              help="Comma-separated algorithms (bpfree default: bp,dfa,drtp,ll-ce,ll-mse; train: e.g. "
+                   "bptt,online,truncated,spatial).")
+@click.option("--activations", default=None, help="bpfree: comma-separated activations.")
+@click.option("--inits", default=None, help="bpfree: comma-separated init schemes of the feedback matrices.")
+@click.option("--forward-inits", default=None, help="bpfree: comma-separated init schemes of the forward weights.")
+@click.option("--archs", default=None, help="bpfree: comma-separated architectures, e.g. 128,256-256.")
 @click.option("--lr-min", default=1e-4, show_default=True, type=float)
 @click.option("--lr-max", default=1e-2, show_default=True, type=float)
 @click.option("--lr-points", default=3, show_default=True, type=int, help="Learning rates on a log grid.")
 @click.option("--lrs", default=None, help="Comma-separated learning rates (instead of the log grid).")
-@click.option("--workers", default=2, show_default=True, type=int, help="Trials run in parallel (processes).")
+@click.option("-g", "--grid", "grid_options", multiple=True, metavar="FIELD=V1,V2,…",
+              help="Any field as a grid dimension, e.g. -g r_min=0.5,0.9 -g hidden=16,32 -g K=5,10 "
+                   "-g examples_frac=0.1,1 (dotted for options: -g task_options.seq_len=4,8).")
+@click.option("--seeds", default=None, type=int,
+              help="Stage 2: rerun the best configuration per group with this many seeds (default: --executions).")
+@click.option("--executions", default=1, show_default=True, type=int,
+              help="Stage 1: seeds per grid point; a point's score is their mean.")
+@click.option("--objective", default=None, type=click.Choice(["val_error", "val_loss", "loss"]),
+              help="What chooses the best point (default: val_error where there is an accuracy, else val_loss).")
+@click.option("--group-by", default="algorithm", show_default=True,
+              help="Comma-separated fields: one best configuration per group.")
+@click.option("--scheduler", default=None,
+              help="tcp://HOST:PORT of an existing Dask scheduler (docs/sweeps.md); default: an embedded local "
+                   "cluster; 'inline': this process, no Dask.")
+@click.option("--workers", default=None, type=int, help="Local cluster size (default: the cores).")
+@click.option("--log", "log", default=None,
+              help="Also export each trial's metrics: tensorboard, wandb (comma-separated).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Sweep directory (default runs/sweep-<task>-<problem>). Rerun the same command to resume.")
-def sweep_cmd(algorithms, activations, inits, forward_inits, archs, lr_min, lr_max, lr_points, lrs, workers,
-              out_dir, **kw):
-    """Grid search over rule, activation, init, learning rate and architecture: one run directory per trial on a
-    local process pool, selection on the validation split, the best configuration per rule with a table and a plot
-    (summary.json, summary.png). Rerunning the same command resumes it: finished trials are skipped."""
+              help="Sweep directory (default runs/sweep-<task>-…). Rerun the same command to resume.")
+def sweep_cmd(kind, settings, algorithms, activations, inits, forward_inits, archs, lr_min, lr_max, lr_points, lrs,
+              grid_options, seeds, executions, objective, group_by, scheduler, workers, log, out_dir, **kw):
+    """Sweep any train / bpfree configuration field × seeds, on Dask: stage 1 scans the grid on validation (each
+    point run --executions times), stage 2 reruns the best configuration per group (--group-by) with --seeds seeds;
+    the table gives validation and test mean ± std (summary.json, summary.png). Trials run on an embedded local Dask
+    cluster, or on an existing one (--scheduler). Rerunning the same command resumes it: finished trials are
+    skipped, unfinished ones continue from their checkpoints."""
     def split(s):
         return [v.strip() for v in s.split(",") if v.strip()]
-    base = _bpfree_base(kw)
+    extra = _assignments(settings, "--set", "-s update_every=4", many=False)
+    grid_extra = _assignments(grid_options, "--grid", "-g hidden=16,32", many=True)
+    algorithm_list = split(algorithms) if algorithms else None
+    kind = _sweep_kind(kind, {**kw, "activations": activations, "inits": inits, "forward_inits": forward_inits,
+                              "archs": archs}, algorithm_list, [*extra, *grid_extra])
+    for name, given in {**kw, "activations": activations, "inits": inits, "forward_inits": forward_inits,
+                        "archs": archs}.items():
+        wrong = _BPFREE_ONLY if kind == "train" else _TRAIN_ONLY
+        if name in wrong and given not in (None, ()):
+            other = "bpfree" if kind == "train" else "train"
+            raise click.UsageError(f"--{name.replace('_', '-')} does not apply to a {kind} sweep (it is an option "
+                                   f"of {other} sweeps); drop it or give --kind")
+    base_kw = {k: v for k, v in kw.items() if v not in (None, ())}
+    for name, flag, example in (("task_options", "--task-option", "-t seq_len=8"),
+                                ("cell_options", "--cell-option", "-o r_min=0.9"),
+                                ("algorithm_options", "--algorithm-option", "-a K=10"),
+                                ("net_options", "--net-option", "-n dt=0.5")):
+        if name in base_kw:
+            base_kw[name] = _parse_options(base_kw[name], flag, example)
+    if base_kw.get("clip_norm") == 0:
+        base_kw["clip_norm"] = None
+    cls = feedforward.BpfreeConfig if kind == "bpfree" else TrainConfig
+    try:
+        base = sweep.with_values(cls(**base_kw), {sweep.resolve_field(kind, k): v for k, v in extra.items()})
+    except TypeError as e:
+        raise click.UsageError(f"a --set value does not fit its field ({e})") from None
     try:
         lr_values = [float(v) for v in split(lrs)] if lrs else sweep.lr_grid(lr_min, lr_max, lr_points)
     except ValueError:
         raise click.BadParameter(f"{lrs!r} is not a comma-separated list of numbers", param_hint="--lrs") from None
-    grid = {"algorithm": split(algorithms), "activation": split(activations), "init": split(forward_inits),
-            "feedback_init": split(inits), "lr": lr_values, "arch": split(archs)}
-    summary = sweep.run_sweep(base, grid, out_dir or f"runs/sweep-{base.task}-{base.problem}", workers=workers,
-                              echo=lambda s: click.echo(s, err=s.startswith(("warning", "refused"))))
+    if kind == "bpfree" and algorithm_list is None:
+        algorithm_list = split("bp,dfa,drtp,ll-ce,ll-mse")
+    grid = {"algorithm": algorithm_list} if algorithm_list else {}
+    for field, text in (("activation", activations), ("init", forward_inits), ("feedback_init", inits),
+                        ("arch", archs)):
+        if text is not None:
+            grid[field] = split(text)
+    grid["lr"] = lr_values
+    grid.update(grid_extra)
+    default_out = (f"runs/sweep-{base.task}-{base.problem}" if kind == "bpfree" else
+                   f"runs/sweep-{base.task}-{base.cell}")
+    summary = sweep.run_sweep(base, grid, out_dir or default_out, scheduler=scheduler, workers=workers,
+                              seeds=seeds, executions=executions, group_by=tuple(split(group_by)),
+                              objective=objective, log=log or (),
+                              echo=lambda s: click.echo(s, err=True))
     click.echo(summary.table)
 
 

@@ -27,6 +27,10 @@ Seeds. The generated tasks (copy, adding) draw each split from its own stream of
 the fixed data sets (digits, mnist) are split by base.split_indices(…, seed). Nothing else changes the data:
 the same name, seed and options give identical arrays.
 
+Smaller or skewed training sets (tasks/subsets.py): every task but the streams also takes examples_frac (keep that
+fraction of the training examples), skew ("long-tailed" or "step" class imbalance of the training split) and
+imbalance (ρ, the ratio of the largest to the smallest class, default 10); validation and test stay whole.
+
 `TASKS` maps each name to its builder, called as builder(seed, data_dir, **options) with every option given;
 `make_task` checks the name and the options first (UnknownNameError with a did-you-mean for a name, UnsupportedError
 saying what is allowed for a value), so builders can trust their arguments. `data_dir` is read by the MNIST tasks
@@ -57,6 +61,7 @@ import numpy as np
 from refimpl.errors import UnknownNameError, UnsupportedError
 
 from . import adding, copy, digits, mnist, stream
+from .subsets import SKEWS, subsample
 from .base import TARGET_KINDS, Split, Task, split_indices
 from .stream import StreamTask
 
@@ -117,6 +122,14 @@ _SPECS: dict[str, _Spec] = {
     "adding-stream": _Spec(stream.build_adding_stream, "stream", {"T": _int_at_least(1), "seq_len": _int_at_least(2)}),
 }
 _COMMON = {"dtype": ("float64", _choice(*DTYPES))}       # options every task takes: (default, rule)
+#: Options every task with a training split takes, applied to it after building (tasks/subsets.py); listed in
+#: task.info["options"] only when given.
+_SUBSET = {"examples_frac": _Rule("a number in (0, 1]", lambda v: isinstance(v, (int, float, np.integer, np.floating))
+                                  and not isinstance(v, bool) and 0 < v <= 1),
+           "skew": _choice(*SKEWS),
+           "imbalance": _Rule("a number ≥ 1", lambda v: isinstance(v, (int, float, np.integer, np.floating))
+                              and not isinstance(v, bool) and v >= 1)}
+_SUBSET_DEFAULTS = {"examples_frac": 1.0, "skew": "none", "imbalance": 10.0}
 
 TASKS: dict[str, Callable[..., Task]] = {name: spec.builder for name, spec in _SPECS.items()}
 
@@ -162,7 +175,7 @@ def _check_option(task: str, option: str, value, rule: _Rule) -> None:
         raise UnknownNameError(f"{task} {option}", value, rule.choices,
                                f"e.g. make_task({task!r}, {option}={rule.choices[0]!r})")
     raise UnsupportedError(f"{task}: option {option}={value!r} is not allowed; {option} must be {rule.allowed} "
-                           f"(default {task_options(task)[option]!r})")
+                           f"(default {({**_SUBSET_DEFAULTS, **task_options(task)})[option]!r})")
 
 
 def _cast(split: Split, dtype: np.dtype) -> Split:
@@ -194,6 +207,8 @@ def make_task(name: str, *, seed: int = 0, data_dir=None, **options) -> Task:
     if not _is_int(seed) or seed < 0:
         raise UnsupportedError(f"{name}: seed must be a nonnegative integer, got {seed!r}; e.g. seed=0")
     builder, rules = _SPECS[name].builder, {**_SPECS[name].rules, **{k: rule for k, (_, rule) in _COMMON.items()}}
+    if _SPECS[name].kind != "stream":
+        rules.update(_SUBSET)
     for option, value in options.items():
         if option not in rules:
             raise UnknownNameError(f"{name} option", option, rules,
@@ -201,12 +216,13 @@ def make_task(name: str, *, seed: int = 0, data_dir=None, **options) -> Task:
         _check_option(name, option, value, rules[option])
     resolved = {**task_options(name), **options}
     dtype = np.dtype(resolved.pop("dtype"))
-    task = builder(int(seed), data_dir, **resolved)
+    cut = {k: resolved.pop(k) for k in _SUBSET if k in resolved}
+    task = subsample(builder(int(seed), data_dir, **resolved), **cut)
     if _SPECS[name].kind == "stream":                 # produced chunk by chunk, in its dtype
         task = replace(task, dtype=dtype.name)
     elif dtype != np.float64:
         task = replace(task, train=_cast(task.train, dtype), val=_cast(task.val, dtype), test=_cast(task.test, dtype))
-    info = {**task.info, "options": {**resolved, "dtype": dtype.name}}
+    info = {**task.info, "options": {**resolved, **cut, "dtype": dtype.name}}
     if preset is not None:
         info["preset"] = preset
     return replace(task, info=info)

@@ -6,5 +6,7 @@
     compare.py      several algorithms from the same initial weights: compare.json, compare.png, the table
     recipes.py      the published comparisons (compare --recipe) and the default job's learning demo
     feedforward.py  the feed-forward backprop-free rules on a static task (refimpl/bpfree)
-    sweep.py        a resumable grid over the feed-forward rules on a process pool
+    sweep.py        any train / bpfree field × seeds, two stages (scan on validation, then seeds), resumable
+    executor.py     where a sweep's trials run: inline, an embedded Dask LocalCluster, or a Dask scheduler's cluster
+    tracking.py     a run's metrics as TensorBoard event files and W&B runs (--log)
 """

@@ -1,5 +1,7 @@
-"""The tuning workflow (refimpl/training/sweep.py): the grid, refused combinations, selection on validation, and resume — a
-sweep that dies mid-trial, and one SIGKILLed from the CLI, completes without rerunning its finished trials."""
+"""The tuning workflow (refimpl/training/sweep.py) on the feed-forward rules: the grid, refused combinations,
+selection on validation, and resume — a sweep that dies mid-trial, and one SIGKILLed from the CLI (on a local Dask
+cluster), completes without rerunning its finished trials. tests/training/test_sweep_general.py: recurrent sweeps,
+seeds, the executors, faults."""
 
 import json
 import os
@@ -62,7 +64,7 @@ def test_expand_refuses_and_warns_with_reasons():
 
 def test_selection_is_on_validation(tmp_path):
     summary = sweep.run_sweep(BASE, {"algorithm": ["bp", "dfa"], "lr": [1e-3, 1e-2],
-                                     "activation": ["tanh", "relu"]}, tmp_path / "s")
+                                     "activation": ["tanh", "relu"]}, tmp_path / "s", scheduler="inline")
     results = {d.name: json.loads((d / "result.json").read_text()) for d in (tmp_path / "s" / "trials").iterdir()}
     for algorithm in ("bp", "dfa"):
         mine = {n: r for n, r in results.items() if n.startswith(algorithm + "_")}
@@ -76,7 +78,7 @@ def test_selection_is_on_validation(tmp_path):
 
 
 def test_a_sweep_that_dies_mid_trial_resumes_without_rerunning_finished_trials(tmp_path, monkeypatch):
-    sweep.run_sweep(BASE, GRID, tmp_path / "whole")
+    sweep.run_sweep(BASE, GRID, tmp_path / "whole", scheduler="inline")
     real_step, calls = optim.step, []
 
     def dying_step(*args, **kwargs):             # 5 steps per trial: dies in the 3rd step of the 3rd trial
@@ -86,12 +88,12 @@ def test_a_sweep_that_dies_mid_trial_resumes_without_rerunning_finished_trials(t
         return real_step(*args, **kwargs)
     monkeypatch.setattr(optim, "step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_sweep(BASE, GRID, tmp_path / "killed")
+        sweep.run_sweep(BASE, GRID, tmp_path / "killed", scheduler="inline")
     monkeypatch.setattr(optim, "step", real_step)
     done = {d.name for d in (tmp_path / "killed" / "trials").iterdir() if (d / "result.json").exists()}
     assert len(done) == 2
     stamps = {n: (tmp_path / "killed" / "trials" / n / "metrics.jsonl").stat().st_mtime_ns for n in done}
-    summary = sweep.run_sweep(BASE, GRID, tmp_path / "killed")
+    summary = sweep.run_sweep(BASE, GRID, tmp_path / "killed", scheduler="inline")
     assert set(summary.skipped) == done and len(summary.ran) == 2
     events = sweep.read_events(tmp_path / "killed")
     second = events[[e["event"] for e in events].index("skip"):]
@@ -101,10 +103,13 @@ def test_a_sweep_that_dies_mid_trial_resumes_without_rerunning_finished_trials(t
     assert _numbers(tmp_path / "killed") == _numbers(tmp_path / "whole")       # the resumed trial is exact
 
 
-def test_sigkilled_cli_sweep_resumes(tmp_path):
-    """The real thing: SIGKILL a `sweep` process once two trials have finished, then rerun the same command."""
+@pytest.mark.parametrize("where", [["--scheduler", "inline"],
+                                   pytest.param(["--workers", "1"], marks=pytest.mark.slow, id="local-cluster")])
+def test_sigkilled_cli_sweep_resumes(tmp_path, where):
+    """The real thing: SIGKILL a `sweep` process once two trials have finished, then rerun the same command (in the
+    sweep process; on a local Dask cluster, whose worker goes with it)."""
     args = ["sweep", "--algorithms", "bp,dfa", "--lrs", "0.003,0.01", "--archs", "16", "--epochs", "2",
-            "--batch-size", "256", "--workers", "1", "--out", str(tmp_path / "s")]
+            "--batch-size", "256", *where, "--out", str(tmp_path / "s")]
     p = subprocess.Popen([sys.executable, "-m", "refimpl.run", *args], cwd=Path(__file__).resolve().parents[2],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -125,24 +130,25 @@ def test_sigkilled_cli_sweep_resumes(tmp_path):
     assert "bp " in r.output and "dfa " in r.output
 
 
-def test_process_pool_gives_the_same_trials(tmp_path):
-    sweep.run_sweep(BASE, GRID, tmp_path / "one")
-    sweep.run_sweep(BASE, GRID, tmp_path / "two", workers=2)
-    assert _numbers(tmp_path / "one") == _numbers(tmp_path / "two")
-
-
 def test_a_directory_holds_one_sweep(tmp_path):
-    sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s")
+    inline = {"scheduler": "inline"}
+    sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s", **inline)
+    before = sorted(p.name for p in (tmp_path / "s").iterdir())
     with pytest.raises(UnsupportedError, match="holds another sweep"):
-        sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [3e-2]}, tmp_path / "s")
+        sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [3e-2]}, tmp_path / "s", **inline)
+    with pytest.raises(UnsupportedError, match="holds another sweep"):
+        sweep.run_sweep(BASE.__class__(epochs=2), {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s", **inline)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == before
+    more = sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s", seeds=2, **inline)
+    assert len(more.skipped) == 1 and len(more.ran) == 1           # more seeds: only the new one runs
     pytest.importorskip("fcntl")
     held = sweep._lock(tmp_path / "s")                     # as if a live sweep process held the directory
     try:
         with pytest.raises(UnsupportedError, match="another sweep process is running"):
-            sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s")
+            sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s", **inline)
     finally:
         held.close()
-    assert sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s").skipped
+    assert sweep.run_sweep(BASE, {"algorithm": ["bp"], "lr": [1e-2]}, tmp_path / "s", **inline).skipped
 
 
 @pytest.mark.parametrize("args,phrase", [
@@ -151,6 +157,17 @@ def test_a_directory_holds_one_sweep(tmp_path):
     (["--inits", "orthogonal,glorot"], "unknown feedback init 'glorot'"),
     (["--lrs", "0.1,fast"], "comma-separated list of numbers"),
     (["--workers", "0"], "workers must be a positive integer"),
+    (["--scheduler", "tcp://10.0.0.1:8786", "--workers", "2"], "--workers sizes the local cluster only"),
+    (["--scheduler", "http://x"], "is not a scheduler address"),
+    (["--seeds", "0"], "seeds must be a positive integer"),
+    (["--objective", "accuracy"], "'accuracy' is not one of"),
+    (["--cell", "gru", "--activations", "relu"], "--activations does not apply to a train sweep"),
+    (["-g", "momentum=0.9"], "unknown grid field 'momentum'"),
+    (["--kind", "bpfree", "-g", "hidden=8,16"], "field 'hidden' does not apply to a bpfree sweep"),
+    (["--kind", "train", "-g", "activation=tanh,relu"], "field 'activation' does not apply to a train sweep"),
+    (["-g", "seed=1,2"], "the grid cannot vary 'seed'"),
+    (["-g", "lr"], "is not FIELD=VALUE"),
+    (["--log", "mlflow"], "unknown logger 'mlflow'"),
     (["--lrs", "0.01,0"], "learning rate lr=0.0 is not allowed"),
 ])
 def test_cli_bad_sweeps_exit_2_with_one_line(tmp_path, args, phrase):

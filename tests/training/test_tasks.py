@@ -431,3 +431,31 @@ def test_presets_and_options_are_consistent():
         assert task_options(preset) == {**task_options(name), **options}
     assert task_options("copy") == {"seq_len": 4, "bit_width": 1, "waiting_time": 16, "n_train": 10000,
                                     "n_val": 1000, "n_test": 1000, "dtype": "float64"}
+
+
+def test_smaller_and_skewed_training_sets():
+    """tasks/subsets.py: the training split alone is cut; long-tailed counts fall by ρ^(−c/(C−1)), step keeps 1/ρ of
+    the first half of the classes; examples_frac keeps ⌈f·n⌉; the same seed keeps the same examples."""
+    whole = make_task("digits", seed=1)
+    counts = np.bincount(whole.train.y, minlength=10)
+    lt = make_task("digits", seed=1, skew="long-tailed", imbalance=10)
+    assert np.array_equal(np.bincount(lt.train.y, minlength=10),
+                          np.floor(counts * 10.0 ** (-np.arange(10) / 9)).astype(int))
+    step = make_task("digits-seq", seed=1, skew="step", imbalance=4)
+    assert np.array_equal(np.bincount(step.train.y, minlength=10)[:5], np.floor(counts[:5] / 4).astype(int))
+    assert np.array_equal(np.bincount(step.train.y, minlength=10)[5:], counts[5:])
+    assert lt.val.n == whole.val.n and np.array_equal(lt.test.x, whole.test.x)
+    frac = make_task("copy-small", examples_frac=0.25)
+    assert frac.train.n == 16 and frac.train.mask.shape == (13, 16) and frac.info["options"]["examples_frac"] == 0.25
+    again = make_task("copy-small", examples_frac=0.25)
+    assert np.array_equal(frac.train.x, again.train.x)
+    rows = {r.tobytes() for r in make_task("copy-small").train.x.transpose(1, 0, 2)}
+    assert all(r.tobytes() in rows for r in frac.train.x.transpose(1, 0, 2))
+    with pytest.raises(UnsupportedError, match="needs class labels"):
+        make_task("adding-small", skew="step")
+    with pytest.raises(UnsupportedError, match=r"examples_frac must be a number in \(0, 1\]"):
+        make_task("copy-small", examples_frac=0)
+    with pytest.raises(UnknownNameError, match="skew"):
+        make_task("digits", skew="zipf")
+    with pytest.raises(UnknownNameError, match="copy-stream option"):
+        make_task("copy-stream", examples_frac=0.5)
