@@ -112,7 +112,7 @@ def check_compatible(task, model, algorithm: str) -> None:
 
 def batch_targets(task, model, split, idx: np.ndarray):
     """(x (T,b,I), y, mask) for the examples `idx` of `split`, shaped for `model`'s output (see module doc)."""
-    x = split.x[:, idx].astype(model.dtype)
+    x = np.asarray(split.x[:, idx], dtype=model.dtype)                 # a copy; dense codes of tasks.listops.OneHot
     T, b = x.shape[0], len(idx)
     if task.target == "per_step":
         m = split.mask[:, idx].astype(model.dtype)
