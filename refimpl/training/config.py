@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import optim
 from ..checks import positive_int
+from ..errors import UnknownNameError
 from ..ep import TOY_SIZES
 from ..runs import config_from_dict
 
@@ -41,6 +43,8 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.01
     rec_lr_factor: float = 1.0
+    freeze: tuple = ()                   # leaf names of cell parameters that do not learn (optim.OptimConfig.freeze);
+                                         # FREEZE_RECURRENCE is the FPTT code's freeze_recurrence
     clip_norm: float | None = 1.0
     schedule: str = "cosine"
     warmup_steps: int = 0
@@ -53,6 +57,10 @@ class TrainConfig:
     micro_batch: int | None = None       # split each batch into M micro-batches, gradients combined exactly
     net: str = "prototypical"            # static tasks only: the EP network: prototypical | energy | toy | conv
     net_options: dict = field(default_factory=dict)   # its options: activation, dt, clamp
+
+    def __post_init__(self):
+        if isinstance(self.freeze, list):                    # config.json keeps it as a list
+            object.__setattr__(self, "freeze", tuple(self.freeze))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -70,6 +78,26 @@ class RunResult:
     test_accuracy: float | None
     time_s: float
     peak_memory_bytes: int | None = None
+
+
+#: The FPTT code's `freeze_recurrence` (research/fptt.md §5.1): a stop-gradient on the LRU's λ, so ν and θ stay at
+#: their initial values while γ, B, C, D and the rest train (`--freeze-recurrence`; `--rec-lr-factor 0` fixes γ and B
+#: too).
+FREEZE_RECURRENCE = ("nu_log", "theta_log")
+
+
+def check_freeze(freeze, params: dict, cell: str) -> tuple:
+    """The names of `freeze` as a tuple, after checking each is the leaf name of a cell parameter of `params` (the
+    recurrent group of refimpl/optim.py); UnknownNameError naming the cell's parameters otherwise."""
+    names = tuple(freeze)
+    leaves = sorted({k.rsplit(".", 1)[-1] for k in params if optim.is_recurrent(k)})
+    for name in names:
+        if name not in leaves:
+            hint = (" (--freeze-recurrence is the LRU's ν and θ; name this cell's parameters with --freeze)"
+                    if name in FREEZE_RECURRENCE and cell != "lru" else "")
+            raise UnknownNameError(f"parameter to freeze of cell {cell!r}", name, leaves,
+                                   f"--freeze takes the cell's parameter names, comma-separated{hint}")
+    return names
 
 
 def check_config(config: TrainConfig) -> None:

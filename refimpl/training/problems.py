@@ -51,7 +51,7 @@ from ..errors import NumericalError, UnsupportedError
 from ..nn.losses import loss_forward
 from ..nn.model import check_inputs, forward
 from ..registry import cell_kernels, ep_kernels, load_backend
-from .config import EP_SETTINGS, TrainConfig
+from .config import EP_SETTINGS, TrainConfig, check_freeze
 from .device import DeviceStep
 
 #: The algorithms that train a static task's EP network.
@@ -85,13 +85,17 @@ def prepare(config: TrainConfig) -> Prepared:
     per_sequence = (math.ceil(task.seq_len / config.update_every)
                     if config.update_every and task.kind == "sequence" else 1)
     opt = optim.OptimConfig(name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
-                            rec_lr_factor=config.rec_lr_factor, clip_norm=config.clip_norm,
-                            schedule=config.schedule, warmup_steps=config.warmup_steps,
+                            rec_lr_factor=config.rec_lr_factor, freeze=tuple(config.freeze),
+                            clip_norm=config.clip_norm, schedule=config.schedule, warmup_steps=config.warmup_steps,
                             total_steps=max(total * per_sequence, 1))
     if task.kind == "static":
+        if config.freeze:
+            raise UnsupportedError(f"--freeze fixes parameters of a recurrent cell; task {task.name!r} trains an "
+                                   f"equilibrium-propagation network, which has none: drop --freeze")
         problem = static_problem(config, task)
     else:
         problem = sequence_problem(config, task, opt)
+        check_freeze(config.freeze, problem.params, config.cell)
     return Prepared(problem, opt, steps_per_epoch, total)
 
 
