@@ -47,7 +47,7 @@ from ..algorithms.online import whole_stack_differs
 from ..checks import positive_int
 from ..api import make_model, model_grads
 from ..ep import conv as ep_conv, networks as ep_networks
-from ..errors import NumericalError, UnsupportedError
+from ..errors import NumericalError, UnknownNameError, UnsupportedError
 from ..nn.losses import loss_forward
 from ..nn.model import check_inputs, forward
 from ..registry import cell_kernels, ep_kernels, load_backend
@@ -319,7 +319,7 @@ def static_problem(config: TrainConfig, task) -> Problem:
     if config.algorithm not in STATIC_ALGORITHMS:
         raise UnsupportedError(f"task {task.name!r} has static inputs: it trains equilibrium-propagation networks "
                                f"with --algorithm ep or bptt, not {config.algorithm!r}")
-    allowed = {"T", "K", "beta", "full", "lr_tab"}
+    allowed = {"T", "K", "beta", "full", "lr_tab", "lr_order"}
     unknown = sorted(set(config.algorithm_options) - allowed)
     if unknown:
         raise UnsupportedError(f"unknown option(s) {unknown} for {config.algorithm} on a static task; allowed: "
@@ -358,7 +358,7 @@ def static_problem(config: TrainConfig, task) -> Problem:
         y[np.arange(len(labels)), labels] = 1.0
         return y
 
-    scale = _layer_lr_scale(config, params, o.get("lr_tab"))
+    scale = _layer_lr_scale(config, params, o.get("lr_tab"), o.get("lr_order"))
     # the relaxation loops on the backend's ep.* kernels (the conv net, refused on a backend above, takes none)
     on_backend = {} if config.backend == "numpy" else {"kernels": ep_kernels(config.backend, config.dtype)}
 
@@ -382,24 +382,80 @@ def static_problem(config: TrainConfig, task) -> Problem:
     return Problem(task, params, grads, evaluate_static)
 
 
-def _layer_lr_scale(config: TrainConfig, params: dict, lr_tab) -> dict:
+#: The orders a positional `-a lr_tab` may be given in (`-a lr_order=…`): the EP seed's lr_tab runs from the output
+#: layer to the input (research/ep_dfa_lstm.md §A.11; conv: fc, K0, K1), refimpl's weight names from the input up.
+LR_ORDERS = ("output_first", "input_first")
+
+
+def _layer_lr_scale(config: TrainConfig, params: dict, lr_tab, lr_order=None) -> dict:
     """Per-layer learning rates (the EP paper's lr_tab) as gradient scales lr_l / lr — the same thing for plain SGD,
-    which is why they are refused with other optimizers. lr_tab lists one rate per weight layer, input side first
-    ("W.0 W.1 …" of refimpl/ep/networks.py; conv: K1, K0, W), comma-separated; the biases of the layer a weight feeds
-    share its rate."""
+    which is why they are refused with other optimizers.
+
+    lr_tab gives one rate per weight layer, comma-separated, either named — "W.0=0.1,W.1=0.05" (refimpl's names:
+    W.0 … W.{L−1} from the input up, refimpl/ep/networks.py; conv: K1, K0, W) — or as a bare list with its order
+    stated by lr_order: "output_first" is the seed's (its lr_tab[k] drives the weights between layers k and k+1
+    counted from the output, the last entry the input weights; conv: fc, K0, K1), "input_first" refimpl's. A bare
+    list of two or more different rates without lr_order is refused: read in the wrong order it would silently swap
+    the layers' rates. The biases of the layer a weight feeds (the layer on its output side) share its rate."""
     if lr_tab is None:
+        if lr_order is not None:
+            raise UnsupportedError("-a lr_order says the order of -a lr_tab, which is not given; add -a lr_tab=… or "
+                                   "drop -a lr_order")
         return {}
     if config.optimizer != "sgd":
         raise UnsupportedError(f"-a lr_tab needs --optimizer sgd (per-layer rates are gradient scales only for plain "
                                f"SGD), got {config.optimizer!r}")
-    rates = [float(v) for v in str(lr_tab).split(",") if v.strip()]
     weights = [k for k in params if k.startswith("W.")] or [k for k in ("K1", "K0", "W") if k in params]
     biases = [k for k in params if k.startswith("b.")] or [k for k in ("c1", "c0", "b") if k in params]
-    if len(rates) != len(weights):
-        raise UnsupportedError(f"-a lr_tab has {len(rates)} rate(s) but the network has {len(weights)} weight layers "
-                               f"({', '.join(weights)}), input side first; e.g. -a lr_tab={','.join(['0.1'] * len(weights))}")
-    scale = {w: r / config.lr for w, r in zip(weights, rates)}
-    scale.update({b: r / config.lr for b, r in zip(biases, rates)})
+    rates = _layer_rates(str(lr_tab), lr_order, weights)
+    scale = {w: rates[w] / config.lr for w in weights}
+    scale.update({b: rates[w] / config.lr for w, b in zip(weights, biases)})
     # the toy network's input → layer l skips (Wx.l) take the rate of layer l's incoming weights W.{l−1}
     scale.update({k: scale[f"W.{int(k.split('.', 1)[1]) - 1}"] for k in params if k.startswith("Wx.")})
     return scale
+
+
+def _layer_rates(lr_tab: str, lr_order, weights: list[str]) -> dict:
+    """{weight name: rate} from -a lr_tab (named or a bare list) and -a lr_order (see _layer_lr_scale)."""
+    entries = [e.strip() for e in lr_tab.split(",") if e.strip()]
+    seed_order = ",".join(reversed(weights))
+    example = ",".join(f"{w}=0.1" for w in weights)
+    if any("=" in e for e in entries):                                   # named: W.0=0.1,W.1=0.05
+        if lr_order is not None:
+            raise UnsupportedError("-a lr_tab names its layers, so it has no order: drop -a lr_order")
+        pairs = [e.split("=", 1) for e in entries]
+        named = {name.strip(): value for name, value in pairs}
+        for name in named:
+            if name not in weights:
+                raise UnknownNameError("weight layer in -a lr_tab", name, weights, f"e.g. -a lr_tab={example}")
+        missing = [w for w in weights if w not in named]
+        if missing or len(named) != len(pairs):
+            raise UnsupportedError(f"-a lr_tab must name every weight layer once ({', '.join(weights)}); "
+                                   f"{'missing ' + ', '.join(missing) if missing else 'a layer is named twice'}; "
+                                   f"e.g. -a lr_tab={example}")
+        return {w: _rate(named[w]) for w in weights}
+    rates = [_rate(e) for e in entries]
+    if len(rates) != len(weights):
+        raise UnsupportedError(f"-a lr_tab has {len(rates)} rate(s) but the network has {len(weights)} weight layers "
+                               f"({', '.join(weights)}); e.g. -a lr_tab={','.join(['0.1'] * len(weights))}")
+    if lr_order is None:
+        if rates != rates[::-1]:                                          # the order matters: it must be stated
+            raise UnsupportedError(f"-a lr_tab={lr_tab} does not say its order: add -a lr_order=output_first (the "
+                                   f"EP seed's lr_tab: {seed_order}) or -a lr_order=input_first ({','.join(weights)}), "
+                                   f"or name the layers, e.g. -a lr_tab={example}")
+        lr_order = "input_first"
+    if lr_order not in LR_ORDERS:
+        raise UnknownNameError("-a lr_order", lr_order, LR_ORDERS,
+                               f"output_first is the EP seed's order ({seed_order})")
+    ordered = weights[::-1] if lr_order == "output_first" else weights
+    return dict(zip(ordered, rates))
+
+
+def _rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        raise UnsupportedError(f"-a lr_tab: {value!r} is not a learning rate; give numbers ≥ 0, e.g. 0.1") from None
+    if not rate >= 0 or rate == float("inf"):
+        raise UnsupportedError(f"-a lr_tab: learning rate {value} is not allowed; give finite numbers ≥ 0")
+    return rate
