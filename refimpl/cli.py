@@ -186,6 +186,9 @@ def _run_options(f):
         click.option("--norm", type=click.Choice(list(NORMS)), default=None),
         click.option("--ffn", type=click.Choice(list(FFNS)), default=None),
         click.option("--residual/--no-residual", default=d.residual, show_default=True),
+        click.option("--dropout", default=d.dropout, show_default=True, type=float,
+                     help="Dropout rate in training (after each block's FFN nonlinearity and on its output, one mask "
+                          "per sequence; the online-LRU paper uses 0.1); none at evaluation."),
         click.option("--pooling", type=click.Choice(list(POOLINGS)), default=d.pooling, show_default=True),
         click.option("--dtype", default=d.dtype, show_default=True, type=click.Choice(["float64", "float32"])),
         click.option("--seed", default=d.seed, show_default=True, type=int),

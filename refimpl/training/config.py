@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .. import optim
 from ..checks import positive_int
-from ..errors import UnknownNameError
+from ..errors import UnknownNameError, UnsupportedError
 from ..ep import TOY_SIZES
 from ..runs import config_from_dict
 
@@ -33,6 +33,7 @@ class TrainConfig:
     norm: str | None = None
     ffn: str | None = None
     residual: bool = False
+    dropout: float = 0.0                 # training only: the rate of refimpl.nn.model.dropout_masks (0: none)
     pooling: str = "none"
     dtype: str = "float64"
     seed: int = 0
@@ -107,6 +108,10 @@ def check_config(config: TrainConfig) -> None:
     for name in ("steps", "checkpoint_every"):
         if getattr(config, name) is not None:
             positive_int(name, getattr(config, name))
+    if isinstance(config.dropout, bool) or not isinstance(config.dropout, (int, float)) or \
+            not 0 <= config.dropout < 1:
+        raise UnsupportedError(f"--dropout {config.dropout!r} is not allowed: it must lie in [0, 1); 0 turns it off "
+                               f"(the online-LRU paper trains with 0.1)")
     for name in ("update_every", "chunk", "micro_batch"):     # the run options' names as the CLI spells them
         if getattr(config, name) is not None:
             positive_int("--" + name.replace("_", "-"), getattr(config, name))

@@ -49,7 +49,7 @@ from ..api import make_model, model_grads
 from ..ep import conv as ep_conv, networks as ep_networks
 from ..errors import NumericalError, UnknownNameError, UnsupportedError
 from ..nn.losses import loss_forward
-from ..nn.model import check_inputs, forward
+from ..nn.model import check_inputs, dropout_masks, forward, with_dropout
 from ..registry import cell_kernels, ep_kernels, load_backend
 from .config import EP_SETTINGS, TrainConfig, check_freeze
 from .device import DeviceStep
@@ -167,21 +167,31 @@ def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Probl
     options = check_online(config, model, task.seq_len, min(config.batch_size, task.train.n))
     kernels = cell_kernels(model.cell, config.backend, model.dtype)
     algo = get_algorithm(config.algorithm, "model")
+    if config.dropout and on_device(config):
+        raise UnsupportedError(f"--dropout on backend {config.backend!r}: bptt there runs the whole step in the "
+                               f"backend's arrays, which has no dropout; use --backend numpy or numba, or --dropout 0")
 
-    def one_batch(params, idx):
+    def one_batch(params, idx, step_model=model):
         x, y, mask = batch_targets(task, model, task.train, idx)
-        return model_grads(model, params, x, y, loss=task.loss, mask=mask, algorithm=config.algorithm,
+        return model_grads(step_model, params, x, y, loss=task.loss, mask=mask, algorithm=config.algorithm,
                            backend=config.backend, **options)
 
     def grads(params, idx, opt_state):
+        step_model = training_model(config, model, len(idx), opt_state)              # this step's dropout masks
         if config.update_every:
             x, y, mask = batch_targets(task, model, task.train, idx)
-            return truly_online(model, params, x, y, task.loss, mask, config, opt, opt_state, algo=algo,
+            return truly_online(step_model, params, x, y, task.loss, mask, config, opt, opt_state, algo=algo,
                                 kernels=kernels, options=options)
         if config.micro_batch:
-            loss, g = micro_batched(one_batch, params, idx, config.micro_batch)
+            row = {int(i): r for r, i in enumerate(idx)}                     # each example keeps its own masks
+
+            def part_batch(params, part):
+                rows = [row[int(i)] for i in part]
+                masks = None if step_model.masks is None else {k: m[rows] for k, m in step_model.masks.items()}
+                return one_batch(params, part, with_dropout(model, masks))
+            loss, g = micro_batched(part_batch, params, idx, config.micro_batch)
         else:
-            loss, g = one_batch(params, idx)
+            loss, g = one_batch(params, idx, step_model)
         return loss, g, opt_state, params
 
     device = batch = None
@@ -192,6 +202,22 @@ def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Probl
             return batch_targets(task, model, task.train, idx)
     return Problem(task, params, grads, lambda params, split: evaluate(task, model, params, split, kernels), device,
                    batch)
+
+
+#: The dropout masks of optimizer step k come from np.random.default_rng([seed, DROPOUT_STREAM, k]): the run's seed
+#: and the step alone fix them (a resumed run draws the same masks; the batches use [seed, epoch], runs.batch_at).
+DROPOUT_STREAM = 0xD0
+
+
+def training_model(config: TrainConfig, model, batch: int, opt_state):
+    """The model of one training step: with --dropout, carrying the step's masks (refimpl/nn/model.py
+    dropout_masks), drawn once for the step, so that every algorithm and every chunk or pass of it sees the same
+    ones; without, the model itself. The step is the optimizer state's count of updates (0 without a state)."""
+    if not config.dropout:
+        return model
+    k = 0 if opt_state is None else int(opt_state["step"])
+    rng = np.random.default_rng([config.seed, DROPOUT_STREAM, k])
+    return with_dropout(model, dropout_masks(model, config.dropout, batch, rng))
 
 
 def on_device(config: TrainConfig) -> bool:
@@ -312,7 +338,8 @@ def static_problem(config: TrainConfig, task) -> Problem:
     """A static task: an EP network (refimpl/ep/networks.py) trained by `ep` or by `bptt` through the same dynamics
     (truncated to the last K steps, the paper's baseline; -a K=0 … or full with -a full=1)."""
     given = [f for f, v in (("--update-every", config.update_every), ("--chunk", config.chunk),
-                            ("--micro-batch", config.micro_batch)) if v is not None]
+                            ("--micro-batch", config.micro_batch), ("--dropout", config.dropout or None))
+             if v is not None]
     if given:
         raise UnsupportedError(f"{', '.join(given)}: for sequence tasks (time steps, batches of sequences); task "
                                f"{task.name!r} has static inputs: drop {' and '.join(given)}")

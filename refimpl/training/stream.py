@@ -70,6 +70,10 @@ def check_stream_config(config: TrainConfig, task, model) -> dict:
     if config.update_every is None:
         raise UnsupportedError(f"task {task.name!r} is a stream of T = {task.length} steps with no end to wait for: "
                                f"give --update-every K (one optimizer update every K steps, e.g. --update-every 64)")
+    if config.dropout:
+        raise UnsupportedError(f"--dropout draws one mask per sequence and example; a stream is one sequence without "
+                               f"end, trained without dropout here: drop --dropout (or train on the episodic task, "
+                               f"e.g. {task.name.replace('-stream', '')})")
     if not model.per_step:
         raise UnsupportedError(f"a stream has no last step to pool over: pooling {model.pooling!r} needs the whole "
                                f"sequence; use --pooling none or cumulative_mean (memoryless per-step readouts)")
