@@ -20,6 +20,10 @@ The run options that reach the algorithm (`check_online`, before any work):
                        gradient weighted by its share b_m / B: since L = (1/B) Σ_b L_b, Σ_m (b_m/B) L_m is exactly the
                        full batch's loss and gradient. 1 ≤ M ≤ B; not with --update-every (the micro-batches would
                        have to run in lockstep, each keeping its traces: no memory saved; use a smaller batch).
+    --dropout p        training_model: the step's model carries its dropout masks (refimpl/nn/model.py), drawn from
+                       np.random.default_rng([seed, DROPOUT_STREAM, step]) for the whole batch (micro-batches take
+                       their examples' rows), so every algorithm sees the same ones; evaluation uses the model without
+                       masks. Refused where bptt runs the whole step on mlx/cupy (on_device), on streams, static tasks.
     static     an equilibrium-propagation network (refimpl/ep/networks.py, or the convolutional one of
                refimpl/ep/conv.py) trained by `ep` or by `bptt` through the same dynamics
 
