@@ -27,7 +27,10 @@ examples. Generation stops early once an expression passes max_length (it would 
 expressions are exactly those of the rejection process above. It runs in Python: about 1.5 ms per LRA-sized
 expression (some 2.5 minutes for the LRA train split), 0.2 ms per expression of listops-small.
 
-Tokens and inputs. VOCAB = ("<pad>", "0", …, "9", "[MAX", "[MIN", "[MED", "[SM", "]"): 16 tokens, token id = index.
+Tokens and inputs. LRA's files also write the binary-tree parentheses "(" and ")" around each argument; the usual
+loaders (LRA's own input pipeline and the S4-derived ones the online-LRU code uses) delete them, and LRA's length
+range counts the tokens without them — so refimpl has no parentheses, and its lengths are LRA's.
+VOCAB = ("<pad>", "0", …, "9", "[MAX", "[MIN", "[MED", "[SM", "]"): 16 tokens, token id = index.
 Every sequence is padded with "<pad>" to T = max_length — after the expression (pad="right", LRA's layout) or before
 it (pad="left": the expression then ends at the last step, where a recurrent model is read out). The inputs are the
 one-hot codes x (T, N, 16), kept as their ids (class OneHot: np.asarray(x) gives the codes); `tokens(split)` gives
