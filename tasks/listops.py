@@ -19,8 +19,9 @@ The generating process (LRA's, from its description; this code is written from t
                   (depth = max_depth: always a digit); an operator node picks its operator uniformly from the
                   four, its number of arguments k ~ U{2, …, max_args}, and its arguments node(depth + 1) … in turn;
                   a digit is uniform on 0 … 9.
-    the root is node(1), so operators nest at most max_depth − 1 deep (LRA's counting); an expression is kept only when its token count lies in [min_length, max_length] (so a
-    lone digit at the root, of length 1, is never kept when min_length > 1), else drawn again.
+    the root is node(1), so operators nest at most max_depth − 1 deep (LRA's counting); an expression is kept only
+    when its token count lies in [min_length, max_length] (so a lone digit at the root, of length 1, is never kept
+    when min_length > 1), else drawn again.
 
 LRA's settings are the defaults: max_depth 10, max_args 10, lengths 500 … 2000, p_operator 0.25, 96000 / 2000 / 2000
 examples. Generation stops early once an expression passes max_length (it would be refused anyway), so the kept
