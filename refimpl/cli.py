@@ -42,7 +42,7 @@ from .studies import ep_gdu, fptt_stability
 from .studies.gradcheck import check_every_cell, format_reports, format_summary, gradcheck as check_gradients
 from .training import feedforward, sweep, tracking
 from .training.compare import compare as compare_algorithms, format_comparison
-from .training.config import EP_SETTINGS, TrainConfig
+from .training.config import EP_SETTINGS, FREEZE_RECURRENCE, TrainConfig
 from .training.loop import train as train_run
 from .training.recipes import DEMO, apply_recipe
 
@@ -186,6 +186,9 @@ def _run_options(f):
         click.option("--norm", type=click.Choice(list(NORMS)), default=None),
         click.option("--ffn", type=click.Choice(list(FFNS)), default=None),
         click.option("--residual/--no-residual", default=d.residual, show_default=True),
+        click.option("--dropout", default=d.dropout, show_default=True, type=float,
+                     help="Dropout rate in training (after each block's FFN nonlinearity and on its output, one mask "
+                          "per sequence; the online-LRU paper uses 0.1); none at evaluation."),
         click.option("--pooling", type=click.Choice(list(POOLINGS)), default=d.pooling, show_default=True),
         click.option("--dtype", default=d.dtype, show_default=True, type=click.Choice(["float64", "float32"])),
         click.option("--seed", default=d.seed, show_default=True, type=int),
@@ -198,6 +201,12 @@ def _run_options(f):
                      help="Not applied to recurrent (cell) parameters."),
         click.option("--rec-lr-factor", default=d.rec_lr_factor, show_default=True, type=float,
                      help="Learning-rate factor of the recurrent (cell) parameters."),
+        click.option("--freeze", "freeze", default="", metavar="NAMES",
+                     help="Cell parameters that do not learn, comma-separated leaf names, e.g. --freeze "
+                          "nu_log,theta_log (the LRU's λ)."),
+        click.option("--freeze-recurrence", is_flag=True,
+                     help="The FPTT code's freeze_recurrence: freeze the LRU's λ (nu_log, theta_log) only; γ, B, C "
+                          "and the rest train (--rec-lr-factor 0 freezes every cell parameter)."),
         click.option("--clip", "clip_norm", default=d.clip_norm, show_default=True, type=float,
                      help="Clip the global gradient norm (0 = off)."),
         click.option("--schedule", default=d.schedule, show_default=True, type=click.Choice(["cosine", "constant"])),
@@ -238,6 +247,10 @@ def _config_from_options(algorithm, kw):
     kw["algorithm_options"] = _parse_options(kw.pop("algorithm_options"), "--algorithm-option", "-a passes=2")
     kw["net_options"] = _parse_options(kw.pop("net_options"), "--net-option", "-n activation=tanh")
     kw["clip_norm"] = kw["clip_norm"] or None
+    freeze = [n.strip() for n in kw.pop("freeze").split(",") if n.strip()]
+    if kw.pop("freeze_recurrence"):
+        freeze += [n for n in FREEZE_RECURRENCE if n not in freeze]
+    kw["freeze"] = tuple(freeze)
     return TrainConfig(task=task, task_options=task_options, algorithm=algorithm, **kw)
 
 

@@ -18,6 +18,13 @@ Parameter groups (``is_recurrent``, ``group_hyperparameters``):
 
     (3)  recurrent parameter (a name with a ``cell`` component, e.g. ``layers.0.cell.nu_log``):  η_i = ρ η_s,  λ_i = 0
          any other parameter (encoder, norms, the LRU's C/D, readout):                             η_i = η_s,   λ_i = λ
+         a frozen parameter (a recurrent one whose leaf name is in ``freeze``, e.g. ``nu_log``):  not updated at all
+
+Frozen parameters (``freeze``, ``is_frozen``) are what a stop-gradient on them would give: their gradients are
+dropped before anything else (they count neither in the norm (4) nor in clipping (5)), and the parameters and their
+optimizer state come back as they were, bit for bit. The FPTT code's ``freeze_recurrence`` is freeze = ("nu_log",
+"theta_log"): λ fixed, γ, B and the rest still learning (research/fptt.md §5.1); ρ = 0 instead fixes every cell
+parameter (γ and B too) and still counts their gradients in the clipping norm.
 
 Global-norm clipping (``global_norm``, ``clip_by_global_norm``), applied to the raw gradients before any decay term:
 
@@ -92,6 +99,8 @@ class OptimConfig:
     eps             Adam's ε > 0
     momentum        SGD's μ in [0, 1); 0 keeps no momentum buffer
     rec_lr_factor   ρ ≥ 0: the recurrent group learns at ρ·η (0 freezes it)
+    freeze          leaf names of recurrent parameters that do not learn at all (e.g. ("nu_log", "theta_log"): the
+                    LRU's λ); see "Frozen parameters" in the module doc
     clip_norm       c > 0 clips the global gradient norm to c; None or 0 turns clipping off
     schedule        "constant" | "cosine"
     warmup_steps    S_w ≥ 0 steps of linear warm-up from 0
@@ -106,6 +115,7 @@ class OptimConfig:
     eps: float = 1e-8
     momentum: float = 0.0
     rec_lr_factor: float = 1.0
+    freeze: tuple = ()
     clip_norm: float | None = 1.0
     schedule: str = "cosine"
     warmup_steps: int = 0
@@ -155,6 +165,9 @@ def check_config(config: OptimConfig) -> None:
     if _real(config, "rec_lr_factor") < 0:
         raise UnsupportedError(f"rec_lr_factor={config.rec_lr_factor!r} is not allowed: it must be ≥ 0; "
                                "pass 1 for the same rate as the other parameters, 0 to freeze the recurrence")
+    if not isinstance(config.freeze, (tuple, list)) or not all(isinstance(n, str) and n for n in config.freeze):
+        raise UnsupportedError(f"freeze={config.freeze!r} is not allowed: it must be a tuple of parameter leaf names, "
+                               "e.g. freeze=('nu_log', 'theta_log')")
     if config.clip_norm is not None and _real(config, "clip_norm") < 0:
         raise UnsupportedError(f"clip_norm={config.clip_norm!r} is not allowed: it must be > 0 to clip, "
                                "or None / 0 for no clipping")
@@ -179,6 +192,12 @@ def is_recurrent(name: str) -> bool:
     ``layers.0.cell.nu_log``, ``layers.1.cell.weight_hh`` → True; ``layers.0.C_re``, ``readout.weight`` → False.
     """
     return "cell" in name.split(".")[:-1]
+
+
+def is_frozen(name: str, config: OptimConfig) -> bool:
+    """True for a recurrent parameter whose leaf name is in ``config.freeze`` (``layers.0.cell.nu_log`` with
+    freeze = ("nu_log",)); such a parameter is not updated (module doc, "Frozen parameters")."""
+    return is_recurrent(name) and name.rsplit(".", 1)[-1] in config.freeze
 
 
 def group_hyperparameters(name: str, lr: float, config: OptimConfig) -> tuple[float, float]:
@@ -315,7 +334,7 @@ def step(params: dict, grads: dict, state: dict, config: OptimConfig):
         NumericalError if the gradient norm is not finite (nothing is updated) — NumPy arrays only; see the NOTE.
     """
     xp = _check_params(params)
-    names = list(params)
+    names = [name for name in params if not is_frozen(name, config)]        # frozen ones: dropped, kept as they are
     g_all = {name: _gradient(xp, grads, name, params[name]) for name in names}
     for key in ("step",) + tuple(k for name in names for k in _state_keys(name, config)):
         if key not in state:
@@ -333,7 +352,9 @@ def step(params: dict, grads: dict, state: dict, config: OptimConfig):
     s = int(state["step"])
     k = s + 1
     lr = lr_at(s, config)                                                                  # (1)–(2)
-    new_params, new_state = {}, {"step": np.array(k, dtype=np.int64)}
+    new_params = {name: p for name, p in params.items() if name not in g_all}                # frozen: unchanged
+    new_state = {key: state[key] for name in new_params for key in _state_keys(name, config)}
+    new_state["step"] = np.array(k, dtype=np.int64)
     for name in names:
         p, g = params[name], g_all[name]
         lr_i, wd_i = group_hyperparameters(name, lr, config)                               # (3)
@@ -357,4 +378,5 @@ def step(params: dict, grads: dict, state: dict, config: OptimConfig):
         v_hat = v / (1.0 - config.beta2 ** k)                                              # (13)
         new_params[name] = p - lr_i * m_hat / (xp.sqrt(v_hat) + config.eps)                # (14)
         new_state[f"m/{name}"], new_state[f"v/{name}"] = m, v
+    new_params = {name: new_params[name] for name in params}                                # the parameters' order
     return new_params, new_state, {"lr": lr, "grad_norm": norm, "clipped": clipped}

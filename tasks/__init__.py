@@ -6,6 +6,11 @@
                                                                                      n_val=1000, n_test=1000
     adding        sequence  seq_len × 2       final / mse      1      loss 1/12      seq_len=50, n_train=10000,
                                                                                      n_val=1000, n_test=1000
+    listops       sequence  max_length × 16   label / ce       10     majority cls.  min_length=500, max_length=2000,
+                                                                                     max_depth=10, max_args=10,
+                                                                                     p_operator=0.25, pad="right",
+                                                                                     n_train=96000, n_val=2000,
+                                                                                     n_test=2000
     digits-seq    sequence  64 × 1 or 8 × 8   label / ce       10     0.1            mode="pixel" | "row"
     digits        static    (N, 64)           label / ce       10     0.1            —
     mnist         sequence  784 × 1           label / ce       10     0.1            val_fraction=0.1, n_train,
@@ -20,10 +25,11 @@ array): `task.stream(split, batch)` has length, batch and chunk(t0, t1) -> (x, y
 
 Every task also takes dtype="float64" (default) or "float32", the dtype of x and of real targets and masks (labels stay
 int64); it must match the model's dtype. The modules say the details: tasks/copy.py (channel layout), tasks/adding.py
-(why chance is 1/12), tasks/digits.py (scikit-learn's bundled 8×8 digits, 70/15/15 split), tasks/mnist.py (the IDX
+(why chance is 1/12), tasks/listops.py (the expressions, MED's rounding, the tokens),
+tasks/digits.py (scikit-learn's bundled 8×8 digits, 70/15/15 split), tasks/mnist.py (the IDX
 files, --data-dir / REFIMPL_MNIST_DIR, the validation split), tasks/idx.py (read_idx / write_idx).
 
-Seeds. The generated tasks (copy, adding) draw each split from its own stream of np.random.SeedSequence(seed);
+Seeds. The generated tasks (copy, adding, listops) draw each split from its own stream of np.random.SeedSequence(seed);
 the fixed data sets (digits, mnist) are split by base.split_indices(…, seed). Nothing else changes the data:
 the same name, seed and options give identical arrays.
 
@@ -45,6 +51,8 @@ explicitly override the preset's):
     copy-lru       the online-LRU paper's copy task: 20 vectors of 7 bits, waiting_time 7 (T = 48), 20000 / 1000 / 1000
     adding-small   adding, T = 10, 256 / 64 / 64 examples
     adding-100     adding, T = 100
+    listops-small  listops of 8 … 64 tokens (T = 64), 2000 / 500 / 500 examples: a quick configuration
+    listops-512    listops of 100 … 512 tokens (T = 512), 20000 / 1000 / 1000 examples: LRA's task at a quarter length
     digits-pixel   digits-seq, mode "pixel" (T = 64)
     digits-row     digits-seq, mode "row" (T = 8)
     mnist98-small  mnist98 with 1000 / 500 / 1000 examples (train / val / test), for quick runs
@@ -60,7 +68,7 @@ import numpy as np
 
 from refimpl.errors import UnknownNameError, UnsupportedError
 
-from . import adding, copy, digits, mnist, stream
+from . import adding, copy, digits, listops, mnist, stream
 from .subsets import SKEWS, subsample
 from .base import TARGET_KINDS, Split, Task, split_indices
 from .stream import StreamTask
@@ -111,6 +119,10 @@ _SPECS: dict[str, _Spec] = {
     "copy": _Spec(copy.build, "sequence", {"seq_len": _int_at_least(1), "bit_width": _int_at_least(1),
                                            "waiting_time": _int_at_least(0), **_SIZES}),
     "adding": _Spec(adding.build, "sequence", {"seq_len": _int_at_least(2), **_SIZES}),
+    "listops": _Spec(listops.build, "sequence", {"min_length": _int_at_least(1), "max_length": _int_at_least(1),
+                                                 "max_depth": _int_at_least(1), "max_args": _int_at_least(2),
+                                                 "p_operator": _FRACTION, "pad": _choice(*listops.PAD_SIDES),
+                                                 **_SIZES}),
     "digits-seq": _Spec(digits.build_seq, "sequence", {"mode": _choice(*digits.MODES)}),
     "digits": _Spec(digits.build_static, "static", {}),
     "mnist": _Spec(mnist.build_mnist, "sequence", _MNIST),
@@ -141,6 +153,9 @@ PRESETS: dict[str, tuple[str, dict]] = {
                           "n_test": 1000}),
     "adding-small": ("adding", {"seq_len": 10, "n_train": 256, "n_val": 64, "n_test": 64}),
     "adding-100": ("adding", {"seq_len": 100}),
+    "listops-small": ("listops", {"min_length": 8, "max_length": 64, "n_train": 2000, "n_val": 500, "n_test": 500}),
+    "listops-512": ("listops", {"min_length": 100, "max_length": 512, "n_train": 20000, "n_val": 1000,
+                                "n_test": 1000}),
     "digits-pixel": ("digits-seq", {"mode": "pixel"}),
     "digits-row": ("digits-seq", {"mode": "row"}),
     "mnist98-small": ("mnist98", {"n_train": 1000, "n_val": 500, "n_test": 1000}),

@@ -25,7 +25,8 @@ TARGET_KINDS = ("label", "per_step", "final")
 
 @dataclass(frozen=True)
 class Split:
-    """One split. x: (T, N, I) for sequence tasks, (N, I) for static ones; y: see the module doc;
+    """One split. x: (T, N, I) for sequence tasks, (N, I) for static ones (an ndarray, or for listops an array-like
+    that np.asarray turns into one: tasks.listops.OneHot); y: see the module doc;
     mask: (T, N) loss weights for "per_step" targets, else None."""
     x: np.ndarray
     y: np.ndarray

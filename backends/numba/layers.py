@@ -181,43 +181,52 @@ def _gate_backward_flat(dout, v, s, dv, dq):
 # ----------------------------------------------------------------------------------------------------------------
 # The feed-forward blocks, (14)–(27)
 
-def mlp_forward(params: dict, y):
-    """(14)–(16), GELU fused."""
+def mlp_forward(params: dict, y, mask=None):
+    """(14)–(16), GELU fused; mask: the scaled dropout mask of (DR1) or None."""
     z1, fc1 = linear_forward(y, params["fc1.weight"], params["fc1.bias"])          # (14)
     z, gelu = _gelu_forward(z1)                                                    # (15)
+    if mask is not None:
+        z = z * mask                                                               # (DR1)
     out, fc2 = linear_forward(z, params["fc2.weight"], params["fc2.bias"])         # (16)
-    return out, MLPCache(fc1=fc1, gelu=gelu, fc2=fc2)
+    return out, MLPCache(fc1=fc1, gelu=gelu, fc2=fc2, drop=mask)
 
 
 def mlp_backward(dout, cache: MLPCache) -> dict:
     """(17)–(19), GELU's backward fused."""
     g2 = linear_backward(dout, cache.fc2)                                          # (17)
-    dz1 = _gelu_backward(g2["x"], cache.gelu)                                      # (18)
+    dz = g2["x"] if cache.drop is None else g2["x"] * cache.drop                   # (DR2)
+    dz1 = _gelu_backward(dz, cache.gelu)                                           # (18)
     g1 = linear_backward(dz1, cache.fc1)                                           # (19)
     return {"fc1.weight": g1["weight"], "fc1.bias": g1["bias"],
             "fc2.weight": g2["weight"], "fc2.bias": g2["bias"], "x": g1["x"]}
 
 
-def glu_forward(params: dict, y):
-    """(20)–(23): GELU fused; σ and ⊙ of the gate in one loop."""
+def glu_forward(params: dict, y, mask=None):
+    """(20)–(23): GELU fused; σ and ⊙ of the gate in one loop; mask: the scaled dropout mask of (DR1) or None."""
     z, gelu = _gelu_forward(y)                                                     # (20)
+    if mask is not None:
+        z = z * mask                                                               # (DR1)
     v, value = linear_forward(z, params["value.weight"], params["value.bias"])     # (21)
     q, gate = linear_forward(z, params["gate.weight"], params["gate.bias"])        # (22)
     v, q = np.ascontiguousarray(v), np.ascontiguousarray(q)
     s, out = np.empty_like(v), np.empty_like(v)
     _gate_flat(v.reshape(-1), q.reshape(-1), s.reshape(-1), out.reshape(-1))       # (22), (23)
-    return out, GLUCache(gelu=gelu, value=value, gate=gate, v=v, s=s)
+    return out, GLUCache(gelu=gelu, value=value, gate=gate, v=v, s=s, drop=mask)
 
 
 def glu_backward(dout, cache: GLUCache) -> dict:
-    """(24)–(27): the gate's chain in one loop; the two linears' x̄ summed inside GELU's backward loop."""
+    """(24)–(27): the gate's chain in one loop; the two linears' x̄ summed inside GELU's backward loop (after the
+    dropout mask of (DR2), when there is one)."""
     dout = np.ascontiguousarray(dout)
     dv, dq = np.empty_like(dout), np.empty_like(dout)
     _gate_backward_flat(dout.reshape(-1), np.ascontiguousarray(cache.v).reshape(-1),
                         np.ascontiguousarray(cache.s).reshape(-1), dv.reshape(-1), dq.reshape(-1))   # (24), (25)
     gv = linear_backward(dv, cache.value)                                          # (26)
     gg = linear_backward(dq, cache.gate)                                           # (26)
-    dy = _gelu_backward(gv["x"], cache.gelu, gg["x"])                              # (26), (27)
+    if cache.drop is not None:
+        dy = _gelu_backward((gv["x"] + gg["x"]) * cache.drop, cache.gelu)         # (26), (DR2), (27)
+    else:
+        dy = _gelu_backward(gv["x"], cache.gelu, gg["x"])                          # (26), (27)
     return {"value.weight": gv["weight"], "value.bias": gv["bias"],
             "gate.weight": gg["weight"], "gate.bias": gg["bias"], "x": dy}
 

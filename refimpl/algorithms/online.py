@@ -40,6 +40,7 @@ whole sequence.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
@@ -187,7 +188,9 @@ def online_grads(model, params, x, y=None, loss="mse", mask=None, *, algorithm="
     for b in range(B):
         y_b = y[:, b:b + 1] if model.per_step else y[b:b + 1]
         m_b = None if mask is None else (np.asarray(mask)[:, b:b + 1] if np.ndim(mask) == 2 else mask)
-        value, g = _whole_stack(model, params, x[:, b:b + 1], y_b, loss, m_b)
+        model_b = model if model.masks is None else replace(model, masks={k: m[b:b + 1]      # its dropout masks
+                                                                           for k, m in model.masks.items()})
+        value, g = _whole_stack(model_b, params, x[:, b:b + 1], y_b, loss, m_b)
         total += value / B
         for k in grads:
             grads[k] += g[k] / B

@@ -74,6 +74,15 @@ gate.bias):
     (26) z̄ = v̄ W_v + q̄ W_g ;  W̄_v, b̄_v from v̄ and W̄_g, b̄_g from q̄     (2), (3)
     (27) ȳ = GELU'(y) ⊙ z̄                            (11)
 
+Dropout inside the blocks (labelled (DR·); the online-LRU code's full_glu: z = drop(gelu(y)), then the GLU; refimpl's
+mlp likewise between GELU and fc2). The mask M (..., md or d) is given, already scaled: M = keep / (1 − p) with
+keep ~ Bernoulli(1 − p) (inverted dropout: E[M] = 1, so nothing changes at evaluation, where there is no mask).
+It is drawn once per sequence and example and broadcast over time (the online-LRU code's broadcast_dims=[0]):
+refimpl/nn/model.py, dropout_masks.
+
+    (DR1) z ← z ⊙ M              after (15) / (20)
+    (DR2) z̄ ← z̄ ⊙ M              before (18) / (27): the same mask
+
 LRU layer output map (DESIGN.md §3: it belongs to the layer, not the cell). a is the cell's input (d), h its complex
 states (N); C = C_re + i C_im (d, N), D (d). Adjoints follow DESIGN.md §4 (z̄ = ∂L/∂Re z + i ∂L/∂Im z):
 
@@ -355,6 +364,7 @@ class MLPCache(NamedTuple):
     fc1: LinearCache
     gelu: GELUCache
     fc2: LinearCache
+    drop: np.ndarray | None = None     # the dropout mask M of (DR1) (…, md), None without dropout
 
 
 class GLUCache(NamedTuple):
@@ -363,6 +373,7 @@ class GLUCache(NamedTuple):
     gate: LinearCache
     v: np.ndarray        # v of (21)    (..., d)
     s: np.ndarray        # σ(q) of (22) (..., d)
+    drop: np.ndarray | None = None     # the dropout mask M of (DR1) (…, d), None without dropout
 
 
 def ffn_shapes(kind: str, d: int, ffn_mult: int) -> dict:
@@ -385,32 +396,38 @@ def ffn_init(kind: str, d: int, ffn_mult: int, rng: np.random.Generator, dtype) 
     return params
 
 
-def mlp_forward(params: dict, y: np.ndarray):
-    """fc1 → GELU → fc2. params {fc1.weight (md, d), fc1.bias, fc2.weight (d, md), fc2.bias}; y (..., d) → (..., d)."""
+def mlp_forward(params: dict, y: np.ndarray, mask=None):
+    """fc1 → GELU → (dropout) → fc2. params {fc1.weight (md, d), fc1.bias, fc2.weight (d, md), fc2.bias}; y (..., d)
+    → (..., d); mask: None, or the scaled dropout mask M (…, md) of (DR1), broadcast against z."""
     z1, fc1 = linear_forward(y, params["fc1.weight"], params["fc1.bias"])     # (14)  (..., md)
     z, gelu = gelu_forward(z1)                                                # (15)
+    if mask is not None:
+        z = z * mask                                                          # (DR1)
     out, fc2 = linear_forward(z, params["fc2.weight"], params["fc2.bias"])    # (16)  (..., d)
-    return out, MLPCache(fc1=fc1, gelu=gelu, fc2=fc2)
+    return out, MLPCache(fc1=fc1, gelu=gelu, fc2=fc2, drop=mask)
 
 
 def mlp_backward(dout: np.ndarray, cache: MLPCache) -> dict:
     """dout (..., d) → {fc1.weight, fc1.bias, fc2.weight, fc2.bias, "x": ȳ (..., d)}."""
     g2 = linear_backward(dout, cache.fc2)                                     # (17)
-    dz1 = gelu_backward(g2["x"], cache.gelu)                                  # (18)  (..., md)
+    dz = g2["x"] if cache.drop is None else g2["x"] * cache.drop              # (DR2)
+    dz1 = gelu_backward(dz, cache.gelu)                                       # (18)  (..., md)
     g1 = linear_backward(dz1, cache.fc1)                                      # (19)
     return {"fc1.weight": g1["weight"], "fc1.bias": g1["bias"],
             "fc2.weight": g2["weight"], "fc2.bias": g2["bias"], "x": g1["x"]}
 
 
-def glu_forward(params: dict, y: np.ndarray):
-    """z = GELU(y); out = (W_v z + b_v) ⊙ σ(W_g z + b_g). params {value.weight (d, d), value.bias, gate.weight,
-    gate.bias}; y (..., d) → out (..., d), GLUCache."""
+def glu_forward(params: dict, y: np.ndarray, mask=None):
+    """z = GELU(y) (⊙ M); out = (W_v z + b_v) ⊙ σ(W_g z + b_g). params {value.weight (d, d), value.bias, gate.weight,
+    gate.bias}; y (..., d) → out (..., d), GLUCache; mask: None, or the scaled dropout mask M (…, d) of (DR1)."""
     z, gelu = gelu_forward(y)                                                 # (20)
+    if mask is not None:
+        z = z * mask                                                          # (DR1)
     v, value = linear_forward(z, params["value.weight"], params["value.bias"])  # (21)
     q, gate = linear_forward(z, params["gate.weight"], params["gate.bias"])     # (22)
     s = sigmoid(q)                                                            # (22)
     out = v * s                                                               # (23)
-    return out, GLUCache(gelu=gelu, value=value, gate=gate, v=v, s=s)
+    return out, GLUCache(gelu=gelu, value=value, gate=gate, v=v, s=s, drop=mask)
 
 
 def glu_backward(dout: np.ndarray, cache: GLUCache) -> dict:
@@ -420,7 +437,10 @@ def glu_backward(dout: np.ndarray, cache: GLUCache) -> dict:
     dq = sigmoid_backward(ds, SigmoidCache(s=cache.s))                        # (25)
     gv = linear_backward(dv, cache.value)                                     # (26)
     gg = linear_backward(dq, cache.gate)                                      # (26)
-    dy = gelu_backward(gv["x"] + gg["x"], cache.gelu)                         # (26), (27)
+    dz = gv["x"] + gg["x"]                                                    # (26)
+    if cache.drop is not None:
+        dz = dz * cache.drop                                                  # (DR2)
+    dy = gelu_backward(dz, cache.gelu)                                        # (27)
     return {"value.weight": gv["weight"], "value.bias": gv["bias"],
             "gate.weight": gg["weight"], "gate.bias": gg["bias"], "x": dy}
 

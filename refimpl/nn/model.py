@@ -56,7 +56,7 @@ another rule per layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -89,6 +89,9 @@ class Model:
         seed: the seed the parameters were drawn with.  dtype: the real dtype of parameters and inputs.
         cells: one resolved Cell per layer (their n_in are the layer input widths).
         cell_options: the cell options with defaults filled in.
+        masks: None (no dropout: evaluation, and training without dropout), or the dropout masks of one training
+            step, {"layers.{l}.ffn" / "layers.{l}.out": (B, width)} (dropout_masks); a model carrying them is the
+            training-mode model of that step (with_dropout), and every walk over it applies them (refimpl/nn/stack.py).
     """
     cell: str
     n_in: int
@@ -106,6 +109,7 @@ class Model:
     dtype: np.dtype
     cells: tuple = ()
     cell_options: dict = field(default_factory=dict)
+    masks: dict | None = field(default=None, compare=False, repr=False)   # this step's dropout masks (with_dropout)
 
     @property
     def widths(self) -> tuple:
@@ -239,6 +243,43 @@ def init_params(model: Model) -> dict:
     params.update(prefixed("readout", linear_init(model.widths[-1][1], model.n_out, rng, model.dtype)))
     assert list(params) == list(model.param_shapes()), "init_params and param_shapes disagree"
     return params
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dropout masks
+
+def dropout_masks(model: Model, rate: float, batch: int, rng: np.random.Generator) -> dict:
+    """The dropout masks of one training step (the online-LRU code's places: layers.py (DR1), stack.py (D)):
+
+        "layers.{l}.ffn"  (B, m·w) for mlp, (B, w) for glu — after the FFN's GELU (only with an FFN)
+        "layers.{l}.out"  (B, w) — on the block's output f, before the residual
+
+    each keep ~ Bernoulli(1 − rate) / (1 − rate) (inverted dropout), drawn from `rng` in this order, layer by layer,
+    in the model's dtype; one mask per example, broadcast over time (the same at every step of a sequence)."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0 <= rate < 1:
+        raise UnsupportedError(f"dropout rate {rate!r} is not allowed: it must lie in [0, 1); 0 turns dropout off, "
+                               f"the online-LRU paper trains with 0.1")
+    batch = positive_int("batch", batch)
+    masks = {}
+    for l, c in enumerate(model.cells):
+        w = c.out_width
+        widths = [("out", w)]
+        if model.ffn is not None:
+            widths.insert(0, ("ffn", model.ffn_mult * w if model.ffn == "mlp" else w))
+        for site, width in widths:
+            keep = rng.random((batch, width)) >= rate                                        # (B, width)
+            masks[f"layers.{l}.{site}"] = (keep / (1.0 - rate)).astype(model.dtype)
+    return masks
+
+
+def with_dropout(model: Model, masks: dict | None) -> Model:
+    """The same model carrying one step's dropout masks (None: none — evaluation); parameters are unaffected."""
+    if masks is not None:
+        expected = set(dropout_masks(model, 0.0, 1, np.random.default_rng(0)))
+        if set(masks) != expected:
+            raise UnsupportedError(f"dropout masks {sorted(masks)} do not fit the model, which needs "
+                                   f"{sorted(expected)}; draw them with dropout_masks(model, rate, batch, rng)")
+    return replace(model, masks=masks)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,17 +8,25 @@ The numbering is that of model.py (docs/derivations/model.md):
     (47) a = LN(uˡ)   or   a = uˡ                                              the cell's input
     (48) h = cell(a)                                                           `run_cell`: how the cell runs
     (49) y = Re(C h) + D ⊙ a (the LRU output map, cell.output_map)   or   y = h
-    (50) f = FFN(y)   or   f = y
+    (50) f = FFN(y)   or   f = y                         (training with dropout: M_ffn inside the FFN, layers.py (DR1))
+    (D)  f ← f ⊙ M_out                                     training with dropout only: the block's output dropped
     (51) uˡ⁺¹ = uˡ + f (residual)   or   uˡ⁺¹ = f
 
 Backward, in reverse, from ūˡ⁺¹:
 
-    (56) f̄ = ūˡ⁺¹; with a residual, ūˡ also receives ūˡ⁺¹ directly (51)
+    (56) f̄ = ūˡ⁺¹; with a residual, ūˡ also receives ūˡ⁺¹ directly (51);   with dropout f̄ ← f̄ ⊙ M_out (D)
     (57) ȳ = FFN backward of f̄   or   ȳ = f̄
     (58) with the output map: h̄ = ȳ conj(C), C̄, D̄ and the direct part D ⊙ ȳ of ā;   otherwise h̄ = ȳ
     (59) `cell_adjoint`: the cell's parameter gradients and its x̄ from h̄ — how the learning algorithm forms them
     (60) ā = x̄_cell (+ D ⊙ ȳ);  ūˡ = LN backward of ā   or   ā;  (+ ūˡ⁺¹ with the residual)
     (61) W̄_e, b̄_e, x̄ from ū⁰   or   x̄ = ū⁰
+
+Dropout (the online-LRU code's: after the nonlinearity inside the feed-forward block and on the block's output, before
+the residual) is on when the model carries this step's masks, model.masks (refimpl/nn/model.py, dropout_masks and
+with_dropout): {"layers.{l}.ffn": M_ffn (B, ·), "layers.{l}.out": M_out (B, w)}, scaled, one per example and
+broadcast over time, so every walk — a whole sequence, a chunk, one step, any algorithm — applies the same masks, and
+the backward the mask of the forward (from the caches). A model without masks (model.masks None) has no dropout: that
+is evaluation.
 
 The two strategies are plain functions of the layer index l:
 
@@ -61,6 +69,7 @@ class LayerCache(NamedTuple):
     cell: NamedTuple                 # what run_cell returned: the cell's sequence or step cache, eq. (48)
     out_map: LRUOutputCache | None   # eq. (49), only with the LRU output map
     ffn: NamedTuple | None           # MLPCache / GLUCache, eq. (50)
+    drop: np.ndarray | None = None   # the block-output dropout mask M_out (B, w) of (D); None without dropout
 
 
 class StackCache(NamedTuple):
@@ -89,12 +98,17 @@ def layer_forward(model, l: int, params: dict, u: np.ndarray, run_cell: Callable
     y, out_map = h, None                                                                             # (49)
     if c.output_map:
         y, out_map = ops.lru_output_forward(sub(params, pre, lru_output_shapes(c.n_in, c.n_hidden)), h, a)  # (49)
+    masks = model.masks or {}                                          # this step's dropout masks (training only)
     f, ffn = y, None                                                                                 # (50)
     if model.ffn is not None:
         local = ffn_shapes(model.ffn, y.shape[-1], model.ffn_mult)
-        f, ffn = ops.ffn_forward[model.ffn](sub(params, f"{pre}.ffn", local), y)                      # (50)
+        f, ffn = ops.ffn_forward[model.ffn](sub(params, f"{pre}.ffn", local), y,
+                                            mask=masks.get(f"{pre}.ffn"))                            # (50), (DR1)
+    drop = masks.get(f"{pre}.out")
+    if drop is not None:
+        f = f * drop                                                                                 # (D)
     u_next = u + f if model.residual else f                                                          # (51)
-    return u_next, LayerCache(norm=norm, a=a, cell=cell_cache, out_map=out_map, ffn=ffn)
+    return u_next, LayerCache(norm=norm, a=a, cell=cell_cache, out_map=out_map, ffn=ffn, drop=drop)
 
 
 def block_backward(model, l: int, params: dict, df: np.ndarray, cache: LayerCache, cell_adjoint: Callable,
@@ -104,6 +118,8 @@ def block_backward(model, l: int, params: dict, df: np.ndarray, cache: LayerCach
     layer_backward adds the residual."""
     c, pre = model.cells[l], f"layers.{l}"
     grads = {}
+    if cache.drop is not None:
+        df = df * cache.drop                                                                         # (D)
     dy = df                                                                                          # (57)
     if model.ffn is not None:
         g = ops.ffn_backward[model.ffn](df, cache.ffn)                                               # (57)

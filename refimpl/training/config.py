@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import optim
 from ..checks import positive_int
+from ..errors import UnknownNameError, UnsupportedError
 from ..ep import TOY_SIZES
 from ..runs import config_from_dict
 
@@ -31,6 +33,7 @@ class TrainConfig:
     norm: str | None = None
     ffn: str | None = None
     residual: bool = False
+    dropout: float = 0.0                 # training only: the rate of refimpl.nn.model.dropout_masks (0: none)
     pooling: str = "none"
     dtype: str = "float64"
     seed: int = 0
@@ -41,6 +44,8 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.01
     rec_lr_factor: float = 1.0
+    freeze: tuple = ()                   # leaf names of cell parameters that do not learn (optim.OptimConfig.freeze);
+                                         # FREEZE_RECURRENCE is the FPTT code's freeze_recurrence
     clip_norm: float | None = 1.0
     schedule: str = "cosine"
     warmup_steps: int = 0
@@ -53,6 +58,10 @@ class TrainConfig:
     micro_batch: int | None = None       # split each batch into M micro-batches, gradients combined exactly
     net: str = "prototypical"            # static tasks only: the EP network: prototypical | energy | toy | conv
     net_options: dict = field(default_factory=dict)   # its options: activation, dt, clamp
+
+    def __post_init__(self):
+        if isinstance(self.freeze, list):                    # config.json keeps it as a list
+            object.__setattr__(self, "freeze", tuple(self.freeze))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -72,6 +81,26 @@ class RunResult:
     peak_memory_bytes: int | None = None
 
 
+#: The FPTT code's `freeze_recurrence` (research/fptt.md §5.1): a stop-gradient on the LRU's λ, so ν and θ stay at
+#: their initial values while γ, B, C, D and the rest train (`--freeze-recurrence`; `--rec-lr-factor 0` fixes γ and B
+#: too).
+FREEZE_RECURRENCE = ("nu_log", "theta_log")
+
+
+def check_freeze(freeze, params: dict, cell: str) -> tuple:
+    """The names of `freeze` as a tuple, after checking each is the leaf name of a cell parameter of `params` (the
+    recurrent group of refimpl/optim.py); UnknownNameError naming the cell's parameters otherwise."""
+    names = tuple(freeze)
+    leaves = sorted({k.rsplit(".", 1)[-1] for k in params if optim.is_recurrent(k)})
+    for name in names:
+        if name not in leaves:
+            hint = (" (--freeze-recurrence is the LRU's ν and θ; name this cell's parameters with --freeze)"
+                    if name in FREEZE_RECURRENCE and cell != "lru" else "")
+            raise UnknownNameError(f"parameter to freeze of cell {cell!r}", name, leaves,
+                                   f"--freeze takes the cell's parameter names, comma-separated{hint}")
+    return names
+
+
 def check_config(config: TrainConfig) -> None:
     """Refuse counts and sizes that are not positive integers (the task, model and algorithm check their own)."""
     for name in ("layers", "hidden", "epochs", "batch_size", "log_every"):
@@ -79,6 +108,10 @@ def check_config(config: TrainConfig) -> None:
     for name in ("steps", "checkpoint_every"):
         if getattr(config, name) is not None:
             positive_int(name, getattr(config, name))
+    if isinstance(config.dropout, bool) or not isinstance(config.dropout, (int, float)) or \
+            not 0 <= config.dropout < 1:
+        raise UnsupportedError(f"--dropout {config.dropout!r} is not allowed: it must lie in [0, 1); 0 turns it off "
+                               f"(the online-LRU paper trains with 0.1)")
     for name in ("update_every", "chunk", "micro_batch"):     # the run options' names as the CLI spells them
         if getattr(config, name) is not None:
             positive_int("--" + name.replace("_", "-"), getattr(config, name))

@@ -20,6 +20,10 @@ The run options that reach the algorithm (`check_online`, before any work):
                        gradient weighted by its share b_m / B: since L = (1/B) Σ_b L_b, Σ_m (b_m/B) L_m is exactly the
                        full batch's loss and gradient. 1 ≤ M ≤ B; not with --update-every (the micro-batches would
                        have to run in lockstep, each keeping its traces: no memory saved; use a smaller batch).
+    --dropout p        training_model: the step's model carries its dropout masks (refimpl/nn/model.py), drawn from
+                       np.random.default_rng([seed, DROPOUT_STREAM, step]) for the whole batch (micro-batches take
+                       their examples' rows), so every algorithm sees the same ones; evaluation uses the model without
+                       masks. Refused where bptt runs the whole step on mlx/cupy (on_device), on streams, static tasks.
     static     an equilibrium-propagation network (refimpl/ep/networks.py, or the convolutional one of
                refimpl/ep/conv.py) trained by `ep` or by `bptt` through the same dynamics
 
@@ -47,11 +51,11 @@ from ..algorithms.online import whole_stack_differs
 from ..checks import positive_int
 from ..api import make_model, model_grads
 from ..ep import conv as ep_conv, networks as ep_networks
-from ..errors import NumericalError, UnsupportedError
+from ..errors import NumericalError, UnknownNameError, UnsupportedError
 from ..nn.losses import loss_forward
-from ..nn.model import check_inputs, forward
+from ..nn.model import check_inputs, dropout_masks, forward, with_dropout
 from ..registry import cell_kernels, ep_kernels, load_backend
-from .config import EP_SETTINGS, TrainConfig
+from .config import EP_SETTINGS, TrainConfig, check_freeze
 from .device import DeviceStep
 
 #: The algorithms that train a static task's EP network.
@@ -85,13 +89,17 @@ def prepare(config: TrainConfig) -> Prepared:
     per_sequence = (math.ceil(task.seq_len / config.update_every)
                     if config.update_every and task.kind == "sequence" else 1)
     opt = optim.OptimConfig(name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
-                            rec_lr_factor=config.rec_lr_factor, clip_norm=config.clip_norm,
-                            schedule=config.schedule, warmup_steps=config.warmup_steps,
+                            rec_lr_factor=config.rec_lr_factor, freeze=tuple(config.freeze),
+                            clip_norm=config.clip_norm, schedule=config.schedule, warmup_steps=config.warmup_steps,
                             total_steps=max(total * per_sequence, 1))
     if task.kind == "static":
+        if config.freeze:
+            raise UnsupportedError(f"--freeze fixes parameters of a recurrent cell; task {task.name!r} trains an "
+                                   f"equilibrium-propagation network, which has none: drop --freeze")
         problem = static_problem(config, task)
     else:
         problem = sequence_problem(config, task, opt)
+        check_freeze(config.freeze, problem.params, config.cell)
     return Prepared(problem, opt, steps_per_epoch, total)
 
 
@@ -112,7 +120,7 @@ def check_compatible(task, model, algorithm: str) -> None:
 
 def batch_targets(task, model, split, idx: np.ndarray):
     """(x (T,b,I), y, mask) for the examples `idx` of `split`, shaped for `model`'s output (see module doc)."""
-    x = split.x[:, idx].astype(model.dtype)
+    x = np.asarray(split.x[:, idx], dtype=model.dtype)                 # a copy; dense codes of tasks.listops.OneHot
     T, b = x.shape[0], len(idx)
     if task.target == "per_step":
         m = split.mask[:, idx].astype(model.dtype)
@@ -163,21 +171,31 @@ def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Probl
     options = check_online(config, model, task.seq_len, min(config.batch_size, task.train.n))
     kernels = cell_kernels(model.cell, config.backend, model.dtype)
     algo = get_algorithm(config.algorithm, "model")
+    if config.dropout and on_device(config):
+        raise UnsupportedError(f"--dropout on backend {config.backend!r}: bptt there runs the whole step in the "
+                               f"backend's arrays, which has no dropout; use --backend numpy or numba, or --dropout 0")
 
-    def one_batch(params, idx):
+    def one_batch(params, idx, step_model=model):
         x, y, mask = batch_targets(task, model, task.train, idx)
-        return model_grads(model, params, x, y, loss=task.loss, mask=mask, algorithm=config.algorithm,
+        return model_grads(step_model, params, x, y, loss=task.loss, mask=mask, algorithm=config.algorithm,
                            backend=config.backend, **options)
 
     def grads(params, idx, opt_state):
+        step_model = training_model(config, model, len(idx), opt_state)              # this step's dropout masks
         if config.update_every:
             x, y, mask = batch_targets(task, model, task.train, idx)
-            return truly_online(model, params, x, y, task.loss, mask, config, opt, opt_state, algo=algo,
+            return truly_online(step_model, params, x, y, task.loss, mask, config, opt, opt_state, algo=algo,
                                 kernels=kernels, options=options)
         if config.micro_batch:
-            loss, g = micro_batched(one_batch, params, idx, config.micro_batch)
+            row = {int(i): r for r, i in enumerate(idx)}                     # each example keeps its own masks
+
+            def part_batch(params, part):
+                rows = [row[int(i)] for i in part]
+                masks = None if step_model.masks is None else {k: m[rows] for k, m in step_model.masks.items()}
+                return one_batch(params, part, with_dropout(model, masks))
+            loss, g = micro_batched(part_batch, params, idx, config.micro_batch)
         else:
-            loss, g = one_batch(params, idx)
+            loss, g = one_batch(params, idx, step_model)
         return loss, g, opt_state, params
 
     device = batch = None
@@ -188,6 +206,22 @@ def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Probl
             return batch_targets(task, model, task.train, idx)
     return Problem(task, params, grads, lambda params, split: evaluate(task, model, params, split, kernels), device,
                    batch)
+
+
+#: The dropout masks of optimizer step k come from np.random.default_rng([seed, DROPOUT_STREAM, k]): the run's seed
+#: and the step alone fix them (a resumed run draws the same masks; the batches use [seed, epoch], runs.batch_at).
+DROPOUT_STREAM = 0xD0
+
+
+def training_model(config: TrainConfig, model, batch: int, opt_state):
+    """The model of one training step: with --dropout, carrying the step's masks (refimpl/nn/model.py
+    dropout_masks), drawn once for the step, so that every algorithm and every chunk or pass of it sees the same
+    ones; without, the model itself. The step is the optimizer state's count of updates (0 without a state)."""
+    if not config.dropout:
+        return model
+    k = 0 if opt_state is None else int(opt_state["step"])
+    rng = np.random.default_rng([config.seed, DROPOUT_STREAM, k])
+    return with_dropout(model, dropout_masks(model, config.dropout, batch, rng))
 
 
 def on_device(config: TrainConfig) -> bool:
@@ -308,14 +342,15 @@ def static_problem(config: TrainConfig, task) -> Problem:
     """A static task: an EP network (refimpl/ep/networks.py) trained by `ep` or by `bptt` through the same dynamics
     (truncated to the last K steps, the paper's baseline; -a K=0 … or full with -a full=1)."""
     given = [f for f, v in (("--update-every", config.update_every), ("--chunk", config.chunk),
-                            ("--micro-batch", config.micro_batch)) if v is not None]
+                            ("--micro-batch", config.micro_batch), ("--dropout", config.dropout or None))
+             if v is not None]
     if given:
         raise UnsupportedError(f"{', '.join(given)}: for sequence tasks (time steps, batches of sequences); task "
                                f"{task.name!r} has static inputs: drop {' and '.join(given)}")
     if config.algorithm not in STATIC_ALGORITHMS:
         raise UnsupportedError(f"task {task.name!r} has static inputs: it trains equilibrium-propagation networks "
                                f"with --algorithm ep or bptt, not {config.algorithm!r}")
-    allowed = {"T", "K", "beta", "full", "lr_tab"}
+    allowed = {"T", "K", "beta", "full", "lr_tab", "lr_order"}
     unknown = sorted(set(config.algorithm_options) - allowed)
     if unknown:
         raise UnsupportedError(f"unknown option(s) {unknown} for {config.algorithm} on a static task; allowed: "
@@ -354,7 +389,7 @@ def static_problem(config: TrainConfig, task) -> Problem:
         y[np.arange(len(labels)), labels] = 1.0
         return y
 
-    scale = _layer_lr_scale(config, params, o.get("lr_tab"))
+    scale = _layer_lr_scale(config, params, o.get("lr_tab"), o.get("lr_order"))
     # the relaxation loops on the backend's ep.* kernels (the conv net, refused on a backend above, takes none)
     on_backend = {} if config.backend == "numpy" else {"kernels": ep_kernels(config.backend, config.dtype)}
 
@@ -378,24 +413,80 @@ def static_problem(config: TrainConfig, task) -> Problem:
     return Problem(task, params, grads, evaluate_static)
 
 
-def _layer_lr_scale(config: TrainConfig, params: dict, lr_tab) -> dict:
+#: The orders a positional `-a lr_tab` may be given in (`-a lr_order=…`): the EP seed's lr_tab runs from the output
+#: layer to the input (research/ep_dfa_lstm.md §A.11; conv: fc, K0, K1), refimpl's weight names from the input up.
+LR_ORDERS = ("output_first", "input_first")
+
+
+def _layer_lr_scale(config: TrainConfig, params: dict, lr_tab, lr_order=None) -> dict:
     """Per-layer learning rates (the EP paper's lr_tab) as gradient scales lr_l / lr — the same thing for plain SGD,
-    which is why they are refused with other optimizers. lr_tab lists one rate per weight layer, input side first
-    ("W.0 W.1 …" of refimpl/ep/networks.py; conv: K1, K0, W), comma-separated; the biases of the layer a weight feeds
-    share its rate."""
+    which is why they are refused with other optimizers.
+
+    lr_tab gives one rate per weight layer, comma-separated, either named — "W.0=0.1,W.1=0.05" (refimpl's names:
+    W.0 … W.{L−1} from the input up, refimpl/ep/networks.py; conv: K1, K0, W) — or as a bare list with its order
+    stated by lr_order: "output_first" is the seed's (its lr_tab[k] drives the weights between layers k and k+1
+    counted from the output, the last entry the input weights; conv: fc, K0, K1), "input_first" refimpl's. A bare
+    list of two or more different rates without lr_order is refused: read in the wrong order it would silently swap
+    the layers' rates. The biases of the layer a weight feeds (the layer on its output side) share its rate."""
     if lr_tab is None:
+        if lr_order is not None:
+            raise UnsupportedError("-a lr_order says the order of -a lr_tab, which is not given; add -a lr_tab=… or "
+                                   "drop -a lr_order")
         return {}
     if config.optimizer != "sgd":
         raise UnsupportedError(f"-a lr_tab needs --optimizer sgd (per-layer rates are gradient scales only for plain "
                                f"SGD), got {config.optimizer!r}")
-    rates = [float(v) for v in str(lr_tab).split(",") if v.strip()]
     weights = [k for k in params if k.startswith("W.")] or [k for k in ("K1", "K0", "W") if k in params]
     biases = [k for k in params if k.startswith("b.")] or [k for k in ("c1", "c0", "b") if k in params]
-    if len(rates) != len(weights):
-        raise UnsupportedError(f"-a lr_tab has {len(rates)} rate(s) but the network has {len(weights)} weight layers "
-                               f"({', '.join(weights)}), input side first; e.g. -a lr_tab={','.join(['0.1'] * len(weights))}")
-    scale = {w: r / config.lr for w, r in zip(weights, rates)}
-    scale.update({b: r / config.lr for b, r in zip(biases, rates)})
+    rates = _layer_rates(str(lr_tab), lr_order, weights)
+    scale = {w: rates[w] / config.lr for w in weights}
+    scale.update({b: rates[w] / config.lr for w, b in zip(weights, biases)})
     # the toy network's input → layer l skips (Wx.l) take the rate of layer l's incoming weights W.{l−1}
     scale.update({k: scale[f"W.{int(k.split('.', 1)[1]) - 1}"] for k in params if k.startswith("Wx.")})
     return scale
+
+
+def _layer_rates(lr_tab: str, lr_order, weights: list[str]) -> dict:
+    """{weight name: rate} from -a lr_tab (named or a bare list) and -a lr_order (see _layer_lr_scale)."""
+    entries = [e.strip() for e in lr_tab.split(",") if e.strip()]
+    seed_order = ",".join(reversed(weights))
+    example = ",".join(f"{w}=0.1" for w in weights)
+    if any("=" in e for e in entries):                                   # named: W.0=0.1,W.1=0.05
+        if lr_order is not None:
+            raise UnsupportedError("-a lr_tab names its layers, so it has no order: drop -a lr_order")
+        pairs = [e.split("=", 1) for e in entries]
+        named = {name.strip(): value for name, value in pairs}
+        for name in named:
+            if name not in weights:
+                raise UnknownNameError("weight layer in -a lr_tab", name, weights, f"e.g. -a lr_tab={example}")
+        missing = [w for w in weights if w not in named]
+        if missing or len(named) != len(pairs):
+            raise UnsupportedError(f"-a lr_tab must name every weight layer once ({', '.join(weights)}); "
+                                   f"{'missing ' + ', '.join(missing) if missing else 'a layer is named twice'}; "
+                                   f"e.g. -a lr_tab={example}")
+        return {w: _rate(named[w]) for w in weights}
+    rates = [_rate(e) for e in entries]
+    if len(rates) != len(weights):
+        raise UnsupportedError(f"-a lr_tab has {len(rates)} rate(s) but the network has {len(weights)} weight layers "
+                               f"({', '.join(weights)}); e.g. -a lr_tab={','.join(['0.1'] * len(weights))}")
+    if lr_order is None:
+        if rates != rates[::-1]:                                          # the order matters: it must be stated
+            raise UnsupportedError(f"-a lr_tab={lr_tab} does not say its order: add -a lr_order=output_first (the "
+                                   f"EP seed's lr_tab: {seed_order}) or -a lr_order=input_first ({','.join(weights)}), "
+                                   f"or name the layers, e.g. -a lr_tab={example}")
+        lr_order = "input_first"
+    if lr_order not in LR_ORDERS:
+        raise UnknownNameError("-a lr_order", lr_order, LR_ORDERS,
+                               f"output_first is the EP seed's order ({seed_order})")
+    ordered = weights[::-1] if lr_order == "output_first" else weights
+    return dict(zip(ordered, rates))
+
+
+def _rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        raise UnsupportedError(f"-a lr_tab: {value!r} is not a learning rate; give numbers ≥ 0, e.g. 0.1") from None
+    if not rate >= 0 or rate == float("inf"):
+        raise UnsupportedError(f"-a lr_tab: learning rate {value} is not allowed; give finite numbers ≥ 0")
+    return rate

@@ -44,7 +44,7 @@ from ..nn.losses import loss_forward
 from ..nn.model import forward
 from ..registry import cell_kernels
 from ..runs import TrainingDiverged, atomic_write_json, begin_run, open_run_dir, save_checkpoint
-from .config import RunResult, TrainConfig, check_config
+from .config import RunResult, TrainConfig, check_config, check_freeze
 from .problems import build_model, check_online
 
 #: Default checkpoint interval, in updates.
@@ -70,6 +70,10 @@ def check_stream_config(config: TrainConfig, task, model) -> dict:
     if config.update_every is None:
         raise UnsupportedError(f"task {task.name!r} is a stream of T = {task.length} steps with no end to wait for: "
                                f"give --update-every K (one optimizer update every K steps, e.g. --update-every 64)")
+    if config.dropout:
+        raise UnsupportedError(f"--dropout draws one mask per sequence and example; a stream is one sequence without "
+                               f"end, trained without dropout here: drop --dropout (or train on the episodic task, "
+                               f"e.g. {task.name.replace('-stream', '')})")
     if not model.per_step:
         raise UnsupportedError(f"a stream has no last step to pool over: pooling {model.pooling!r} needs the whole "
                                f"sequence; use --pooling none or cumulative_mean (memoryless per-step readouts)")
@@ -110,7 +114,8 @@ def train_stream(config: TrainConfig, run_dir, *, resume: bool = False, progress
     T, K, B = task.length, config.update_every, config.batch_size
     total = math.ceil(T / K)                                          # optimizer updates of the whole stream
     opt = optim.OptimConfig(name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
-                            rec_lr_factor=config.rec_lr_factor, clip_norm=config.clip_norm,
+                            rec_lr_factor=config.rec_lr_factor, freeze=check_freeze(config.freeze, params, model.cell),
+                            clip_norm=config.clip_norm,
                             schedule=config.schedule, warmup_steps=config.warmup_steps, total_steps=total)
     start, params, opt_state, log = begin_run(run, dataclasses.asdict(config), params,
                                               optim.init_state(params, opt), resume)

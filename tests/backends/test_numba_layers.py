@@ -62,11 +62,14 @@ def test_layer_norm(lead, dtype):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("lead", LEADS, ids=str)
 @pytest.mark.parametrize("kind", L.FFNS)
-def test_ffn_blocks(kind, lead, dtype):
+@pytest.mark.parametrize("dropout", [False, True])
+def test_ffn_blocks(kind, lead, dtype, dropout):
     rng = np.random.default_rng(1)
     params = L.ffn_init(kind, D, 2, rng, dtype)
     y = (2.0 * rng.standard_normal(lead + (D,))).astype(dtype)         # GELU's and σ's curved range, both signs
-    (out, c_ref), (out_nb, c_nb) = REF.ffn_forward[kind](params, y), _ops().ffn_forward[kind](params, y)
+    width = 2 * D if kind == "mlp" else D
+    mask = ((rng.random(lead[-1:] + (width,)) < 0.7) / 0.7).astype(dtype) if dropout else None   # (DR1), per example
+    (out, c_ref), (out_nb, c_nb) = REF.ffn_forward[kind](params, y, mask), _ops().ffn_forward[kind](params, y, mask)
     _close(out_nb, out, dtype, f"{kind} forward")
     dout = rng.standard_normal(out.shape).astype(dtype)
     want = REF.ffn_backward[kind](dout, c_ref)

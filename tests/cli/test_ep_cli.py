@@ -51,11 +51,11 @@ def test_train_the_convolutional_ep_network_on_digits(tmp_path):
 
 
 def test_per_layer_learning_rates_scale_each_layer(tmp_path):
-    """lr_tab = (0, lr): the first weight layer (and the bias of the layer it feeds) must not move at all."""
+    """W.0 at rate 0: the first weight layer (and the bias of the layer it feeds) must not move at all."""
     import numpy as np
     base = ["train", "--task", "digits", "--algorithm", "ep", "--hidden", "16", "--steps", "3", "--optimizer", "sgd",
             "--lr", "0.1", "--weight-decay", "0", "--clip", "0", "--no-progress"]
-    r = CliRunner().invoke(cli, base + ["-a", "lr_tab=0,0.1", "--out", str(tmp_path / "run")])
+    r = CliRunner().invoke(cli, base + ["-a", "lr_tab=W.0=0,W.1=0.1", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     from refimpl.ep.networks import make_ep_net
     from refimpl.runs import load_checkpoint

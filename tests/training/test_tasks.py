@@ -17,7 +17,8 @@ from tasks.idx import DTYPE_CODES, read_idx, write_idx
 from tasks.mnist import ENV_VAR, FILES
 
 SMALL = {"copy": {"n_train": 20, "n_val": 7, "n_test": 5},
-         "adding": {"seq_len": 9, "n_train": 20, "n_val": 7, "n_test": 5}}
+         "adding": {"seq_len": 9, "n_train": 20, "n_val": 7, "n_test": 5},
+         "listops": {"min_length": 6, "max_length": 30, "n_train": 20, "n_val": 7, "n_test": 5}}
 N_FAKE_TRAIN, N_FAKE_TEST = 30, 11
 SPLIT_TASKS = sorted(n for n in TASKS if task_kind(n) != "stream")     # streams: tests/training/test_online_training.py
 STREAM_TASKS = sorted(n for n in TASKS if task_kind(n) == "stream")
@@ -64,8 +65,8 @@ def test_every_task_shapes_dtypes_ranges(name, tmp_path):
     assert task.kind in ("sequence", "static") and 0 < task.chance < 1
     assert task_kind(name) == task.kind                       # the kind, known without building the task
     for split in (task.train, task.val, task.test):
-        x, y = split.x, split.y
-        assert x.dtype == np.float64 and np.all(np.isfinite(x))
+        x, y = np.asarray(split.x), split.y                     # listops keeps its one-hot inputs as token ids
+        assert split.x.dtype == x.dtype == np.float64 and np.all(np.isfinite(x))
         N = split.n
         if task.kind == "static":
             assert x.shape == (N, task.n_in) and task.seq_len is None
