@@ -52,7 +52,7 @@ from ..nn.losses import loss_forward
 from ..nn.model import check_inputs, forward
 from ..registry import cell_kernels, ep_kernels, load_backend
 from .config import EP_SETTINGS, TrainConfig
-from .device import DeviceStep
+from .device import DEVICE_ALGORITHMS, DeviceStep
 
 #: The algorithms that train a static task's EP network.
 STATIC_ALGORITHMS = ("ep", "bptt")
@@ -60,7 +60,7 @@ STATIC_ALGORITHMS = ("ep", "bptt")
 
 class Problem(NamedTuple):
     """What the loop needs, whatever the network (see module doc). `device`: a DeviceStep when the whole step runs in
-    a backend's arrays (bptt on mlx or cupy: refimpl/training/device.py), with `batch(idx) -> (x, y, mask)` on the
+    a backend's arrays (bptt or an online rule on mlx or cupy: refimpl/training/device.py, on_device), with `batch(idx) -> (x, y, mask)` on the
     host; the loop then uses those instead of `grads`."""
     task: object
     params: dict
@@ -182,7 +182,7 @@ def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Probl
 
     device = batch = None
     if on_device(config):
-        device = DeviceStep(model, opt, config.backend, task.loss)
+        device = DeviceStep(model, opt, config.backend, task.loss, config.algorithm, **options)
 
         def batch(idx):
             return batch_targets(task, model, task.train, idx)
@@ -191,10 +191,12 @@ def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Probl
 
 
 def on_device(config: TrainConfig) -> bool:
-    """Whether the run's whole step runs in the backend's arrays: bptt (no micro-batches, no update inside the
-    sequence) on a backend whose arrays are not NumPy's (registry.Backend.on_host False: mlx, cupy). The other
-    algorithms run their cells on the backend and the rest on the host (refimpl/algorithms/chunked.py)."""
-    return (config.algorithm == "bptt" and not config.micro_batch and not config.update_every
+    """Whether the run's whole step runs in the backend's arrays: bptt or an RTRL-family rule (device.DEVICE_ALGORITHMS;
+    no micro-batches, no update inside the sequence) on a backend whose arrays are not NumPy's
+    (registry.Backend.on_host False: mlx, cupy); DeviceStep refuses, with the fix, a model the rule cannot train
+    (whole-stack rtrl, pooling 'mean'). The other algorithms (fptt, fptt1, tbptt, dfa, drtp, readout) run their cells
+    on the backend and the rest on the host (refimpl/algorithms/chunked.py)."""
+    return (config.algorithm in DEVICE_ALGORITHMS and not config.micro_batch and not config.update_every
             and not load_backend(config.backend).on_host)
 
 
