@@ -60,8 +60,8 @@ STATIC_ALGORITHMS = ("ep", "bptt")
 
 class Problem(NamedTuple):
     """What the loop needs, whatever the network (see module doc). `device`: a DeviceStep when the whole step runs in
-    a backend's arrays (bptt or an online rule on mlx or cupy: refimpl/training/device.py, on_device), with `batch(idx) -> (x, y, mask)` on the
-    host; the loop then uses those instead of `grads`."""
+    a backend's arrays (bptt or an online rule on mlx or cupy: refimpl/training/device.py, on_device), with
+    `batch(idx) -> (x, y, mask)` on the host; the loop then uses those instead of `grads`."""
     task: object
     params: dict
     grads: Callable
