@@ -38,12 +38,13 @@ The online rules. With algorithm = online, snap1, truncated, spatial, cec (the l
 before handed on, the head and the loss, and down the stack per layer the immediate x̄ (the cell's
 step_input_backward, array-API code) and the rule's carried sweep (the raw kernel `<cell>.<rule>`, its traces carried
 on the device from chunk to chunk). The loss is summed on the device; nothing is read on the host inside a step.
+tbptt runs the same driver with the cell's raw BPTT kernel inside each window (option window=k, default min(16, T)).
 
     step = DeviceStep(model, opt, backend, loss, algorithm="online", chunk=C)
 
-What is not on this path is refused at construction with the fix (UnsupportedError): fptt, fptt1, tbptt (their
-drivers read the host; train them without the device path, api.model_grads), dfa, drtp, readout, whole-stack rtrl,
-and pooling 'mean' for a rule (not memoryless).
+What is not on this path is refused at construction with the fix (UnsupportedError): fptt and fptt1 (their driver
+reads its carries on the host for the residual check; train them without the device path, api.model_grads), dfa,
+drtp, readout, whole-stack rtrl, and pooling 'mean' for a rule or tbptt (not memoryless).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ import numpy as np
 
 from .. import optim
 from ..algorithms import get_algorithm, rtrl
-from ..algorithms.chunked import check_supported, per_layer_grads
+from ..algorithms.chunked import check_supported, per_layer_grads, tbptt_model_grads
 from ..algorithms.online import whole_stack_differs
 from ..arrays import is_numpy, namespace
 from ..errors import NumericalError, UnsupportedError
@@ -60,8 +61,8 @@ from ..nn.losses import loss_forward, resolve_loss
 from ..nn.model import backward, forward
 from ..registry import cell_kernels, to_device, to_host
 
-#: The algorithms whose whole step runs here: bptt, and the RTRL family's per-layer rules (rtrl.LAYER_RULE).
-DEVICE_ALGORITHMS = ("bptt",) + tuple(rtrl.LAYER_RULE)
+#: The algorithms whose whole step runs here: bptt, the RTRL family's per-layer rules (rtrl.LAYER_RULE), tbptt.
+DEVICE_ALGORITHMS = ("bptt",) + tuple(rtrl.LAYER_RULE) + ("tbptt",)
 
 
 def check_device_algorithm(model, algorithm: str) -> None:
@@ -77,14 +78,14 @@ def check_device_algorithm(model, algorithm: str) -> None:
         raise UnsupportedError(f"whole-stack rtrl ({model.layers} layer(s), encoder={model.encoder}, "
                                f"norm={model.norm}) has no backend kernel: use algorithm 'online' (per-layer RTRL, "
                                f"exact at the top) on the device, or backend 'numpy' for whole-stack rtrl")
-    for c in model.cells:
+    for c in model.cells if algorithm in rtrl.LAYER_RULE else ():
         rtrl.check_rule(rtrl.LAYER_RULE[algorithm], c)       # cec on a cell without a cell state
     check_supported(model, None)                             # pooling 'mean' is not memoryless
 
 
 class DeviceStep:
     """One training step of `model` (BPTT, or a per-layer online rule: `algorithm`) with the optimizer `opt` on
-    `backend`, in the backend's arrays (module doc). options: the rule's chunk=C."""
+    `backend`, in the backend's arrays (module doc). options: the rule's chunk=C, tbptt's window=k."""
 
     def __init__(self, model, opt: optim.OptimConfig, backend: str = "numpy", loss: str = "mse",
                  algorithm: str = "bptt", **options):
@@ -134,7 +135,10 @@ class DeviceStep:
     def grads(self, params: dict, x, y, mask=None):
         """(the loss, {parameter: gradient}) of the batch, in the backend's arrays: BPTT, or the online rule."""
         model = self.model
-        if self.algorithm != "bptt":                         # the chunked driver in these arrays (module doc)
+        if self.algorithm == "tbptt":                        # the chunked driver in these arrays (module doc)
+            return tbptt_model_grads(model, params, x, y, self.loss, mask, kernels=self.kernels,
+                                     window=self.options.get("window"))
+        if self.algorithm != "bptt":
             return per_layer_grads(model, params, x, y, self.loss, mask, rule=rtrl.LAYER_RULE[self.algorithm],
                                    kernels=self.kernels, chunk=self.options.get("chunk"))
         out, cache = forward(model, params, x, self.kernels, mask=mask)

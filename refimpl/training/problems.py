@@ -191,11 +191,11 @@ def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Probl
 
 
 def on_device(config: TrainConfig) -> bool:
-    """Whether the run's whole step runs in the backend's arrays: bptt or an RTRL-family rule (device.DEVICE_ALGORITHMS;
+    """Whether the run's whole step runs in the backend's arrays: bptt, an RTRL-family rule or tbptt (DEVICE_ALGORITHMS;
     no micro-batches, no update inside the sequence) on a backend whose arrays are not NumPy's
     (registry.Backend.on_host False: mlx, cupy); DeviceStep refuses, with the fix, a model the rule cannot train
-    (whole-stack rtrl, pooling 'mean'). The other algorithms (fptt, fptt1, tbptt, dfa, drtp, readout) run their cells
-    on the backend and the rest on the host (refimpl/algorithms/chunked.py)."""
+    (whole-stack rtrl, pooling 'mean'). The other algorithms (fptt, fptt1, dfa, drtp, readout) run their cells on the
+    backend and the rest on the host (refimpl/algorithms/chunked.py)."""
     return (config.algorithm in DEVICE_ALGORITHMS and not config.micro_batch and not config.update_every
             and not load_backend(config.backend).on_host)
 

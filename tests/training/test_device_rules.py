@@ -1,7 +1,8 @@
 """The online rules' whole training step in a backend's arrays (refimpl/training/device.py, algorithm=<rule>) against
 the NumPy reference (refimpl.model_grads by the same rule, then optim.step on NumPy).
 
-Generated over the model options as test_device_step.py is for BPTT: every RTRL-family rule with every cell, the model
+Generated over the model options as test_device_step.py is for BPTT: every RTRL-family rule (and tbptt, which runs the
+same chunked driver) with every cell, the model
 options taken in turn (encoder, pre-norm, MLP / GLU, residual, the poolings none / last / cumulative_mean, each loss),
 on mlx in float32 and (on its CPU stream; not the lru, MLX has no complex128) float64, and on cupy through the CPU
 emulation of its CUDA sources. A stream of T = 7 steps in chunks of 3 (3 + 3 + 1: the carries cross two chunk
@@ -33,6 +34,9 @@ CHUNK = 3
 CASES = [(rule, cell, RULE_MODELS[(i + j) % len(RULE_MODELS)]) for i, rule in enumerate(RULES)
          for j, cell in enumerate(CELLS)] + [("cec", "lstm", RULE_MODELS[2])]
 
+#: tbptt (BPTT inside windows of 3 steps, the state carried across): the same driver with the cell's BPTT kernel.
+CASES += [("tbptt", "gru", RULE_MODELS[3]), ("tbptt", "lru", RULE_MODELS[4])]
+
 #: Each case in float32, and in float64 (on MLX's CPU stream) every third one by default (each rule at least once),
 #: the rest of float64 under `slow` (each MLX kernel compiles once per shape and dtype: the time is in that).
 DTYPE_CASES = [pytest.param(*case, "float32", id=f"{case[0]}-{case[1]}-{case[2][0]}-float32") for case in CASES] + [
@@ -41,20 +45,21 @@ DTYPE_CASES = [pytest.param(*case, "float32", id=f"{case[0]}-{case[1]}-{case[2][
     for k, case in enumerate(c for c in CASES if c[1] != "lru")]
 
 
-def _reference_steps(model, params, x, y, loss, rule, opt, n):
-    """n reference steps: model_grads by the rule on NumPy, optim.step. Returns (first grads, last loss, params)."""
+def _reference_steps(model, params, x, y, loss, rule, opt, n, reference: dict):
+    """n reference steps: model_grads by the rule on NumPy (its default chunk: the step loop; options `reference`),
+    optim.step. Returns (first grads, last loss, params)."""
     p, s, first = params, optim.init_state(params, opt), None
     for _ in range(n):
-        value, g = model_grads(model, p, x, y, loss=loss, algorithm=rule)
+        value, g = model_grads(model, p, x, y, loss=loss, algorithm=rule, **reference)
         first = g if first is None else first
         p, s, _ = optim.step(p, g, s, opt)
     return first, value, p
 
 
-def _assert_step_matches(step, model, params, x, y, loss, rule, tol):
+def _assert_step_matches(step, model, params, x, y, loss, rule, tol, reference=None):
     """The device step's gradients, and its loss and parameters after two steps, equal the reference's."""
     opt = step.opt
-    want, want_value, want_p = _reference_steps(model, params, x, y, loss, rule, opt, 2)
+    want, want_value, want_p = _reference_steps(model, params, x, y, loss, rule, opt, 2, reference or {})
     p, s = step.init(params)
     xd, yd = step.to_device((x, y))
     _, g = step.grads(p, xd, yd)
@@ -75,9 +80,10 @@ def test_a_rule_step_on_mlx_equals_the_reference(rule, cell, model_case, dtype):
     _backend_or_skip("mlx", cell, dtype)
     _, options, loss = model_case
     model, params, x, y = _case(cell, options, loss, dtype)
+    options, reference = ({"window": CHUNK}, {"window": CHUNK}) if rule == "tbptt" else ({"chunk": CHUNK}, {})
     step = DeviceStep(model, optim.OptimConfig(name="adamw", lr=1e-2, total_steps=4, clip_norm=0.5), "mlx", loss,
-                      algorithm=rule, chunk=CHUNK)
-    _assert_step_matches(step, model, params, x, y, loss, rule, _tolerance(dtype))
+                      algorithm=rule, **options)
+    _assert_step_matches(step, model, params, x, y, loss, rule, _tolerance(dtype), reference)
 
 
 def test_a_rule_step_on_numpy_is_the_reference():
@@ -92,14 +98,15 @@ def test_a_rule_step_on_numpy_is_the_reference():
     assert all(np.array_equal(p1[k], want[k]) for k in want)
 
 
-@pytest.mark.parametrize("rule", ["online", "truncated"])
+@pytest.mark.parametrize("rule", ["online", "tbptt"])
 def test_a_rule_step_on_mlx_does_not_cross_to_the_host(rule):
-    """Three online-rule steps (chunks of 3 over T = 7) cross nothing; the gradients, carries' results and parameters
-    are mx.arrays; report crosses twice (loss, flag)."""
+    """Three steps of an online rule (chunks of 3 over T = 7), or of tbptt (windows of 3), cross nothing; the loss,
+    the gradients and the parameters are mx.arrays; report crosses twice (loss, flag)."""
     import mlx.core as mx
     b = _backend_or_skip("mlx", "lru", "float32")
     model, params, x, y = _case("lru", RULE_MODELS[2][1], "bce", "float32")
-    step = DeviceStep(model, optim.OptimConfig(total_steps=5), "mlx", "bce", algorithm=rule, chunk=CHUNK)
+    step = DeviceStep(model, optim.OptimConfig(total_steps=5), "mlx", "bce", algorithm=rule,
+                      **({"window": CHUNK} if rule == "tbptt" else {"chunk": CHUNK}))
     p, s = step.init(params)
     xd, yd = step.to_device((x, y))
     b.reset_crossings()
@@ -149,11 +156,11 @@ def test_a_rule_step_through_the_cupy_emulation(cell, rule, tmp_path, monkeypatc
 
 
 def test_the_device_path_refuses_what_it_does_not_run():
-    """fptt, tbptt and the projected rules, whole-stack rtrl, pooling 'mean' and cec on a cell without a cell state are
+    """fptt, the projected rules, whole-stack rtrl, pooling 'mean' and cec on a cell without a cell state are
     refused at construction, naming what to do instead; per-layer rtrl (one layer, no encoder, no norm) is accepted."""
     gru, _ = make_model("gru", 2, 3, 2, layers=2)
     opt = optim.OptimConfig()
-    for algorithm in ("fptt", "fptt1", "tbptt", "dfa", "readout"):
+    for algorithm in ("fptt", "fptt1", "dfa", "readout"):
         with pytest.raises(UnsupportedError, match=rf"{algorithm!r} has no whole step.*model_grads"):
             DeviceStep(gru, opt, "numpy", "mse", algorithm=algorithm)
     with pytest.raises(UnknownNameError, match="algorithm"):
@@ -163,8 +170,9 @@ def test_the_device_path_refuses_what_it_does_not_run():
     with pytest.raises(UnsupportedError, match="cec.*snap1 or truncated"):
         DeviceStep(gru, opt, "numpy", "mse", algorithm="cec")
     mean, _ = make_model("gru", 2, 3, 2, pooling="mean")
-    with pytest.raises(UnsupportedError, match="pooling 'mean'.*cumulative_mean"):
-        DeviceStep(mean, opt, "numpy", "mse", algorithm="online")
+    for algorithm in ("online", "tbptt"):
+        with pytest.raises(UnsupportedError, match="pooling 'mean'.*cumulative_mean"):
+            DeviceStep(mean, opt, "numpy", "mse", algorithm=algorithm)
     with pytest.raises(UnknownNameError, match="window"):
         DeviceStep(gru, opt, "numpy", "mse", algorithm="online", window=3)
     one, _ = make_model("gru", 2, 3, 2, layers=1)
