@@ -92,8 +92,8 @@ class ArraySource(NamedTuple):
 
     def chunk(self, t0: int, t1: int):
         """(x (t1−t0, B, I), y of those steps (or the whole per-sequence y), mask of those steps or None)."""
-        mask = None if self.mask is None else self.mask[t0:t1]
-        return self.x[t0:t1], (self.y[t0:t1] if self.per_step else self.y), mask
+        mask = None if self.mask is None else self.mask[t0:t1, ...]
+        return self.x[t0:t1, ...], (self.y[t0:t1, ...] if self.per_step else self.y), mask
 
 
 def check_stream(model, source) -> None:
@@ -220,7 +220,7 @@ def head_chunk(model, params, u, t0: int, T: int, y, loss: str, mask, run_sum) -
     C, xp = u.shape[0], namespace(u)
     if model.pooling == "cumulative_mean":
         sums = xp.cumulative_sum(u, axis=0) if run_sum is None else run_sum + xp.cumulative_sum(u, axis=0)
-        run_sum = sums[-1]
+        run_sum = sums[-1, ...]
         p = sums / xp.reshape(xp.arange(t0 + 1, t0 + C + 1, dtype=u.dtype), (C,) + (1,) * (u.ndim - 1))  # float32
     else:
         p = u
@@ -228,10 +228,10 @@ def head_chunk(model, params, u, t0: int, T: int, y, loss: str, mask, run_sum) -
     if model.pooling == "last":                                  # one loss, at the stream's last step
         if t0 + C < T:
             return ChunkHead(run_sum, 0.0, None, xp.zeros_like(u))
-        out, head = linear_forward(p[-1], W, b)
+        out, head = linear_forward(p[-1, ...], W, b)
         value, dout = loss_forward(loss, out, y, None)
         g = linear_backward(dout, head)
-        du = xp.concat([xp.zeros_like(u[:-1]), xp.expand_dims(g["x"], axis=0)], axis=0)   # ū only at the last step
+        du = xp.concat([xp.zeros_like(u[:-1, ...]), xp.expand_dims(g["x"], axis=0)], axis=0)   # ū only at the last step
     else:
         out, head = linear_forward(p, W, b)
         value, dout = loss_forward(loss, out, y, mask)
@@ -277,8 +277,9 @@ def run_stream(model, params, source, loss, kernels, make_adjoint: Callable, *, 
 
 def _as_steps(cell, dh, cache):
     """A chunk's cache and adjoint dh (C, B, H) as C·B independent steps: (the step adjoint, the step cache)."""
-    flat = type(cache)(*(f.reshape((-1,) + f.shape[2:]) for f in cache))
-    return cell.adjoint_from_h(dh.reshape((-1,) + dh.shape[2:])), flat
+    xp = namespace(dh)
+    flat = type(cache)(*(xp.reshape(f, (-1,) + tuple(f.shape[2:])) for f in cache))
+    return cell.adjoint_from_h(xp.reshape(dh, (-1,) + tuple(dh.shape[2:]))), flat
 
 
 def immediate_backward(cell, params, dh, cache) -> tuple[dict, np.ndarray]:
@@ -291,7 +292,7 @@ def immediate_backward(cell, params, dh, cache) -> tuple[dict, np.ndarray]:
 def immediate_input_backward(cell, params, dh, cache) -> np.ndarray:
     """x̄ (C, B, I) of immediate_backward alone (the cell's step_input_backward: no parameter adjoints)."""
     dx = cell.module.step_input_backward(params, *_as_steps(cell, dh, cache), **cell.step_options)
-    return dx.reshape(dh.shape[:2] + (-1,))
+    return namespace(dx).reshape(dx, tuple(dh.shape[:2]) + (-1,))
 
 
 def held_adjoint(model):

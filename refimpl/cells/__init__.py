@@ -160,7 +160,7 @@ class Cell:
     def final_state(self, cache):
         """The state after the last step of a sequence forward, from its stacked cache (the cache fields named like
         the state's parts: h, and the lstm's c) — where a chunk of a stream hands its state to the next."""
-        return self.state_from_parts(*(getattr(cache, key[:-1])[-1] for key in self.grad_state_keys))
+        return self.state_from_parts(*(getattr(cache, key[:-1])[-1, ...] for key in self.grad_state_keys))
 
     def zeros_like_state(self, state):
         """A zero state (adjoint) of the same type, shapes and dtypes as `state`."""

@@ -198,3 +198,48 @@ def test_an_online_run_on_mlx_trains_on_the_device_and_matches_numpy(tmp_path, m
     assert [r[:2] for r in got] == [r[:2] for r in ref]
     assert all(rel_error(g[2], r[2]) <= 1e-4 for g, r in zip(got, ref)), (got, ref)
     assert load_backend("mlx").available
+
+
+# ------------------------------------------------------------------ the standard's vocabulary alone, no host read
+
+@pytest.mark.parametrize("cell,rule,model_case", [("lstm", "snap1", RULE_MODELS[2]), ("lru", "online", RULE_MODELS[4]),
+                                                  ("gru", "tbptt", RULE_MODELS[3])])
+def test_the_rule_step_is_array_api_code_that_reads_nothing_back(cell, rule, model_case, monkeypatch):
+    """The device step's own array code (the chunked driver, the layers, the head and loss, the cells'
+    step_input_backward, the optimizer) on array_api_strict arrays — the standard and nothing more, as CuPy's namespace
+    gives it — with every host read of such an array refused inside the step: the reference kernels stand in for a
+    device's (unboxed and boxed again behind the refusal), and the step equals the NumPy reference (float64)."""
+    xs = pytest.importorskip("array_api_strict")
+    from refimpl.algorithms import chunked
+    from refimpl.registry import KERNELS, CellKernels, map_arrays
+    from tests.nn.test_losses_optim_namespace import no_host_reads
+
+    def on_device(name):
+        """The NumPy reference kernel `name` taking and returning strict arrays (their NumPy data, not a host read)."""
+        def run(*args, **kwargs):
+            unbox = (lambda a: a._array if hasattr(a, "_array") else a)
+            out = KERNELS[name].reference(*map_arrays(unbox, args), **map_arrays(unbox, kwargs))
+            return map_arrays(xs.asarray, out)
+        return run
+    monkeypatch.setattr(chunked, "get_kernel", lambda name, backend="numpy": on_device(name))
+    _, options, loss = model_case
+    model, params, x, y = _case(cell, options, loss, "float64")
+    opt = optim.OptimConfig(name="adamw", lr=1e-2, total_steps=4, clip_norm=0.5)
+    algo_options = {"window": CHUNK} if rule == "tbptt" else {"chunk": CHUNK}
+    step = DeviceStep(model, opt, "numpy", loss, algorithm=rule, **algo_options)
+    step.kernels = CellKernels(on_device(f"{cell}.forward"), on_device(f"{cell}.backward"), "numpy", True)
+    want, want_value, want_p = _reference_steps(model, params, x, y, loss, rule, opt, 2,
+                                                {"window": CHUNK} if rule == "tbptt" else {})
+    p, s = {k: xs.asarray(v) for k, v in params.items()}, optim.init_state(params, opt)
+    s = {k: v if k == "step" else xs.asarray(v) for k, v in s.items()}
+    xd, yd = xs.asarray(x), xs.asarray(y)
+    with no_host_reads():
+        _, g = step.grads(p, xd, yd)
+        for _ in range(2):
+            p, s, value, finite = step(p, s, xd, yd)
+    tol = _tolerance("float64")
+    for k in want:
+        assert rel_error(np.from_dlpack(g[k]), want[k]) <= tol, k
+    assert bool(finite) and rel_error(float(value), want_value) <= tol
+    for k in want_p:
+        assert rel_error(np.from_dlpack(p[k]), want_p[k]) <= 10 * tol, k
