@@ -2,12 +2,12 @@
 the NumPy reference (refimpl.model_grads by the same rule, then optim.step on NumPy).
 
 Generated over the model options as test_device_step.py is for BPTT: every RTRL-family rule (and tbptt, which runs the
-same chunked driver) with every cell, the model
-options taken in turn (encoder, pre-norm, MLP / GLU, residual, the poolings none / last / cumulative_mean, each loss),
-on mlx in float32 and (on its CPU stream; not the lru, MLX has no complex128) float64, and on cupy through the CPU
-emulation of its CUDA sources. A stream of T = 7 steps in chunks of 3 (3 + 3 + 1: the carries cross two chunk
-boundaries, and the last chunk builds none). Then: no host crossing inside a step, the training loop's device path
-for a rule, and the refusals of what the device path does not run.
+same chunked driver) with every cell, the model options taken in turn (encoder, pre-norm, MLP / GLU, residual, the
+poolings none / last / cumulative_mean, each loss), on mlx in float32 and (on its CPU stream; not the lru, MLX has no
+complex128) float64, and on cupy through the CPU emulation of its CUDA sources. A stream of T = 7 steps in chunks of 3
+(3 + 3 + 1: the carries cross two chunk boundaries, and the last chunk builds none). Then: no host crossing inside a
+step (MLX's counter; and on array_api_strict arrays, the standard alone, every host read refused), the training
+loop's device path for a rule, and the refusals of what the device path does not run.
 """
 
 import numpy as np
@@ -37,8 +37,8 @@ CASES = [(rule, cell, RULE_MODELS[(i + j) % len(RULE_MODELS)]) for i, rule in en
 #: tbptt (BPTT inside windows of 3 steps, the state carried across): the same driver with the cell's BPTT kernel.
 CASES += [("tbptt", "gru", RULE_MODELS[3]), ("tbptt", "lru", RULE_MODELS[4])]
 
-#: Each case in float32, and in float64 (on MLX's CPU stream) every third one by default (each rule at least once),
-#: the rest of float64 under `slow` (each MLX kernel compiles once per shape and dtype: the time is in that).
+#: Each case in float32, and in float64 (on MLX's CPU stream) every third one by default (each RTRL-family rule at least
+#: once), the rest of float64 under `slow` (each MLX kernel compiles once per shape and dtype: the time is in that).
 DTYPE_CASES = [pytest.param(*case, "float32", id=f"{case[0]}-{case[1]}-{case[2][0]}-float32") for case in CASES] + [
     pytest.param(*case, "float64", id=f"{case[0]}-{case[1]}-{case[2][0]}-float64",
                  marks=() if k % 3 == 0 or case[0] == "cec" else pytest.mark.slow)
