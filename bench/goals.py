@@ -187,14 +187,17 @@ def main(argv=None):
     except ImportError:
         pass
     rows = measure(args.backend, args.repeats)
+    from . import machine
+    m = machine.describe(args.threads)
+    print(f"machine: {machine.machine_line(m)}")
     print(f"B={SHAPE['B']} T={SHAPE['T']} I={SHAPE['I']} H=N={SHAPE['H']} float32, {args.threads} threads, "
           f"median of {args.repeats}")
     print(format_rows(rows, args.backend))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({"shape": SHAPE, "threads": args.threads, "backend": args.backend, "rows": rows},
-                              indent=2))
+    tmp.write_text(json.dumps({"machine": m, "shape": SHAPE, "threads": args.threads, "backend": args.backend,
+                               "rows": rows}, indent=2))
     tmp.replace(out)
     print(f"wrote {out}")
 

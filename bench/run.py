@@ -301,14 +301,15 @@ def _plots(rows, study, out: Path) -> list:
 
 def readme_section(report: dict, plots: list) -> str:
     """The README's 'What it costs': machine, limits, the cell kernels' table, the scaling summary and the plots."""
-    from . import scaling
+    from . import machine, scaling
     m, host = report["machine"], report["limits"]["_host"]
     keep = [r for r in report["rows"] if "peer" in r or (r.get("kernel", "").split(".")[1] in ("forward", "backward")
                                                          and "skipped" not in r)]
     peers = sorted({r["peer"].split()[0].split(".")[0] for r in report["rows"] if "peer" in r and "skipped" not in r})
     lines = ["Measured by `make bench` (`python -m bench --size bench --threads 2 --readme`"
              + (f"; peers installed separately: {', '.join(peers)}" if peers else "")
-             + f") on {m['processor']}, {m['cpus']} CPUs, threads {m['threads'] or 'default'}; "
+             + f") on {machine.machine_line(m) if 'cpu' in m else m['processor']}, {m['cpus']} CPUs, threads "
+             f"{m['threads'] or 'default'}; "
              f"copy bandwidth {host['copy_bytes_per_s'] / 1e9:.1f} GB/s, GEMM "
              + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in host["gemm_flops_per_s"].items())
              + f"; size {report['size']}). Every row passed its parity check before it was timed; the full table of "

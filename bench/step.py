@@ -338,9 +338,9 @@ def goals(rows) -> list[dict]:
 
     out = [("numba copy bptt / JAX copy bptt", 1.0, get("copy", "bptt", "numba", "x_jax")),
            ("numba copy online / JAX copy bptt", 1.5, get("copy", "online", "numba", "x_jax")),
-           ("numba fptt-model fptt (schedule 'stored') / its own bptt", 2.0,
+           ("numba fptt-model fptt, schedule 'stored' / its own bptt", 2.0,
             get("fptt", "fptt:stored", "numba", "x_own_bptt")),
-           ("numba fptt-model fptt (schedule 'passes', L+1 passes: memory flat in T) / its own bptt", None,
+           ("numba fptt-model fptt, schedule 'passes' / its own bptt (L+1 passes, memory flat in T)", None,
             get("fptt", "fptt", "numba", "x_own_bptt"))]
     mlx = [(r["x_numba"], f"{r['model']} {r['algorithm']}") for r in rows if "x_numba" in r]
     worst = max(mlx) if mlx else (None, "")
@@ -398,7 +398,9 @@ def format_goals(gs) -> str:
 
 def format_machine(m: dict, repeats: int) -> str:
     v = ", ".join(f"{k} {val}" for k, val in m["versions"].items())
-    return (f"Machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; threads "
+    from .machine import machine_line
+    return (f"Machine: {machine_line(m) if 'cpu' in m else m['processor']}; {m['platform']}, Python {m['python']}; "
+            f"threads "
             f"{m['threads']} for everyone; median of {repeats} interleaved rounds after one warm-up call each. "
             f"Versions: {v}. Load average (1 min) {m['load_average_1min']['before']:.1f} before the run, "
             f"{m['load_average_1min']['after']:.1f} after it.")

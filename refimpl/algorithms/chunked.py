@@ -30,7 +30,9 @@ FPTT streams L+1 times (the pass schedule of refimpl/algorithms/fptt.py): in pas
 the layers above run their error phase from the start values found by earlier passes (their exact errors give the
 exact δ of the layer below within each step); the last pass runs every layer's error phase and accumulates. The
 inputs are read chunk by chunk again in every pass. Its check (5): ‖v^l_{T−1}‖ / ‖dh^l_{T−1}‖ from the error phase's
-last carry.
+last carry. schedule='stored' (a sequence in memory only) runs the stack forward once, whole, and walks down it once:
+each error layer warms up and runs its error phase over the exact δ the layers above sent (the same numbers; memory
+O(T) as BPTT; docs/derivations/fptt.md §6).
 
 Who runs the sweeps (`Sweeps`): the reference functions themselves on NumPy (with FPTT's carrier option), the
 registered kernels `<cell>.<rule>`, `<cell>.fptt1`, `<cell>.fptt_warmup` (`<cell>.fptt_shooting`) on a backend (float64

@@ -34,10 +34,15 @@ def test_goals_are_judged_from_the_ratios():
     shape = {"T": 1, "B": 1, "I": 1, "H": 1, "L": 1}
     rows = [{"model": "copy", "algorithm": "bptt", "who": "numba", "kind": "ours", "shape": shape, "x_jax": 0.8},
             {"model": "copy", "algorithm": "online", "who": "numba", "kind": "ours", "shape": shape, "x_jax": 1.6},
-            {"model": "fptt", "algorithm": "fptt", "who": "mlx", "kind": "ours", "shape": shape, "x_numba": 3.0}]
+            {"model": "fptt", "algorithm": "fptt", "who": "mlx", "kind": "ours", "shape": shape, "x_numba": 3.0},
+            {"model": "fptt", "algorithm": "fptt:stored", "who": "numba", "kind": "ours", "shape": shape,
+             "x_own_bptt": 1.9},
+            {"model": "fptt", "algorithm": "fptt", "who": "numba", "kind": "ours", "shape": shape, "x_own_bptt": 4.0}]
     got = {g["goal"].split(" (")[0]: g["met"] for g in goals(rows)}
     assert got == {"numba copy bptt / JAX copy bptt": True, "numba copy online / JAX copy bptt": False,
-                   "numba fptt-model fptt / its own bptt": None, "mlx / numba, whole step": False}
+                   "numba fptt-model fptt, schedule 'stored' / its own bptt": True,
+                   "numba fptt-model fptt, schedule 'passes' / its own bptt": None,     # reported, no target
+                   "mlx / numba, whole step": False}
 
 
 def test_a_failing_contender_is_reported_and_the_others_still_timed():
