@@ -17,9 +17,10 @@ Models (float32; shapes of the seeds' recipes, refimpl/training/recipes.py):
 
 How a step of ours runs — one function per (model, algorithm, backend), `our_step`:
     bptt, when refimpl.training.device exists: its DeviceStep (layers, loss and optimizer on the backend's arrays;
-          the clock stops after the backend's synchronize);
-    otherwise (and for every other algorithm): refimpl.api.model_grads(..., algorithm, backend) — the recurrent
-          kernels on the backend, the rest NumPy — then refimpl.optim.step. The row's `path` says which.
+          the clock stops after the backend's synchronize); the online rules on mlx / cupy also (what `train` runs);
+    otherwise (every other algorithm, and the rules on numpy / numba): refimpl.api.model_grads(..., algorithm,
+          backend) — the recurrent kernels on the backend, the rest NumPy — then refimpl.optim.step. The row's `path`
+          says which.
 Peers (bench/peers_step.py): JAX (value_and_grad + the same update, one jitted function) for every model, PyTorch for
 the GRU / LSTM stacks; before timing, each peer's loss on refimpl's initial parameters is compared with refimpl's
 (≤ 1e-4 relative, float32, or the peer is refused) and the JAX gradient with refimpl's BPTT gradient (reported).
@@ -142,13 +143,14 @@ def device_step_available() -> bool:
     return importlib.util.find_spec("refimpl.training.device") is not None
 
 
-def _device_step(p: Problem, backend: str):
-    """bptt through refimpl.training.device.DeviceStep: everything in the backend's arrays; the clock stops after the
-    backend's synchronize on the step's outputs. (The loss stays on the device: no report() inside the timing.)"""
+def _device_step(p: Problem, backend: str, algorithm: str = "bptt"):
+    """bptt (or an online rule) through refimpl.training.device.DeviceStep: everything in the backend's arrays; the
+    clock stops after the backend's synchronize on the step's outputs. (The loss stays on the device: no report()
+    inside the timing.)"""
     from refimpl.registry import load_backend
     from refimpl.training.device import DeviceStep
     b = load_backend(backend)
-    step = DeviceStep(p.model, p.opt, backend, p.loss)
+    step = DeviceStep(p.model, p.opt, backend, p.loss, algorithm)
     params, state = step.init(p.params)
     x, y = step.to_device(p.x), step.to_device(p.y)
     mask = None if p.mask is None else step.to_device(p.mask)
@@ -186,7 +188,15 @@ def our_step(p: Problem, algorithm: str, backend: str):
         raise Skip(b.reason)
     if algorithm == "bptt" and device_step_available():
         return _device_step(p, backend), "DeviceStep"
+    if not b.on_host and algorithm in _device_algorithms():     # what `train` runs on a device (problems.on_device)
+        return _device_step(p, backend, algorithm), "DeviceStep"
     return _api_step(p, algorithm, backend), "model_grads + optim.step"
+
+
+def _device_algorithms() -> tuple:
+    """The algorithms DeviceStep runs (refimpl.training.device.DEVICE_ALGORITHMS; bptt alone where it has none)."""
+    from refimpl.training import device
+    return getattr(device, "DEVICE_ALGORITHMS", ("bptt",))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -468,8 +478,9 @@ NOTES = """Notes on reading the table:
   rule of its own: its step is autodiff BPTT); `× own bptt` is an algorithm's step over our bptt step on the same
   backend; `mlx / numba` compares the same algorithm on the two backends.
 - `path`: bptt runs refimpl.training.device.DeviceStep — on numpy and numba the layers, loss and optimizer are NumPy
-  (numba's cells are njit loops over NumPy arrays), on mlx everything stays in mx.arrays; the other algorithms run
-  `model_grads + optim.step`: their kernels on the backend, the layers, loss and optimizer in NumPy. `first loss rel.
+  (numba's cells are njit loops over NumPy arrays), on mlx everything stays in mx.arrays, as for the online rules on
+  mlx; the other rows run `model_grads + optim.step`: their kernels on the backend, the layers, loss and optimizer in
+  NumPy. `first loss rel.
   err`: the first step's loss (at the initial parameters) against refimpl's NumPy BPTT loss.
 - MLX runs on the device it finds: on a Linux machine that is MLX's CPU backend (the MLX goal is meant for Apple
   GPUs); its thread count is MLX's own, not --threads. XLA honours --threads 1 (no Eigen thread pool); for more

@@ -29,6 +29,7 @@ only for logging).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,8 @@ def namespace(*arrays):
     """The array namespace of the arrays (they must share one): a registered adapter, or array_api_compat's (NumPy,
     CuPy). Python scalars and None are ignored; no array at all means NumPy's."""
     arrays = [a for a in arrays if a is not None and not isinstance(a, (int, float, complex, bool))]
+    if arrays and all(type(a) is np.ndarray for a in arrays):      # the reference's case, asked per time step
+        return _numpy_namespace()
     for array_type, xp in _ADAPTERS:
         if arrays and isinstance(arrays[0], array_type):
             return xp
@@ -55,6 +58,13 @@ def namespace(*arrays):
     if not arrays:
         return array_api_compat.numpy
     return array_api_compat.array_namespace(*arrays)
+
+
+@functools.cache
+def _numpy_namespace():
+    """array_api_compat's namespace of NumPy arrays (what array_namespace returns for them), looked up once."""
+    import array_api_compat
+    return array_api_compat.array_namespace(np.zeros(0))
 
 
 def dtype_of(xp, dtype) -> Any:

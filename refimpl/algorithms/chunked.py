@@ -37,6 +37,15 @@ O(T) as BPTT; docs/derivations/fptt.md §6).
 Who runs the sweeps (`Sweeps`): the reference functions themselves on NumPy (with FPTT's carrier option), the
 registered kernels `<cell>.<rule>`, `<cell>.fptt1`, `<cell>.fptt_warmup` (`<cell>.fptt_shooting`) on a backend (float64
 carriers).
+
+In whose arrays. Given NumPy arrays and a backend's NumPy-in-NumPy-out kernels (registry.cell_kernels), the driver's
+own array code runs on the host and each kernel call converts at its boundary. Given a backend's arrays and its raw
+kernels (cell_kernels(..., device=True): CellKernels.device), the RTRL-family rules run as a whole on the device: the
+states, the carries, the head, the immediate x̄ (the cells' step_input_backward is array-API code) and the gradient sums
+are the backend's arrays, the sweeps are the raw kernels, and the loss is a 0-d array of the backend, never read on
+the host per chunk (refimpl/training/device.py keeps a finite flag instead). The driver's array code is written against
+the array namespace of refimpl/arrays.py (xp = namespace(x)); on NumPy it is the same code as before, bit for bit.
+FPTT and tbptt run on the host arrays only (fptt's residual check (5) reads its carries on the host).
 """
 
 from __future__ import annotations
@@ -46,13 +55,14 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import fptt, rtrl
+from ..arrays import dtype_of, is_numpy, namespace
 from ..cells.common import add_into, map_state
 from ..checks import positive_int
 from ..errors import UnsupportedError
 from ..nn.layers import linear_backward, linear_forward
 from ..nn.losses import loss_forward
 from ..nn.stack import cell_params, ops_of, stack_backward, stack_forward
-from ..registry import call, cell_kernels
+from ..registry import call, cell_kernels, get_kernel
 
 #: The chunk size on a backend when none is given (bench/online_chunk.py measured the time per step against C; the
 #: README states the measurement). On NumPy the default is 1, the textbook step loop.
@@ -67,7 +77,8 @@ TBPTT_WINDOW = 16
 
 class ArraySource(NamedTuple):
     """A whole sequence in memory, read chunk by chunk: x (T, B, I), its target y and mask (the model's loss
-    conventions, refimpl/nn/losses.py); a pooled model's per-sequence target is handed whole to every chunk."""
+    conventions, refimpl/nn/losses.py); a pooled model's per-sequence target is handed whole to every chunk. The
+    arrays are NumPy's or a backend's (all the same kind: source_of)."""
     x: np.ndarray
     y: np.ndarray
     mask: np.ndarray | None
@@ -83,8 +94,8 @@ class ArraySource(NamedTuple):
 
     def chunk(self, t0: int, t1: int):
         """(x (t1−t0, B, I), y of those steps (or the whole per-sequence y), mask of those steps or None)."""
-        mask = None if self.mask is None else np.asarray(self.mask)[t0:t1]
-        return self.x[t0:t1], (self.y[t0:t1] if self.per_step else self.y), mask
+        mask = None if self.mask is None else self.mask[t0:t1, ...]
+        return self.x[t0:t1, ...], (self.y[t0:t1, ...] if self.per_step else self.y), mask
 
 
 def check_stream(model, source) -> None:
@@ -119,19 +130,23 @@ def chunk_bounds(T: int, chunk: int, every: int | None = None):
 # Who runs a layer's sweep over a chunk
 
 class Sweeps(NamedTuple):
-    """A layer's sweeps over one chunk with its carry: the reference functions on NumPy, the kernels on a backend."""
+    """A layer's sweeps over one chunk with its carry: the reference functions on NumPy, the kernels on a backend —
+    converting NumPy at each call, or with device=True the raw kernels on the backend's arrays (no conversion)."""
     backend: str = "numpy"
     carrier: str = "float64"
     warmup: str = "direct"
+    device: bool = False
 
     def _kernel(self, op: str, cell, params, x, dh, state0, carry, **extra) -> dict:
-        return call(f"{cell.name}.{op}", self.backend, params, x, dh=dh, carry=carry, **{cell.state_arg: state0},
-                    **cell.step_options, **extra)
+        name, args = f"{cell.name}.{op}", {cell.state_arg: state0, **cell.step_options, **extra}
+        if self.device:
+            return get_kernel(name, self.backend)(params, x, dh=dh, carry=carry, **args)
+        return call(name, self.backend, params, x, dh=dh, carry=carry, **args)
 
     def rule(self, rule: str, cell, params, x, dh, state0, carry, carry_out: bool = True):
         """An RTRL-family rule: (grads {param}, carry). carry_out=False at a stream's last chunk: no carry is built
         (None), the grads are the same."""
-        if self.backend == "numpy":
+        if self.backend == "numpy" and not self.device:
             grads, _, carry = rtrl.sweep(rule, cell, params, x, dh, state0, carry, carry_out=carry_out)
             return grads, carry
         out = self._kernel(rule, cell, params, x, dh, state0, carry, carry_out=carry_out)
@@ -157,11 +172,11 @@ WARMUP_KERNELS = {"direct": "fptt_warmup", "shooting": "fptt_shooting"}
 
 
 def sweeps_for(kernels, carrier: str = "float64", warmup: str = "direct") -> Sweeps:
-    """The Sweeps of a backend's CellKernels; a backend's FPTT kernels carry float64 only."""
+    """The Sweeps of a backend's CellKernels (raw ones: device); a backend's FPTT kernels carry float64 only."""
     if kernels.backend != "numpy" and carrier != "float64":
         raise UnsupportedError(f"carrier={carrier!r}: the backend FPTT kernels carry their errors in float64; use "
                                f"backend 'numpy' for other carriers")
-    return Sweeps(kernels.backend, carrier, fptt.check_warmup(warmup))
+    return Sweeps(kernels.backend, carrier, fptt.check_warmup(warmup), bool(getattr(kernels, "device", False)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -174,45 +189,58 @@ def forward_chunk(model, params, kernels, x, states):
     def run_cell(l, cell_params, a):
         c = model.cells[l]
         h, cache = kernels.forward(cell_params, a, states[l], **c.step_options)
-        new_states[l] = map_state(np.copy, c.final_state(cache))    # a copy: the chunk's cache is not kept alive
+        new_states[l] = map_state(_copy, c.final_state(cache))      # a copy: the chunk's cache is not kept alive
         return h, cache
 
     u, cache = stack_forward(model, params, x, run_cell, ops_of(kernels))
     return u, cache, new_states
 
 
+def _copy(a):
+    """A copy of an array that owns its memory (NumPy, CuPy); an MLX array as it is (immutable)."""
+    return np.copy(a) if isinstance(a, np.ndarray) else namespace(a).asarray(a, copy=True)
+
+
+def zero_states(model, batch: int, xp=np):
+    """Every layer's initial state (zeros), in the namespace xp (NumPy's by default)."""
+    states = [c.zero_state(batch) for c in model.cells]
+    if is_numpy(xp):
+        return states
+    return [map_state(lambda a: xp.zeros(a.shape, dtype=dtype_of(xp, a.dtype)), s) for s in states]
+
+
 class ChunkHead(NamedTuple):
     """(2) over one chunk."""
     run_sum: np.ndarray | None      # Σ_{τ < t1} u^L_τ for cumulative_mean (else None)
-    loss: float                     # Σ of the chunk's l_t
+    loss: float                     # Σ of the chunk's l_t (a float on NumPy; a 0-d array of a device, not read)
     readout: dict | None            # the readout's gradient over the chunk; None where no step has a loss
     du: np.ndarray                  # ū^L (C, B, d_L): zero where a step has no loss
 
 
 def head_chunk(model, params, u, t0: int, T: int, y, loss: str, mask, run_sum) -> ChunkHead:
     """(2) for the steps [t0, t0 + C) of a stream of T steps: y and mask are the chunk's (a pooled model's y whole)."""
-    C = u.shape[0]
+    C, xp = u.shape[0], namespace(u)
     if model.pooling == "cumulative_mean":
-        sums = np.cumsum(u, axis=0) if run_sum is None else run_sum + np.cumsum(u, axis=0)
-        run_sum = sums[-1]
-        p = sums / np.arange(t0 + 1, t0 + C + 1, dtype=u.dtype).reshape((C,) + (1,) * (u.ndim - 1))   # keeps float32
+        sums = xp.cumulative_sum(u, axis=0) if run_sum is None else run_sum + xp.cumulative_sum(u, axis=0)
+        run_sum = sums[-1, ...]
+        p = sums / xp.reshape(xp.arange(t0 + 1, t0 + C + 1, dtype=u.dtype), (C,) + (1,) * (u.ndim - 1))  # float32
     else:
         p = u
     W, b = params["readout.weight"], params["readout.bias"]
     if model.pooling == "last":                                  # one loss, at the stream's last step
         if t0 + C < T:
-            return ChunkHead(run_sum, 0.0, None, np.zeros_like(u))
-        out, head = linear_forward(p[-1], W, b)
+            return ChunkHead(run_sum, 0.0, None, xp.zeros_like(u))
+        out, head = linear_forward(p[-1, ...], W, b)
         value, dout = loss_forward(loss, out, y, None)
         g = linear_backward(dout, head)
-        du = np.zeros_like(u)
-        du[-1] = g["x"]
+        du = xp.concat([xp.zeros_like(u[:-1, ...]), xp.expand_dims(g["x"], axis=0)], axis=0)   # ū only at the last step
     else:
         out, head = linear_forward(p, W, b)
         value, dout = loss_forward(loss, out, y, mask)
         g = linear_backward(dout, head)
         du = g["x"]                                              # straight-through for cumulative_mean
-    return ChunkHead(run_sum, float(value), {"weight": g["weight"], "bias": g["bias"]}, du)
+    value = float(value) if is_numpy(xp) else value                  # a device's loss stays there (no host read)
+    return ChunkHead(run_sum, value, {"weight": g["weight"], "bias": g["bias"]}, du)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -224,8 +252,9 @@ def run_stream(model, params, source, loss, kernels, make_adjoint: Callable, *, 
     chunk (it keeps its own carries; last: whether the chunk ends the stream, after which no carry is needed).
     Returns (Σ loss, the gradient since the last update, x̄ (T, B, I) or None)."""
     T, B = source.length, source.batch
-    states = [c.zero_state(B) for c in model.cells]
-    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    xp = namespace(*params.values())
+    states = zero_states(model, B, xp)
+    grads = {k: xp.zeros_like(v) for k, v in params.items()}
     run_sum, total, since, dx_all = None, 0.0, 0.0, None
     for t0, t1 in chunk_bounds(T, chunk, update_every):
         x, y, mask = source.chunk(t0, t1)
@@ -244,14 +273,15 @@ def run_stream(model, params, source, loss, kernels, make_adjoint: Callable, *, 
         states = new_states
         if update_every is not None and t1 % update_every == 0 and t1 < T:                         # (4) update
             params = on_update(grads, t1, since)
-            grads, since = {k: np.zeros_like(v) for k, v in params.items()}, 0.0
+            grads, since = {k: xp.zeros_like(v) for k, v in params.items()}, 0.0
     return total, grads, dx_all
 
 
 def _as_steps(cell, dh, cache):
     """A chunk's cache and adjoint dh (C, B, H) as C·B independent steps: (the step adjoint, the step cache)."""
-    flat = type(cache)(*(f.reshape((-1,) + f.shape[2:]) for f in cache))
-    return cell.adjoint_from_h(dh.reshape((-1,) + dh.shape[2:])), flat
+    xp = namespace(dh)
+    flat = type(cache)(*(xp.reshape(f, (-1,) + tuple(f.shape[2:])) for f in cache))
+    return cell.adjoint_from_h(xp.reshape(dh, (-1,) + tuple(dh.shape[2:]))), flat
 
 
 def immediate_backward(cell, params, dh, cache) -> tuple[dict, np.ndarray]:
@@ -264,7 +294,7 @@ def immediate_backward(cell, params, dh, cache) -> tuple[dict, np.ndarray]:
 def immediate_input_backward(cell, params, dh, cache) -> np.ndarray:
     """x̄ (C, B, I) of immediate_backward alone (the cell's step_input_backward: no parameter adjoints)."""
     dx = cell.module.step_input_backward(params, *_as_steps(cell, dh, cache), **cell.step_options)
-    return dx.reshape(dh.shape[:2] + (-1,))
+    return namespace(dx).reshape(dx, tuple(dh.shape[:2]) + (-1,))
 
 
 def held_adjoint(model):
@@ -460,9 +490,11 @@ def check_supported(model, mask) -> None:
 
 
 def source_of(model, x, y, mask):
-    """An ArraySource for a sequence in memory; a stream (anything with length, batch and chunk(t0, t1)) as it is."""
-    if isinstance(x, np.ndarray):
+    """An ArraySource for a sequence in memory (NumPy's arrays or a backend's); a stream (anything with length, batch
+    and chunk(t0, t1)) as it is."""
+    if isinstance(x, np.ndarray) or not hasattr(x, "chunk"):
         check_supported(model, mask)
+        mask = np.asarray(mask) if isinstance(x, np.ndarray) and mask is not None else mask
         return ArraySource(x, y, mask, model.per_step)
     check_stream(model, x)
     return x

@@ -52,6 +52,7 @@ from types import ModuleType
 
 import numpy as np
 
+from ..arrays import namespace
 from ..checks import positive_int, resolve_dtype
 from ..errors import UnknownNameError
 from . import gru, lru, lstm, rnn
@@ -159,7 +160,7 @@ class Cell:
     def final_state(self, cache):
         """The state after the last step of a sequence forward, from its stacked cache (the cache fields named like
         the state's parts: h, and the lstm's c) — where a chunk of a stream hands its state to the next."""
-        return self.state_from_parts(*(getattr(cache, key[:-1])[-1] for key in self.grad_state_keys))
+        return self.state_from_parts(*(getattr(cache, key[:-1])[-1, ...] for key in self.grad_state_keys))
 
     def zeros_like_state(self, state):
         """A zero state (adjoint) of the same type, shapes and dtypes as `state`."""
@@ -167,8 +168,9 @@ class Cell:
 
     def adjoint_from_h(self, dh: np.ndarray):
         """The state adjoint that carries dh (…, H) on h and zero on the rest of the state: dh, or the lstm's (dh, 0)
-        (for the algorithms that form an adjoint from h̄ alone)."""
-        return self.add_to_h(self.unflatten_state(np.zeros(dh.shape[:-1] + (self.state_size,), dh.dtype)), dh)
+        (for the algorithms that form an adjoint from h̄ alone), in dh's array namespace (refimpl/arrays.py)."""
+        zeros = namespace(dh).zeros(dh.shape[:-1] + (self.state_size,), dtype=dh.dtype)
+        return self.add_to_h(self.unflatten_state(zeros), dh)
 
     @property
     def step_options(self) -> dict:

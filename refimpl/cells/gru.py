@@ -47,6 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..arrays import namespace
 from .common import random_real_state, sequence_backward, sequence_forward, sigmoid, uniform_init
 from .common import add_to_h, flatten_state, state_h, unflatten_state  # noqa: F401 (the state contract: state = h)
 from .common import state_from_parts  # noqa: F401 (the state contract: state = h)
@@ -134,7 +135,8 @@ def step_backward(params: dict, dh_total: np.ndarray, cache: GRUCache):
 
 
 def _gate_adjoints(dh_total: np.ndarray, c: GRUCache):
-    """(ḡ_ih, ḡ_hh) (B, 3H) of eqs. (6)–(10) for the total adjoint h̄_t."""
+    """(ḡ_ih, ḡ_hh) (B, 3H) of eqs. (6)–(10) for the total adjoint h̄_t (array-API code, refimpl/arrays.py)."""
+    xp = namespace(dh_total)
     dn = dh_total * (1.0 - c.z)                                    # (6)  (B, H)
     dz = dh_total * (c.h_prev - c.n)                               # (6)  (B, H)
     da_n = dn * (1.0 - c.n * c.n)                                  # (7)  (B, H)
@@ -142,13 +144,14 @@ def _gate_adjoints(dh_total: np.ndarray, c: GRUCache):
     dhn = da_n * c.r                                               # (8)  (B, H)
     da_z = dz * c.z * (1.0 - c.z)                                  # (9)  (B, H)
     da_r = dr * c.r * (1.0 - c.r)                                  # (9)  (B, H)
-    dg_ih = np.concatenate([da_r, da_z, da_n], axis=-1)            # (10) (B, 3H)
-    dg_hh = np.concatenate([da_r, da_z, dhn], axis=-1)             # (10) (B, 3H)
+    dg_ih = xp.concat([da_r, da_z, da_n], axis=-1)                 # (10) (B, 3H)
+    dg_hh = xp.concat([da_r, da_z, dhn], axis=-1)                  # (10) (B, 3H)
     return dg_ih, dg_hh
 
 
 def step_input_backward(params: dict, dh_total: np.ndarray, cache: GRUCache):
-    """x̄_t (B, I) alone, eqs. (6)–(11): step_backward without the parameter and h_{t-1} adjoints."""
+    """x̄_t (B, I) alone, eqs. (6)–(11): step_backward without the parameter and h_{t-1} adjoints. Array-API code
+    (refimpl/arrays.py): the online rules' device step runs it on a backend's arrays (refimpl/training/device.py)."""
     return _gate_adjoints(dh_total, cache)[0] @ params["weight_ih"]                          # (11)
 
 

@@ -62,6 +62,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..arrays import namespace
 from ..errors import ShapeError, UnknownNameError, UnsupportedError
 from .common import sequence_backward, sequence_forward
 from .common import add_to_h, flatten_state, state_h, unflatten_state  # noqa: F401 (the state contract: state = h)
@@ -165,9 +166,10 @@ def zero_state(batch: int, n_hidden: int, dtype) -> np.ndarray:
 
 
 def lambda_gamma(params: dict) -> tuple[np.ndarray, np.ndarray]:
-    """λ c(N) and γ r(N) of eq. (1)."""
-    lam = np.exp(-np.exp(params["nu_log"]) + 1j * np.exp(params["theta_log"]))     # (1)  c(N)
-    gamma = np.exp(params["gamma_log"])                                              # (1)  r(N)
+    """λ c(N) and γ r(N) of eq. (1) (array-API code, refimpl/arrays.py)."""
+    xp = namespace(params["nu_log"])
+    lam = xp.exp(-xp.exp(params["nu_log"]) + 1j * xp.exp(params["theta_log"]))     # (1)  c(N)
+    gamma = xp.exp(params["gamma_log"])                                              # (1)  r(N)
     return lam, gamma
 
 
@@ -202,9 +204,11 @@ def step_backward(params: dict, dh_total: np.ndarray, cache: LRUCache):
 
 
 def step_input_backward(params: dict, dh_total: np.ndarray, cache: LRUCache):
-    """x̄_t r(B, I) alone, eqs. (5)–(6): step_backward without the parameter and h_{t-1} adjoints."""
+    """x̄_t r(B, I) alone, eqs. (5)–(6): step_backward without the parameter and h_{t-1} adjoints. Array-API code
+    (refimpl/arrays.py): the online rules' device step runs it on a backend's arrays (refimpl/training/device.py)."""
+    xp = namespace(dh_total)
     _, gamma = lambda_gamma(params)
-    return np.real((gamma * dh_total) @ np.conj(_b_matrix(params)))                  # (6)  r(B, I)
+    return xp.real((gamma * dh_total) @ xp.conj(_b_matrix(params)))                  # (6)  r(B, I)
 
 
 def state_jacobian(params: dict, x_t: np.ndarray, h_prev: np.ndarray) -> np.ndarray:

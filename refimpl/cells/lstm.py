@@ -55,6 +55,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..arrays import namespace
 from .common import random_real_state, sequence_backward, sequence_forward, sigmoid, uniform_init
 
 OPTIONS: dict = {}
@@ -149,23 +150,26 @@ def step_backward(params: dict, dstate_next: LSTMState, cache: LSTMCache):
 
 
 def _gate_adjoints(dstate_next: LSTMState, k: LSTMCache):
-    """(ā (B, 4H), c̄_{t-1} (B, H)) of eqs. (5)–(8) for the total adjoints (h̄_t, c̄_t)."""
+    """(ā (B, 4H), c̄_{t-1} (B, H)) of eqs. (5)–(8) for the total adjoints (h̄_t, c̄_t) (array-API code,
+    refimpl/arrays.py)."""
     dh, dc = dstate_next
+    xp = namespace(dh)
     do = dh * k.tanh_c                                             # (5)  (B, H)
     dc_hat = dc + dh * k.o * (1.0 - k.tanh_c * k.tanh_c)           # (6)  both paths into c_t  (B, H)
     df = dc_hat * k.c_prev                                         # (7)
     di = dc_hat * k.g                                              # (7)
     dg = dc_hat * k.i                                              # (7)
     dc_prev = dc_hat * k.f                                         # (7)  (B, H)
-    da = np.concatenate([di * k.i * (1.0 - k.i),                   # (8)  ā_i
-                         df * k.f * (1.0 - k.f),                   # (8)  ā_f
-                         dg * (1.0 - k.g * k.g),                   # (8)  ā_g
-                         do * k.o * (1.0 - k.o)], axis=-1)         # (8)  ā_o   → ā (B, 4H)
+    da = xp.concat([di * k.i * (1.0 - k.i),                        # (8)  ā_i
+                    df * k.f * (1.0 - k.f),                        # (8)  ā_f
+                    dg * (1.0 - k.g * k.g),                        # (8)  ā_g
+                    do * k.o * (1.0 - k.o)], axis=-1)              # (8)  ā_o   → ā (B, 4H)
     return da, dc_prev
 
 
 def step_input_backward(params: dict, dstate_next: LSTMState, cache: LSTMCache):
-    """x̄_t (B, I) alone, eqs. (5)–(10): step_backward without the parameter and state adjoints."""
+    """x̄_t (B, I) alone, eqs. (5)–(10): step_backward without the parameter and state adjoints. Array-API code
+    (refimpl/arrays.py): the online rules' device step runs it on a backend's arrays (refimpl/training/device.py)."""
     return _gate_adjoints(dstate_next, cache)[0] @ params["weight_ih"]                       # (10)
 
 

@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..arrays import namespace
 from .common import random_real_state, sequence_backward, sequence_forward, uniform_init
 from .common import add_to_h, flatten_state, state_h, unflatten_state  # noqa: F401 (the state contract: state = h)
 from .common import state_from_parts  # noqa: F401 (the state contract: state = h)
@@ -70,8 +71,8 @@ def zero_state(batch: int, n_hidden: int, dtype) -> np.ndarray:
 
 
 def _dphi(h: np.ndarray, nonlinearity: str) -> np.ndarray:
-    """φ'(a) written through h = φ(a)."""
-    return 1.0 - h * h if nonlinearity == "tanh" else np.ones_like(h)
+    """φ'(a) written through h = φ(a) (array-API code: also on a backend's arrays, refimpl/arrays.py)."""
+    return 1.0 - h * h if nonlinearity == "tanh" else namespace(h).ones_like(h)
 
 
 def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray, nonlinearity: str = "tanh"):
@@ -92,7 +93,8 @@ def step_backward(params: dict, dh_total: np.ndarray, cache: RNNCache, nonlinear
 
 
 def step_input_backward(params: dict, dh_total: np.ndarray, cache: RNNCache, nonlinearity: str = "tanh"):
-    """x̄_t (B, I) alone, eqs. (3) and (5): step_backward without the parameter and h_{t-1} adjoints."""
+    """x̄_t (B, I) alone, eqs. (3) and (5): step_backward without the parameter and h_{t-1} adjoints. Array-API code
+    (refimpl/arrays.py): the online rules' device step runs it on a backend's arrays (refimpl/training/device.py)."""
     return (dh_total * _dphi(cache.h, nonlinearity)) @ params["weight_ih"]                     # (3), (5)
 
 

@@ -1,4 +1,5 @@
-"""The whole training step in a backend's arrays: forward, loss, BPTT and the optimizer update, nothing on the host.
+"""The whole training step in a backend's arrays: forward, loss, gradient (BPTT or an online rule) and the optimizer
+update, nothing on the host.
 
 Only the recurrent loops are kernels (DESIGN.md §6); the rest of a step — the layers, the loss, the optimizer — is the
 array code of refimpl/nn/layers.py, refimpl/nn/losses.py and refimpl/optim.py, written once against the array API
@@ -29,6 +30,21 @@ for a skipped, non-finite step) and `to_host` (checkpoints). The crossings are c
 
 On `numpy` this is exactly the reference: the same functions, `optim.step` raising NumericalError on a non-finite
 gradient norm before any update.
+
+The online rules. With algorithm = online, snap1, truncated, spatial, cec (the lstm's) or rtrl where it is per-layer
+(one layer, no encoder, no norm: refimpl/algorithms/online.py) the gradient line of the step is the chunked driver
+(refimpl/algorithms/chunked.py per_layer_grads) in place of BPTT, in the same arrays: chunks of C steps (option chunk;
+1 on numpy, min(256, T) on a backend), per chunk the stack forward by the raw cell kernels from the states the chunk
+before handed on, the head and the loss, and down the stack per layer the immediate x̄ (the cell's
+step_input_backward, array-API code) and the rule's carried sweep (the raw kernel `<cell>.<rule>`, its traces carried
+on the device from chunk to chunk). The loss is summed on the device; nothing is read on the host inside a step.
+tbptt runs the same driver with the cell's raw BPTT kernel inside each window (option window=k, default min(16, T)).
+
+    step = DeviceStep(model, opt, backend, loss, algorithm="online", chunk=C)
+
+What is not on this path is refused at construction with the fix (UnsupportedError): fptt and fptt1 (their driver
+reads its carries on the host for the residual check; train them without the device path, api.model_grads), dfa,
+drtp, readout, whole-stack rtrl, and pooling 'mean' for a rule or tbptt (not memoryless).
 """
 
 from __future__ import annotations
@@ -36,19 +52,47 @@ from __future__ import annotations
 import numpy as np
 
 from .. import optim
+from ..algorithms import get_algorithm, rtrl
+from ..algorithms.chunked import check_supported, per_layer_grads, tbptt_model_grads
+from ..algorithms.online import whole_stack_differs
 from ..arrays import is_numpy, namespace
-from ..errors import NumericalError
+from ..errors import NumericalError, UnsupportedError
 from ..nn.losses import loss_forward, resolve_loss
 from ..nn.model import backward, forward
 from ..registry import cell_kernels, to_device, to_host
 
+#: The algorithms whose whole step runs here: bptt, the RTRL family's per-layer rules (rtrl.LAYER_RULE), tbptt.
+DEVICE_ALGORITHMS = ("bptt",) + tuple(rtrl.LAYER_RULE) + ("tbptt",)
+
+
+def check_device_algorithm(model, algorithm: str) -> None:
+    """Refuse, with the fix, an algorithm (or model) whose whole step does not run in a backend's arrays here."""
+    get_algorithm(algorithm, "model")                        # an unknown name: UnknownNameError with the names
+    if algorithm not in DEVICE_ALGORITHMS:
+        raise UnsupportedError(f"algorithm {algorithm!r} has no whole step in a backend's arrays (the device path "
+                               f"runs {', '.join(DEVICE_ALGORITHMS)}); run it through refimpl.model_grads, whose "
+                               f"kernels run on the backend and the rest on the host, or use backend numpy/numba")
+    if algorithm == "bptt":
+        return
+    if algorithm == "rtrl" and whole_stack_differs(model):
+        raise UnsupportedError(f"whole-stack rtrl ({model.layers} layer(s), encoder={model.encoder}, "
+                               f"norm={model.norm}) has no backend kernel: use algorithm 'online' (per-layer RTRL, "
+                               f"exact at the top) on the device, or backend 'numpy' for whole-stack rtrl")
+    for c in model.cells if algorithm in rtrl.LAYER_RULE else ():
+        rtrl.check_rule(rtrl.LAYER_RULE[algorithm], c)       # cec on a cell without a cell state
+    check_supported(model, None)                             # pooling 'mean' is not memoryless
+
 
 class DeviceStep:
-    """One BPTT training step of `model` with the optimizer `opt` on `backend`, in the backend's arrays (module doc)."""
+    """One training step of `model` (BPTT, or a per-layer online rule: `algorithm`) with the optimizer `opt` on
+    `backend`, in the backend's arrays (module doc). options: the rule's chunk=C, tbptt's window=k."""
 
-    def __init__(self, model, opt: optim.OptimConfig, backend: str = "numpy", loss: str = "mse"):
-        self.model, self.opt, self.loss, self.backend = model, opt, loss, backend
+    def __init__(self, model, opt: optim.OptimConfig, backend: str = "numpy", loss: str = "mse",
+                 algorithm: str = "bptt", **options):
+        self.model, self.opt, self.loss, self.backend, self.algorithm = model, opt, loss, backend, algorithm
         resolve_loss(loss)                                   # an unknown loss is refused here, before any work
+        check_device_algorithm(model, algorithm)
+        self.options = get_algorithm(algorithm).check_options(options)
         self.kernels = cell_kernels(model.cell, backend, model.dtype.name, device=True)   # refuses a backend not here
 
     # ---------------------------------------------------------------------------------------------- the boundary
@@ -78,10 +122,7 @@ class DeviceStep:
     # ---------------------------------------------------------------------------------------------- the step
     def __call__(self, params: dict, state: dict, x, y, mask=None):
         """One step → (new params, new state, the loss (0-d), finite (0-d bool)), all in the backend's arrays."""
-        model = self.model
-        out, cache = forward(model, params, x, self.kernels, mask=mask)
-        value, dout = loss_forward(self.loss, out, y, mask if model.per_step else None)          # (38), (39)
-        grads = backward(model, params, dout, cache, self.kernels)                               # (54)–(61)
+        value, grads = self.grads(params, x, y, mask)
         new_params, new_state, info = optim.step(params, grads, state, self.opt)                 # (1)–(14)
         self.last_norm = info["grad_norm"]                   # ‖g‖ before clipping, on the device (for logging)
         xp = namespace(value)
@@ -90,6 +131,19 @@ class DeviceStep:
             new_params = {k: xp.where(finite, new_params[k], params[k]) for k in params}
             new_state = {k: v if k == "step" else xp.where(finite, v, state[k]) for k, v in new_state.items()}
         return new_params, new_state, value, finite
+
+    def grads(self, params: dict, x, y, mask=None):
+        """(the loss, {parameter: gradient}) of the batch, in the backend's arrays: BPTT, or the online rule."""
+        model = self.model
+        if self.algorithm == "tbptt":                        # the chunked driver in these arrays (module doc)
+            return tbptt_model_grads(model, params, x, y, self.loss, mask, kernels=self.kernels,
+                                     window=self.options.get("window"))
+        if self.algorithm != "bptt":
+            return per_layer_grads(model, params, x, y, self.loss, mask, rule=rtrl.LAYER_RULE[self.algorithm],
+                                   kernels=self.kernels, chunk=self.options.get("chunk"))
+        out, cache = forward(model, params, x, self.kernels, mask=mask)
+        value, dout = loss_forward(self.loss, out, y, mask if model.per_step else None)          # (38), (39)
+        return value, backward(model, params, dout, cache, self.kernels)                         # (54)–(61)
 
     def report(self, value, finite) -> float:
         """The loss as a Python float (two device → host crossings: call it at logging points only); NumericalError

@@ -23,7 +23,7 @@ The run options that reach the algorithm (`check_online`, before any work):
     --dropout p        training_model: the step's model carries its dropout masks (refimpl/nn/model.py), drawn from
                        np.random.default_rng([seed, DROPOUT_STREAM, step]) for the whole batch (micro-batches take
                        their examples' rows), so every algorithm sees the same ones; evaluation uses the model without
-                       masks. Refused where bptt runs the whole step on mlx/cupy (on_device), on streams, static tasks.
+                       masks. Refused where the whole step runs on mlx/cupy (on_device), on streams, static tasks.
     static     an equilibrium-propagation network (refimpl/ep/networks.py, or the convolutional one of
                refimpl/ep/conv.py) trained by `ep` or by `bptt` through the same dynamics
 
@@ -56,7 +56,7 @@ from ..nn.losses import loss_forward
 from ..nn.model import check_inputs, dropout_masks, forward, with_dropout
 from ..registry import cell_kernels, ep_kernels, load_backend
 from .config import EP_SETTINGS, TrainConfig, check_freeze
-from .device import DeviceStep
+from .device import DEVICE_ALGORITHMS, DeviceStep
 
 #: The algorithms that train a static task's EP network.
 STATIC_ALGORITHMS = ("ep", "bptt")
@@ -64,8 +64,8 @@ STATIC_ALGORITHMS = ("ep", "bptt")
 
 class Problem(NamedTuple):
     """What the loop needs, whatever the network (see module doc). `device`: a DeviceStep when the whole step runs in
-    a backend's arrays (bptt on mlx or cupy: refimpl/training/device.py), with `batch(idx) -> (x, y, mask)` on the
-    host; the loop then uses those instead of `grads`."""
+    a backend's arrays (bptt or an online rule on mlx or cupy: refimpl/training/device.py, on_device), with
+    `batch(idx) -> (x, y, mask)` on the host; the loop then uses those instead of `grads`."""
     task: object
     params: dict
     grads: Callable
@@ -172,8 +172,9 @@ def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Probl
     kernels = cell_kernels(model.cell, config.backend, model.dtype)
     algo = get_algorithm(config.algorithm, "model")
     if config.dropout and on_device(config):
-        raise UnsupportedError(f"--dropout on backend {config.backend!r}: bptt there runs the whole step in the "
-                               f"backend's arrays, which has no dropout; use --backend numpy or numba, or --dropout 0")
+        raise UnsupportedError(f"--dropout on backend {config.backend!r}: {config.algorithm} there runs the whole step "
+                               f"in the backend's arrays, which has no dropout; use --backend numpy or numba, or "
+                               f"--dropout 0")
 
     def one_batch(params, idx, step_model=model):
         x, y, mask = batch_targets(task, model, task.train, idx)
@@ -200,7 +201,7 @@ def sequence_problem(config: TrainConfig, task, opt: optim.OptimConfig) -> Probl
 
     device = batch = None
     if on_device(config):
-        device = DeviceStep(model, opt, config.backend, task.loss)
+        device = DeviceStep(model, opt, config.backend, task.loss, config.algorithm, **options)
 
         def batch(idx):
             return batch_targets(task, model, task.train, idx)
@@ -225,10 +226,12 @@ def training_model(config: TrainConfig, model, batch: int, opt_state):
 
 
 def on_device(config: TrainConfig) -> bool:
-    """Whether the run's whole step runs in the backend's arrays: bptt (no micro-batches, no update inside the
-    sequence) on a backend whose arrays are not NumPy's (registry.Backend.on_host False: mlx, cupy). The other
-    algorithms run their cells on the backend and the rest on the host (refimpl/algorithms/chunked.py)."""
-    return (config.algorithm == "bptt" and not config.micro_batch and not config.update_every
+    """Whether the run's whole step runs in the backend's arrays: bptt, an RTRL-family rule or tbptt (DEVICE_ALGORITHMS;
+    no micro-batches, no update inside the sequence) on a backend whose arrays are not NumPy's
+    (registry.Backend.on_host False: mlx, cupy); DeviceStep refuses, with the fix, a model the rule cannot train
+    (whole-stack rtrl, pooling 'mean'). The other algorithms (fptt, fptt1, dfa, drtp, readout) run their cells on the
+    backend and the rest on the host (refimpl/algorithms/chunked.py)."""
+    return (config.algorithm in DEVICE_ALGORITHMS and not config.micro_batch and not config.update_every
             and not load_backend(config.backend).on_host)
 
 
