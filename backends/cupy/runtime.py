@@ -717,31 +717,27 @@ class EmulatedDevice:
         full = {a.name: (v, got) for a, v, got in whole if a.out}
         for bit in range(int(n - 1).bit_length()):
             idx = np.arange(n, dtype=np.int64)
-            halves = [idx[((idx >> bit) & 1) == side] for side in (0, 1)]
-            written = {name: [] for name in full}
-            for side, threads in enumerate(halves):
-                for a, v, got in self._run(fn, decl, checked, dtype, n, threads, padded=True):
-                    if not a.out:
-                        continue
-                    before = v.reshape(-1) if a.reads else None
-                    mask = _written(got, before)
-                    written[a.name].append(mask)
-                    ref = full[a.name][1]
-                    bad = np.flatnonzero(mask & ~_same(got, ref))
-                    if bad.size:
-                        raise RuntimeError(f"{where}: with only the threads whose idx has bit {bit} = {side}, entry "
-                                           f"{int(bad[0])} of {a.name} is {got[bad[0]]!r}, with all threads "
-                                           f"{ref[bad[0]]!r}: a thread reads what another thread writes (their order "
-                                           f"on the device is undefined); keep each thread on its own entries")
-            for name, (m0, m1) in written.items():
-                v, ref = full[name]
-                both = np.flatnonzero(m0 & m1)
+            halves = [self._run(fn, decl, checked, dtype, n, idx[((idx >> bit) & 1) == side], padded=True)
+                      for side in (0, 1)]
+            for name, (v, ref) in full.items():
+                arg = decl.args[[a.name for a in decl.args].index(name)]
+                before = v.reshape(-1) if arg.reads else None
+                got = [next(g for a, _, g in half if a.name == name) for half in halves]
+                masks = [_written(g, before) for g in got]
+                both = np.flatnonzero(masks[0] & masks[1])
                 if both.size:
                     raise RuntimeError(f"{where}: entry {int(both[0])} of {name} is written by a thread whose idx has "
                                        f"bit {bit} = 0 and by one with bit {bit} = 1: two threads write one location "
                                        f"(a race on the device); give every output entry one owning thread")
-                arg = decl.args[[a.name for a in decl.args].index(name)]
-                lost = np.flatnonzero(_written(ref, v.reshape(-1) if arg.reads else None) & ~(m0 | m1))
+                for side in (0, 1):
+                    bad = np.flatnonzero(masks[side] & ~_same(got[side], ref))
+                    if bad.size:
+                        e = int(bad[0])
+                        raise RuntimeError(f"{where}: with only the threads whose idx has bit {bit} = {side}, entry "
+                                           f"{e} of {name} is {complex(got[side][e])}, with all threads "
+                                           f"{complex(ref[e])}: a thread reads what another thread writes (their "
+                                           f"order on the device is undefined); keep each thread on its own entries")
+                lost = np.flatnonzero(_written(ref, before) & ~(masks[0] | masks[1]))
                 if lost.size:
                     raise RuntimeError(f"{where}: entry {int(lost[0])} of {name} is written when all threads run but "
                                        f"by neither half of the split by bit {bit} alone: a thread's write depends on "
