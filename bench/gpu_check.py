@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -71,19 +72,20 @@ CARRIED_OPS = ("rtrl", "snap1", "truncated", "spatial", "cec", "fptt1", "fptt_wa
 # ------------------------------------------------------------------------------------------------------ the contender
 
 def contender(rehearse: bool):
-    """(backend, device) the CuPy kernels run on, or (None, why not): CuPy on the CUDA device, every launch recorded;
-    with `rehearse` and no device, the CPU emulation of the same kernels (registered as backend "cupy-emulation")."""
+    """(backend, device) the CuPy kernels run on, or (None, why not): CuPy on the CUDA device, or with `rehearse` and
+    no device the CPU emulation of the same kernels (registered as backend "cupy-emulation"). The device is a
+    RecordingDevice, recording nothing until its `active` is set (recording costs host time: not while timing)."""
     import backends.cupy as cupy_backend
     from backends.cupy.runtime import CudaDevice, EmulatedDevice, RecordingDevice
     from refimpl import registry
     ok, why = cupy_backend.available()
     if ok:
-        dev = RecordingDevice(CudaDevice())
+        dev = RecordingDevice(CudaDevice(), active=False)
         cupy_backend._DEVICE = dev                           # the registered kernels launch through it
         return registry.load_backend("cupy"), dev
     if not rehearse:
         return None, why
-    dev = RecordingDevice(EmulatedDevice())
+    dev = RecordingDevice(EmulatedDevice(), active=False)
     kernels = {name: _bound(fn, dev) for name, fn in cupy_backend.IMPLEMENTATIONS.items()}
     backend = registry.Backend("cupy-emulation", True, "", kernels)
     registry.BACKENDS["cupy-emulation"] = registry.BackendSpec("cupy-emulation", None, "CuPy's kernels, emulated")
@@ -111,12 +113,13 @@ def _median_interleaved(fns: dict, repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in interleaved_times(fns, repeats).items()}
 
 
-def _inputs(kernel: str, size: dict, seed: int = 0) -> dict:
+def _inputs(kernel: str, size: dict, seed: int = 0, variant: dict | None = None) -> dict:
     import numpy as np
 
     from refimpl.registry import KERNELS
     spec = KERNELS[kernel]
-    return spec.make_inputs(np.random.default_rng(seed), np.dtype(DTYPE), size, **spec.variants[0])
+    return spec.make_inputs(np.random.default_rng(seed), np.dtype(DTYPE), size,
+                            **(spec.variants[0] if variant is None else variant))
 
 
 def _fwd_bwd(b, cell: str, size: dict):
@@ -125,13 +128,13 @@ def _fwd_bwd(b, cell: str, size: dict):
 
     from refimpl.registry import map_arrays
     fwd, bwd = b.kernels[f"{cell}.forward"], b.kernels[f"{cell}.backward"]
-    inputs = _inputs(f"{cell}.forward", size)
-    h_ref = fwd(**inputs)[0]
-    h_ref = b.to_numpy(h_ref) if not isinstance(h_ref, np.ndarray) else h_ref
+    inputs = map_arrays(b.to_backend, _inputs(f"{cell}.forward", size))
+    h = fwd(**inputs)[0]                                   # its shape and dtype, for the output gradient
     rng = np.random.default_rng(1)
-    dh = rng.standard_normal(h_ref.shape) + (1j * rng.standard_normal(h_ref.shape) if np.iscomplexobj(h_ref) else 0)
-    dh = b.to_backend(dh.astype(h_ref.dtype))
-    inputs = map_arrays(b.to_backend, inputs)
+    dh = rng.standard_normal(h.shape)
+    if np.issubdtype(h.dtype, np.complexfloating):
+        dh = dh + 1j * rng.standard_normal(h.shape)
+    dh = b.to_backend(dh.astype(h.dtype))
 
     def run():
         _, cache = fwd(**inputs)
@@ -192,8 +195,20 @@ def part_probe(rehearse: bool, **_) -> dict:
 def _pytest(args: list, junit: Path, timeout: float) -> dict:
     """Run pytest with `args`, its results from the JUnit XML: counts, failures (name: first line), skip reasons."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    out = {"command": " ".join(cmd[1:]), "exit_code": done.returncode, "tail": done.stdout[-2000:]}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    interrupted = False
+    try:
+        stdout, _ = proc.communicate(timeout=max(timeout - 20, 1))
+    except subprocess.TimeoutExpired:                      # Ctrl-C: pytest stops and still writes what ran
+        interrupted = True
+        proc.send_signal(signal.SIGINT)
+        try:
+            stdout, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, _ = proc.communicate()
+    out = {"command": " ".join(cmd[1:]), "exit_code": proc.returncode, "interrupted": interrupted,
+           "tail": (stdout or "")[-2000:]}
     if not junit.exists():
         return {**out, "error": "pytest wrote no JUnit XML"}
     counts = dict(passed=0, failed=0, errors=0, skipped=0)
@@ -286,7 +301,7 @@ def _jax_peer(how: str, size: dict, rehearse: bool):
     import jax
 
     from .peers import jax_lru_fwd_bwd
-    if jax.default_backend() != "gpu" and not rehearse:
+    if jax.default_backend() not in ("gpu", "cuda") and not rehearse:
         raise RuntimeError(f"JAX has no GPU here (its default backend is {jax.default_backend()})")
     return jax_lru_fwd_bwd(size, how)
 
@@ -350,12 +365,12 @@ def part_goals(rehearse: bool, repeats: int = 7, **_) -> dict:
             return {"value": t["rtrl"] / t["bptt"], "rtrl_s": t["rtrl"], "bptt_s": t["bptt"],
                     "detail": f"lru.rtrl {1e3 * t['rtrl']:.3f} ms, lru fwd+bwd {1e3 * t['bptt']:.3f} ms"}
         attempt("lru_rtrl_vs_bptt", rtrl_vs_bptt)
-    return {"goals": goals, "peers": peers, "launches": launch_summary(dev)}
+    return {"goals": goals, "peers": peers}
 
 
-def _device_inputs(b, kernel: str, size: dict) -> dict:
+def _device_inputs(b, kernel: str, size: dict, variant: dict | None = None) -> dict:
     from refimpl.registry import map_arrays
-    return map_arrays(b.to_backend, _inputs(kernel, size))
+    return map_arrays(b.to_backend, _inputs(kernel, size, variant=variant))
 
 
 def part_carried(rehearse: bool, repeats: int = 5, kernels: str = "", **_) -> dict:
@@ -393,7 +408,7 @@ def part_carried(rehearse: bool, repeats: int = 5, kernels: str = "", **_) -> di
         except Exception as e:                           # noqa: BLE001 — recorded, the next kernel still runs
             row["error"] = f"{type(e).__name__}: {e}"[:500]
         rows.append(row)
-    return {"rows": rows, "launches": launch_summary(dev)}
+    return {"rows": rows}
 
 
 def part_kernels(rehearse: bool, outdir: Path, repeats: int = 5, kernels: str = "", **_) -> dict:
@@ -418,10 +433,14 @@ def part_kernels(rehearse: bool, outdir: Path, repeats: int = 5, kernels: str = 
         for variant in spec.variants:
             try:
                 row = time_case(Case(name, variant, b.name, DTYPE, shape), repeats, limits)
+                if "median_s" in row:                    # timed: one more call, its launches recorded
+                    dev.active = True
+                    b.synchronize(b.kernels[name](**_device_inputs(b, name, shape, variant)))
             except Exception as e:                       # noqa: BLE001
                 row = {"kernel": name, "variant": variant, "size": shape, "error": f"{type(e).__name__}: {e}"[:500]}
             with lines.open("a") as f:
                 f.write(json.dumps(_finite(row), default=str) + "\n")
+            dev.active = False
     return {"limits": limits, "launches": launch_summary(dev)}
 
 
@@ -494,12 +513,12 @@ def goal_rows(parts: dict) -> list:
         row = {"id": goal_id, "what": what, "target": target, "better": better, "value": None, "met": None}
         if goal_id == "carried_chunked_vs_whole":
             got = (carried.get("result") or {}).get("rows", [])
-            ratios = [r["ratio"] for r in got if r.get("ratio") is not None]
-            if ratios and len(ratios) == len(got):
-                worst = max(got, key=lambda r: r["ratio"])
-                row.update(value=worst["ratio"], detail=f"worst: {worst['kernel']} (of {len(got)} kernels)")
-            else:
-                bad = [f"{r['kernel']}: {r['error']}" for r in got if "error" in r]
+            timed = [r for r in got if r.get("ratio") is not None]
+            bad = [f"{r['kernel']}: {r['error']}" for r in got if "error" in r]
+            if timed:
+                worst = max(timed, key=lambda r: r["ratio"])
+                row.update(value=worst["ratio"], detail=f"worst: {worst['kernel']} (of {len(timed)} kernels timed)")
+            if bad or not timed:
                 row["reason"] = ("; ".join(bad)[:500] if bad else (carried.get("result") or {}).get("skipped")
                                  or carried.get("error") or "part 'carried' not run")
         else:
@@ -511,7 +530,7 @@ def goal_rows(parts: dict) -> list:
                 row["reason"] = m.get("skipped") or m.get("error")
             else:
                 row.update(value=m["value"], detail=m.get("detail", ""))
-        if row["value"] is not None:
+        if row["value"] is not None and not row.get("reason"):          # a kernel that failed: not met, not missed
             row["met"] = row["value"] <= target if better == "lower" else row["value"] >= target
         rows.append(row)
     return rows
@@ -556,6 +575,7 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"unknown part(s) {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
     os.environ.setdefault("PYTHONPATH", ".")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # JAX would take 75 % of the GPU's memory
     t0, report = time.perf_counter(), {"schema": "refimpl.gpu_check/1", "mode": "rehearsal" if args.rehearse
                                        else "device", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                        "shape": _shape(args.rehearse), "dtype": DTYPE,

@@ -542,18 +542,21 @@ def launch_record(source: CudaSource, kernel: str, dtype, n: int, checked: list)
 
 
 class RecordingDevice:
-    """A device that records every launch (LaunchRecord, in .launches) and hands it on to `inner` (a CudaDevice, an
-    EmulatedDevice or a DryDevice)."""
+    """A device that hands every launch on to `inner` (a CudaDevice, an EmulatedDevice or a DryDevice) and, while
+    `active`, records it (LaunchRecord, in .launches; recording checks the arguments once more: keep it off while
+    timing)."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, active: bool = True):
         self.inner = inner
         self.xp = inner.xp
         self.name = f"recording {inner.name}"
+        self.active = active
         self.launches: list[LaunchRecord] = []
 
     def launch(self, source: CudaSource, kernel: str, dtype, n: int, *args) -> None:
-        checked = check_args(source.kernel(kernel), dtype, n, args)
-        self.launches.append(launch_record(source, kernel, dtype, n, checked))
+        if self.active:
+            checked = check_args(source.kernel(kernel), dtype, n, args)
+            self.launches.append(launch_record(source, kernel, dtype, n, checked))
         self.inner.launch(source, kernel, dtype, n, *args)
 
 
