@@ -144,6 +144,11 @@ def _fwd_bwd(b, cell: str, size: dict):
     return run
 
 
+def _say(line: str) -> None:
+    """A progress line in the log (a part's output goes there)."""
+    print(line[:400], flush=True)
+
+
 # ------------------------------------------------------------------------------------------------------------ parts
 
 def part_probe(rehearse: bool, **_) -> dict:
@@ -189,6 +194,7 @@ def part_probe(rehearse: bool, **_) -> dict:
     except ImportError:
         versions["jax"] = None
     out["rehearsal"] = rehearse
+    _say(f"probe: available={ok} {why} device={out['device'].get('name')} versions={versions}")
     return out
 
 
@@ -207,6 +213,7 @@ def _pytest(args: list, junit: Path, timeout: float) -> dict:
         except subprocess.TimeoutExpired:
             proc.kill()
             stdout, _ = proc.communicate()
+    print(stdout or "", flush=True)                           # the whole pytest output, into the log
     out = {"command": " ".join(cmd[1:]), "exit_code": proc.returncode, "interrupted": interrupted,
            "tail": (stdout or "")[-2000:]}
     if not junit.exists():
@@ -320,6 +327,7 @@ def part_goals(rehearse: bool, repeats: int = 7, **_) -> dict:
             goals[goal_id] = fn()
         except Exception as e:                           # noqa: BLE001 — a failure is a measurement of its own
             goals[goal_id] = {"error": f"{type(e).__name__}: {e}"[:500]}
+        _say(f"{goal_id}: {goals[goal_id]}")
 
     def lru_scan_vs_copy():
         scan, moved = _scan_alone(b, dev, size)
@@ -408,6 +416,7 @@ def part_carried(rehearse: bool, repeats: int = 5, kernels: str = "", **_) -> di
         except Exception as e:                           # noqa: BLE001 — recorded, the next kernel still runs
             row["error"] = f"{type(e).__name__}: {e}"[:500]
         rows.append(row)
+        _say(f"carried {kernel}: {row.get('ratio', row.get('error'))}")
     return {"rows": rows}
 
 
@@ -440,6 +449,9 @@ def part_kernels(rehearse: bool, outdir: Path, repeats: int = 5, kernels: str = 
                 row = {"kernel": name, "variant": variant, "size": shape, "error": f"{type(e).__name__}: {e}"[:500]}
             with lines.open("a") as f:
                 f.write(json.dumps(_finite(row), default=str) + "\n")
+            _say(f"kernel {name} {variant}: " + (f"median {row['median_s'] * 1e3:.3f} ms, parity "
+                                                 f"{row['parity_rel_err']:.1e}" if "median_s" in row
+                                                 else str(row.get("skipped") or row.get("error"))))
             dev.active = False
     return {"limits": limits, "launches": launch_summary(dev)}
 
@@ -499,6 +511,9 @@ def run_part(name: str, args, outdir: Path, timeout: float, log) -> dict:
     out = {"status": status, "error": error, "wall_s": time.perf_counter() - t0, "timeout_s": timeout}
     if result.exists():
         out["result"] = json.loads(result.read_text())
+        if out["result"].get("interrupted"):                 # pytest stopped at the timeout: what ran is kept
+            out.update(status="timeout", error=f"pytest interrupted near the part's {timeout:.0f} s; the results of "
+                                               f"the tests that ran are kept")
     elif status == "ok":
         out.update(status="failed", error="the part wrote no result")
     return out
