@@ -175,6 +175,11 @@ def part_probe(rehearse: bool, **_) -> dict:
         versions.update(cupy=cupy.__version__, cuda_runtime=rt.runtimeGetVersion(), cuda_driver=rt.driverGetVersion())
     else:
         out["device"] = {"name": None}
+        try:
+            import cupy
+            versions["cupy"] = cupy.__version__                # importable, but no device answers
+        except Exception:                                      # noqa: BLE001 — not installed, or broken
+            versions["cupy"] = None
     try:
         done = subprocess.run(["nvcc", "--version"], capture_output=True, text=True, timeout=30)
         versions["nvcc"] = done.stdout.strip().splitlines()[-1] if done.returncode == 0 else None
