@@ -25,11 +25,15 @@ ep.py) takes a device first and uses only
 
 so one implementation serves both. The registered kernels (__init__.KERNELS) run on CudaDevice. EmulatedDevice exists
 for testing without a GPU: it compiles each source's thread bodies as plain C++ (CudaSource.emulation) with the host
-C++ compiler and runs the n threads one after the other (order 0: ascending, 1: descending — the kernels' threads
-are independent, so both orders must give the same result); GEMMs are NumPy's. It checks everything but the device
-itself: the kernels' arithmetic and indexing, the host wrappers, argument order and types, and the dtype dispatch.
-What it cannot check: NVRTC compilation (the nvcc compile check stands in), the grid/block launch, CuPy's own array
-functions, and device arithmetic (FMA contraction, CUDA's tanh/exp, cuBLAS summation order).
+C++ compiler and runs the n threads one after the other (order 0: ascending, 1: descending, 2: shuffled — the kernels'
+threads are independent, so every order must give the same result; ownership=True also splits the threads by every bit
+of idx and runs each half alone, which refuses two threads writing one entry or one reading what another writes);
+GEMMs are NumPy's. It checks everything but the device itself: the kernels' arithmetic and indexing, the host
+wrappers, argument order and types, and the dtype dispatch. What it cannot check: NVRTC compilation (the nvcc compile
+check stands in), the grid/block launch (RecordingDevice records every launch; LaunchRecord.problems checks it against
+LAUNCH_LIMITS), real concurrency, CuPy's own array functions, and device arithmetic (FMA contraction, CUDA's tanh/exp,
+cuBLAS summation order). A source whose bodies use shared memory, barriers, atomics or warp operations is refused
+(thread_model_violations): sequential threads would not compute what the device does.
 
 Launch model (every kernel of this backend): a 1-D grid of n threads; thread idx runs `<name>_thread<R>(idx, …)`,
 which owns the output entries it writes (no two threads write one location, no shared memory, no atomics). So the
