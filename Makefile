@@ -2,6 +2,8 @@
 #   make run    install, then run the default job (python -m refimpl.run)
 #   make test   install, then check the architecture contracts (.importlinter) and run the test suite (what CI runs)
 #   make bench  the microbenchmark suite at the goal shapes; rewrites docs/bench/ and the README's "What it costs"
+#   make gpu-check OUT=dir   the CuPy backend on this machine's GPU: tests, goals, timings → dir/gpu_check.json
+#                            (no install step: the python of GPU_PYTHON with CuPy; docs/backends.md)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +11,7 @@ EXTRAS ?= numba,mlx,dev,sweep,tracking
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: run test test-slow lint-imports bench venv clean
+.PHONY: run test test-slow lint-imports bench gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -30,6 +32,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench --size bench --threads 2 --readme
+
+OUT        ?= runs/gpu-check
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-check:
+	PYTHON=$(GPU_PYTHON) bash bench/gpu_check.sh $(OUT)
 
 lint-imports: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache --no-logo

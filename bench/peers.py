@@ -1,6 +1,7 @@
 """Peers: the same work done by PyTorch and JAX, when they are installed (optional; never installed by `make test`).
 
-    torch_fwd_bwd(cell, shape)     torch.nn.RNN / GRU / LSTM forward + backward from a given output gradient
+    torch_fwd_bwd(cell, shape)     torch.nn.RNN / GRU / LSTM forward + backward from a given output gradient (on
+                                   device="cuda": cuDNN's fused kernels, timed to the device's synchronize)
     jax_lru_fwd_bwd(shape, how)    the LRU h_t = λ ⊙ h_{t−1} + γ ⊙ (B x_t) with jax.grad, by `lax.scan` (how="scan")
                                    or by `lax.associative_scan` (how="associative"), jit-compiled
 Each returns a function doing one forward + backward (blocking until done), or raises ImportError when the library is
@@ -12,19 +13,21 @@ from __future__ import annotations
 import numpy as np
 
 
-def torch_fwd_bwd(cell: str, shape: dict, dtype: str = "float32"):
+def torch_fwd_bwd(cell: str, shape: dict, dtype: str = "float32", device: str = "cpu"):
     import torch
     cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
     dt = getattr(torch, dtype)
-    m = cls(shape["I"], shape["H"]).to(dt)
-    x = torch.randn(shape["T"], shape["B"], shape["I"], dtype=dt, requires_grad=True)
-    g = torch.randn(shape["T"], shape["B"], shape["H"], dtype=dt)
+    m = cls(shape["I"], shape["H"]).to(device=device, dtype=dt)
+    x = torch.randn(shape["T"], shape["B"], shape["I"], dtype=dt, device=device, requires_grad=True)
+    g = torch.randn(shape["T"], shape["B"], shape["H"], dtype=dt, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def run():
         m.zero_grad(set_to_none=True)
         x.grad = None
         out, _ = m(x)
         out.backward(g)
+        sync()
     return run
 
 

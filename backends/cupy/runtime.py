@@ -25,11 +25,15 @@ ep.py) takes a device first and uses only
 
 so one implementation serves both. The registered kernels (__init__.KERNELS) run on CudaDevice. EmulatedDevice exists
 for testing without a GPU: it compiles each source's thread bodies as plain C++ (CudaSource.emulation) with the host
-C++ compiler and runs the n threads one after the other (order 0: ascending, 1: descending — the kernels' threads
-are independent, so both orders must give the same result); GEMMs are NumPy's. It checks everything but the device
-itself: the kernels' arithmetic and indexing, the host wrappers, argument order and types, and the dtype dispatch.
-What it cannot check: NVRTC compilation (the nvcc compile check stands in), the grid/block launch, CuPy's own array
-functions, and device arithmetic (FMA contraction, CUDA's tanh/exp, cuBLAS summation order).
+C++ compiler and runs the n threads one after the other (order 0: ascending, 1: descending, 2: shuffled — the kernels'
+threads are independent, so every order must give the same result; ownership=True also splits the threads by every bit
+of idx and runs each half alone, which refuses two threads writing one entry or one reading what another writes);
+GEMMs are NumPy's. It checks everything but the device itself: the kernels' arithmetic and indexing, the host
+wrappers, argument order and types, and the dtype dispatch. What it cannot check: NVRTC compilation (the nvcc compile
+check stands in), the grid/block launch (RecordingDevice records every launch; LaunchRecord.problems checks it against
+LAUNCH_LIMITS), real concurrency, CuPy's own array functions, and device arithmetic (FMA contraction, CUDA's tanh/exp,
+cuBLAS summation order). A source whose bodies use shared memory, barriers, atomics or warp operations is refused
+(thread_model_violations): sequential threads would not compute what the device does.
 
 Launch model (every kernel of this backend): a 1-D grid of n threads; thread idx runs `<name>_thread<R>(idx, …)`,
 which owns the output entries it writes (no two threads write one location, no shared memory, no atomics). So the
@@ -43,6 +47,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -228,14 +233,18 @@ class Kernel:
         return "".join(f"template __global__ void {self.name}<{R}>({self.c_params(R)});\n" for R in CTYPES)
 
     def emulation_loops(self) -> str:
-        """extern "C" host loops over the threads, ascending (order 0) or descending (order 1)."""
+        """extern "C" host loops over the threads: threads[0 .. count) in that order, or 0 .. n − 1 ascending when
+        `threads` is NULL (the emulation's thread orders and subsets, EmulatedDevice)."""
         out = []
         for R in CTYPES:
             call = f"{self.name}_thread<{R}>({self.c_call()});"
             out.append(
-                f'extern "C" void ri_emulate_{self.name}_{R}(int order, {self.c_params(R)}) {{\n'
-                f"    if (order == 0) {{ for (long long idx = 0; idx < n; ++idx) {call} }}\n"
-                f"    else {{ for (long long idx = n - 1; idx >= 0; --idx) {call} }}\n"
+                f'extern "C" void ri_emulate_{self.name}_{R}(const long long* threads, long long count, '
+                f"{self.c_params(R)}) {{\n"
+                f"    for (long long j = 0; j < count; ++j) {{\n"
+                f"        const long long idx = threads ? threads[j] : j;\n"
+                f"        {call}\n"
+                f"    }}\n"
                 f"}}\n")
         return "".join(out)
 
@@ -456,14 +465,145 @@ def find_compiler() -> str | None:
     return None
 
 
+#: What a thread body may not use: the emulation runs threads one after the other, which is what the device computes
+#: only when they share nothing (Launch model above). A source using any of these is refused by EmulatedDevice.build
+#: (and by the test of the thread model): shared memory, barriers, atomics, warp-level operations and the raw thread
+#: coordinates (a body sees only its idx).
+SHARED_STATE_CONSTRUCTS = {
+    "__shared__": "shared memory", "__syncthreads": "a block barrier", "__syncwarp": "a warp barrier",
+    "atomic": "an atomic operation", "__shfl": "a warp shuffle", "__ballot": "a warp vote", "__any_sync": "a warp vote",
+    "__all_sync": "a warp vote", "__threadfence": "a memory fence", "cooperative_groups": "cooperative groups",
+    "threadIdx": "the thread coordinates", "blockIdx": "the block coordinates", "blockDim": "the block size",
+    "gridDim": "the grid size",
+}
+
+
+def _strip_comments(code: str) -> str:
+    code = re.sub(r"/\*.*?\*/", " ", code, flags=re.S)
+    return re.sub(r"//[^\n]*", " ", code)
+
+
+def thread_model_violations(source: CudaSource) -> list[str]:
+    """What in `source`'s thread bodies breaks the launch model (one independent thread per idx), e.g.
+    ["line 12: __syncthreads (a block barrier)"]; [] when nothing does. Comments are not code."""
+    found = []
+    for number, line in enumerate(_strip_comments(source.body).splitlines(), 1):
+        for word, what in SHARED_STATE_CONSTRUCTS.items():
+            if re.search(rf"\b{word}", line):
+                found.append(f"line {number}: {word} ({what})")
+    return found
+
+
+# --------------------------------------------------------------------------------------------------- launch bounds
+
+#: The limits of one launch on the devices this backend targets (compute capability 8.0-9.0: A100, H100, H200):
+#: threads per block, blocks in x of a 1-D grid, static shared memory per block (more needs an opt-in attribute),
+#: bytes of kernel parameters (4 KiB before CUDA 12.1), and the largest array a 32-bit offset can index.
+LAUNCH_LIMITS = {"threads_per_block": 1024, "grid_x": 2 ** 31 - 1, "static_shared_bytes": 48 * 1024,
+                 "param_bytes": 4096, "array_elements_int32": 2 ** 31 - 1}
+
+
+@dataclass(frozen=True)
+class LaunchRecord:
+    """One kernel launch as the device would see it. shared_bytes: static shared memory of the kernel (0: the thread
+    model has none, thread_model_violations); param_bytes: its parameter block (n, pointers, ints, reals, aligned);
+    largest_array: the most real entries of one array argument (a complex entry counts 2)."""
+    source: str
+    kernel: str
+    ctype: str
+    n: int
+    grid: int
+    block: int
+    shared_bytes: int
+    param_bytes: int
+    largest_array: int
+
+    def problems(self, limits: dict = LAUNCH_LIMITS) -> list[str]:
+        """What of this launch exceeds `limits` (LAUNCH_LIMITS), one line each; [] when it fits."""
+        checks = (("threads per block", self.block, limits["threads_per_block"]),
+                  ("blocks in x", self.grid, limits["grid_x"]),
+                  ("static shared memory bytes", self.shared_bytes, limits["static_shared_bytes"]),
+                  ("parameter bytes", self.param_bytes, limits["param_bytes"]),
+                  ("entries of one array (a 32-bit offset)", self.largest_array, limits["array_elements_int32"]))
+        out = [f"{self.kernel}<{self.ctype}> n={self.n}: {what} {got} > {most}" for what, got, most in checks
+               if got > most]
+        if self.block % 32:
+            out.append(f"{self.kernel}<{self.ctype}> n={self.n}: block of {self.block} threads is not whole warps")
+        return out
+
+
+def launch_record(source: CudaSource, kernel: str, dtype, n: int, checked: list) -> LaunchRecord:
+    """The LaunchRecord of a launch whose arguments check_args accepted (`checked`: its (kind, value) pairs)."""
+    grid, block = launch_config(n)
+    real = CTYPES[real_ctype(dtype)].itemsize
+    offset, largest = 8, 0                                                # long long n
+    for kind, v in checked:
+        size = {"int": 4, "real": real}.get(kind, 8)                       # arrays are pointers
+        offset = -(-offset // size) * size + size
+        if kind in ARRAY_KINDS:
+            largest = max(largest, int(v.size) * (2 if np.iscomplexobj(v) else 1))
+    return LaunchRecord(source.name, kernel, real_ctype(dtype), int(n), grid, block, 0, offset, largest)
+
+
+class RecordingDevice:
+    """A device that hands every launch on to `inner` (a CudaDevice, an EmulatedDevice or a DryDevice) and, while
+    `active`, records it (LaunchRecord, in .launches; recording checks the arguments once more: keep it off while
+    timing)."""
+
+    def __init__(self, inner, active: bool = True):
+        self.inner = inner
+        self.xp = inner.xp
+        self.name = f"recording {inner.name}"
+        self.active = active
+        self.launches: list[LaunchRecord] = []
+
+    def launch(self, source: CudaSource, kernel: str, dtype, n: int, *args) -> None:
+        if self.active:
+            checked = check_args(source.kernel(kernel), dtype, n, args)
+            self.launches.append(launch_record(source, kernel, dtype, n, checked))
+        self.inner.launch(source, kernel, dtype, n, *args)
+
+
+class DryDevice:
+    """NumPy arrays, launches checked (check_args, launch_config) but no thread run: every write-only output is filled
+    with `fill`, in/out arrays keep their values. For recording the launches of a kernel at shapes too large to
+    emulate (with RecordingDevice); its outputs mean nothing."""
+
+    name = "dry"
+    xp = np
+
+    def __init__(self, fill: float = 0.25):
+        self.fill = fill
+
+    def launch(self, source: CudaSource, kernel: str, dtype, n: int, *args) -> None:
+        decl = source.kernel(kernel)
+        checked = check_args(decl, dtype, n, args)
+        launch_config(n)
+        for a, (kind, v) in zip(decl.args, checked):
+            if a.out and not a.reads:
+                v[...] = self.fill
+
+
 class EmulatedDevice:
     """The CUDA kernels' thread bodies compiled for the CPU and run thread by thread, on NumPy arrays (see the module
-    docstring for what this does and does not check). order: 0 runs the threads ascending, 1 descending.
+    docstring for what this does and does not check).
+
+    order: the order the threads of a launch run in: 0 ascending, 1 descending, 2 shuffled (a fresh permutation per
+    launch, from `seed`). Independent threads give bit-identical results in every order.
 
     guard (default on): every array argument is handed to the kernel inside a copy padded with GUARD NaNs on each
     side; a kernel that writes outside its array changes the padding (→ RuntimeError naming kernel and argument), one
     that reads outside it reads NaN, which surfaces in the parity checks. Write-only outputs (launch.Out) start as NaN,
     as uninitialised device memory would hold garbage: an entry the kernel fails to write stays NaN.
+
+    ownership (default off; costs about 2·log2(n) extra runs of half the threads per launch): after each launch, the
+    threads are split in two by every bit of idx (bit b = 0 / 1; any two threads fall apart in at least one split) and
+    each half is run alone from the launch's inputs. It refuses (RuntimeError) a launch where
+      - two threads write one entry (both halves of a split write it: a write-write race on the device),
+      - a thread's writes depend on another thread's (a half alone writes other values, or fails to write an entry
+        the whole launch writes: a thread read what another one wrote, whose order the device does not define).
+    What it cannot see: a write of the value the entry already held (an in/out entry) or of NaN, and races that only
+    a real scheduler produces (there is no concurrency here: see the module docstring).
     """
 
     name = "emulation"
@@ -471,18 +611,33 @@ class EmulatedDevice:
     GUARD = 64
 
     def __init__(self, build_dir: str | None = None, order: int = 0, compiler: str | None = None,
-                 guard: bool = True):
+                 guard: bool = True, ownership: bool = False, seed: int = 0):
         self.guard = bool(guard)
+        self.ownership = bool(ownership)
+        if self.ownership and not self.guard:
+            raise UnsupportedError("the ownership check runs the threads on guarded copies of the arguments: use "
+                                   "guard=True with ownership=True")
         self.compiler = compiler or find_compiler()
         if self.compiler is None:
             raise UnsupportedError("the CPU emulation of the CUDA kernels needs a C++ compiler (c++, g++ or clang++ "
                                    "on PATH, or $CXX); install one, e.g. apt-get install g++")
+        if order not in (0, 1, 2):
+            raise UnsupportedError(f"thread order {order!r} is unknown; use 0 (ascending), 1 (descending) or 2 "
+                                   f"(shuffled)")
         self.build_dir = build_dir or tempfile.mkdtemp(prefix="refimpl-cuda-emulation-")
         self.order = int(order)
+        self._rng = np.random.default_rng(seed)
         self._libs: dict[str, ctypes.CDLL] = {}
 
     def build(self, source: CudaSource) -> str:
-        """Compile `source`'s emulation into a shared library (once per source text); returns its path."""
+        """Compile `source`'s emulation into a shared library (once per source text); returns its path. A source
+        whose threads share state (thread_model_violations) is refused: running its threads one after the other
+        would not compute what the device computes."""
+        violations = thread_model_violations(source)
+        if violations:
+            raise UnsupportedError(f"source {source.name} uses what threads share ({'; '.join(violations)}); the CPU "
+                                   f"emulation runs one independent thread per idx and cannot check it: keep every "
+                                   f"thread on its own entries, or test the kernel on a GPU only")
         text = source.emulation()
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         lib = os.path.join(self.build_dir, f"{source.name}-{digest}.so")
@@ -502,13 +657,23 @@ class EmulatedDevice:
             self._libs[source.name] = ctypes.CDLL(self.build(source))
         return self._libs[source.name]
 
-    def launch(self, source: CudaSource, kernel: str, dtype, n: int, *args) -> None:
-        decl = source.kernel(kernel)
-        checked = check_args(decl, dtype, n, args)
-        fn = getattr(self._lib(source), f"ri_emulate_{kernel}_{real_ctype(dtype)}")
+    def _order(self, n: int):
+        """The launch's threads in the order they run: None (ascending), or an int64 array."""
+        if self.order == 0:
+            return None
+        if self.order == 1:
+            return np.arange(n - 1, -1, -1, dtype=np.int64)
+        return self._rng.permutation(n).astype(np.int64)
+
+    def _run(self, fn, decl: Kernel, checked: list, dtype, n: int, threads, padded: bool) -> list:
+        """Run `threads` (None: 0 … n − 1) of one launch. padded: hand every array over in a NaN-guarded copy (write-
+        only outputs NaN inside too), checked for writes outside it; else the arrays themselves. Returns
+        [(argument, array, what the kernel saw of it)] for the array arguments."""
         real = ctypes.c_float if real_ctype(dtype) == "float" else ctypes.c_double
-        c_args = [ctypes.c_int(self.order), ctypes.c_longlong(int(n))]
-        padded = []                                      # (argument, original array, padded copy)
+        count = n if threads is None else len(threads)
+        pointer = None if threads is None else ctypes.c_void_p(threads.ctypes.data)
+        c_args = [pointer, ctypes.c_longlong(int(count)), ctypes.c_longlong(int(n))]
+        arrays, g = [], self.GUARD
         for a, (kind, v) in zip(decl.args, checked):
             if kind == "int":
                 c_args.append(ctypes.c_int(int(v)))
@@ -516,21 +681,83 @@ class EmulatedDevice:
                 c_args.append(real(float(v)))
             else:
                 if not isinstance(v, np.ndarray):
-                    raise UnsupportedError(f"the emulated kernel {kernel} takes NumPy arrays, got {type(v).__name__}")
-                if self.guard:
-                    g = self.GUARD
+                    raise UnsupportedError(f"the emulated kernel {decl.name} takes NumPy arrays, got "
+                                           f"{type(v).__name__}")
+                if padded:
                     buf = np.full(v.size + 2 * g, np.nan, dtype=v.dtype)
                     if a.reads:
                         buf[g:g + v.size] = v.reshape(-1)
-                    padded.append((a, v, buf))
-                    v = buf[g:]
-                c_args.append(ctypes.c_void_p(v.ctypes.data))
+                    arrays.append((a, v, buf))
+                    c_args.append(ctypes.c_void_p(buf[g:].ctypes.data))
+                else:
+                    arrays.append((a, v, None))
+                    c_args.append(ctypes.c_void_p(v.ctypes.data))
         fn.restype = None
         fn(*c_args)
-        for a, v, buf in padded:
-            g = self.GUARD
+        out = []
+        for a, v, buf in arrays:
+            if buf is None:
+                out.append((a, v, v.reshape(-1)))
+                continue
             if not (np.isnan(buf[:g]).all() and np.isnan(buf[g + v.size:]).all()):
-                raise RuntimeError(f"emulated kernel {kernel}<{real_ctype(dtype)}> wrote outside its argument "
+                raise RuntimeError(f"emulated kernel {decl.name}<{real_ctype(dtype)}> wrote outside its argument "
                                    f"{a.name} ({v.size} elements)")
-            if a.out:
-                v.reshape(-1)[...] = buf[g:g + v.size]
+            out.append((a, v, buf[g:g + v.size]))
+        return out
+
+    def launch(self, source: CudaSource, kernel: str, dtype, n: int, *args) -> None:
+        decl = source.kernel(kernel)
+        checked = check_args(decl, dtype, n, args)
+        fn = getattr(self._lib(source), f"ri_emulate_{kernel}_{real_ctype(dtype)}")
+        seen = self._run(fn, decl, checked, dtype, n, self._order(n), self.guard)
+        if self.ownership and n > 1:
+            self._check_ownership(fn, decl, checked, dtype, n, seen)
+        if self.guard:
+            for a, v, got in seen:
+                if a.out:
+                    v.reshape(-1)[...] = got
+
+    def _check_ownership(self, fn, decl: Kernel, checked: list, dtype, n: int, whole: list) -> None:
+        """Every split of the threads by a bit of idx: the two halves write disjoint entries, and what each half
+        writes alone is what the whole launch wrote there (EmulatedDevice's docstring)."""
+        where = f"emulated kernel {decl.name}<{real_ctype(dtype)}> (n = {n})"
+        full = {a.name: (v, got) for a, v, got in whole if a.out}
+        for bit in range(int(n - 1).bit_length()):
+            idx = np.arange(n, dtype=np.int64)
+            halves = [self._run(fn, decl, checked, dtype, n, idx[((idx >> bit) & 1) == side], padded=True)
+                      for side in (0, 1)]
+            for name, (v, ref) in full.items():
+                arg = decl.args[[a.name for a in decl.args].index(name)]
+                before = v.reshape(-1) if arg.reads else None
+                got = [next(g for a, _, g in half if a.name == name) for half in halves]
+                masks = [_written(g, before) for g in got]
+                both = np.flatnonzero(masks[0] & masks[1])
+                if both.size:
+                    raise RuntimeError(f"{where}: entry {int(both[0])} of {name} is written by a thread whose idx has "
+                                       f"bit {bit} = 0 and by one with bit {bit} = 1: two threads write one location "
+                                       f"(a race on the device); give every output entry one owning thread")
+                for side in (0, 1):
+                    bad = np.flatnonzero(masks[side] & ~_same(got[side], ref))
+                    if bad.size:
+                        e = int(bad[0])
+                        raise RuntimeError(f"{where}: with only the threads whose idx has bit {bit} = {side}, entry "
+                                           f"{e} of {name} is {complex(got[side][e])}, with all threads "
+                                           f"{complex(ref[e])}: a thread reads what another thread writes (their "
+                                           f"order on the device is undefined); keep each thread on its own entries")
+                lost = np.flatnonzero(_written(ref, before) & ~(masks[0] | masks[1]))
+                if lost.size:
+                    raise RuntimeError(f"{where}: entry {int(lost[0])} of {name} is written when all threads run but "
+                                       f"by neither half of the split by bit {bit} alone: a thread's write depends on "
+                                       f"another thread's; keep each thread on its own entries")
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Entry-wise a == b, NaN equal to NaN."""
+    return (a == b) | (np.isnan(a) & np.isnan(b))
+
+
+def _written(got: np.ndarray, before) -> np.ndarray:
+    """The entries a run wrote: not NaN for a write-only output (it starts as NaN), changed for an in/out one."""
+    if before is None:
+        return ~np.isnan(got)
+    return ~_same(got, before)

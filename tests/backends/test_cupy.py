@@ -32,7 +32,8 @@ import pytest
 
 import backends.cupy as cupy_backend
 from backends.cupy import runtime
-from backends.cupy.runtime import CudaDevice, CudaSource, EmulatedDevice, In, Int, Kernel, Out, Real, find_compiler
+from backends.cupy.runtime import (CudaDevice, CudaSource, EmulatedDevice, In, InOut, Int, Kernel, Out, Real,
+                                   find_compiler)
 from backends.cupy.sources import SOURCES
 from refimpl.cells import CELLS
 from refimpl.errors import DTypeError, ShapeError, UnsupportedError
@@ -663,3 +664,156 @@ def test_device_parity_at_a_larger_size(kernel, dtype):
     size = spec.sizes[-1] if spec.sizes else LARGE               # dense RTRL and FPTT keep their registered sizes
     for variant in spec.variants:
         assert_matches_reference(kernel, "cupy", dtype, size, 0, variant)
+
+
+# ------------------------------------------------------------------------- (c') where the emulation is no longer blind
+
+_RACY = CudaSource("racy", r"""
+template <typename R>
+RI_FN void racy_thread(long long idx, const R* x, R* y, R* z, int mode) {
+    if (mode == 0) {                                    // well-behaved: each thread its own entries
+        y[idx] = x[idx];
+        z[idx] = R(2) * x[idx];
+    } else if (mode == 1) {                             // two threads write one entry of y
+        y[idx / 2] = x[idx];
+        z[idx] = x[idx];
+    } else {                                            // z reads the y that the previous thread writes
+        y[idx] = x[idx];
+        z[idx] = idx > 0 ? y[idx - 1] : R(0);
+    }
+}
+
+template <typename R>
+RI_FN void prefix_thread(long long idx, R* y) {         // y[idx] += y[idx - 1]: reads what another thread wrote
+    if (idx > 0) y[idx] = y[idx] + y[idx - 1];
+}
+""", (Kernel("racy", (In("x", "R", "n"), Out("y", "R", "n"), Out("z", "R", "n"), Int("mode")), n="n"),
+      Kernel("prefix", (InOut("y", "R", "n"),), n="n")))
+
+
+@needs_cxx
+def test_ownership_check_passes_independent_threads_and_catches_races(tmp_path):
+    """Two threads writing one entry, a thread reading another's write-only output, and one reading another's in/out
+    entry are refused by the ownership check, in any thread order; independent threads pass it."""
+    dev = EmulatedDevice(build_dir=str(tmp_path), ownership=True)
+    x = np.arange(1.0, 10.0)
+    y, z = np.zeros(9), np.zeros(9)
+    dev.launch(_RACY, "racy", np.float64, 9, x, y, z, 0)
+    assert np.array_equal(y, x) and np.array_equal(z, 2 * x)
+    with pytest.raises(RuntimeError, match="two threads write one location"):
+        dev.launch(_RACY, "racy", np.float64, 9, x, y, z, 1)
+    with pytest.raises(RuntimeError, match="depends on another thread's|reads what another thread writes"):
+        dev.launch(_RACY, "racy", np.float64, 9, x, y, z, 2)
+    with pytest.raises(RuntimeError, match="reads what another thread writes"):
+        dev.launch(_RACY, "prefix", np.float64, 9, np.arange(9.0))
+    for order in (0, 1, 2):                                           # without the check the race goes unseen …
+        dev = EmulatedDevice(build_dir=str(tmp_path), order=order, seed=order)
+        y = np.ones(9)
+        dev.launch(_RACY, "prefix", np.float64, 9, y)
+        ascending = order == 0
+        assert np.array_equal(y, np.arange(1.0, 10.0)) == ascending   # … but the orders disagree on it
+
+
+@needs_cxx
+def test_shuffled_order_runs_every_thread_once(tmp_path):
+    a = EmulatedDevice(build_dir=str(tmp_path), order=2, seed=1)
+    orders = [a._order(50) for _ in range(2)]
+    assert all(sorted(o) == list(range(50)) for o in orders) and not np.array_equal(*orders)
+    with pytest.raises(UnsupportedError, match="thread order 3"):
+        EmulatedDevice(build_dir=str(tmp_path), order=3)
+    with pytest.raises(UnsupportedError, match="guard=True"):
+        EmulatedDevice(build_dir=str(tmp_path), guard=False, ownership=True)
+
+
+#: One size for the ownership check: B·H and B·N·I are not multiples of the warp, T is prime.
+OWNERSHIP_SIZE = dict(T=5, B=3, I=4, H=7)
+
+
+@needs_cxx
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_emulated_launches_own_their_outputs(emulated, kernel):
+    """Every launch of every kernel (shuffled thread order, float64): no two threads write one entry and no thread
+    reads what another writes (the ownership check of EmulatedDevice), and the results still match the reference."""
+    spec = KERNELS[kernel]
+    dev = EmulatedDevice(build_dir=emulated.build_dir, order=2, seed=7, ownership=True)
+    size = spec.sizes[-1] if spec.sizes else OWNERSHIP_SIZE
+    for variant in spec.variants:
+        inputs = spec.make_inputs(np.random.default_rng(2), np.dtype("float64"), size, **variant)
+        want = spec.reference(**copy.deepcopy(inputs))
+        _assert_matches(kernel, cupy_backend.IMPLEMENTATIONS[kernel](dev, **inputs), want, "float64")
+
+
+_SHARING = CudaSource("sharing", r"""
+template <typename R>
+RI_FN void sum_thread(long long idx, const R* x, R* y) {
+    __shared__ R partial[256];                           // not the thread model: threads share a block's memory
+    partial[threadIdx.x] = x[idx];
+    __syncthreads();
+    y[idx] = partial[0];
+}
+""", (Kernel("sum", (In("x", "R", "n"), Out("y", "R", "n")), n="n"),))
+
+
+def test_every_source_keeps_to_the_thread_model():
+    """No source uses what threads share (shared memory, barriers, atomics, warp operations, thread coordinates):
+    the emulation's one-thread-after-another is then what the device computes. A source that does is named."""
+    from backends.cupy.runtime import thread_model_violations
+    assert {s.name: thread_model_violations(s) for s in SOURCES} == {s.name: [] for s in SOURCES}
+    found = thread_model_violations(_SHARING)
+    assert [f.split(": ")[1].split(" ")[0] for f in found] == ["__shared__", "threadIdx", "__syncthreads"]
+    assert found[0].startswith("line 4: __shared__ (shared memory)")
+
+
+@needs_cxx
+def test_the_emulation_refuses_a_source_that_shares_state(tmp_path):
+    with pytest.raises(UnsupportedError, match="uses what threads share.*__syncthreads"):
+        EmulatedDevice(build_dir=str(tmp_path)).build(_SHARING)
+
+
+#: The GPU check's shapes (docs/backends.md): B = 64, I = 128, H = N = 512. T = 1 here: a launch's thread count does
+#: not depend on T (the lru's scan runs C = 1 chunk whenever B·N ≥ SCAN_THREADS), its arrays do (the slow test below).
+GOAL_SHAPE = dict(T=1024, B=64, I=128, H=512)
+
+
+def _record_launches(kernel, size, emulated_dir):
+    from backends.cupy.runtime import DryDevice, RecordingDevice
+    import warnings
+    spec = KERNELS[kernel]
+    inner = DryDevice() if spec.sizes is None else EmulatedDevice(build_dir=emulated_dir, guard=False)
+    dev = RecordingDevice(inner)
+    for variant in spec.variants:
+        inputs = spec.make_inputs(np.random.default_rng(0), np.dtype("float32"), size if spec.sizes is None
+                                  else spec.sizes[-1], **variant)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")                            # a dry run's outputs are a constant
+            cupy_backend.IMPLEMENTATIONS[kernel](dev, **inputs)
+    return dev.launches
+
+
+def _assert_launches_fit(T, emulated_dir):
+    from backends.cupy.runtime import LAUNCH_LIMITS
+    seen = 0
+    for kernel in sorted(k for k in KERNELS if not k.startswith("ep.")):           # ep's kernels launch none
+        records = _record_launches(kernel, {**GOAL_SHAPE, "T": T}, emulated_dir)
+        assert all(r.problems() == [] for r in records), [p for r in records for p in r.problems()]
+        assert all(r.block == runtime.BLOCK and r.grid * r.block >= r.n and r.shared_bytes == 0 for r in records)
+        seen += len(records)
+        if kernel == "lru.rtrl":                                       # the largest launch: one thread per (b, k, i)
+            assert max(r.n for r in records) == 64 * 512 * 128
+    assert seen > 0 and LAUNCH_LIMITS["threads_per_block"] == 1024
+
+
+@needs_cxx
+def test_launches_fit_the_device_at_the_goal_shapes(emulated):
+    """Every launch of every kernel at the GPU check's shapes (the dense sweeps at their registered sizes): at most
+    1024 threads per block in whole warps, a 1-D grid within 2³¹ − 1 blocks, no shared memory, a parameter block
+    within 4 KiB, every array indexable by a 32-bit offset. (Recorded on a DryDevice: no thread runs.)"""
+    _assert_launches_fit(1, emulated.build_dir)
+    too_big = runtime.LaunchRecord("s", "k", "float", 1, 1, 2048, 64 * 1024, 8, 2 ** 31)
+    assert len(too_big.problems()) == 3
+
+
+@pytest.mark.slow
+@needs_cxx
+def test_launches_fit_the_device_at_the_goal_shapes_whole_length(emulated):
+    _assert_launches_fit(GOAL_SHAPE["T"], emulated.build_dir)
