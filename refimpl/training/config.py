@@ -55,8 +55,8 @@ class TrainConfig:
     net_options: dict = field(default_factory=dict)   # its options: activation, dt, clamp
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return config_from_dict(cls, d)
+    def from_dict(cls, d: dict, source=None) -> "TrainConfig":
+        return config_from_dict(cls, d, source)
 
 
 @dataclass
@@ -70,6 +70,12 @@ class RunResult:
     test_accuracy: float | None
     time_s: float
     peak_memory_bytes: int | None = None
+
+
+#: The options that may change when a run is resumed: the run's length (a longer run continues where the killed one
+#: stopped; with the cosine schedule the learning rate of the remaining steps follows the new length) and where the
+#: data lives (not what it is). Everything else would make the resumed run another run than the stored one.
+RESUME_CHANGES = ("epochs", "steps", "data_dir")
 
 
 def check_config(config: TrainConfig) -> None:
