@@ -453,7 +453,10 @@ def static_problem(config: TrainConfig, task) -> Problem:
 
 
 def _int_pair(key: str, value):
-    """A conv option as the network takes it: an int, or a pair from the command line's text "a,b"."""
+    """A conv option as the network takes it: an int, or a pair from the command line's text "a,b" (one number of
+    channels stands for both layers)."""
+    if key == "channels" and isinstance(value, int):
+        return (value, value)
     if not isinstance(value, str):
         return value
     try:
