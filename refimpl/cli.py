@@ -47,6 +47,7 @@ from .studies.gradcheck import check_every_cell, format_reports, format_summary,
 from .training import feedforward, sweep
 from .training.compare import compare as compare_algorithms, format_comparison
 from .training.config import EP_SETTINGS, TrainConfig
+from .training.problems import EP_NET_OPTIONS
 from .training.loop import train as train_run
 from .training.recipes import DEMO, apply_recipe
 
@@ -464,6 +465,9 @@ def _ep_settings(kind, sizes, T, K, beta, net_options):
     own defaults — activation, dt, clamp — are refimpl.ep's)."""
     d = EP_SETTINGS["toy" if kind == "toy" else "digits"]
     opts = _parse_options(net_options, "--net-option", "-n activation=tanh")
+    for key in opts:
+        if key not in EP_NET_OPTIONS:
+            raise UnknownNameError("--net-option", key, EP_NET_OPTIONS, "e.g. -n activation=tanh -n dt=0.08")
     if "clamp" in opts:
         opts["clamp"] = bool(opts["clamp"])
     given = {"sizes": sizes, "T": T, "K": K, "beta": beta}           # None: not given (0 is refused by the types)

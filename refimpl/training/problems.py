@@ -58,13 +58,17 @@ from ..cells import resolve_cell
 from ..checks import check_memory, positive_int
 from ..api import make_model, model_grads
 from ..ep import conv as ep_conv, networks as ep_networks
-from ..errors import NumericalError, RefimplError, UnsupportedError
+from ..errors import NumericalError, RefimplError, UnknownNameError, UnsupportedError
 from ..nn.losses import loss_forward
 from ..nn.model import Model, check_inputs, forward
 from ..registry import cell_kernels, ep_kernels, load_backend
 from .config import EP_SETTINGS, TrainConfig
 from .device import DeviceStep
 
+#: The -n/--net-option keys of the layered EP networks (refimpl/ep/networks.py make_ep_net) and of the convolutional
+#: one (refimpl/ep/conv.py make_conv_net; channels, kernel and pool as "a,b" pairs on the command line).
+EP_NET_OPTIONS = ("activation", "dt", "clamp")
+CONV_NET_OPTIONS = ("activation", "channels", "kernel", "pool")
 #: The algorithms that train a static task's EP network.
 STATIC_ALGORITHMS = ("ep", "bptt")
 
@@ -401,6 +405,11 @@ def static_problem(config: TrainConfig, task) -> Problem:
     if config.algorithm == "ep" and not beta > 0:
         raise UnsupportedError(f"beta must be > 0 (the nudge strength; EP estimates the gradient as β → 0), got "
                                f"{beta}; e.g. -a beta=0.5")
+    allowed = CONV_NET_OPTIONS if config.net == "conv" else EP_NET_OPTIONS
+    for key in config.net_options:
+        if key not in allowed:
+            raise UnknownNameError(f"--net-option of the {config.net} network", key, allowed,
+                                   "e.g. -n activation=tanh")
     if config.net == "conv":                      # the prototypical convolutional network (refimpl/ep/conv.py)
         if config.backend != "numpy":
             raise UnsupportedError(f"--net conv runs on the NumPy reference only (the registry has no convolutional "
