@@ -308,14 +308,24 @@ class MetricsLog:
         if keep_until_step is not None:        # resume: drop what was logged after the checkpoint (it is recomputed)
             kept = [r for r in read_metrics(path) if r["step"] <= keep_until_step and r["split"] != "test"]
             atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-        self._f = open(path, "a")
+        self.path, self._f = Path(path), open(path, "a")
 
     def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(record) + "\n")
+            self._f.flush()
+        except OSError as e:                     # a full disk: the error names the file (a torn line is dropped on
+            if e.errno is None:                  # resume)
+                raise
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError as e:                     # what a failed write left in the buffer
+            if e.errno is None:
+                raise
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
 
 
 def begin_run(run: RunDir, config: dict, params: dict, opt_state: dict, resume: bool):

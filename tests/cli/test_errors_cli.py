@@ -156,6 +156,20 @@ def test_an_atomic_write_that_fails_removes_its_temp_file(tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_while_logging_metrics_names_metrics_jsonl(tmp_path):
+    class Full:
+        def write(self, text=""):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        flush = close = write
+    log = runs.MetricsLog(tmp_path / "metrics.jsonl")
+    log._f.close()
+    log._f = Full()
+    for step in (lambda: log.write({"split": "train", "step": 1}), log.close):
+        with pytest.raises(OSError) as e:
+            step()
+        assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "metrics.jsonl")
+
+
 def test_a_read_only_output_location_is_named_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(runs.tempfile, "mkstemp", _raise(errno.EROFS))
     out = tmp_path / "run"
