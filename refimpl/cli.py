@@ -123,7 +123,7 @@ def _os_error_line(e: OSError) -> str:
 class _OneLineErrors(click.Group):
     """A Click group whose errors are one line on stderr: status 2 for user errors (bad options, unknown names,
     unsupported combinations, damaged run files, an output location that cannot be written), 1 for a failed run (a
-    numerical blow-up, a full disk) — no traceback. Any other exception is a bug and shows its traceback; --debug
+    numerical blow-up, a full disk, memory that ran out past the estimates) — no traceback. Any other exception is a bug and shows its traceback; --debug
     shows it for every error. Click's test runner goes through here too."""
 
     debug = False
@@ -150,6 +150,12 @@ class _OneLineErrors(click.Group):
                 sys.exit(1 if isinstance(e, NumericalError) else 2)
             click.echo(" ".join(_os_error_line(e).split()), err=True)
             sys.exit(1 if e.errno in _FAILED_WRITES else 2)
+        except MemoryError as e:                # past the estimates (refimpl/checks.py check_memory): a failed run
+            if _OneLineErrors.debug:
+                raise
+            click.echo(f"error: out of memory ({' '.join(str(e).split()) or 'MemoryError'}); use smaller sizes "
+                       f"(--hidden, --batch-size, --layers, --sizes, --arch), or --debug to see where", err=True)
+            sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -229,6 +229,15 @@ def test_a_run_too_big_for_memory_is_refused_with_the_estimate(tmp_path, args, k
     assert not (tmp_path / "run").exists()                   # refused before the run directory was made
 
 
+def test_memory_that_runs_out_past_the_estimate_fails_the_run_in_one_line(tmp_path, monkeypatch):
+    import refimpl.cli
+
+    def allocate(*args, **kwargs):
+        raise MemoryError("Unable to allocate 224. GiB for an array with shape (100000, 300000)")
+    monkeypatch.setattr(refimpl.cli, "train_run", allocate)
+    one_line(invoke("train", *TINY, "--out", tmp_path / "x"), 1, "out of memory", "224. GiB", "--hidden")
+
+
 def test_the_memory_estimate_names_the_largest_part(tmp_path, monkeypatch):
     monkeypatch.setattr(checks, "available_memory", lambda: 2**10)
     one_line(invoke("train", *TINY, "--batch-size", "16", "--out", tmp_path / "run"), 2, "states", "GiB",
