@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import sys
 import tempfile
 import time
@@ -217,7 +218,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {key: z[key] for key in z.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError, OverflowError, struct.error,
+            zipfile.BadZipFile, zlib.error) as e:      # zipfile's answers to damaged headers ("encrypted", "version")
         why = " ".join(str(e).split())[:200]
         raise damaged(path, f"cannot be read as a checkpoint ({type(e).__name__}: {why})") from None
     step = arrays.pop("step", None)

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from refimpl.cli import cli
 
-FUZZ_EXAMPLES = 12                # the default profile: 24 valid + 4 drawing + 36 invalid lines, 12 damaged dirs
+FUZZ_EXAMPLES = 12                # the default profile: 24 valid + 4 drawing + 36 invalid lines, 8 damaged dirs
 LONG_EXAMPLES = int(os.environ.get("REFIMPL_FUZZ_EXAMPLES", "300"))   # the slow profile; the variable sets it
 
 #: Tiny sizes for each command (they replace any generated value of the same option on a valid command line).
@@ -290,7 +290,7 @@ def _fuzz_run_dir(tiny_run, case) -> None:
                 assert str(d) in r.stderr and "--out" in r.stderr, r.stderr
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=QUIET)
+@settings(max_examples=FUZZ_EXAMPLES * 2 // 3, deadline=None, suppress_health_check=QUIET)
 @given(case=damage())
 def test_damaged_run_files_are_answered_in_one_line(tiny_run, case):
     _fuzz_run_dir(tiny_run, case)
