@@ -65,6 +65,9 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
     if run.saved_config is not None:
         saved = TrainConfig.from_dict(run.saved_config, run.config)
         config = saved if given is None else resume_config(saved, config, given, RESUME_CHANGES)
+        if given and "epochs" in given and "steps" not in given and config.steps is not None:
+            raise UnsupportedError(f"the run in {run.path} is {config.steps} steps long (--steps, which overrides "
+                                   f"--epochs): extend it with --steps instead of --epochs")
     if task_kind(config.task) == "stream":
         return train_stream(config, run_dir, resume=resume, progress=progress)
     check_config(config)

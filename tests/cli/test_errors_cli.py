@@ -272,6 +272,14 @@ def test_resume_refuses_fewer_steps_than_done_and_another_out(run_dir, tmp_path)
     one_line(invoke("train", "--resume", run_dir, "--out", tmp_path / "other"), 2, "drop --out")
 
 
+def test_resume_of_a_run_counted_in_steps_refuses_epochs_and_takes_steps(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("train", *TINY, "--steps", "1", "--out", out).exit_code == 0
+    one_line(invoke("train", "--resume", out, "--epochs", "5", "--no-progress"), 2, "--steps instead")
+    r = invoke("train", "--resume", out, "--steps", "2", "--no-progress")
+    assert r.exit_code == 0 and ": 2 steps" in r.output, r.output
+
+
 def test_bpfree_resume_refuses_a_changed_rule(tmp_path):
     out = tmp_path / "ff"
     base = ["--arch", "3", "--epochs", "1", "--batch-size", "512", "--no-trackers", "--no-progress"]
