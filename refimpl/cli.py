@@ -117,14 +117,14 @@ def _os_error_line(e: OSError) -> str:
         fix = "choose another --out where you can write"
     else:
         fix = "check the path, or choose another --out"
-    return f"error: cannot use {path}: {e.strerror or e}; {fix} (nothing half-written was left behind)"
+    return f"error: cannot use {path}: {e.strerror or e}; {fix}"
 
 
 class _OneLineErrors(click.Group):
-    """A Click group whose errors are one line on stderr: status 2 for user errors (bad options, unknown names,
-    unsupported combinations, damaged run files, an output location that cannot be written), 1 for a failed run (a
-    numerical blow-up, a full disk, memory that ran out past the estimates) — no traceback. Any other exception is a bug and shows its traceback; --debug
-    shows it for every error. Click's test runner goes through here too."""
+    """A Click group whose errors are one line on stderr, no traceback: status 2 for user errors (bad options, unknown
+    names, unsupported combinations, damaged run files, an output location that cannot be written), 1 for a failed
+    run (a numerical blow-up, a full disk, memory that ran out past the estimates). Any other exception is a bug and
+    shows its traceback, and so does every error with --debug. Click's test runner goes through here too."""
 
     debug = False
 
@@ -136,27 +136,28 @@ class _OneLineErrors(click.Group):
         except click.exceptions.Abort:
             click.echo("aborted", err=True)
             sys.exit(1)
-        except click.ClickException as e:       # usage errors: bad option values, missing options, unknown commands
-            if _OneLineErrors.debug:
+        except (click.ClickException, RefimplError, OSError, MemoryError) as e:
+            answer = None if _OneLineErrors.debug else _one_line(e)
+            if answer is None:
                 raise
-            click.echo(f"error: {' '.join(e.format_message().split())} (see --help)", err=True)
-            sys.exit(2)
-        except (RefimplError, OSError) as e:
-            if _OneLineErrors.debug or (isinstance(e, OSError) and not isinstance(e, RefimplError)
-                                        and e.filename is None):
-                raise                           # an OSError without a file is not the user's: show the traceback
-            if isinstance(e, RefimplError):
-                click.echo(f"error: {' '.join(str(e).split())}", err=True)
-                sys.exit(1 if isinstance(e, NumericalError) else 2)
-            click.echo(" ".join(_os_error_line(e).split()), err=True)
-            sys.exit(1 if e.errno in _FAILED_WRITES else 2)
-        except MemoryError as e:                # past the estimates (refimpl/checks.py check_memory): a failed run
-            if _OneLineErrors.debug:
-                raise
-            click.echo(f"error: out of memory ({' '.join(str(e).split()) or 'MemoryError'}); use smaller sizes "
-                       f"(--hidden, --batch-size, --layers, --sizes, --arch), or --debug to see where", err=True)
-            sys.exit(1)
+            click.echo(" ".join(answer[0].split()), err=True)
+            sys.exit(answer[1])
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _one_line(e: Exception) -> tuple[str, int] | None:
+    """(the line, the exit status) for an expected failure; None for what must show its traceback (an OSError that
+    names no file comes from no path the user gave: a bug)."""
+    if isinstance(e, click.ClickException):      # usage errors: bad option values, missing options, unknown commands
+        return f"error: {e.format_message()} (see --help)", 2
+    if isinstance(e, RefimplError):
+        return f"error: {e}", 1 if isinstance(e, NumericalError) else 2
+    if isinstance(e, MemoryError):               # past the estimates (refimpl/checks.py check_memory)
+        return (f"error: out of memory ({e or 'MemoryError'}); use smaller sizes (--hidden, --batch-size, --layers, "
+                f"--sizes, --arch), or --debug to see where"), 1
+    if e.filename is None:
+        return None
+    return _os_error_line(e), 1 if e.errno in _FAILED_WRITES else 2
 
 
 def _set_debug(ctx, param, value):

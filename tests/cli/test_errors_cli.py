@@ -189,6 +189,15 @@ def test_plot_to_a_full_disk_leaves_no_temp_file(run_dir, tmp_path, monkeypatch)
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["train", "plot", "ep-curves"])
+def test_an_output_location_under_a_file_is_named_in_one_line(run_dir, tmp_path, command):
+    (tmp_path / "afile").write_text("x")                     # works as root too, unlike a read-only directory
+    out = tmp_path / "afile" / "sub"
+    args = {"train": ["train", *TINY, "--out", out], "plot": ["plot", run_dir, "--out", out / "c.png"],
+            "ep-curves": ["ep-curves", "--T", "3", "--K", "2", "--batch", "2", "--out", out]}[command]
+    one_line(invoke(*args), 2, str(tmp_path / "afile"), "choose another --out")
+
+
 def _chmod_works(d) -> bool:
     """Whether a read-only directory refuses writes here (not as root, not on every file system)."""
     d.chmod(0o500)
