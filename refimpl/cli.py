@@ -31,6 +31,7 @@ import warnings
 from pathlib import Path
 
 import click
+import numpy as np
 from click.core import ParameterSource
 
 from tasks import PRESETS
@@ -81,7 +82,10 @@ class _Sizes(click.ParamType):
 
 
 POSITIVE, COUNT = click.IntRange(min=1), click.IntRange(min=0)
-RATE = _Float(min=0, min_open=True)            # a learning rate, a nudge strength: > 0
+RATE = _Float(min=0, min_open=True)            # a learning rate: > 0
+#: EP's nudge strength β: below float64's machine epsilon the nudged phase cannot move a state of order 1, and the
+#: estimate (s^β − s^0)/β divides rounding by a vanishing β (β = 5e-324 overflows 1/β).
+NUDGE = _Float(min=float(np.finfo(np.float64).eps))
 NONNEGATIVE = _Float(min=0)                    # a decay, a clip norm, a factor: ≥ 0 (0 = off)
 
 
@@ -455,7 +459,7 @@ def _ep_net_options(f):
                      help=f"Free-phase steps (default toy {toy['T']}, others {digits['T']})."),
         click.option("--K", "K", default=None, type=POSITIVE,
                      help=f"Nudged steps (default toy {toy['K']}, others {digits['K']})."),
-        click.option("--beta", default=None, type=RATE,
+        click.option("--beta", default=None, type=NUDGE,
                      help=f"Nudge strength (default toy {toy['beta']}, others {digits['beta']})."),
         click.option("--batch", default=20, show_default=True, type=click.IntRange(min=1)),
         click.option("--seed", default=0, show_default=True, type=COUNT),

@@ -402,9 +402,10 @@ def static_problem(config: TrainConfig, task) -> Problem:
     if K > T:
         raise UnsupportedError(f"K = {K} > T = {T}: the nudged phase (and BPTT's truncation) cannot be longer than "
                                f"the free phase; use -a K=… ≤ -a T=…")
-    if config.algorithm == "ep" and not beta > 0:
-        raise UnsupportedError(f"beta must be > 0 (the nudge strength; EP estimates the gradient as β → 0), got "
-                               f"{beta}; e.g. -a beta=0.5")
+    if config.algorithm == "ep" and not beta >= np.finfo(config.dtype).eps:
+        raise UnsupportedError(f"beta must be > 0 (the nudge strength; EP estimates the gradient as β → 0) and at "
+                               f"least {config.dtype}'s machine epsilon {np.finfo(config.dtype).eps:.3g} (a smaller "
+                               f"nudge cannot move the state), got {beta}; e.g. -a beta=0.5")
     allowed = CONV_NET_OPTIONS if config.net == "conv" else EP_NET_OPTIONS
     for key in config.net_options:
         if key not in allowed:
