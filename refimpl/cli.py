@@ -285,12 +285,13 @@ def _run_options(f):
         click.option("--warmup-steps", default=d.warmup_steps, show_default=True, type=COUNT),
         click.option("--log-every", default=d.log_every, show_default=True, type=POSITIVE),
         click.option("-a", "--algorithm-option", "algorithm_options", multiple=True, metavar="KEY=VALUE",
-                     help="Algorithm option, e.g. -a passes=2, -a carrier=state, -a warmup=shooting (fptt)."),
+                     help="Algorithm option, e.g. -a passes=2, -a carrier=state, -a warmup=shooting (fptt); "
+                          "-a T=30 -a K=10 -a beta=0.5 (ep on a static task)."),
         click.option("--net", default=d.net, show_default=True,
                      type=click.Choice(["prototypical", "energy", "toy", "conv"]),
                      help="Static tasks: the equilibrium-propagation network (refimpl/ep/networks.py, conv.py)."),
         click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
-                     help="EP network option, e.g. -n activation=tanh -n dt=0.5."),
+                     help="EP network option, e.g. -n activation=tanh -n dt=0.5; -n channels=32,64 (--net conv)."),
         click.option("--update-every", default=None, type=POSITIVE,
                      help="Truly online training (RTRL family, tbptt): update the weights every K time steps "
                           "(1 ≤ K ≤ T; a stream task needs it)."),

@@ -132,7 +132,7 @@ def estimate_bytes(config: TrainConfig, task) -> dict:
     cannot be described (its own checks then say why)."""
     try:
         return _static_bytes(config, task) if task.kind == "static" else _sequence_bytes(config, task)
-    except RefimplError:
+    except (RefimplError, TypeError, ValueError):      # e.g. -a T=abc: refused with the reason by the problem
         return {}
 
 
@@ -396,7 +396,11 @@ def static_problem(config: TrainConfig, task) -> Problem:
         raise UnsupportedError(f"unknown option(s) {unknown} for {config.algorithm} on a static task; allowed: "
                                f"{sorted(allowed)} (e.g. -a T=30 -a K=10 -a beta=0.5)")
     o = {**EP_SETTINGS["train"], **config.algorithm_options}
-    T, K, beta = int(o["T"]), int(o["K"]), float(o["beta"])
+    try:
+        T, K, beta = int(o["T"]), int(o["K"]), float(o["beta"])
+    except (TypeError, ValueError):
+        raise UnsupportedError(f"-a T={o['T']} -a K={o['K']} -a beta={o['beta']}: T and K must be integers and beta "
+                               f"a number, e.g. -a T=30 -a K=10 -a beta=0.5") from None
     if T < 1 or K < 1:
         raise UnsupportedError(f"T and K must be ≥ 1 (free and nudged steps), got T={T}, K={K}")
     if K > T:
@@ -489,7 +493,11 @@ def _layer_lr_scale(config: TrainConfig, params: dict, lr_tab) -> dict:
     if config.optimizer != "sgd":
         raise UnsupportedError(f"-a lr_tab needs --optimizer sgd (per-layer rates are gradient scales only for plain "
                                f"SGD), got {config.optimizer!r}")
-    rates = [float(v) for v in str(lr_tab).split(",") if v.strip()]
+    try:
+        rates = [float(v) for v in str(lr_tab).split(",") if v.strip()]
+    except ValueError:
+        raise UnsupportedError(f"-a lr_tab={lr_tab} is not a comma-separated list of learning rates, e.g. "
+                               f"-a lr_tab=0.1,0.05") from None
     weights = [k for k in params if k.startswith("W.")] or [k for k in ("K1", "K0", "W") if k in params]
     biases = [k for k in params if k.startswith("b.")] or [k for k in ("c1", "c0", "b") if k in params]
     if len(rates) != len(weights):

@@ -6,7 +6,8 @@ with exactly one line ("error: …") on stderr when the status is 2.
    params: type, choices, ranges, flags), so a new option is fuzzed without touching this file:
        valid     a value the option's type accepts (a choice, an integer or float in its range, a flag), small
        invalid   one value the type refuses (not a choice, out of range, nan/inf, not a number); for an untyped
-                 (text) option: a word no command knows, or KEY=VALUE nonsense for a repeated -x KEY=VALUE option
+                 (text) option: a word no command knows; for a repeated -x KEY=VALUE option: no "=", an unknown
+                 key, or a key its help names (e.g. -a passes=2) with a value of the wrong kind
    Every command line gets fixed tiny sizes (FIXED) so a valid run takes a fraction of a second; the commands that are
    slow even then (SLOW: the default job, fptt-stability, sweep) are fuzzed with invalid values only. Paths (--out,
    --resume, --data-dir, plot's run directories) point into a fresh temporary directory.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -124,7 +126,9 @@ def invalid_value(param):
     if isinstance(t, (click.types.IntParamType, click.types.FloatParamType)):
         return st.just(([_opt(param), "x1"], True))
     if param.multiple:                                           # -x KEY=VALUE options
-        return st.one_of(WORD.filter(lambda w: "=" not in w), st.just("nosuchkey=1")).map(
+        keys = sorted(set(re.findall(r"(\w+)=", param.help or ""))) or ["nosuchkey"]   # the keys its help names
+        known = st.tuples(st.sampled_from(keys), st.sampled_from(["x", "-1", "0", "1e400", "", "a,b"])).map("=".join)
+        return st.one_of(WORD.filter(lambda w: "=" not in w), st.just("nosuchkey=1"), known).map(
             lambda v: ([_opt(param), v], False))
     return st.one_of(WORD, st.just("nosuchname")).map(lambda v: ([_opt(param), v], False))
 
