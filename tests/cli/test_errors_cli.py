@@ -377,3 +377,25 @@ def test_a_real_bug_still_raises(monkeypatch, tmp_path):
     assert isinstance(r.exception, KeyError)
     monkeypatch.setattr(refimpl.cli, "train_run", lambda *a, **k: open(None))          # an OSError-free TypeError
     assert isinstance(invoke("train", *TINY, "--out", tmp_path / "y").exception, TypeError)
+
+
+@pytest.mark.parametrize("cell,algorithm,layers", [("gru", "bptt", 2), ("lru", "snap1", 1), ("lstm", "rtrl", 2)])
+def test_the_memory_estimate_counts_the_parameters_and_traces_that_are_allocated(cell, algorithm, layers):
+    from tasks import make_task
+    from refimpl.algorithms import rtrl
+    from refimpl.training.config import TrainConfig
+    from refimpl.training.problems import build_model, estimate_bytes
+    config = TrainConfig(task="copy", task_options={"n_train": 8}, cell=cell, algorithm=algorithm, hidden=3,
+                         layers=layers, batch_size=4, encoder=True, d_model=5, ffn="glu")
+    task = make_task("copy", seed=0, n_train=8)
+    model, params = build_model(config, task)
+    parts = estimate_bytes(config, task)
+    assert parts["parameters"] == 4 * sum(p.nbytes for p in params.values())
+    if algorithm == "bptt":
+        assert set(parts) == {"parameters", "states"}
+    elif algorithm == "rtrl":                                 # whole-stack: S_total × P sensitivity
+        S = sum(c.state_size for c in model.cells)
+        assert parts["Jacobians"] == S * sum(p.size for p in params.values()) * 8
+    else:                                                     # the traces init_traces allocates, layer by layer
+        traces = [rtrl.init_traces(rtrl.LAYER_RULE[algorithm], c, {}, 4) for c in model.cells]
+        assert parts["traces"] == sum(a.nbytes for t in traces for a in t.sens.values())
