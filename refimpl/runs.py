@@ -16,7 +16,14 @@ The data order is a function of (seed, step) alone (batch_at), so a resumed run 
 run would have drawn.
 
 Writes that replace a file go through atomic_write_bytes (temp file in the same directory, fsync, rename), so a reader
-— or a resumed run — never sees a half-written file. A run that becomes non-finite stops with TrainingDiverged.
+— or a resumed run — never sees a half-written file; a write that fails (read-only or full file system) removes its
+temp file and raises an OSError naming the file. A run that becomes non-finite stops with TrainingDiverged.
+
+Reading is defensive: an empty, truncated or damaged config.json (not JSON, not an object, a field of the wrong JSON
+type), checkpoint.npz (not a zip, a bad CRC, pickled objects — loaded with allow_pickle=False —, arrays that are not
+the run's) or metrics.jsonl (a line before the last that is not a metrics record) is a RunFileError that names the
+file, says what is wrong, and says to delete the directory or start a new --out. resume_config decides which options
+given with --resume are honoured and which are refused.
 """
 
 from __future__ import annotations
