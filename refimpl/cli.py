@@ -615,7 +615,7 @@ def bpfree_cmd(ctx, out_dir, resume_dir, progress, **kw):
 @click.option("--lr-max", default=1e-2, show_default=True, type=RATE)
 @click.option("--lr-points", default=3, show_default=True, type=POSITIVE, help="Learning rates on a log grid.")
 @click.option("--lrs", default=None, help="Comma-separated learning rates (instead of the log grid).")
-@click.option("--workers", default=2, show_default=True, type=POSITIVE, help="Trials run in parallel (processes).")
+@click.option("--workers", default=2, show_default=True, type=int, help="Trials run in parallel (processes).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Sweep directory (default runs/sweep-<task>-<problem>). Rerun the same command to resume.")
 def sweep_cmd(algorithms, activations, inits, forward_inits, archs, lr_min, lr_max, lr_points, lrs, workers,

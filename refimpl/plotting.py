@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import UnsupportedError
-from .runs import read_metrics
+from .runs import read_run_metrics
 
 
 def plot_runs(run_dirs, out_path, labels=None, title: str | None = None) -> Path:
@@ -18,7 +18,7 @@ def plot_runs(run_dirs, out_path, labels=None, title: str | None = None) -> Path
     runs = []
     for i, d in enumerate(run_dirs):
         d = Path(d)
-        records = read_metrics(d / "metrics.jsonl")
+        records = read_run_metrics(d / "metrics.jsonl")
         if not records:
             raise UnsupportedError(f"{d} has no metrics.jsonl with records; give run directories written by "
                                    f"`python -m refimpl.run train` or `compare`")

@@ -260,8 +260,9 @@ def check_checkpoint(path: Path, **expected: dict) -> None:
 # metrics.jsonl
 
 def read_metrics(path: Path) -> list[dict]:
-    """The records of a JSON-lines file (metrics.jsonl); a torn last line (a run killed mid-write) is ignored. A line
-    before the last that is not a metrics record (a damaged file) is a RunFileError that names the file and line."""
+    """The records of a JSON-lines file (metrics.jsonl, sweep.jsonl); a torn last line (a run killed mid-write) is
+    ignored. A line before the last that is not a JSON object (a damaged file) is a RunFileError that names the file
+    and line. read_run_metrics also checks the fields of a run's metrics records."""
     path = Path(path)
     if not path.exists():
         return []
@@ -277,10 +278,20 @@ def read_metrics(path: Path) -> list[dict]:
             if i == len(lines) - 1:              # torn by a kill mid-write: recomputed on resume
                 break
             raise damaged(path, f"line {i + 1} is not JSON") from None
+        if not isinstance(record, dict):
+            raise damaged(path, f"line {i + 1} is a JSON {type(record).__name__}, not a record (an object)")
+        records.append(record)
+    return records
+
+
+def read_run_metrics(path: Path) -> list[dict]:
+    """A run's metrics.jsonl (read_metrics), each record checked for the fields the trainers write and the plots and
+    a resumed run read ("split", "step", numbers or null where numbers go)."""
+    records = read_metrics(path)
+    for i, record in enumerate(records):
         problem = _record_problem(record)
         if problem:
-            raise damaged(path, f"line {i + 1} {problem}")
-        records.append(record)
+            raise damaged(Path(path), f"line {i + 1} {problem}")
     return records
 
 
@@ -290,8 +301,6 @@ def _is_number(v, none: bool = True) -> bool:
 
 def _record_problem(r) -> str | None:
     """What is wrong with one metrics record (None: nothing): the fields the trainers write and the plots read."""
-    if not isinstance(r, dict):
-        return f"is a JSON {type(r).__name__}, not a metrics record (an object)"
     if not isinstance(r.get("split"), str):
         return f"has no split name ('split': {r.get('split')!r})"
     if not (isinstance(r.get("step"), int) and not isinstance(r["step"], bool) and r["step"] >= 0):
@@ -315,7 +324,7 @@ class MetricsLog:
 
     def __init__(self, path: Path, keep_until_step: int | None = None):
         if keep_until_step is not None:        # resume: drop what was logged after the checkpoint (it is recomputed)
-            kept = [r for r in read_metrics(path) if r["step"] <= keep_until_step and r["split"] != "test"]
+            kept = [r for r in read_run_metrics(path) if r["step"] <= keep_until_step and r["split"] != "test"]
             atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         self.path, self._f = Path(path), open(path, "a")
 

@@ -46,7 +46,7 @@ from ..checks import check_memory, positive_int
 from ..errors import NumericalError, UnsupportedError
 from ..plotting import save_figure
 from ..runs import (MetricsLog, ProgressBar, TrainingDiverged, atomic_write_json, batch_at, check_checkpoint,
-                    config_from_dict, load_checkpoint, open_run_dir, read_config, read_metrics, resume_config,
+                    config_from_dict, load_checkpoint, open_run_dir, read_config, read_run_metrics, resume_config,
                     save_checkpoint)
 
 #: Trackers are measured on this many training examples (a seeded subset, the same at every epoch).
@@ -254,7 +254,7 @@ def plot_run(run_dir, out_path, title: str | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = read_run_metrics(run_dir / "metrics.jsonl")
     if not records:
         raise UnsupportedError(f"{run_dir} has no metrics.jsonl with records; give a run directory written by "
                                f"`python -m refimpl.run bpfree`")

@@ -321,7 +321,7 @@ def test_bpfree_resume_refuses_a_changed_rule(tmp_path):
     (["ep-recipe", "-n", "dt=0"], "dt"),
     (["bpfree", "--dropout", "1"], "0<=x<1"), (["bpfree", "--dropout", "-0.1"], "0<=x<1"),
     (["bpfree", "--lr", "0"], "x>0"), (["bpfree", "--epochs", "0"], "x>=1"),
-    (["sweep", "--workers", "0"], "x>=1"), (["sweep", "--lr-points", "0"], "x>=1"),
+    (["sweep", "--workers", "0"], "workers must be a positive integer"), (["sweep", "--lr-points", "0"], "x>=1"),
     (["sweep", "--lr-min", "0"], "x>0"),
 ])
 def test_numeric_options_are_refused_at_their_edges(tmp_path, args, phrase):
