@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import DTypeError, NonFiniteError, ShapeError, UnknownNameError, UnsupportedError
+from .errors import DTypeError, NonFiniteError, ShapeError, TooBigError, UnknownNameError, UnsupportedError
 
 #: The real dtypes refimpl supports, by name. float64 is the default everywhere (DESIGN.md §2).
 REAL_DTYPES = {"float64": np.dtype(np.float64), "float32": np.dtype(np.float32)}
@@ -107,3 +107,37 @@ def check_params(kind: str, params: Mapping[str, np.ndarray], expected: Mapping[
     for k, shape in expected.items():
         check_array(f"params[{k!r}]", params[k], [(f"d{i}", s) for i, s in enumerate(shape)], dtype,
                     hint=f"expected shape {tuple(shape)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Memory: refuse a run whose largest arrays cannot fit, before allocating them
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable of /proc/meminfo; elsewhere the physical
+    memory), or None when the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def check_memory(what: str, parts: dict, knob: str) -> None:
+    """Refuse (TooBigError) when the estimated bytes of `parts` ({"parameters": bytes, "states": …}) exceed the
+    memory available, with the estimate per part and `knob`, the option(s) to turn."""
+    need, have = sum(parts.values()), available_memory()
+    if have is not None and need > have:
+        detail = ", ".join(f"{name} {gib(n)}" for name, n in parts.items() if n)
+        raise TooBigError(f"{what} would need about {gib(need)} of memory ({detail}), more than the {gib(have)} "
+                          f"available here; {knob}")

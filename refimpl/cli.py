@@ -22,12 +22,17 @@ a failed check exits with status 1.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
 
 import click
+import numpy as np
+from click.core import ParameterSource
 
 from tasks import PRESETS
 
@@ -43,8 +48,45 @@ from .studies.gradcheck import check_every_cell, format_reports, format_summary,
 from .training import feedforward, sweep, tracking
 from .training.compare import compare as compare_algorithms, format_comparison
 from .training.config import EP_SETTINGS, FREEZE_RECURRENCE, TrainConfig
+from .training.problems import EP_NET_OPTIONS
 from .training.loop import train as train_run
 from .training.recipes import DEMO, apply_recipe
+
+
+class _Float(click.FloatRange):
+    """A finite float in a range (nan and ±inf refused; the range shows in --help)."""
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, float) or not math.isfinite(value):
+            rv = click.FLOAT.convert(value, param, ctx)
+            if not math.isfinite(rv):
+                self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class _Sizes(click.ParamType):
+    """Layer sizes, input first, as comma-separated integers ≥ 1 (at least an input and an output)."""
+    name = "N,N,…"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            sizes = tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            sizes = ()
+        if len(sizes) < 2 or min(sizes) < 1:
+            self.fail(f"{value!r} is not a list of layer sizes: give two or more integers ≥ 1 separated by commas, "
+                      f"input first, e.g. 64,64,10", param, ctx)
+        return sizes
+
+
+POSITIVE, COUNT = click.IntRange(min=1), click.IntRange(min=0)
+RATE = _Float(min=0, min_open=True)            # a learning rate: > 0
+#: EP's nudge strength β: below float64's machine epsilon the nudged phase cannot move a state of order 1, and the
+#: estimate (s^β − s^0)/β divides rounding by a vanishing β (β = 5e-324 overflows 1/β).
+NUDGE = _Float(min=float(np.finfo(np.float64).eps))
+NONNEGATIVE = _Float(min=0)                    # a decay, a clip norm, a factor: ≥ 0 (0 = off)
 
 
 def _parse_options(pairs, flag: str = "--cell-option", example: str = "-o nonlinearity=linear") -> dict:
@@ -65,32 +107,71 @@ def _parse_options(pairs, flag: str = "--cell-option", example: str = "-o nonlin
     return options
 
 
+#: OSError numbers that mean the run failed in a full or failing file system (exit 1); any other error of a file the
+#: user named (read-only, permission, not a directory, …) is a bad location (exit 2).
+_FAILED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
+
+
+def _os_error_line(e: OSError) -> str:
+    """One line for an OSError of a file: the path, the system's reason, and the fix."""
+    path = e.filename if e.filename2 is None else f"{e.filename} → {e.filename2}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "free some space, or choose another --out on a file system with room"
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "choose another --out where you can write"
+    else:
+        fix = "check the path, or choose another --out"
+    return f"error: cannot use {path}: {e.strerror or e}; {fix}"
+
+
 class _OneLineErrors(click.Group):
-    """A Click group whose errors are one line on stderr: status 2 for user errors (bad options, unknown names,
-    unsupported combinations), 1 for numerical failures (a blow-up, a diverged run) — no traceback. Click's test
-    runner goes through here too."""
+    """A Click group whose errors are one line on stderr, no traceback: status 2 for user errors (bad options, unknown
+    names, unsupported combinations, damaged run files, an output location that cannot be written), 1 for a failed
+    run (a numerical blow-up, a full disk, memory that ran out past the estimates). Any other exception is a bug and
+    shows its traceback, and so does every error with --debug. Click's test runner goes through here too."""
+
+    debug = False
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _OneLineErrors.debug = False
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
                               **extra)
         except click.exceptions.Abort:
             click.echo("aborted", err=True)
             sys.exit(1)
-        except click.ClickException as e:       # usage errors: bad option values, missing options, unknown commands
-            click.echo(f"error: {' '.join(e.format_message().split())} (see --help)", err=True)
-            sys.exit(2)
-        except NumericalError as e:
-            click.echo(f"error: {' '.join(str(e).split())}", err=True)
-            sys.exit(1)
-        except RefimplError as e:
-            click.echo(f"error: {' '.join(str(e).split())}", err=True)
-            sys.exit(2)
+        except (click.ClickException, RefimplError, OSError, MemoryError) as e:
+            answer = None if _OneLineErrors.debug else _one_line(e)
+            if answer is None:
+                raise
+            click.echo(" ".join(answer[0].split()), err=True)
+            sys.exit(answer[1])
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _one_line(e: Exception) -> tuple[str, int] | None:
+    """(the line, the exit status) for an expected failure; None for what must show its traceback (an OSError that
+    names no file comes from no path the user gave: a bug)."""
+    if isinstance(e, click.ClickException):      # usage errors: bad option values, missing options, unknown commands
+        return f"error: {e.format_message()} (see --help)", 2
+    if isinstance(e, RefimplError):
+        return f"error: {e}", 1 if isinstance(e, NumericalError) else 2
+    if isinstance(e, MemoryError):               # past the estimates (refimpl/checks.py check_memory)
+        return (f"error: out of memory ({e or 'MemoryError'}); use smaller sizes (--hidden, --batch-size, --layers, "
+                f"--sizes, --arch), or --debug to see where"), 1
+    if e.filename is None:
+        return None
+    return _os_error_line(e), 1 if e.errno in _FAILED_WRITES else 2
+
+
+def _set_debug(ctx, param, value):
+    _OneLineErrors.debug = bool(value)
 
 
 @click.group(cls=_OneLineErrors, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, is_eager=True, expose_value=False, callback=_set_debug,
+              help="Show the Python traceback of any error (default: one line on stderr for user errors).")
 @click.pass_context
 def cli(ctx):
     """refimpl: a readable NumPy reference for how recurrent networks learn.
@@ -133,7 +214,7 @@ def _demo() -> None:
 @click.option("--batch", default=2, show_default=True, type=click.IntRange(min=1), help="B.")
 @click.option("--n-in", default=3, show_default=True, type=click.IntRange(min=1), help="Input width.")
 @click.option("--dtype", default="float64", show_default=True, type=click.Choice(["float64", "float32"]))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=COUNT)
 @click.option("--backend", default="numpy", show_default=True, help="Backend of the algorithm's kernels.")
 @click.option("--norm", type=click.Choice(list(NORMS)), default=None, help="Pre-norm in each layer.")
 @click.option("--ffn", type=click.Choice(list(FFNS)), default=None, help="Feed-forward block per layer.")
@@ -146,7 +227,7 @@ def _demo() -> None:
               help="Algorithm option, e.g. -a passes=2, -a carrier=state, -a warmup=shooting (fptt).")
 @click.option("--loss", default="mse", show_default=True, type=click.Choice(["mse", "ce", "bce"]),
               help="Loss on random targets (ce: integer labels; drtp needs ce or bce).")
-@click.option("--chunk", default=None, type=int,
+@click.option("--chunk", default=None, type=POSITIVE,
               help="Streaming algorithms (RTRL family, fptt): C steps per kernel call, 1 ≤ C ≤ T.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def gradcheck_cmd(cell, algorithm, layers, hidden, seq_len, batch, n_in, dtype, seed, backend, norm, ffn, residual,
@@ -179,27 +260,27 @@ def _run_options(f):
         click.option("-o", "--cell-option", "cell_options", multiple=True, metavar="KEY=VALUE",
                      help="Cell option, e.g. -o r_min=0.9 (lru) or -o nonlinearity=linear (rnn)."),
         click.option("--backend", default=d.backend, show_default=True, help="Where the cell kernels run."),
-        click.option("--layers", default=d.layers, show_default=True, type=int),
-        click.option("--hidden", default=d.hidden, show_default=True, type=int, help="Hidden units (lru: N)."),
-        click.option("--d-model", default=None, type=int, help="Encoder width (with --encoder)."),
+        click.option("--layers", default=d.layers, show_default=True, type=POSITIVE),
+        click.option("--hidden", default=d.hidden, show_default=True, type=POSITIVE, help="Hidden units (lru: N)."),
+        click.option("--d-model", default=None, type=POSITIVE, help="Encoder width (with --encoder)."),
         click.option("--encoder/--no-encoder", default=d.encoder, show_default=True),
         click.option("--norm", type=click.Choice(list(NORMS)), default=None),
         click.option("--ffn", type=click.Choice(list(FFNS)), default=None),
         click.option("--residual/--no-residual", default=d.residual, show_default=True),
-        click.option("--dropout", default=d.dropout, show_default=True, type=float,
+        click.option("--dropout", default=d.dropout, show_default=True, type=_Float(min=0, max=1, max_open=True),
                      help="Dropout rate in training (after each block's FFN nonlinearity and on its output, one mask "
                           "per sequence; the online-LRU paper uses 0.1); none at evaluation."),
         click.option("--pooling", type=click.Choice(list(POOLINGS)), default=d.pooling, show_default=True),
         click.option("--dtype", default=d.dtype, show_default=True, type=click.Choice(["float64", "float32"])),
-        click.option("--seed", default=d.seed, show_default=True, type=int),
-        click.option("--epochs", default=d.epochs, show_default=True, type=int),
-        click.option("--steps", default=None, type=int, help="Total optimizer steps (overrides --epochs)."),
-        click.option("--batch-size", default=d.batch_size, show_default=True, type=int),
+        click.option("--seed", default=d.seed, show_default=True, type=COUNT),
+        click.option("--epochs", default=d.epochs, show_default=True, type=POSITIVE),
+        click.option("--steps", default=None, type=POSITIVE, help="Total optimizer steps (overrides --epochs)."),
+        click.option("--batch-size", default=d.batch_size, show_default=True, type=POSITIVE),
         click.option("--optimizer", default=d.optimizer, show_default=True, type=click.Choice(["sgd", "adam", "adamw"])),
-        click.option("--lr", default=d.lr, show_default=True, type=float),
-        click.option("--weight-decay", default=d.weight_decay, show_default=True, type=float,
+        click.option("--lr", default=d.lr, show_default=True, type=RATE),
+        click.option("--weight-decay", default=d.weight_decay, show_default=True, type=NONNEGATIVE,
                      help="Not applied to recurrent (cell) parameters."),
-        click.option("--rec-lr-factor", default=d.rec_lr_factor, show_default=True, type=float,
+        click.option("--rec-lr-factor", default=d.rec_lr_factor, show_default=True, type=NONNEGATIVE,
                      help="Learning-rate factor of the recurrent (cell) parameters."),
         click.option("--freeze", "freeze", default="", metavar="NAMES",
                      help="Cell parameters that do not learn, comma-separated leaf names, e.g. --freeze "
@@ -207,25 +288,26 @@ def _run_options(f):
         click.option("--freeze-recurrence", is_flag=True,
                      help="The FPTT code's freeze_recurrence: freeze the LRU's λ (nu_log, theta_log) only; γ, B, C "
                           "and the rest train (--rec-lr-factor 0 freezes every cell parameter)."),
-        click.option("--clip", "clip_norm", default=d.clip_norm, show_default=True, type=float,
+        click.option("--clip", "clip_norm", default=d.clip_norm, show_default=True, type=NONNEGATIVE,
                      help="Clip the global gradient norm (0 = off)."),
         click.option("--schedule", default=d.schedule, show_default=True, type=click.Choice(["cosine", "constant"])),
-        click.option("--warmup-steps", default=d.warmup_steps, show_default=True, type=int),
-        click.option("--log-every", default=d.log_every, show_default=True, type=int),
+        click.option("--warmup-steps", default=d.warmup_steps, show_default=True, type=COUNT),
+        click.option("--log-every", default=d.log_every, show_default=True, type=POSITIVE),
         click.option("-a", "--algorithm-option", "algorithm_options", multiple=True, metavar="KEY=VALUE",
-                     help="Algorithm option, e.g. -a passes=2, -a carrier=state, -a warmup=shooting (fptt)."),
+                     help="Algorithm option, e.g. -a passes=2, -a carrier=state, -a warmup=shooting (fptt); "
+                          "-a T=30 -a K=10 -a beta=0.5 (ep on a static task)."),
         click.option("--net", default=d.net, show_default=True,
                      type=click.Choice(["prototypical", "energy", "toy", "conv"]),
                      help="Static tasks: the equilibrium-propagation network (refimpl/ep/networks.py, conv.py)."),
         click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
-                     help="EP network option, e.g. -n activation=tanh -n dt=0.5."),
-        click.option("--update-every", default=None, type=int,
+                     help="EP network option, e.g. -n activation=tanh -n dt=0.5; -n channels=32,64 (--net conv)."),
+        click.option("--update-every", default=None, type=POSITIVE,
                      help="Truly online training (RTRL family, tbptt): update the weights every K time steps "
                           "(1 ≤ K ≤ T; a stream task needs it)."),
-        click.option("--chunk", default=None, type=int,
+        click.option("--chunk", default=None, type=POSITIVE,
                      help="Streaming algorithms (RTRL family, fptt): C steps per kernel call, 1 ≤ C ≤ T (default: "
                           "1 on numpy, min(256, T) on a backend); the results do not depend on C."),
-        click.option("--micro-batch", default=None, type=int,
+        click.option("--micro-batch", default=None, type=POSITIVE,
                      help="Split each batch into M micro-batches (1 ≤ M ≤ batch), gradients combined exactly; "
                           "not with --update-every."),
     ]
@@ -254,23 +336,50 @@ def _config_from_options(algorithm, kw):
     return TrainConfig(task=task, task_options=task_options, algorithm=algorithm, **kw)
 
 
+def _given(ctx, config) -> dict:
+    """{config field: its option} for the options given on the command line (not left at their default): what
+    --resume must honour or refuse, never drop (runs.resume_config). --preset stands for --task and --task-option."""
+    fields = set(dataclasses.asdict(config))
+    given = {}
+    for p in ctx.command.params:
+        if ctx.get_parameter_source(p.name) in (None, ParameterSource.DEFAULT):
+            continue
+        flag = max(p.opts, key=len)
+        for name in {"preset": ("task", "task_options")}.get(p.name, (p.name,)):
+            if name in fields:
+                given[name] = flag
+    return given
+
+
+def _resume_dir(out_dir, resume_dir):
+    if out_dir is not None and resume_dir is not None and Path(out_dir) != Path(resume_dir):
+        raise click.UsageError(f"--out {out_dir} and --resume {resume_dir} name two run directories; a resumed run "
+                               f"continues in its own directory: drop --out")
+    return resume_dir
+
+
 @cli.command("train")
 @_run_options
 @click.option("--algorithm", default="bptt", show_default=True, type=click.Choice(list(ALGORITHMS)))
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Run directory (default runs/<task>-<cell>-<algorithm>-s<seed>).")
 @click.option("--resume", "resume_dir", default=None, type=click.Path(file_okay=False),
-              help="Continue the run in this directory from its last checkpoint (its config.json wins).")
+              help="Continue the run in this directory from its last checkpoint (its config.json wins; --epochs, "
+                   "--steps and --data-dir may change).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--benchmark", is_flag=True, help="Also train with bptt from the same initial weights and compare "
               "(the EP paper's --benchmark; the same as `compare --algorithms ALGORITHM,bptt`).")
 @click.option("--log", "log", default=None, help="Also export the metrics for a tracker: tensorboard, wandb "
               "(comma-separated; written into the run directory when the run ends).")
-def train_cmd(algorithm, out_dir, resume_dir, progress, benchmark, log, **kw):
+@click.pass_context
+def train_cmd(ctx, algorithm, out_dir, resume_dir, progress, benchmark, log, **kw):
     """Train a model on a task into a run directory: config.json, metrics.jsonl (flushed), atomic checkpoints,
-    result.json. A killed run continues with --resume RUN_DIR and ends with the same numbers."""
+    result.json. A killed run continues with --resume RUN_DIR and ends with the same numbers; with --resume, the
+    stored configuration wins: --epochs, --steps (to extend the run) and --data-dir may change, any other option given
+    with a different value than the stored one is refused."""
     config = _config_from_options(algorithm, kw)
     loggers = tracking.check_loggers(log)
+    resume_dir = _resume_dir(out_dir, resume_dir)
     if benchmark:
         if resume_dir:
             raise click.UsageError("--benchmark starts new runs; it cannot be combined with --resume")
@@ -279,7 +388,8 @@ def train_cmd(algorithm, out_dir, resume_dir, progress, benchmark, log, **kw):
         click.echo(format_comparison(compare_algorithms(config, names, out, progress=progress)))
         return
     run_dir = resume_dir or out_dir or f"runs/{config.task}-{config.cell}-{algorithm}-s{config.seed}"
-    result = train_run(config, run_dir, resume=resume_dir is not None, progress=progress)
+    result = train_run(config, run_dir, resume=resume_dir is not None, progress=progress,
+                       given=_given(ctx, config))
     acc = (f", val accuracy {result.val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}"
            if result.val_accuracy is not None else "")
     click.echo(f"{run_dir}: {result.steps} steps in {result.time_s:.1f} s; train loss {result.train_loss:.4f}, "
@@ -302,6 +412,9 @@ def compare_cmd(ctx, algorithms, recipe, out_dir, progress, **kw):
     """Train the same model from the same initial weights with several algorithms; print final loss, accuracy,
     time and peak memory, and draw the learning curves (compare.png)."""
     names = [a.strip() for a in algorithms.split(",") if a.strip()]
+    if not names:
+        raise click.BadParameter(f"{algorithms!r} names no algorithm; give comma-separated names, e.g. bptt,readout "
+                                 f"(allowed: {', '.join(ALGORITHMS)})", param_hint="--algorithms")
     config = _config_from_options(names[0] if names else "bptt", kw)
     if recipe is not None:
         explicit = {p.name for p in ctx.command.params
@@ -358,16 +471,17 @@ def _ep_net_options(f):
     options = [
         click.option("--net", "kind", default="toy", show_default=True,
                      type=click.Choice(["toy", "energy", "prototypical"])),
-        click.option("--sizes", default=None, help=f"Layer sizes, input first, comma-separated (default: toy "
+        click.option("--sizes", default=None, type=_Sizes(),
+                     help=f"Layer sizes, input first, comma-separated (default: toy "
                      f"{_sizes_text(toy['sizes'])}; the others {_sizes_text(digits['sizes'])} for the digits data)."),
-        click.option("--T", "T", default=None, type=int,
+        click.option("--T", "T", default=None, type=POSITIVE,
                      help=f"Free-phase steps (default toy {toy['T']}, others {digits['T']})."),
-        click.option("--K", "K", default=None, type=int,
+        click.option("--K", "K", default=None, type=POSITIVE,
                      help=f"Nudged steps (default toy {toy['K']}, others {digits['K']})."),
-        click.option("--beta", default=None, type=float,
+        click.option("--beta", default=None, type=NUDGE,
                      help=f"Nudge strength (default toy {toy['beta']}, others {digits['beta']})."),
         click.option("--batch", default=20, show_default=True, type=click.IntRange(min=1)),
-        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--seed", default=0, show_default=True, type=COUNT),
         click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
                      help="Network option, e.g. -n activation=tanh -n dt=0.08 -n clamp=0."),
     ]
@@ -380,11 +494,14 @@ def _ep_settings(kind, sizes, T, K, beta, net_options):
     """(sizes, T, K, beta, network options) from the options, EP_SETTINGS filling what was not given (the network's
     own defaults — activation, dt, clamp — are refimpl.ep's)."""
     d = EP_SETTINGS["toy" if kind == "toy" else "digits"]
-    sizes = tuple(int(v) for v in sizes.split(",")) if sizes else d["sizes"]
     opts = _parse_options(net_options, "--net-option", "-n activation=tanh")
+    for key in opts:
+        if key not in EP_NET_OPTIONS:
+            raise UnknownNameError("--net-option", key, EP_NET_OPTIONS, "e.g. -n activation=tanh -n dt=0.08")
     if "clamp" in opts:
         opts["clamp"] = bool(opts["clamp"])
-    return sizes, (T or d["T"]), (K or d["K"]), (beta or d["beta"]), opts
+    given = {"sizes": sizes, "T": T, "K": K, "beta": beta}           # None: not given (0 is refused by the types)
+    return (*(d[k] if v is None else v for k, v in given.items()), opts)
 
 
 @cli.command("ep-curves")
@@ -433,18 +550,20 @@ def _bpfree_options(f):
                      help="classification (labels, softmax) or reconstruction (the input, sigmoid outputs)."),
         click.option("--batch-norm/--no-batch-norm", default=d.batch_norm, show_default=True,
                      help="Batch norm between each dense layer and its activation."),
-        click.option("--dropout", default=d.dropout, show_default=True, type=float, help="Drop probability."),
+        click.option("--dropout", default=d.dropout, show_default=True,
+                     type=_Float(min=0, max=1, max_open=True),
+                     help="Drop probability."),
         click.option("--dtype", default=d.dtype, show_default=True, type=click.Choice(["float64", "float32"])),
-        click.option("--seed", default=d.seed, show_default=True, type=int),
-        click.option("--epochs", default=d.epochs, show_default=True, type=int),
-        click.option("--batch-size", default=d.batch_size, show_default=True, type=int),
+        click.option("--seed", default=d.seed, show_default=True, type=COUNT),
+        click.option("--epochs", default=d.epochs, show_default=True, type=POSITIVE),
+        click.option("--batch-size", default=d.batch_size, show_default=True, type=POSITIVE),
         click.option("--optimizer", default=d.optimizer, show_default=True,
                      type=click.Choice(["sgd", "adam", "adamw"])),
-        click.option("--weight-decay", default=d.weight_decay, show_default=True, type=float),
-        click.option("--clip", "clip_norm", default=0.0, show_default=True, type=float,
+        click.option("--weight-decay", default=d.weight_decay, show_default=True, type=NONNEGATIVE),
+        click.option("--clip", "clip_norm", default=0.0, show_default=True, type=NONNEGATIVE,
                      help="Clip the global update norm (0 = off)."),
         click.option("--schedule", default=d.schedule, show_default=True, type=click.Choice(["constant", "cosine"])),
-        click.option("--log-every", default=d.log_every, show_default=True, type=int),
+        click.option("--log-every", default=d.log_every, show_default=True, type=POSITIVE),
         click.option("--trackers/--no-trackers", default=d.trackers, show_default=True,
                      help="Log bp-cosine, weight-alignment and gradient norms per layer after every epoch."),
     ]
@@ -472,24 +591,29 @@ def _echo_warnings(caught) -> None:
 @click.option("--init", default="orthogonal", show_default=True, help="Forward weights: orthogonal | lecun.")
 @click.option("--feedback-init", default="orthogonal", show_default=True,
               help="The fixed feedback / projection matrices: orthogonal | lecun.")
-@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--lr", default=1e-3, show_default=True, type=RATE)
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Run directory (default runs/bpfree-<task>-<algorithm>-s<seed>).")
 @click.option("--resume", "resume_dir", default=None, type=click.Path(file_okay=False),
-              help="Continue the run in this directory from its last checkpoint (its config.json wins).")
+              help="Continue the run in this directory from its last checkpoint (its config.json wins; --epochs and "
+                   "--data-dir may change).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--log", "log", default=None, help="Also export the metrics for a tracker: tensorboard, wandb "
               "(comma-separated; written into the run directory when the run ends).")
-def bpfree_cmd(out_dir, resume_dir, progress, log, **kw):
+@click.pass_context
+def bpfree_cmd(ctx, out_dir, resume_dir, progress, log, **kw):
     """Train a feed-forward network by backprop (bp) or a backprop-free rule (dfa, drtp, ll-ce, ll-mse) on a static
     task: run directory with config.json, metrics.jsonl (losses, errors and per-layer trackers), atomic checkpoints,
-    result.json and trackers.png. A killed run continues with --resume RUN_DIR."""
+    result.json and trackers.png. A killed run continues with --resume RUN_DIR (--epochs and --data-dir may change;
+    any other option given with another value than the stored one is refused)."""
     config = _bpfree_base(kw)
     loggers = tracking.check_loggers(log)
+    resume_dir = _resume_dir(out_dir, resume_dir)
     run_dir = resume_dir or out_dir or f"runs/bpfree-{config.task}-{config.algorithm}-s{config.seed}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = feedforward.train(config, run_dir, resume=resume_dir is not None, progress=progress)
+        result = feedforward.train(config, run_dir, resume=resume_dir is not None, progress=progress,
+                                   given=_given(ctx, config))
     _echo_warnings(caught)
     err = (f", val error {result.val_error:.2f}%, test error {result.test_error:.2f}%"
            if result.val_error is not None else "")
@@ -563,22 +687,22 @@ def _sweep_kind(kind, kw, algorithms, fields_named) -> str:
 @click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
               help="train: EP network option, e.g. -n dt=0.5.")
 @click.option("--backend", default=None, help="train: where the cell kernels run.")
-@click.option("--layers", default=None, type=int, help="train: layers.")
-@click.option("--hidden", default=None, type=int, help="train: hidden units (lru: N).")
-@click.option("--steps", default=None, type=int, help="train: total optimizer steps (overrides --epochs).")
+@click.option("--layers", default=None, type=POSITIVE, help="train: layers.")
+@click.option("--hidden", default=None, type=POSITIVE, help="train: hidden units (lru: N).")
+@click.option("--steps", default=None, type=POSITIVE, help="train: total optimizer steps (overrides --epochs).")
 @click.option("--problem", default=None, help="bpfree: classification or reconstruction.")
 @click.option("--batch-norm/--no-batch-norm", default=None, help="bpfree: batch norm.")
-@click.option("--dropout", default=None, type=float, help="bpfree: drop probability.")
+@click.option("--dropout", default=None, type=_Float(min=0, max=1, max_open=True), help="bpfree: drop probability.")
 @click.option("--trackers/--no-trackers", default=None, help="bpfree: per-layer trackers after every epoch.")
 @click.option("--dtype", default=None, type=click.Choice(["float64", "float32"]))
-@click.option("--seed", default=None, type=int, help="The first seed (the seeds are seed, seed + 1, …).")
-@click.option("--epochs", default=None, type=int)
-@click.option("--batch-size", default=None, type=int)
+@click.option("--seed", default=None, type=COUNT, help="The first seed (the seeds are seed, seed + 1, …).")
+@click.option("--epochs", default=None, type=POSITIVE)
+@click.option("--batch-size", default=None, type=POSITIVE)
 @click.option("--optimizer", default=None, type=click.Choice(["sgd", "adam", "adamw"]))
-@click.option("--weight-decay", default=None, type=float)
-@click.option("--clip", "clip_norm", default=None, type=float, help="Clip the global norm (0 = off).")
+@click.option("--weight-decay", default=None, type=NONNEGATIVE)
+@click.option("--clip", "clip_norm", default=None, type=NONNEGATIVE, help="Clip the global norm (0 = off).")
 @click.option("--schedule", default=None, type=click.Choice(["constant", "cosine"]))
-@click.option("--log-every", default=None, type=int)
+@click.option("--log-every", default=None, type=POSITIVE)
 @click.option("-s", "--set", "settings", multiple=True, metavar="FIELD=VALUE",
               help="Any other field of the base config, e.g. -s update_every=4 -s rec_lr_factor=0.5.")
 @click.option("--algorithms", default=None,
@@ -588,16 +712,16 @@ def _sweep_kind(kind, kw, algorithms, fields_named) -> str:
 @click.option("--inits", default=None, help="bpfree: comma-separated init schemes of the feedback matrices.")
 @click.option("--forward-inits", default=None, help="bpfree: comma-separated init schemes of the forward weights.")
 @click.option("--archs", default=None, help="bpfree: comma-separated architectures, e.g. 128,256-256.")
-@click.option("--lr-min", default=1e-4, show_default=True, type=float)
-@click.option("--lr-max", default=1e-2, show_default=True, type=float)
-@click.option("--lr-points", default=3, show_default=True, type=int, help="Learning rates on a log grid.")
+@click.option("--lr-min", default=1e-4, show_default=True, type=RATE)
+@click.option("--lr-max", default=1e-2, show_default=True, type=RATE)
+@click.option("--lr-points", default=3, show_default=True, type=POSITIVE, help="Learning rates on a log grid.")
 @click.option("--lrs", default=None, help="Comma-separated learning rates (instead of the log grid).")
 @click.option("-g", "--grid", "grid_options", multiple=True, metavar="FIELD=V1,V2,…",
               help="Any field as a grid dimension, e.g. -g r_min=0.5,0.9 -g hidden=16,32 -g K=5,10 "
                    "-g examples_frac=0.1,1 (dotted for options: -g task_options.seq_len=4,8).")
-@click.option("--seeds", default=None, type=int,
+@click.option("--seeds", default=None, type=POSITIVE,
               help="Stage 2: rerun the best configuration per group with this many seeds (default: --executions).")
-@click.option("--executions", default=1, show_default=True, type=int,
+@click.option("--executions", default=1, show_default=True, type=POSITIVE,
               help="Stage 1: seeds per grid point; a point's score is their mean.")
 @click.option("--objective", default=None, type=click.Choice(["val_error", "val_loss", "loss"]),
               help="What chooses the best point (default: val_error where there is an accuracy, else val_loss).")

@@ -9,6 +9,8 @@ The CLI turns any `RefimplError` into one line on stderr and exit status 2.
     ├── DTypeError               an array has the wrong dtype                                (TypeError)
     ├── NonFiniteError           an input holds NaN or inf                                   (ValueError)
     ├── UnsupportedError         a known but unsupported combination, with the reason       (ValueError)
+    │   └── TooBigError          a run whose largest arrays would not fit in memory (estimate and knob)
+    ├── RunFileError             a run directory's file is damaged or not refimpl's (names the file)  (ValueError)
     └── NumericalError           a computation blew up (non-finite state, loss or gradient)  (ArithmeticError)
 
     BpfreeWarning                (a UserWarning) a backprop-free combination that runs but is known to learn badly
@@ -52,6 +54,16 @@ class NonFiniteError(RefimplError, ValueError):
 
 class UnsupportedError(RefimplError, ValueError):
     """A known name used in a combination that is not supported; the message says why and what to use instead."""
+
+
+class TooBigError(UnsupportedError):
+    """A run whose largest arrays (parameters, states, traces, Jacobians), estimated before anything is allocated,
+    would not fit in memory; the message gives the estimate and the option to turn."""
+
+
+class RunFileError(RefimplError, ValueError):
+    """A file of a run directory (config.json, checkpoint.npz, metrics.jsonl) that is empty, truncated, damaged or
+    not what refimpl writes; the message names the file and says to delete the directory or start a new --out."""
 
 
 class NumericalError(RefimplError, ArithmeticError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import UnsupportedError
-from .runs import read_metrics
+from .runs import read_run_metrics
 
 
 def plot_runs(run_dirs, out_path, labels=None, title: str | None = None) -> Path:
@@ -18,20 +18,23 @@ def plot_runs(run_dirs, out_path, labels=None, title: str | None = None) -> Path
     runs = []
     for i, d in enumerate(run_dirs):
         d = Path(d)
-        records = read_metrics(d / "metrics.jsonl")
+        records = read_run_metrics(d / "metrics.jsonl")
         if not records:
             raise UnsupportedError(f"{d} has no metrics.jsonl with records; give run directories written by "
                                    f"`python -m refimpl.run train` or `compare`")
         runs.append((labels[i] if labels else d.name, records))
     has_acc = any(r.get("accuracy") is not None for _, rec in runs for r in rec if r["split"] == "val")
+    nan = float("nan")
     fig, axes = plt.subplots(1, 3 if has_acc else 2, figsize=(13 if has_acc else 9, 3.6))
     for label, records in runs:
         train = [r for r in records if r["split"] == "train"]
         val = [r for r in records if r["split"] == "val"]
-        line, = axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label=label, alpha=0.8)
-        axes[1].plot([r["step"] for r in val], [r["loss"] for r in val], "o-", color=line.get_color(), label=label)
+        line, = axes[0].plot([r["step"] for r in train], [r.get("loss", nan) for r in train], label=label,
+                             alpha=0.8)
+        axes[1].plot([r["step"] for r in val], [r.get("loss", nan) for r in val], "o-", color=line.get_color(),
+                     label=label)
         if has_acc:
-            axes[2].plot([r["step"] for r in val], [r["accuracy"] for r in val], "o-", color=line.get_color(),
+            axes[2].plot([r["step"] for r in val], [r.get("accuracy", nan) for r in val], "o-", color=line.get_color(),
                          label=label)
     for ax, name in zip(axes, ["training loss", "validation loss", "validation accuracy"]):
         ax.set_xlabel("step")
@@ -49,9 +52,16 @@ def save_figure(fig, out_path, dpi: int = 110) -> Path:
     """Write a matplotlib figure as PNG atomically (temp file + rename: a reader never sees a half-written file)."""
     import matplotlib.pyplot as plt
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(out_path)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=dpi)
+        tmp.replace(out_path)
+    except OSError as e:                   # a read-only or full file system: no temp file left, the PNG's path named
+        tmp.unlink(missing_ok=True)
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(out_path)) from e
+    finally:
+        plt.close(fig)
     return out_path

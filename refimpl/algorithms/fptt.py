@@ -159,7 +159,11 @@ def error_layers(L: int, passes: int | None = None, two_passes: bool = True) -> 
     (default L + 1: every layer); for fptt1 (two_passes=False) every layer, from e_{−1} = 0. The others are `spatial`:
     their recurrent term held constant (cell.recurrent_params get zero)."""
     full = L + 1
-    passes = full if passes is None else int(passes)
+    try:
+        passes = full if passes is None else int(passes)
+    except (TypeError, ValueError):
+        raise UnsupportedError(f"passes must be an integer ≥ 1, got {passes!r} (full FPTT of {L} layer(s) takes "
+                               f"{full})") from None
     if passes < 1:
         raise UnsupportedError(f"passes must be ≥ 1, got {passes} (full FPTT of {L} layer(s) takes {full})")
     if not two_passes:

@@ -64,8 +64,8 @@ class TrainConfig:
             object.__setattr__(self, "freeze", tuple(self.freeze))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return config_from_dict(cls, d)
+    def from_dict(cls, d: dict, source=None) -> "TrainConfig":
+        return config_from_dict(cls, d, source)
 
 
 @dataclass
@@ -81,7 +81,7 @@ class RunResult:
     peak_memory_bytes: int | None = None
 
 
-#: The FPTT code's `freeze_recurrence` (research/fptt.md §5.1): a stop-gradient on the LRU's λ, so ν and θ stay at
+#: The FPTT code's `freeze_recurrence`: a stop-gradient on the LRU's λ, so ν and θ stay at
 #: their initial values while γ, B, C, D and the rest train (`--freeze-recurrence`; `--rec-lr-factor 0` fixes γ and B
 #: too).
 FREEZE_RECURRENCE = ("nu_log", "theta_log")
@@ -99,6 +99,12 @@ def check_freeze(freeze, params: dict, cell: str) -> tuple:
             raise UnknownNameError(f"parameter to freeze of cell {cell!r}", name, leaves,
                                    f"--freeze takes the cell's parameter names, comma-separated{hint}")
     return names
+
+
+#: The options that may change when a run is resumed: the run's length (a longer run continues where the killed one
+#: stopped; with the cosine schedule the learning rate of the remaining steps follows the new length) and where the
+#: data lives (not what it is). Everything else would make the resumed run another run than the stored one.
+RESUME_CHANGES = ("epochs", "steps", "data_dir")
 
 
 def check_config(config: TrainConfig) -> None:

@@ -32,7 +32,6 @@ with exactly the metrics of an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,11 +42,12 @@ import numpy as np
 from tasks import make_task
 
 from .. import bpfree, optim
-from ..checks import positive_int
+from ..checks import check_memory, positive_int
 from ..errors import NumericalError, UnsupportedError
 from ..plotting import save_figure
-from ..runs import (MetricsLog, ProgressBar, TrainingDiverged, atomic_write_json, batch_at, config_from_dict,
-                    load_checkpoint, open_run_dir, read_metrics, save_checkpoint)
+from ..runs import (MetricsLog, ProgressBar, TrainingDiverged, atomic_write_json, batch_at, check_checkpoint,
+                    config_from_dict, load_checkpoint, open_run_dir, read_config, read_run_metrics, resume_config,
+                    save_checkpoint)
 
 #: Trackers are measured on this many training examples (a seeded subset, the same at every epoch).
 TRACKER_EXAMPLES = 256
@@ -80,8 +80,8 @@ class BpfreeConfig:
     trackers: bool = True
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BpfreeConfig":
-        return config_from_dict(cls, d)
+    def from_dict(cls, d: dict, source=None) -> "BpfreeConfig":
+        return config_from_dict(cls, d, source)
 
     @property
     def hidden(self) -> tuple:
@@ -129,6 +129,12 @@ def build(config: BpfreeConfig, *, warn: bool = True):
                                f"inputs (--task digits or mnist-static). Recurrent models learn by dfa/drtp through "
                                f"refimpl/algorithms/projected.py (the `dfa` and `drtp` algorithms of `train`)")
     n_out = task.n_in if config.problem == "reconstruction" else task.n_out
+    widths = (task.n_in,) + config.hidden + (n_out,)
+    item = np.dtype(config.dtype).itemsize            # before allocating: θ, Δ, two Adam moments and the feedback
+    check_memory(f"this network ({task.n_in}-{config.arch}-{n_out})",
+                 {"parameters": 5 * sum(a * b for a, b in zip(widths, widths[1:])) * item,
+                  "activations": 4 * min(config.batch_size, task.train.n) * sum(widths) * item},
+                 "use smaller hidden widths in --arch (or a smaller --batch-size)")
     net, params = bpfree.make_net((task.n_in,) + config.hidden + (n_out,), activation=config.activation,
                                   batch_norm=config.batch_norm, dropout=config.dropout, problem=config.problem,
                                   init=config.init, seed=config.seed, dtype=config.dtype)
@@ -150,20 +156,36 @@ def _labels(net, split, idx=None):
     return split.y if idx is None else split.y[idx]
 
 
+#: The options that may change when a run is resumed (as training.config.RESUME_CHANGES): more epochs, and where the
+#: data lives.
+RESUME_CHANGES = ("epochs", "data_dir")
+
+
 def train(config: BpfreeConfig, run_dir, *, resume: bool = False, progress: bool = False,
-          plot: bool = True) -> BpfreeResult:
-    """Train `config` into `run_dir` (created), or continue it with resume=True. See the module doc."""
+          plot: bool = True, given: dict | None = None) -> BpfreeResult:
+    """Train `config` into `run_dir` (created), or continue it with resume=True. See the module doc. On resume the
+    stored config wins; `given` ({field: option}) names the options the user set: those in RESUME_CHANGES are taken
+    from `config`, any other that differs from the stored value is refused (runs.resume_config)."""
     run = open_run_dir(run_dir, resume)
     if run.saved_config is not None:
-        config = BpfreeConfig.from_dict(run.saved_config)
+        saved = BpfreeConfig.from_dict(run.saved_config, run.config)
+        config = saved if given is None else resume_config(saved, config, given, RESUME_CHANGES)
     run_dir, ckpt_path = run.path, run.checkpoint
     task, net, params, buffers, feedback, opt, steps_per_epoch, total = build(config, warn=not resume)
     opt_state = optim.init_state(params, opt)
     start = 0
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume and ckpt_path.exists():
-        start, params, opt_state, groups = load_checkpoint(ckpt_path)
-        buffers, feedback = groups.get("buffer", {}), groups.get("fixed", {})
+        ckpt = load_checkpoint(ckpt_path)
+        groups = {"buffer": {}, "fixed": {}, **ckpt.groups}
+        check_checkpoint(ckpt_path, parameters=(ckpt.params, params), optimizer_state=(ckpt.opt_state, opt_state),
+                         buffers=(groups.pop("buffer"), buffers), feedback=(groups.pop("fixed"), feedback),
+                         **{g: (v, {}) for g, v in groups.items()})
+        start, params, opt_state = ckpt.step, ckpt.params, ckpt.opt_state
+        buffers, feedback = ckpt.groups.get("buffer", {}), ckpt.groups.get("fixed", {})
+        if start > total:
+            raise UnsupportedError(f"the run in {run_dir} has done {start} steps, more than the {total} that its "
+                                   f"--epochs now give; give at least as many epochs")
     elif not resume:
         atomic_write_json(run.config, asdict(config))
     log = MetricsLog(run_dir / "metrics.jsonl", keep_until_step=start if resume else None)
@@ -232,11 +254,11 @@ def plot_run(run_dir, out_path, title: str | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = read_run_metrics(run_dir / "metrics.jsonl")
     if not records:
         raise UnsupportedError(f"{run_dir} has no metrics.jsonl with records; give a run directory written by "
                                f"`python -m refimpl.run bpfree`")
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_config(run_dir / "config.json")
     train_r = [r for r in records if r["split"] == "train"]
     val = [r for r in records if r["split"] == "val"]
     tr = [r for r in records if r["split"] == "tracker"]

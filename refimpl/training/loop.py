@@ -41,10 +41,10 @@ import numpy as np
 from tasks import task_kind
 
 from .. import optim
-from ..errors import NumericalError
+from ..errors import NumericalError, UnsupportedError
 from ..runs import (ProgressBar, TrainingDiverged, atomic_write_json, batch_at, begin_run, open_run_dir,
-                    save_checkpoint)
-from .config import RunResult, TrainConfig, check_config
+                    resume_config, save_checkpoint)
+from .config import RESUME_CHANGES, RunResult, TrainConfig, check_config
 from .problems import prepare
 from .stream import train_stream
 
@@ -54,12 +54,20 @@ TRAIN_EVAL_SIZE = 2000
 
 
 def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool = False,
-          track_memory: bool = False) -> RunResult:
+          track_memory: bool = False, given: dict | None = None) -> RunResult:
     """Train `config` into `run_dir` (created), or continue it with resume=True. See the module doc; a stream task
-    trains by refimpl/training/stream.py."""
+    trains by refimpl/training/stream.py.
+
+    On resume the stored config.json wins; `given` ({config field: its command-line option}) names the options the
+    user set: those in RESUME_CHANGES are taken from `config` (e.g. more --epochs), any other that differs from the
+    stored value is refused (runs.resume_config)."""
     run = open_run_dir(run_dir, resume)
     if run.saved_config is not None:
-        config = TrainConfig.from_dict(run.saved_config)
+        saved = TrainConfig.from_dict(run.saved_config, run.config)
+        config = saved if given is None else resume_config(saved, config, given, RESUME_CHANGES)
+        if given and "epochs" in given and "steps" not in given and config.steps is not None:
+            raise UnsupportedError(f"the run in {run.path} is {config.steps} steps long (--steps, which overrides "
+                                   f"--epochs): extend it with --steps instead of --epochs")
     if task_kind(config.task) == "stream":
         return train_stream(config, run_dir, resume=resume, progress=progress)
     check_config(config)
@@ -67,6 +75,10 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
     task, params = problem.task, problem.params
     start, params, opt_state, log = begin_run(run, dataclasses.asdict(config), params,
                                               optim.init_state(params, opt), resume)
+    if start > total:
+        log.close()
+        raise UnsupportedError(f"the run in {run.path} has done {start} steps, more than the {total} that its "
+                               f"--epochs/--steps now give; give at least as many (--steps {start} or more)")
 
     on_device = None
     if problem.device is not None:                  # parameters and optimizer state moved once, kept on the device

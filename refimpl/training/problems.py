@@ -27,6 +27,15 @@ The run options that reach the algorithm (`check_online`, before any work):
     static     an equilibrium-propagation network (refimpl/ep/networks.py, or the convolutional one of
                refimpl/ep/conv.py) trained by `ep` or by `bptt` through the same dynamics
 
+Memory (`estimate_bytes`, checked before anything of the model is allocated; checks.check_memory refuses a run that
+would not fit, with the estimate and the option to turn). A sequence run, with P parameters, L layers of S real
+state units (a complex unit counts twice), T steps and b = B / M examples per gradient (M micro-batches):
+    parameters   4 P values: θ, the gradient and the optimizer's two moments
+    states       T b (4 S + widths) values per layer: the states, gates and layer outputs that BPTT keeps
+    traces       the RTRL family: rtrl.trace_nbytes per layer (O(S·P) for dense rtrl, O(P) for the others)
+    Jacobians    whole-stack rtrl: the sensitivity, S_total × P values per sequence
+A static run (an EP network of widths n_0 … n_L): parameters 4 Σ n_l n_(l+1), states T b Σ n_l (bptt keeps T).
+
 How a sequence task's targets become a loss (tasks/base.py, "target kinds"), with the mask used as *weights* so that
 the loss is a mean over the steps that count (DESIGN.md §4: L = (1/B) Σ_b Σ_t m_t l_t):
     label     per-step model: the label at every step, m_t = 1/T; scored on the last step's output.
@@ -47,17 +56,23 @@ from tasks import make_task
 from .. import optim
 from ..algorithms import ALGORITHMS, get_algorithm
 from ..algorithms.chunked import TBPTT_WINDOW, check_chunk
+from ..algorithms import rtrl
 from ..algorithms.online import whole_stack_differs
-from ..checks import positive_int
+from ..cells import resolve_cell
+from ..checks import check_memory, positive_int
 from ..api import make_model, model_grads
 from ..ep import conv as ep_conv, networks as ep_networks
-from ..errors import NumericalError, UnknownNameError, UnsupportedError
+from ..errors import NumericalError, RefimplError, UnknownNameError, UnsupportedError
 from ..nn.losses import loss_forward
-from ..nn.model import check_inputs, dropout_masks, forward, with_dropout
+from ..nn.model import Model, check_inputs, dropout_masks, forward, with_dropout
 from ..registry import cell_kernels, ep_kernels, load_backend
 from .config import EP_SETTINGS, TrainConfig, check_freeze
 from .device import DEVICE_ALGORITHMS, DeviceStep
 
+#: The -n/--net-option keys of the layered EP networks (refimpl/ep/networks.py make_ep_net) and of the convolutional
+#: one (refimpl/ep/conv.py make_conv_net; channels, kernel and pool as "a,b" pairs on the command line).
+EP_NET_OPTIONS = ("activation", "dt", "clamp")
+CONV_NET_OPTIONS = ("activation", "channels", "kernel", "pool")
 #: The algorithms that train a static task's EP network.
 STATIC_ALGORITHMS = ("ep", "bptt")
 
@@ -92,6 +107,15 @@ def prepare(config: TrainConfig) -> Prepared:
                             rec_lr_factor=config.rec_lr_factor, freeze=tuple(config.freeze),
                             clip_norm=config.clip_norm, schedule=config.schedule, warmup_steps=config.warmup_steps,
                             total_steps=max(total * per_sequence, 1))
+    if task.kind != "static" and (config.net != TrainConfig.net or config.net_options):
+        raise UnsupportedError(f"--net and --net-option choose the equilibrium-propagation network of a static task; "
+                               f"task {task.name!r} is a sequence task (its model is --cell, --hidden, --layers …): "
+                               f"drop --net/--net-option, or use a static task (--task digits)")
+    parts = estimate_bytes(config, task)
+    if parts:
+        top = max(parts, key=parts.get)
+        check_memory(f"this run ({config.cell if task.kind != 'static' else config.net}, hidden {config.hidden}, "
+                     f"batch {config.batch_size})", parts, KNOBS[top])
     if task.kind == "static":
         if config.freeze:
             raise UnsupportedError(f"--freeze fixes parameters of a recurrent cell; task {task.name!r} trains an "
@@ -101,6 +125,57 @@ def prepare(config: TrainConfig) -> Prepared:
         problem = sequence_problem(config, task, opt)
         check_freeze(config.freeze, problem.params, config.cell)
     return Prepared(problem, opt, steps_per_epoch, total)
+
+
+#: What to turn when a part of the memory estimate is too big.
+KNOBS = {"parameters": "use a smaller --hidden (or fewer --layers)",
+         "states": "use a smaller --batch-size (or --micro-batch M), a smaller --hidden, or a shorter sequence",
+         "traces": "use a smaller --hidden or --batch-size, or an algorithm with smaller traces (snap1, truncated: "
+                   "O(#params); bptt: none)",
+         "Jacobians": "use fewer units or layers, or --algorithm online (per-layer RTRL, exact at the top)"}
+
+
+def estimate_bytes(config: TrainConfig, task) -> dict:
+    """{part: bytes} of the run's largest arrays, before any is allocated (module doc, "Memory"); {} when the model
+    cannot be described (its own checks then say why)."""
+    try:
+        return _static_bytes(config, task) if task.kind == "static" else _sequence_bytes(config, task)
+    except (RefimplError, TypeError, ValueError):      # e.g. -a T=abc: refused with the reason by the problem
+        return {}
+
+
+def _sequence_bytes(config: TrainConfig, task) -> dict:
+    d_model = (config.d_model or config.hidden) if config.encoder else None
+    cells, d = [], (d_model if config.encoder else task.n_in)
+    for _ in range(config.layers):
+        c = resolve_cell(config.cell, d, config.hidden, config.dtype, **config.cell_options)
+        cells.append(c)
+        d = c.out_width
+    model = Model(cell=config.cell, n_in=task.n_in, n_hidden=config.hidden, n_out=task.n_out, layers=config.layers,
+                  d_model=d_model, encoder=config.encoder, norm=config.norm, ffn=config.ffn, ffn_mult=2,
+                  residual=config.residual, pooling=config.pooling, seed=config.seed, dtype=cells[0].dtype,
+                  cells=tuple(cells), cell_options=dict(cells[0].options))
+    item = cells[0].dtype.itemsize
+    P = sum(math.prod(shape) for shape in model.param_shapes().values())
+    b = math.ceil(min(config.batch_size, task.train.n) / (config.micro_batch or 1))
+    S = [c.state_size * (2 if c.complex_state else 1) for c in cells]
+    parts = {"parameters": 4 * P * item,
+             "states": task.seq_len * b * sum(4 * s + c.n_in + c.out_width for s, c in zip(S, cells)) * item}
+    if config.algorithm == "rtrl" and whole_stack_differs(model):
+        parts["Jacobians"] = sum(S) * P * item
+    elif config.algorithm in rtrl.LAYER_RULE:
+        parts["traces"] = sum(rtrl.trace_nbytes(rtrl.LAYER_RULE[config.algorithm], c, b) for c in cells)
+    return parts
+
+
+def _static_bytes(config: TrainConfig, task) -> dict:
+    if config.net == "conv":
+        return {}
+    n = [task.n_in] + [config.hidden] * config.layers + [task.n_out]
+    T = int({**EP_SETTINGS["train"], **config.algorithm_options}["T"])
+    b = min(config.batch_size, task.train.n)
+    item = np.dtype(config.dtype).itemsize
+    return {"parameters": 4 * sum(a * c for a, c in zip(n, n[1:])) * item, "states": T * b * sum(n) * item}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -359,15 +434,25 @@ def static_problem(config: TrainConfig, task) -> Problem:
         raise UnsupportedError(f"unknown option(s) {unknown} for {config.algorithm} on a static task; allowed: "
                                f"{sorted(allowed)} (e.g. -a T=30 -a K=10 -a beta=0.5)")
     o = {**EP_SETTINGS["train"], **config.algorithm_options}
-    T, K, beta = int(o["T"]), int(o["K"]), float(o["beta"])
+    try:
+        T, K, beta = int(o["T"]), int(o["K"]), float(o["beta"])
+    except (TypeError, ValueError):
+        raise UnsupportedError(f"-a T={o['T']} -a K={o['K']} -a beta={o['beta']}: T and K must be integers and beta "
+                               f"a number, e.g. -a T=30 -a K=10 -a beta=0.5") from None
     if T < 1 or K < 1:
         raise UnsupportedError(f"T and K must be ≥ 1 (free and nudged steps), got T={T}, K={K}")
     if K > T:
         raise UnsupportedError(f"K = {K} > T = {T}: the nudged phase (and BPTT's truncation) cannot be longer than "
                                f"the free phase; use -a K=… ≤ -a T=…")
-    if config.algorithm == "ep" and not beta > 0:
-        raise UnsupportedError(f"beta must be > 0 (the nudge strength; EP estimates the gradient as β → 0), got "
-                               f"{beta}; e.g. -a beta=0.5")
+    if config.algorithm == "ep" and not beta >= np.finfo(config.dtype).eps:
+        raise UnsupportedError(f"beta must be > 0 (the nudge strength; EP estimates the gradient as β → 0) and at "
+                               f"least {config.dtype}'s machine epsilon {np.finfo(config.dtype).eps:.3g} (a smaller "
+                               f"nudge cannot move the state), got {beta}; e.g. -a beta=0.5")
+    allowed = CONV_NET_OPTIONS if config.net == "conv" else EP_NET_OPTIONS
+    for key in config.net_options:
+        if key not in allowed:
+            raise UnknownNameError(f"--net-option of the {config.net} network", key, allowed,
+                                   "e.g. -n activation=tanh")
     if config.net == "conv":                      # the prototypical convolutional network (refimpl/ep/conv.py)
         if config.backend != "numpy":
             raise UnsupportedError(f"--net conv runs on the NumPy reference only (the registry has no convolutional "
@@ -378,8 +463,11 @@ def static_problem(config: TrainConfig, task) -> Problem:
             raise UnsupportedError(f"--net conv needs square single-channel images; task {task.name!r} has "
                                    f"{task.n_in} inputs")
         shape = {"kernel": 3, "pool": (2, 1)} if side == 8 else {"kernel": 5, "pool": 2}   # digits 8×8 / MNIST 28×28
-        net, params = ep.make_conv_net((1, side, side), (config.hidden, config.hidden), task.n_out, seed=config.seed,
-                                       dtype=config.dtype, **{"activation": "sigm", **shape, **config.net_options})
+        opts = {"channels": (config.hidden, config.hidden), "activation": "sigm", **shape, **config.net_options}
+        for key in ("channels", "kernel", "pool"):            # -n channels=32,64 arrives as the text "32,64"
+            opts[key] = _int_pair(key, opts[key])
+        net, params = ep.make_conv_net((1, side, side), n_out=task.n_out, seed=config.seed, dtype=config.dtype,
+                                       **opts)
         as_input = lambda x: x.reshape(len(x), 1, side, side)                    # noqa: E731
     else:
         ep = ep_networks
@@ -417,8 +505,25 @@ def static_problem(config: TrainConfig, task) -> Problem:
 
 
 #: The orders a positional `-a lr_tab` may be given in (`-a lr_order=…`): the EP seed's lr_tab runs from the output
-#: layer to the input (research/ep_dfa_lstm.md §A.11; conv: fc, K0, K1), refimpl's weight names from the input up.
+#: layer to the input (conv: fc, K0, K1), refimpl's weight names from the input up.
 LR_ORDERS = ("output_first", "input_first")
+
+
+def _int_pair(key: str, value):
+    """A conv option as the network takes it: an int, or a pair from the command line's text "a,b" (one number of
+    channels stands for both layers)."""
+    if key == "channels" and isinstance(value, int):
+        return (value, value)
+    if not isinstance(value, str):
+        return value
+    try:
+        pair = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        pair = ()
+    if len(pair) != 2:
+        raise UnsupportedError(f"-n {key}={value} is not allowed: give one integer or two separated by a comma, "
+                               f"e.g. -n {key}=32,64")
+    return pair
 
 
 def _layer_lr_scale(config: TrainConfig, params: dict, lr_tab, lr_order=None) -> dict:

@@ -159,7 +159,7 @@ def test_a_directory_holds_one_sweep(tmp_path):
     (["--workers", "0"], "workers must be a positive integer"),
     (["--scheduler", "tcp://10.0.0.1:8786", "--workers", "2"], "--workers sizes the local cluster only"),
     (["--scheduler", "http://x"], "is not a scheduler address"),
-    (["--seeds", "0"], "seeds must be a positive integer"),
+    (["--seeds", "0"], "0 is not in the range x>=1"),
     (["--objective", "accuracy"], "'accuracy' is not one of"),
     (["--cell", "gru", "--activations", "relu"], "--activations does not apply to a train sweep"),
     (["-g", "momentum=0.9"], "unknown grid field 'momentum'"),

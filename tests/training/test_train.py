@@ -132,7 +132,7 @@ def test_readout_baseline_trains_only_the_head(tmp_path):
 @pytest.mark.parametrize("args,phrase", [
     (["train", "--task", "nope"], "unknown task 'nope'"),
     (["train", "--task", "copy", "--pooling", "mean"], "target at every step"),
-    (["train", "--hidden", "-2"], "positive integer"),
+    (["train", "--hidden", "-2"], "x>=1"),
     (["train", "--preset", "nope"], "unknown preset"),
     (["train", "--algorithm", "ep"], "fixed point"),
     (["train", "--task", "digits", "--algorithm", "ep", "-a", "K=50", "-a", "T=10"], "K = 50 > T = 10"),
