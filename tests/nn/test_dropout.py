@@ -134,7 +134,7 @@ def test_online_training_with_dropout_runs_and_the_cli_takes_it(tmp_path):
 
 
 @pytest.mark.parametrize("args,phrase", [
-    (["--dropout", "1"], "must lie in [0, 1)"),
+    (["--dropout", "1"], "1.0 is not in the range 0<=x<1"),
     (["--task", "copy-stream", "-t", "T=50", "--algorithm", "online", "--update-every", "5", "--dropout", "0.1"],
      "drop --dropout"),
 ])
