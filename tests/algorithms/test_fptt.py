@@ -150,7 +150,8 @@ def test_refusals():
         fptt_model_grads(model, params, x, y, "mse", carrier="float16")
 
 
-def test_memory_does_not_grow_with_T():
+@pytest.mark.slow        # T = 1500 on the NumPy step loop; the default suite has tests/algorithms/test_chunked.py's
+def test_memory_does_not_grow_with_T():      # FPTT memory test (numpy, fptt) at a smaller T
     model, params = make_model("lru", 3, 8, 2, r_min=0.99, r_max=0.999)
     rng = np.random.default_rng(0)
     x, y = 0.1 * rng.standard_normal((1500, 2, 3)), rng.standard_normal((1500, 2, 2))

@@ -195,7 +195,9 @@ def _train_on_both_and_compare(args, backend, tmp_path, tol=1e-9):
         assert abs(got - want) <= tol * max(1.0, abs(want)), (key, got, want)
 
 
-@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+# mlx trains online on the device path, tested by tests/training/test_device_rules.py: its run here is slow-only
+@pytest.mark.parametrize("backend", [b if b != "mlx" else pytest.param(b, marks=pytest.mark.slow)
+                                     for b in OTHER_BACKENDS])
 @pytest.mark.parametrize("algorithm", ["online", pytest.param("fptt", marks=pytest.mark.slow)])
 def test_train_and_compare_run_on_a_backend(backend, algorithm, tmp_path):
     """`train --backend B` with an online rule / FPTT ends with the metrics of the reference run (same seed), and

@@ -124,7 +124,9 @@ def test_refusals():
         online_grads(model, params, x, y, "mse", algorithm="cec")
 
 
-@pytest.mark.parametrize("algorithm", ["online", "snap1", "truncated", "spatial", "rtrl"])
+# one rule in the default suite (the driver and its carries are shared); every rule under `make test-slow`
+@pytest.mark.parametrize("algorithm", ["online"] + [pytest.param(a, marks=pytest.mark.slow)
+                                                    for a in ("snap1", "truncated", "spatial", "rtrl")])
 def test_memory_does_not_grow_with_T(algorithm):
     model, params, x_long, y_long = _case("gru", {}, T=1200, B=2, H=4)
     x_short, y_short = x_long[:100], y_long[:100]
