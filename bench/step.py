@@ -477,11 +477,12 @@ NOTES = """Notes on reading the table:
 - `× JAX bptt` is every row's median over the JAX peer's bptt step of the same model (JAX has no online learning
   rule of its own: its step is autodiff BPTT); `× own bptt` is an algorithm's step over our bptt step on the same
   backend; `mlx / numba` compares the same algorithm on the two backends.
-- `path`: bptt runs refimpl.training.device.DeviceStep — on numpy and numba the layers, loss and optimizer are NumPy
-  (numba's cells are njit loops over NumPy arrays), on mlx everything stays in mx.arrays, as for the online rules on
-  mlx; the other rows run `model_grads + optim.step`: their kernels on the backend, the layers, loss and optimizer in
-  NumPy. `first loss rel.
-  err`: the first step's loss (at the initial parameters) against refimpl's NumPy BPTT loss.
+- `path`: bptt runs refimpl.training.device.DeviceStep — on numpy and numba the layers, loss and optimizer run on
+  NumPy arrays (numba: its cells and its fused layer loops, backends/numba/layers.py), on mlx everything stays in
+  mx.arrays, as for the online rules on mlx; the other rows run `model_grads + optim.step`: their kernels on the
+  backend (numba's fused layers too), the rest in NumPy. `fptt:stored` is fptt with `schedule='stored'` (one forward
+  pass kept whole; plain `fptt` streams L+1 passes). `first loss rel. err`: the first step's loss (at the initial
+  parameters) against refimpl's NumPy BPTT loss.
 - MLX runs on the device it finds: on a Linux machine that is MLX's CPU backend (the MLX goal is meant for Apple
   GPUs); its thread count is MLX's own, not --threads. XLA honours --threads 1 (no Eigen thread pool); for more
   threads it uses its default pool.
