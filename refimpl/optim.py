@@ -23,7 +23,7 @@ Parameter groups (``is_recurrent``, ``group_hyperparameters``):
 Frozen parameters (``freeze``, ``is_frozen``) are what a stop-gradient on them would give: their gradients are
 dropped before anything else (they count neither in the norm (4) nor in clipping (5)), and the parameters and their
 optimizer state come back as they were, bit for bit. The FPTT code's ``freeze_recurrence`` is freeze = ("nu_log",
-"theta_log"): λ fixed, γ, B and the rest still learning (research/fptt.md §5.1); ρ = 0 instead fixes every cell
+"theta_log"): λ fixed, γ, B and the rest still learning; ρ = 0 instead fixes every cell
 parameter (γ and B too) and still counts their gradients in the clipping norm.
 
 Global-norm clipping (``global_norm``, ``clip_by_global_norm``), applied to the raw gradients before any decay term:

@@ -18,7 +18,7 @@ SIZES = (64, 7, 5, 10)                          # input first; distinct sizes, s
 
 
 def seed_rates(params: dict, lr_tab: list[float]) -> dict:
-    """The rate of each parameter as the seed's code gives it (research/ep_dfa_lstm.md §A.2): its size_tab runs
+    """The rate of each parameter as the seed's code gives it: its size_tab runs
     from the output, size_tab = (10, 5, 7, 64); w[2k] = Linear(size_tab[k+1] → size_tab[k]) (weight (n_k, n_{k+1}),
     bias (n_k,): the receiving layer's) learns at lr_tab[⌊2k / 2⌋]. Our parameters are found by their shapes."""
     size_tab = SIZES[::-1]
