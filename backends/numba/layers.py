@@ -13,8 +13,7 @@ refimpl/nn/layers.py:
 
     layer_norm_forward / _backward   (4)–(6) / (7)–(9), one row of the last axis at a time (sums in float64)
     ffn_forward / ffn_backward       mlp (14)–(19), glu (20)–(27): the linears by BLAS; GELU (10), (11) and the gate
-                                     σ, ⊙ of (22)–(25) fused (in the GLU backward, x̄ of both linears is summed inside
-                                     the GELU backward's loop)
+                                     σ, ⊙ of (22)–(25) fused
     lru_output_forward / _backward   (28)–(31) as real GEMMs: with h viewed as interleaved (re, im) pairs h̃ (…, 2N)
                                      and W̃ (2N, d) holding (C_re, −C_im) in the same interleaving,
                                         Re(C h) = h̃ W̃,   h̄ = conj(C)ᵀ-product = (ȳ W̃ᵀ) viewed as complex,
@@ -131,17 +130,6 @@ def _gelu_backward_flat(dout, x, t, dx):
         dx[i] = dout[i] * (half * (1 + u) + (v * half * (1 - u * u)) * (c + c3k * (v * v)))     # (11)
 
 
-@njit(**LOOP)
-def _gelu_backward_sum_flat(dout, dout2, x, t, dx):
-    """(11) with ḡ = dout + dout2 (the GLU's two branches, (26)–(27)), summed in the loop."""
-    c = x.dtype.type(GELU_C)
-    c3k = x.dtype.type(3.0 * GELU_C * GELU_KAPPA)
-    half = x.dtype.type(0.5)
-    for i in range(x.size):
-        v, u = x[i], t[i]
-        dx[i] = (dout[i] + dout2[i]) * (half * (1 + u) + (v * half * (1 - u * u)) * (c + c3k * (v * v)))   # (11)
-
-
 def _gelu_forward(x):
     xf = np.ascontiguousarray(x)
     g, t = np.empty_like(xf), np.empty_like(xf)
@@ -149,15 +137,12 @@ def _gelu_forward(x):
     return g, GELUCache(x=xf, tanh_u=t)
 
 
-def _gelu_backward(dout, cache: GELUCache, dout2=None):
-    """(11) of ḡ = dout (+ dout2, summed inside the loop). The cache may be the reference's (any layout)."""
-    d1 = np.ascontiguousarray(dout)
+def _gelu_backward(dout, cache: GELUCache):
+    """(11) of ḡ = dout. The cache may be the reference's (any layout)."""
+    d = np.ascontiguousarray(dout)
     x, t = np.ascontiguousarray(cache.x).reshape(-1), np.ascontiguousarray(cache.tanh_u).reshape(-1)
-    dx = np.empty_like(d1)
-    if dout2 is None:
-        _gelu_backward_flat(d1.reshape(-1), x, t, dx.reshape(-1))
-    else:
-        _gelu_backward_sum_flat(d1.reshape(-1), np.ascontiguousarray(dout2).reshape(-1), x, t, dx.reshape(-1))
+    dx = np.empty_like(d)
+    _gelu_backward_flat(d.reshape(-1), x, t, dx.reshape(-1))
     return dx
 
 
@@ -215,18 +200,18 @@ def glu_forward(params: dict, y, mask=None):
 
 
 def glu_backward(dout, cache: GLUCache) -> dict:
-    """(24)–(27): the gate's chain in one loop; the two linears' x̄ summed inside GELU's backward loop (after the
-    dropout mask of (DR2), when there is one)."""
+    """(24)–(27): the gate's chain in one loop, GELU's backward in another."""
     dout = np.ascontiguousarray(dout)
     dv, dq = np.empty_like(dout), np.empty_like(dout)
     _gate_backward_flat(dout.reshape(-1), np.ascontiguousarray(cache.v).reshape(-1),
                         np.ascontiguousarray(cache.s).reshape(-1), dv.reshape(-1), dq.reshape(-1))   # (24), (25)
     gv = linear_backward(dv, cache.value)                                          # (26)
     gg = linear_backward(dq, cache.gate)                                           # (26)
+    dz = gv["x"]                                                                   # a fresh array: summed in place
+    dz += gg["x"]                                                                  # (26)
     if cache.drop is not None:
-        dy = _gelu_backward((gv["x"] + gg["x"]) * cache.drop, cache.gelu)         # (26), (DR2), (27)
-    else:
-        dy = _gelu_backward(gv["x"], cache.gelu, gg["x"])                          # (26), (27)
+        dz *= cache.drop                                                           # (DR2)
+    dy = _gelu_backward(dz, cache.gelu)                                            # (27)
     return {"value.weight": gv["weight"], "value.bias": gv["bias"],
             "gate.weight": gg["weight"], "gate.bias": gg["bias"], "x": dy}
 
