@@ -21,7 +21,8 @@ from refimpl.numerics import rel_error
 from refimpl.registry import load_backend
 from refimpl.training.device import DeviceStep
 
-from .test_device_step import MODELS, RUN, _backend_or_skip, _case, _tolerance, _train_metrics
+from .test_device_step import (MODELS, RUN, _backend_or_skip, _case, _tolerance, _train_metrics,
+                               assert_three_steps_stay_on_the_device)
 
 #: The models a rule can train (pooling 'mean' is not memoryless: refused, test below).
 RULE_MODELS = [m for m in MODELS if m[1].get("pooling") != "mean"]
@@ -112,12 +113,8 @@ def test_a_rule_step_on_mlx_does_not_cross_to_the_host(rule):
     b.reset_crossings()
     value, g = step.grads(p, xd, yd)
     assert all(isinstance(v, mx.array) for v in g.values()) and isinstance(value, mx.array)
-    for _ in range(3):
-        p, s, value, finite = step(p, s, xd, yd)
     assert b.crossings == {"to_backend": 0, "to_numpy": 0}
-    step.report(value, finite)
-    assert b.crossings == {"to_backend": 0, "to_numpy": 2}
-    assert all(isinstance(v, mx.array) for v in p.values())
+    assert_three_steps_stay_on_the_device(b, step, p, s, xd, yd)
 
 
 @pytest.mark.parametrize("cell,rule", [("lru", "online"), pytest.param("gru", "snap1", marks=pytest.mark.slow),
