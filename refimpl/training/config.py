@@ -95,7 +95,7 @@ def check_freeze(freeze, params: dict, cell: str) -> tuple:
     for name in names:
         if name not in leaves:
             hint = (" (--freeze-recurrence is the LRU's ν and θ; name this cell's parameters with --freeze)"
-                    if name in FREEZE_RECURRENCE and cell != "lru" else "")
+                    if name in FREEZE_RECURRENCE else "")     # (the lru has them: not here)
             raise UnknownNameError(f"parameter to freeze of cell {cell!r}", name, leaves,
                                    f"--freeze takes the cell's parameter names, comma-separated{hint}")
     return names
