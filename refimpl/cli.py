@@ -43,6 +43,7 @@ from .nn.model import FFNS, NORMS, POOLINGS
 from .plotting import plot_runs
 from .registry import KERNELS, coverage, fastest_backend
 from .runs import atomic_write_json
+from . import reproduce
 from .studies import ep_gdu, fptt_stability
 from .studies.gradcheck import check_every_cell, format_reports, format_summary, gradcheck as check_gradients
 from .training import feedforward, sweep, tracking
@@ -790,6 +791,39 @@ def sweep_cmd(kind, settings, algorithms, activations, inits, forward_inits, arc
                               objective=objective, log=log or (),
                               echo=lambda s: click.echo(s, err=True))
     click.echo(summary.table)
+
+
+@cli.command("reproduce")
+@click.argument("name", required=False)
+@click.option("--list", "list_them", is_flag=True, help="List the experiments and what each reproduces.")
+@click.option("--budget", default="quick", show_default=True, type=click.Choice(list(reproduce.BUDGETS)),
+              help="quick: ≤ 10 min on 2 cores, small sizes, 1–2 seeds; full: the published protocol at the sizes "
+                   "that fit one machine (the page states the hours).")
+@click.option("--backend", default=None, help="Backend of the trials (default: the fastest available here).")
+@click.option("--scheduler", default=None,
+              help="tcp://HOST:PORT of an existing Dask scheduler, or inline; default: an embedded local cluster.")
+@click.option("--workers", default=None, type=POSITIVE, help="Local cluster size (default: the cores).")
+@click.option("--data-dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="MNIST IDX files: the experiments that can use MNIST do (else they use the bundled digits).")
+@click.option("--out", "out_dir", default="runs/reproduce", show_default=True, type=click.Path(file_okay=False),
+              help="Where the sweeps' run directories go. Rerun the same command to resume.")
+@click.option("--results", "results_dir", default="docs/results", show_default=True,
+              type=click.Path(file_okay=False), help="Where the result page NAME.md and its figures are written.")
+def reproduce_cmd(name, list_them, budget, backend, scheduler, workers, data_dir, out_dir, results_dir):
+    """Reproduce a published table or figure: the paper's protocol (lr chosen on validation, several seeds,
+    identical initial weights across algorithms) through the sweep machinery, resumable; writes RESULTS/NAME.md
+    with our numbers beside the published ones, and its figures."""
+    if list_them or name is None:
+        for key in reproduce.MODULES:
+            e = reproduce.get_experiment(key)
+            click.echo(f"{key:<16} {e.title}")
+        if name is None and not list_them:
+            raise click.UsageError("name an experiment (the list above), e.g. `reproduce fptt-digits --budget quick`")
+        return
+    settings = reproduce.Settings(budget=budget, backend=backend, data_dir=data_dir)
+    page = reproduce.reproduce(name, settings, out_dir=out_dir, results_dir=results_dir, scheduler=scheduler,
+                               workers=workers, echo=lambda s: click.echo(s, err=True))
+    click.echo(page)
 
 
 @cli.command("backends")

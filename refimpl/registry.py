@@ -176,7 +176,7 @@ def load_backend(name: str) -> Backend:
     return backend
 
 
-def _available(backend: str) -> Backend:
+def require_backend(backend: str) -> Backend:
     """The loaded backend; UnsupportedError, with the reason, when it cannot run here."""
     b = load_backend(backend)
     if not b.available:
@@ -200,7 +200,7 @@ def get_kernel(name: str, backend: str = "numpy") -> Callable:
     """The raw kernel `name` of `backend` (it takes and returns the backend's own arrays)."""
     if name not in KERNELS:
         raise UnknownNameError("kernel", name, KERNELS)
-    b = _available(backend)
+    b = require_backend(backend)
     if name not in b.kernels:
         raise UnsupportedError(f"backend {backend!r} does not implement kernel {name!r}; "
                                f"use backend='numpy' for it, or see `python -m refimpl.run backends` for coverage")
@@ -235,14 +235,14 @@ def to_device(backend: str, tree):
     """Every NumPy array of a tree (parameters, optimizer state, a batch) converted to `backend`'s arrays, once
     each (counted crossings); other leaves, the backend's arrays among them, pass through. The identity for numpy and
     numba."""
-    b = _available(backend)
+    b = require_backend(backend)
     return map_arrays(lambda a: b.to_backend(a) if isinstance(a, np.ndarray) else a, tree)
 
 
 def to_host(backend: str, tree):
     """Every array of `backend` in a tree converted to a NumPy array, once each (counted crossings); NumPy arrays
     pass through. The identity for numpy and numba."""
-    b = _available(backend)
+    b = require_backend(backend)
     return map_arrays(lambda a: a if isinstance(a, (np.ndarray, np.generic)) else b.to_numpy(a), tree)
 
 
