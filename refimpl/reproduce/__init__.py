@@ -260,8 +260,8 @@ def _study_protocol(study: Study) -> str:
     elif task_kind(base.task) == "static":
         model = f"task `{base.task}`, EP network `{base.net}` {dict(base.net_options) or ''}"
     else:
-        model = (f"task `{base.task}` {dict(base.task_options) or ''}, {base.layers} layer(s) of `{base.cell}` "
-                 f"{dict(base.cell_options) or ''} of width {base.hidden}"
+        model = (f"task `{base.task}` {dict(base.task_options) or ''}, {base.layers} layer(s) of `{base.cell}`"
+                 + (f" {dict(base.cell_options)}" if base.cell_options else "") + f" of width {base.hidden}"
                  + (f", d_model {base.d_model}" if base.d_model else "") + f", backend `{base.backend}`")
     length = f"{base.steps} steps" if getattr(base, "steps", None) else f"{base.epochs} epoch(s)"
     return (f"{model}; {length} of batch {base.batch_size}, {base.optimizer}, {base.dtype}. Grid: {grid}. "
@@ -307,10 +307,10 @@ def render(experiment: Experiment, settings: Settings, results: Results, figures
         summary = results.summaries[study.name]
         lines += [f"### {study.title}", ""] + study_table(experiment, study, summary) + [""]
         if summary.best:
-            lines += ["The chosen run of each group, alone (seed 0):", "", "```sh"]
+            lines += ["<details><summary>The chosen run of each group, alone (seed 0)</summary>", "", "```sh"]
             lines += [reproduce_command(kind_of(study.base), with_values(study.base, {f: b[f] for f in study.grid}))
                       for b in summary.best.values()]
-            lines += ["```", ""]
+            lines += ["```", "", "</details>", ""]
     if results.measured.get("table"):
         lines += results.measured["table"] + [""]
     lines += ["Published values: " + experiment.published_note, "", "## The claims, checked", ""]

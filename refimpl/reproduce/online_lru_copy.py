@@ -10,9 +10,11 @@ lr chosen on validation from {1e-3, 2e-3, …, 3.2e-2}, 3 seeds at the best lr.
 The rules (refimpl's names; the paper's in brackets):
     bptt        exact gradient                                                        [bptt]
     online      the LRU: exact diagonal RTRL traces per layer, errors from the layer above by backprop through the
-                stack at each step [online_full]; a dense cell: per-layer RTRL (n³ work per step per layer)
-    snap1       dense cells: the SnAp-1 traces (one row per unit)                     [online_snap1]
-                (for the LRU, SnAp-1 *is* its exact diagonal RTRL, the same numbers as online: not run twice)
+                stack at each step [online_full]
+    snap1       the dense cells: the SnAp-1 traces (one row per unit)                 [online_snap1]
+                (for the LRU, SnAp-1 *is* its exact diagonal RTRL: the same numbers as online, not run twice; the
+                dense cells' exact per-layer RTRL, refimpl's `online` for them, costs n³ work per step and layer —
+                an hour per quick trial — and is not in the paper's table: lstm-rtrl shows its cost)
     truncated   the immediate Jacobian only (1-step truncation)                       [online_1truncated]
     spatial     no trace through time: each step's error on that step's parameters    [online_spatial]
     readout     only the readout learns: the floor
@@ -26,8 +28,8 @@ from . import Claim, Experiment, Plan, Results, Settings, Study, bar_figure, ord
 ARCHITECTURES = {                       # study: (title, cell, cell options, recurrent lr factor, algorithms)
     "lru": ("LRU stack", "lru", {}, 0.5, ("bptt", "online", "truncated", "spatial", "readout")),
     "linear": ("linear RNN stack", "rnn", {"nonlinearity": "linear"}, 1.0,
-               ("bptt", "online", "snap1", "truncated", "spatial", "readout")),
-    "gru": ("GRU stack", "gru", {}, 1.0, ("bptt", "online", "snap1", "truncated", "spatial", "readout")),
+               ("bptt", "snap1", "truncated", "spatial", "readout")),
+    "gru": ("GRU stack", "gru", {}, 1.0, ("bptt", "snap1", "truncated", "spatial", "readout")),
 }
 
 _MODEL = dict(encoder=True, norm="layer", ffn="glu", residual=True, dropout=0.1, pooling="none", optimizer="adamw",
@@ -37,8 +39,8 @@ BUDGET = {
     #         task options, layers, widths {study: (d_model, hidden)}, epochs, lrs, seeds
     "quick": dict(task={"seq_len": 8, "bit_width": 4, "waiting_time": 4, "n_train": 2000, "n_val": 500,
                         "n_test": 500},
-                  layers=2, widths={"lru": (32, 32), "linear": (32, 32), "gru": (32, 32)}, epochs=4,
-                  lrs=[2e-3, 8e-3], seeds=1),
+                  layers=2, widths={"lru": (32, 32), "linear": (32, 32), "gru": (32, 32)}, epochs=8,
+                  lrs=[3e-3, 1e-2, 3e-2], seeds=2),
     "full": dict(task={"seq_len": 20, "bit_width": 7, "waiting_time": 7, "n_train": 20000, "n_val": 1000,
                        "n_test": 1000},
                  layers=4, widths={"lru": (128, 64), "linear": (146, 64), "gru": (91, 91)}, epochs=25,
@@ -55,10 +57,12 @@ def plan(settings: Settings) -> Plan:
                            hidden=hidden, d_model=d_model, rec_lr_factor=factor, epochs=b["epochs"],
                            backend=settings.run_backend, **_MODEL)
         studies.append(Study(name, title, base, {"algorithm": list(algorithms), "lr": b["lrs"]}, seeds=b["seeds"]))
-    scope = ("2 layers of width 32 on the copy task at 8 steps of 4 bits (T = 21), 4 epochs of 2000 sequences, two "
-             "learning rates, one seed: it shows the ranking of the rules when the task is short enough to be "
-             "learned in minutes; it cannot show the published accuracies (the published task is 20 × 7 bits, "
-             "T = 48, learned for 25 epochs of 20 000 sequences), and one seed gives no spread"
+    q = BUDGET["quick"]
+    scope = (f"2 layers of width 32 on the copy task at 8 steps of 4 bits (T = 21), {q['epochs']} epochs of 2000 "
+             f"sequences, {len(q['lrs'])} learning rates, two seeds: it shows the ranking of the rules when the "
+             "task is short enough to be learned in minutes; it cannot show the published accuracies (the "
+             "published task is 20 × 7 bits, T = 48, learned for 25 epochs of 20 000 sequences), and two seeds "
+             "give only a rough spread"
              if settings.budget == "quick" else
              "the published sizes and protocol: 4 layers, the copy task at 20 × 7 bits (T = 48), 25 epochs of "
              "20 000 sequences, six learning rates, three seeds")
@@ -81,7 +85,7 @@ def claims(results: Results) -> list:
 
 def figures(results: Results, fig_dir) -> list:
     studies = [(s, ARCHITECTURES[s][0]) for s in ARCHITECTURES]
-    groups = ("bptt", "online", "snap1", "truncated", "spatial", "readout")
+    groups = ("bptt", "online", "snap1", "truncated", "spatial", "readout")         # online: lru; snap1: the others
     bar_figure(results, studies, groups, fig_dir / "test-error.png",
                "copy task: test bit error per rule (mean ± std over seeds)")
     return [("test-error.png", "Test bit error (%) of each rule on each architecture, mean ± std over the seeds")]
@@ -100,16 +104,16 @@ EXPERIMENT = Experiment(
     claims=claims,
     differences=(
         "- **Size (quick budget).** The quick run trains 2 layers of width 32 on a shorter copy task (8 × 4 bits, "
-        "waiting 4: T = 21) for 4 epochs of 2000 sequences; the paper trains 4 layers of width 64–146 on 20 × 7 "
-        "bits (T = 48) for 25 epochs of 20 000. Errors are therefore higher and closer together than the paper's.\n"
+        f"waiting 4: T = 21) for {BUDGET['quick']['epochs']} epochs of 2000 sequences; the paper trains 4 layers "
+        "of width 64–146 on 20 × 7 bits (T = 48) for 25 epochs of 20 000. Errors are therefore higher and "
+        "closer together than the paper's.\n"
         "- **Loss.** Each bit is a sigmoid with binary cross-entropy here; the paper uses a 2-way softmax per bit. "
         "The two are the same model (a 2-way softmax over logits (a, b) is the sigmoid of a − b).\n"
         "- **SnAp-1 of the dense cells.** The paper's code builds the SnAp-1 traces of the GRU and the linear RNN "
         "wrongly; refimpl's snap1 is checked against independent constructions (tests/algorithms), so its "
         "snap1 rows may differ from the published ones for that reason as well.\n"
-        "- **online for the dense cells** is refimpl's per-layer exact RTRL (the paper has no such row for them: "
-        "its dense-cell online rule is SnAp-1); it costs n³ work per step and layer, and shows what exact "
-        "per-layer traces give.\n"
+        "- **online for the dense cells.** The paper's online rule for the linear RNN and the GRU is SnAp-1 (their "
+        "exact per-layer RTRL is refimpl's `online`, n³ work per step and layer, not run here).\n"
         "- **Data.** The paper draws its copy data from an unseeded generator; refimpl's copy task is seeded, and "
         "the seed also fixes the initial weights."),
     options=(("`mode: bptt / online_full / online_snap1 / online_1truncated / online_spatial`",
@@ -124,8 +128,8 @@ EXPERIMENT = Experiment(
              ("`bsz: 50`, `epochs: 25`", "`--batch-size 50 --epochs 25`"),
              ("`pad_length: 7`, 20 × 7 bits", "`-t waiting_time=7 -t seq_len=20 -t bit_width=7`"),
              ("the lr grid of the sweep yaml, 3 seeds", "`reproduce`'s grid, `--seeds 3` in the sweep")),
-    full_hours="4 layers at the published widths, 25 epochs of 20 000 sequences, 6 learning rates × 17 rule × "
-               "architecture pairs plus the seeds: about 130 trials of 10 000 steps; at the quick run's measured "
+    full_hours="4 layers at the published widths, 25 epochs of 20 000 sequences, 6 learning rates × 15 rule × "
+               "architecture pairs plus the seeds: about 120 trials of 10 000 steps; at the quick run's measured "
                "time per step, scaled by the model's size, roughly 40–60 hours on 2 cores (the dense cells' "
                "per-layer RTRL dominates). Not run here.",
     figures=figures,
