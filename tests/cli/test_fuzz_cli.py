@@ -9,7 +9,7 @@ with exactly one line ("error: …") on stderr when the status is 2.
                  (text) option: a word no command knows; for a repeated -x KEY=VALUE option: no "=", an unknown
                  key, or a key its help names (e.g. -a passes=2) with a value of the wrong kind
    Every command line gets fixed tiny sizes (FIXED) so a valid run takes a fraction of a second; the commands that are
-   slow even then (SLOW: the default job, fptt-stability, sweep) are fuzzed with invalid values only. Paths (--out,
+   slow even then (SLOW: the default job, fptt-stability, sweep, reproduce) are fuzzed with invalid values only. Paths (--out,
    --resume, --data-dir, plot's run directories) point into a fresh temporary directory.
 2. Run directories. A finished tiny `train` run is damaged by hypothesis (a file truncated at a random offset, a
    flipped byte, an empty file, a JSON value replaced by one of another type) and given to `train --resume` and `plot`.
@@ -53,12 +53,13 @@ FIXED = {
                        "direct"],
     "plot": [],
     "backends": [],
+    "reproduce": ["online-lru-copy", "--scheduler", "inline", "--budget", "quick"],
 }
 #: Commands fuzzed with invalid values only (slow even at tiny sizes, or a process pool).
-SLOW = {"sweep", "fptt-stability"}
+SLOW = {"sweep", "fptt-stability", "reproduce"}
 #: Options not fuzzed: where files go (set below), and what would make a tiny run large (their ranges are checked by
 #: tests/cli/test_errors_cli.py).
-PATHS = {"out_dir", "out_path", "resume_dir", "data_dir", "run_dirs"}
+PATHS = {"out_dir", "out_path", "resume_dir", "data_dir", "run_dirs", "results_dir"}
 UNBOUNDED = {"full", "benchmark", "preset", "recipe"}
 
 
@@ -154,9 +155,12 @@ def check_answer(r, args, refused=()) -> None:
 def _paths(name: str, tmp: Path, run_dir: Path | None) -> list:
     if name == "plot":
         return [str(run_dir), "--out", str(tmp / "curves.png")]
+    paths = []
     if any(p.name == "out_dir" for p in cli.commands[name].params):
-        return ["--out", str(tmp / "out")]
-    return []
+        paths += ["--out", str(tmp / "out")]
+    if any(p.name == "results_dir" for p in cli.commands[name].params):
+        paths += ["--results", str(tmp / "results")]
+    return paths
 
 
 def invoke_in(tmp: Path, args):
