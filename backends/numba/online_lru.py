@@ -63,13 +63,18 @@ from ..common import lru_param_grads, lru_w2
 from .runtime import LOOP, Plan, check_carry, contiguous, controls_blas_threads, in_blocks
 
 
-#: Time steps per chunk of the rtrl sweep, and units per block (one block per thread at a time).
-CHUNK, UNITS = 64, 64
+#: lru.rtrl: time steps per chunk, and the most units per block (docs/bench/profile-cpus.md).
+CHUNK, UNITS = 64, 128
 
 
 def rtrl_blocking(B: int, N: int, I: int) -> tuple[int, int]:
-    """(chunk, units) for lru.rtrl."""
-    return CHUNK, UNITS
+    """(chunk C, units per block) of lru.rtrl. Neither depends on the thread count (a unit's arithmetic, its GEMMs'
+    included, must not change with it) nor on the CPU: at B = 32, I = 64, N = 256, chunks of 32–128 steps and blocks of
+    64–128 units ran within the noise of each other both with AVX-512 and with the AVX2 path forced (OpenBLAS's
+    Haswell kernels, Numba compiling for haswell); 256-step chunks were slower on both (their (C·B, 2n) buffers leave
+    the L2 cache). Blocks of at most UNITS units, as even as N allows."""
+    blocks = -(-N // UNITS)
+    return CHUNK, -(-N // blocks)
 
 
 def _setup(params, x):
@@ -304,7 +309,7 @@ def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=
             _b_traces(Z, k0, gamma, lam_T, A, S_re, S_im, carried, out_re, out_im, c_re, c_im)
 
     threads = min(numba.get_num_threads(), len(bounds)) if controls_blas_threads() else 1
-    in_blocks(Plan(threads, threads > 1), len(bounds), blocks)
+    in_blocks(Plan(threads, threads > 1 or controls_blas_threads()), len(bounds), blocks)
     grads = lru_param_grads(np, params, gq[0], gq[1], G[0], G[1], gamma, gamma_log=gg)      # (r 8)
     out = _traces_out(params, Q, Sg, out_re, out_im, cdt) if carry_out else None
     if carried:
