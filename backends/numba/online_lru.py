@@ -96,16 +96,18 @@ def _pairs(z, cdt, rdt):
 
 @njit(**LOOP)
 def _rtrl_units(x, dh, h, k0, W2T, lam, lam_c, lam_cr, P, P_tail, chunk, Z_out, Q, Sg, G, gq, gg, A):
-    """The sweep of the n units [k0, k0 + n), every step and every row. In: x r(T,B,I), dh pairs r(T,B,2N), h = h0
-    pairs r(B,2N) (the block's columns advanced in place); W2ᵀ r(I,2n) and every (·, 2n) array of the block split
-    [re of the n units | im of the n units]; λ r(2,n) split; λ^C, λ^C' (the last chunk's C' steps) c(2,n) complex128
-    and as r(2,2,n) (re, im; subnormals flushed);
+    """The sweep of one block of n units [k0, k0 + n), every step and every row.
+
+    In: x r(T,B,I), dh pairs r(T,B,2N), h = h0 pairs r(B,2N) (the block's columns advanced in place); W2ᵀ r(I,2n) and
+    every (·, 2n) array of the block split [re of the n units | im of the n units]; λ r(2,n) split; λ^C and λ^C'
+    (the last chunk's C' steps) c(2,n) complex128, and lam_cr the same as r(2,2,n) (re, im; small powers flushed);
     P, P_tail r(2n,C), r(2n,C') = λ^{C-1-s} split (R3). Writes the block's units of Q, S^γ pairs r(B,2N), G r(2,N,I)
     = Σ conj(Z)δ, gq r(2,N) = Σ conj(Q)δ, gg r(N) = Re Σ conj(S^γ)δ (float64) and A c(B,N) = Σ_t conj(λ)^{t+1} δ_t
     (what a carried trace meets, _with_carry); returns Z r(2n,B·I) (its rows: the traces Z[b, k, :] of every b, re
-    then im), left as it was before the last chunk unless Z_out. Per chunk of C steps (module docstring, (R1)–(R3)): u = x_c W2ᵀ (one GEMM);
-    h, Q, S^γ and their sums step by step; ε by a backward scan over the chunk; G += εᵀ x_c (one GEMM) + conj(Z_in)
-    ε_in; Z_out = λ^C Z_in + P x_c (one GEMM)."""
+    then im), left as it was before the last chunk unless Z_out.
+    Per chunk of C steps (module docstring, (R1)–(R3)): u = x_c W2ᵀ (one GEMM); h, Q, S^γ and their sums step by
+    step; ε by a backward scan over the chunk; G += εᵀ x_c (one GEMM) + conj(Z_in) ε_in; Z_out = λ^C Z_in + P x_c
+    (one GEMM)."""
     T, B, I = x.shape
     n = lam.shape[1]
     X = x.reshape(T * B, I)                                 # rows (t, b)
