@@ -39,7 +39,7 @@ TITLES = {"classification": "classification (10 digits, cross-entropy)",
 
 BUDGET = {
     #        hidden widths, epochs, batch, Adam lrs, seeds
-    "quick": dict(arch="128-128-128", epochs=20, batch_size=64, lrs=[3e-4, 1e-3, 3e-3], seeds=3),
+    "quick": dict(arch="128-128-128", epochs=20, batch_size=64, lrs=[1e-3, 3e-3, 1e-2], seeds=3),
     "full": dict(arch="500-500-500-500-500", epochs=200, batch_size=128, lrs=[1e-4, 1e-3, 1e-2, 1e-1], seeds=5),
 }
 
@@ -238,9 +238,10 @@ def figures(results: Results, fig_dir) -> list:
             ax = axes[i][j]
             v = final.get(f"{study}/{rule}")
             if v is None:
-                ax.text(0.5, 0.5, "refused" if any(r["group"] == rule and r["status"] == "refused"
-                                                   for r in results.summaries[study].trials) else "no run",
-                        ha="center", va="center", transform=ax.transAxes)
+                refused = any(r["config"].get("algorithm") == rule for r in results.summaries[study].refused)
+                ax.text(0.5, 0.5, "refused (no reconstruction variant)" if refused else "no finished run",
+                        ha="center", va="center", transform=ax.transAxes, fontsize=8)
+                ax.set_xticks([])
             else:
                 for layer, (epochs, values) in v["curves"].items():
                     if layer != "readout":

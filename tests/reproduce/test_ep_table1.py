@@ -36,7 +36,7 @@ def test_a_tiny_run_writes_the_page(tmp_path, monkeypatch):
     monkeypatch.setattr(et, "NETS", {k: et.NETS[k] for k in ("p1h", "pconv")})
     monkeypatch.setitem(et.BUDGET, "quick", dict(hidden=4, channels="2,3", steps={"p1h": (3, 2, 0.5),
                                                                                   "pconv": (3, 2, 0.5)},
-                                                 epochs=None, quick_epochs=1, factors=(1,), seeds=1))
+                                                 epochs=1, factors=(1,), seeds=1))
     page = reproduce("ep-table1", Settings(budget="quick", backend="numpy"), out_dir=tmp_path / "runs",
                      results_dir=tmp_path / "res", scheduler="inline")
     text = page.read_text()
