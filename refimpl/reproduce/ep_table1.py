@@ -74,7 +74,9 @@ def plan(settings: Settings) -> Plan:
         studies.append(Study(name, title, base, grid, seeds=b["seeds"]))
     data = "MNIST (the IDX files given)" if settings.data_dir else "the 8×8 digits (1258 training images)"
     scope = (f"every network of Table 1 on {data} at a small size — 64 units per hidden layer, the conv net with "
-             f"16 and 32 channels — with short relaxations (T = 15–60, K = 5–15), 10 epochs, the seed's lr_tab × 1 "
+             f"16 and 32 channels — with short relaxations (T / K / β: "
+             + ", ".join(f"{NETS[n][0]} {T}/{K}/{beta:g}" for n, (T, K, beta) in (b["steps"] or {}).items())
+             + f"), 10 epochs, the seed's lr_tab × 1 "
              f"or × 3 chosen on validation, two seeds: it shows whether EP tracks BPTT from identical weights on "
              f"each network; it cannot show the published ≈ 2 % (FC) and ≈ 1 % (conv) MNIST errors, nor decide a "
              f"0.5-point gap (one test image of 269 is 0.37 point, and two seeds give a rough spread)"
