@@ -49,7 +49,7 @@ from .studies.gradcheck import check_every_cell, format_reports, format_summary,
 from .training import feedforward, sweep, tracking
 from .training.compare import compare as compare_algorithms, format_comparison
 from .training.config import EP_SETTINGS, FREEZE_RECURRENCE, TrainConfig
-from .training.problems import EP_NET_OPTIONS
+from .training.problems import CONV_NET_OPTIONS, EP_NET_OPTIONS, _int_pair
 from .training.loop import train as train_run
 from .training.recipes import DEMO, apply_recipe
 
@@ -471,10 +471,15 @@ def _ep_net_options(f):
     toy, digits = EP_SETTINGS["toy"], EP_SETTINGS["digits"]
     options = [
         click.option("--net", "kind", default="toy", show_default=True,
-                     type=click.Choice(["toy", "energy", "prototypical"])),
+                     type=click.Choice(["toy", "energy", "prototypical", "conv"])),
         click.option("--sizes", default=None, type=_Sizes(),
-                     help=f"Layer sizes, input first, comma-separated (default: toy "
-                     f"{_sizes_text(toy['sizes'])}; the others {_sizes_text(digits['sizes'])} for the digits data)."),
+                     help=f"Layer sizes of the layered networks, input first, comma-separated (default: toy "
+                     f"{_sizes_text(toy['sizes'])}; energy and prototypical "
+                     f"{_sizes_text(digits['sizes'])} on the digits, the input 784 on MNIST). The conv network "
+                     f"takes -n channels=C2,C1 instead."),
+        click.option("--data-dir", default=None, type=click.Path(exists=True, file_okay=False),
+                     help="Directory of the MNIST IDX files: feed MNIST (784 inputs) instead of the 8×8 digits "
+                     "(not for the toy network)."),
         click.option("--T", "T", default=None, type=POSITIVE,
                      help=f"Free-phase steps (default toy {toy['T']}, others {digits['T']})."),
         click.option("--K", "K", default=None, type=POSITIVE,
@@ -484,35 +489,48 @@ def _ep_net_options(f):
         click.option("--batch", default=20, show_default=True, type=click.IntRange(min=1)),
         click.option("--seed", default=0, show_default=True, type=COUNT),
         click.option("-n", "--net-option", "net_options", multiple=True, metavar="KEY=VALUE",
-                     help="Network option, e.g. -n activation=tanh -n dt=0.08 -n clamp=0."),
+                     help="Network option, e.g. -n activation=tanh -n dt=0.08 -n clamp=0; conv: -n channels=32,64 "
+                     "-n kernel=5 -n pool=2 -n activation=hardsigm."),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def _ep_settings(kind, sizes, T, K, beta, net_options):
+def _ep_settings(kind, sizes, T, K, beta, net_options, data_dir=None):
     """(sizes, T, K, beta, network options) from the options, EP_SETTINGS filling what was not given (the network's
-    own defaults — activation, dt, clamp — are refimpl.ep's)."""
+    own defaults — activation, dt, clamp; the conv net's channels — are refimpl.ep's). On MNIST (data_dir) the
+    default sizes take 784 inputs; the conv network has no sizes (None)."""
+    if kind == "toy" and data_dir is not None:
+        raise click.BadParameter("the toy network is fed the paper's toy data (5 random inputs); drop --data-dir, or "
+                                 "use --net energy, prototypical or conv for MNIST", param_hint="--data-dir")
     d = EP_SETTINGS["toy" if kind == "toy" else "digits"]
     opts = _parse_options(net_options, "--net-option", "-n activation=tanh")
+    allowed = CONV_NET_OPTIONS if kind == "conv" else EP_NET_OPTIONS
     for key in opts:
-        if key not in EP_NET_OPTIONS:
-            raise UnknownNameError("--net-option", key, EP_NET_OPTIONS, "e.g. -n activation=tanh -n dt=0.08")
+        if key not in allowed:
+            raise UnknownNameError(f"--net-option of the {kind} network", key, allowed,
+                                   "e.g. -n channels=32,64" if kind == "conv" else "e.g. -n activation=tanh -n dt=0.08")
     if "clamp" in opts:
         opts["clamp"] = bool(opts["clamp"])
-    given = {"sizes": sizes, "T": T, "K": K, "beta": beta}           # None: not given (0 is refused by the types)
-    return (*(d[k] if v is None else v for k, v in given.items()), opts)
+    for key in ("channels", "kernel", "pool"):                 # -n channels=32,64 arrives as the text "32,64"
+        if key in opts:
+            opts[key] = _int_pair(key, opts[key])
+    default_sizes = None if kind == "conv" else d["sizes"] if data_dir is None else (784,) + tuple(d["sizes"][1:])
+    given = {"T": T, "K": K, "beta": beta}                     # None: not given (0 is refused by the types)
+    return (sizes if sizes is not None else default_sizes, *(d[k] if v is None else v for k, v in given.items()),
+            opts)
 
 
 @cli.command("ep-curves")
 @_ep_net_options
 @click.option("--out", "out_dir", default="runs/ep-curves", show_default=True, type=click.Path(file_okay=False))
-def ep_curves_cmd(kind, sizes, T, K, beta, batch, seed, net_options, out_dir):
+def ep_curves_cmd(kind, sizes, data_dir, T, K, beta, batch, seed, net_options, out_dir):
     """The GDU property made visible: per-step EP neuron updates vs BPTT neuron gradients and cumulative EP weight
-    updates vs cumulative BPTT gradients, with the RMSE metric (curves.json, curves.png)."""
-    sizes, T, K, beta, opts = _ep_settings(kind, sizes, T, K, beta, net_options)
-    report = ep_gdu.ep_curves(kind, sizes, T=T, K=K, beta=beta, batch=batch, seed=seed, **opts)
+    updates vs cumulative BPTT gradients, with the RMSE metric (curves.json, curves.png). Networks: toy, energy,
+    prototypical (--sizes) and conv (-n channels=…), on the digits or on MNIST (--data-dir)."""
+    sizes, T, K, beta, opts = _ep_settings(kind, sizes, T, K, beta, net_options, data_dir)
+    report = ep_gdu.ep_curves(kind, sizes, T=T, K=K, beta=beta, batch=batch, seed=seed, data_dir=data_dir, **opts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "curves.json", report)
@@ -527,12 +545,12 @@ def ep_curves_cmd(kind, sizes, T, K, beta, batch, seed, net_options, out_dir):
 @cli.command("ep-recipe")
 @_ep_net_options
 @click.option("--batches", default=20, show_default=True, type=click.IntRange(min=1))
-def ep_recipe_cmd(kind, sizes, T, K, beta, batch, seed, net_options, batches):
+def ep_recipe_cmd(kind, sizes, data_dir, T, K, beta, batch, seed, net_options, batches):
     """The sign-agreement "recipe" for tuning T, K and β: per weight matrix, the % of entries where the EP update and
     the truncated BPTT gradient agree in sign, mean ± std over random mini-batches."""
-    sizes, T, K, beta, opts = _ep_settings(kind, sizes, T, K, beta, net_options)
+    sizes, T, K, beta, opts = _ep_settings(kind, sizes, T, K, beta, net_options, data_dir)
     click.echo(ep_gdu.format_recipe(ep_gdu.ep_recipe(kind, sizes, T=T, K=K, beta=beta, batches=batches, batch=batch,
-                                                     seed=seed, **opts)))
+                                                     seed=seed, data_dir=data_dir, **opts)))
 
 
 # ----------------------------------------------------------------------------------------------------------------

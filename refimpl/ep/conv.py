@@ -430,3 +430,36 @@ def bptt_grads(net: ConvEPNet, params: dict, x, y, *, T: int, K: int | None = No
     steps, _ = backward_through_steps(lambda cache, ds: _step_backward(net, params, x, cache, ds), caches,
                                       output_adjoint(s, y))                       # (7), (10)–(12)
     return float(output_loss(s[-1], y)), sum_steps(steps)                         # (13)
+
+
+# ---------------------------------------------------------------------------------------------------- GDU diagnostics
+
+def gdu_curves(net: ConvEPNet, params: dict, x, y, *, T: int, K: int, beta: float) -> dict:
+    """Per-step EP and BPTT quantities for the GDU check, as networks.gdu_curves (same keys, the gradient sign), for
+    the convolutional network: "ep_neurons", "bptt_neurons" list the layers s_2, s_1, s_0 (input side first), each
+    (K, size of one example's state) batch-summed: −Σ_b (s^β_{t+1} − s^β_t)/(βB) (dt = 1) and Σ_b ∂L/∂s(T−t) (13);
+    "ep_params", "bptt_params" per-step ΔEP_θ(t) (9) and ∇BPTT_θ(t) (13), and their cumulative sums."""
+    x, y = _inputs(net, x, y)
+    T, K = check_truncation(T, K)
+    check_beta(beta)
+    B = x.shape[0]
+    s, caches = relax_keeping_caches(lambda s: _step(net, params, x, s), _zeros(net, B, x.dtype), T, K)   # (5)–(6)
+    p_steps, s_steps = backward_through_steps(lambda cache, ds: _step_backward(net, params, x, cache, ds), caches,
+                                              output_adjoint(s, y))                # (7), (10)–(12)
+    loss = float(output_loss(s[-1], y))
+    ep_n = [np.zeros((K, int(np.prod(shape))), dtype=x.dtype) for shape in net.state_shapes]
+    ep_p = {k: np.zeros((K,) + v.shape, dtype=x.dtype) for k, v in params.items()}
+    G_prev = _G(net, params, x, s)
+    for t in range(K):
+        s_next, _ = _step(net, params, x, s, beta, y)                            # (5)–(6), nudged
+        for l in range(3):
+            ep_n[l][t] = -(s_next[l] - s[l]).reshape(B, -1).sum(0) / (beta * B)  # ΔEP_s (dt = 1)
+        G_next = _G(net, params, x, s_next)
+        for k in params:
+            ep_p[k][t] = (G_next[k] - G_prev[k]) / beta                           # (9), one step
+        s, G_prev = s_next, G_next
+    bptt_n = [np.stack([s_steps[t][l].reshape(B, -1).sum(0) for t in range(K)]) for l in range(3)]
+    bptt_p = {k: np.stack([p_steps[t][k] for t in range(K)]) for k in params}
+    return {"loss": loss, "ep_neurons": ep_n, "bptt_neurons": bptt_n, "ep_params": ep_p, "bptt_params": bptt_p,
+            "ep_params_cumulative": {k: np.cumsum(v, axis=0) for k, v in ep_p.items()},
+            "bptt_params_cumulative": {k: np.cumsum(v, axis=0) for k, v in bptt_p.items()}}
