@@ -79,19 +79,26 @@ def machine_line(m: dict) -> str:
             f"{m.get('numba_target') or '—'}")
 
 
-def describe(threads: int | None) -> dict:
+#: The libraries whose versions a record lists (the peers torch and jax take seconds to import: a record that does
+#: not compare with them leaves them out).
+LIBRARIES = ("numba", "scipy", "mlx", "cupy", "torch", "jax")
+
+
+def describe(threads: int | None, libraries=LIBRARIES) -> dict:
+    """The machine record (module doc), with the versions of NumPy and of those of `libraries` that are installed."""
     versions = {"numpy": np.__version__}
-    for mod in ("numba", "scipy", "mlx", "cupy", "torch", "jax"):
+    for mod in libraries:
         try:
             m = __import__(mod)
             versions[mod] = getattr(m, "__version__", "?")
         except Exception:                       # not installed (or broken): simply not listed
             pass
-    try:
-        import mlx.core as mx
-        versions["mlx"] = getattr(mx, "__version__", versions.get("mlx", "?"))
-    except Exception:
-        pass
+    if "mlx" in libraries:
+        try:
+            import mlx.core as mx
+            versions["mlx"] = getattr(mx, "__version__", versions.get("mlx", "?"))
+        except Exception:
+            pass
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "threads": threads, "versions": versions,
             "cpu": cpu_record(), "blas": blas_record(), "numba_target": numba_target()}

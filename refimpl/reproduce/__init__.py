@@ -274,7 +274,7 @@ def render(experiment: Experiment, settings: Settings, results: Results, figures
            trials_run: int, scheduler: str | None) -> str:
     """The result page (markdown)."""
     plan = results.plan
-    machine = describe(None)
+    machine = describe(None, libraries=("numba",))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     compute = sum((r.get("time_s") or 0.0) for s in results.summaries.values() for r in s.trials)
     n_trials = sum(len(s.trials) for s in results.summaries.values())
