@@ -70,7 +70,8 @@ def plan(settings: Settings) -> Plan:
                          {"algorithm": ["fptt"], "cell_options.r_min": [PASSES_R_MIN],
                           "algorithm_options.passes": list(range(1, PASSES_LAYERS + 2)), "lr": b["lrs"]},
                          seeds=b["seeds"], group_by=("algorithm_options.passes",)))
-    data = "MNIST98 (T = 98)" if settings.data_dir else "the 8×8 digits read pixel by pixel (T = 64, 1258 training images)"
+    data = ("MNIST98 (T = 98)" if settings.data_dir else
+            "the 8×8 digits read pixel by pixel (T = 64, 1258 training images)")
     if settings.budget == "quick":
         scope = (f"{data}, {b['epochs']} epoch(s) of batch {b['batch_size']}, learning rates {b['lrs']}, one seed: it "
                  f"shows whether the ranking FPTT ≈ BPTT > spatial ≫ fptt1 and the pass budget's trend appear on a "
