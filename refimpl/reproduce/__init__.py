@@ -206,8 +206,17 @@ def _figures(experiment: Experiment, results: Results, fig_dir: Path) -> list:
 # ----------------------------------------------------------------------------------------------------------------
 # The page
 
-def _pm(mean, std, digits: int = 2) -> str:
-    return "—" if mean is None or not math.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _pm(mean, std, digits: int = 2, seeds: int = 2) -> str:
+    """mean ± std; a single seed has no spread, so its value is shown alone, marked (1 seed)."""
+    if mean is None or not math.isfinite(mean):
+        return "—"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f} (1 seed)"
+
+
+def test_text(t, unit: str = " %") -> str:
+    """A Results.test triple as text: 'm ± s %', or 'm % (1 seed)'."""
+    m, s, n = t
+    return f"{m:.2f} ± {s:.2f}{unit}" if n > 1 else f"{m:.2f}{unit} (1 seed)"
 
 
 def _duration(seconds: float) -> str:
@@ -241,8 +250,8 @@ def study_table(experiment: Experiment, study: Study, summary: SweepSummary) -> 
             rows.append("| " + " | ".join([g] + ["—"] * len(shown) + [why, "—", "0", pub, f"{n} ({bad})"]) + " |")
             continue
         values = [format(b[f], ".3g") if isinstance(b[f], float) else str(b[f]) for f in shown]
-        rows.append("| " + " | ".join([g] + values + [_pm(b["val_mean"], b["val_std"], digits),
-                                                     f"**{_pm(b['test_mean'], b['test_std'], digits)}**",
+        rows.append("| " + " | ".join([g] + values + [_pm(b["val_mean"], b["val_std"], digits, b["seeds"]),
+                                                     f"**{_pm(b['test_mean'], b['test_std'], digits, b['seeds'])}**",
                                                      str(b["seeds"]), pub, f"{n} ({bad})"]) + " |")
     return rows
 
@@ -340,7 +349,7 @@ def ordering(results: Results, study: str, groups, tie: float = 1.0) -> tuple:
             return None, f"{g} has no finished seed"
         values.append((g, *t))
     ok = all(b[1] + max(tie, a[2], b[2]) >= a[1] for a, b in zip(values, values[1:]))
-    return ok, ", ".join(f"{g} {m:.2f} ± {s:.2f} %" for g, m, s, _ in values)
+    return ok, ", ".join(f"{g} {test_text((m, s, n))}" for g, m, s, n in values)
 
 
 def close(results: Results, study: str, a: str, b: str, within: float) -> tuple:
@@ -349,7 +358,7 @@ def close(results: Results, study: str, a: str, b: str, within: float) -> tuple:
     if ta is None or tb is None:
         return None, f"{a if ta is None else b} has no finished seed"
     d = ta[0] - tb[0]
-    return abs(d) <= within, f"{a} {ta[0]:.2f} ± {ta[1]:.2f} % vs {b} {tb[0]:.2f} ± {tb[1]:.2f} % (Δ {d:+.2f})"
+    return abs(d) <= within, f"{a} {test_text(ta)} vs {b} {test_text(tb)} (Δ {d:+.2f})"
 
 
 def bar_figure(results: Results, studies, groups, path: Path, title: str, published: dict | None = None,

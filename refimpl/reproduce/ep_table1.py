@@ -22,7 +22,7 @@ a few factors (the rates were tuned for 784 inputs and 512 units), and the chose
 from __future__ import annotations
 
 from ..training.config import TrainConfig
-from . import Claim, Experiment, Plan, Results, Settings, Study, bar_figure, close
+from . import Claim, Experiment, Plan, Results, Settings, Study, bar_figure, close, test_text
 
 #: The networks of Table 1: (title, net, hidden layers, net options, the seed's lr_tab (output first), and the
 #: paper's T, K, β, epochs (the seed's README commands).
@@ -76,10 +76,10 @@ def plan(settings: Settings) -> Plan:
     scope = (f"every network of Table 1 on {data} at a small size — 64 units per hidden layer, the conv net with "
              f"16 and 32 channels — with short relaxations (T / K / β: "
              + ", ".join(f"{NETS[n][0]} {T}/{K}/{beta:g}" for n, (T, K, beta) in (b["steps"] or {}).items())
-             + f"), 10 epochs, the seed's lr_tab × 1 "
-             f"or × 3 chosen on validation, two seeds: it shows whether EP tracks BPTT from identical weights on "
-             f"each network; it cannot show the published ≈ 2 % (FC) and ≈ 1 % (conv) MNIST errors, nor decide a "
-             f"0.5-point gap (one test image of 269 is 0.37 point, and two seeds give a rough spread)"
+             + "), 10 epochs, the seed's lr_tab × 1 "
+             "or × 3 chosen on validation, two seeds: it shows whether EP tracks BPTT from identical weights on "
+             "each network; it cannot show the published ≈ 2 % (FC) and ≈ 1 % (conv) MNIST errors, nor decide a "
+             "0.5-point gap (one test image of 269 is 0.37 point, and two seeds give a rough spread)"
              if settings.budget == "quick" else
              f"the paper's settings on {data}: 512 units per hidden layer, the conv net with 32 and 64 channels, "
              f"the published T, K, β and epochs, the seed's lr_tab × {{0.5, 1, 2}} chosen on validation, five seeds")
@@ -110,8 +110,7 @@ def claims(results: Results) -> list:
     else:
         best_fc = min(others, key=lambda tv: tv[1][0])
         out.append(Claim("P-conv trained by EP has the lowest test error of the EP networks", conv[0] < best_fc[1][0],
-                         f"P-conv {conv[0]:.2f} ± {conv[1]:.2f} % vs the best FC network {best_fc[0]} "
-                         f"{best_fc[1][0]:.2f} ± {best_fc[1][1]:.2f} %"))
+                         f"P-conv {test_text(conv)} vs the best FC network {best_fc[0]} {test_text(best_fc[1])}"))
     return out
 
 

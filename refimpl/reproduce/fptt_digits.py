@@ -24,7 +24,7 @@ the FPTT pair is a study of its own, from the same initial weights per seed.
 from __future__ import annotations
 
 from ..training.config import TrainConfig
-from . import Claim, Experiment, Plan, Results, Settings, Study
+from . import Claim, Experiment, Plan, Results, Settings, Study, test_text
 
 DEPTHS = {1: "1 layer", 4: "4 layers"}
 R_MINS = (0.9, 0.99)
@@ -92,13 +92,12 @@ def _study(layers: int, algorithm: str) -> str:
 
 
 def _error(results: Results, layers: int, algorithm: str, r_min: float):
-    """(mean, std) test error of an algorithm at a depth and r_min, or None."""
-    t = results.test(_study(layers, algorithm), f"{algorithm}/{r_min}")
-    return None if t is None else (t[0], t[1])
+    """(mean, std, seeds) of the test error of an algorithm at a depth and r_min, or None."""
+    return results.test(_study(layers, algorithm), f"{algorithm}/{r_min}")
 
 
 def _fmt(name, t) -> str:
-    return f"{name} {t[0]:.2f} ± {t[1]:.2f} %"
+    return f"{name} {test_text(t)}"
 
 
 def _ranking(results: Results, layers: int, r_min: float, tie: float = 2.0, gap: float = 10.0) -> tuple:
@@ -122,10 +121,10 @@ def _passes(results: Results, tie: float = 1.0) -> tuple:
         t = results.test("passes", str(p))
         if t is None:
             return None, f"P = {p} has no finished seed"
-        values.append((p, t[0], t[1]))
+        values.append((p, t[0], t[1], t[2]))
     ok = all(b[1] <= a[1] + max(tie, a[2], b[2]) for a, b in zip(values, values[1:]))
     strict = values[-1][1] < values[0][1]
-    return ok and strict, ", ".join(f"P = {p}: {m:.2f} ± {s:.2f} %" for p, m, s in values)
+    return ok and strict, ", ".join(f"P = {p}: {test_text((m, s, n))}" for p, m, s, n in values)
 
 
 def claims(results: Results) -> list:

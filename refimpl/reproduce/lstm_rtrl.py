@@ -30,7 +30,7 @@ import numpy as np
 
 from ..api import make_model, model_grads
 from ..training.config import TrainConfig
-from . import Claim, Experiment, Plan, Results, Settings, Study
+from . import Claim, Experiment, Plan, Results, Settings, Study, test_text
 
 ALGORITHMS = ("bptt", "rtrl", "cec", "snap1", "truncated")
 APPROXIMATIONS = ("cec", "snap1", "truncated")
@@ -156,7 +156,7 @@ def claims(results: Results) -> list:
         holds, ev = None, f"rtrl or bptt has no finished seed at delay(s) {bad}"
     else:
         holds = all(abs(r[0] - b[0]) <= max(2.0, r[1], b[1]) for _, r, b in pairs)
-        ev = "; ".join(f"delay {d}: rtrl {r[0]:.2f} ± {r[1]:.2f} %, bptt {b[0]:.2f} ± {b[1]:.2f} %"
+        ev = "; ".join(f"delay {d}: rtrl {test_text(r)}, bptt {test_text(b)}"
                        for d, r, b in pairs)
     out.append(Claim("rtrl computes BPTT's gradient (exactly, forward), so it learns as well as bptt at every "
                      "delay (within 2 points or one std)", holds, ev))

@@ -65,7 +65,6 @@ def test_claims_follow_the_numbers():
 
 def test_the_page_renders_with_published_values(tmp_path, monkeypatch):
     import refimpl.reproduce as rp
-    monkeypatch.setattr(rp, "describe", lambda _: {"python": "3", "versions": {}, "cpus": 2})   # (slow: it probes)
     monkeypatch.setattr(rp, "machine_line", lambda m: "a test machine")
     settings = Settings(budget="quick", backend="numpy")
     results = _fake(fd.plan(settings), _errors())

@@ -79,7 +79,6 @@ def test_claims_follow_the_numbers(tmp_path, monkeypatch):
     assert all(c.holds is None for c in lr.claims(_fake(plan, {})))
 
     import refimpl.reproduce as rp
-    monkeypatch.setattr(rp, "describe", lambda _: {"python": "3", "versions": {}, "cpus": 2})   # (slow: it probes)
     monkeypatch.setattr(rp, "machine_line", lambda m: "a test machine")
     results = _fake(plan, _errors(delays), _measured(4.0, 1.0))
     figures = lr.figures(results, tmp_path)
