@@ -36,8 +36,9 @@ _MODEL = dict(cell="lru", hidden=32, encoder=True, d_model=32, ffn="mlp", poolin
               dtype="float32", log_every=50)
 
 BUDGET = {
-    #          epochs, batch, lrs, seeds (sequential digits; the MNIST98 sizes below)
-    "quick": dict(epochs=8, batch_size=8, lrs=[3e-3, 1e-2], seeds=1),
+    #          epochs, batch, lrs (a list, or {layers: list}), seeds (sequential digits; the MNIST98 sizes below).
+    #          Quick: lr 1e-2 sent every 4-layer model to chance in 8 epochs, and 1e-3 is too slow for one layer.
+    "quick": dict(epochs=8, batch_size=8, lrs={1: [3e-3, 1e-2], 4: [1e-3, 3e-3]}, seeds=1),
     "full": dict(epochs=40, batch_size=8, lrs=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2], seeds=3),
 }
 #: MNIST98 (--data-dir): the paper's batch 64 and about 17 epochs of the 54 000 training images (its 1e6 samples).
@@ -54,6 +55,10 @@ def _base(settings: Settings, b: dict, layers: int, algorithm_options: dict) -> 
                        backend=settings.run_backend, **_MODEL)
 
 
+def _lrs(b: dict, layers: int) -> list:
+    return b["lrs"][layers] if isinstance(b["lrs"], dict) else b["lrs"]
+
+
 def plan(settings: Settings) -> Plan:
     b = MNIST98[settings.budget] if settings.data_dir else BUDGET[settings.budget]
     studies = []
@@ -62,18 +67,21 @@ def plan(settings: Settings) -> Plan:
             options = {"schedule": "stored"} if suffix else {}
             studies.append(Study(f"L{layers}{suffix}", f"{depth}: {' and '.join(algorithms)}",
                                  _base(settings, b, layers, options),
-                                 {"algorithm": list(algorithms), "cell_options.r_min": list(R_MINS), "lr": b["lrs"]},
+                                 {"algorithm": list(algorithms), "cell_options.r_min": list(R_MINS),
+                                  "lr": _lrs(b, layers)},
                                  seeds=b["seeds"], group_by=("algorithm", "cell_options.r_min")))
     studies.append(Study("passes", f"pass budget: fptt on {PASSES_LAYERS} layers at r_min {PASSES_R_MIN}, "
                                    f"P = 1 … {PASSES_LAYERS + 1}",
                          _base(settings, b, PASSES_LAYERS, {"schedule": "stored"}),
                          {"algorithm": ["fptt"], "cell_options.r_min": [PASSES_R_MIN],
-                          "algorithm_options.passes": list(range(1, PASSES_LAYERS + 2)), "lr": b["lrs"]},
+                          "algorithm_options.passes": list(range(1, PASSES_LAYERS + 2)),
+                          "lr": _lrs(b, PASSES_LAYERS)},
                          seeds=b["seeds"], group_by=("algorithm_options.passes",)))
     data = ("MNIST98 (T = 98)" if settings.data_dir else
             "the 8×8 digits read pixel by pixel (T = 64, 1258 training images)")
     if settings.budget == "quick":
-        scope = (f"{data}, {b['epochs']} epoch(s) of batch {b['batch_size']}, learning rates {b['lrs']}, one seed: it "
+        lrs = ", ".join(f"{DEPTHS[k]} {v}" for k, v in b["lrs"].items()) if isinstance(b["lrs"], dict) else b["lrs"]
+        scope = (f"{data}, {b['epochs']} epoch(s) of batch {b['batch_size']}, learning rates {lrs}, one seed: it "
                  f"shows whether the ranking FPTT ≈ BPTT > spatial ≫ fptt1 and the pass budget's trend appear on a "
                  f"small problem trained for a minute per run; it cannot show the published accuracies (MNIST98, "
                  f"about 16 000 steps of batch 64 per run), and one seed gives no spread, so differences of a point "
