@@ -43,9 +43,9 @@ _MODEL = dict(cell="lru", encoder=True, norm="layer", ffn="glu", residual=True, 
 BUDGET = {
     #   task (preset, options), layers, d_model, hidden (d_hidden), epochs, warm-up epochs, lrs, r_min, seeds,
     #   executions per scan point
-    "quick": dict(task="listops-small", task_options={"pad": "left", "n_train": 2000, "n_val": 500, "n_test": 500},
-                  layers=2, d_model=32, hidden=32, epochs=6, warmup_epochs=1, lrs=[3e-3, 1e-2], r_min=[0.0],
-                  seeds=1, executions=1),
+    "quick": dict(task="listops-small", task_options={"pad": "left", "n_train": 5000, "n_val": 500, "n_test": 500},
+                  layers=2, d_model=32, hidden=32, epochs=8, warmup_epochs=1, lrs=[3e-3, 1e-2], r_min=[0.0],
+                  seeds=2, executions=1),
     "full": dict(task="listops-512", task_options={"pad": "left"},
                  layers=4, d_model=256, hidden=128, epochs=40, warmup_epochs=4, lrs=[1e-3, 3e-3], r_min=[0.0, 0.9],
                  seeds=3, executions=2),
@@ -75,10 +75,11 @@ def plan(settings: Settings) -> Plan:
     scope = (f"ListOps of {opts['min_length']} … {opts['max_length']} tokens (T = {opts['max_length']}, "
              f"{opts['n_train']} training expressions), {b['layers']} layers of d_model {b['d_model']} and "
              f"d_hidden {b['hidden']}, {b['epochs']} epochs, lr ∈ {{{', '.join(format(v, 'g') for v in b['lrs'])}}}, "
-             f"one seed: it shows whether each rule learns more than the majority class on short expressions (most "
-             f"are 1–3 operators deep), and their ranking there; it cannot show the published accuracies (T = 2048, "
-             f"4 layers of 256, 40 epochs of 96 000 expressions), nor separate rules that differ by a point or two "
-             f"(one seed, 500 test expressions: a point is 5 expressions). At these lengths the running mean of the "
+             f"{b['seeds']} seeds: it shows whether each rule learns more than the majority class on short "
+             f"expressions (most are 1–3 operators deep), and their ranking there; it cannot show the published "
+             f"accuracies (T = 2048, 4 layers of 256, 40 epochs of 96 000 expressions), nor separate rules that "
+             f"differ by a point or two (two seeds, 500 test expressions: a point is 5 expressions). At these "
+             f"lengths the running mean of the "
              f"readout already pools over the whole expression, so a rule that sends no error back in time "
              f"(spatial) can still learn much of what the short expressions need"
              if settings.budget == "quick" else
@@ -263,7 +264,7 @@ EXPERIMENT = Experiment(
     differences=(
         "- **Length and size.** The paper trains on LRA's ListOps (500 … 2000 tokens, T = 2048, 96 000 training "
         "expressions) with 4 layers of d_model 256; the quick budget trains 2 layers of width 32 on expressions of "
-        "8 … 64 tokens (T = 64, 2000 training expressions) for 6 epochs, and `full` on 100 … 512 tokens (T = 512, "
+        "8 … 64 tokens (T = 64, 5000 training expressions) for 8 epochs, and `full` on 100 … 512 tokens (T = 512, "
         "20 000 expressions), a quarter of LRA's length. Accuracies at these lengths are not LRA's.\n"
         "- **Data.** The paper reads LRA's released files; refimpl generates ListOps from its definition "
         "(tasks/listops.py: the same operators, the same MED rule, LRA's length range and depth bound); the token "
@@ -286,30 +287,28 @@ EXPERIMENT = Experiment(
         "- **Accuracy reported.** The paper's code logs several accuracies (dense labels, last token, the running "
         "mean at the last valid step …) and which one Table 2 reports is not stated; refimpl scores the running "
         "mean at the last step (the full-mean readout)."),
-    options=(("`mode: bptt / online_full / online_1truncated / online_spatial / online_reservoir`",
+    options=(("mode `bptt / online_full / online_1truncated / online_spatial / online_reservoir`",
               "`--algorithm bptt / online / truncated / spatial / readout`"),
              ("`n_layers: 4`, `d_model: 256`, `d_hidden: 128`", "`--layers 4 --d-model 256 --hidden 128`"),
              ("`activation: full_glu`, `prenorm: true`", "`--encoder --ffn glu --norm layer --residual`"),
-             ("`mode: pool_st` (running mean, straight-through)", "`--pooling cumulative_mean`"),
+             ("mode `pool_st` (pooling: running mean, straight-through)", "`--pooling cumulative_mean`"),
              ("`p_dropout: 0`", "`--dropout 0`"),
              ("`opt_config: Bfast_and_decay`, `lr_factor: 0.5`",
               "`--optimizer adamw --rec-lr-factor 0.5` (B stays in the recurrent group: see above)"),
              ("`weight_decay: 0.05`", "`--weight-decay 0.05`"),
-             ("`r_min: {0, 0.9}`", "`-c r_min=0` / `-c r_min=0.9`"),
+             ("`r_min: {0, 0.9}`", "`-o r_min=0` / `-o r_min=0.9`"),
              ("`bsz: 32`, `epochs: 40`, `warmup_end: 4`",
-              "`--batch-size 32 --epochs 40 --warmup-steps` (4 epochs in steps)"),
-             ("`dataset: listops-classification` (LRA's files, T = 2048)",
+              "`--batch-size 32 --epochs 40 --warmup-steps 2500` (4 epochs of 625 steps at listops-512)"),
+             ("LRA's ListOps files (T = 2048, 20 input tokens)",
               "`--task listops` (generated; LRA's lengths by default) or the presets `listops-512`, "
-              "`listops-small`"),
+              "`listops-small`; `-t pad=left`"),
              ("the lr × r_min grid of the sweep yaml, 2 seeds per point, 3 at the best",
               "`reproduce`'s grid, 2 executions per point, 3 seeds")),
-    full_hours="not run here. Measured on this (shared) machine: a 4-step run of the full model (4 layers, "
-               "d_model 256, d_hidden 128, batch 32, T = 512, bptt) took 128 s of CPU time in all, start-up and two "
-               "small evaluations included: about 20 s per step (100 s of wall time per step at a load of 17 on the "
-               "2 cores). Per step of the quick model, in CPU time, online costs 1.7 × bptt, truncated 1.1 ×, "
-               "spatial 0.9 ×, readout 0.2 ×. A trial is 40 epochs of 625 steps = 25 000 steps, about 140 hours of "
-               "one core for bptt; the grid (5 rules × 2 lr × 2 r_min × 2 executions = 40 trials, plus a third seed "
-               "per rule: 45) comes to some 6 000 core-hours, about 3 000 hours (4 months) on 2 cores. LRA's own "
-               "length (T = 2048, 96 000 expressions) costs about 20 × more.",
+    full_hours="not run here. Measured on this machine, idle, each a 4-step run of the full model alone (4 layers, "
+               "d_model 256, d_hidden 128, batch 32, T = 512): about 1.3 s per step for bptt, 2.3 s for online, "
+               "2–3 s for spatial. A trial is 40 epochs of 625 steps = 25 000 steps: 9 hours (bptt) to 16–19 hours "
+               "(online, spatial); the grid (5 rules × 2 lr × 2 r_min × 2 executions = 40 trials, plus a third seed "
+               "per rule: 45) comes to about 550 hours, some 3 weeks on 2 cores. LRA's own length (T = 2048, "
+               "96 000 expressions) costs about 20 × more.",
     figures=figures,
 )
