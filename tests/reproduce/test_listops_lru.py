@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from refimpl.reproduce import BUDGETS, Settings, get_experiment, reproduce
-import refimpl.reproduce as reproduce_module
 from refimpl.reproduce import listops_lru
 from refimpl.training.sweep import expand, kind_of
 from tasks import listops, make_task
@@ -53,8 +52,6 @@ def test_a_minuscule_run_renders_the_page_with_every_rule(tmp_path, monkeypatch)
                 layers=1, d_model=4, hidden=4, epochs=1, warmup_epochs=0, lrs=[1e-2], r_min=[0.0], seeds=1,
                 executions=1)
     monkeypatch.setitem(listops_lru.BUDGET, "quick", tiny)
-    monkeypatch.setattr(reproduce_module, "describe", lambda threads: {"python": "3", "cpus": 2,
-                                                                       "versions": {"numpy": np.__version__}})
     page = reproduce("listops", Settings(budget="quick", backend="numpy"), out_dir=tmp_path / "runs",
                      results_dir=tmp_path / "results", scheduler="inline")
     text = page.read_text()
