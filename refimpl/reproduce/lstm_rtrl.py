@@ -41,7 +41,7 @@ _MODEL = dict(task="copy", cell="lstm", layers=1, pooling="none", optimizer="ada
 BUDGET = {
     #          copy task, delays, width, epochs, batch, lrs, seeds; the cost measurement's widths and rtrl's cap
     "quick": dict(task={"seq_len": 2, "bit_width": 1, "n_train": 2000, "n_val": 500, "n_test": 500},
-                  delays=[2, 8, 16], hidden=16, epochs=10, batch_size=32, lrs=[3e-3, 1e-2], seeds=2,
+                  delays=[2, 8, 16], hidden=16, epochs=20, batch_size=32, lrs=[3e-3, 1e-2], seeds=3,
                   widths=[8, 16, 32, 64], rtrl_max=64, T=16, repeats=3),
     "full": dict(task={"seq_len": 4, "bit_width": 2, "n_train": 10000, "n_val": 1000, "n_test": 1000},
                  delays=[2, 8, 16, 32, 64], hidden=32, epochs=30, batch_size=32, lrs=[1e-3, 3e-3, 1e-2], seeds=3,
