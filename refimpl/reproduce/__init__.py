@@ -179,11 +179,19 @@ def reproduce(name: str, settings: Settings = Settings(), *, out_dir="runs/repro
             measured = plan.measure(echo)
             atomic_write_json(path, measured)
     wall = time.perf_counter() - t0
+    history_path = root / "history.json"            # the invocations that trained something: their wall time
+    history = json.loads(history_path.read_text()) if history_path.exists() else []
+    if ran:
+        history.append({"wall_s": wall, "trained": ran, "date": datetime.date.today().isoformat(),
+                        "where": scheduler or "an embedded Dask cluster",
+                        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})
+        atomic_write_json(history_path, history)
     results = Results(plan, summaries, measured)
     page = Path(results_dir) / f"{name}.md"
     fig_dir = Path(results_dir) / name
     figures = _figures(experiment, results, fig_dir)
-    text = render(experiment, settings, results, figures, wall_s=wall, trials_run=ran, scheduler=scheduler)
+    text = render(experiment, settings, results, figures, wall_s=wall, trials_run=ran, scheduler=scheduler,
+                  history=history)
     atomic_write_bytes(page, text.encode())
     echo(f"wrote {page}" + (f" and {len(figures)} figure(s) in {fig_dir}" if figures else ""))
     return page
@@ -279,9 +287,22 @@ def _study_protocol(study: Study) -> str:
             f"the chosen point rerun with {study.seeds} seed(s).")
 
 
+def _history_text(history, n_trials: int) -> str:
+    if not history:
+        return "no wall time recorded (the trials were trained before the wall times were kept)."
+    wall = sum(h["wall_s"] for h in history)
+    loads = [h["load_average"] for h in history if h.get("load_average") is not None]
+    where = sorted({h.get("where", "an embedded Dask cluster") for h in history})
+    return (f"training them took {_duration(wall)} of wall time in {len(history)} run(s) of the command, on "
+            f"{' and '.join(where)}"
+            + (f" (load average at the end of each: {', '.join(f'{x:.1f}' for x in loads)})" if loads else "")
+            + ".")
+
+
 def render(experiment: Experiment, settings: Settings, results: Results, figures: list, *, wall_s: float,
-           trials_run: int, scheduler: str | None) -> str:
-    """The result page (markdown)."""
+           trials_run: int, scheduler: str | None, history: list = ()) -> str:
+    """The result page (markdown). `history`: the invocations that trained the trials ({"wall_s", "trained",
+    "load_average"}), so that a page rendered again from finished runs still states what training them took."""
     plan = results.plan
     machine = describe(None, libraries=("numba",))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -298,10 +319,10 @@ def render(experiment: Experiment, settings: Settings, results: Results, figures
              f"- **`--budget full`:** {experiment.full_hours}",
              f"- **Machine:** {machine_line(machine)}; Python {machine['python']}, NumPy "
              f"{machine['versions'].get('numpy')}, Numba {machine['versions'].get('numba', '—')}.",
-             f"- **Time:** {n_trials} trials, {_duration(compute)} of training in all; this command took "
-             f"{_duration(wall_s)} of wall time and trained {trials_run} of them (the others were finished runs it "
-             f"read back), on {scheduler or 'an embedded Dask cluster'}"
-             + (f" (load average at the end: {load:.1f} on {machine['cpus']} cores)." if load is not None else "."),
+             f"- **Time:** {n_trials} trials, {_duration(compute)} of training in all; "
+             + _history_text(history, n_trials)
+             + f" This rendering took {_duration(wall_s)} and trained {trials_run} trial(s)"
+             + (f" (load average at its end: {load:.1f} on {machine['cpus']} cores)." if load is not None else "."),
              f"- **Written:** {datetime.date.today().isoformat()}.", "",
              "## Protocol", "",
              "For each study: every point of the grid is trained on the training split and scored on the validation "

@@ -59,12 +59,14 @@ def test_a_tiny_experiment_end_to_end_then_resumed(tmp_path, monkeypatch):
     assert "| 1 | 2 |" in text                                    # the measurement's table
     assert "| `--seed-option` | `--refimpl-option` |" in text
     assert "vector extensions" in text and "Numba target" in text  # the machine line
-    assert "trained 6 of them" in text                             # 4 scan trials + 2 new seeds
+    assert "trained 6 trial(s)" in text                            # 4 scan trials + 2 new seeds
+    assert "in 1 run(s) of the command" in text
     assert (res / "tiny" / "sweep-small.png").stat().st_size > 0
     # run again: nothing is trained, the measurement is read back, the numbers are the same
     page = reproduce.reproduce("tiny", Settings(backend="numpy"), out_dir=out, results_dir=res, scheduler="inline")
     again = page.read_text()
-    assert "trained 0 of them" in again
+    assert "trained 0 trial(s)" in again
+    assert "in 1 run(s) of the command" in again                  # the first run's wall time is kept
     strip = [line for line in text.splitlines() if line.startswith("| bptt |") or line.startswith("| readout |")]
     assert strip == [line for line in again.splitlines() if line.startswith("| bptt |")
                      or line.startswith("| readout |")]
