@@ -511,8 +511,6 @@ def _ep_settings(kind, sizes, T, K, beta, net_options, data_dir=None):
         if key not in allowed:
             raise UnknownNameError(f"--net-option of the {kind} network", key, allowed,
                                    "e.g. -n channels=32,64" if kind == "conv" else "e.g. -n activation=tanh -n dt=0.08")
-    if "clamp" in opts:
-        opts["clamp"] = bool(opts["clamp"])
     for key in ("channels", "kernel", "pool"):                 # -n channels=32,64 arrives as the text "32,64"
         if key in opts:
             opts[key] = _int_pair(key, opts[key])

@@ -115,6 +115,15 @@ class EPNet:
 
 # ---------------------------------------------------------------------------------------------------- construction
 
+def _flag(name: str, value) -> bool:
+    """A yes/no option given as a bool, 0 / 1 or the text true / false (a command line's -n clamp=false must not
+    read as True, as bool("false") would)."""
+    text = str(value).lower()
+    if isinstance(value, (bool, int, np.integer, str)) and text in ("true", "false", "1", "0"):
+        return text in ("true", "1")
+    raise UnsupportedError(f"{name} = {value!r}: give true or false (or 1 / 0)")
+
+
 def make_ep_net(kind: str, sizes=None, *, activation: str | None = None, dt: float | None = None,
                 clamp: bool | None = None, seed: int = 0, dtype: str = "float64"):
     """Build an EPNet and its parameters, U(±1/√fan_in) for weights and biases (PyTorch Linear default).
@@ -146,10 +155,13 @@ def make_ep_net(kind: str, sizes=None, *, activation: str | None = None, dt: flo
     if len(sizes) < 2 or min(sizes) < 1:
         raise UnsupportedError(f"sizes {sizes} must list at least an input and an output width, all ≥ 1, input "
                                "first: e.g. (784, 512, 10)")
+    if dt is not None and (isinstance(dt, bool) or not isinstance(dt, (int, float, np.floating, np.integer))):
+        raise UnsupportedError(f"dt = {dt!r} is not a number; it is the Euler step of the dynamics, > 0: e.g. "
+                               f"dt={d_dt}")
     dt = d_dt if dt is None else float(dt)
     if not dt > 0:
         raise UnsupportedError(f"dt = {dt} must be > 0 (the Euler step of the dynamics); e.g. dt={d_dt}")
-    clamp = d_clamp if clamp is None else bool(clamp)
+    clamp = d_clamp if clamp is None else _flag("clamp", clamp)
     net = EPNet(kind=kind, sizes=sizes, activation=activation, dt=dt, clamp=clamp, dtype=dtype)
 
     rng = np.random.default_rng(seed)

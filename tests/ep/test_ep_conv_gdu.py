@@ -36,3 +36,16 @@ def test_gdu_curves_refuse_more_nudged_steps_than_free_ones(rng):
     x, y = rng.uniform(size=(2, 1, 8, 8)), np.eye(4)[[0, 1]]
     with pytest.raises(UnsupportedError, match="K = 5 > T = 3"):
         ec.gdu_curves(net, params, x, y, T=3, K=5, beta=0.1)
+
+
+def test_net_options_from_text_are_read_not_truthy():
+    """-n clamp=false arrives as the text "false": it must switch the clamp off (bool("false") is True), and a value
+    that is neither a flag nor a number is refused with the allowed values."""
+    import pytest
+    from refimpl.errors import UnsupportedError
+    from refimpl.ep.networks import make_ep_net
+    assert make_ep_net("energy", (4, 3, 2), clamp="false")[0].clamp is False
+    assert make_ep_net("energy", (4, 3, 2), clamp="1")[0].clamp is True
+    for bad in ({"clamp": "maybe"}, {"dt": "x"}, {"dt": True}):
+        with pytest.raises(UnsupportedError, match="true or false|not a number"):
+            make_ep_net("energy", (4, 3, 2), **bad)
