@@ -47,6 +47,7 @@ from ..errors import UnknownNameError
 from ..machine import describe, machine_line
 from ..registry import fastest_backend, require_backend
 from ..runs import atomic_write_bytes, atomic_write_json
+from ..training.executor import check_address
 from ..training.sweep import SweepSummary, kind_of, reproduce_command, run_sweep, with_values
 
 BUDGETS = ("quick", "full")
@@ -155,16 +156,22 @@ def reproduce(name: str, settings: Settings = Settings(), *, out_dir="runs/repro
     echo = echo or (lambda s: None)
     experiment = get_experiment(name)
     check_budget(settings.budget)
-    settings.run_backend                                        # an unknown or absent backend: refused first
+    settings.run_backend                                        # an unknown or absent backend: refused first,
+    check_address(scheduler)                                    # and so is a scheduler that is not one
     plan = experiment.plan(settings)
     root = Path(out_dir) / name / settings.budget
     t0 = time.perf_counter()
     summaries, ran = {}, 0
     for study in plan.studies:
-        echo(f"== {name} / {study.name}: {study.title}")
+        header = [f"== {name} / {study.name}: {study.title}"]
+
+        def study_echo(line, header=header):                   # the heading with the sweep's first line, so that
+            if header:                                          # a refusal (an unreachable --scheduler) stays one line
+                echo(header.pop())
+            echo(line)
         s = run_sweep(study.base, study.grid, root / study.name, scheduler=scheduler, workers=workers,
                       seeds=study.seeds, executions=study.executions, group_by=study.group_by,
-                      objective=study.objective, echo=echo)
+                      objective=study.objective, echo=study_echo)
         summaries[study.name] = s
         ran += len(s.ran)
     measured = {}

@@ -100,6 +100,9 @@ def test_unknown_names_are_refused_in_one_line(tmp_path):
     assert r.exit_code == 2 and "backend" in r.output and "numba" in r.output
     r = runner.invoke(cli, ["reproduce", "online-lru-copy", "--budget", "huge", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "quick" in r.output
+    r = runner.invoke(cli, ["reproduce", "online-lru-copy", "--scheduler", "3", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "tcp://HOST:PORT" in r.output
+    assert [line for line in r.output.splitlines() if line.strip()] == [r.output.strip()]   # one line, no heading
     assert not any(Path(tmp_path).iterdir())                      # nothing written for a refused command
 
 
