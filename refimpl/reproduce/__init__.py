@@ -34,7 +34,6 @@ from __future__ import annotations
 import datetime
 import importlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -48,7 +47,8 @@ from ..machine import describe, machine_line
 from ..registry import fastest_backend, require_backend
 from ..runs import atomic_write_bytes, atomic_write_json
 from ..training.executor import check_address
-from ..training.sweep import SweepSummary, kind_of, reproduce_command, run_sweep, with_values
+from ..training.sweep import (SweepSummary, kind_of, mean_std_text, objective_heads, reproduce_command,
+                              run_sweep, with_values)
 
 BUDGETS = ("quick", "full")
 
@@ -191,14 +191,13 @@ def reproduce(name: str, settings: Settings = Settings(), *, out_dir="runs/repro
     if ran:
         history.append({"wall_s": wall, "trained": ran, "date": datetime.date.today().isoformat(),
                         "where": scheduler or "an embedded Dask cluster",
-                        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})
+                        "load_average": _load_average()})
         atomic_write_json(history_path, history)
     results = Results(plan, summaries, measured)
     page = Path(results_dir) / f"{name}.md"
     fig_dir = Path(results_dir) / name
     figures = _figures(experiment, results, fig_dir)
-    text = render(experiment, settings, results, figures, wall_s=wall, trials_run=ran, scheduler=scheduler,
-                  history=history)
+    text = render(experiment, settings, results, figures, wall_s=wall, trials_run=ran, history=history)
     atomic_write_bytes(page, text.encode())
     echo(f"wrote {page}" + (f" and {len(figures)} figure(s) in {fig_dir}" if figures else ""))
     return page
@@ -221,17 +220,9 @@ def _figures(experiment: Experiment, results: Results, fig_dir: Path) -> list:
 # ----------------------------------------------------------------------------------------------------------------
 # The page
 
-def _pm(mean, std, digits: int = 2, seeds: int = 2) -> str:
-    """mean ± std; a single seed has no spread, so its value is shown alone, marked (1 seed)."""
-    if mean is None or not math.isfinite(mean):
-        return "—"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f} (1 seed)"
-
-
 def test_text(t, unit: str = " %") -> str:
-    """A Results.test triple as text: 'm ± s %', or 'm % (1 seed)'."""
-    m, s, n = t
-    return f"{m:.2f} ± {s:.2f}{unit}" if n > 1 else f"{m:.2f}{unit} (1 seed)"
+    """A Results.test triple (mean, std, seeds) as text: 'm ± s %', or 'm % (1 seed)'."""
+    return mean_std_text(t[0], t[1], 2, t[2], unit)
 
 
 def _duration(seconds: float) -> str:
@@ -245,10 +236,7 @@ def study_table(experiment: Experiment, study: Study, summary: SweepSummary) -> 
     """Markdown rows: per group the chosen values, validation and test mean ± std over the seeds, the published."""
     shown = [f for f in study.grid if f not in study.group_by and len(study.grid[f]) > 1]
     best = summary.best
-    obj = next(iter(best.values()))["objective"] if best else "val_error"
-    digits = 2 if obj == "val_error" else 4
-    val_head = {"val_error": "val error %", "val_loss": "val loss", "loss": "train loss"}[obj]
-    test_head = "test error %" if obj == "val_error" else "test loss"
+    _, digits, val_head, test_head = objective_heads(summary)
     group_head = " / ".join(g.split(".")[-1] for g in study.group_by) or "group"
     head = [group_head] + [f.split(".")[-1] for f in shown] + [val_head, f"**{test_head}** (ours)", "seeds",
                                                                "published", "trials (diverged)"]
@@ -265,9 +253,10 @@ def study_table(experiment: Experiment, study: Study, summary: SweepSummary) -> 
             rows.append("| " + " | ".join([g] + ["—"] * len(shown) + [why, "—", "0", pub, f"{n} ({bad})"]) + " |")
             continue
         values = [format(b[f], ".3g") if isinstance(b[f], float) else str(b[f]) for f in shown]
-        rows.append("| " + " | ".join([g] + values + [_pm(b["val_mean"], b["val_std"], digits, b["seeds"]),
-                                                     f"**{_pm(b['test_mean'], b['test_std'], digits, b['seeds'])}**",
-                                                     str(b["seeds"]), pub, f"{n} ({bad})"]) + " |")
+        val = mean_std_text(b["val_mean"], b["val_std"], digits, b["seeds"])
+        test = mean_std_text(b["test_mean"], b["test_std"], digits, b["seeds"])
+        rows.append("| " + " | ".join([g] + values + [val, f"**{test}**", str(b["seeds"]), pub, f"{n} ({bad})"])
+                    + " |")
     return rows
 
 
@@ -294,7 +283,11 @@ def _study_protocol(study: Study) -> str:
             f"the chosen point rerun with {study.seeds} seed(s).")
 
 
-def _history_text(history, n_trials: int) -> str:
+def _load_average() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _history_text(history) -> str:
     if not history:
         return "no wall time recorded (the trials were trained before the wall times were kept)."
     wall = sum(h["wall_s"] for h in history)
@@ -307,12 +300,12 @@ def _history_text(history, n_trials: int) -> str:
 
 
 def render(experiment: Experiment, settings: Settings, results: Results, figures: list, *, wall_s: float,
-           trials_run: int, scheduler: str | None, history: list = ()) -> str:
+           trials_run: int, history: list = ()) -> str:
     """The result page (markdown). `history`: the invocations that trained the trials ({"wall_s", "trained",
     "load_average"}), so that a page rendered again from finished runs still states what training them took."""
     plan = results.plan
     machine = describe(None, libraries=("numba",))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load = _load_average()
     compute = sum((r.get("time_s") or 0.0) for s in results.summaries.values() for r in s.trials)
     n_trials = sum(len(s.trials) for s in results.summaries.values())
     command = f"python -m refimpl.run reproduce {experiment.name} --budget {settings.budget}"
@@ -327,7 +320,7 @@ def render(experiment: Experiment, settings: Settings, results: Results, figures
              f"- **Machine:** {machine_line(machine)}; Python {machine['python']}, NumPy "
              f"{machine['versions'].get('numpy')}, Numba {machine['versions'].get('numba', '—')}.",
              f"- **Time:** {n_trials} trials, {_duration(compute)} of training in all; "
-             + _history_text(history, n_trials)
+             + _history_text(history)
              + f" This rendering took {_duration(wall_s)} and trained {trials_run} trial(s)"
              + (f" (load average at its end: {load:.1f} on {machine['cpus']} cores)." if load is not None else "."),
              f"- **Written:** {datetime.date.today().isoformat()}.", "",
@@ -405,17 +398,16 @@ def bar_figure(results: Results, studies, groups, path: Path, title: str, publis
     for j, g in enumerate(groups):
         xs, ms, ss = [], [], []
         for i, (study, _) in enumerate(studies):
+            x = i + (j - (len(groups) - 1) / 2) * width
             t = results.test(study, g)
             if t is not None:
-                xs.append(i + (j - (len(groups) - 1) / 2) * width)
+                xs.append(x)
                 ms.append(t[0])
                 ss.append(t[1])
-        ax.bar(xs, ms, width, yerr=ss, capsize=2, label=g)
-        for i, (study, _) in enumerate(studies):
             v = (published or {}).get((study, g))
             if v is not None:
-                x = i + (j - (len(groups) - 1) / 2) * width
                 ax.plot([x - width / 2, x + width / 2], [v, v], "k-", lw=2)
+        ax.bar(xs, ms, width, yerr=ss, capsize=2, label=g)
     ax.set_xticks(np.arange(len(studies)), [label for _, label in studies])
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

@@ -617,18 +617,26 @@ def summarize(out_dir, kind, grid, scan, final, records, chosen, refused=(), obj
 # ----------------------------------------------------------------------------------------------------------------
 # Table and plot
 
-def _pm(mean, std, digits=2) -> str:
-    return "—" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def mean_std_text(mean, std, digits: int = 2, seeds: int = 2, unit: str = "") -> str:
+    """"m ± s" over the seeds; one seed has no spread, so its value is shown alone, marked (1 seed); "—" for none."""
+    if mean is None or not math.isfinite(mean):
+        return "—"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{unit}" if seeds > 1 else f"{mean:.{digits}f}{unit} (1 seed)"
+
+
+def objective_heads(summary: SweepSummary) -> tuple:
+    """(objective, digits, validation heading, test heading) of a summary's table."""
+    obj = next(iter(summary.best.values()))["objective"] if summary.best else "val_error"
+    return (obj, 2 if obj == "val_error" else 4, {"val_error": "val err %", "val_loss": "val loss",
+                                                  "loss": "train loss"}[obj],
+            "test err %" if obj == "val_error" else "test loss")
 
 
 def format_table(summary: SweepSummary, kind: str, grid: dict, group_by, configs: dict) -> str:
     """Per group: the chosen configuration (on the objective) and its seeds' validation and test mean ± std."""
     records = summary.trials
     shown = [f for f in grid if f not in group_by and (len(grid[f]) > 1 or f == "lr")]
-    obj = next(iter(summary.best.values()))["objective"] if summary.best else "val_error"
-    digits = 2 if obj == "val_error" else 4
-    val_head = {"val_error": "val err %", "val_loss": "val loss", "loss": "train loss"}[obj]
-    test_head = "test err %" if obj == "val_error" else "test loss"
+    obj, digits, val_head, test_head = objective_heads(summary)
     gname = "/".join(group_by) if group_by else "group"
     width = max([len(gname)] + [len(g) for g in summary.best] + [9]) + 1
     cell = 11 + 2 * digits
@@ -640,8 +648,9 @@ def format_table(summary: SweepSummary, kind: str, grid: dict, group_by, configs
         bad = sum(1 for x in records if x["group"] == g and x["status"] == "diverged")
         lines.append(f"{g:<{width}}" + "".join(f"{format(b[f], '.3g') if f == 'lr' else str(b[f]):<13}"
                                                 for f in shown)
-                     + f"{_pm(b['val_mean'], b['val_std'], digits):>{cell}} "
-                       f"{_pm(b['test_mean'], b['test_std'], digits):>{cell}} {b['seeds']:>5} {n:>6} {bad:>8}")
+                     + f"{mean_std_text(b['val_mean'], b['val_std'], digits, b['seeds']):>{cell}} "
+                       f"{mean_std_text(b['test_mean'], b['test_std'], digits, b['seeds']):>{cell}} "
+                       f"{b['seeds']:>5} {n:>6} {bad:>8}")
     for g in dict.fromkeys(x["group"] for x in records):
         if g not in summary.best:
             lines.append(f"{g:<{width}}no trial finished without diverging")

@@ -70,7 +70,7 @@ def test_the_page_renders_with_published_values(tmp_path, monkeypatch):
     results = _fake(fd.plan(settings), _errors())
     figures = fd.figures(results, tmp_path)
     assert (tmp_path / figures[0][0]).exists()
-    page = render(fd.EXPERIMENT, settings, results, figures, wall_s=1.0, trials_run=0, scheduler="inline")
+    page = render(fd.EXPERIMENT, settings, results, figures, wall_s=1.0, trials_run=0)
     assert "2.81 (MNIST98 acc 97.19)" in page           # deep fptt at r_min 0.9: the notebook's accuracy, as error
     assert "5.77 (MNIST98 acc 94.23)" in page           # the pass budget P = 1
     assert page.count("**holds**") == 9

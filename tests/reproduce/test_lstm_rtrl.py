@@ -83,7 +83,7 @@ def test_claims_follow_the_numbers(tmp_path, monkeypatch):
     results = _fake(plan, _errors(delays), _measured(4.0, 1.0))
     figures = lr.figures(results, tmp_path)
     assert (tmp_path / figures[0][0]).exists()
-    page = render(lr.EXPERIMENT, settings, results, figures, wall_s=1.0, trials_run=0, scheduler="inline")
+    page = render(lr.EXPERIMENT, settings, results, figures, wall_s=1.0, trials_run=0)
     assert "| the cost table |" in page and page.count("**holds**") == 5
 
 
