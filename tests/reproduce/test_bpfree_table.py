@@ -7,6 +7,7 @@ import pytest
 from refimpl.reproduce import Results, Settings, reproduce
 from refimpl.reproduce import bpfree_table as bt
 from refimpl.training import sweep
+from tests.reproduce import run_quick
 
 
 @pytest.mark.parametrize("budget", ["quick", "full"])
@@ -85,6 +86,5 @@ def test_the_claims_read_the_numbers_they_quote():
 
 @pytest.mark.slow
 def test_the_quick_budget_end_to_end(tmp_path):
-    page = reproduce("bpfree", Settings(budget="quick"), out_dir=tmp_path / "runs", results_dir=tmp_path / "res",
-                     scheduler="inline")
-    assert "## The claims, checked" in page.read_text()
+    text, _ = run_quick("bpfree", tmp_path, scheduler="inline")
+    assert "bp_cosine per layer" in text

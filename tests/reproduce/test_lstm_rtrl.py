@@ -8,6 +8,7 @@ import pytest
 from refimpl.reproduce import Results, Settings, render
 from refimpl.reproduce import lstm_rtrl as lr
 from refimpl.training.sweep import SweepSummary, _group, check_grid, expand, kind_of, with_values
+from tests.reproduce import run_quick
 
 
 @pytest.mark.parametrize("budget", ["quick", "full"])
@@ -89,8 +90,5 @@ def test_claims_follow_the_numbers(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_quick_budget_end_to_end(tmp_path):
-    from refimpl.reproduce import reproduce
-    page = reproduce("lstm-rtrl", Settings(budget="quick"), out_dir=tmp_path / "runs",
-                     results_dir=tmp_path / "results")
-    text = page.read_text()
-    assert "Cost of one gradient" in text and (tmp_path / "results" / "lstm-rtrl" / "delay-and-cost.png").exists()
+    text, _ = run_quick("lstm-rtrl", tmp_path)
+    assert "Cost of one gradient" in text
