@@ -49,7 +49,7 @@ from .studies.gradcheck import check_every_cell, format_reports, format_summary,
 from .training import feedforward, sweep, tracking
 from .training.compare import compare as compare_algorithms, format_comparison
 from .training.config import EP_SETTINGS, FREEZE_RECURRENCE, TrainConfig
-from .training.problems import CONV_NET_OPTIONS, EP_NET_OPTIONS, _int_pair
+from .training.problems import check_net_options
 from .training.loop import train as train_run
 from .training.recipes import DEMO, apply_recipe
 
@@ -505,15 +505,7 @@ def _ep_settings(kind, sizes, T, K, beta, net_options, data_dir=None):
         raise click.BadParameter("the toy network is fed the paper's toy data (5 random inputs); drop --data-dir, or "
                                  "use --net energy, prototypical or conv for MNIST", param_hint="--data-dir")
     d = EP_SETTINGS["toy" if kind == "toy" else "digits"]
-    opts = _parse_options(net_options, "--net-option", "-n activation=tanh")
-    allowed = CONV_NET_OPTIONS if kind == "conv" else EP_NET_OPTIONS
-    for key in opts:
-        if key not in allowed:
-            raise UnknownNameError(f"--net-option of the {kind} network", key, allowed,
-                                   "e.g. -n channels=32,64" if kind == "conv" else "e.g. -n activation=tanh -n dt=0.08")
-    for key in ("channels", "kernel", "pool"):                 # -n channels=32,64 arrives as the text "32,64"
-        if key in opts:
-            opts[key] = _int_pair(key, opts[key])
+    opts = check_net_options(kind, _parse_options(net_options, "--net-option", "-n activation=tanh"))
     default_sizes = None if kind == "conv" else d["sizes"] if data_dir is None else (784,) + tuple(d["sizes"][1:])
     given = {"T": T, "K": K, "beta": beta}                     # None: not given (0 is refused by the types)
     return (sizes if sizes is not None else default_sizes, *(d[k] if v is None else v for k, v in given.items()),

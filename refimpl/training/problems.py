@@ -448,11 +448,7 @@ def static_problem(config: TrainConfig, task) -> Problem:
         raise UnsupportedError(f"beta must be > 0 (the nudge strength; EP estimates the gradient as β → 0) and at "
                                f"least {config.dtype}'s machine epsilon {np.finfo(config.dtype).eps:.3g} (a smaller "
                                f"nudge cannot move the state), got {beta}; e.g. -a beta=0.5")
-    allowed = CONV_NET_OPTIONS if config.net == "conv" else EP_NET_OPTIONS
-    for key in config.net_options:
-        if key not in allowed:
-            raise UnknownNameError(f"--net-option of the {config.net} network", key, allowed,
-                                   "e.g. -n activation=tanh")
+    net_options = check_net_options(config.net, config.net_options)
     if config.net == "conv":                      # the prototypical convolutional network (refimpl/ep/conv.py)
         if config.backend != "numpy":
             raise UnsupportedError(f"--net conv runs on the NumPy reference only (the registry has no convolutional "
@@ -463,16 +459,14 @@ def static_problem(config: TrainConfig, task) -> Problem:
             raise UnsupportedError(f"--net conv needs square single-channel images; task {task.name!r} has "
                                    f"{task.n_in} inputs")
         shape = {"kernel": 3, "pool": (2, 1)} if side == 8 else {"kernel": 5, "pool": 2}   # digits 8×8 / MNIST 28×28
-        opts = {"channels": (config.hidden, config.hidden), "activation": "sigm", **shape, **config.net_options}
-        for key in ("channels", "kernel", "pool"):            # -n channels=32,64 arrives as the text "32,64"
-            opts[key] = _int_pair(key, opts[key])
+        opts = {"channels": (config.hidden, config.hidden), "activation": "sigm", **shape, **net_options}
         net, params = ep.make_conv_net((1, side, side), n_out=task.n_out, seed=config.seed, dtype=config.dtype,
                                        **opts)
         as_input = lambda x: x.reshape(len(x), 1, side, side)                    # noqa: E731
     else:
         ep = ep_networks
         net, params = ep.make_ep_net(config.net, (task.n_in,) + (config.hidden,) * config.layers + (task.n_out,),
-                                     seed=config.seed, dtype=config.dtype, **config.net_options)
+                                     seed=config.seed, dtype=config.dtype, **net_options)
         as_input = lambda x: x                                                   # noqa: E731
 
     def onehot(labels):
@@ -509,7 +503,19 @@ def static_problem(config: TrainConfig, task) -> Problem:
 LR_ORDERS = ("output_first", "input_first")
 
 
-def _int_pair(key: str, value):
+def check_net_options(net: str, options: dict) -> dict:
+    """An EP network's options (`-n KEY=VALUE`) as the network takes them: a key the network does not have is
+    refused with the allowed ones; the conv net's channels, kernel and pool, given as the text "a,b" or one integer,
+    become what refimpl.ep.conv takes (int_pair)."""
+    allowed = CONV_NET_OPTIONS if net == "conv" else EP_NET_OPTIONS
+    for key in options:
+        if key not in allowed:
+            raise UnknownNameError(f"--net-option of the {net} network", key, allowed,
+                                   "e.g. -n channels=32,64" if net == "conv" else "e.g. -n activation=tanh -n dt=0.08")
+    return {k: int_pair(k, v) if k in ("channels", "kernel", "pool") else v for k, v in options.items()}
+
+
+def int_pair(key: str, value):
     """A conv option as the network takes it: an int, or a pair from the command line's text "a,b" (one number of
     channels stands for both layers)."""
     if key == "channels" and isinstance(value, int):
@@ -546,7 +552,7 @@ def _layer_lr_scale(config: TrainConfig, params: dict, lr_tab, lr_order=None) ->
                                f"SGD), got {config.optimizer!r}")
     weights = [k for k in params if k.startswith("W.")] or [k for k in ("K1", "K0", "W") if k in params]
     biases = [k for k in params if k.startswith("b.")] or [k for k in ("c1", "c0", "b") if k in params]
-    rates = _layer_rates(str(lr_tab), lr_order, weights)
+    rates = layer_rates(str(lr_tab), lr_order, weights)
     scale = {w: rates[w] / config.lr for w in weights}
     scale.update({b: rates[w] / config.lr for w, b in zip(weights, biases)})
     # the toy network's input → layer l skips (Wx.l) take the rate of layer l's incoming weights W.{l−1}
@@ -554,7 +560,7 @@ def _layer_lr_scale(config: TrainConfig, params: dict, lr_tab, lr_order=None) ->
     return scale
 
 
-def _layer_rates(lr_tab: str, lr_order, weights: list[str]) -> dict:
+def layer_rates(lr_tab: str, lr_order, weights: list[str]) -> dict:
     """{weight name: rate} from -a lr_tab (named or a bare list) and -a lr_order (see _layer_lr_scale)."""
     entries = [e.strip() for e in lr_tab.split(",") if e.strip()]
     seed_order = ",".join(reversed(weights))

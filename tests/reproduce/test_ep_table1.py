@@ -7,7 +7,7 @@ import pytest
 from refimpl.reproduce import Results, Settings, reproduce
 from refimpl.reproduce import ep_table1 as et
 from refimpl.training import sweep
-from refimpl.training.problems import _layer_rates
+from refimpl.training.problems import layer_rates
 from refimpl.training.sweep import SweepSummary
 from tests.reproduce import run_quick
 
@@ -29,7 +29,7 @@ def test_the_lr_tabs_keep_the_seeds_order_output_layer_first():
     input-first names W.2, W.1, W.0."""
     tab = et.lr_tab(et.NETS["p2h"][4], 1)
     assert tab == "0.005,0.05,0.2"
-    assert _layer_rates(tab, "output_first", ["W.0", "W.1", "W.2"]) == {"W.2": 0.005, "W.1": 0.05, "W.0": 0.2}
+    assert layer_rates(tab, "output_first", ["W.0", "W.1", "W.2"]) == {"W.2": 0.005, "W.1": 0.05, "W.0": 0.2}
     assert et.lr_tab((0.015, 0.035), 3) == "0.045,0.105"
 
 
