@@ -9,19 +9,28 @@ Rows (the goal in brackets):
   gru  fwd+BPTT   backend / torch.nn.GRU forward+backward                      [≤ 0.6]
   lstm fwd+BPTT   backend / torch.nn.LSTM forward+backward                     [≤ 1.0]
   lru  fwd scan   bytes the LRU's time loop must move (read u, write h and h_prev) / its time, over the copy
-                  bandwidth of np.copyto measured in the same run (read + write of an array the size of h)  [≥ 0.8]
+                  bandwidth of np.copyto measured in the same run on the same arrays (h copied into h_prev)  [≥ 0.8]
   lru  fwd kernel the same for the whole lru.forward kernel, its input-projection GEMM included: shown for
                   information (the GEMM is compute-bound, so no bandwidth goal applies to it)
   lru  fwd+BPTT   backend / JAX lax.scan forward with jax.grad (jit-compiled)  [≤ 0.3: the three GEMMs that both
                   sides must run (u = x W2ᵀ, M = ūᵀ x, x̄ = ū W2) bound the ratio from below]
   lru  rtrl       backend lru.rtrl sweep (forward states + traces + gradient) / backend lru forward+backward  [≤ 2]
 Peers that are not installed (torch, jax: optional, never installed by `make test`) are reported as skipped.
+
+--isa avx2 measures the goals as on an x86 CPU without AVX-512, on this one: the command runs itself again with every
+contender held to AVX2 + FMA from the start (AVX2_ENV) — OpenBLAS's Haswell kernels (NumPy's and SciPy's), Numba
+compiling for haswell with no AVX-512 feature (and its own cache directory, so no AVX-512 code is loaded from the
+native cache), MKL and oneDNN at AVX2 and ATen's AVX2 kernels for torch, XLA's AVX2 code for JAX. The machine line
+then reads "Haswell" for the BLAS and "haswell (no AVX-512)" for Numba.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +40,18 @@ from .run import set_threads        # (bench.run imports no numpy at module leve
 SHAPE = dict(B=32, T=256, I=64, H=256)
 #: The lru fwd+BPTT goal against JAX: both sides run the same three GEMMs, which bound the ratio from below.
 LRU_VS_JAX = 0.3
+#: LLVM's feature list of a Haswell CPU (AVX2, FMA, BMI; no AVX-512): Numba's NUMBA_CPU_FEATURES under --isa avx2.
+HASWELL_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+cx8,+f16c,+fma,+fsgsbase,+fxsr,+invpcid,+lzcnt,+mmx,"
+                    "+movbe,+pclmul,+popcnt,+rdrnd,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,+xsaveopt")
+
+
+def avx2_env(cache_dir: str) -> dict:
+    """The environment that holds every contender of this benchmark to AVX2 + FMA (module doc, --isa avx2)."""
+    return {"OPENBLAS_CORETYPE": "Haswell",                      # NumPy's and SciPy's OpenBLAS
+            "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL_FEATURES, "NUMBA_CACHE_DIR": cache_dir,
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",   # torch
+            "XLA_FLAGS": "--xla_cpu_max_isa=AVX2",                  # jax
+            "REFIMPL_BENCH_ISA": "avx2"}
 
 
 def interleaved_times(fns: dict, repeats: int) -> dict:
@@ -78,7 +99,8 @@ def _backend_fwd_bwd(cell: str, backend: str):
 
 
 def _scan_only(backend: str):
-    """The lru's time loop alone (u → h, h_prev), where the backend exposes it (numba); else None."""
+    """(run, (h, h_prev)): the lru's time loop alone (u → h, h_prev) and its arrays, where the backend exposes it
+    (numba); else None."""
     if backend != "numba":
         return None
     import numpy as np
@@ -91,7 +113,7 @@ def _scan_only(backend: str):
 
     def run():                              # in place: h holds u on entry (|λ| = 0.5 keeps repeats bounded)
         lru_scan(lam, h0, h_prev, h)
-    return run
+    return run, (h, h_prev)
 
 
 def _row(name, goal, value, detail, better):
@@ -139,9 +161,10 @@ def measure(backend: str = "numba", repeats: int = 7) -> list[dict]:
                      f"projection GEMM included) vs np.copyto {copy_bw / 1e9:.1f} GB/s", "higher"))
     scan = _scan_only(backend)
     if scan is not None:                 # the recurrence alone: read u, write h and h_prev (complex64)
-        t = _interleaved({"scan": scan, "copy": lambda: np.copyto(dst, src)}, repeats)
+        run, (h, h_prev) = scan          # the copy moves the scan's own arrays (h → h_prev): same pages, same TLB
+        t = _interleaved({"scan": run, "copy": lambda: np.copyto(h_prev, h)}, repeats)
         scan_bytes = 3 * 8 * T * B * N
-        copy_bw = 2 * src.nbytes / t["copy"]
+        copy_bw = 2 * h.nbytes / t["copy"]
         rows.append(_row("lru fwd scan / copy bandwidth", 0.8, scan_bytes / t["scan"] / copy_bw,
                          f"{scan_bytes / t['scan'] / 1e9:.1f} GB/s ({scan_bytes / 1e6:.1f} MB in "
                          f"{1e3 * t['scan']:.2f} ms: the time loop alone) vs np.copyto {copy_bw / 1e9:.1f} GB/s",
@@ -184,9 +207,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.goals", description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="numba")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--isa", choices=("native", "avx2"), default="native",
+                    help="avx2: every contender held to AVX2 + FMA (an x86 CPU without AVX-512; see the module doc)")
     ap.add_argument("--out", default="runs/bench_goals.json")
     args = ap.parse_args(argv)
+    if args.isa == "avx2" and os.environ.get("REFIMPL_BENCH_ISA") != "avx2":
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            ap.exit(2, f"--isa avx2 holds an x86-64 CPU to AVX2; this machine is {platform.machine()}: leave it out\n")
+        env = {**os.environ, **avx2_env(str(Path(args.out).parent / "numba-cache-avx2"))}
+        return subprocess.call([sys.executable, "-m", "bench.goals", *(sys.argv[1:] if argv is None else argv)],
+                               env=env)
     if "numpy" in sys.modules and args.threads:
         print("note: numpy was imported before the thread count was set", file=sys.stderr)
     set_threads(args.threads)
@@ -200,13 +231,13 @@ def main(argv=None):
     m = machine.describe(args.threads)
     print(f"machine: {machine.machine_line(m)}")
     print(f"B={SHAPE['B']} T={SHAPE['T']} I={SHAPE['I']} H=N={SHAPE['H']} float32, {args.threads} threads, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}" + (", every contender held to AVX2 (--isa avx2)" if args.isa == "avx2" else ""))
     print(format_rows(rows, args.backend))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({"machine": m, "shape": SHAPE, "threads": args.threads, "backend": args.backend,
-                               "rows": rows}, indent=2))
+    tmp.write_text(json.dumps({"machine": m, "isa": args.isa, "shape": SHAPE, "threads": args.threads,
+                               "backend": args.backend, "rows": rows}, indent=2))
     tmp.replace(out)
     print(f"wrote {out}")
 

@@ -60,13 +60,17 @@ def blas_record() -> list:
 
 
 def numba_target() -> str | None:
-    """The CPU LLVM compiles Numba's kernels for (e.g. skylake-avx512, znver3), or None without numba."""
+    """The CPU LLVM compiles Numba's kernels for (e.g. skylake-avx512, znver3), with "(no AVX-512)" when its
+    features (NUMBA_CPU_FEATURES, else the host's) leave AVX-512 out on a CPU that has it; None without numba."""
     try:
         import llvmlite.binding as llvm
         import numba
-        return numba.config.CPU_NAME or llvm.get_host_cpu_name()
+        name = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+        features = numba.config.CPU_FEATURES
     except Exception:                           # not installed: nothing compiled
         return None
+    host_has = "avx512f" in cpu_record()["vector_extensions"]
+    return f"{name} (no AVX-512)" if host_has and features is not None and "+avx512f" not in features else name
 
 
 def machine_line(m: dict) -> str:

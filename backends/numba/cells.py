@@ -4,8 +4,8 @@ Each kernel has the signature of its NumPy reference in refimpl/cells/<cell>.py 
 structure — forward: (h, <Cell>Cache with every field (T, B, ·)), backward: {param…, "x", "h0"[, "c0"]} — so a
 reference forward can feed a Numba backward and vice versa. The equation numbers "(n)" are those of the cell's
 module docstring. The loops follow the layout rules (a)–(e) of runtime.py: the input projection and the weight
-gradients are GEMMs outside the time loops, each time loop runs one block of batch rows with one transposed GEMM
-per step and one fused pass over (b, k).
+gradients are GEMMs outside the time loops, each time loop runs one block of batch rows with one GEMM
+per step (runtime.step_product) and one fused pass over (b, k).
 
 The gate functions (rnn_gate, rnn_slope; gru_gates, gru_adjoint; lstm_gates, lstm_adjoint) are the only place a cell's
 step and its adjoint are written in this backend: scalar functions of one unit, inlined into the BPTT loops here, into
@@ -28,7 +28,8 @@ from refimpl.cells.rnn import RNNCache
 
 from ..common import check_nonlinearity, lru_param_grads, lru_w2
 from .fastmath import sigmoid, tanh
-from .runtime import LOOP, PAD, chunk, contiguous, gemm_t, in_blocks, input_projection, plan, scalars, untranspose
+from .runtime import LOOP, PAD, contiguous, in_blocks, input_projection, plan, scalars, scratch, step_buffer
+from .runtime import step_product, step_weights
 from .runtime import weight_grads
 
 
@@ -91,29 +92,30 @@ def lstm_adjoint(dh, dc, c_prev, i, f, g, o, tanh_c, one):
 # ---------------------------------------------------------------------------------------------------------------- rnn
 
 @njit(**LOOP)
-def _rnn_forward_rows(pre, h0, W_hh, b_hh, use_tanh, h_prev, h, chunk, b0, b1):
-    """pre (T, B, H) = x W_ihᵀ + b_ih; writes h_prev, h (T, B, H) on the rows [b0, b1)."""
+def _rnn_forward_rows(pre, h0, Wp, nn, b_hh, use_tanh, h_prev, h, b0, b1):
+    """pre (T, B, H) = x W_ihᵀ + b_ih, (Wp, nn) = step_weights(W_hh); writes h_prev, h (T, B, H) on the rows
+    [b0, b1)."""
     T, _, H = pre.shape
-    recT = np.empty((H, b1 - b0), pre.dtype)                # (W_hh h_{t-1}ᵀ), reused every step
-    rec = np.empty((b1 - b0, H + PAD), pre.dtype)
+    buf = step_buffer(Wp, nn, b1 - b0)
+    rec = np.empty((b1 - b0, H + PAD), pre.dtype)           # h_{t-1} W_hhᵀ, reused every step
     for t in range(T):
         if t == 0:
             h_prev[0, b0:b1] = h0[b0:b1]
         else:
             h_prev[t, b0:b1] = h[t - 1, b0:b1]
-        gemm_t(W_hh, h_prev[t, b0:b1], recT, chunk)         # (1) W_hh h_{t-1}
-        untranspose(recT, rec)
+        step_product(Wp, nn, h_prev[t, b0:b1], buf, rec)    # (1) W_hh h_{t-1}
         for b in range(b0, b1):
             for k in range(H):
                 h[t, b, k] = rnn_gate(pre[t, b, k] + rec[b - b0, k] + b_hh[k], use_tanh)    # (1), (2)
 
 
 @njit(**LOOP)
-def _rnn_backward_rows(dh, h, W_hhT, use_tanh, one, da, carry, propagate, chunk, b0, b1):
-    """Writes the pre-activation adjoints da (T, B, H) on the rows [b0, b1); carry ends as h̄_{-1}. propagate=False
-    drops the carried adjoint (h_{t-1} held constant: the truncated gradient of refimpl/algorithms/rtrl.py)."""
+def _rnn_backward_rows(dh, h, Wp, nn, use_tanh, one, da, carry, propagate, b0, b1):
+    """(Wp, nn) = step_weights(W_hhᵀ); writes the pre-activation adjoints da (T, B, H) on the rows [b0, b1); carry
+    ends as h̄_{-1}. propagate=False drops the carried adjoint (h_{t-1} held constant: the truncated gradient of
+    refimpl/algorithms/rtrl.py)."""
     T, _, H = dh.shape
-    recT = np.empty((H, b1 - b0), dh.dtype)
+    buf = step_buffer(Wp, nn, b1 - b0)
     rec = np.zeros((b1 - b0, H + PAD), dh.dtype)                             # h̄_{t-1} from the step after
     for t in range(T - 1, -1, -1):
         for b in range(b0, b1):
@@ -121,8 +123,7 @@ def _rnn_backward_rows(dh, h, W_hhT, use_tanh, one, da, carry, propagate, chunk,
                 g = dh[t, b, k] + rec[b - b0, k]                                 # (6) h̄_t
                 da[t, b, k] = g * rnn_slope(h[t, b, k], use_tanh, one)          # (3)
         if propagate:
-            gemm_t(W_hhT, da[t, b0:b1], recT, chunk)                             # (5) (ā_t W_hh)ᵀ
-            untranspose(recT, rec)                                               # h̄_{t-1} contribution
+            step_product(Wp, nn, da[t, b0:b1], buf, rec)                         # (5) h̄_{t-1} part ā_t W_hh
     for b in range(b0, b1):
         for k in range(H):
             carry[b, k] = rec[b - b0, k]                                         # h̄_{-1}
@@ -136,10 +137,10 @@ def rnn_forward(params: dict, x: np.ndarray, h0: np.ndarray, nonlinearity: str =
     W_ih, W_hh = contiguous(params["weight_ih"], dt), contiguous(params["weight_hh"], dt)
     H = W_hh.shape[0]
     run = plan(T, B, H)
-    pre = input_projection(x, W_ih, params["bias_ih"], dt, run)                                  # (1) all t
+    pre = input_projection(x, W_ih, params["bias_ih"], dt, run, "rnn.pre")                       # (1) all t
     h_prev, h = np.empty((T, B, H), dt), np.empty((T, B, H), dt)
-    in_blocks(run, B, _rnn_forward_rows, pre, contiguous(h0, dt), W_hh, contiguous(params["bias_hh"], dt),
-              nonlinearity == "tanh", h_prev, h, chunk(run, B, H))
+    in_blocks(run, B, _rnn_forward_rows, pre, contiguous(h0, dt), *step_weights(W_hh, run, B),
+              contiguous(params["bias_hh"], dt), nonlinearity == "tanh", h_prev, h)
     return h, RNNCache(x=np.array(x), h_prev=h_prev, h=h)
 
 
@@ -151,11 +152,11 @@ def rnn_backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: st
     T, B, H = dh.shape
     dt = dh.dtype
     one, _ = scalars(dt)
-    da, carry = np.empty((T, B, H), dt), np.zeros((B, H), dt)
+    da, carry = scratch("rnn.da", (T, B, H), dt), np.zeros((B, H), dt)
     run = plan(T, B, H)
     in_blocks(run, B, _rnn_backward_rows, contiguous(dh, dt), contiguous(cache.h, dt),
-              contiguous(params["weight_hh"].T, dt), nonlinearity == "tanh", one, da, carry, propagate,
-              chunk(run, B, H))
+              *step_weights(contiguous(params["weight_hh"].T, dt), run, B), nonlinearity == "tanh", one, da, carry,
+              propagate)
     grads = weight_grads(params, da, None, cache.x, cache.h_prev, dt, run)                       # (4), (5) x̄
     grads["h0"] = carry
     return grads
@@ -164,20 +165,19 @@ def rnn_backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: st
 # ---------------------------------------------------------------------------------------------------------------- gru
 
 @njit(**LOOP)
-def _gru_forward_rows(gi, h0, W_hh, b_hh, one, h_prev, r, z, n, hn, h, chunk, b0, b1):
-    """gi (T, B, 3H) = x W_ihᵀ + b_ih (+ b_hr, b_hz on the r, z blocks); writes the cache fields h_prev, r, z, n, hn,
-    h (T, B, H) on the rows [b0, b1)."""
+def _gru_forward_rows(gi, h0, Wp, nn, b_hh, one, h_prev, r, z, n, hn, h, b0, b1):
+    """gi (T, B, 3H) = x W_ihᵀ + b_ih (+ b_hr, b_hz on the r, z blocks), (Wp, nn) = step_weights(W_hh); writes the
+    cache fields h_prev, r, z, n, hn, h (T, B, H) on the rows [b0, b1)."""
     T, _, H3 = gi.shape
     H = H3 // 3
-    ghT = np.empty((H3, b1 - b0), gi.dtype)                 # (W_hh h_{t-1}ᵀ), reused every step
-    gh = np.empty((b1 - b0, H3 + PAD), gi.dtype)
+    buf = step_buffer(Wp, nn, b1 - b0)
+    gh = np.empty((b1 - b0, H3 + PAD), gi.dtype)            # h_{t-1} W_hhᵀ, reused every step
     for t in range(T):
         if t == 0:
             h_prev[0, b0:b1] = h0[b0:b1]
         else:
             h_prev[t, b0:b1] = h[t - 1, b0:b1]
-        gemm_t(W_hh, h_prev[t, b0:b1], ghT, chunk)          # (1)(2)(3) W_hh h_{t-1}
-        untranspose(ghT, gh)
+        step_product(Wp, nn, h_prev[t, b0:b1], buf, gh)     # (1)(2)(3) W_hh h_{t-1}
         for b in range(b0, b1):
             q = b - b0
             for k in range(H):
@@ -189,13 +189,13 @@ def _gru_forward_rows(gi, h0, W_hh, b_hh, one, h_prev, r, z, n, hn, h, chunk, b0
 
 
 @njit(**LOOP)
-def _gru_backward_rows(dh, h_prev, r, z, n, hn, W_hhT, one, zero, dg_ih, dg_hh, carry, propagate, chunk, b0, b1):
-    """Writes ḡ_ih, ḡ_hh (T, B, 3H) of eq. (10) on the rows [b0, b1); carry ends as h̄_{-1}. propagate=False drops
-    the carried adjoint. The two parts of (11) are kept apart until they are used: `carry` holds the direct path
-    h̄_t ⊙ z, `rec` the gate path ḡ_hh W_hh (written by the GEMM straight into its buffer, no extra pass)."""
+def _gru_backward_rows(dh, h_prev, r, z, n, hn, Wp, nn, one, zero, dg_ih, dg_hh, carry, propagate, b0, b1):
+    """(Wp, nn) = step_weights(W_hhᵀ); writes ḡ_ih, ḡ_hh (T, B, 3H) of eq. (10) on the rows [b0, b1); carry ends as
+    h̄_{-1}. propagate=False drops the carried adjoint. The two parts of (11) are kept apart until they are used:
+    `carry` holds the direct path h̄_t ⊙ z, `rec` the gate path ḡ_hh W_hh (step_product's result)."""
     T, B, H = dh.shape
     G_ih, G_hh = dg_ih.reshape(T, B, 3, H), dg_hh.reshape(T, B, 3, H)     # the gate blocks r, z, n as an axis
-    recT = np.empty((H, b1 - b0), dh.dtype)
+    buf = step_buffer(Wp, nn, b1 - b0)
     rec = np.zeros((b1 - b0, H + PAD), dh.dtype)
     for t in range(T - 1, -1, -1):
         for b in range(b0, b1):
@@ -208,8 +208,7 @@ def _gru_backward_rows(dh, h_prev, r, z, n, hn, W_hhT, one, zero, dg_ih, dg_hh, 
                 G_hh[t, b, 0, k], G_hh[t, b, 1, k], G_hh[t, b, 2, k] = da_r, da_z, da_n * rr  # (10), (8) m̄
                 carry[b, k] = g * zz if propagate else zero    # (11) direct path of (5)
         if propagate:
-            gemm_t(W_hhT, dg_hh[t, b0:b1], recT, chunk)         # (11) (ḡ_hh W_hh)ᵀ
-            untranspose(recT, rec)
+            step_product(Wp, nn, dg_hh[t, b0:b1], buf, rec)     # (11) ḡ_hh W_hh
     for b in range(b0, b1):
         for k in range(H):
             carry[b, k] += rec[b - b0, k]                       # (11) h̄_{-1} = both paths
@@ -226,10 +225,10 @@ def gru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
     b_in = params["bias_ih"].astype(dt)                    # + b_hr, b_hz: the r, z biases are added once, here
     b_in[:2 * H] += b_hh[:2 * H]
     run = plan(T, B, H)
-    gi = input_projection(x, W_ih, b_in, dt, run)                                                # (1)(2)(4) all t
+    gi = input_projection(x, W_ih, b_in, dt, run, "gru.gi")                                      # (1)(2)(4) all t
     h_prev, r, z, n, hn, h = (np.empty((T, B, H), dt) for _ in range(6))
-    in_blocks(run, B, _gru_forward_rows, gi, contiguous(h0, dt), W_hh, b_hh, one, h_prev, r, z, n, hn, h,
-              chunk(run, B, H))
+    in_blocks(run, B, _gru_forward_rows, gi, contiguous(h0, dt), *step_weights(W_hh, run, B), b_hh, one, h_prev, r,
+              z, n, hn, h)
     return h, GRUCache(x=np.array(x), h_prev=h_prev, r=r, z=z, n=n, hn=hn, h=h)
 
 
@@ -238,13 +237,13 @@ def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache, *, propagate: bo
     T, B, H = dh.shape
     dt = dh.dtype
     one, zero = scalars(dt)
-    dg_ih, dg_hh = np.empty((T, B, 3 * H), dt), np.empty((T, B, 3 * H), dt)
+    dg_ih, dg_hh = scratch("gru.dg_ih", (T, B, 3 * H), dt), scratch("gru.dg_hh", (T, B, 3 * H), dt)
     carry = np.zeros((B, H), dt)
     c = cache
     run = plan(T, B, H)
     in_blocks(run, B, _gru_backward_rows, contiguous(dh, dt), contiguous(c.h_prev, dt), contiguous(c.r, dt),
-              contiguous(c.z, dt), contiguous(c.n, dt), contiguous(c.hn, dt), contiguous(params["weight_hh"].T, dt),
-              one, zero, dg_ih, dg_hh, carry, propagate, chunk(run, B, 3 * H))
+              contiguous(c.z, dt), contiguous(c.n, dt), contiguous(c.hn, dt),
+              *step_weights(contiguous(params["weight_hh"].T, dt), run, B), one, zero, dg_ih, dg_hh, carry, propagate)
     grads = weight_grads(params, dg_ih, dg_hh, c.x, c.h_prev, dt, run)                          # (10), (11) x̄
     grads["h0"] = carry
     return grads
@@ -253,19 +252,19 @@ def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache, *, propagate: bo
 # --------------------------------------------------------------------------------------------------------------- lstm
 
 @njit(**LOOP)
-def _lstm_forward_rows(pre, h0, c0, W_hh, h_prev, c_prev, i, f, g, o, c, tanh_c, h, chunk, b0, b1):
-    """pre (T, B, 4H) = x W_ihᵀ + b_ih + b_hh; writes every LSTMCache field but x (T, B, H) on the rows [b0, b1)."""
+def _lstm_forward_rows(pre, h0, c0, Wp, nn, h_prev, c_prev, i, f, g, o, c, tanh_c, h, b0, b1):
+    """pre (T, B, 4H) = x W_ihᵀ + b_ih + b_hh, (Wp, nn) = step_weights(W_hh); writes every LSTMCache field but x
+    (T, B, H) on the rows [b0, b1)."""
     T, _, H4 = pre.shape
     H = H4 // 4
-    recT = np.empty((H4, b1 - b0), pre.dtype)               # (W_hh h_{t-1}ᵀ), reused every step
-    rec = np.empty((b1 - b0, H4 + PAD), pre.dtype)
+    buf = step_buffer(Wp, nn, b1 - b0)
+    rec = np.empty((b1 - b0, H4 + PAD), pre.dtype)          # h_{t-1} W_hhᵀ, reused every step
     for t in range(T):
         if t == 0:
             h_prev[0, b0:b1], c_prev[0, b0:b1] = h0[b0:b1], c0[b0:b1]
         else:
             h_prev[t, b0:b1], c_prev[t, b0:b1] = h[t - 1, b0:b1], c[t - 1, b0:b1]
-        gemm_t(W_hh, h_prev[t, b0:b1], recT, chunk)                                           # (1) W_hh h_{t-1}
-        untranspose(recT, rec)
+        step_product(Wp, nn, h_prev[t, b0:b1], buf, rec)                                      # (1) W_hh h_{t-1}
         for b in range(b0, b1):
             q = b - b0
             for k in range(H):
@@ -278,13 +277,12 @@ def _lstm_forward_rows(pre, h0, c0, W_hh, h_prev, c_prev, i, f, g, o, c, tanh_c,
 
 
 @njit(**LOOP)
-def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, W_hhT, one, zero, da, carry_h, carry_c, propagate, chunk,
-                        b0, b1):
-    """Writes ā (T, B, 4H) of eq. (9) on the rows [b0, b1); carry_h, carry_c end as h̄_{-1}, c̄_{-1}. propagate=False
-    drops both carried adjoints (h_{t-1} and c_{t-1} held constant)."""
+def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, Wp, nn, one, zero, da, carry_h, carry_c, propagate, b0, b1):
+    """(Wp, nn) = step_weights(W_hhᵀ); writes ā (T, B, 4H) of eq. (9) on the rows [b0, b1); carry_h, carry_c end as
+    h̄_{-1}, c̄_{-1}. propagate=False drops both carried adjoints (h_{t-1} and c_{t-1} held constant)."""
     T, B, H = dh.shape
     A = da.reshape(T, B, 4, H)                                              # the gate blocks i, f, g, o as an axis
-    recT = np.empty((H, b1 - b0), dh.dtype)
+    buf = step_buffer(Wp, nn, b1 - b0)
     rec = np.zeros((b1 - b0, H + PAD), dh.dtype)                          # h̄_{t-1} from the step after
     for t in range(T - 1, -1, -1):
         for b in range(b0, b1):
@@ -294,8 +292,7 @@ def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, W_hhT, one, zero, da, ca
                     g[t, b, k], o[t, b, k], tanh_c[t, b, k], one)                 # (11) h̄_t; (5)–(8)
                 carry_c[b, k] = dc_prev if propagate else zero                    # (7) c̄_{t-1}
         if propagate:
-            gemm_t(W_hhT, da[t, b0:b1], recT, chunk)                              # (10) (ā W_hh)ᵀ
-            untranspose(recT, rec)                                                # h̄_{t-1} contribution
+            step_product(Wp, nn, da[t, b0:b1], buf, rec)                          # (10) h̄_{t-1} part ā W_hh
     for b in range(b0, b1):
         for k in range(H):
             carry_h[b, k] = rec[b - b0, k]                                        # h̄_{-1}
@@ -310,10 +307,10 @@ def lstm_forward(params: dict, x: np.ndarray, state0):
     H = W_hh.shape[1]
     bias = params["bias_ih"].astype(dt) + params["bias_hh"].astype(dt)                             # (1) both biases
     run = plan(T, B, H)
-    pre = input_projection(x, W_ih, bias, dt, run)                                               # (1) all t
+    pre = input_projection(x, W_ih, bias, dt, run, "lstm.pre")                                   # (1) all t
     h_prev, c_prev, i, f, g, o, c, tanh_c, h = (np.empty((T, B, H), dt) for _ in range(9))
-    in_blocks(run, B, _lstm_forward_rows, pre, contiguous(h0, dt), contiguous(c0, dt), W_hh, h_prev, c_prev, i, f, g,
-              o, c, tanh_c, h, chunk(run, B, H))
+    in_blocks(run, B, _lstm_forward_rows, pre, contiguous(h0, dt), contiguous(c0, dt), *step_weights(W_hh, run, B),
+              h_prev, c_prev, i, f, g, o, c, tanh_c, h)
     return h, LSTMCache(x=np.array(x), h_prev=h_prev, c_prev=c_prev, i=i, f=f, g=g, o=o, c=c, tanh_c=tanh_c, h=h)
 
 
@@ -324,12 +321,12 @@ def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache, *, propagate: 
     dt = dh.dtype
     one, zero = scalars(dt)
     c = cache
-    da = np.empty((T, B, 4 * H), dt)
+    da = scratch("lstm.da", (T, B, 4 * H), dt)
     carry_h, carry_c = np.zeros((B, H), dt), np.zeros((B, H), dt)
     run = plan(T, B, H)
     in_blocks(run, B, _lstm_backward_rows, contiguous(dh, dt), contiguous(c.c_prev, dt), contiguous(c.i, dt),
               contiguous(c.f, dt), contiguous(c.g, dt), contiguous(c.o, dt), contiguous(c.tanh_c, dt),
-              contiguous(params["weight_hh"].T, dt), one, zero, da, carry_h, carry_c, propagate, chunk(run, B, 4 * H))
+              *step_weights(contiguous(params["weight_hh"].T, dt), run, B), one, zero, da, carry_h, carry_c, propagate)
     grads = weight_grads(params, da, None, c.x, c.h_prev, dt, run)                               # (9), (10) x̄
     grads["h0"], grads["c0"] = carry_h, carry_c
     return grads
@@ -343,26 +340,34 @@ def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache, *, propagate: 
 #     x̄ = Re((γ ⊙ ū) conj(B))                      is   ū_real @ W2                                   (6)
 #     M = Σ_{t,b} ū_tᵀ x_t  is  ū_realᵀ @ x  (rows re, im interleaved);  B̄ = γ ⊙ M, γ̄ from M          (6)
 
-@njit(cache=True)
-def lru_scan(lam, h0, h_prev, h):
-    """(3) h_t = λ ⊙ h_{t-1} + u_t: h holds u (T, B, N) on entry and h_t on exit; writes h_prev."""
+@njit(**LOOP)
+def _lru_scan_rows(lam, h0, h_prev, h, b0, b1):
+    """(3) h_t = λ ⊙ h_{t-1} + u_t on the rows [b0, b1): h holds u (T, B, N) on entry and h_t on exit; writes
+    h_prev."""
     T, B, N = h.shape
-    h_prev[0] = h0
     for t in range(T):
-        if t > 0:
-            h_prev[t] = h[t - 1]
-        for b in range(B):
+        if t == 0:
+            h_prev[0, b0:b1] = h0[b0:b1]
+        else:
+            h_prev[t, b0:b1] = h[t - 1, b0:b1]
+        for b in range(b0, b1):
             for k in range(N):
                 h[t, b, k] = lam[k] * h_prev[t, b, k] + h[t, b, k]                    # (3)
 
 
-@njit(cache=True)
-def _lru_adjoint_scan(dh, h_prev, lam, du, carry, dlam):
-    """Writes ū_t = h̄_t (T, B, N); accumulates λ̄ = Σ_{t,b} conj(h_{t-1}) h̄_t into dlam (complex128); carry ends as
-    h̄_{-1}."""
+def lru_scan(lam, h0, h_prev, h) -> None:
+    """(3) over every row, in blocks of batch rows on threads (rule (e): the rows do not interact)."""
+    T, B, N = h.shape
+    in_blocks(plan(T, B, N), B, _lru_scan_rows, lam, h0, h_prev, h)
+
+
+@njit(**LOOP)
+def _lru_adjoint_rows(dh, h_prev, lam, du, carry, dlam, b0, b1):
+    """On the rows [b0, b1): writes ū_t = h̄_t (T, B, N); accumulates this block's share of λ̄ = Σ_{t,b}
+    conj(h_{t-1}) h̄_t into dlam (complex128); carry ends as h̄_{-1}."""
     T, B, N = dh.shape
     for t in range(T - 1, -1, -1):
-        for b in range(B):
+        for b in range(b0, b1):
             for k in range(N):
                 g = dh[t, b, k] + carry[b, k]                                         # (8) h̄_t
                 du[t, b, k] = g                                                       # (5) ū_t
@@ -390,8 +395,12 @@ def lru_backward(params: dict, dh: np.ndarray, cache: LRUCache) -> dict:
     lam, gamma = lambda_gamma(params)
     cdt = np.result_type(dh, cache.h)
     rdt = np.finfo(cdt).dtype
-    du, carry, dlam = np.empty((T, B, N), cdt), np.zeros((B, N), cdt), np.zeros(N, np.complex128)
-    _lru_adjoint_scan(contiguous(dh, cdt), contiguous(cache.h_prev, cdt), contiguous(lam, cdt), du, carry, dlam)
+    run = plan(T, B, N)
+    du, carry = scratch("lru.du", (T, B, N), cdt), np.zeros((B, N), cdt)
+    dlams = np.zeros((run.blocks, N), np.complex128)                                  # λ̄ per block of rows
+    in_blocks(run, B, _lru_adjoint_rows, contiguous(dh, cdt), contiguous(cache.h_prev, cdt), contiguous(lam, cdt), du,
+              carry, per_block=(dlams,))
+    dlam = dlams.sum(axis=0)                                                          # the blocks' shares, in order
     du_real = du.reshape(T * B, N).view(rdt)                  # (T·B, 2N), re/im interleaved
     M = du_real.T @ contiguous(cache.x, rdt).reshape(T * B, -1)                       # (6) Σ ū_tᵀ x_t, rows re/im
     gamma = gamma.astype(rdt)

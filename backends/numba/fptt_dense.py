@@ -57,7 +57,7 @@ from refimpl.cells import CELLS
 
 from ..common import check_nonlinearity
 from .online_dense import DENSE, final_state, step_factors, sweep_inputs
-from .runtime import check_carry, plan, scalars, weight_grads
+from .runtime import check_carry, plan, scalars, scratch, weight_grads
 
 
 # ------------------------------------------------------------------------------------------------------- the loops
@@ -183,7 +183,8 @@ def _chunk(cell, params, x, state0, dh, nonlinearity) -> _Chunk:
     one, _ = scalars(dt)
     T, B, _ = x.shape
     H = W_hh.shape[1]
-    carriers = np.zeros((T, B, R * H))
+    carriers = scratch("fptt.carriers", (T, B, R * H), np.float64)       # rule (f): fully written here
+    carriers[:, :, H:] = 0
     carriers[:, :, :H] = dh                                              # dh_t as carriers, zero on the lstm's c part
     return _Chunk(DENSE[cell].kind, pre, W_hhT, W_hh, b_hh, carriers, one, nonlinearity == "tanh", R, x, s0, dt)
 
@@ -193,8 +194,8 @@ def _errors(cell, params, c: _Chunk, s, v) -> dict:
     tied = DENSE[cell].tied
     T, B, _ = c.x.shape
     GH, H = c.W_hh.shape
-    h_prev, g_ih = np.empty((T, B, H), c.dt), np.empty((T, B, GH), c.dt)
-    g_hh = g_ih if tied else np.empty((T, B, GH), c.dt)
+    h_prev, g_ih = scratch("fptt.h_prev", (T, B, H), c.dt), scratch("fptt.g_ih", (T, B, GH), c.dt)    # rule (f)
+    g_hh = g_ih if tied else scratch("fptt.g_hh", (T, B, GH), c.dt)
     c.run(_errors_loop, s, tied, v, h_prev, g_ih, g_hh)
     return weight_grads(params, g_ih, None if tied else g_hh, c.x, h_prev, c.dt, plan(T, B, H))     # (f 4), (c)
 

@@ -175,7 +175,8 @@ def sweep_inputs(cell: str, params: dict, x: np.ndarray, state0):
     dt = np.result_type(x, params["weight_ih"], flat)
     T, B, _ = x.shape
     W_hh = contiguous(params["weight_hh"], dt)
-    pre = input_projection(x, contiguous(params["weight_ih"], dt), params["bias_ih"], dt, plan(T, B, W_hh.shape[1]))
+    pre = input_projection(x, contiguous(params["weight_ih"], dt), params["bias_ih"], dt, plan(T, B, W_hh.shape[1]),
+                           "sweep.pre")
     return dt, contiguous(flat, dt), pre, contiguous(W_hh.T, dt), W_hh, contiguous(params["bias_hh"], dt)
 
 

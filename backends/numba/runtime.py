@@ -7,10 +7,10 @@ how it is run. The dense cell kernels follow five layout rules (research/landsca
         that is added before a nonlinearity folded into it                                      input_projection
     (b) the time loop is an @njit(cache=True) function (options LOOP): per step one BLAS GEMM into a preallocated
         buffer and one fused pass over (b, k) for the gates, t outermost and k innermost. The per-step GEMM is
-        computed transposed, W_hh (nG·H, H) @ h_{t-1}ᵀ (and W_hhᵀ ḡᵀ backwards), with the batch as BLAS's short N
-        side (faster for a thin batch), issued in chunks of W's rows small enough for OpenBLAS's small-matrix path
-        where it has one, and turned back into (b, k) order in one pass into a row-padded buffer  gemm_t, chunk,
-                                                                                                 untranspose, PAD
+        in one of two layouts chosen by the BLAS's kernels: on OpenBLAS's AVX-512 cores in chunks of W's rows small
+        enough for its small-matrix path (h_{t-1} @ W_chunkᵀ, no packing), elsewhere as one call W_hh @ h_{t-1}ᵀ
+        with the batch as BLAS's short side; either way the result lands in (b, k) order in a row-padded buffer
+                                                          step_weights, step_buffer, step_product, nn_chunk, PAD
     (c) the backward loop stores the gate adjoints ḡ_t (T, B, nG·H); the weight gradients are GEMMs over all (t, b)
         at once, ḡᵀ (nG·H, T·B) @ [x | h_prev], and x̄ is one GEMM ḡ @ W_ih                        weight_grads
     (d) the transcendental functions inside the loops are fastmath.tanh / fastmath.sigmoid (arithmetic that LLVM
@@ -26,13 +26,20 @@ how it is run. The dense cell kernels follow five layout rules (research/landsca
         runs, or spins, beside the blocks. Without the BLAS libraries' thread counts (controls_blas_threads() is
         False) every call runs as one block                           plan, Plan, in_blocks, controls_blas_threads
 
+Scratch (rule (f)): the large temporaries of a call that are not returned — the input projection of (a), the gate
+adjoints of (c), the [x | h_prev] operand of the weight gradients — are taken from a per-thread workspace (`scratch`)
+and reused by the next call of the same shape, instead of being allocated fresh every call. A fresh array of tens of
+megabytes is paid for at its first touch, page by page (the kernel zeroes and maps it); on a virtual machine that cost
+rivalled the GEMMs (docs/bench/profile-cpus.md). Returned arrays are always fresh; the workspace holds at most one
+array per name and thread, and `release_scratch` empties it.
+
 Reproducibility: each output row of the loops is written by exactly one block; the weight gradients are sums of the
 blocks' shares, added in block order (no atomics, no prange reductions). Results are therefore identical run to run
 for a given number of threads; a different number of blocks rounds differently, at the level of the last bit.
 Scalars inside the loops are passed in the arrays' dtype (`scalars`) so float32 kernels stay in float32. The carried
 kernels check the carry they are given against the shapes they expect (`check_carry`) before converting it.
 
-The thresholds below (MIN_BLOCK_ROWS, MIN_BLOCK_WORK, MIN_SERIAL_WORK, the chunk sizes) and the measurements behind
+The thresholds below (MIN_BLOCK_ROWS, MIN_BLOCK_WORK, MIN_SERIAL_WORK, SMALL_GEMM_MNK) and the measurements behind
 them are in docs/backends.md (Numba). Numba's on-disk cache of an @njit function is keyed to its own file only: after
 editing a function that others inline (fastmath.py, the gate functions of cells.py), clear backends/numba/__pycache__.
 """
@@ -136,7 +143,7 @@ def _find_blas_threads() -> list:
 
 def _has_small_gemm() -> bool:
     """Whether the loop BLAS (SciPy's OpenBLAS) runs its AVX-512 kernels, which have a path for small GEMMs that
-    skips packing the operands: see chunk_rows."""
+    skips packing the operands: see nn_chunk."""
     try:
         import scipy
     except ImportError:
@@ -183,6 +190,30 @@ def blas_single_threaded():
                     set_(n)
 
 
+# ------------------------------------------------------------------------------------------------- scratch (f)
+
+_SCRATCH = threading.local()
+
+
+def scratch(name: str, shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array for a call's temporary `name` (each call site its own name, so that no two
+    live temporaries share one): this thread's array of that name when its shape and dtype match, else a fresh one
+    that replaces it. Never return it, nor a view of it: the next call of the same name in this thread overwrites it."""
+    pool = getattr(_SCRATCH, "pool", None)
+    if pool is None:
+        pool = _SCRATCH.pool = {}
+    shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+    a = pool.get(name)
+    if a is None or a.shape != shape or a.dtype != dtype:
+        pool[name] = a = np.empty(shape, dtype)
+    return a
+
+
+def release_scratch() -> None:
+    """Drop this thread's workspace (its arrays are freed once no call is using them)."""
+    _SCRATCH.pool = {}
+
+
 # ---------------------------------------------------------------------------------------------- blocks of rows (e)
 
 class Plan(NamedTuple):
@@ -225,36 +256,80 @@ def in_blocks(plan: Plan, n: int, fn, *args, per_block=()) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ per-step GEMM (b)
+#
+# The per-step product rec = a Wᵀ (a (N, K): h_{t-1} or an adjoint for the N rows of a block; W (M, K)) has two
+# layouts, chosen by which kernels the loop BLAS runs (a table keyed on OpenBLAS's core name, not on timings, so a
+# machine always takes the same path and rounds the same way):
+#
+#   nn (OpenBLAS's AVX-512 cores, _SMALL_GEMM): W in column chunks of m rows, each stored transposed, Wp (C, K, m);
+#       per step one call a (N, K) @ Wp[c] (K, m) → buf[c] (N, m) per chunk, with m·N·K ≤ 10⁶ so that OpenBLAS
+#       takes its small-matrix path (no packing of either operand), then the chunks copied side by side into rec.
+#   transposed (any other BLAS, e.g. the Haswell kernels of an AVX2 CPU): one call W (M, K) @ aᵀ → buf (M, N), the
+#       batch as BLAS's short side, then one transposing pass into rec (untranspose).
+#
+# Both write rec (N, M + PAD) in the (b, k) order of the fused passes. Measurements: docs/bench/profile-cpus.md.
 
-def chunk_rows(N: int, K: int) -> int:
-    """How many rows of W to take per BLAS call in a per-step product W (M, K) @ aᵀ (K, N), N the rows of a block.
-    OpenBLAS's AVX-512 kernels compute a GEMM with m·N ≤ 1024 and m·N·K ≤ 10⁶ without packing its operands, and the
-    per-step products are small enough for that to matter (docs/backends.md). Elsewhere: one call (all M rows)."""
-    if not _SMALL_GEMM or 16 * N > 1024:
-        return 1 << 30
-    m = min(1024 // N, 10 ** 6 // (N * K)) // 16 * 16
-    return m if m >= 16 else 1 << 30
+#: OpenBLAS's bound on m·N·K for its small-matrix GEMM path on the AVX-512 cores.
+SMALL_GEMM_MNK = 10 ** 6
 
 
-def chunk(plan: Plan, B: int, K: int) -> int:
-    """chunk_rows for the blocks of a batch of B rows."""
-    return chunk_rows(-(-B // plan.blocks), K)
+def nn_chunk(N: int, K: int) -> int:
+    """The chunk m of the nn layout for blocks of N rows and K columns: the largest of 64, 32, 16 with
+    m·N·K ≤ SMALL_GEMM_MNK, on a BLAS with the small-matrix path; 0 (the transposed layout) otherwise."""
+    if _SMALL_GEMM:
+        for m in (64, 32, 16):
+            if m * N * K <= SMALL_GEMM_MNK:
+                return m
+    return 0
+
+
+def step_weights(W: np.ndarray, plan: Plan, B: int):
+    """(Wp, nn): W (M, K) laid out for step_product with the blocks of a batch of B rows (⌈B / plan.blocks⌉ rows
+    each). nn: Wp (C, K, m), chunk c holding rows [c·m, (c+1)·m) of W transposed (the last one zero-padded);
+    transposed: Wp = W as (1, M, K)."""
+    M, K = W.shape
+    m = nn_chunk(-(-B // plan.blocks), K)
+    if m == 0:
+        return np.ascontiguousarray(W).reshape(1, M, K), False
+    C = -(-M // m)
+    padded = np.zeros((C * m, K), W.dtype)
+    padded[:M] = W
+    return np.ascontiguousarray(padded.reshape(C, m, K).transpose(0, 2, 1)), True
 
 
 @njit(**LOOP)
-def gemm_t(W, a, out, chunk):
-    """out = W aᵀ for W (M, K), a (N, K), out (M, N), as BLAS calls on chunks of `chunk` rows of W (chunk_rows)."""
-    for j0 in range(0, W.shape[0], chunk):
-        j1 = min(j0 + chunk, W.shape[0])
-        np.dot(W[j0:j1], a.T, out[j0:j1])
+def step_buffer(Wp, nn, N):
+    """The work buffer of step_product for blocks of N rows: (C, N, m) for nn, (1, M, N) for transposed."""
+    if nn:
+        return np.empty((Wp.shape[0], N, Wp.shape[2]), Wp.dtype)
+    return np.empty((1, Wp.shape[1], N), Wp.dtype)
+
+
+@njit(**LOOP)
+def step_product(Wp, nn, a, buf, rec):
+    """rec[:, :M] = a Wᵀ for a (N, K) and (Wp, nn) = step_weights(W): the per-step GEMM of rule (b), M = the row
+    count of rec less PAD."""
+    N, M = a.shape[0], rec.shape[1] - PAD
+    if nn:
+        m = Wp.shape[2]
+        for c in range(Wp.shape[0]):
+            np.dot(a, Wp[c], buf[c])
+        for q in range(N):
+            for c in range(Wp.shape[0]):
+                j0 = c * m
+                for j in range(min(m, M - j0)):
+                    rec[q, j0 + j] = buf[c, q, j]
+    else:
+        np.dot(Wp[0], a.T, buf[0])
+        untranspose(buf[0], rec)
 
 
 @njit(**LOOP)
 def untranspose(src, dst):
-    """dst[:, :n] = srcᵀ for src (n, rows): the per-step GEMM's result in the (b, k) order of the fused passes. Each
-    row of src (one unit, every row of the block) is read contiguously and scattered down a column of dst; dst's
-    rows are PAD entries longer than n, because with a row stride that is a multiple of 4 KiB (n = 1024 float32)
-    the scattered stores alias in the cache and the pass runs many times slower."""
+    """dst[:, :n] = srcᵀ for src (n, rows): the transposed layout's product in the (b, k) order of the fused passes.
+    Each row of src (one unit, every row of the block) is read contiguously and scattered down a column of dst;
+    dst's rows are PAD entries longer than n, because with a row stride that is a multiple of 4 KiB (n = 1024
+    float32) the scattered stores alias in the cache and the pass runs many times slower."""
     for j in range(src.shape[0]):
         for q in range(src.shape[1]):
             dst[q, j] = src[j, q]
@@ -271,10 +346,11 @@ def _projection_rows(X, W_ihT, bias, out, r0, r1):
             out[r, j] += bias[j]
 
 
-def input_projection(x: np.ndarray, W_ih: np.ndarray, bias: np.ndarray, dt, plan: Plan) -> np.ndarray:
-    """x W_ihᵀ + bias for all T steps, (T, B, G·H): rule (a), in plan.blocks blocks of the T·B rows."""
+def input_projection(x: np.ndarray, W_ih: np.ndarray, bias: np.ndarray, dt, plan: Plan, name: str) -> np.ndarray:
+    """x W_ihᵀ + bias for all T steps, (T, B, G·H): rule (a), in plan.blocks blocks of the T·B rows, into the scratch
+    array `name` (rule (f): the caller uses it and does not return it)."""
     T, B, I = x.shape
-    out = np.empty((T, B, W_ih.shape[0]), dt)
+    out = scratch(name, (T, B, W_ih.shape[0]), dt)
     in_blocks(plan, T * B, _projection_rows, contiguous(x, dt).reshape(T * B, I), W_ih.T, bias.astype(dt),
               out.reshape(T * B, -1))
     return out
@@ -294,15 +370,16 @@ def _column_sums(g, r0, r1, out):
                 part[j] = 0
 
 
-def _grads_rows(g_ih, g_hh, X, Hp, W_ih, same, dX, dW, db_ih, db_hh, r0, r1):
+def _grads_rows(g_ih, g_hh, X, Hp, W_ih, same, XH, dX, dW, db_ih, db_hh, r0, r1):
     """Rule (c) on the rows [r0, r1) of the T·B rows: this block's share of [W̄_ih | W̄_hh] = [ḡ_ihᵀ X | ḡ_hhᵀ h_prev]
     (into its own dW, (G·H, I + H)) and of b̄ = Σ ḡ (db_ih, db_hh), and its rows of x̄ = ḡ_ih W_ih. same: ḡ_hh is
     ḡ_ih (rnn, lstm), and then the two weight gradients are one GEMM ḡᵀ [X | h_prev], a wider and faster one than
     the thin ḡᵀ X. The GEMMs are NumPy's (np.matmul releases the GIL; NumPy's BLAS runs these transposed shapes
-    faster than SciPy's), the column sums a nogil Numba loop."""
+    faster than SciPy's), the column sums a nogil Numba loop. XH (T·B, I + H): scratch for [X | h_prev] (when same)."""
     I = X.shape[1]
     if same:
-        np.matmul(g_ih[r0:r1].T, np.concatenate((X[r0:r1], Hp[r0:r1]), axis=1), out=dW)
+        np.concatenate((X[r0:r1], Hp[r0:r1]), axis=1, out=XH[r0:r1])
+        np.matmul(g_ih[r0:r1].T, XH[r0:r1], out=dW)
     else:
         np.matmul(g_ih[r0:r1].T, X[r0:r1], out=dW[:, :I])
         np.matmul(g_hh[r0:r1].T, Hp[r0:r1], out=dW[:, I:])
@@ -323,9 +400,10 @@ def weight_grads(params: dict, g_ih: np.ndarray, g_hh, x: np.ndarray, h_prev: np
     dW = np.empty((plan.blocks, GH, I + H), dt)
     db_ih, db_hh = np.zeros((plan.blocks, GH)), np.zeros((plan.blocks, GH))
     dX = np.empty((T * B, I), dt)
+    XH = scratch("weight_grads.xh", (T * B, I + H) if same else (0, I + H), dt)
     in_blocks(plan, T * B, _grads_rows, g_ih.reshape(T * B, GH), g_hh.reshape(T * B, GH),
               contiguous(x, dt).reshape(T * B, I), contiguous(h_prev, dt).reshape(T * B, H),
-              contiguous(params["weight_ih"], dt), same, dX, per_block=(dW, db_ih, db_hh))
+              contiguous(params["weight_ih"], dt), same, XH, dX, per_block=(dW, db_ih, db_hh))
     total = (lambda a: a[0]) if plan.blocks == 1 else (lambda a: a.sum(axis=0))     # the shares, in block order
     W = total(dW)
     grads = param_grads(params, {"weight_ih": np.ascontiguousarray(W[:, :I]),

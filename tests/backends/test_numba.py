@@ -17,7 +17,7 @@ from refimpl.kernels import FPTT_SWEEPS, RTRL_SWEEPS
 from refimpl.numerics import TOLERANCES, rel_error
 from refimpl.registry import KERNELS, call, flatten_outputs, load_backend
 
-from ..parity import assert_matches_reference
+from ..parity import assert_matches_reference, make_case_inputs
 
 numba = pytest.importorskip("numba")
 backend = load_backend("numba")
@@ -27,7 +27,10 @@ if not backend.available:
 from backends.numba import fastmath, runtime   # noqa: E402
 
 
-@pytest.mark.parametrize("kernel", [f"{c}.{op}" for c in ("rnn", "gru", "lstm") for op in ("forward", "backward")])
+CELL_KERNELS = [f"{c}.{op}" for c in ("rnn", "gru", "lstm", "lru") for op in ("forward", "backward")]
+
+
+@pytest.mark.parametrize("kernel", CELL_KERNELS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_numba_threaded_blocks_match_reference(kernel, dtype):
     """A size large enough for the Numba cell loops to cut the batch into blocks of rows on several threads
@@ -54,6 +57,79 @@ def test_blocks_cover_every_row_once(blocks, serial, n):
     runtime.in_blocks(runtime.Plan(blocks, serial), n, mark, "args", per_block=(per_block,))
     assert np.all(seen == 1)
     assert np.all(np.diff(owner) >= 0)                      # blocks in order, each a contiguous range
+
+
+@pytest.mark.parametrize("nn", [True, False], ids=["nn", "transposed"])
+@pytest.mark.parametrize("M, K, N", [(15, 5, 3), (60, 20, 5), (900, 300, 70), (1024, 256, 16), (256, 1024, 16),
+                                     (96, 40, 33)])
+def test_step_product_is_the_product_in_both_layouts(nn, M, K, N, monkeypatch):
+    """step_product against a Wᵀ, in the layout a BLAS with (nn) or without the small-matrix path gets: chunks of
+    64, 32 or 16 rows with a zero-padded last one, or one transposed product; the PAD columns are left alone."""
+    monkeypatch.setattr(runtime, "_SMALL_GEMM", nn)
+    rng = np.random.default_rng(M + K + N)
+    W, a = rng.standard_normal((M, K)), rng.standard_normal((N, K))
+    Wp, got_nn = runtime.step_weights(W, runtime.Plan(1, False), N)
+    assert got_nn == (nn and runtime.nn_chunk(N, K) > 0)
+    rec = np.full((N, M + runtime.PAD), 7.0)
+    runtime.step_product(Wp, got_nn, a, runtime.step_buffer(Wp, got_nn, N), rec)
+    np.testing.assert_allclose(rec[:, :M], a @ W.T, rtol=1e-12, atol=1e-12 * np.abs(a @ W.T).max())
+    assert np.all(rec[:, M:] == 7.0)
+
+
+def test_nn_chunk_keeps_to_the_small_matrix_path(monkeypatch):
+    """The nn layout's chunk is the largest of 64, 32, 16 rows with m·N·K within OpenBLAS's small-matrix bound, and
+    the transposed layout is taken where none fits or the BLAS has no such path."""
+    monkeypatch.setattr(runtime, "_SMALL_GEMM", True)
+    for N, K in [(16, 256), (16, 1024), (64, 1024), (5, 20), (128, 256), (200, 400)]:
+        m = runtime.nn_chunk(N, K)
+        fits = [c for c in (64, 32, 16) if c * N * K <= runtime.SMALL_GEMM_MNK]
+        assert m == (max(fits) if fits else 0), (N, K, m)
+    monkeypatch.setattr(runtime, "_SMALL_GEMM", False)
+    assert runtime.nn_chunk(16, 256) == 0
+
+
+@pytest.mark.parametrize("nn", [True, False], ids=["nn", "transposed"])
+@pytest.mark.parametrize("kernel", [f"{c}.{op}" for c in ("rnn", "gru", "lstm") for op in ("forward", "backward")])
+def test_cell_loops_match_reference_in_both_layouts(kernel, nn, monkeypatch):
+    """The cell loops with either per-step layout, whichever this machine's BLAS would pick, against the reference
+    (H = 21: the nn layout's last chunk of rows is zero-padded)."""
+    monkeypatch.setattr(runtime, "_SMALL_GEMM", nn)
+    assert_matches_reference(kernel, "numba", "float64", dict(T=6, B=5, I=4, H=21), 3, {})
+
+
+def test_scratch_is_one_array_per_name_and_thread():
+    """scratch: the same array for the same name, shape and dtype in one thread; a new one for another shape, dtype
+    or name, in another thread, and after release_scratch."""
+    import threading
+    a = runtime.scratch("test.a", (3, 4), np.float64)
+    assert runtime.scratch("test.a", (3, 4), np.float64) is a
+    assert runtime.scratch("test.b", (3, 4), np.float64) is not a
+    b = runtime.scratch("test.a", (4, 3), np.float64)
+    assert b is not a and b.shape == (4, 3) and b.flags.c_contiguous
+    assert runtime.scratch("test.a", (4, 3), np.float32).dtype == np.float32
+    other = []
+    t = threading.Thread(target=lambda: other.append(runtime.scratch("test.a", (4, 3), np.float32)))
+    t.start()
+    t.join()
+    assert not np.shares_memory(other[0], runtime.scratch("test.a", (4, 3), np.float32))
+    c = runtime.scratch("test.a", (4, 3), np.float32)
+    runtime.release_scratch()
+    assert runtime.scratch("test.a", (4, 3), np.float32) is not c
+
+
+@pytest.mark.parametrize("kernel", CELL_KERNELS + ["gru.fptt", "lstm.fptt1", "rnn.rtrl"])
+def test_outputs_outlive_the_next_call(kernel):
+    """A kernel's outputs are its own: a second call (other inputs, same shapes, so the workspace is reused) leaves
+    the first call's outputs as they were, and no output shares memory with the workspace."""
+    size = dict(T=7, B=4, I=3, H=6)
+    first = flatten_outputs(call(kernel, "numba", **make_case_inputs(kernel, "float64", size, 0, {})))
+    kept = {k: np.array(v, copy=True) for k, v in first.items()}
+    call(kernel, "numba", **make_case_inputs(kernel, "float64", size, 1, {}))
+    pool = list(getattr(runtime._SCRATCH, "pool", {}).values())
+    assert pool, "the kernels of this test use the workspace"
+    for name, out in first.items():
+        np.testing.assert_array_equal(out, kept[name], err_msg=f"{kernel}: {name} changed by the next call")
+        assert not any(np.shares_memory(out, w) for w in pool), f"{kernel}: {name} is a workspace array"
 
 
 def test_plan_thresholds():
