@@ -60,7 +60,7 @@ from numba import njit
 from refimpl.cells.lru import lambda_gamma
 
 from ..common import lru_param_grads, lru_w2
-from .runtime import LOOP, Plan, check_carry, contiguous, controls_blas_threads, in_blocks
+from .runtime import LOOP, Plan, check_carry, contiguous, controls_blas_threads, in_blocks, scratch
 
 
 #: lru.rtrl: time steps per chunk, and the most units per block (docs/bench/profile-cpus.md).
@@ -95,7 +95,7 @@ def _pairs(z, cdt, rdt):
 # ------------------------------------------------------------------------------------------------------ rtrl (r 8)
 
 @njit(**LOOP)
-def _rtrl_units(x, dh, h, k0, W2T, lam, lam_c, lam_cr, P, P_tail, chunk, Z_out, Q, Sg, G, gq, gg, A):
+def _rtrl_units(x, dh, h, k0, W2T, lam, lam_c, lam_cr, P, P_tail, chunk, Z_out, Q, Sg, G, gq, gg, A, u, eps, zt, Z):
     """The sweep of one block of n units [k0, k0 + n), every step and every row.
 
     In: x r(T,B,I), dh pairs r(T,B,2N), h = h0 pairs r(B,2N) (the block's columns advanced in place); W2ᵀ r(I,2n) and
@@ -104,7 +104,8 @@ def _rtrl_units(x, dh, h, k0, W2T, lam, lam_c, lam_cr, P, P_tail, chunk, Z_out, 
     P, P_tail r(2n,C), r(2n,C') = λ^{C-1-s} split (R3). Writes the block's units of Q, S^γ pairs r(B,2N), G r(2,N,I)
     = Σ conj(Z)δ, gq r(2,N) = Σ conj(Q)δ, gg r(N) = Re Σ conj(S^γ)δ (float64) and A c(B,N) = Σ_t conj(λ)^{t+1} δ_t
     (what a carried trace meets, _with_carry); returns Z r(2n,B·I) (its rows: the traces Z[b, k, :] of every b, re
-    then im), left as it was before the last chunk unless Z_out.
+    then im), left as it was before the last chunk unless Z_out. Work arrays (any content on entry): u, eps
+    r(chunk·B,2n), zt and Z r(2n,B·I).
     Per chunk of C steps (module docstring, (R1)–(R3)): u = x_c W2ᵀ (one GEMM); h, Q, S^γ and their sums step by
     step; ε by a backward scan over the chunk; G += εᵀ x_c (one GEMM) + conj(Z_in) ε_in; Z_out = λ^C Z_in + P x_c
     (one GEMM)."""
@@ -112,11 +113,8 @@ def _rtrl_units(x, dh, h, k0, W2T, lam, lam_c, lam_cr, P, P_tail, chunk, Z_out, 
     n = lam.shape[1]
     X = x.reshape(T * B, I)                                 # rows (t, b)
     XT = x.reshape(T, B * I)                                # rows t
-    u = np.empty((chunk * B, 2 * n), x.dtype)
-    eps = np.empty((chunk * B, 2 * n), x.dtype)
     gt = np.empty((2 * n, I), x.dtype)
-    zt = np.empty((2 * n, B * I), x.dtype)
-    Z = np.zeros((2 * n, B * I), x.dtype)
+    Z[:] = 0
     hr_, hi_ = np.empty((B, n), x.dtype), np.empty((B, n), x.dtype)      # h, Q, S^γ of the block (one array per
     qr_, qi_ = np.zeros((B, n), x.dtype), np.zeros((B, n), x.dtype)      # part: LLVM vectorises the k-loop over
     sr_, si_ = np.zeros((B, n), x.dtype), np.zeros((B, n), x.dtype)      # them, not over one interleaved array)
@@ -304,10 +302,13 @@ def lru_rtrl(params: dict, x: np.ndarray, h0: np.ndarray, dh: np.ndarray, carry=
 
     def blocks(j0, j1):
         for k0, k1 in bounds[j0:j1]:
+            n = k1 - k0                                     # the work arrays of this thread (runtime rule (f))
+            work = [scratch(f"lru.rtrl.{name}", shape, rdt) for name, shape in
+                    (("u", (C * B, 2 * n)), ("eps", (C * B, 2 * n)), ("zt", (2 * n, B * I)), ("Z", (2 * n, B * I)))]
             Z = _rtrl_units(x, dh, h, k0, _split_rows(W2, k0, k1).T.copy(), np.ascontiguousarray(lam_r[:, k0:k1]),
                             np.ascontiguousarray(lam_c[:, k0:k1]), np.ascontiguousarray(lam_cr[:, :, k0:k1]),
                             _split_rows(P, k0, k1),
-                            _split_rows(P_tail, k0, k1), C, carry_out, Q, Sg, G, gq, gg, A)
+                            _split_rows(P_tail, k0, k1), C, carry_out, Q, Sg, G, gq, gg, A, *work)
             _b_traces(Z, k0, gamma, lam_T, A, S_re, S_im, carried, out_re, out_im, c_re, c_im)
 
     threads = min(numba.get_num_threads(), len(bounds)) if controls_blas_threads() else 1

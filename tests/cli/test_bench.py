@@ -75,3 +75,45 @@ def test_flops_formulas_match_a_hand_count():
     assert flops("gru.forward", size) == 2 * 27
     # lru forward: u = B x: 1·2 real MACs = 4 FLOPs; h = λ h + u: 8 → 12 per step
     assert flops("lru.forward", size) == 2 * 12
+
+
+def test_goals_avx2_environment_holds_every_contender_to_avx2():
+    """--isa avx2: OpenBLAS, Numba (name and features, its own cache), MKL, oneDNN, ATen and XLA are all held to
+    AVX2, and Numba's feature list names AVX2 and FMA but no AVX-512 extension."""
+    from bench.goals import HASWELL_FEATURES, avx2_env
+    env = avx2_env("cache-dir")
+    assert env["OPENBLAS_CORETYPE"] == "Haswell" and env["NUMBA_CPU_NAME"] == "haswell"
+    assert env["NUMBA_CACHE_DIR"] == "cache-dir" and env["NUMBA_CPU_FEATURES"] == HASWELL_FEATURES
+    assert {env["MKL_ENABLE_INSTRUCTIONS"], env["ONEDNN_MAX_CPU_ISA"], env["ATEN_CPU_CAPABILITY"].upper()} == {"AVX2"}
+    assert env["XLA_FLAGS"] == "--xla_cpu_max_isa=AVX2"
+    features = HASWELL_FEATURES.split(",")
+    assert {"+avx2", "+fma"} <= set(features) and not any("avx512" in f for f in features)
+
+
+def test_goals_avx2_is_refused_off_x86(monkeypatch, capsys):
+    """--isa avx2 on a CPU that is not x86-64: one line, exit status 2, nothing measured."""
+    import platform
+
+    import pytest
+
+    from bench import goals
+    monkeypatch.delenv("REFIMPL_BENCH_ISA", raising=False)
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(goals, "measure", lambda *a, **k: pytest.fail("measured"))
+    with pytest.raises(SystemExit) as e:
+        goals.main(["--isa", "avx2"])
+    assert e.value.code == 2 and "arm64" in capsys.readouterr().err
+
+
+def test_machine_line_says_when_numba_leaves_avx512_out(monkeypatch):
+    """The Numba target reads "(no AVX-512)" when NUMBA_CPU_FEATURES drops AVX-512 on a CPU that has it."""
+    import numba
+
+    from bench.goals import HASWELL_FEATURES
+    from refimpl import machine
+    monkeypatch.setattr(machine, "cpu_record", lambda: {"vector_extensions": ["avx2", "avx512f"]})
+    monkeypatch.setattr(numba.config, "CPU_NAME", "haswell")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", HASWELL_FEATURES)
+    assert machine.numba_target() == "haswell (no AVX-512)"
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
+    assert machine.numba_target() == "haswell"
