@@ -13,7 +13,11 @@ the RTRL family's and FPTT's step (online_dense.step_factors, which reads each c
 adjoint seeded with one state row) and into FPTT's error pass. Their transcendental functions are fastmath.tanh and
 fastmath.sigmoid (the one σ of the backend), so the loops around them vectorise.
 
-Inputs are never written to; every output is a fresh array.
+Inputs are never written to; every output is a fresh array. One exception to "one array per output": a forward
+returns its states h (and the lstm's c) and the cache's h_prev (c_prev) as two views of one fresh (T+1, B, H) array
+[s0, s_0, …, s_{T-1}] (`states`): h_prev[t+1] is h[t], so each state is stored once and written once (every fresh
+megabyte costs its first touch, docs/bench/profile-cpus.md). Like every cache field they are read by the backward
+pass: write to neither before it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from refimpl.cells.rnn import RNNCache
 from ..common import check_nonlinearity, lru_param_grads, lru_w2
 from .fastmath import sigmoid, tanh
 from .runtime import LOOP, PAD, contiguous, in_blocks, input_projection, plan, scalars, scratch, step_buffer
-from .runtime import step_product, step_weights
+from .runtime import row_product, step_product, step_weights
 from .runtime import weight_grads
 
 
@@ -89,24 +93,30 @@ def lstm_adjoint(dh, dc, c_prev, i, f, g, o, tanh_c, one):
             dc_hat * f)                                                  # (7) c̄_{t-1}
 
 
+# ------------------------------------------------------------------------------------------------------- the states
+
+def states(s0: np.ndarray, T: int, dt):
+    """(ss, prev, cur): a fresh (T+1, B, H) array ss with ss[0] = s0, for [s0, s_0, …, s_{T-1}], and its views
+    prev = ss[:-1] (the cache's h_prev or c_prev) and cur = ss[1:] (the states): module docstring."""
+    ss = np.empty((T + 1,) + s0.shape, dt)
+    ss[0] = s0
+    return ss, ss[:-1], ss[1:]
+
+
 # ---------------------------------------------------------------------------------------------------------------- rnn
 
 @njit(**LOOP)
-def _rnn_forward_rows(pre, h0, Wp, nn, b_hh, use_tanh, h_prev, h, b0, b1):
-    """pre (T, B, H) = x W_ihᵀ + b_ih, (Wp, nn) = step_weights(W_hh); writes h_prev, h (T, B, H) on the rows
-    [b0, b1)."""
+def _rnn_forward_rows(pre, Wp, nn, b_hh, use_tanh, hh, b0, b1):
+    """pre (T, B, H) = x W_ihᵀ + b_ih, (Wp, nn) = step_weights(W_hh), hh (T+1, B, H) = [h0, h_0, …] (`states`,
+    h_{t-1} = hh[t]); writes hh[1:] on the rows [b0, b1)."""
     T, _, H = pre.shape
     buf = step_buffer(Wp, nn, b1 - b0)
     rec = np.empty((b1 - b0, H + PAD), pre.dtype)           # h_{t-1} W_hhᵀ, reused every step
     for t in range(T):
-        if t == 0:
-            h_prev[0, b0:b1] = h0[b0:b1]
-        else:
-            h_prev[t, b0:b1] = h[t - 1, b0:b1]
-        step_product(Wp, nn, h_prev[t, b0:b1], buf, rec)    # (1) W_hh h_{t-1}
+        step_product(Wp, nn, hh[t, b0:b1], buf, rec)        # (1) W_hh h_{t-1}
         for b in range(b0, b1):
             for k in range(H):
-                h[t, b, k] = rnn_gate(pre[t, b, k] + rec[b - b0, k] + b_hh[k], use_tanh)    # (1), (2)
+                hh[t + 1, b, k] = rnn_gate(pre[t, b, k] + rec[b - b0, k] + b_hh[k], use_tanh)    # (1), (2)
 
 
 @njit(**LOOP)
@@ -138,9 +148,9 @@ def rnn_forward(params: dict, x: np.ndarray, h0: np.ndarray, nonlinearity: str =
     H = W_hh.shape[0]
     run = plan(T, B, H)
     pre = input_projection(x, W_ih, params["bias_ih"], dt, run, "rnn.pre")                       # (1) all t
-    h_prev, h = np.empty((T, B, H), dt), np.empty((T, B, H), dt)
-    in_blocks(run, B, _rnn_forward_rows, pre, contiguous(h0, dt), *step_weights(W_hh, run, B),
-              contiguous(params["bias_hh"], dt), nonlinearity == "tanh", h_prev, h)
+    hh, h_prev, h = states(h0, T, dt)
+    in_blocks(run, B, _rnn_forward_rows, pre, *step_weights(W_hh, run, B), contiguous(params["bias_hh"], dt),
+              nonlinearity == "tanh", hh)
     return h, RNNCache(x=np.array(x), h_prev=h_prev, h=h)
 
 
@@ -165,26 +175,22 @@ def rnn_backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: st
 # ---------------------------------------------------------------------------------------------------------------- gru
 
 @njit(**LOOP)
-def _gru_forward_rows(gi, h0, Wp, nn, b_hh, one, h_prev, r, z, n, hn, h, b0, b1):
-    """gi (T, B, 3H) = x W_ihᵀ + b_ih (+ b_hr, b_hz on the r, z blocks), (Wp, nn) = step_weights(W_hh); writes the
-    cache fields h_prev, r, z, n, hn, h (T, B, H) on the rows [b0, b1)."""
+def _gru_forward_rows(gi, Wp, nn, b_hh, one, hh, r, z, n, hn, b0, b1):
+    """gi (T, B, 3H) = x W_ihᵀ + b_ih (+ b_hr, b_hz on the r, z blocks), (Wp, nn) = step_weights(W_hh), hh (T+1, B,
+    H) = [h0, h_0, …] (`states`); writes hh[1:] and the cache fields r, z, n, hn (T, B, H) on the rows [b0, b1)."""
     T, _, H3 = gi.shape
     H = H3 // 3
     buf = step_buffer(Wp, nn, b1 - b0)
     gh = np.empty((b1 - b0, H3 + PAD), gi.dtype)            # h_{t-1} W_hhᵀ, reused every step
     for t in range(T):
-        if t == 0:
-            h_prev[0, b0:b1] = h0[b0:b1]
-        else:
-            h_prev[t, b0:b1] = h[t - 1, b0:b1]
-        step_product(Wp, nn, h_prev[t, b0:b1], buf, gh)     # (1)(2)(3) W_hh h_{t-1}
+        step_product(Wp, nn, hh[t, b0:b1], buf, gh)         # (1)(2)(3) W_hh h_{t-1}
         for b in range(b0, b1):
             q = b - b0
             for k in range(H):
                 m = gh[q, 2 * H + k] + b_hh[2 * H + k]                                                 # (3)
-                r[t, b, k], z[t, b, k], n[t, b, k], h[t, b, k] = gru_gates(
+                r[t, b, k], z[t, b, k], n[t, b, k], hh[t + 1, b, k] = gru_gates(
                     gi[t, b, k] + gh[q, k], gi[t, b, H + k] + gh[q, H + k], gi[t, b, 2 * H + k], m,
-                    h_prev[t, b, k], one)                                                              # (1)–(5)
+                    hh[t, b, k], one)                                                                  # (1)–(5)
                 hn[t, b, k] = m
 
 
@@ -226,9 +232,9 @@ def gru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
     b_in[:2 * H] += b_hh[:2 * H]
     run = plan(T, B, H)
     gi = input_projection(x, W_ih, b_in, dt, run, "gru.gi")                                      # (1)(2)(4) all t
-    h_prev, r, z, n, hn, h = (np.empty((T, B, H), dt) for _ in range(6))
-    in_blocks(run, B, _gru_forward_rows, gi, contiguous(h0, dt), *step_weights(W_hh, run, B), b_hh, one, h_prev, r,
-              z, n, hn, h)
+    hh, h_prev, h = states(h0, T, dt)
+    r, z, n, hn = (np.empty((T, B, H), dt) for _ in range(4))
+    in_blocks(run, B, _gru_forward_rows, gi, *step_weights(W_hh, run, B), b_hh, one, hh, r, z, n, hn)
     return h, GRUCache(x=np.array(x), h_prev=h_prev, r=r, z=z, n=n, hn=hn, h=h)
 
 
@@ -252,28 +258,24 @@ def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache, *, propagate: bo
 # --------------------------------------------------------------------------------------------------------------- lstm
 
 @njit(**LOOP)
-def _lstm_forward_rows(pre, h0, c0, Wp, nn, h_prev, c_prev, i, f, g, o, c, tanh_c, h, b0, b1):
-    """pre (T, B, 4H) = x W_ihᵀ + b_ih + b_hh, (Wp, nn) = step_weights(W_hh); writes every LSTMCache field but x
-    (T, B, H) on the rows [b0, b1)."""
+def _lstm_forward_rows(pre, Wp, nn, hh, cc, i, f, g, o, tanh_c, b0, b1):
+    """pre (T, B, 4H) = x W_ihᵀ + b_ih + b_hh, (Wp, nn) = step_weights(W_hh), hh, cc (T+1, B, H) = [h0, h_0, …],
+    [c0, c_0, …] (`states`); writes hh[1:], cc[1:] and i, f, g, o, tanh_c (T, B, H) on the rows [b0, b1)."""
     T, _, H4 = pre.shape
     H = H4 // 4
     buf = step_buffer(Wp, nn, b1 - b0)
     rec = np.empty((b1 - b0, H4 + PAD), pre.dtype)          # h_{t-1} W_hhᵀ, reused every step
     for t in range(T):
-        if t == 0:
-            h_prev[0, b0:b1], c_prev[0, b0:b1] = h0[b0:b1], c0[b0:b1]
-        else:
-            h_prev[t, b0:b1], c_prev[t, b0:b1] = h[t - 1, b0:b1], c[t - 1, b0:b1]
-        step_product(Wp, nn, h_prev[t, b0:b1], buf, rec)                                      # (1) W_hh h_{t-1}
+        step_product(Wp, nn, hh[t, b0:b1], buf, rec)                                          # (1) W_hh h_{t-1}
         for b in range(b0, b1):
             q = b - b0
             for k in range(H):
-                ii, ff, gg, oo, cc, tc, hh = lstm_gates(
+                ii, ff, gg, oo, c_t, tc, h_t = lstm_gates(
                     pre[t, b, k] + rec[q, k], pre[t, b, H + k] + rec[q, H + k],
                     pre[t, b, 2 * H + k] + rec[q, 2 * H + k], pre[t, b, 3 * H + k] + rec[q, 3 * H + k],
-                    c_prev[t, b, k])                                                                     # (1)–(4)
-                i[t, b, k], f[t, b, k], g[t, b, k], o[t, b, k], c[t, b, k], tanh_c[t, b, k], h[t, b, k] = (
-                    ii, ff, gg, oo, cc, tc, hh)
+                    cc[t, b, k])                                                                         # (1)–(4)
+                i[t, b, k], f[t, b, k], g[t, b, k], o[t, b, k], tanh_c[t, b, k] = ii, ff, gg, oo, tc
+                cc[t + 1, b, k], hh[t + 1, b, k] = c_t, h_t
 
 
 @njit(**LOOP)
@@ -308,9 +310,10 @@ def lstm_forward(params: dict, x: np.ndarray, state0):
     bias = params["bias_ih"].astype(dt) + params["bias_hh"].astype(dt)                             # (1) both biases
     run = plan(T, B, H)
     pre = input_projection(x, W_ih, bias, dt, run, "lstm.pre")                                   # (1) all t
-    h_prev, c_prev, i, f, g, o, c, tanh_c, h = (np.empty((T, B, H), dt) for _ in range(9))
-    in_blocks(run, B, _lstm_forward_rows, pre, contiguous(h0, dt), contiguous(c0, dt), *step_weights(W_hh, run, B),
-              h_prev, c_prev, i, f, g, o, c, tanh_c, h)
+    hh, h_prev, h = states(h0, T, dt)
+    cc, c_prev, c = states(c0, T, dt)
+    i, f, g, o, tanh_c = (np.empty((T, B, H), dt) for _ in range(5))
+    in_blocks(run, B, _lstm_forward_rows, pre, *step_weights(W_hh, run, B), hh, cc, i, f, g, o, tanh_c)
     return h, LSTMCache(x=np.array(x), h_prev=h_prev, c_prev=c_prev, i=i, f=f, g=g, o=o, c=c, tanh_c=tanh_c, h=h)
 
 
@@ -341,24 +344,21 @@ def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache, *, propagate: 
 #     M = Σ_{t,b} ū_tᵀ x_t  is  ū_realᵀ @ x  (rows re, im interleaved);  B̄ = γ ⊙ M, γ̄ from M          (6)
 
 @njit(**LOOP)
-def _lru_scan_rows(lam, h0, h_prev, h, b0, b1):
-    """(3) h_t = λ ⊙ h_{t-1} + u_t on the rows [b0, b1): h holds u (T, B, N) on entry and h_t on exit; writes
-    h_prev."""
-    T, B, N = h.shape
-    for t in range(T):
-        if t == 0:
-            h_prev[0, b0:b1] = h0[b0:b1]
-        else:
-            h_prev[t, b0:b1] = h[t - 1, b0:b1]
+def _lru_scan_rows(lam, hh, b0, b1):
+    """(3) h_t = λ ⊙ h_{t-1} + u_t on the rows [b0, b1) of hh (T+1, B, N) = [h0, u_0, …, u_{T-1}] on entry and
+    [h0, h_0, …, h_{T-1}] on exit (`states`)."""
+    T, B, N = hh.shape
+    for t in range(1, T):
         for b in range(b0, b1):
             for k in range(N):
-                h[t, b, k] = lam[k] * h_prev[t, b, k] + h[t, b, k]                    # (3)
+                hh[t, b, k] = lam[k] * hh[t - 1, b, k] + hh[t, b, k]                  # (3)
 
 
-def lru_scan(lam, h0, h_prev, h) -> None:
-    """(3) over every row, in blocks of batch rows on threads (rule (e): the rows do not interact)."""
-    T, B, N = h.shape
-    in_blocks(plan(T, B, N), B, _lru_scan_rows, lam, h0, h_prev, h)
+def lru_scan(lam, hh) -> None:
+    """(3) in place over every row of hh (_lru_scan_rows), in blocks of batch rows on threads (rule (e): the rows do
+    not interact)."""
+    T1, B, N = hh.shape
+    in_blocks(plan(T1 - 1, B, N), B, _lru_scan_rows, lam, hh)
 
 
 @njit(**LOOP)
@@ -375,6 +375,13 @@ def _lru_adjoint_rows(dh, h_prev, lam, du, carry, dlam, b0, b1):
                 carry[b, k] = lam[k].conjugate() * g                                  # (5) h̄_{t-1} contribution
 
 
+def _lru_grads_rows(du_real, X, W2, dx, M, r0, r1):
+    """(6) on the rows [r0, r1) of the T·B rows: this block's share of M = ū_realᵀ X (into its own M) and its rows of
+    x̄ = ū_real W2 (np.matmul, single-threaded BLAS inside a block)."""
+    np.matmul(du_real[r0:r1].T, X[r0:r1], out=M)
+    np.matmul(du_real[r0:r1], W2, out=dx[r0:r1])
+
+
 def lru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
     """As refimpl.cells.lru.forward: x r(T, B, I), h0 c(B, N) → h c(T, B, N), LRUCache (T, ·)."""
     T, B, I = x.shape
@@ -383,9 +390,10 @@ def lru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
     rdt = np.finfo(cdt).dtype
     N = lam.shape[0]
     W2 = lru_w2(np, params, gamma.astype(rdt), rdt)
-    h = (contiguous(x, rdt).reshape(T * B, I) @ W2.T).reshape(T, B, 2 * N).view(cdt)  # (2) u for all t, c(T, B, N)
-    h_prev = np.empty((T, B, N), cdt)
-    lru_scan(contiguous(lam, cdt), contiguous(h0, cdt), h_prev, h)
+    run = plan(T, B, N)
+    hh, h_prev, h = states(h0, T, cdt)
+    row_product(contiguous(x, rdt).reshape(T * B, I), W2.T, h.reshape(T * B, N).view(rdt), run)   # (2) u, all t
+    lru_scan(contiguous(lam, cdt), hh)                                                             # (3)
     return h, LRUCache(x=np.array(x), h_prev=h_prev, h=h)
 
 
@@ -402,11 +410,15 @@ def lru_backward(params: dict, dh: np.ndarray, cache: LRUCache) -> dict:
               carry, per_block=(dlams,))
     dlam = dlams.sum(axis=0)                                                          # the blocks' shares, in order
     du_real = du.reshape(T * B, N).view(rdt)                  # (T·B, 2N), re/im interleaved
-    M = du_real.T @ contiguous(cache.x, rdt).reshape(T * B, -1)                       # (6) Σ ū_tᵀ x_t, rows re/im
+    I = cache.x.shape[-1]
     gamma = gamma.astype(rdt)
+    Ms, dx = np.empty((run.blocks, 2 * N, I), rdt), np.empty((T * B, I), rdt)
+    in_blocks(run, T * B, _lru_grads_rows, du_real, contiguous(cache.x, rdt).reshape(T * B, I),
+              lru_w2(np, params, gamma, rdt), dx, per_block=(Ms,))
+    M = Ms[0] if run.blocks == 1 else Ms.sum(axis=0)                                  # (6) Σ ū_tᵀ x_t, rows re/im
     q = np.conj(lam).astype(np.complex128) * dlam                                     # (7) conj(λ) λ̄
     grads = lru_param_grads(np, params, q.real, q.imag, M[0::2], M[1::2], gamma)      # (6), (7)
-    grads["x"] = (du_real @ lru_w2(np, params, gamma, rdt)).reshape(cache.x.shape).astype(cache.x.dtype)   # (6)
+    grads["x"] = dx.reshape(cache.x.shape).astype(cache.x.dtype, copy=False)         # (6)
     grads["h0"] = carry
     return grads
 

@@ -356,6 +356,18 @@ def input_projection(x: np.ndarray, W_ih: np.ndarray, bias: np.ndarray, dt, plan
     return out
 
 
+def _product_rows(A, BT, out, r0, r1):
+    """out[r0:r1] = A[r0:r1] BT: one block's rows of a row-blocked product (np.matmul releases the GIL)."""
+    np.matmul(A[r0:r1], BT, out=out[r0:r1])
+
+
+def row_product(A: np.ndarray, BT: np.ndarray, out: np.ndarray, plan: Plan) -> np.ndarray:
+    """out = A BT (A (R, K), BT (K, M), out (R, M) C-contiguous) in plan.blocks blocks of A's rows, each with a
+    single-threaded BLAS (rule (e): no BLAS thread pool is woken, so none spins beside the next phase's blocks)."""
+    in_blocks(plan, A.shape[0], _product_rows, A, BT, out)
+    return out
+
+
 @njit(**LOOP)
 def _column_sums(g, r0, r1, out):
     """out (float64) += Σ_{r0 ≤ r < r1} g[r]: running sums over 32 rows in g's dtype, added into out in float64 (a
