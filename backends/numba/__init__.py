@@ -14,7 +14,7 @@ Kernels (same names, signatures and output structure as the NumPy references, re
                      chains fused into loops (not kernels of the registry: the model stack calls them beside the cells)
 and the plumbing they share:
     runtime.py       dtypes and scalars, BLAS and thread control, blocks of rows, the input-projection and
-                     weight-gradient GEMMs around the loops (the layout rules (a)–(e))
+                     weight-gradient GEMMs around the loops (the layout rules (a)–(f))
     fastmath.py      tanh and σ as plain arithmetic, so that the loops around them vectorise
 
 The RTRL-family sweeps and FPTT's phases are carried kernels: each sweeps one chunk of a stream from the state and

@@ -3,7 +3,7 @@ r"""The cell kernels (rnn, gru, lstm, lru forward and backward) as Numba loops, 
 Each kernel has the signature of its NumPy reference in refimpl/cells/<cell>.py and returns exactly the same
 structure — forward: (h, <Cell>Cache with every field (T, B, ·)), backward: {param…, "x", "h0"[, "c0"]} — so a
 reference forward can feed a Numba backward and vice versa. The equation numbers "(n)" are those of the cell's
-module docstring. The loops follow the layout rules (a)–(e) of runtime.py: the input projection and the weight
+module docstring. The loops follow the layout rules (a)–(f) of runtime.py: the input projection and the weight
 gradients are GEMMs outside the time loops, each time loop runs one block of batch rows with one GEMM
 per step (runtime.step_product) and one fused pass over (b, k).
 

@@ -1,7 +1,8 @@
 r"""The Numba backend's runtime: dtypes and scalars, BLAS and threads, blocks of rows, and the GEMMs around the loops.
 
 The kernels (cells.py, online_dense.py, online_lru.py, fptt_dense.py, ep.py) hold the arithmetic; this module holds
-how it is run. The dense cell kernels follow five layout rules (research/landscape.md §2.4); the helpers for each:
+how it is run. The dense cell kernels follow five layout rules (research/landscape.md §2.4) and one rule of memory,
+(f); the helpers for each:
 
     (a) the input projection of all T steps is one GEMM outside the time loop, x (T·B, I) @ W_ihᵀ with every bias
         that is added before a nonlinearity folded into it                                      input_projection
@@ -24,14 +25,13 @@ how it is run. The dense cell kernels follow five layout rules (research/landsca
         per-step multi-threaded GEMM has a barrier every step, and on shared cores one descheduled thread stalls
         the others at every one of them). Every BLAS call inside a block is single-threaded, so no BLAS thread pool
         runs, or spins, beside the blocks. Without the BLAS libraries' thread counts (controls_blas_threads() is
-        False) every call runs as one block                           plan, Plan, in_blocks, controls_blas_threads
-
-Scratch (rule (f)): the large temporaries of a call that are not returned — the input projection of (a), the gate
-adjoints of (c), the [x | h_prev] operand of the weight gradients — are taken from a per-thread workspace (`scratch`)
-and reused by the next call of the same shape, instead of being allocated fresh every call. A fresh array of tens of
-megabytes is paid for at its first touch, page by page (the kernel zeroes and maps it); on a virtual machine that cost
-rivalled the GEMMs (docs/bench/profile-cpus.md). Returned arrays are always fresh; the workspace holds at most one
-array per name and thread, and `release_scratch` empties it.
+        False) every call runs as one block                plan, Plan, in_blocks, row_product, controls_blas_threads
+    (f) memory: the large temporaries of a call that are not returned — the input projection of (a), the gate
+        adjoints of (c), the [x | h_prev] operand of the weight gradients — come from a per-thread workspace, reused
+        by the next call of the same shape. A fresh array of tens of megabytes is paid for at its first touch, page
+        by page (the kernel zeroes and maps it); on a virtual machine that rivalled the GEMMs (docs/bench/
+        profile-cpus.md). Returned arrays are always fresh; the workspace holds at most one array per name and
+        thread                                                                         scratch, release_scratch
 
 Reproducibility: each output row of the loops is written by exactly one block; the weight gradients are sums of the
 blocks' shares, added in block order (no atomics, no prange reductions). Results are therefore identical run to run
