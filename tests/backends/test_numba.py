@@ -119,11 +119,17 @@ def test_scratch_is_one_array_per_name_and_thread():
 
 @pytest.mark.parametrize("kernel", CELL_KERNELS + ["gru.fptt", "lstm.fptt1", "rnn.rtrl"])
 def test_outputs_outlive_the_next_call(kernel):
-    """A kernel's outputs are its own: a second call (other inputs, same shapes, so the workspace is reused) leaves
-    the first call's outputs as they were, and no output shares memory with the workspace."""
+    """A kernel's outputs are its own: none shares memory with an input; a second call (other inputs, same shapes, so
+    the workspace is reused) leaves the first call's outputs as they were, and no output shares memory with the
+    workspace."""
     size = dict(T=7, B=4, I=3, H=6)
-    first = flatten_outputs(call(kernel, "numba", **make_case_inputs(kernel, "float64", size, 0, {})))
+    inputs = make_case_inputs(kernel, "float64", size, 0, {})
+    first = flatten_outputs(call(kernel, "numba", **inputs))
     kept = {k: np.array(v, copy=True) for k, v in first.items()}
+    for name, out in first.items():                       # h0 is copied into the states, never aliased
+        for iname, a in flatten_outputs(inputs).items():
+            if isinstance(a, np.ndarray) and isinstance(out, np.ndarray):
+                assert not np.shares_memory(out, a), f"{kernel}: output {name} shares memory with input {iname}"
     call(kernel, "numba", **make_case_inputs(kernel, "float64", size, 1, {}))
     pool = list(getattr(runtime._SCRATCH, "pool", {}).values())
     assert pool, "the kernels of this test use the workspace"
