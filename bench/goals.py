@@ -19,7 +19,7 @@ Rows (the goal in brackets):
 Peers that are not installed (torch, jax: optional, never installed by `make test`) are reported as skipped.
 
 --isa avx2 measures the goals as on an x86 CPU without AVX-512, on this one: the command runs itself again with every
-contender held to AVX2 + FMA from the start (AVX2_ENV) — OpenBLAS's Haswell kernels (NumPy's and SciPy's), Numba
+contender held to AVX2 + FMA from the start (avx2_env) — OpenBLAS's Haswell kernels (NumPy's and SciPy's), Numba
 compiling for haswell with no AVX-512 feature (and its own cache directory, so no AVX-512 code is loaded from the
 native cache), MKL and oneDNN at AVX2 and ATen's AVX2 kernels for torch, XLA's AVX2 code for JAX. The machine line
 then reads "Haswell" for the BLAS and "haswell (no AVX-512)" for Numba.
