@@ -43,7 +43,6 @@ def roofline(rows, path: Path):
     axes[0].set_yticklabels(kernels, fontsize=7)
     axes[1].legend()
     fig.suptitle("roofline: achieved / machine limit, per kernel and backend")
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -65,5 +64,4 @@ def scaling(study: dict, path: Path):
     axes[2].set(xlabel="H (gru units)", ylabel="seconds per gradient",
                 title=f"time vs H (T = {study['grid']['T_for_H']})")
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
     return [save_figure(fig, path)]

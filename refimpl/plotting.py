@@ -44,14 +44,16 @@ def plot_runs(run_dirs, out_path, labels=None, title: str | None = None) -> Path
     axes[-1].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return save_figure(fig, out_path)
 
 
-def save_figure(fig, out_path, dpi: int = 110) -> Path:
-    """Write a matplotlib figure as PNG atomically (temp file + rename: a reader never sees a half-written file)."""
+def save_figure(fig, out_path, dpi: int = 110, tight: bool = True) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file + rename: a reader never sees a half-written file),
+    after fig.tight_layout() unless `tight` is False (a caller that laid the figure out itself)."""
     import matplotlib.pyplot as plt
     out_path = Path(out_path)
+    if tight:
+        fig.tight_layout()
     tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -413,5 +413,4 @@ def bar_figure(results: Results, studies, groups, path: Path, title: str, publis
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(len(groups), 6))
-    fig.tight_layout()
     return save_figure(fig, path)

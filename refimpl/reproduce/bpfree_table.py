@@ -254,7 +254,6 @@ def figures(results: Results, fig_dir) -> list:
         axes[i][0].set_ylabel("bp_cosine")
     fig.suptitle("cos(the rule's update, the BP gradient) per hidden layer over training (mean over the seeds)",
                  fontsize=10)
-    fig.tight_layout()
     save_figure(fig, Path(fig_dir) / "bp-cosine.png")
     return [("bp-cosine.png", "bp_cosine of each hidden layer over training, per rule (rows: classification, "
                               "reconstruction), mean over the chosen point's seeds")]

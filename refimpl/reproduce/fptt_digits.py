@@ -210,7 +210,6 @@ def figures(results: Results, fig_dir) -> list:
     bx.set_title(f"fptt, {PASSES_LAYERS} layers, r_min {PASSES_R_MIN}", fontsize=9)
     bx.grid(alpha=0.3)
     bx.legend(fontsize=8)
-    fig.tight_layout()
     save_figure(fig, fig_dir / "test-error.png")
     return [("test-error.png", "Left: test error of each algorithm per depth and r_min, mean ± std over the seeds, the "
                                "paper's MNIST98 error (100 − accuracy) as black ticks. Right: the pass budget P, ours "

@@ -208,7 +208,6 @@ def _data_figure(measured: dict, path) -> None:
     for ax in axes:
         ax.grid(axis="y", alpha=0.3)
     axes[2].legend(fontsize=7)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -244,7 +243,6 @@ def _error_figure(results: Results, path) -> None:
     ax.set_ylabel("test error (%)")
     ax.set_title("ListOps, LRU stack: test error per rule", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     save_figure(fig, path)
 
 

@@ -224,7 +224,6 @@ def figures(results: Results, fig_dir) -> list:
         ax.set_title(f"one gradient: {label} vs H", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.tight_layout()
     save_figure(fig, fig_dir / "delay-and-cost.png")
     return [("delay-and-cost.png", "Left: test bit error of each rule against the copy task's delay (mean ± std over "
                                    "the seeds; 50 % is chance). Middle and right: the CPU time per step and the peak "

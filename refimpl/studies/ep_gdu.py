@@ -144,7 +144,6 @@ def plot_curves(report: dict, out_path) -> Path:
     shape = cfg["sizes"] if "sizes" in cfg else f"channels {cfg['channels']}"
     fig.suptitle(f"GDU: BPTT (solid) vs EP (dashed) — {cfg['kind']} {shape} on {cfg['data']}, T={cfg['T']}, "
                  f"K={cfg['K']}, β={cfg['beta']}", fontsize=10)
-    fig.tight_layout()
     return save_figure(fig, out_path, dpi=100)
 
 

@@ -378,4 +378,4 @@ def plot_study(summary: list[dict], out_path) -> Path:
     fig.tight_layout(rect=(0, 0, 0.93, 0.97))
     if image is not None:
         fig.colorbar(image, cax=fig.add_axes((0.945, 0.1, 0.012, 0.8)), label="log10 rel error (clipped to [-16, 0])")
-    return save_figure(fig, out_path, dpi=100)
+    return save_figure(fig, out_path, dpi=100, tight=False)     # laid out above (room for the colorbar)

@@ -287,5 +287,4 @@ def plot_run(run_dir, out_path, title: str | None = None) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(title or f"{config['task']} {config['problem']}: {config['algorithm']}, {config['arch']} "
                           f"{config['activation']}, lr {config['lr']:g}", fontsize=10)
-    fig.tight_layout()
     return save_figure(fig, out_path)

@@ -743,5 +743,4 @@ def plot_summary(summary: SweepSummary, grid: dict, out_path) -> Path:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    fig.tight_layout()
     return save_figure(fig, out_path)
