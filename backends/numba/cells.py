@@ -415,7 +415,7 @@ def lru_backward(params: dict, dh: np.ndarray, cache: LRUCache) -> dict:
     Ms, dx = np.empty((run.blocks, 2 * N, I), rdt), np.empty((T * B, I), rdt)
     in_blocks(run, T * B, _lru_grads_rows, du_real, contiguous(cache.x, rdt).reshape(T * B, I),
               lru_w2(np, params, gamma, rdt), dx, per_block=(Ms,))
-    M = Ms[0] if run.blocks == 1 else Ms.sum(axis=0)                                  # (6) Σ ū_tᵀ x_t, rows re/im
+    M = Ms.sum(axis=0)                                                                # (6) Σ ū_tᵀ x_t, rows re/im
     q = np.conj(lam).astype(np.complex128) * dlam                                     # (7) conj(λ) λ̄
     grads = lru_param_grads(np, params, q.real, q.imag, M[0::2], M[1::2], gamma)      # (6), (7)
     grads["x"] = dx.reshape(cache.x.shape).astype(cache.x.dtype, copy=False)         # (6)

@@ -156,7 +156,8 @@ def _has_small_gemm() -> bool:
     return corename().decode().lower() in ("skylakex", "cooperlake", "sapphirerapids")
 
 
-_SMALL_GEMM = _has_small_gemm()
+#: Whether the loop BLAS has OpenBLAS's small-matrix path (its AVX-512 cores): the per-step GEMM layout (nn_chunk).
+SMALL_GEMM = _has_small_gemm()
 _BLAS_THREADS = _find_blas_threads()
 _BLAS_LOCK = threading.Lock()
 _BLAS_USERS = [0, []]             # [phases inside blas_single_threaded, the thread counts to restore]
@@ -207,6 +208,11 @@ def scratch(name: str, shape, dtype) -> np.ndarray:
     if a is None or a.shape != shape or a.dtype != dtype:
         pool[name] = a = np.empty(shape, dtype)
     return a
+
+
+def scratch_arrays() -> list:
+    """This thread's workspace arrays (for checks that no returned array is one of them)."""
+    return list(getattr(_SCRATCH, "pool", {}).values())
 
 
 def release_scratch() -> None:
@@ -261,7 +267,7 @@ def in_blocks(plan: Plan, n: int, fn, *args, per_block=()) -> None:
 # layouts, chosen by which kernels the loop BLAS runs (a table keyed on OpenBLAS's core name, not on timings, so a
 # machine always takes the same path and rounds the same way):
 #
-#   nn (OpenBLAS's AVX-512 cores, _SMALL_GEMM): W in column chunks of m rows, each stored transposed, Wp (C, K, m);
+#   nn (OpenBLAS's AVX-512 cores, SMALL_GEMM): W in column chunks of m rows, each stored transposed, Wp (C, K, m);
 #       per step one call a (N, K) @ Wp[c] (K, m) → buf[c] (N, m) per chunk, with m·N·K ≤ 10⁶ so that OpenBLAS
 #       takes its small-matrix path (no packing of either operand), then the chunks copied side by side into rec.
 #   transposed (any other BLAS, e.g. the Haswell kernels of an AVX2 CPU): one call W (M, K) @ aᵀ → buf (M, N), the
@@ -276,7 +282,7 @@ SMALL_GEMM_MNK = 10 ** 6
 def nn_chunk(N: int, K: int) -> int:
     """The chunk m of the nn layout for blocks of N rows and K columns: the largest of 64, 32, 16 with
     m·N·K ≤ SMALL_GEMM_MNK, on a BLAS with the small-matrix path; 0 (the transposed layout) otherwise."""
-    if _SMALL_GEMM:
+    if SMALL_GEMM:
         for m in (64, 32, 16):
             if m * N * K <= SMALL_GEMM_MNK:
                 return m
@@ -338,33 +344,30 @@ def untranspose(src, dst):
 # ------------------------------------------------------------------------------------ the GEMMs of rules (a) and (c)
 
 @njit(**LOOP)
-def _projection_rows(X, W_ihT, bias, out, r0, r1):
-    """Rule (a) on the rows [r0, r1) of the T·B rows: out = X W_ihᵀ + bias."""
-    np.dot(X[r0:r1], W_ihT, out[r0:r1])
-    for r in range(r0, r1):
-        for j in range(out.shape[1]):
-            out[r, j] += bias[j]
+def _product_rows(A, BT, bias, out, r0, r1):
+    """out[r0:r1] = A[r0:r1] BT (+ bias on every row, unless bias is empty): one block's rows of row_product."""
+    np.dot(A[r0:r1], BT, out[r0:r1])
+    if bias.shape[0] > 0:
+        for r in range(r0, r1):
+            for j in range(out.shape[1]):
+                out[r, j] += bias[j]
 
 
-def input_projection(x: np.ndarray, W_ih: np.ndarray, bias: np.ndarray, dt, plan: Plan, name: str) -> np.ndarray:
-    """x W_ihᵀ + bias for all T steps, (T, B, G·H): rule (a), in plan.blocks blocks of the T·B rows, into the scratch
-    array `name` (rule (f): the caller uses it and does not return it)."""
-    T, B, I = x.shape
-    out = scratch(name, (T, B, W_ih.shape[0]), dt)
-    in_blocks(plan, T * B, _projection_rows, contiguous(x, dt).reshape(T * B, I), W_ih.T, bias.astype(dt),
-              out.reshape(T * B, -1))
+def row_product(A: np.ndarray, BT: np.ndarray, out: np.ndarray, plan: Plan, bias=None) -> np.ndarray:
+    """out = A BT (+ bias) (A (R, K), BT (K, M), out (R, M) C-contiguous) in plan.blocks blocks of A's rows, each
+    with a single-threaded BLAS (rule (e): no BLAS thread pool is woken, so none spins beside the next phase's
+    blocks)."""
+    bias = np.zeros(0, out.dtype) if bias is None else np.asarray(bias).astype(out.dtype)
+    in_blocks(plan, A.shape[0], _product_rows, A, BT, bias, out)
     return out
 
 
-def _product_rows(A, BT, out, r0, r1):
-    """out[r0:r1] = A[r0:r1] BT: one block's rows of a row-blocked product (np.matmul releases the GIL)."""
-    np.matmul(A[r0:r1], BT, out=out[r0:r1])
-
-
-def row_product(A: np.ndarray, BT: np.ndarray, out: np.ndarray, plan: Plan) -> np.ndarray:
-    """out = A BT (A (R, K), BT (K, M), out (R, M) C-contiguous) in plan.blocks blocks of A's rows, each with a
-    single-threaded BLAS (rule (e): no BLAS thread pool is woken, so none spins beside the next phase's blocks)."""
-    in_blocks(plan, A.shape[0], _product_rows, A, BT, out)
+def input_projection(x: np.ndarray, W_ih: np.ndarray, bias: np.ndarray, dt, plan: Plan, name: str) -> np.ndarray:
+    """x W_ihᵀ + bias for all T steps, (T, B, G·H): rule (a), a row_product over the T·B rows, into the scratch
+    array `name` (rule (f): the caller uses it and does not return it)."""
+    T, B, I = x.shape
+    out = scratch(name, (T, B, W_ih.shape[0]), dt)
+    row_product(contiguous(x, dt).reshape(T * B, I), W_ih.T, out.reshape(T * B, -1), plan, bias)
     return out
 
 

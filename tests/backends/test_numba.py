@@ -65,7 +65,7 @@ def test_blocks_cover_every_row_once(blocks, serial, n):
 def test_step_product_is_the_product_in_both_layouts(nn, M, K, N, monkeypatch):
     """step_product against a Wᵀ, in the layout a BLAS with (nn) or without the small-matrix path gets: chunks of
     64, 32 or 16 rows with a zero-padded last one, or one transposed product; the PAD columns are left alone."""
-    monkeypatch.setattr(runtime, "_SMALL_GEMM", nn)
+    monkeypatch.setattr(runtime, "SMALL_GEMM", nn)
     rng = np.random.default_rng(M + K + N)
     W, a = rng.standard_normal((M, K)), rng.standard_normal((N, K))
     Wp, got_nn = runtime.step_weights(W, runtime.Plan(1, False), N)
@@ -79,12 +79,12 @@ def test_step_product_is_the_product_in_both_layouts(nn, M, K, N, monkeypatch):
 def test_nn_chunk_keeps_to_the_small_matrix_path(monkeypatch):
     """The nn layout's chunk is the largest of 64, 32, 16 rows with m·N·K within OpenBLAS's small-matrix bound, and
     the transposed layout is taken where none fits or the BLAS has no such path."""
-    monkeypatch.setattr(runtime, "_SMALL_GEMM", True)
+    monkeypatch.setattr(runtime, "SMALL_GEMM", True)
     for N, K in [(16, 256), (16, 1024), (64, 1024), (5, 20), (128, 256), (200, 400)]:
         m = runtime.nn_chunk(N, K)
         fits = [c for c in (64, 32, 16) if c * N * K <= runtime.SMALL_GEMM_MNK]
         assert m == (max(fits) if fits else 0), (N, K, m)
-    monkeypatch.setattr(runtime, "_SMALL_GEMM", False)
+    monkeypatch.setattr(runtime, "SMALL_GEMM", False)
     assert runtime.nn_chunk(16, 256) == 0
 
 
@@ -93,7 +93,7 @@ def test_nn_chunk_keeps_to_the_small_matrix_path(monkeypatch):
 def test_cell_loops_match_reference_in_both_layouts(kernel, nn, monkeypatch):
     """The cell loops with either per-step layout, whichever this machine's BLAS would pick, against the reference
     (H = 21: the nn layout's last chunk of rows is zero-padded)."""
-    monkeypatch.setattr(runtime, "_SMALL_GEMM", nn)
+    monkeypatch.setattr(runtime, "SMALL_GEMM", nn)
     assert_matches_reference(kernel, "numba", "float64", dict(T=6, B=5, I=4, H=21), 3, {})
 
 
@@ -131,7 +131,7 @@ def test_outputs_outlive_the_next_call(kernel):
             if isinstance(a, np.ndarray) and isinstance(out, np.ndarray):
                 assert not np.shares_memory(out, a), f"{kernel}: output {name} shares memory with input {iname}"
     call(kernel, "numba", **make_case_inputs(kernel, "float64", size, 1, {}))
-    pool = list(getattr(runtime._SCRATCH, "pool", {}).values())
+    pool = runtime.scratch_arrays()
     assert pool, "the kernels of this test use the workspace"
     for name, out in first.items():
         np.testing.assert_array_equal(out, kept[name], err_msg=f"{kernel}: {name} changed by the next call")
