@@ -5,7 +5,7 @@ structure — forward: (h, <Cell>Cache with every field (T, B, ·)), backward: {
 reference forward can feed a Numba backward and vice versa. The equation numbers "(n)" are those of the cell's
 module docstring. The loops follow the layout rules (a)–(f) of runtime.py: the input projection and the weight
 gradients are GEMMs outside the time loops, each time loop runs one block of batch rows with one GEMM
-per step (runtime.step_product) and one fused pass over (b, k).
+per step (gemm.step_product, on W_hh packed once per call) and one fused pass over (b, k).
 
 The gate functions (rnn_gate, rnn_slope; gru_gates, gru_adjoint; lstm_gates, lstm_adjoint) are the only place a cell's
 step and its adjoint are written in this backend: scalar functions of one unit, inlined into the BPTT loops here, into
@@ -32,8 +32,8 @@ from refimpl.cells.rnn import RNNCache
 
 from ..common import check_nonlinearity, lru_param_grads, lru_w2
 from .fastmath import sigmoid, tanh
-from .runtime import LOOP, PAD, contiguous, in_blocks, input_projection, plan, scalars, scratch, step_buffer
-from .runtime import row_product, step_product, step_weights
+from .gemm import step_buffer, step_product
+from .runtime import LOOP, contiguous, in_blocks, input_projection, plan, row_product, scalars, scratch, step_weights
 from .runtime import weight_grads
 
 
@@ -106,34 +106,32 @@ def states(s0: np.ndarray, T: int, dt):
 # ---------------------------------------------------------------------------------------------------------------- rnn
 
 @njit(**LOOP)
-def _rnn_forward_rows(pre, Wp, nn, b_hh, use_tanh, hh, b0, b1):
-    """pre (T, B, H) = x W_ihᵀ + b_ih, (Wp, nn) = step_weights(W_hh), hh (T+1, B, H) = [h0, h_0, …] (`states`,
+def _rnn_forward_rows(pre, Wp, b_hh, use_tanh, hh, b0, b1):
+    """pre (T, B, H) = x W_ihᵀ + b_ih, Wp = step_weights(W_hh, dt), hh (T+1, B, H) = [h0, h_0, …] (`states`,
     h_{t-1} = hh[t]); writes hh[1:] on the rows [b0, b1)."""
     T, _, H = pre.shape
-    buf = step_buffer(Wp, nn, b1 - b0)
-    rec = np.empty((b1 - b0, H + PAD), pre.dtype)           # h_{t-1} W_hhᵀ, reused every step
+    rec = step_buffer(Wp, b1 - b0)                          # h_{t-1} W_hhᵀ, reused every step
     for t in range(T):
-        step_product(Wp, nn, hh[t, b0:b1], buf, rec)        # (1) W_hh h_{t-1}
+        step_product(Wp, hh[t, b0:b1], rec)                 # (1) W_hh h_{t-1}
         for b in range(b0, b1):
             for k in range(H):
                 hh[t + 1, b, k] = rnn_gate(pre[t, b, k] + rec[b - b0, k] + b_hh[k], use_tanh)    # (1), (2)
 
 
 @njit(**LOOP)
-def _rnn_backward_rows(dh, h, Wp, nn, use_tanh, one, da, carry, propagate, b0, b1):
-    """(Wp, nn) = step_weights(W_hhᵀ); writes the pre-activation adjoints da (T, B, H) on the rows [b0, b1); carry
+def _rnn_backward_rows(dh, h, Wp, use_tanh, one, da, carry, propagate, b0, b1):
+    """Wp = step_weights(W_hhᵀ); writes the pre-activation adjoints da (T, B, H) on the rows [b0, b1); carry
     ends as h̄_{-1}. propagate=False drops the carried adjoint (h_{t-1} held constant: the truncated gradient of
     refimpl/algorithms/rtrl.py)."""
     T, _, H = dh.shape
-    buf = step_buffer(Wp, nn, b1 - b0)
-    rec = np.zeros((b1 - b0, H + PAD), dh.dtype)                             # h̄_{t-1} from the step after
+    rec = step_buffer(Wp, b1 - b0)                                        # h̄_{t-1} from the step after
     for t in range(T - 1, -1, -1):
         for b in range(b0, b1):
             for k in range(H):
                 g = dh[t, b, k] + rec[b - b0, k]                                 # (6) h̄_t
                 da[t, b, k] = g * rnn_slope(h[t, b, k], use_tanh, one)          # (3)
         if propagate:
-            step_product(Wp, nn, da[t, b0:b1], buf, rec)                         # (5) h̄_{t-1} part ā_t W_hh
+            step_product(Wp, da[t, b0:b1], rec)                                  # (5) h̄_{t-1} part ā_t W_hh
     for b in range(b0, b1):
         for k in range(H):
             carry[b, k] = rec[b - b0, k]                                         # h̄_{-1}
@@ -149,7 +147,7 @@ def rnn_forward(params: dict, x: np.ndarray, h0: np.ndarray, nonlinearity: str =
     run = plan(T, B, H)
     pre = input_projection(x, W_ih, params["bias_ih"], dt, run, "rnn.pre")                       # (1) all t
     hh, h_prev, h = states(h0, T, dt)
-    in_blocks(run, B, _rnn_forward_rows, pre, *step_weights(W_hh, run, B), contiguous(params["bias_hh"], dt),
+    in_blocks(run, B, _rnn_forward_rows, pre, step_weights(W_hh, dt), contiguous(params["bias_hh"], dt),
               nonlinearity == "tanh", hh)
     return h, RNNCache(x=np.array(x), h_prev=h_prev, h=h)
 
@@ -165,7 +163,7 @@ def rnn_backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: st
     da, carry = scratch("rnn.da", (T, B, H), dt), np.zeros((B, H), dt)
     run = plan(T, B, H)
     in_blocks(run, B, _rnn_backward_rows, contiguous(dh, dt), contiguous(cache.h, dt),
-              *step_weights(contiguous(params["weight_hh"].T, dt), run, B), nonlinearity == "tanh", one, da, carry,
+              step_weights(params["weight_hh"].T, dt), nonlinearity == "tanh", one, da, carry,
               propagate)
     grads = weight_grads(params, da, None, cache.x, cache.h_prev, dt, run)                       # (4), (5) x̄
     grads["h0"] = carry
@@ -175,15 +173,14 @@ def rnn_backward(params: dict, dh: np.ndarray, cache: RNNCache, nonlinearity: st
 # ---------------------------------------------------------------------------------------------------------------- gru
 
 @njit(**LOOP)
-def _gru_forward_rows(gi, Wp, nn, b_hh, one, hh, r, z, n, hn, b0, b1):
-    """gi (T, B, 3H) = x W_ihᵀ + b_ih (+ b_hr, b_hz on the r, z blocks), (Wp, nn) = step_weights(W_hh), hh (T+1, B,
+def _gru_forward_rows(gi, Wp, b_hh, one, hh, r, z, n, hn, b0, b1):
+    """gi (T, B, 3H) = x W_ihᵀ + b_ih (+ b_hr, b_hz on the r, z blocks), Wp = step_weights(W_hh, dt), hh (T+1, B,
     H) = [h0, h_0, …] (`states`); writes hh[1:] and the cache fields r, z, n, hn (T, B, H) on the rows [b0, b1)."""
     T, _, H3 = gi.shape
     H = H3 // 3
-    buf = step_buffer(Wp, nn, b1 - b0)
-    gh = np.empty((b1 - b0, H3 + PAD), gi.dtype)            # h_{t-1} W_hhᵀ, reused every step
+    gh = step_buffer(Wp, b1 - b0)                           # h_{t-1} W_hhᵀ, reused every step
     for t in range(T):
-        step_product(Wp, nn, hh[t, b0:b1], buf, gh)         # (1)(2)(3) W_hh h_{t-1}
+        step_product(Wp, hh[t, b0:b1], gh)                  # (1)(2)(3) W_hh h_{t-1}
         for b in range(b0, b1):
             q = b - b0
             for k in range(H):
@@ -195,14 +192,13 @@ def _gru_forward_rows(gi, Wp, nn, b_hh, one, hh, r, z, n, hn, b0, b1):
 
 
 @njit(**LOOP)
-def _gru_backward_rows(dh, h_prev, r, z, n, hn, Wp, nn, one, zero, dg_ih, dg_hh, carry, propagate, b0, b1):
-    """(Wp, nn) = step_weights(W_hhᵀ); writes ḡ_ih, ḡ_hh (T, B, 3H) of eq. (10) on the rows [b0, b1); carry ends as
+def _gru_backward_rows(dh, h_prev, r, z, n, hn, Wp, one, zero, dg_ih, dg_hh, carry, propagate, b0, b1):
+    """Wp = step_weights(W_hhᵀ); writes ḡ_ih, ḡ_hh (T, B, 3H) of eq. (10) on the rows [b0, b1); carry ends as
     h̄_{-1}. propagate=False drops the carried adjoint. The two parts of (11) are kept apart until they are used:
     `carry` holds the direct path h̄_t ⊙ z, `rec` the gate path ḡ_hh W_hh (step_product's result)."""
     T, B, H = dh.shape
     G_ih, G_hh = dg_ih.reshape(T, B, 3, H), dg_hh.reshape(T, B, 3, H)     # the gate blocks r, z, n as an axis
-    buf = step_buffer(Wp, nn, b1 - b0)
-    rec = np.zeros((b1 - b0, H + PAD), dh.dtype)
+    rec = step_buffer(Wp, b1 - b0)
     for t in range(T - 1, -1, -1):
         for b in range(b0, b1):
             q = b - b0
@@ -214,7 +210,7 @@ def _gru_backward_rows(dh, h_prev, r, z, n, hn, Wp, nn, one, zero, dg_ih, dg_hh,
                 G_hh[t, b, 0, k], G_hh[t, b, 1, k], G_hh[t, b, 2, k] = da_r, da_z, da_n * rr  # (10), (8) m̄
                 carry[b, k] = g * zz if propagate else zero    # (11) direct path of (5)
         if propagate:
-            step_product(Wp, nn, dg_hh[t, b0:b1], buf, rec)     # (11) ḡ_hh W_hh
+            step_product(Wp, dg_hh[t, b0:b1], rec)              # (11) ḡ_hh W_hh
     for b in range(b0, b1):
         for k in range(H):
             carry[b, k] += rec[b - b0, k]                       # (11) h̄_{-1} = both paths
@@ -234,7 +230,7 @@ def gru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
     gi = input_projection(x, W_ih, b_in, dt, run, "gru.gi")                                      # (1)(2)(4) all t
     hh, h_prev, h = states(h0, T, dt)
     r, z, n, hn = (np.empty((T, B, H), dt) for _ in range(4))
-    in_blocks(run, B, _gru_forward_rows, gi, *step_weights(W_hh, run, B), b_hh, one, hh, r, z, n, hn)
+    in_blocks(run, B, _gru_forward_rows, gi, step_weights(W_hh, dt), b_hh, one, hh, r, z, n, hn)
     return h, GRUCache(x=np.array(x), h_prev=h_prev, r=r, z=z, n=n, hn=hn, h=h)
 
 
@@ -249,7 +245,7 @@ def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache, *, propagate: bo
     run = plan(T, B, H)
     in_blocks(run, B, _gru_backward_rows, contiguous(dh, dt), contiguous(c.h_prev, dt), contiguous(c.r, dt),
               contiguous(c.z, dt), contiguous(c.n, dt), contiguous(c.hn, dt),
-              *step_weights(contiguous(params["weight_hh"].T, dt), run, B), one, zero, dg_ih, dg_hh, carry, propagate)
+              step_weights(params["weight_hh"].T, dt), one, zero, dg_ih, dg_hh, carry, propagate)
     grads = weight_grads(params, dg_ih, dg_hh, c.x, c.h_prev, dt, run)                          # (10), (11) x̄
     grads["h0"] = carry
     return grads
@@ -258,15 +254,14 @@ def gru_backward(params: dict, dh: np.ndarray, cache: GRUCache, *, propagate: bo
 # --------------------------------------------------------------------------------------------------------------- lstm
 
 @njit(**LOOP)
-def _lstm_forward_rows(pre, Wp, nn, hh, cc, i, f, g, o, tanh_c, b0, b1):
-    """pre (T, B, 4H) = x W_ihᵀ + b_ih + b_hh, (Wp, nn) = step_weights(W_hh), hh, cc (T+1, B, H) = [h0, h_0, …],
+def _lstm_forward_rows(pre, Wp, hh, cc, i, f, g, o, tanh_c, b0, b1):
+    """pre (T, B, 4H) = x W_ihᵀ + b_ih + b_hh, Wp = step_weights(W_hh, dt), hh, cc (T+1, B, H) = [h0, h_0, …],
     [c0, c_0, …] (`states`); writes hh[1:], cc[1:] and i, f, g, o, tanh_c (T, B, H) on the rows [b0, b1)."""
     T, _, H4 = pre.shape
     H = H4 // 4
-    buf = step_buffer(Wp, nn, b1 - b0)
-    rec = np.empty((b1 - b0, H4 + PAD), pre.dtype)          # h_{t-1} W_hhᵀ, reused every step
+    rec = step_buffer(Wp, b1 - b0)                          # h_{t-1} W_hhᵀ, reused every step
     for t in range(T):
-        step_product(Wp, nn, hh[t, b0:b1], buf, rec)                                          # (1) W_hh h_{t-1}
+        step_product(Wp, hh[t, b0:b1], rec)                                                   # (1) W_hh h_{t-1}
         for b in range(b0, b1):
             q = b - b0
             for k in range(H):
@@ -279,13 +274,12 @@ def _lstm_forward_rows(pre, Wp, nn, hh, cc, i, f, g, o, tanh_c, b0, b1):
 
 
 @njit(**LOOP)
-def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, Wp, nn, one, zero, da, carry_h, carry_c, propagate, b0, b1):
-    """(Wp, nn) = step_weights(W_hhᵀ); writes ā (T, B, 4H) of eq. (9) on the rows [b0, b1); carry_h, carry_c end as
+def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, Wp, one, zero, da, carry_h, carry_c, propagate, b0, b1):
+    """Wp = step_weights(W_hhᵀ); writes ā (T, B, 4H) of eq. (9) on the rows [b0, b1); carry_h, carry_c end as
     h̄_{-1}, c̄_{-1}. propagate=False drops both carried adjoints (h_{t-1} and c_{t-1} held constant)."""
     T, B, H = dh.shape
     A = da.reshape(T, B, 4, H)                                              # the gate blocks i, f, g, o as an axis
-    buf = step_buffer(Wp, nn, b1 - b0)
-    rec = np.zeros((b1 - b0, H + PAD), dh.dtype)                          # h̄_{t-1} from the step after
+    rec = step_buffer(Wp, b1 - b0)                                        # h̄_{t-1} from the step after
     for t in range(T - 1, -1, -1):
         for b in range(b0, b1):
             for k in range(H):
@@ -294,7 +288,7 @@ def _lstm_backward_rows(dh, c_prev, i, f, g, o, tanh_c, Wp, nn, one, zero, da, c
                     g[t, b, k], o[t, b, k], tanh_c[t, b, k], one)                 # (11) h̄_t; (5)–(8)
                 carry_c[b, k] = dc_prev if propagate else zero                    # (7) c̄_{t-1}
         if propagate:
-            step_product(Wp, nn, da[t, b0:b1], buf, rec)                          # (10) h̄_{t-1} part ā W_hh
+            step_product(Wp, da[t, b0:b1], rec)                                   # (10) h̄_{t-1} part ā W_hh
     for b in range(b0, b1):
         for k in range(H):
             carry_h[b, k] = rec[b - b0, k]                                        # h̄_{-1}
@@ -313,7 +307,7 @@ def lstm_forward(params: dict, x: np.ndarray, state0):
     hh, h_prev, h = states(h0, T, dt)
     cc, c_prev, c = states(c0, T, dt)
     i, f, g, o, tanh_c = (np.empty((T, B, H), dt) for _ in range(5))
-    in_blocks(run, B, _lstm_forward_rows, pre, *step_weights(W_hh, run, B), hh, cc, i, f, g, o, tanh_c)
+    in_blocks(run, B, _lstm_forward_rows, pre, step_weights(W_hh, dt), hh, cc, i, f, g, o, tanh_c)
     return h, LSTMCache(x=np.array(x), h_prev=h_prev, c_prev=c_prev, i=i, f=f, g=g, o=o, c=c, tanh_c=tanh_c, h=h)
 
 
@@ -329,7 +323,7 @@ def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache, *, propagate: 
     run = plan(T, B, H)
     in_blocks(run, B, _lstm_backward_rows, contiguous(dh, dt), contiguous(c.c_prev, dt), contiguous(c.i, dt),
               contiguous(c.f, dt), contiguous(c.g, dt), contiguous(c.o, dt), contiguous(c.tanh_c, dt),
-              *step_weights(contiguous(params["weight_hh"].T, dt), run, B), one, zero, da, carry_h, carry_c, propagate)
+              step_weights(params["weight_hh"].T, dt), one, zero, da, carry_h, carry_c, propagate)
     grads = weight_grads(params, da, None, c.x, c.h_prev, dt, run)                               # (9), (10) x̄
     grads["h0"], grads["c0"] = carry_h, carry_c
     return grads

@@ -6,12 +6,11 @@ how it is run. The dense cell kernels follow five layout rules (research/landsca
 
     (a) the input projection of all T steps is one GEMM outside the time loop, x (T·B, I) @ W_ihᵀ with every bias
         that is added before a nonlinearity folded into it                                      input_projection
-    (b) the time loop is an @njit(cache=True) function (options LOOP): per step one BLAS GEMM into a preallocated
-        buffer and one fused pass over (b, k) for the gates, t outermost and k innermost. The per-step GEMM is
-        in one of two layouts chosen by the BLAS's kernels: on OpenBLAS's AVX-512 cores in chunks of W's rows small
-        enough for its small-matrix path (h_{t-1} @ W_chunkᵀ, no packing), elsewhere as one call W_hh @ h_{t-1}ᵀ
-        with the batch as BLAS's short side; either way the result lands in (b, k) order in a row-padded buffer
-                                                          step_weights, step_buffer, step_product, nn_chunk, PAD
+    (b) the time loop is an @njit(cache=True) function (options LOOP): per step one GEMM into a preallocated
+        buffer and one fused pass over (b, k) for the gates, t outermost and k innermost. The per-step GEMM is not
+        a BLAS call: W is packed once per call into panels and each step runs a register-tiled kernel over them
+        (gemm.py; a BLAS call would repack W at every step), writing the product in the (b, k) order of the fused
+        passes                                                     step_weights, gemm.step_buffer, gemm.step_product
     (c) the backward loop stores the gate adjoints ḡ_t (T, B, nG·H); the weight gradients are GEMMs over all (t, b)
         at once, ḡᵀ (nG·H, T·B) @ [x | h_prev], and x̄ is one GEMM ḡ @ W_ih                        weight_grads
     (d) the transcendental functions inside the loops are fastmath.tanh / fastmath.sigmoid (arithmetic that LLVM
@@ -39,7 +38,7 @@ for a given number of threads; a different number of blocks rounds differently, 
 Scalars inside the loops are passed in the arrays' dtype (`scalars`) so float32 kernels stay in float32. The carried
 kernels check the carry they are given against the shapes they expect (`check_carry`) before converting it.
 
-The thresholds below (MIN_BLOCK_ROWS, MIN_BLOCK_WORK, MIN_SERIAL_WORK, SMALL_GEMM_MNK) and the measurements behind
+The thresholds below (MIN_BLOCK_ROWS, MIN_BLOCK_WORK, MIN_SERIAL_WORK) and the measurements behind
 them are in docs/backends.md (Numba). Numba's on-disk cache of an @njit function is keyed to its own file only: after
 editing a function that others inline (fastmath.py, the gate functions of cells.py), clear backends/numba/__pycache__.
 """
@@ -61,6 +60,7 @@ from numba import njit
 from refimpl.errors import ShapeError
 
 from ..common import param_grads
+from .gemm import pack
 
 #: The options of every dense loop over the rows of one block: rules (d) and (e).
 LOOP = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -72,8 +72,6 @@ MIN_BLOCK_WORK = 2 ** 20
 #: Below this T·B·H², every GEMM of a call is under OpenBLAS's own threshold for threading (M·N·K < 2¹⁸), so the
 #: BLAS thread counts are not touched at all.
 MIN_SERIAL_WORK = 2 ** 16
-#: Extra entries per row of the untransposed GEMM buffers (see untranspose).
-PAD = 16
 
 
 def contiguous(a, dtype) -> np.ndarray:
@@ -141,23 +139,6 @@ def _find_blas_threads() -> list:
     return found
 
 
-def _has_small_gemm() -> bool:
-    """Whether the loop BLAS (SciPy's OpenBLAS) runs its AVX-512 kernels, which have a path for small GEMMs that
-    skips packing the operands: see nn_chunk."""
-    try:
-        import scipy
-    except ImportError:
-        return False
-    blas = _openblas(scipy)
-    if blas is None or not hasattr(blas[0], f"{blas[1]}_get_corename{blas[2]}"):
-        return False
-    corename = getattr(blas[0], f"{blas[1]}_get_corename{blas[2]}")
-    corename.restype = ctypes.c_char_p
-    return corename().decode().lower() in ("skylakex", "cooperlake", "sapphirerapids")
-
-
-#: Whether the loop BLAS has OpenBLAS's small-matrix path (its AVX-512 cores): the per-step GEMM layout (nn_chunk).
-SMALL_GEMM = _has_small_gemm()
 _BLAS_THREADS = _find_blas_threads()
 _BLAS_LOCK = threading.Lock()
 _BLAS_USERS = [0, []]             # [phases inside blas_single_threaded, the thread counts to restore]
@@ -262,83 +243,10 @@ def in_blocks(plan: Plan, n: int, fn, *args, per_block=()) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ per-step GEMM (b)
-#
-# The per-step product rec = a Wᵀ (a (N, K): h_{t-1} or an adjoint for the N rows of a block; W (M, K)) has two
-# layouts, chosen by which kernels the loop BLAS runs (a table keyed on OpenBLAS's core name, not on timings, so a
-# machine always takes the same path and rounds the same way):
-#
-#   nn (OpenBLAS's AVX-512 cores, SMALL_GEMM): W in column chunks of m rows, each stored transposed, Wp (C, K, m);
-#       per step one call a (N, K) @ Wp[c] (K, m) → buf[c] (N, m) per chunk, with m·N·K ≤ 10⁶ so that OpenBLAS
-#       takes its small-matrix path (no packing of either operand), then the chunks copied side by side into rec.
-#   transposed (any other BLAS, e.g. the Haswell kernels of an AVX2 CPU): one call W (M, K) @ aᵀ → buf (M, N), the
-#       batch as BLAS's short side, then one transposing pass into rec (untranspose).
-#
-# Both write rec (N, M + PAD) in the (b, k) order of the fused passes. Measurements: docs/bench/profile-cpus.md.
 
-#: OpenBLAS's bound on m·N·K for its small-matrix GEMM path on the AVX-512 cores.
-SMALL_GEMM_MNK = 10 ** 6
-
-
-def nn_chunk(N: int, K: int) -> int:
-    """The chunk m of the nn layout for blocks of N rows and K columns: the largest of 64, 32, 16 with
-    m·N·K ≤ SMALL_GEMM_MNK, on a BLAS with the small-matrix path; 0 (the transposed layout) otherwise."""
-    if SMALL_GEMM:
-        for m in (64, 32, 16):
-            if m * N * K <= SMALL_GEMM_MNK:
-                return m
-    return 0
-
-
-def step_weights(W: np.ndarray, plan: Plan, B: int):
-    """(Wp, nn): W (M, K) laid out for step_product with the blocks of a batch of B rows (⌈B / plan.blocks⌉ rows
-    each). nn: Wp (C, K, m), chunk c holding rows [c·m, (c+1)·m) of W transposed (the last one zero-padded);
-    transposed: Wp = W as (1, M, K)."""
-    M, K = W.shape
-    m = nn_chunk(-(-B // plan.blocks), K)
-    if m == 0:
-        return np.ascontiguousarray(W).reshape(1, M, K), False
-    C = -(-M // m)
-    padded = np.zeros((C * m, K), W.dtype)
-    padded[:M] = W
-    return np.ascontiguousarray(padded.reshape(C, m, K).transpose(0, 2, 1)), True
-
-
-@njit(**LOOP)
-def step_buffer(Wp, nn, N):
-    """The work buffer of step_product for blocks of N rows: (C, N, m) for nn, (1, M, N) for transposed."""
-    if nn:
-        return np.empty((Wp.shape[0], N, Wp.shape[2]), Wp.dtype)
-    return np.empty((1, Wp.shape[1], N), Wp.dtype)
-
-
-@njit(**LOOP)
-def step_product(Wp, nn, a, buf, rec):
-    """rec[:, :M] = a Wᵀ for a (N, K) and (Wp, nn) = step_weights(W): the per-step GEMM of rule (b), M = the row
-    count of rec less PAD."""
-    N, M = a.shape[0], rec.shape[1] - PAD
-    if nn:
-        m = Wp.shape[2]
-        for c in range(Wp.shape[0]):
-            np.dot(a, Wp[c], buf[c])
-        for q in range(N):
-            for c in range(Wp.shape[0]):
-                j0 = c * m
-                for j in range(min(m, M - j0)):
-                    rec[q, j0 + j] = buf[c, q, j]
-    else:
-        np.dot(Wp[0], a.T, buf[0])
-        untranspose(buf[0], rec)
-
-
-@njit(**LOOP)
-def untranspose(src, dst):
-    """dst[:, :n] = srcᵀ for src (n, rows): the transposed layout's product in the (b, k) order of the fused passes.
-    Each row of src (one unit, every row of the block) is read contiguously and scattered down a column of dst;
-    dst's rows are PAD entries longer than n, because with a row stride that is a multiple of 4 KiB (n = 1024
-    float32) the scattered stores alias in the cache and the pass runs many times slower."""
-    for j in range(src.shape[0]):
-        for q in range(src.shape[1]):
-            dst[q, j] = src[j, q]
+def step_weights(W: np.ndarray, dt) -> np.ndarray:
+    """W (M, K) in `dt`, packed once per call for the per-step products rec = a Wᵀ of gemm.step_product."""
+    return pack(contiguous(W, dt))
 
 
 # ------------------------------------------------------------------------------------ the GEMMs of rules (a) and (c)

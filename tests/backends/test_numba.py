@@ -24,7 +24,7 @@ backend = load_backend("numba")
 if not backend.available:
     pytest.skip(f"backend numba: {backend.reason}", allow_module_level=True)
 
-from backends.numba import fastmath, runtime   # noqa: E402
+from backends.numba import fastmath, gemm, runtime   # noqa: E402
 
 
 CELL_KERNELS = [f"{c}.{op}" for c in ("rnn", "gru", "lstm", "lru") for op in ("forward", "backward")]
@@ -59,41 +59,102 @@ def test_blocks_cover_every_row_once(blocks, serial, n):
     assert np.all(np.diff(owner) >= 0)                      # blocks in order, each a contiguous range
 
 
-@pytest.mark.parametrize("nn", [True, False], ids=["nn", "transposed"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("M, K, N", [(15, 5, 3), (60, 20, 5), (900, 300, 70), (1024, 256, 16), (256, 1024, 16),
-                                     (96, 40, 33)])
-def test_step_product_is_the_product_in_both_layouts(nn, M, K, N, monkeypatch):
-    """step_product against a Wᵀ, in the layout a BLAS with (nn) or without the small-matrix path gets: chunks of
-    64, 32 or 16 rows with a zero-padded last one, or one transposed product; the PAD columns are left alone."""
-    monkeypatch.setattr(runtime, "SMALL_GEMM", nn)
+                                     (96, 40, 33), (1, 1, 1), (49, 1, 9)])
+def test_step_product_is_the_product(M, K, N, dtype):
+    """gemm.step_product against a Wᵀ in float64, for row counts that leave a short last tile and column counts that
+    leave a zero-padded last panel: the padded columns hold zeros, the columns past P·w are left alone, and an a that
+    is a strided view (a block of rows of a (T+1, B, H) array) gives the same product."""
     rng = np.random.default_rng(M + K + N)
-    W, a = rng.standard_normal((M, K)), rng.standard_normal((N, K))
-    Wp, got_nn = runtime.step_weights(W, runtime.Plan(1, False), N)
-    assert got_nn == (nn and runtime.nn_chunk(N, K) > 0)
-    rec = np.full((N, M + runtime.PAD), 7.0)
-    runtime.step_product(Wp, got_nn, a, runtime.step_buffer(Wp, got_nn, N), rec)
-    np.testing.assert_allclose(rec[:, :M], a @ W.T, rtol=1e-12, atol=1e-12 * np.abs(a @ W.T).max())
-    assert np.all(rec[:, M:] == 7.0)
+    W, a = rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((N, K)).astype(dtype)
+    Wp = runtime.step_weights(W, dtype)
+    P, _, w = Wp.shape
+    assert w == gemm.panel_width(dtype) and P * w >= M > (P - 1) * w
+    rec = np.full((N, P * w + 5), 7.0, dtype)
+    gemm.step_product(Wp, a, rec)
+    want = a.astype(np.float64) @ W.T.astype(np.float64)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(rec[:, :M], want, rtol=tol, atol=tol * np.abs(want).max() * np.sqrt(K))
+    assert np.all(rec[:, M:P * w] == 0) and np.all(rec[:, P * w:] == 7.0)
+    states = np.zeros((3, N + 4, K), dtype)
+    states[1, 2:N + 2] = a
+    again = np.zeros_like(rec)
+    gemm.step_product(Wp, states[1, 2:N + 2], again)
+    np.testing.assert_array_equal(again[:, :P * w], rec[:, :P * w])
 
 
-def test_nn_chunk_keeps_to_the_small_matrix_path(monkeypatch):
-    """The nn layout's chunk is the largest of 64, 32, 16 rows with m·N·K within OpenBLAS's small-matrix bound, and
-    the transposed layout is taken where none fits or the BLAS has no such path."""
-    monkeypatch.setattr(runtime, "SMALL_GEMM", True)
-    for N, K in [(16, 256), (16, 1024), (64, 1024), (5, 20), (128, 256), (200, 400)]:
-        m = runtime.nn_chunk(N, K)
-        fits = [c for c in (64, 32, 16) if c * N * K <= runtime.SMALL_GEMM_MNK]
-        assert m == (max(fits) if fits else 0), (N, K, m)
-    monkeypatch.setattr(runtime, "SMALL_GEMM", False)
-    assert runtime.nn_chunk(16, 256) == 0
+def test_step_product_refuses_mismatched_operands():
+    """An a whose K differs from the packed W's, or a rec narrower than the panels, is refused, not read past."""
+    Wp = runtime.step_weights(np.ones((20, 8)), np.float64)
+    with pytest.raises(ValueError, match="packed"):
+        gemm.step_product(Wp, np.ones((4, 9)), np.zeros((4, Wp.shape[0] * Wp.shape[2])))
+    with pytest.raises(ValueError, match="packed"):
+        gemm.step_product(Wp, np.ones((4, 8)), np.zeros((4, 20)))
 
 
-@pytest.mark.parametrize("nn", [True, False], ids=["nn", "transposed"])
+def test_tile_shape_follows_the_vector_registers():
+    """The tile table: 24 accumulators of 64 bytes with AVX-512, 12 of 32 with AVX/AVX2, NEON's 32 registers of 16
+    bytes, SSE's 16 — keyed on the extensions, and on Numba's own features (NUMBA_CPU_FEATURES) where set."""
+    assert gemm.tile_shape("+avx,+avx2,+fma,+avx512f,+avx512bw", "x86_64") == (8, 3, 64)
+    assert gemm.tile_shape("+avx,+avx2,+fma,-avx512f,-avx512bw", "x86_64") == (4, 3, 32)
+    assert gemm.tile_shape("+avx,-avx2", "AMD64") == (4, 3, 32)
+    assert gemm.tile_shape("+sse4.2,-avx,-avx2", "x86_64") == (4, 3, 16)
+    assert gemm.tile_shape("+neon,+fp-armv8", "arm64") == (8, 3, 16)
+    R, V, nbytes = gemm.TILE
+    assert gemm.panel_width(np.float32) == V * nbytes // 4 and gemm.panel_width(np.float64) == V * nbytes // 8
+
+
+def _host_runs(features: str) -> bool:
+    import llvmlite.binding as llvm
+    host = llvm.get_host_cpu_features()
+    return all(host.get(f[1:], False) for f in features.split(",") if f.startswith("+"))
+
+
+AVX2 = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+cx8,+f16c,+fma,+fxsr,+lzcnt,+mmx,+movbe,+popcnt,+sse,+sse2,+sse3,"
+        "+sse4.1,+sse4.2,+ssse3,+xsave,-avx512f,-avx512bw,-avx512cd,-avx512dq,-avx512vl")
+SSE = "+64bit,+cmov,+cx16,+cx8,+fxsr,+mmx,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,-avx,-avx2,-fma,-avx512f"
+
+
+@pytest.mark.parametrize("features, tile", [pytest.param(AVX2, (4, 3, 32), id="avx2"),
+                                            pytest.param(SSE, (4, 3, 16), id="sse", marks=pytest.mark.slow)])
+def test_other_tiles_compute_the_product(features, tile, tmp_path):
+    """The tile of another row of the table, compiled for that CPU (NUMBA_CPU_FEATURES, a fresh process and cache)
+    where this host can run it: a GRU forward and backward against the reference, and one product."""
+    import os
+    import platform
+    import subprocess
+    import sys
+    if platform.machine().lower() not in ("x86_64", "amd64") or not _host_runs(features):
+        pytest.skip("this host cannot run code compiled for these features")
+    script = f"""
+import numpy as np
+from backends.numba import gemm, runtime
+assert gemm.TILE == {tile!r}, gemm.TILE
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    W, a = rng.standard_normal((77, 45)).astype(dtype), rng.standard_normal((11, 45)).astype(dtype)
+    Wp = runtime.step_weights(W, dtype)
+    rec = np.zeros((11, Wp.shape[0] * Wp.shape[2]), dtype)
+    gemm.step_product(Wp, a, rec)
+    want = a.astype(np.float64) @ W.T.astype(np.float64)
+    assert np.abs(rec[:, :77] - want).max() <= (1e-12 if dtype == np.float64 else 1e-5) * np.abs(want).max(), dtype
+from tests.parity import assert_matches_reference
+for kernel in ("gru.forward", "gru.backward", "lstm.backward"):
+    assert_matches_reference(kernel, "numba", "float64", dict(T=5, B=7, I=3, H=29), 1, {{}})
+print("ok")
+"""
+    env = dict(os.environ, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=str(tmp_path))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and done.stdout.split()[-1:] == ["ok"], done.stderr[-3000:]
+
+
 @pytest.mark.parametrize("kernel", [f"{c}.{op}" for c in ("rnn", "gru", "lstm") for op in ("forward", "backward")])
-def test_cell_loops_match_reference_in_both_layouts(kernel, nn, monkeypatch):
-    """The cell loops with either per-step layout, whichever this machine's BLAS would pick, against the reference
-    (H = 21: the nn layout's last chunk of rows is zero-padded)."""
-    monkeypatch.setattr(runtime, "SMALL_GEMM", nn)
+def test_cell_loops_match_reference_with_short_tiles_and_padded_panels(kernel):
+    """The cell loops where the per-step product has a short last tile of rows (B = 5) and a zero-padded last panel
+    (H = 21), against the reference."""
     assert_matches_reference(kernel, "numba", "float64", dict(T=6, B=5, I=4, H=21), 3, {})
 
 
