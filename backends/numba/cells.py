@@ -33,6 +33,7 @@ from refimpl.cells.rnn import RNNCache
 from ..common import check_nonlinearity, lru_param_grads, lru_w2
 from .fastmath import sigmoid, tanh
 from .gemm import step_buffer, step_product
+from .memory import prefetch_write
 from .runtime import LOOP, contiguous, in_blocks, input_projection, plan, row_product, scalars, scratch, step_weights
 from .runtime import weight_grads
 
@@ -340,9 +341,11 @@ def lstm_backward(params: dict, dh: np.ndarray, cache: LSTMCache, *, propagate: 
 @njit(**LOOP)
 def _lru_scan_rows(lam, hh, b0, b1):
     """(3) h_t = λ ⊙ h_{t-1} + u_t on the rows [b0, b1) of hh (T+1, B, N) = [h0, u_0, …, u_{T-1}] on entry and
-    [h0, h_0, …, h_{T-1}] on exit (`states`)."""
+    [h0, h_0, …, h_{T-1}] on exit (`states`). The next step's rows are prefetched (memory.py)."""
     T, B, N = hh.shape
+    flat = hh.reshape(-1)
     for t in range(1, T):
+        prefetch_write(flat, ((t + 1) * B + b0) * N, ((t + 1) * B + b1) * N)
         for b in range(b0, b1):
             for k in range(N):
                 hh[t, b, k] = lam[k] * hh[t - 1, b, k] + hh[t, b, k]                  # (3)
@@ -358,7 +361,8 @@ def lru_scan(lam, hh) -> None:
 @njit(**LOOP)
 def _lru_adjoint_rows(dh, h_prev, lam, du, carry, dlam, b0, b1):
     """On the rows [b0, b1): writes ū_t = h̄_t (T, B, N); accumulates this block's share of λ̄ = Σ_{t,b}
-    conj(h_{t-1}) h̄_t into dlam (complex128); carry ends as h̄_{-1}."""
+    conj(h_{t-1}) h̄_t into dlam (complex128); carry ends as h̄_{-1}. (Prefetching step t − 1's rows, as the scan
+    does, measured no faster here.)"""
     T, B, N = dh.shape
     for t in range(T - 1, -1, -1):
         for b in range(b0, b1):
@@ -386,7 +390,7 @@ def lru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
     W2 = lru_w2(np, params, gamma.astype(rdt), rdt)
     run = plan(T, B, N)
     hh, h_prev, h = states(h0, T, cdt)
-    row_product(contiguous(x, rdt).reshape(T * B, I), W2.T, h.reshape(T * B, N).view(rdt), run)   # (2) u, all t
+    row_product(contiguous(x, rdt).reshape(T * B, I), W2, h.reshape(T * B, N).view(rdt), run)   # (2) u, all t
     lru_scan(contiguous(lam, cdt), hh)                                                             # (3)
     return h, LRUCache(x=np.array(x), h_prev=h_prev, h=h)
 

@@ -85,21 +85,21 @@ def pack(W: np.ndarray) -> np.ndarray:
 
 
 @intrinsic
-def _tile(typingctx, a, q, rows, Wp, p, rec):
-    """rec[q + r, p·w : (p+1)·w] = Σ_k a[q + r, k] Wp[p, k, :] for r < rows ≤ R (module docstring). a and rec are
-    2-D with unit stride along their rows, Wp is C-contiguous (P, K, w); all of one float dtype."""
+def _tile(typingctx, a, q, rows, Wp, p, out, i, j):
+    """out[i + r, j : j + w] = Σ_k a[q + r, k] Wp[p, k, :] for r < rows ≤ R (module docstring). a and out are 2-D
+    with unit stride along their rows, Wp is C-contiguous (P, K, w); all of one float dtype."""
     floats = (types.float32, types.float64)
-    if not (a.dtype == Wp.dtype == rec.dtype and a.dtype in floats and (a.ndim, Wp.ndim, rec.ndim) == (2, 3, 2)):
+    if not (a.dtype == Wp.dtype == out.dtype and a.dtype in floats and (a.ndim, Wp.ndim, out.ndim) == (2, 3, 2)):
         return None
     R, V, nbytes = TILE
     L = nbytes // (4 if a.dtype == types.float32 else 8)
 
     def codegen(context, builder, signature, args):
-        a_ty, _, w_ty, _, rec_ty = (signature.args[i] for i in (0, 1, 3, 4, 5))
-        a_val, q, rows, w_val, p, rec_val = args
+        a_ty, w_ty, out_ty = (signature.args[n] for n in (0, 3, 5))
+        a_val, q, rows, w_val, p, out_val, i, j = args
         a_arr = context.make_array(a_ty)(context, builder, a_val)
         w_arr = context.make_array(w_ty)(context, builder, w_val)
-        c_arr = context.make_array(rec_ty)(context, builder, rec_val)
+        c_arr = context.make_array(out_ty)(context, builder, out_val)
         intp = context.get_value_type(types.intp)
         size = context.get_abi_sizeof(context.get_value_type(a_ty.dtype))
         num = ir.VectorType(context.get_value_type(a_ty.dtype), L)
@@ -152,8 +152,8 @@ def _tile(typingctx, a, q, rows, Wp, p, rec):
             phi.add_incoming(value, builder.basic_block)
         builder.branch(head)
 
-        builder.position_at_end(done)                                       # rec's rows q … q + rows − 1
-        c0 = builder.gep(c_arr.data, [builder.add(builder.mul(q, ldc), builder.mul(p, const(V * L)))])
+        builder.position_at_end(done)                                       # out's rows i … i + rows − 1
+        c0 = builder.gep(c_arr.data, [builder.add(builder.mul(i, ldc), j)])
         for r in range(R):
             with cgutils.if_likely(builder, builder.icmp_signed("<", const(r), rows)):
                 c_row = builder.gep(c0, [builder.mul(const(r), ldc)])
@@ -162,7 +162,7 @@ def _tile(typingctx, a, q, rows, Wp, p, rec):
                                                                     num.as_pointer()), align=size)
         return context.get_dummy_value()
 
-    return types.void(a, q, rows, Wp, p, rec), codegen
+    return types.void(a, q, rows, Wp, p, out, i, j), codegen
 
 
 #: R, the rows of one tile (for the loop over tiles).
@@ -181,10 +181,44 @@ def step_product(Wp, a, rec):
         raise ValueError("step_product: a (N, K), Wp (P, K, w) packed, rec (N, >= P*w), rows of unit stride")
     for p in range(Wp.shape[0]):
         for q in range(0, N, TILE_ROWS):
-            _tile(a, q, min(TILE_ROWS, N - q), Wp, p, rec)
+            _tile(a, q, min(TILE_ROWS, N - q), Wp, p, rec, q, p * Wp.shape[2])
 
 
 @njit(cache=True, nogil=True)
 def step_buffer(Wp, N):
     """rec for step_product over N rows, zero: (N, P·w)."""
     return np.zeros((N, Wp.shape[0] * Wp.shape[2]), Wp.dtype)
+
+
+#: Rows of a per pass over the panels in `product`: a chunk of a (CHUNK_ROWS·K numbers) stays in cache while every
+#: panel is applied to it.
+CHUNK_ROWS = 128
+
+
+@njit(cache=True, nogil=True)
+def product(a, Wp, out):
+    """out = a Wᵀ (a (N, K), Wp = pack(W) (P, K, w), out (N, M) with M ≤ P·w, rows of unit stride): the GEMMs of a
+    long a (the input projection of all T·B rows) with the same tile, in chunks of CHUNK_ROWS rows; the last,
+    zero-padded panel goes through a tile-sized buffer, of which only out's M columns are copied."""
+    N, K = a.shape
+    P, w = Wp.shape[0], Wp.shape[2]
+    M = out.shape[1]
+    size = a.itemsize
+    if (Wp.shape[1] != K or out.shape[0] != N or not (P - 1) * w < M <= P * w
+            or (K > 1 and (a.strides[1] != size or Wp.strides[1] != w * size))
+            or (M > 1 and out.strides[1] != size) or Wp.strides[2] != size):
+        raise ValueError("product: a (N, K), Wp (P, K, w) packed from W (M, K), out (N, M), rows of unit stride")
+    full = M // w                                           # panels that fit in out
+    edge = np.empty((TILE_ROWS, w), a.dtype)
+    for r0 in range(0, N, CHUNK_ROWS):
+        r1 = min(N, r0 + CHUNK_ROWS)
+        for p in range(full):
+            for q in range(r0, r1, TILE_ROWS):
+                _tile(a, q, min(TILE_ROWS, r1 - q), Wp, p, out, q, p * w)
+        if full < P:
+            for q in range(r0, r1, TILE_ROWS):
+                rows = min(TILE_ROWS, r1 - q)
+                _tile(a, q, rows, Wp, full, edge, 0, 0)
+                for r in range(rows):
+                    for j in range(M - full * w):
+                        out[q + r, full * w + j] = edge[r, j]

@@ -60,7 +60,7 @@ from numba import njit
 from refimpl.errors import ShapeError
 
 from ..common import param_grads
-from .gemm import pack
+from .gemm import pack, product
 
 #: The options of every dense loop over the rows of one block: rules (d) and (e).
 LOOP = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -252,21 +252,21 @@ def step_weights(W: np.ndarray, dt) -> np.ndarray:
 # ------------------------------------------------------------------------------------ the GEMMs of rules (a) and (c)
 
 @njit(**LOOP)
-def _product_rows(A, BT, bias, out, r0, r1):
-    """out[r0:r1] = A[r0:r1] BT (+ bias on every row, unless bias is empty): one block's rows of row_product."""
-    np.dot(A[r0:r1], BT, out[r0:r1])
+def _product_rows(A, Wp, bias, out, r0, r1):
+    """out[r0:r1] = A[r0:r1] Wᵀ (+ bias on every row, unless bias is empty): one block's rows of row_product."""
+    product(A[r0:r1], Wp, out[r0:r1])
     if bias.shape[0] > 0:
         for r in range(r0, r1):
             for j in range(out.shape[1]):
                 out[r, j] += bias[j]
 
 
-def row_product(A: np.ndarray, BT: np.ndarray, out: np.ndarray, plan: Plan, bias=None) -> np.ndarray:
-    """out = A BT (+ bias) (A (R, K), BT (K, M), out (R, M) C-contiguous) in plan.blocks blocks of A's rows, each
-    with a single-threaded BLAS (rule (e): no BLAS thread pool is woken, so none spins beside the next phase's
-    blocks)."""
+def row_product(A: np.ndarray, W: np.ndarray, out: np.ndarray, plan: Plan, bias=None) -> np.ndarray:
+    """out = A Wᵀ (+ bias) (A (R, K), W (M, K), out (R, M), rows of unit stride) in plan.blocks blocks of A's rows,
+    each with the tiled kernel of the per-step GEMM on W packed once (gemm.product): no BLAS thread pool is woken,
+    so none spins beside the next phase's blocks (rule (e)), and no BLAS call repacks W block by block."""
     bias = np.zeros(0, out.dtype) if bias is None else np.asarray(bias).astype(out.dtype)
-    in_blocks(plan, A.shape[0], _product_rows, A, BT, bias, out)
+    in_blocks(plan, A.shape[0], _product_rows, A, pack(contiguous(W, out.dtype)), bias, out)
     return out
 
 
@@ -275,7 +275,7 @@ def input_projection(x: np.ndarray, W_ih: np.ndarray, bias: np.ndarray, dt, plan
     array `name` (rule (f): the caller uses it and does not return it)."""
     T, B, I = x.shape
     out = scratch(name, (T, B, W_ih.shape[0]), dt)
-    row_product(contiguous(x, dt).reshape(T * B, I), W_ih.T, out.reshape(T * B, -1), plan, bias)
+    row_product(contiguous(x, dt).reshape(T * B, I), W_ih, out.reshape(T * B, -1), plan, bias)
     return out
 
 

@@ -84,6 +84,25 @@ def test_step_product_is_the_product(M, K, N, dtype):
     np.testing.assert_array_equal(again[:, :P * w], rec[:, :P * w])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("M, K, N", [(768, 64, 300), (512, 64, 257), (5, 7, 3), (48, 3, 129), (1, 1, 2)])
+def test_product_is_the_product_and_stays_in_its_columns(M, K, N, dtype):
+    """gemm.product (the input projections' GEMM, through runtime.row_product with a bias) against a Wᵀ + bias, with
+    row counts that leave a short chunk and tile and column counts that leave a partial last panel; out is a view
+    into a wider array, whose other columns must be left alone."""
+    rng = np.random.default_rng(M * K + N)
+    W, a = rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((N, K)).astype(dtype)
+    bias = rng.standard_normal(M)
+    wide = np.full((N, M + 9), 7.0, dtype)
+    runtime.row_product(a, W, wide[:, 2:M + 2], runtime.Plan(2 if N >= 32 else 1, False), bias)
+    want = a.astype(np.float64) @ W.T.astype(np.float64) + bias
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(wide[:, 2:M + 2], want, rtol=tol, atol=tol * np.abs(want).max() * np.sqrt(K))
+    assert np.all(wide[:, :2] == 7.0) and np.all(wide[:, M + 2:] == 7.0)
+    with pytest.raises(ValueError, match="packed"):
+        gemm.product(a, gemm.pack(W), np.zeros((N, M + gemm.panel_width(dtype)), dtype))
+
+
 def test_step_product_refuses_mismatched_operands():
     """An a whose K differs from the packed W's, or a rec narrower than the panels, is refused, not read past."""
     Wp = runtime.step_weights(np.ones((20, 8)), np.float64)
