@@ -85,18 +85,21 @@ def pack(W: np.ndarray) -> np.ndarray:
 
 
 @intrinsic
-def _tile(typingctx, a, q, rows, Wp, p, out, i, j):
-    """out[i + r, j : j + w] = Σ_k a[q + r, k] Wp[p, k, :] for r < rows ≤ R (module docstring). a and out are 2-D
-    with unit stride along their rows, Wp is C-contiguous (P, K, w); all of one float dtype."""
+def _tile(typingctx, a, q, rows, Wp, p, start, out, i, j):
+    """out[i + r, j : j + w] = start[p·w : (p+1)·w] + Σ_k a[q + r, k] Wp[p, k, :] for r < rows ≤ R (module docstring;
+    start None: 0, else a C-contiguous (P·w,) array: a bias, added where the sum starts). a and out are 2-D with unit
+    stride along their rows, Wp is C-contiguous (P, K, w); all of one float dtype."""
     floats = (types.float32, types.float64)
     if not (a.dtype == Wp.dtype == out.dtype and a.dtype in floats and (a.ndim, Wp.ndim, out.ndim) == (2, 3, 2)):
+        return None
+    if not (start is types.none or (isinstance(start, types.Array) and start.ndim == 1 and start.dtype == a.dtype)):
         return None
     R, V, nbytes = TILE
     L = nbytes // (4 if a.dtype == types.float32 else 8)
 
     def codegen(context, builder, signature, args):
-        a_ty, w_ty, out_ty = (signature.args[n] for n in (0, 3, 5))
-        a_val, q, rows, w_val, p, out_val, i, j = args
+        a_ty, w_ty, start_ty, out_ty = (signature.args[n] for n in (0, 3, 5, 6))
+        a_val, q, rows, w_val, p, start_val, out_val, i, j = args
         a_arr = context.make_array(a_ty)(context, builder, a_val)
         w_arr = context.make_array(w_ty)(context, builder, w_val)
         c_arr = context.make_array(out_ty)(context, builder, out_val)
@@ -121,6 +124,13 @@ def _tile(typingctx, a, q, rows, Wp, p, out, i, j):
         zero_vec, undef = ir.Constant(num, [0.0] * L), ir.Constant(num, ir.Undefined)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), L), [0] * L)
 
+        if start_ty is types.none:
+            first = [zero_vec] * V
+        else:                                                               # start[p·w + v·L : …], every row
+            s_arr = context.make_array(start_ty)(context, builder, start_val)
+            s_ptr = builder.gep(s_arr.data, [builder.mul(p, const(V * L))])
+            first = [builder.load(builder.bitcast(builder.gep(s_ptr, [const(v * L)]), num.as_pointer()), align=size)
+                     for v in range(V)]
         entry = builder.basic_block
         head = builder.append_basic_block("tile.k")
         body = builder.append_basic_block("tile.fma")
@@ -131,9 +141,9 @@ def _tile(typingctx, a, q, rows, Wp, p, out, i, j):
         k = builder.phi(intp)
         k.add_incoming(const(0), entry)
         acc = []
-        for _ in range(R * V):
+        for n in range(R * V):
             phi = builder.phi(num)
-            phi.add_incoming(zero_vec, entry)
+            phi.add_incoming(first[n % V], entry)
             acc.append(phi)
         builder.cbranch(builder.icmp_signed("<", k, K), body, done)
 
@@ -162,7 +172,7 @@ def _tile(typingctx, a, q, rows, Wp, p, out, i, j):
                                                                     num.as_pointer()), align=size)
         return context.get_dummy_value()
 
-    return types.void(a, q, rows, Wp, p, out, i, j), codegen
+    return types.void(a, q, rows, Wp, p, start, out, i, j), codegen
 
 
 #: R, the rows of one tile (for the loop over tiles).
@@ -181,7 +191,7 @@ def step_product(Wp, a, rec):
         raise ValueError("step_product: a (N, K), Wp (P, K, w) packed, rec (N, >= P*w), rows of unit stride")
     for p in range(Wp.shape[0]):
         for q in range(0, N, TILE_ROWS):
-            _tile(a, q, min(TILE_ROWS, N - q), Wp, p, rec, q, p * Wp.shape[2])
+            _tile(a, q, min(TILE_ROWS, N - q), Wp, p, None, rec, q, p * Wp.shape[2])
 
 
 @njit(cache=True, nogil=True)
@@ -196,29 +206,36 @@ CHUNK_ROWS = 128
 
 
 @njit(cache=True, nogil=True)
-def product(a, Wp, out):
-    """out = a Wᵀ (a (N, K), Wp = pack(W) (P, K, w), out (N, M) with M ≤ P·w, rows of unit stride): the GEMMs of a
-    long a (the input projection of all T·B rows) with the same tile, in chunks of CHUNK_ROWS rows; the last,
-    zero-padded panel goes through a tile-sized buffer, of which only out's M columns are copied."""
+def product(a, Wp, bias, out):
+    """out = a Wᵀ + bias (a (N, K), Wp = pack(W) (P, K, w), bias (M,) or None, out (N, M) with M ≤ P·w, rows of unit
+    stride): the GEMMs of a long a (the input projection of all T·B rows) with the same tile, in chunks of
+    CHUNK_ROWS rows. The bias starts the accumulators, so out is written once (a second pass to add it would read
+    and write all of out again: tens of megabytes, from memory). The last, zero-padded panel goes through a
+    tile-sized buffer, of which only out's M columns are copied."""
     N, K = a.shape
     P, w = Wp.shape[0], Wp.shape[2]
     M = out.shape[1]
     size = a.itemsize
     if (Wp.shape[1] != K or out.shape[0] != N or not (P - 1) * w < M <= P * w
             or (K > 1 and (a.strides[1] != size or Wp.strides[1] != w * size))
-            or (M > 1 and out.strides[1] != size) or Wp.strides[2] != size):
-        raise ValueError("product: a (N, K), Wp (P, K, w) packed from W (M, K), out (N, M), rows of unit stride")
+            or (M > 1 and out.strides[1] != size) or Wp.strides[2] != size
+            or (bias is not None and bias.shape[0] != M)):
+        raise ValueError("product: a (N, K), Wp (P, K, w) packed from W (M, K), bias (M,) or None, out (N, M), rows "
+                         "of unit stride")
+    start = np.zeros(P * w, a.dtype)
+    if bias is not None:
+        start[:M] = bias
     full = M // w                                           # panels that fit in out
     edge = np.empty((TILE_ROWS, w), a.dtype)
     for r0 in range(0, N, CHUNK_ROWS):
         r1 = min(N, r0 + CHUNK_ROWS)
         for p in range(full):
             for q in range(r0, r1, TILE_ROWS):
-                _tile(a, q, min(TILE_ROWS, r1 - q), Wp, p, out, q, p * w)
+                _tile(a, q, min(TILE_ROWS, r1 - q), Wp, p, start, out, q, p * w)
         if full < P:
             for q in range(r0, r1, TILE_ROWS):
                 rows = min(TILE_ROWS, r1 - q)
-                _tile(a, q, rows, Wp, full, edge, 0, 0)
+                _tile(a, q, rows, Wp, full, start, edge, 0, 0)
                 for r in range(rows):
                     for j in range(M - full * w):
                         out[q + r, full * w + j] = edge[r, j]

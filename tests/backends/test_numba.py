@@ -100,7 +100,7 @@ def test_product_is_the_product_and_stays_in_its_columns(M, K, N, dtype):
     np.testing.assert_allclose(wide[:, 2:M + 2], want, rtol=tol, atol=tol * np.abs(want).max() * np.sqrt(K))
     assert np.all(wide[:, :2] == 7.0) and np.all(wide[:, M + 2:] == 7.0)
     with pytest.raises(ValueError, match="packed"):
-        gemm.product(a, gemm.pack(W), np.zeros((N, M + gemm.panel_width(dtype)), dtype))
+        gemm.product(a, gemm.pack(W), None, np.zeros((N, M + gemm.panel_width(dtype)), dtype))
 
 
 def test_step_product_refuses_mismatched_operands():
