@@ -200,6 +200,16 @@ def measure(backend: str = "numba", repeats: int = 7) -> list[dict]:
     return rows
 
 
+def numba_tile(backend: str):
+    """The register tile of the Numba backend's GEMMs on this machine, e.g. "8 × 48" (rows × float32 columns;
+    backends/numba/gemm.py), or None for another backend."""
+    if backend != "numba":
+        return None
+    from backends.numba import gemm
+    import numpy as np
+    return f"{gemm.TILE[0]} × {gemm.panel_width(np.float32)}"
+
+
 def format_rows(rows, backend) -> str:
     lines = [f"{'goal (' + backend + ')':<32} {'target':>8} {'measured':>9}  {'met':<4} detail"]
     for r in rows:
@@ -241,14 +251,16 @@ def main(argv=None):
     from . import machine
     m = machine.describe(args.threads)
     print(f"machine: {machine.machine_line(m)}")
+    tile = numba_tile(args.backend)
     print(f"B={SHAPE['B']} T={SHAPE['T']} I={SHAPE['I']} H=N={SHAPE['H']} float32, {args.threads} threads, "
-          f"median of {args.repeats}" + (", every contender held to AVX2 (--isa avx2)" if args.isa == "avx2" else ""))
+          f"median of {args.repeats}" + (", every contender held to AVX2 (--isa avx2)" if args.isa == "avx2" else "")
+          + (f"; numba GEMM tile {tile} (rows × float32 columns)" if tile else ""))
     print(format_rows(rows, args.backend))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps({"machine": m, "isa": args.isa, "shape": SHAPE, "threads": args.threads,
-                               "backend": args.backend, "rows": rows}, indent=2))
+                               "backend": args.backend, "numba_tile": tile, "rows": rows}, indent=2))
     tmp.replace(out)
     print(f"wrote {out}")
 

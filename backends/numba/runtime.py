@@ -40,7 +40,8 @@ kernels check the carry they are given against the shapes they expect (`check_ca
 
 The thresholds below (MIN_BLOCK_ROWS, MIN_BLOCK_WORK, MIN_SERIAL_WORK) and the measurements behind
 them are in docs/backends.md (Numba). Numba's on-disk cache of an @njit function is keyed to its own file only: after
-editing a function that others inline (fastmath.py, the gate functions of cells.py), clear backends/numba/__pycache__.
+editing a function that others inline or call (fastmath.py, gemm.py, memory.py, the gate functions of cells.py), clear
+backends/numba/__pycache__.
 """
 
 from __future__ import annotations

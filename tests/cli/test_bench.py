@@ -117,3 +117,16 @@ def test_machine_line_says_when_numba_leaves_avx512_out(monkeypatch):
     assert machine.numba_target() == "haswell (no AVX-512)"
     monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
     assert machine.numba_target() == "haswell"
+
+
+def test_goals_avx2_features_give_the_avx2_tile():
+    """The feature list --isa avx2 gives Numba selects the AVX/AVX2 row of the GEMM tile table (4 rows × 3 vectors of
+    32 bytes), and the table's AVX-512 row without it; the header names the running tile."""
+    import pytest
+    pytest.importorskip("numba")
+    from backends.numba import gemm
+    from bench.goals import HASWELL_FEATURES, numba_tile
+    assert gemm.tile_shape(HASWELL_FEATURES, "x86_64") == (4, 3, 32)
+    assert gemm.tile_shape(HASWELL_FEATURES.replace("+avx2", "+avx2,+avx512f"), "x86_64") == (8, 3, 64)
+    R, V, nbytes = gemm.TILE
+    assert numba_tile("numba") == f"{R} × {V * nbytes // 4}" and numba_tile("mlx") is None
