@@ -358,26 +358,45 @@ def lru_scan(lam, hh) -> None:
     in_blocks(plan(T1 - 1, B, N), B, _lru_scan_rows, lam, hh)
 
 
+#: Rows (steps × batch rows of a block) of one slab of the LRU's backward pass: ū of a slab (LRU_SLAB_ROWS × 2N real
+#: numbers, 512 KiB at N = 256 in float32) is used by the two GEMMs of (6) while it is still in cache.
+LRU_SLAB_ROWS = 256
+
+
 @njit(**LOOP)
-def _lru_adjoint_rows(dh, h_prev, lam, du, carry, dlam, b0, b1):
-    """On the rows [b0, b1): writes ū_t = h̄_t (T, B, N); accumulates this block's share of λ̄ = Σ_{t,b}
-    conj(h_{t-1}) h̄_t into dlam (complex128); carry ends as h̄_{-1}. (Prefetching step t − 1's rows, as the scan
-    does, measured no faster here.)"""
+def _lru_backward_rows(dh, h_prev, lam, X, W2, carry, dx, slab, slab_real, x_slab, dx_slab, M_part, dlam, M, b0, b1):
+    """The LRU's backward pass on the rows [b0, b1), slab by slab of C steps (C · (b1 − b0) ≈ LRU_SLAB_ROWS rows),
+    from the last step to the first: (8), (5) write ū_t of the slab's steps into `slab` (complex (C·nb, N); its
+    real view `slab_real` is (C·nb, 2N), re/im interleaved), accumulate this block's λ̄ into dlam (complex128) and
+    carry h̄_{t-1}; then, while the slab is in cache, (6) adds its ū_realᵀ X to this block's M (float64) and writes
+    its rows of x̄ = ū_real W2 (np.dot: single-threaded BLAS inside a block). ū is never written to memory as a
+    whole (T, B, N) array: that pass and the two GEMMs' reads of it were a third of the backward's time. carry ends
+    as h̄_{-1}."""
     T, B, N = dh.shape
-    for t in range(T - 1, -1, -1):
-        for b in range(b0, b1):
-            for k in range(N):
-                g = dh[t, b, k] + carry[b, k]                                         # (8) h̄_t
-                du[t, b, k] = g                                                       # (5) ū_t
-                dlam[k] += h_prev[t, b, k].conjugate() * g                            # (5) λ̄
-                carry[b, k] = lam[k].conjugate() * g                                  # (5) h̄_{t-1} contribution
-
-
-def _lru_grads_rows(du_real, X, W2, dx, M, r0, r1):
-    """(6) on the rows [r0, r1) of the T·B rows: this block's share of M = ū_realᵀ X (into its own M) and its rows of
-    x̄ = ū_real W2 (np.matmul, single-threaded BLAS inside a block)."""
-    np.matmul(du_real[r0:r1].T, X[r0:r1], out=M)
-    np.matmul(du_real[r0:r1], W2, out=dx[r0:r1])
+    nb = b1 - b0
+    C = max(1, slab.shape[0] // nb)
+    for t1 in range(T, 0, -C):
+        t0 = max(0, t1 - C)
+        for t in range(t1 - 1, t0 - 1, -1):
+            for b in range(b0, b1):
+                r = (t - t0) * nb + (b - b0)
+                for k in range(N):
+                    g = dh[t, b, k] + carry[b, k]                                     # (8) h̄_t
+                    slab[r, k] = g                                                    # (5) ū_t
+                    dlam[k] += h_prev[t, b, k].conjugate() * g                        # (5) λ̄
+                    carry[b, k] = lam[k].conjugate() * g                              # (5) h̄_{t-1} contribution
+                for i in range(X.shape[2]):
+                    x_slab[r, i] = X[t, b, i]
+        rows = (t1 - t0) * nb
+        np.dot(slab_real[:rows].T, x_slab[:rows], M_part)                             # (6) Σ ū_tᵀ x_t
+        for j in range(M.shape[0]):
+            for i in range(M.shape[1]):
+                M[j, i] += M_part[j, i]
+        np.dot(slab_real[:rows], W2, dx_slab[:rows])                                  # (6) x̄ = ū_real W2
+        for t in range(t0, t1):
+            for b in range(b0, b1):
+                for i in range(X.shape[2]):
+                    dx[t, b, i] = dx_slab[(t - t0) * nb + (b - b0), i]
 
 
 def lru_forward(params: dict, x: np.ndarray, h0: np.ndarray):
@@ -402,21 +421,24 @@ def lru_backward(params: dict, dh: np.ndarray, cache: LRUCache) -> dict:
     cdt = np.result_type(dh, cache.h)
     rdt = np.finfo(cdt).dtype
     run = plan(T, B, N)
-    du, carry = scratch("lru.du", (T, B, N), cdt), np.zeros((B, N), cdt)
-    dlams = np.zeros((run.blocks, N), np.complex128)                                  # λ̄ per block of rows
-    in_blocks(run, B, _lru_adjoint_rows, contiguous(dh, cdt), contiguous(cache.h_prev, cdt), contiguous(lam, cdt), du,
-              carry, per_block=(dlams,))
-    dlam = dlams.sum(axis=0)                                                          # the blocks' shares, in order
-    du_real = du.reshape(T * B, N).view(rdt)                  # (T·B, 2N), re/im interleaved
     I = cache.x.shape[-1]
     gamma = gamma.astype(rdt)
-    Ms, dx = np.empty((run.blocks, 2 * N, I), rdt), np.empty((T * B, I), rdt)
-    in_blocks(run, T * B, _lru_grads_rows, du_real, contiguous(cache.x, rdt).reshape(T * B, I),
-              lru_w2(np, params, gamma, rdt), dx, per_block=(Ms,))
-    M = Ms.sum(axis=0)                                                                # (6) Σ ū_tᵀ x_t, rows re/im
+    rows = max(1, LRU_SLAB_ROWS // -(-B // run.blocks)) * -(-B // run.blocks)          # C steps × rows of a block
+    slabs = scratch("lru.slab", (run.blocks, rows, N), cdt)
+    x_slabs = scratch("lru.x_slab", (run.blocks, rows, I), rdt)
+    dx_slabs = scratch("lru.dx_slab", (run.blocks, rows, I), rdt)
+    M_parts = scratch("lru.M_part", (run.blocks, 2 * N, I), rdt)
+    carry, dx = np.zeros((B, N), cdt), np.empty((T, B, I), rdt)
+    dlams = np.zeros((run.blocks, N), np.complex128)                                  # λ̄ per block of rows
+    Ms = np.zeros((run.blocks, 2 * N, I))                                             # M per block, float64
+    in_blocks(run, B, _lru_backward_rows, contiguous(dh, cdt), contiguous(cache.h_prev, cdt), contiguous(lam, cdt),
+              contiguous(cache.x, rdt), lru_w2(np, params, gamma, rdt), carry, dx,
+              per_block=(slabs, slabs.view(rdt), x_slabs, dx_slabs, M_parts, dlams, Ms))
+    dlam = dlams.sum(axis=0)                                                          # the blocks' shares, in order
+    M = Ms.sum(axis=0).astype(rdt)                                                    # (6) Σ ū_tᵀ x_t, rows re/im
     q = np.conj(lam).astype(np.complex128) * dlam                                     # (7) conj(λ) λ̄
     grads = lru_param_grads(np, params, q.real, q.imag, M[0::2], M[1::2], gamma)      # (6), (7)
-    grads["x"] = dx.reshape(cache.x.shape).astype(cache.x.dtype, copy=False)         # (6)
+    grads["x"] = dx.astype(cache.x.dtype, copy=False)                                # (6)
     grads["h0"] = carry
     return grads
 
