@@ -423,7 +423,8 @@ def lru_backward(params: dict, dh: np.ndarray, cache: LRUCache) -> dict:
     run = plan(T, B, N)
     I = cache.x.shape[-1]
     gamma = gamma.astype(rdt)
-    rows = max(1, LRU_SLAB_ROWS // -(-B // run.blocks)) * -(-B // run.blocks)          # C steps × rows of a block
+    nb = -(-B // run.blocks)                                                          # rows of the largest block
+    rows = max(1, LRU_SLAB_ROWS // nb) * nb                                           # C steps × those rows
     slabs = scratch("lru.slab", (run.blocks, rows, N), cdt)
     x_slabs = scratch("lru.x_slab", (run.blocks, rows, I), rdt)
     dx_slabs = scratch("lru.dx_slab", (run.blocks, rows, I), rdt)

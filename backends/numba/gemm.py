@@ -111,6 +111,10 @@ def _tile(typingctx, a, q, rows, Wp, p, start, out, i, j):
         def row_stride(arr):
             return builder.sdiv(builder.extract_value(arr.strides, 0), const(size))
 
+        def vector_at(ptr, v):
+            """The v-th vector of L numbers from the scalar pointer ptr (unaligned)."""
+            return builder.bitcast(builder.gep(ptr, [const(v * L)]), num.as_pointer())
+
         lda, ldc = row_stride(a_arr), row_stride(c_arr)
         K = builder.extract_value(w_arr.shape, 1)
         panel = builder.gep(w_arr.data, [builder.mul(p, row_stride(w_arr))])
@@ -129,8 +133,7 @@ def _tile(typingctx, a, q, rows, Wp, p, start, out, i, j):
         else:                                                               # start[p·w + v·L : …], every row
             s_arr = context.make_array(start_ty)(context, builder, start_val)
             s_ptr = builder.gep(s_arr.data, [builder.mul(p, const(V * L))])
-            first = [builder.load(builder.bitcast(builder.gep(s_ptr, [const(v * L)]), num.as_pointer()), align=size)
-                     for v in range(V)]
+            first = [builder.load(vector_at(s_ptr, v), align=size) for v in range(V)]
         entry = builder.basic_block
         head = builder.append_basic_block("tile.k")
         body = builder.append_basic_block("tile.fma")
@@ -149,8 +152,7 @@ def _tile(typingctx, a, q, rows, Wp, p, start, out, i, j):
 
         builder.position_at_end(body)                                       # acc[r, v] += a[q+r, k] · Wp[p, k, v]
         w_row = builder.gep(panel, [builder.mul(k, const(V * L))])
-        w_vec = [builder.load(builder.bitcast(builder.gep(w_row, [const(v * L)]), num.as_pointer()), align=size)
-                 for v in range(V)]
+        w_vec = [builder.load(vector_at(w_row, v), align=size) for v in range(V)]
         new = []
         for r in range(R):
             a_rk = builder.load(builder.gep(a_rows[r], [k]))
@@ -168,8 +170,7 @@ def _tile(typingctx, a, q, rows, Wp, p, start, out, i, j):
             with cgutils.if_likely(builder, builder.icmp_signed("<", const(r), rows)):
                 c_row = builder.gep(c0, [builder.mul(const(r), ldc)])
                 for v in range(V):
-                    builder.store(acc[r * V + v], builder.bitcast(builder.gep(c_row, [const(v * L)]),
-                                                                    num.as_pointer()), align=size)
+                    builder.store(acc[r * V + v], vector_at(c_row, v), align=size)
         return context.get_dummy_value()
 
     return types.void(a, q, rows, Wp, p, start, out, i, j), codegen
@@ -179,15 +180,23 @@ def _tile(typingctx, a, q, rows, Wp, p, start, out, i, j):
 TILE_ROWS = TILE[0]
 
 
+@njit(inline="always")
+def _operands_fit(a, Wp, out):
+    """What _tile assumes of its operands: a (N, K) and Wp (P, K, w) agree on K, Wp is C-contiguous, and the rows of
+    a and of out have unit stride (a stride is free along an axis of length 1)."""
+    size = a.itemsize
+    K = a.shape[1]
+    return (Wp.shape[1] == K and Wp.strides[2] == size
+            and (K <= 1 or (a.strides[1] == size and Wp.strides[1] == Wp.shape[2] * size))
+            and (out.shape[1] <= 1 or out.strides[1] == size))
+
+
 @njit(cache=True, nogil=True)
 def step_product(Wp, a, rec):
     """rec[:, :P·w] = a Wᵀ (a (N, K), Wp = pack(W) (P, K, w), rec (N, ≥ P·w), rows of unit stride): the per-step
     GEMM, tile by tile, panel by panel."""
-    N, K = a.shape
-    size = a.itemsize
-    if (Wp.shape[1] != K or rec.shape[0] < N or rec.shape[1] < Wp.shape[0] * Wp.shape[2]
-            or (K > 1 and (a.strides[1] != size or Wp.strides[1] != Wp.shape[2] * size))
-            or rec.strides[1] != size or Wp.strides[2] != size):
+    N = a.shape[0]
+    if not _operands_fit(a, Wp, rec) or rec.shape[0] < N or rec.shape[1] < Wp.shape[0] * Wp.shape[2]:
         raise ValueError("step_product: a (N, K), Wp (P, K, w) packed, rec (N, >= P*w), rows of unit stride")
     for p in range(Wp.shape[0]):
         for q in range(0, N, TILE_ROWS):
@@ -212,13 +221,10 @@ def product(a, Wp, bias, out):
     CHUNK_ROWS rows. The bias starts the accumulators, so out is written once (a second pass to add it would read
     and write all of out again: tens of megabytes, from memory). The last, zero-padded panel goes through a
     tile-sized buffer, of which only out's M columns are copied."""
-    N, K = a.shape
+    N = a.shape[0]
     P, w = Wp.shape[0], Wp.shape[2]
     M = out.shape[1]
-    size = a.itemsize
-    if (Wp.shape[1] != K or out.shape[0] != N or not (P - 1) * w < M <= P * w
-            or (K > 1 and (a.strides[1] != size or Wp.strides[1] != w * size))
-            or (M > 1 and out.strides[1] != size) or Wp.strides[2] != size
+    if (not _operands_fit(a, Wp, out) or out.shape[0] != N or not (P - 1) * w < M <= P * w
             or (bias is not None and bias.shape[0] != M)):
         raise ValueError("product: a (N, K), Wp (P, K, w) packed from W (M, K), bias (M,) or None, out (N, M), rows "
                          "of unit stride")

@@ -254,7 +254,7 @@ def step_weights(W: np.ndarray, dt) -> np.ndarray:
 
 @njit(**LOOP)
 def _product_rows(A, Wp, bias, out, r0, r1):
-    """out[r0:r1] = A[r0:r1] Wᵀ + bias: one block's rows of row_product."""
+    """out[r0:r1] = A[r0:r1] Wᵀ + bias (None: none): one block's rows of row_product."""
     product(A[r0:r1], Wp, bias, out[r0:r1])
 
 
@@ -262,7 +262,7 @@ def row_product(A: np.ndarray, W: np.ndarray, out: np.ndarray, plan: Plan, bias=
     """out = A Wᵀ (+ bias) (A (R, K), W (M, K), out (R, M), rows of unit stride) in plan.blocks blocks of A's rows,
     each with the tiled kernel of the per-step GEMM on W packed once (gemm.product): no BLAS thread pool is woken,
     so none spins beside the next phase's blocks (rule (e)), and no BLAS call repacks W block by block."""
-    bias = np.zeros(out.shape[1], out.dtype) if bias is None else np.asarray(bias).astype(out.dtype)
+    bias = None if bias is None else np.asarray(bias).astype(out.dtype)
     in_blocks(plan, A.shape[0], _product_rows, A, pack(contiguous(W, out.dtype)), bias, out)
     return out
 
